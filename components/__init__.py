@@ -1,0 +1,1 @@
+"""Reusable Streamlit widgets and Plotly figure builders (no domain logic)."""
