@@ -1,0 +1,223 @@
+"""Importer rules of the contract (section 1) on the CDISC pilot, the demos and bad input."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.io import RawFile, read_table
+from services.trial import TrialValidationError, load_trial_files
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cdiscpilot01"
+needs_pilot = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/cdiscpilot01 not present")
+
+
+def csv(name: str, frame: pd.DataFrame) -> RawFile:
+    return RawFile(name, frame.to_csv(index=False).encode())
+
+
+ADSL = pd.DataFrame({"USUBJID": ["S1", "S2", "S3", "S4"], "ARM": ["Placebo", "Drug", "Drug", "Placebo"],
+                     "AGE": [50, 61, 70, 45], "SEX": ["F", "M", "F", "M"]})
+ADLB = pd.DataFrame({
+    "USUBJID": ["S1", "S1", "S1", "S2", "S2", "S3", "S4", "S4"],
+    "PARAMCD": ["ALB"] * 8,
+    "AVAL": [3.5, 3.4, 3.3, 4.0, 3.9, 3.1, 3.0, 2.9],
+    "ADY": [1, 90, 180, 1, 90, 1, -3, 92],
+    "AVISITN": [0, 3, 6, 0, 3, 0, np.nan, 3],
+    "AVISIT": ["Baseline", "Month 3", "Month 6", "Baseline", "Month 3", "Baseline", None, "Month 3"],
+    "ABLFL": ["Y", None, None, "Y", None, "Y", None, None],
+})
+
+
+# ----- the real CDISC pilot (SAS transport files as sponsors submit them) -----------------
+@needs_pilot
+def test_pilot_loads_with_contract_facts(pilot):
+    assert len(pilot.subjects) == 254
+    assert pilot.arm_counts() == {"Placebo": 86, "Xanomeline High Dose": 84, "Xanomeline Low Dose": 84}
+    assert pilot.control_arm == "Placebo"
+    assert set(pilot.parameters) == {"DIABP", "PULSE", "SYSBP", "TEMP", "WEIGHT", "HEIGHT"}
+    assert pilot.parameters["HEIGHT"].has_followup is False  # measured at screening only
+    assert pilot.ae is not None and len(pilot.ae) == 1191
+
+
+@needs_pilot
+def test_pilot_text_decoded_trimmed_and_dates_parsed(pilot):
+    subjects = pilot.subjects
+    assert subjects["USUBJID"].map(type).eq(str).all()
+    assert not subjects["USUBJID"].str.contains(r"^\s|\s$").any()
+    assert pd.api.types.is_datetime64_any_dtype(subjects["TRTSDT"])
+    assert subjects.loc[subjects["USUBJID"] == "01-701-1015", "TRTSDT"].iloc[0] == pd.Timestamp("2014-01-02")
+    visits = pilot.bds["advs"]["AVISIT"].dropna().unique()
+    assert all(v == v.strip() for v in visits)
+
+
+@needs_pilot
+def test_pilot_covariates_are_baseline_only(pilot):
+    cov = pilot.covariates
+    assert cov["AGE"] == "continuous" and cov["SEX"] == "categorical" and cov["MMSETOT"] == "continuous"
+    # identifiers, dates, treatment and post-randomization variables never become covariates
+    for col in ("USUBJID", "SITEID", "TRTSDT", "TRTDUR", "COMP24FL", "DCDECOD", "CUMDOSE", "AGEGR1N", "SAFFL"):
+        assert col not in cov
+
+
+@needs_pilot
+def test_pilot_baseline_is_the_ablfl_record(pilot):
+    raw = read_table(RawFile("advs.xpt", (SHARED / "advs.xpt").read_bytes()))
+    rec = raw[(raw.USUBJID == "01-701-1015") & (raw.PARAMCD == "SYSBP") & (raw.ABLFL == "Y")]
+    assert len(rec) == 3  # three time points at baseline: the baseline is their mean
+    assert pilot.baseline.loc["01-701-1015", "SYSBP"] == pytest.approx(rec.AVAL.mean())
+    # HEIGHT has no ABLFL: the baseline is the last record with ADY <= 1
+    h = raw[(raw.USUBJID == "01-701-1015") & (raw.PARAMCD == "HEIGHT") & (raw.ADY <= 1)].sort_values("ADY")
+    assert pilot.baseline.loc["01-701-1015", "HEIGHT"] == pytest.approx(h.AVAL.iloc[-1])
+
+
+@needs_pilot
+def test_pilot_scheduled_visits_exclude_unscheduled_and_end_of_treatment(pilot):
+    vv = pilot.visit_values
+    assert set(vv["AVISITN"].unique()) == {2, 4, 6, 8, 12, 16, 20, 24, 26}
+    assert not vv["AVISIT"].str.contains("End of Treatment").any()
+    one = vv[(vv.USUBJID == "01-701-1015") & (vv.PARAMCD == "SYSBP") & (vv.AVISITN == 2)]
+    assert one["AVAL"].iloc[0] == pytest.approx((114 + 121 + 132) / 3)
+    # unscheduled records (no AVISITN) are kept by ADY in the records
+    assert pilot.bds["advs"]["AVISITN"].isna().sum() > 0
+
+
+@needs_pilot
+def test_pilot_uploaded_files_equal_folder_load(pilot):
+    raws = [RawFile(p.name.upper(), p.read_bytes()) for p in sorted(SHARED.glob("*.xpt"))]
+    uploaded = load_trial_files(raws)
+    assert uploaded.content_hash == pilot.content_hash
+    assert uploaded.arm_counts() == pilot.arm_counts()
+
+
+# ----- rules on constructed files ---------------------------------------------------------
+def test_arm_resolution_order_and_case_insensitive_columns():
+    adsl = ADSL.drop(columns="ARM").assign(trt01a=["A", "B", "B", "A"], TRTP=["x"] * 4)
+    trial = load_trial_files([csv("ADSL.csv", adsl.rename(columns=str.lower))])
+    assert trial.arm_counts() == {"A": 2, "B": 2}
+
+
+def test_derived_rows_left_out_and_non_numeric_aval_ignored_with_a_message():
+    adlb = ADLB.copy()
+    adlb["DTYPE"] = None
+    adlb = pd.concat([adlb, pd.DataFrame({"USUBJID": ["S1"], "PARAMCD": ["ALB"], "AVAL": [9.9], "ADY": [200],
+                                          "AVISITN": [6], "AVISIT": ["Month 6"], "DTYPE": ["LOCF"]})])
+    adlb["AVAL"] = adlb["AVAL"].astype(object)
+    adlb.iloc[4, adlb.columns.get_loc("AVAL")] = "<LLOQ"
+    trial = load_trial_files([csv("adsl.csv", ADSL), csv("adlb.csv", adlb)])
+    assert 9.9 not in trial.bds["adlb"]["AVAL"].values
+    assert len(trial.bds["adlb"]) == len(ADLB) - 1
+    assert any("DTYPE LOCF" in w for w in trial.warnings)
+    assert any("column AVAL" in w and "'<LLOQ'" in w and "row 5" in w for w in trial.warnings)
+
+
+def test_baseline_falls_back_to_last_record_on_or_before_day_1():
+    trial = load_trial_files([csv("adsl.csv", ADSL), csv("adlb.csv", ADLB)])
+    assert trial.baseline.loc["S4", "ALB"] == 3.0  # ADY -3, no ABLFL
+    assert trial.baseline.loc["S1", "ALB"] == 3.5
+    vv = trial.visit_values
+    assert set(vv["USUBJID"]) == {"S1", "S2", "S4"} and vv["AVISITN"].min() == 3
+    assert vv.loc[vv.USUBJID == "S2", "ARM"].iloc[0] == "Drug"  # the arm of every record is the ADSL arm
+
+
+def test_parquet_and_csv_give_the_same_trial(tmp_path):
+    buf = io.BytesIO()
+    ADLB.to_parquet(buf, index=False)
+    a = load_trial_files([csv("adsl.csv", ADSL), RawFile("adlb.parquet", buf.getvalue())])
+    b = load_trial_files([csv("adsl.csv", ADSL), csv("adlb.csv", ADLB)])
+    pd.testing.assert_frame_equal(a.visit_values, b.visit_values)
+
+
+def test_xpt_round_trip_with_sas_dates(tmp_path):
+    from services.io import write_table
+
+    adsl = ADSL.assign(TRTSDT=pd.to_datetime(["2020-01-01", "2020-02-01", "2020-03-01", "2020-04-01"]))
+    path = write_table(adsl, tmp_path / "adsl.xpt", fmt="xpt", labels={"AGE": "Age (years)"})
+    frame = read_table(RawFile("adsl.xpt", path.read_bytes()))
+    assert list(frame["USUBJID"]) == ["S1", "S2", "S3", "S4"]
+    assert frame.attrs["labels"]["AGE"] == "Age (years)"
+    assert pd.api.types.is_datetime64_any_dtype(frame["TRTSDT"])
+
+
+# ----- bad input: one clear message each -----------------------------------------------------
+def messages(files) -> str:
+    with pytest.raises(TrialValidationError) as info:
+        load_trial_files(files)
+    return "\n".join(info.value.messages)
+
+
+def test_missing_usubjid():
+    msg = messages([csv("adsl.csv", ADSL.rename(columns={"USUBJID": "SUBJECT"}))])
+    assert "adsl.csv" in msg and "missing column USUBJID" in msg
+
+
+def test_duplicate_subjects():
+    msg = messages([csv("adsl.csv", pd.concat([ADSL, ADSL.iloc[[1]]]))])
+    assert "adsl.csv: column USUBJID" in msg and "more than once" in msg and "S2" in msg and "rows 2, 5" in msg
+
+
+def test_non_numeric_aval_everywhere():
+    msg = messages([csv("adsl.csv", ADSL), csv("adlb.csv", ADLB.assign(AVAL="high"))])
+    assert "adlb.csv: column AVAL" in msg and "non-numeric" in msg and "no numeric value" in msg
+
+
+def test_empty_file():
+    msg = messages([csv("adsl.csv", ADSL), RawFile("adlb.csv", b"")])
+    assert "adlb.csv: the file is empty" in msg
+
+
+def test_header_only_file():
+    msg = messages([csv("adsl.csv", ADSL), RawFile("adlb.csv", b"USUBJID,PARAMCD,AVAL,ADY\n")])
+    assert "adlb.csv" in msg and "no rows" in msg
+
+
+def test_wrong_extension():
+    msg = messages([csv("adsl.csv", ADSL), RawFile("adlb.xlsx", b"PK\x03\x04junk")])
+    assert "adlb.xlsx: unsupported file type '.xlsx'" in msg
+
+
+def test_garbage_in_a_sas_file():
+    msg = messages([csv("adsl.csv", ADSL), RawFile("adlb.xpt", b"this is not a SAS file at all" * 10)])
+    assert "adlb.xpt: not a readable SAS transport (XPORT) file" in msg
+
+
+def test_bds_rows_for_unknown_subjects():
+    bad = pd.concat([ADLB, ADLB.iloc[[0]].assign(USUBJID="S99")])
+    msg = messages([csv("adsl.csv", ADSL), csv("adlb.csv", bad)])
+    assert "adlb.csv: column USUBJID: 1 rows for subjects not in ADSL" in msg and "S99" in msg and "row 9" in msg
+
+
+def test_no_adsl():
+    msg = messages([csv("adlb.csv", ADLB)])
+    assert "no ADSL file" in msg
+
+
+def test_no_arm_column():
+    msg = messages([csv("adsl.csv", ADSL.drop(columns="ARM"))])
+    assert "no arm column" in msg and "TRT01P" in msg
+
+
+def test_bds_missing_time_and_tte_bad_censoring():
+    tte = pd.DataFrame({"USUBJID": ["S1", "S2"], "PARAMCD": ["DEATH"] * 2, "AVAL": [100, 200], "CNSR": [0, 2]})
+    msg = messages([csv("adsl.csv", ADSL), csv("adlb.csv", ADLB.drop(columns=["ADY", "AVISITN"])),
+                    csv("adtte.csv", tte)])
+    assert "adlb.csv: no time column" in msg
+    assert "adtte.csv: column CNSR: 1 values that are not 0 (event) or 1 (censored), row 2" in msg
+
+
+def test_every_problem_is_reported_at_once():
+    bad = ADSL.rename(columns={"ARM": "GROUP"})
+    msg = messages([csv("adsl.csv", bad), RawFile("adlb.csv", b""), RawFile("notes.txt", b"x")])
+    assert msg.count("\n") >= 2
+
+
+def test_demo_trials_load(demo_trials):
+    for trial in demo_trials:
+        assert len(trial.subjects) > 0 and len(trial.arms) >= 2
+        assert trial.longitudinal_parameters, trial.name
+        assert not trial.visit_values.empty
+        assert trial.baseline.notna().any().any()
