@@ -1,0 +1,42 @@
+# TwinArm: `make run` serves the app on the bundled demo; `make test` runs every test.
+# Both create or refresh .venv from pyproject.toml first.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 8501
+
+.PHONY: run test test-fast venv browser bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: venv
+	$(BIN)/streamlit run app.py --server.port $(PORT) --server.address 0.0.0.0
+
+# Debian's Chromium for the end-to-end browser test (Playwright cannot download its own here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || { \
+	  echo "Installing Debian's chromium for the browser test..."; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: venv browser
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+bench: venv
+	$(BIN)/python bench/retrieval.py --quick
+	$(BIN)/python bench/backtest.py
+	$(BIN)/python bench/generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache artifacts

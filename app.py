@@ -1,0 +1,29 @@
+"""TwinArm: digital twins for clinical-trial design (Streamlit entry point).
+
+`streamlit run app.py` — navigation, the sidebar and the state shared across pages.
+"""
+
+from pathlib import Path
+
+import streamlit as st
+
+from components.sidebar import render_sidebar
+
+st.set_page_config(page_title="TwinArm", page_icon="🧬", layout="wide")
+
+HERE = Path(__file__).parent
+PAGES = [
+    ("pages/overview.py", "Overview", "🏠"),
+    ("pages/cohort.py", "Cohort", "👥"),
+    ("pages/similar.py", "Similar patients", "🔎"),
+    ("pages/whatif.py", "What-if: twin arm", "🧬"),
+    ("pages/compare.py", "Compare", "📈"),
+    ("pages/validate.py", "Validate", "✅"),
+    ("pages/export.py", "Export & report", "📦"),
+]
+
+pages = [st.Page(path, title=title, icon=icon, default=(i == 0))
+         for i, (path, title, icon) in enumerate(PAGES) if (HERE / path).exists()]
+navigation = st.navigation(pages)
+render_sidebar()
+navigation.run()

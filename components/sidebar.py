@@ -1,0 +1,59 @@
+"""The sidebar: choose a bundled trial or upload ADaM files; the trial's summary."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from components.state import cached_demo, get_trial, set_trial, trial_source
+from services.datasets import demo_names
+from services.io import RawFile
+from services.trial import TrialValidationError, load_trial_files
+
+
+def _load_chosen_demo() -> None:
+    name = st.session_state["demo_choice"]
+    set_trial(cached_demo(name), f"demo: {name}")
+
+
+def render_sidebar() -> None:
+    get_trial()
+    with st.sidebar:
+        st.markdown("### Trial")
+        names = demo_names()
+        source = trial_source()
+        current = source.removeprefix("demo: ") if source.startswith("demo: ") else None
+        st.selectbox(
+            "Bundled public trial", names, index=names.index(current) if current in names else 0,
+            key="demo_choice", on_change=_load_chosen_demo,
+            help="Real public trials shipped with TwinArm (see their provenance notes).",
+        )
+
+        with st.expander("Upload ADaM files", expanded=False):
+            files = st.file_uploader(
+                "ADSL plus any BDS, ADTTE, ADAE files (csv, parquet, xpt, sas7bdat) and an optional trial.toml",
+                accept_multiple_files=True, key="uploads",
+            )
+            if st.button("Load uploaded files", disabled=not files, key="load_uploads"):
+                raws = [RawFile(f.name, f.getvalue()) for f in files]
+                try:
+                    loaded = load_trial_files(raws, name="uploaded: " + ", ".join(sorted(f.name for f in files))[:60])
+                except TrialValidationError as exc:
+                    st.session_state["upload_errors"] = exc.messages
+                else:
+                    st.session_state["upload_errors"] = []
+                    set_trial(loaded, "upload")
+                    st.rerun()
+            for msg in st.session_state.get("upload_errors", []):
+                st.error(msg)
+            if st.session_state.get("upload_errors"):
+                st.caption("The previously loaded trial is kept.")
+
+        trial = get_trial()
+        st.markdown(f"**{trial.title}**")
+        counts = trial.arm_counts()
+        st.caption(f"{len(trial.subjects)} subjects · {len(counts)} arms · "
+                   f"{len(trial.parameters)} parameters · control: {trial.control_arm}")
+        st.dataframe({"arm": list(counts), "subjects": list(counts.values())}, hide_index=True,
+                     use_container_width=True)
+        for warning in trial.warnings[:5]:
+            st.caption(f"⚠ {warning}")

@@ -1,0 +1,73 @@
+"""Session state shared across pages: the loaded trial, the chosen cohort, the current run.
+
+Pages read and write state only through these helpers, so the keys live in one place.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from services.datasets import DEFAULT_DEMO, load_demo
+
+TRIAL = "trial"
+TRIAL_SOURCE = "trial_source"
+COHORT_SPEC = "cohort_spec"
+COHORT_IDS = "cohort_ids"
+RUN = "twin_run"
+RUN_DIR = "twin_run_dir"
+
+
+@st.cache_resource(show_spinner="Loading the bundled trial...")
+def cached_demo(name: str):
+    """Bundled trials are immutable: one loaded copy per process, shared by sessions."""
+    return load_demo(name)
+
+
+def get_trial():
+    """The current trial; the default demo until the user picks or uploads another."""
+    if TRIAL not in st.session_state:
+        set_trial(cached_demo(DEFAULT_DEMO), f"demo: {DEFAULT_DEMO}")
+    return st.session_state[TRIAL]
+
+
+def set_trial(trial, source: str) -> None:
+    """Switch trial; the cohort and run of the previous trial no longer apply."""
+    previous = st.session_state.get(TRIAL)
+    st.session_state[TRIAL] = trial
+    st.session_state[TRIAL_SOURCE] = source
+    if previous is not None and previous.content_hash != trial.content_hash:
+        for key in (COHORT_SPEC, COHORT_IDS, RUN, RUN_DIR):
+            st.session_state.pop(key, None)
+
+
+def trial_source() -> str:
+    return st.session_state.get(TRIAL_SOURCE, "")
+
+
+def set_cohort(spec, usubjids: list[str]) -> None:
+    st.session_state[COHORT_SPEC] = spec
+    st.session_state[COHORT_IDS] = list(usubjids)
+
+
+def get_cohort():
+    """(spec, usubjids) of the chosen cohort, or (None, None) when none was chosen."""
+    return st.session_state.get(COHORT_SPEC), st.session_state.get(COHORT_IDS)
+
+
+def cohort_ids_or_all() -> list[str]:
+    _, ids = get_cohort()
+    return list(ids) if ids else list(get_trial().subjects["USUBJID"])
+
+
+def set_run(run, run_dir=None) -> None:
+    st.session_state[RUN] = run
+    st.session_state[RUN_DIR] = None if run_dir is None else str(run_dir)
+
+
+def get_run():
+    """The current twin run (generated or reopened) or None."""
+    return st.session_state.get(RUN)
+
+
+def get_run_dir():
+    return st.session_state.get(RUN_DIR)
