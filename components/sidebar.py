@@ -54,6 +54,6 @@ def render_sidebar() -> None:
         st.caption(f"{len(trial.subjects)} subjects · {len(counts)} arms · "
                    f"{len(trial.parameters)} parameters · control: {trial.control_arm}")
         st.dataframe({"arm": list(counts), "subjects": list(counts.values())}, hide_index=True,
-                     use_container_width=True)
+                     width="stretch")
         for warning in trial.warnings[:5]:
             st.caption(f"⚠ {warning}")

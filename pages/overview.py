@@ -29,17 +29,17 @@ for arm, text in trial.meta.arm_descriptions.items():
 left, right = st.columns(2)
 with left:
     st.subheader("Parameters")
-    st.dataframe(parameter_table(trial), hide_index=True, use_container_width=True)
+    st.dataframe(parameter_table(trial), hide_index=True, width="stretch")
 with right:
     st.subheader("Scheduled visits")
-    st.dataframe(visit_table(trial), hide_index=True, use_container_width=True)
+    st.dataframe(visit_table(trial), hide_index=True, width="stretch")
     if trial.tte_parameters:
         st.subheader("Time-to-event")
         st.dataframe(
             [{"parameter": p, "label": trial.tte_label(p),
               "events": int((trial.tte.loc[trial.tte["PARAMCD"] == p, "CNSR"] == 0).sum()),
               "subjects": int((trial.tte["PARAMCD"] == p).sum())} for p in trial.tte_parameters],
-            hide_index=True, use_container_width=True)
+            hide_index=True, width="stretch")
 
 st.subheader("How to use TwinArm")
 st.markdown(
