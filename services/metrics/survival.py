@@ -1,0 +1,193 @@
+"""Survival: time-to-event comparisons of twins and real patients (lifelines).
+
+Times are non-negative durations; events are 1 (event observed) / 0 (censored), booleans
+accepted. Rows with a missing time or event are dropped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.exceptions import ConvergenceError
+from lifelines.statistics import logrank_test
+from lifelines.utils import concordance_index
+
+from .registry import ResultMixin
+
+NAN = float("nan")
+
+
+def _clean(times, events, name: str) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(times, dtype=float).ravel()
+    e = np.asarray(events, dtype=float).ravel()
+    if t.shape != e.shape:
+        raise ValueError(f"{name}: {t.size} times but {e.size} event flags")
+    ok = ~(np.isnan(t) | np.isnan(e))
+    t, e = t[ok], e[ok]
+    if np.any(t < 0):
+        raise ValueError(f"{name}: negative times")
+    if not np.all(np.isin(e, (0.0, 1.0))):
+        raise ValueError(f"{name}: events must be 0/1")
+    return t, e.astype(int)
+
+
+def _km_step(t: np.ndarray, e: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Kaplan-Meier survival of (t, e) evaluated at ``grid`` (right-continuous step)."""
+    kmf = KaplanMeierFitter().fit(t, e)
+    sf = kmf.survival_function_
+    times = sf.index.to_numpy(float)
+    values = sf.iloc[:, 0].to_numpy(float)
+    pos = np.searchsorted(times, grid, side="right") - 1
+    return np.where(pos >= 0, values[np.clip(pos, 0, None)], 1.0)
+
+
+@dataclass(frozen=True)
+class KMDistance(ResultMixin):
+    """Sup distance between two Kaplan-Meier curves: ``sup`` = max |S_a(t) - S_b(t)| over
+    the grid up to ``horizon``, reached at time ``at_time``; the grid and both curves are
+    kept for plots."""
+
+    sup: float
+    at_time: float
+    horizon: float
+    grid: np.ndarray = field(repr=False, compare=False, default=None)
+    survival_a: np.ndarray = field(repr=False, compare=False, default=None)
+    survival_b: np.ndarray = field(repr=False, compare=False, default=None)
+
+
+def km_sup_distance(times_a, events_a, times_b, events_b,
+                    horizon: float | None = None) -> KMDistance:
+    """Largest absolute difference between the Kaplan-Meier curves of samples a and b.
+
+    Both curves are step functions that change only at observed times, so evaluating them on
+    the union of the two samples' observed times (plus 0) gives the exact supremum. By default
+    the comparison stops at the common follow-up, ``min(max time of a, max time of b)``,
+    because beyond a sample's last observation its curve is not estimated; pass ``horizon``
+    to choose another end point.
+    """
+    ta, ea = _clean(times_a, events_a, "sample a")
+    tb, eb = _clean(times_b, events_b, "sample b")
+    if ta.size == 0 or tb.size == 0:
+        raise ValueError("both samples need at least one observation")
+    end = float(min(ta.max(), tb.max())) if horizon is None else float(horizon)
+    grid = np.union1d(np.union1d(ta, tb), [0.0])
+    grid = grid[grid <= end]
+    sa, sb = _km_step(ta, ea, grid), _km_step(tb, eb, grid)
+    gap = np.abs(sa - sb)
+    i = int(np.argmax(gap))
+    return KMDistance(sup=float(gap[i]), at_time=float(grid[i]), horizon=end,
+                      grid=grid, survival_a=sa, survival_b=sb)
+
+
+def concordance(pred_times, times, events) -> float:
+    """Harrell's C-index of predicted survival times against observed (time, event) pairs.
+
+    ``pred_times``: predicted survival times or any score where larger means longer survival
+    (pass ``-risk`` for a risk score). Uses ``lifelines.utils.concordance_index`` (ties in
+    predictions count 1/2). 1 = perfectly ordered, 0.5 = random, 0 = perfectly reversed.
+    Rows with a missing value are dropped; NaN if no pair is comparable.
+    """
+    p = np.asarray(pred_times, dtype=float).ravel()
+    t = np.asarray(times, dtype=float).ravel()
+    e = np.asarray(events, dtype=float).ravel()
+    if not (p.size == t.size == e.size):
+        raise ValueError("pred_times, times and events must have the same length")
+    ok = ~(np.isnan(p) | np.isnan(t) | np.isnan(e))
+    try:
+        return float(concordance_index(t[ok], p[ok], e[ok]))
+    except ZeroDivisionError:
+        return NAN
+
+
+@dataclass(frozen=True)
+class LogrankResult(ResultMixin):
+    """Log-rank test of equal survival: chi-square ``statistic`` (1 df) and ``p_value``."""
+
+    statistic: float
+    p_value: float
+    n_a: int
+    n_b: int
+    events_a: int
+    events_b: int
+
+
+def logrank(times_a, events_a, times_b, events_b) -> LogrankResult:
+    """Two-sample log-rank test (``lifelines.statistics.logrank_test``)."""
+    ta, ea = _clean(times_a, events_a, "sample a")
+    tb, eb = _clean(times_b, events_b, "sample b")
+    if ta.size == 0 or tb.size == 0:
+        raise ValueError("both samples need at least one observation")
+    res = logrank_test(ta, tb, event_observed_A=ea, event_observed_B=eb)
+    return LogrankResult(statistic=float(res.test_statistic), p_value=float(res.p_value),
+                         n_a=int(ta.size), n_b=int(tb.size),
+                         events_a=int(ea.sum()), events_b=int(eb.sum()))
+
+
+@dataclass(frozen=True)
+class HazardRatio(ResultMixin):
+    """Cox model hazard ratio of ``group_level`` versus ``reference_level`` with 95% CI and
+    Wald p-value; NaN with a ``reason`` when the model cannot be fitted."""
+
+    hazard_ratio: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    group_level: str
+    reference_level: str
+    n: int
+    events: int
+    reason: str = ""
+
+
+def cox_hazard_ratio(times, events, group) -> HazardRatio:
+    """Hazard ratio between two groups from a Cox proportional-hazards model.
+
+    ``group``: two levels (0/1, booleans, or labels such as "real"/"twin"); the larger level
+    in sort order is compared with the smaller (for 0/1: group 1 vs group 0). Fitted with
+    ``lifelines.CoxPHFitter`` (Efron ties, no penalty), the group indicator as the only
+    covariate; 95% Wald interval exp(beta +/- 1.96 se). Returns NaN values with a reason when
+    a group or all events are missing or the fit fails (e.g. no events in one group, which
+    makes the estimate infinite).
+    """
+    t = np.asarray(times, dtype=float).ravel()
+    e = np.asarray(events, dtype=float).ravel()
+    g = pd.Series(np.asarray(group).ravel())
+    if not (t.size == e.size == g.size):
+        raise ValueError("times, events and group must have the same length")
+    ok = ~(np.isnan(t) | np.isnan(e) | g.isna().to_numpy())
+    t, e, g = t[ok], e[ok], g[ok].reset_index(drop=True)
+    t, e = _clean(t, e, "data")
+    levels = sorted(g.unique().tolist())
+    if len(levels) != 2:
+        return HazardRatio(NAN, NAN, NAN, NAN, "", "", int(t.size), int(e.sum()),
+                           f"group must have exactly 2 levels, found {len(levels)}")
+    ref, lvl = levels
+    base = {"group_level": str(lvl), "reference_level": str(ref), "n": int(t.size),
+            "events": int(e.sum())}
+    if e.sum() == 0:
+        return HazardRatio(NAN, NAN, NAN, NAN, reason="no events", **base)
+    x = (g == lvl).astype(float).to_numpy()
+    for level_mask, name in ((x == 1, lvl), (x == 0, ref)):
+        if e[level_mask].sum() == 0:
+            return HazardRatio(NAN, NAN, NAN, NAN,
+                               reason=f"no events in group {name!r} (hazard ratio not finite)",
+                               **base)
+    df = pd.DataFrame({"T": t, "E": e, "group": x})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cph = CoxPHFitter().fit(df, duration_col="T", event_col="E")
+    except (ConvergenceError, ValueError, ZeroDivisionError, np.linalg.LinAlgError) as exc:
+        return HazardRatio(NAN, NAN, NAN, NAN, reason=f"Cox fit failed: {exc}", **base)
+    row = cph.summary.loc["group"]
+    return HazardRatio(
+        hazard_ratio=float(row["exp(coef)"]),
+        ci_low=float(row["exp(coef) lower 95%"]),
+        ci_high=float(row["exp(coef) upper 95%"]),
+        p_value=float(row["p"]),
+        **base,
+    )
