@@ -163,7 +163,7 @@ class LLMSettings:
     """
 
     base_url: str | None = None
-    api_key: str | None = field(default=None, repr=False, compare=False)
+    api_key: str | None = field(default=None, repr=False)
     model: str = DEFAULT_MODEL
     temperature: float | None = 0.7  # None: not sent (models that refuse it)
     timeout_s: float = 60.0

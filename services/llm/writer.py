@@ -613,11 +613,12 @@ class LLMTwinWriter:
                 res.http_seconds += time.perf_counter() - th
                 text, refusal, tin, tout = None, None, 0, 0
                 errs = ["The reply was cut off (length limit); answer more concisely."]
-            except (ValueError, KeyError, TypeError) as exc:
-                # a non-OpenAI response shape from the endpoint
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # not an OpenAI chat completion (an HTML page, a missing "choices"...)
                 res.http_seconds += time.perf_counter() - th
                 transport += 1
-                msg = f"unexpected response from the endpoint: {str(exc)[:200]}"
+                msg = ("unexpected response from the endpoint (not an OpenAI chat "
+                       f"completion): {str(exc)[:200]}")
                 if transport > s.max_retries:
                     res.reason, res.errors = ERROR, [f"{msg} ({res.attempts} attempts)"]
                     return
