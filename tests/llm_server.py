@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 Behaviour = str | Callable[[dict], Any]
 
@@ -183,7 +183,7 @@ class ScriptedOpenAIServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> ScriptedOpenAIServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -350,7 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             try:
                 resp = owner.respond(body)
-            except Exception as exc:  # a bug in a hook: tell the client, keep serving
+            except Exception as exc:  # noqa: BLE001  (a bug in a hook: report it, keep serving)
                 resp = ScriptedResponse(500, _error(f"scripted server error: {exc}",
                                                     "server_error", None))
         finally:

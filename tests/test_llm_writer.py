@@ -12,9 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from llm_server import ScriptedOpenAIServer, ScriptedResponse, good_reply  # noqa: E402
+from llm_server import ScriptedOpenAIServer, ScriptedResponse, good_reply
 
-from services.llm import (  # noqa: E402
+from services.llm import (
     LLMSettings,
     LLMTwinWriter,
     PrivacyError,
@@ -69,8 +69,8 @@ def server():
 
 
 def make_writer(srv, tmp_path, **overrides) -> LLMTwinWriter:
-    values = dict(base_url=srv.base_url, api_key=SECRET, model="scripted-model",
-                  timeout_s=10, concurrency=4)
+    values = {"base_url": srv.base_url, "api_key": SECRET, "model": "scripted-model",
+              "timeout_s": 10, "concurrency": 4}
     values.update(overrides)
     return LLMTwinWriter(LLMSettings(**values), cache_dir=tmp_path / "cache")
 

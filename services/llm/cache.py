@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .settings import twinarm_home
 
@@ -120,7 +120,7 @@ class ReplyCache:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> ReplyCache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

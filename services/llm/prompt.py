@@ -57,7 +57,7 @@ DATE_PATTERNS = (
     re.compile(
         r"(?<![0-9A-Za-z])\d{1,2}(JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)"
         r"(1[89]|20)\d{2}(?![0-9A-Za-z])",
-        re.I,
+        re.IGNORECASE,
     ),
 )
 

@@ -116,7 +116,7 @@ RESPONSE_FORMAT_JSON_MODE: dict[str, Any] = {"type": "json_object"}
 
 
 # -- parsing ---------------------------------------------------------------------------------
-_FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?```\s*$", re.S)
+_FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?```\s*$", re.DOTALL)
 
 
 def parse_json_text(text: str) -> Any:
@@ -125,7 +125,7 @@ def parse_json_text(text: str) -> Any:
     Raises ``ValueError`` with a short reason when no JSON object can be read.
     """
     if not isinstance(text, str):
-        raise ValueError(f"expected text, got {type(text).__name__}")
+        raise TypeError(f"expected text, got {type(text).__name__}")
     s = text.strip()
     if not s:
         raise ValueError("the reply is empty")

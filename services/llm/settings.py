@@ -140,11 +140,11 @@ def flatten_secrets(secrets: Mapping[str, Any] | None) -> dict[str, Any]:
     if isinstance(section, Mapping) or hasattr(section, "keys"):
         short = {"api_key": "OPENAI_API_KEY", "base_url": "OPENAI_BASE_URL",
                  "model": "TWINARM_LLM_MODEL"}
-        for k in section.keys():
+        for k in section:
             name = short.get(str(k).lower(), str(k).upper())
             if name in known and section[k] not in (None, ""):
                 out[name] = section[k]
-    for k in secrets.keys():
+    for k in secrets:
         name = str(k).upper()
         if name in known and secrets[k] not in (None, ""):
             out[name] = secrets[k]

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import openai
@@ -347,7 +347,7 @@ class LLMTwinWriter:
         if self._http_client is not None:
             self._http_client.close()
 
-    def __enter__(self) -> LLMTwinWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -414,7 +414,7 @@ class LLMTwinWriter:
                     i = pending.pop(fut)
                     try:
                         results[i] = fut.result()
-                    except BaseException as exc:  # _run_one catches; belt and braces
+                    except Exception as exc:  # noqa: BLE001  (_run_one catches already)
                         results[i] = TwinResult(reqs[i], ok=False, reason=ERROR,
                                                 errors=[f"{type(exc).__name__}: {exc}"])
                     done += 1
@@ -540,15 +540,15 @@ class LLMTwinWriter:
                 note = f"HTTP 429 rate limited (attempt {res.attempts})"
                 if limited > s.max_rate_limit_retries:
                     res.reason = RATE_LIMITED
-                    res.errors = [f"rate limited: HTTP 429 after {limited} attempts "
-                                  f"({_status_message(exc)})"]
+                    res.errors = [(f"rate limited: HTTP 429 after {limited} attempts "
+                                   f"({_status_message(exc)})")]
                     return
                 if after is None:
                     after = min(2.0 ** (limited - 1), s.max_retry_after_s)
                 if after > s.max_retry_after_s:
                     res.reason = RATE_LIMITED
-                    res.errors = [f"rate limited: the endpoint asks to wait {after:.0f} s "
-                                  f"(more than {s.max_retry_after_s:.0f} s)"]
+                    res.errors = [(f"rate limited: the endpoint asks to wait {after:.0f} s "
+                                   f"(more than {s.max_retry_after_s:.0f} s)")]
                     return
                 res.notes.append(note)
                 self._limiter.pause(after)
