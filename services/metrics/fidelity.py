@@ -108,12 +108,12 @@ def long_to_wide(long: pd.DataFrame) -> pd.DataFrame:
     """Subjects x (parameter, visit) frame from a long frame.
 
     Index = USUBJID; one column per (PARAMCD, AVISITN) named ``"PARAMCD@AVISITN"`` (visit
-    formatted without a trailing ``.0``), columns sorted by parameter then visit. Duplicate
-    rows for the same subject/parameter/visit are averaged; absent combinations are NaN.
+    formatted without a trailing ``.0``), columns sorted by parameter then visit; only
+    (parameter, visit) pairs present in the data become columns. Duplicate rows for the same
+    subject/parameter/visit are averaged; absent subject values are NaN.
     """
     frame = _check_long(long, "long")
-    wide = frame.pivot_table(index=SUBJECT, columns=[PARAM, VISIT], values=VALUE,
-                             aggfunc="mean", dropna=False)
+    wide = frame.groupby([SUBJECT, PARAM, VISIT])[VALUE].mean().unstack([PARAM, VISIT])
     wide = wide.reindex(sorted(wide.columns, key=lambda k: (str(k[0]), float(k[1]))), axis=1)
     wide.columns = [f"{p}@{float(v):g}" for p, v in wide.columns]
     return wide
