@@ -409,4 +409,4 @@ def test_metrics_package_does_not_import_streamlit():
 
     for path in pathlib.Path(fidelity.__file__).parent.glob("*.py"):
         text = path.read_text()
-        assert not re.search(r"^\s*(import|from)\s+streamlit", text, re.M), path.name
+        assert not re.search(r"^\s*(import|from)\s+streamlit", text, re.MULTILINE), path.name
