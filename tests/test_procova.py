@@ -1,0 +1,181 @@
+"""PROCOVA sample sizes against hand computations and simulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from services.metrics import estimate_rho, fisher_lower_bound, procova_plan, sample_size
+
+Z975 = 1.959963984540054  # z_{1 - 0.05/2}
+Z80 = 0.8416212335729143  # z_{0.80}
+Z95 = 1.6448536269514722  # z_{0.95}
+N_RAW = 2 * (Z975 + Z80) ** 2 / 0.5**2  # effect 0.5, sd 1, 1:1: 62.79 per arm
+
+
+def _power(n_t: int, n_c: int, effect: float, sd: float, alpha: float = 0.05,
+           factor: float = 1.0) -> float:
+    se = sd * math.sqrt(factor * (1 / n_t + 1 / n_c))
+    return float(stats.norm.cdf(abs(effect) / se - stats.norm.ppf(1 - alpha / 2)))
+
+
+def test_unadjusted_matches_hand_computation():
+    assert N_RAW == pytest.approx(62.791, abs=1e-3)
+    res = sample_size(0.5, 1.0)
+    assert res.n_control_exact == pytest.approx(N_RAW)
+    assert (res.n_treatment, res.n_control, res.n_total) == (63, 63, 126)
+    assert res.variance_factor == 1.0 and res.rho == 0.0
+    # same standardised effect, other units
+    assert sample_size(5.0, 10.0).n_total == 126
+    assert sample_size(-0.5, 1.0).n_total == 126
+
+
+def test_rounding_is_minimal_and_reaches_power():
+    res = sample_size(0.5, 1.0)
+    assert _power(res.n_treatment, res.n_control, 0.5, 1.0) >= 0.8
+    assert _power(res.n_treatment - 1, res.n_control - 1, 0.5, 1.0) < 0.8
+    # an exact integer is not bumped up by floating-point noise: effect chosen so n_c = 50
+    effect = math.sqrt(2 * (Z975 + Z80) ** 2 / 50)
+    assert sample_size(effect, 1.0).n_control == 50
+
+
+def test_rho_half_gives_three_quarters():
+    res = sample_size(0.5, 1.0, rho=0.5)
+    assert res.variance_factor == pytest.approx(0.75)
+    assert res.n_control == math.ceil(N_RAW * 0.75) == 48
+    assert res.n_total == 96
+    assert sample_size(0.5, 1.0, rho=-0.5).n_total == 96  # only rho^2 matters
+
+
+def test_perfect_prognostic_score_gives_minimal_n():
+    assert sample_size(0.5, 1.0, rho=1.0).n_total == 4  # floored at 2 per arm
+    assert sample_size(0.5, 1.0, rho=0.9999).n_control == 2
+    assert sample_size(0.5, 1.0, rho=1.0, min_per_arm=10).n_total == 20
+    sizes = [sample_size(0.5, 1.0, rho=r).n_total for r in np.linspace(0, 0.99, 12)]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_allocation_ratio_two_to_one():
+    res = sample_size(0.5, 1.0, ratio=2.0)
+    n_c = 1.5 * (Z975 + Z80) ** 2 / 0.25
+    assert res.n_control_exact == pytest.approx(n_c)
+    assert res.n_treatment_exact == pytest.approx(2 * n_c)
+    assert (res.n_control, res.n_treatment) == (48, 95)
+    assert res.n_total > sample_size(0.5, 1.0).n_total  # unequal allocation costs patients
+    assert _power(95, 48, 0.5, 1.0) >= 0.8
+    adj = sample_size(0.5, 1.0, ratio=2.0, rho=0.5)
+    assert adj.n_control == math.ceil(n_c * 0.75)
+    assert adj.n_treatment == math.ceil(2 * n_c * 0.75)
+
+
+def test_one_sided_and_other_power():
+    assert sample_size(0.5, 1.0, two_sided=False).n_control == math.ceil(
+        2 * (Z95 + Z80) ** 2 / 0.25)
+    z90 = stats.norm.ppf(0.9)
+    assert sample_size(0.5, 1.0, power=0.9).n_control == math.ceil(2 * (Z975 + z90) ** 2 / 0.25)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"effect": 0.0}, {"sd": 0.0}, {"alpha": 1.0}, {"power": 0.0}, {"ratio": -1.0},
+    {"rho": 1.5},
+])
+def test_invalid_inputs(kwargs):
+    args = {"effect": 0.5, "sd": 1.0, **kwargs}
+    with pytest.raises(ValueError):
+        sample_size(**args)
+
+
+def test_plan_without_deflation():
+    plan = procova_plan(0.5, 1.0, 0.5, conservative=False)
+    assert plan.unadjusted.n_total == 126 and plan.adjusted.n_total == 96
+    assert plan.rho_used == 0.5 and plan.deflation == 1.0 and math.isnan(plan.rho_lower)
+    assert plan.saving_total == 30 and plan.saving_control == 15 and plan.saving_treatment == 15
+    assert plan.saving_pct == pytest.approx(100 * 30 / 126)
+
+
+def test_plan_conservative_deflation_only():
+    plan = procova_plan(0.5, 1.0, 0.5)  # default: x 0.9, no n_rho
+    assert plan.rho_used == pytest.approx(0.45)
+    assert plan.adjusted.n_control == math.ceil(N_RAW * (1 - 0.45**2)) == 51
+    assert "0.9" in plan.rule
+
+
+def test_plan_conservative_fisher_lower_bound():
+    n = 103  # se of Fisher z = 0.1
+    lower = math.tanh(math.atanh(0.5) - Z95 * 0.1)
+    assert fisher_lower_bound(0.5, n) == pytest.approx(lower)
+    plan = procova_plan(0.5, 1.0, 0.5, n_rho=n, deflation=1.0)
+    assert plan.rho_lower == pytest.approx(lower)
+    assert plan.rho_used == pytest.approx(lower)
+    assert plan.adjusted.n_control == math.ceil(N_RAW * (1 - lower**2))
+    both = procova_plan(0.5, 1.0, 0.5, n_rho=n, deflation=0.9)
+    assert both.rho_used == pytest.approx(0.9 * lower)
+    assert both.adjusted.n_total >= plan.adjusted.n_total >= 96
+    assert fisher_lower_bound(0.1, 10) == 0.0  # floored at 0
+    with pytest.raises(ValueError):
+        procova_plan(0.5, 1.0, 0.5, deflation=0.0)
+    with pytest.raises(ValueError):
+        fisher_lower_bound(0.5, 3)
+
+
+def test_plan_with_ratio_keeps_allocation():
+    plan = procova_plan(0.5, 1.0, 0.6, ratio=2.0, conservative=False)
+    assert plan.adjusted.ratio == 2.0
+    assert plan.adjusted.n_treatment >= 2 * plan.adjusted.n_control - 2
+    assert plan.saving_control + plan.saving_treatment == plan.saving_total
+
+
+def test_estimate_rho_hand_values():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=103)
+    y = 0.5 * x + rng.normal(size=103)
+    est = estimate_rho(x, y)
+    r = np.corrcoef(x, y)[0, 1]
+    assert est.rho == pytest.approx(r)
+    z = math.atanh(r)
+    assert est.ci_low == pytest.approx(math.tanh(z - Z975 * 0.1))
+    assert est.ci_high == pytest.approx(math.tanh(z + Z975 * 0.1))
+    assert est.lower_bound == pytest.approx(math.tanh(z - Z95 * 0.1))
+    assert est.n == 103 and est.p_value < 1e-3
+    perfect = estimate_rho(x, 2 * x + 1)
+    assert perfect.rho == pytest.approx(1.0)
+    x_nan = x.copy()
+    x_nan[0] = np.nan
+    assert estimate_rho(x_nan, y).n == 102
+    assert math.isnan(estimate_rho(np.ones(10), y[:10]).rho)
+
+
+def test_fisher_lower_bound_coverage():
+    rng = np.random.default_rng(7)
+    rho, n, reps = 0.6, 40, 2000
+    cov = [[1, rho], [rho, 1]]
+    data = rng.multivariate_normal([0, 0], cov, size=(reps, n))
+    xs, ys = data[..., 0], data[..., 1]
+    xs = xs - xs.mean(axis=1, keepdims=True)
+    ys = ys - ys.mean(axis=1, keepdims=True)
+    r = (xs * ys).sum(1) / np.sqrt((xs**2).sum(1) * (ys**2).sum(1))
+    lb = np.tanh(np.arctanh(r) - Z95 / math.sqrt(n - 3))
+    assert 0.93 < np.mean(lb <= rho) < 0.97
+    assert fisher_lower_bound(r[0], n) == pytest.approx(max(0.0, lb[0]))
+
+
+def test_ancova_variance_reduction_matches_formula():
+    """Simulated trials: adjusting for a score with correlation rho cuts the variance of the
+    treatment-effect estimate by about 1 - rho^2, the factor the sample size uses."""
+    rng = np.random.default_rng(12)
+    rho, n_arm, reps = 0.5, 100, 1500
+    n = 2 * n_arm
+    arm = np.r_[np.zeros(n_arm), np.ones(n_arm)]
+    score = rng.normal(size=(reps, n))
+    y = rho * score + math.sqrt(1 - rho**2) * rng.normal(size=(reps, n)) + 0.3 * arm
+    raw = y[:, n_arm:].mean(1) - y[:, :n_arm].mean(1)
+    adj = np.empty(reps)
+    for i in range(reps):
+        design = np.c_[np.ones(n), arm, score[i]]
+        adj[i] = np.linalg.lstsq(design, y[i], rcond=None)[0][1]
+    ratio = adj.var() / raw.var()
+    assert ratio == pytest.approx(1 - rho**2, rel=0.12)
+    assert raw.var() == pytest.approx(2 / n_arm, rel=0.12)
