@@ -1,0 +1,173 @@
+"""Plotly figure builders for comparing twins with real patients (no Streamlit, no domain logic:
+they draw frames that services computed). Used by the Compare page and the HTML report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+GROUP_COLOURS = {
+    "twin arm": "#d95f02",
+    "real target arm": "#1b9e77",
+    "real source cohort": "#7570b3",
+}
+_FALLBACK = ["#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+
+
+def colour(group: str, i: int = 0) -> str:
+    return GROUP_COLOURS.get(group, _FALLBACK[i % len(_FALLBACK)])
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 420) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, template="plotly_white",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), margin=dict(t=70, b=40))
+    return fig
+
+
+def mean_trajectories(summary: pd.DataFrame, title: str, unit: str = "") -> go.Figure:
+    """Mean with 95 % CI per visit; `summary` has GROUP, AVISITN, AVISIT, ADY, n, mean, lo, hi."""
+    fig = go.Figure()
+    for i, (group, grp) in enumerate(summary.groupby("GROUP", sort=False)):
+        grp = grp.sort_values("ADY")
+        c = colour(group, i)
+        fig.add_trace(go.Scatter(x=list(grp["ADY"]) + list(grp["ADY"][::-1]),
+                                 y=list(grp["hi"]) + list(grp["lo"][::-1]), fill="toself",
+                                 fillcolor=_rgba(c, 0.15), line=dict(width=0), hoverinfo="skip",
+                                 showlegend=False, legendgroup=group))
+        fig.add_trace(go.Scatter(x=grp["ADY"], y=grp["mean"], mode="lines+markers", name=group,
+                                 line=dict(color=c, width=2), legendgroup=group,
+                                 customdata=np.c_[grp["AVISIT"].astype(str), grp["n"]],
+                                 hovertemplate="%{customdata[0]}: mean %{y:.3g} (n=%{customdata[1]})<extra>"
+                                               + group + "</extra>"))
+    return _layout(fig, title, "study day", f"mean ({unit})" if unit else "mean")
+
+
+def spaghetti(values: pd.DataFrame, title: str, unit: str = "") -> go.Figure:
+    """One thin line per patient; `values` has GROUP, USUBJID, ADY, AVAL (already sampled)."""
+    fig = go.Figure()
+    for i, (group, grp) in enumerate(values.groupby("GROUP", sort=False)):
+        c = colour(group, i)
+        first = True
+        for _, pat in grp.sort_values("ADY").groupby("USUBJID", sort=False):
+            fig.add_trace(go.Scatter(x=pat["ADY"], y=pat["AVAL"], mode="lines", name=group,
+                                     line=dict(color=_rgba(c, 0.45), width=1), legendgroup=group,
+                                     showlegend=first, hovertemplate=f"{pat['USUBJID'].iloc[0]}<extra>{group}</extra>"))
+            first = False
+    return _layout(fig, title, "study day", unit or "value")
+
+
+def patient_band(real: pd.DataFrame, twins: pd.DataFrame, title: str, unit: str = "") -> go.Figure:
+    """One patient's real trajectory (ADY, AVAL) against the 10-90 % band and median of its twins
+    (`twins` has ADY, AVAL, one row per twin and visit)."""
+    fig = go.Figure()
+    if len(twins):
+        band = twins.groupby("ADY")["AVAL"].quantile([0.1, 0.5, 0.9]).unstack().sort_index()
+        c = colour("twin arm")
+        fig.add_trace(go.Scatter(x=list(band.index) + list(band.index[::-1]),
+                                 y=list(band[0.9]) + list(band[0.1][::-1]), fill="toself",
+                                 fillcolor=_rgba(c, 0.2), line=dict(width=0), name="twins 10-90 %"))
+        fig.add_trace(go.Scatter(x=band.index, y=band[0.5], mode="lines", name="twins median",
+                                 line=dict(color=c, dash="dash")))
+    if len(real):
+        real = real.sort_values("ADY")
+        fig.add_trace(go.Scatter(x=real["ADY"], y=real["AVAL"], mode="lines+markers", name="real patient",
+                                 line=dict(color="#222222", width=2)))
+    return _layout(fig, title, "study day", unit or "value")
+
+
+def kaplan_meier(curves: pd.DataFrame, at_risk: pd.DataFrame | None, title: str) -> go.Figure:
+    """KM curves with 95 % bands; `curves` has GROUP, time, survival, lo, hi (step data);
+    `at_risk` has GROUP, time, n (number at risk shown under the plot)."""
+    rows = 2 if at_risk is not None and len(at_risk) else 1
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, row_heights=[0.78, 0.22][:rows],
+                        vertical_spacing=0.06)
+    groups = list(dict.fromkeys(curves["GROUP"]))
+    for i, group in enumerate(groups):
+        grp = curves[curves["GROUP"] == group].sort_values("time")
+        c = colour(group, i)
+        fig.add_trace(go.Scatter(x=list(grp["time"]) + list(grp["time"][::-1]),
+                                 y=list(grp["hi"]) + list(grp["lo"][::-1]), fill="toself",
+                                 fillcolor=_rgba(c, 0.12), line=dict(width=0, shape="hv"), hoverinfo="skip",
+                                 showlegend=False, legendgroup=group), row=1, col=1)
+        fig.add_trace(go.Scatter(x=grp["time"], y=grp["survival"], mode="lines", name=group,
+                                 line=dict(color=c, shape="hv", width=2), legendgroup=group), row=1, col=1)
+    if rows == 2:
+        for i, group in enumerate(groups):
+            grp = at_risk[at_risk["GROUP"] == group]
+            fig.add_trace(go.Scatter(x=grp["time"], y=[group] * len(grp), mode="text",
+                                     text=grp["n"].astype(int).astype(str), showlegend=False,
+                                     textfont=dict(color=colour(group, i), size=11), hoverinfo="skip"),
+                          row=2, col=1)
+        fig.update_yaxes(title_text="at risk", row=2, col=1, showgrid=False)
+    fig.update_yaxes(title_text="survival probability", range=[0, 1.02], row=1, col=1)
+    fig.update_xaxes(title_text="days", row=rows, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=480 if rows == 2 else 400,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), margin=dict(t=70, b=40))
+    return fig
+
+
+def embedding_scatter(points: pd.DataFrame, title: str) -> go.Figure:
+    """2-D embedding; `points` has x, y, SOURCE ("real"/"twin"), ARM, USUBJID."""
+    fig = go.Figure()
+    symbols = {"real": "circle", "twin": "x"}
+    for i, ((source, arm), grp) in enumerate(points.groupby(["SOURCE", "ARM"], sort=False)):
+        name = f"{source}: {arm}"
+        fig.add_trace(go.Scattergl(x=grp["x"], y=grp["y"], mode="markers", name=name, text=grp["USUBJID"],
+                                   marker=dict(symbol=symbols.get(source, "circle"), size=6, opacity=0.7,
+                                               color=_FALLBACK[i % len(_FALLBACK)] if source == "real"
+                                               else colour("twin arm")),
+                                   hovertemplate="%{text}<extra>" + name + "</extra>"))
+    fig = _layout(fig, title, "dimension 1", "dimension 2", height=480)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    return fig
+
+
+def similarity_histogram(distributions: dict[str, np.ndarray], title: str) -> go.Figure:
+    """Overlaid histograms of cosine similarities (probability density)."""
+    fig = go.Figure()
+    for i, (name, values) in enumerate(distributions.items()):
+        if len(values):
+            fig.add_trace(go.Histogram(x=values, name=name, histnorm="probability density", opacity=0.55,
+                                       nbinsx=60, marker_color=_FALLBACK[i % len(_FALLBACK)]))
+    fig.update_layout(barmode="overlay")
+    return _layout(fig, title, "cosine similarity", "density")
+
+
+def smd_dot_plot(marginal: pd.DataFrame, title: str) -> go.Figure:
+    """Standardized mean difference of twins vs real per parameter and visit, with the usual
+    |SMD| < 0.1 band; `marginal` has PARAMCD, AVISITN, smd."""
+    fig = go.Figure()
+    fig.add_vrect(x0=-0.1, x1=0.1, fillcolor="rgba(27,158,119,0.12)", line_width=0)
+    labels = marginal["PARAMCD"].astype(str) + " @ " + marginal["AVISITN"].map(lambda v: f"{v:g}")
+    fig.add_trace(go.Scatter(x=marginal["smd"], y=labels, mode="markers", marker=dict(color=colour("twin arm")),
+                             name="SMD"))
+    fig = _layout(fig, title, "standardized mean difference (twins - real)", "",
+                  height=max(300, 18 * len(marginal) + 120))
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def sample_size_bars(plan: dict, title: str) -> go.Figure:
+    """Unadjusted vs PROCOVA-adjusted total sample size (`plan` has n_unadjusted, n_adjusted and
+    optionally n_conservative)."""
+    names, values = ["unadjusted"], [plan["n_unadjusted"]]
+    if plan.get("n_conservative") is not None:
+        names.append("PROCOVA (conservative)")
+        values.append(plan["n_conservative"])
+    names.append("PROCOVA")
+    values.append(plan["n_adjusted"])
+    fig = go.Figure(go.Bar(x=values, y=names, orientation="h", text=values, textposition="auto",
+                           marker_color=["#999999"] + [colour("twin arm")] * (len(values) - 1)))
+    fig = _layout(fig, title, "patients (total)", "", height=260)
+    fig.update_layout(showlegend=False)
+    return fig

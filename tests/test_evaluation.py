@@ -1,0 +1,100 @@
+"""The Compare page's numbers on real data: a copied arm (known answers) and a local twin arm."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.cli import main
+from services.evaluation import TARGET, TWIN, compare, evaluate, km_curves, trajectory_summary
+from services.io import RawFile
+from services.trial import load_trial_files
+
+
+def copied_arm(kb, sources, donors):
+    """A fake twin arm whose 'twins' are exact copies of real donor patients."""
+    mapping = dict(zip(donors, [f"{s}-T1" for s in sources]))
+    src_of = dict(zip(donors, sources))
+    adsl = kb.subjects[kb.subjects.USUBJID.isin(donors)][["USUBJID", "ARM"]].copy()
+    adsl["SRCSUBJID"] = adsl.USUBJID.map(src_of)
+    adsl["TWINIDX"] = 1
+    adsl["USUBJID"] = adsl.USUBJID.map(mapping)
+    files = [RawFile("adsl.csv", adsl.to_csv(index=False).encode())]
+    for name, frame in kb.bds.items():
+        part = frame[frame.USUBJID.isin(donors)].drop(columns=["ARM"]).copy()
+        part["SRCSUBJID"] = part.USUBJID.map(src_of)
+        part["USUBJID"] = part.USUBJID.map(mapping)
+        files.append(RawFile(f"{name}.csv", part.to_csv(index=False).encode()))
+    tte = kb.tte[kb.tte.USUBJID.isin(donors)].drop(columns=["ARM"]).copy()
+    tte["USUBJID"] = tte.USUBJID.map(mapping)
+    files.append(RawFile("adtte.csv", tte.to_csv(index=False).encode()))
+    return load_trial_files(files, name="copies")
+
+
+@pytest.fixture(scope="module")
+def copies(pbc):
+    placebo = list(pbc.subjects.loc[pbc.subjects.ARM == "Placebo", "USUBJID"])
+    treated = list(pbc.subjects.loc[pbc.subjects.ARM != "Placebo", "USUBJID"])[: len(placebo)]
+    return copied_arm(pbc, treated, placebo)
+
+
+def test_copies_of_the_real_target_arm_are_perfectly_faithful_and_flagged_as_privacy_risk(pbc, copies):
+    result = evaluate(pbc, copies, {"target_arm": "Placebo"})
+    assert result["n_real_target"] == 154 and result["n_twins"] == 154
+    marginal = pd.DataFrame(result["fidelity"]["marginal"])
+    assert np.allclose(marginal["smd"].fillna(0), 0) and np.allclose(marginal["ks"].fillna(0), 0)
+    assert result["fidelity"]["correlation_distance"]["mean_abs_diff"] == pytest.approx(0, abs=1e-9)
+    assert result["fidelity"]["detection"]["auroc"] == pytest.approx(0.5, abs=0.05)
+    privacy = result["privacy"]
+    assert privacy["exact_copies"]["n_copies"] == privacy["n_twins"]
+    assert privacy["dcr"]["ratio_median"] == pytest.approx(0, abs=1e-9)
+    surv = result["survival"]["DEATH"]
+    assert surv["logrank_twins_vs_real_target"]["p_value"] == pytest.approx(1.0, abs=1e-6)
+    assert surv["km_distance_twins_vs_real_target"]["sup"] == pytest.approx(0, abs=1e-9)
+
+
+def test_trajectory_and_km_tables_have_every_group(pbc, copies):
+    comp = compare(pbc, copies, {"target_arm": "Placebo"})
+    summary = trajectory_summary(comp, "BILI")
+    assert set(summary.GROUP) == {TARGET, TWIN, "real source cohort"}
+    base = summary[(summary.GROUP == TARGET) & (summary.AVISITN == 0)].iloc[0]
+    real_base = pbc.baseline.loc[pbc.subjects.loc[pbc.subjects.ARM == "Placebo", "USUBJID"], "BILI"]
+    assert base["mean"] == pytest.approx(real_base.mean()) and base["lo"] < base["mean"] < base["hi"]
+    twin = summary[summary.GROUP == TWIN].set_index("AVISITN")["mean"]
+    target = summary[summary.GROUP == TARGET].set_index("AVISITN")["mean"]
+    pd.testing.assert_series_equal(twin, target, check_names=False)
+    curves, at_risk = km_curves(comp, "DEATH")
+    assert curves.groupby("GROUP")["survival"].max().le(1).all()
+    assert at_risk[at_risk.time == 0].set_index("GROUP")["n"].to_dict()[TARGET] == 154
+
+
+def test_local_twin_arm_metrics_and_cli_evaluate(pbc, tmp_path, capsys):
+    from services.generators import get_generator
+    from services.twins import write_run
+
+    treated = pbc.subjects.loc[pbc.subjects.ARM == "D-penicillamine", "USUBJID"]
+    run = get_generator("local").fit(pbc).generate(pbc.subset(treated), "Placebo", twins_per_patient=2, seed=3)
+    folder = write_run(run, tmp_path / "run")
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--real", "pbc", "--twins", str(folder), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "detection AUROC" in printed and "DCR ratio" in printed and "HR source vs twins" in printed
+    result = json.loads(out.read_text())
+    assert result["n_twins"] == 316 and result["n_sources"] == 158
+    assert 0.0 <= result["fidelity"]["detection"]["auroc"] <= 1.0
+    assert result["privacy"]["exact_copies"]["n_copies"] == 0
+    assert result["privacy"]["dcr"]["ratio_median"] > 0.5
+    assert result["utility"]["tstr"]["tstr"] > 0.6  # twins carry the prognosis of real placebo patients
+    assert {"DEATH", "DTHTX"} <= set(result["survival"])
+
+
+def test_cli_evaluate_bad_input(tmp_path, capsys):
+    assert main(["evaluate", "--real", "pbc", "--twins", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a folder" in err[0]
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", "--real", "pbc", "--twins", str(tmp_path / "empty")]) == 1
+    assert "manifest.json" in capsys.readouterr().err
