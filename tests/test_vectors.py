@@ -34,7 +34,7 @@ def _col(pv: PatientVectors, name: str) -> np.ndarray:
 
 
 def test_layout_blocks_cover_all_features(pilot, pilot_vec):
-    vec, pv = pilot_vec
+    _vec, pv = pilot_vec
     assert isinstance(pv, PatientVectors)
     assert pv.X.dtype == np.float32
     assert pv.ids == list(pilot.subjects["USUBJID"])
@@ -68,7 +68,7 @@ def test_continuous_features_are_standardised_on_the_knowledge_base(pilot, pilot
 
 
 def test_missing_covariate_imputed_and_flagged(pilot, pilot_vec):
-    vec, pv = pilot_vec
+    _vec, pv = pilot_vec
     missing = pilot.subjects["BMIBL"].isna().to_numpy()
     assert missing.sum() >= 1, "the pilot has a subject without BMIBL"
     assert np.all(_col(pv, "cov:BMIBL")[missing] == 0)
@@ -77,7 +77,7 @@ def test_missing_covariate_imputed_and_flagged(pilot, pilot_vec):
 
 
 def test_missing_baseline_parameter_imputed_and_flagged(pbc, pbc_vec):
-    vec, pv = pbc_vec
+    _vec, pv = pbc_vec
     missing = pbc.baseline["CHOL"].isna().to_numpy()
     assert missing.sum() > 0, "pbc has subjects without a baseline cholesterol"
     assert np.all(_col(pv, "base:CHOL")[missing] == 0)
@@ -90,7 +90,7 @@ def test_missing_baseline_parameter_imputed_and_flagged(pbc, pbc_vec):
 
 
 def test_missing_follow_up_visits_are_flagged(pilot, pilot_vec):
-    vec, pv = pilot_vec
+    _vec, pv = pilot_vec
     vv = pilot.visit_values
     seen = set(zip(vv.loc[vv["PARAMCD"] == "SYSBP", "USUBJID"], vv.loc[vv["PARAMCD"] == "SYSBP", "AVISITN"]))
     flag = _col(pv, "chg:SYSBP@26:missing") > 0
@@ -115,7 +115,7 @@ def test_feature_absent_from_query_trial_is_missing(pilot, pilot_vec):
 
 
 def test_unseen_category_level_is_equally_far_from_every_level(pilot, pilot_vec):
-    vec, pv = pilot_vec
+    vec, _pv = pilot_vec
     query = pilot.subset(list(pilot.subjects["USUBJID"][:3]))
     query.subjects = query.subjects.assign(RACE="NOT A LEVEL OF THE PILOT")
     qv = vec.transform(query)
@@ -143,7 +143,7 @@ def test_embeddings_unit_norm_and_blocks_weighted(pbc, pbc_vec):
         assert E.dtype == np.float32 and E.shape == (len(pv), pv.dim(space)) == (len(pv), vec.dim(space))
         np.testing.assert_allclose(np.linalg.norm(E, axis=1), 1.0, atol=1e-5)
     # each group contributes about its weight to the squared norm, whatever its column count
-    sq = lambda blocks: float(np.mean(sum((pv.block(b) ** 2).sum(axis=1) for b in blocks)))  # noqa: E731
+    sq = lambda blocks: float(np.mean(sum((pv.block(b) ** 2).sum(axis=1) for b in blocks)))
     base, fu = sq(["base", "base_missing"]), sq(["fu", "fu_missing"])
     assert pv.blocks["fu"].stop - pv.blocks["fu"].start > 10 * (pv.blocks["base"].stop - pv.blocks["base"].start)
     assert 0.7 < base < 1.3 and 0.7 < fu < 1.6
