@@ -101,7 +101,9 @@ with opt_right:
 
 table = table1(cohort.frame, by="ARM", variables=variables, kinds=kinds, groups=groups, smd=smd_pair)
 shown = cw.table1_for_display(table, labels, kinds)
-st.dataframe(shown, hide_index=True, width="stretch", height=min(36 * (len(shown) + 1) + 4, 900))
+st.dataframe(shown, hide_index=True, width="stretch", height=min(35 * (len(shown) + 1) + 3, 2400),
+             column_config={"Variable": st.column_config.TextColumn(width="medium"),
+                            "Statistic": st.column_config.TextColumn(width="medium")})
 st.caption("Continuous variables: mean (SD), median [Q1, Q3] and the number missing; categorical: "
            "n (%) of the subjects with a value. Columns are the arms in the cohort and all of them together.")
 

@@ -148,6 +148,8 @@ def tokenize(text: str) -> list[Token]:
                 raise FilterError(f"'{bad}' at position {pos} is neither a number nor a column name "
                                   "(column names start with a letter)", pos)
             raw = m.group(0)
+            if len(raw) > 40:
+                raise FilterError(f"the number at position {pos} is too long ({len(raw)} digits)", pos)
             value: float | int = float(raw) if any(c in raw for c in ".eE") else int(raw)
             tokens.append(Token("NUMBER", value, pos, raw))
             i = end

@@ -222,3 +222,26 @@ def test_cohort_page_apptest():
     assert not at.exception
     assert len(at.session_state["cohort_ids"]) == n_filtered
     assert at.session_state["cohort_spec"].expression == "AGE > 50"
+
+
+# ----- figure builders ------------------------------------------------------------------------
+def test_baseline_figures(pbc):
+    from components import figures_baseline as fb
+
+    cohort = apply_cohort(pbc, CohortSpec(expression="BILI < 3"))
+    full = cohort_frame(pbc)
+    box = fb.baseline_distribution(cohort.frame, "AGE", "continuous", groups=list(cohort.by_arm))
+    assert [len(t.y) for t in box.data] == [cohort.by_arm[a] for a in cohort.by_arm]
+    hist = fb.baseline_distribution(cohort.frame, "BILI", "continuous", groups=list(cohort.by_arm),
+                                    style="histogram")
+    assert {t.type for t in hist.data} == {"histogram"}
+    bars = fb.baseline_distribution(cohort.frame, "STAGE", "categorical", groups=list(cohort.by_arm))
+    assert list(bars.data[0].x) == ["Stage 1", "Stage 2", "Stage 3", "Stage 4"]
+    assert sum(bars.data[0].customdata) == cohort.by_arm[bars.data[0].name.split(" (n=")[0]]
+    versus = fb.cohort_vs_excluded(full, cohort.mask.to_numpy(), "SEX", "categorical")
+    assert [t.name for t in versus.data] == [f"In cohort (n={cohort.n})",
+                                             f"Excluded (n={len(full) - cohort.n})"]
+    everyone = fb.cohort_vs_excluded(full, [True] * len(full), "AGE", "continuous")
+    assert "No subject is excluded" in everyone.layout.annotations[0].text
+    funnel = fb.attrition_chart(cohort.attrition_frame())
+    assert list(funnel.data[0].x) == [len(full), cohort.n]

@@ -153,6 +153,9 @@ def test_pbc_baseline_lab_filter(pbc, bframe):
     ("50 > 40", "compares two values"),
     ("not", "ends too early"),
     ("50abc > 1", "neither a number nor a column name"),
+    ("AGE > " + "9" * 4500, "too long"),
+    ("AGE > 'x\\", "not closed"),
+    ("`AGE > 1", "not closed"),
 ])
 def test_rejects_anything_outside_the_language(pframe, expr, words):
     with pytest.raises(FilterError) as info:
@@ -223,3 +226,19 @@ def test_limits_of_size_and_nesting(pframe):
 def test_check_returns_message_or_none(pframe):
     assert filterlang.check("AGE > 50", pframe) is None
     assert "unknown column" in filterlang.check("XYZ > 1", pframe)
+
+
+def test_random_text_only_ever_raises_filter_error(pframe):
+    """Fuzz: whatever is typed, the answer is a mask or a FilterError, never another exception."""
+    rng = np.random.default_rng(7)
+    pieces = ["AGE", "SEX", "sysbp", "ARM", "TRTSDT", "BMIBL", "(", ")", ",", "and", "or", "not", "in",
+              "between", "is", "missing", "==", "!=", ">=", "<", "=", "-", "50", "1.5e3", "'F'", '"M"',
+              "'2013-01-01'", "true", ".", ";", "[", "`", "'", '"', "__import__", "x", " ", "\\"]
+    for _ in range(3000):
+        text = " ".join(rng.choice(pieces, size=int(rng.integers(1, 9))))
+        try:
+            mask = evaluate(text, pframe)
+        except FilterError as exc:
+            assert str(exc)
+        else:
+            assert mask.dtype == bool and len(mask) == len(pframe)
