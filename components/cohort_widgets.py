@@ -48,7 +48,7 @@ def _decimals(step: float) -> int:
 
 def _clean(value: float, step: float):
     digits = _decimals(step)
-    return int(round(value)) if digits == 0 else round(value, digits)
+    return round(value) if digits == 0 else round(value, digits)
 
 
 def _draft_key(key: str, scope: str) -> str:

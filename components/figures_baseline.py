@@ -21,7 +21,7 @@ def group_colors(groups: list) -> dict:
 def _empty(message: str, title: str = "") -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
-                       font=dict(size=14))
+                       font={"size": 14})
     fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False, height=320)
     return fig
 
@@ -48,7 +48,7 @@ def _percent_bars(frame: pd.DataFrame, variable: str, group_col: str, groups: li
                     customdata=counts.values, text=[f"{p:.0f}%" for p in pct.values], textposition="outside",
                     hovertemplate="%{x}: %{customdata} subjects (%{y:.1f}%)<extra>" + str(g) + "</extra>")
     fig.update_layout(barmode="group", title=title, xaxis_title=label, yaxis_title="% of group",
-                      legend_title_text="", height=380, margin=dict(t=50, b=40))
+                      legend_title_text="", height=380, margin={"t": 50, "b": 40})
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
     return fig
 
@@ -72,7 +72,7 @@ def _continuous(frame: pd.DataFrame, variable: str, group_col: str, groups: list
             values = data.loc[data[group_col] == g, variable]
             fig.add_histogram(x=values, name=names[g], histnorm="percent", opacity=0.6,
                               marker_color=colors.get(str(g)),
-                              xbins=dict(start=float(bins[0]), end=float(bins[-1]) + size, size=size))
+                              xbins={"start": float(bins[0]), "end": float(bins[-1]) + size, "size": size})
         fig.update_layout(barmode="overlay", xaxis_title=label, yaxis_title="% of group")
     else:
         for g in groups:
@@ -80,7 +80,7 @@ def _continuous(frame: pd.DataFrame, variable: str, group_col: str, groups: list
             fig.add_box(y=values, name=names[g], marker_color=colors.get(str(g)), boxpoints="all",
                         jitter=0.4, pointpos=0, boxmean=True, marker_size=4, marker_opacity=0.5)
         fig.update_layout(yaxis_title=label, showlegend=False)
-    fig.update_layout(title=title, legend_title_text="", height=380, margin=dict(t=50, b=40))
+    fig.update_layout(title=title, legend_title_text="", height=380, margin={"t": 50, "b": 40})
     return fig
 
 
@@ -128,6 +128,6 @@ def attrition_chart(steps: pd.DataFrame) -> go.Figure:
                            customdata=steps["excluded"],
                            hovertemplate="%{y}<br>%{x} left, %{customdata} excluded<extra></extra>"))
     fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_layout(height=max(160, 48 * len(steps) + 60), margin=dict(t=10, b=30, l=10, r=10),
+    fig.update_layout(height=max(160, 48 * len(steps) + 60), margin={"t": 10, "b": 30, "l": 10, "r": 10},
                       xaxis_title="subjects left")
     return fig

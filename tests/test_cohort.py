@@ -115,7 +115,7 @@ def test_all_criteria_combine_with_and_and_attrition(pilot):
     assert cohort.n == len(want)
     assert cohort.by_arm == want["ARM"].value_counts().reindex(spec.arms).to_dict()
     steps = cohort.attrition_frame()
-    assert list(steps["remaining"])[0] == 254 and list(steps["remaining"])[-1] == cohort.n
+    assert steps["remaining"].iloc[0] == 254 and steps["remaining"].iloc[-1] == cohort.n
     assert (steps["remaining"] + steps["excluded"]).iloc[1:].tolist() == steps["remaining"].iloc[:-1].tolist()
     assert int(cohort.mask.sum()) == cohort.n and cohort.mask.index[0] == adsl["USUBJID"].iloc[0]
 
