@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from components.sidebar import render_sidebar
+from services.embedding import configure_numba_cache, start_umap_warm_up
 
 st.set_page_config(page_title="TwinArm", page_icon="🧬", layout="wide")
 
@@ -22,6 +23,16 @@ PAGES = [
     ("pages/export.py", "Export & report", "📦"),
 ]
 
+
+
+@st.cache_resource
+def _warm_up_once_per_process():
+    """UMAP's numba code compiles in the background once per server process."""
+    configure_numba_cache()
+    return start_umap_warm_up()
+
+
+_warm_up_once_per_process()
 pages = [st.Page(path, title=title, icon=icon, default=(i == 0))
          for i, (path, title, icon) in enumerate(PAGES) if (HERE / path).exists()]
 navigation = st.navigation(pages)

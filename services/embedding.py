@@ -28,6 +28,17 @@ def configure_numba_cache() -> None:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(home_subdir("numba_cache")))
 
 
+def is_umap_warm() -> bool:
+    return _WARM.is_set()
+
+
+def start_umap_warm_up() -> threading.Thread:
+    """Compile UMAP in a daemon thread so no page waits for it."""
+    thread = threading.Thread(target=warm_up_umap, name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def warm_up_umap() -> float:
     """Compile UMAP's numba code once per process; returns seconds spent (0 when warm)."""
     import time

@@ -393,3 +393,103 @@ def _jsonable(value):
     if isinstance(value, np.bool_):
         return bool(value)
     return value
+
+
+# ----- embeddings and similarity ------------------------------------------------------------
+
+def patient_vectors(comp: Comparison, space: str = "full"):
+    """(real vectors of the knowledge base, twin vectors) on a scale fitted on the knowledge
+    base (services.vectors), embedded in `space` (L2-normalised)."""
+    from services.vectors import PatientVectorizer
+
+    vec = PatientVectorizer().fit(comp.kb)
+    return vec.transform(comp.kb), vec.transform(comp.twins)
+
+
+def embedding_points(comp: Comparison, method: str = "umap", seed: int = 0, max_points: int = 2000,
+                     space: str = "full") -> pd.DataFrame:
+    """2-D embedding of real patients (every arm) and twins: x, y, SOURCE, ARM, USUBJID.
+    Above `max_points` a random sample keeps the page responsive (same sample for a seed)."""
+    from services.embedding import embed_2d
+
+    real, twin = patient_vectors(comp, space)
+    X = np.vstack([real.embed(space), twin.embed(space)])
+    frame = pd.DataFrame({"SOURCE": ["real"] * len(real) + ["twin"] * len(twin),
+                          "ARM": list(real.arms) + [f"{a} (twin)" for a in twin.arms],
+                          "USUBJID": list(real.ids) + list(twin.ids)})
+    if len(frame) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(frame), max_points, replace=False))
+        frame, X = frame.iloc[keep].reset_index(drop=True), X[keep]
+    coords = embed_2d(X, method=method, seed=seed)
+    return frame.assign(x=coords[:, 0], y=coords[:, 1])
+
+
+def similarity(comp: Comparison, space: str = "full", seed: int = 0) -> dict[str, np.ndarray]:
+    """Cosine similarities within the real target arm, within twins, real-to-twin, and of each
+    twin to its own source patient (services.embedding.similarity_distributions)."""
+    from services.embedding import similarity_distributions
+
+    real, twin = patient_vectors(comp, space)
+    R, T = real.embed(space), twin.embed(space)
+    target_ids = set(comp.groups[TARGET].subjects["USUBJID"])
+    dist = similarity_distributions(R[[i for i, u in enumerate(real.ids) if u in target_ids]], T, seed=seed)
+    if "SRCSUBJID" in comp.twins.subjects:
+        pos = {u: i for i, u in enumerate(real.ids)}
+        src = comp.twins.subjects.set_index("USUBJID")["SRCSUBJID"].astype(str)
+        pairs = [(i, pos[src[t]]) for i, t in enumerate(twin.ids) if src.get(t) in pos]
+        if pairs:
+            ti, ri = map(np.array, zip(*pairs))
+            dist["twin to own source"] = np.einsum("ij,ij->i", T[ti], R[ri]).astype(float)
+    return dist
+
+
+def headline(result: dict) -> pd.DataFrame:
+    """The metrics summary shown on the Compare page and in the report: one row per metric
+    with its value, the ideal and a plain-language verdict (ok: True/False/None)."""
+    f, p, u = result.get("fidelity", {}), result.get("privacy", {}), result.get("utility", {})
+    rows = []
+
+    def add(group, metric, value, ideal, ok, good, bad):
+        verdict = "n/a" if value is None else (good if ok else bad)
+        rows.append({"group": group, "metric": metric, "value": value, "ideal": ideal,
+                     "ok": None if value is None else bool(ok), "verdict": verdict})
+
+    share = f.get("share_abs_smd_below_0_1")
+    add("fidelity", "parameter-visits with |SMD| < 0.1", share, "1", share is not None and share >= 0.8,
+        "twin means match the real arm at most visits", "twin means differ from the real arm at many visits")
+    cd = (f.get("correlation_distance") or {}).get("mean_abs_diff")
+    add("fidelity", "correlation distance", cd, "0", cd is not None and cd <= 0.1,
+        "correlations across visits and parameters preserved", "correlation structure differs")
+    dw = (f.get("dimension_wise_mean_correlation") or {}).get("correlation")
+    add("fidelity", "dimension-wise mean correlation", dw, "1", dw is not None and dw >= 0.9,
+        "per-visit means track the real ones", "per-visit means drift from the real ones")
+    det = (f.get("detection") or {}).get("auroc")
+    add("fidelity", "detection AUROC", det, "0.5", det is not None and det <= 0.7,
+        "a classifier can hardly tell twins from real patients", "a classifier tells twins from real patients")
+    dcr = (p.get("dcr") or {}).get("ratio_median")
+    add("privacy", "DCR ratio (twins / real)", dcr, ">= 1", dcr is not None and dcr >= 0.8,
+        "twins are no closer to real patients than real patients are to each other",
+        "twins sit unusually close to real patients")
+    nnaa = (p.get("nnaa") or {}).get("nnaa")
+    add("privacy", "NN adversarial accuracy", nnaa, "0.5", nnaa is not None and 0.35 <= nnaa <= 0.8,
+        "neither copies nor outliers", "twins are copies (low) or unlike real patients (high)")
+    copies = (p.get("exact_copies") or {}).get("n_copies")
+    add("privacy", "exact copies of real patients", copies, "0", copies == 0,
+        "no twin copies a real patient", "some twins copy real patients")
+    mi = p.get("membership") or {}
+    adv = mi.get("advantage")
+    if adv is not None:
+        add("privacy", "membership-inference advantage", adv, "0", adv <= 0.1,
+            "an attacker cannot tell who was in the training data", "training membership is disclosed")
+    ratio = (u.get("tstr") or {}).get("ratio")
+    add("utility", "TSTR / TRTR AUROC", ratio, "1", ratio is not None and ratio >= 0.9,
+        "a model trained on twins predicts real outcomes as well as one trained on real data",
+        "models trained on twins predict real outcomes worse")
+    gain = (u.get("augmentation") or {}).get("gain")
+    add("utility", "augmentation AUROC gain", gain, ">= 0", gain is not None and gain >= -0.02,
+        "adding twins does not hurt prediction", "adding twins hurts prediction")
+    for paramcd, s in (result.get("survival") or {}).items():
+        km = (s.get("km_distance_twins_vs_real_target") or {}).get("sup")
+        add("survival", f"{paramcd}: KM sup distance twins vs real", km, "0", km is not None and km <= 0.1,
+            "twin survival matches the real arm", "twin survival differs from the real arm")
+    return pd.DataFrame(rows)

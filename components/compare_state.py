@@ -1,0 +1,45 @@
+"""Shared plumbing of the Compare, Validate and Export pages: the current run and cached
+computations on it (keyed by the trial's content hash and the run id)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from components.state import get_run, get_trial
+from services import evaluation as ev
+
+
+def require_run():
+    """(knowledge base, run) or stop the page with a pointer to the What-if page."""
+    trial = get_trial()
+    run = get_run()
+    if run is None:
+        st.info("No twin arm yet: generate one on the What-if page (or reopen an earlier run there).")
+        st.page_link("pages/whatif.py", label="Go to What-if: twin arm", icon="🧬")
+        st.stop()
+    kb_hash = (run.manifest.get("knowledge_base") or {}).get("content_hash")
+    if kb_hash and kb_hash != trial.content_hash:
+        st.warning(f"Run {run.run_id} was generated from another trial "
+                   f"({(run.manifest.get('knowledge_base') or {}).get('name')}). Load that trial in the sidebar "
+                   "or generate a new twin arm for this one.")
+        st.stop()
+    return trial, run
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _comparison(kb_hash: str, run_id: str, _kb, _run):
+    return ev.compare(_kb, _run.as_trial(), _run.manifest)
+
+
+def cached_comparison(kb, run) -> ev.Comparison:
+    return _comparison(kb.content_hash, run.run_id, kb, run)
+
+
+@st.cache_data(show_spinner="Computing fidelity, privacy and utility metrics...", max_entries=8)
+def _evaluation(kb_hash: str, run_id: str, _kb, _run) -> dict:
+    comp = cached_comparison(_kb, _run)
+    return ev.evaluate(comp.kb, comp.twins, comp.manifest)
+
+
+def cached_evaluation(kb, run) -> dict:
+    return _evaluation(kb.content_hash, run.run_id, kb, run)

@@ -1,0 +1,102 @@
+"""Compare: how the twin arm compares with real patients (trajectories, survival, embeddings,
+similarity, fidelity/privacy/utility metrics)."""
+
+import streamlit as st
+
+from components import figures_compare as fig
+from components.compare_state import cached_comparison, cached_evaluation, require_run
+from components.metric_cards import headline_table, metric_definitions
+from services import evaluation as ev
+from services.embedding import is_umap_warm
+
+kb, run = require_run()
+comp = cached_comparison(kb, run)
+result = cached_evaluation(kb, run)
+
+st.title("Compare twins with real patients")
+st.caption(f"Run {run.run_id}: {run.n_twins} twins under **{comp.target_arm}** for {len(comp.source_ids)} "
+           f"real patients of {comp.source_arm() or 'another trial'}, compared with "
+           f"{len(comp.groups[ev.TARGET].subjects)} real {comp.target_arm} patients.")
+
+tab_traj, tab_surv, tab_emb, tab_sim, tab_metrics = st.tabs(
+    ["Trajectories", "Survival", "Embeddings", "Similarity", "Metrics"])
+
+with tab_traj:
+    if not comp.parameters:
+        st.info("This trial has no parameter with scheduled follow-up visits.")
+    else:
+        labels = {p: f"{p}: {kb.parameters[p].label}" for p in comp.parameters}
+        paramcd = st.selectbox("Parameter", comp.parameters, format_func=labels.get, key="cmp_param")
+        unit = kb.parameters[paramcd].unit
+        st.plotly_chart(fig.mean_trajectories(ev.trajectory_summary(comp, paramcd),
+                                              f"Mean {labels[paramcd]} with 95 % CI", unit), width="stretch")
+        st.caption("Mean per visit with its 95 % confidence interval: twins should follow the real target arm, "
+                   "and the gap to the real source cohort is the treatment effect seen against twins.")
+        st.plotly_chart(fig.spaghetti(ev.spaghetti_values(comp, paramcd, per_group=12),
+                                      f"{labels[paramcd]}: a sample of individual patients", unit), width="stretch")
+        st.caption("Twelve random patients per group: twins should show the same spread and shapes as real "
+                   "patients, not smooth averages.")
+        if comp.source_ids:
+            source = st.selectbox("Source patient", comp.source_ids, key="cmp_source")
+            real, twins = ev.patient_and_twins(comp, source, paramcd)
+            st.plotly_chart(fig.patient_band(real, twins, f"{source}: real trajectory vs its twins", unit),
+                            width="stretch")
+            st.caption("The black line is what happened to this patient on their own arm; the band is where "
+                       f"their {comp.target_arm} twins go (10th-90th percentile).")
+
+with tab_surv:
+    if not comp.tte_parameters:
+        st.info("This trial has no time-to-event outcome.")
+    else:
+        tte = st.selectbox("Event", comp.tte_parameters, format_func=lambda p: f"{p}: {kb.tte_label(p)}",
+                           key="cmp_tte")
+        curves, at_risk = ev.km_curves(comp, tte)
+        st.plotly_chart(fig.kaplan_meier(curves, at_risk, f"Kaplan-Meier: {kb.tte_label(tte)}"), width="stretch")
+        st.caption("Kaplan-Meier curves with 95 % bands and the number at risk below: the twin arm should "
+                   "overlap the real target arm.")
+        s = result["survival"].get(tte, {})
+        cols = st.columns(3)
+        lr = s.get("logrank_twins_vs_real_target", {})
+        cols[0].metric("Log-rank p, twins vs real", "n/a" if lr.get("p_value") is None else f"{lr['p_value']:.3f}",
+                       help="A small p-value means twin survival differs from the real target arm.")
+        for col, key, label in ((cols[1], "hr_source_vs_twins", "HR source vs twin arm"),
+                                (cols[2], "hr_source_vs_real_target", "HR source vs real target arm")):
+            hr = s.get(key, {})
+            if hr.get("hazard_ratio") is not None:
+                col.metric(label, f"{hr['hazard_ratio']:.2f}",
+                           help=f"95 % CI {hr['ci_low']:.2f} to {hr['ci_high']:.2f}, p = {hr['p_value']:.3f}")
+        st.caption("The hazard ratio of the real source cohort against its twin arm estimates the treatment "
+                   "effect against a synthetic control; beside it, the same against the real control arm.")
+
+with tab_emb:
+    method = st.radio("Method", ["UMAP", "t-SNE"], horizontal=True, key="cmp_method")
+    key = "umap" if method == "UMAP" else "tsne"
+    if key == "umap" and not is_umap_warm():
+        st.info("UMAP is still compiling in the background (first use of this app process); "
+                "t-SNE is ready now, or try again in a few seconds.")
+    else:
+        with st.spinner(f"Computing the {method} embedding..."):
+            points = ev.embedding_points(comp, method=key)
+        st.plotly_chart(fig.embedding_scatter(points, f"{method} of real patients and twins"), width="stretch")
+        st.caption("Each point is a patient vector (baseline and follow-up): twins (crosses) should mix with "
+                   "the real target arm, not form an island of their own.")
+
+with tab_sim:
+    dist = ev.similarity(comp)
+    st.plotly_chart(fig.similarity_histogram(dist, "Cosine similarity of patient vectors"), width="stretch")
+    st.caption("Twins that mirror the real population give real-to-twin similarities like those within real "
+               "patients; twin-to-own-source above that shows personalisation, and values near 1 would mean copies.")
+
+with tab_metrics:
+    headline_table(ev.headline(result))
+    marginal = result["fidelity"]["marginal"]
+    if marginal:
+        import pandas as pd
+
+        frame = pd.DataFrame(marginal)
+        st.plotly_chart(fig.smd_dot_plot(frame, "Standardized mean difference, twins vs real target arm"),
+                        width="stretch")
+        st.caption("Each dot is a parameter at a visit; inside the green band (|SMD| < 0.1) the twin mean "
+                   "is practically the real one.")
+        st.dataframe(frame.round(3), hide_index=True, width="stretch")
+    metric_definitions()
