@@ -102,6 +102,17 @@ class Retriever:
         if not self.fitted:
             self.fit()
 
+    def info(self) -> dict:
+        """What a run manifest should record about the retrieval (JSON-able)."""
+        self._ensure()
+        report = self.build_report
+        return {"retriever": type(self).__name__, "vector_version": self.vectors.version,
+                "space": self.space, "dim": int(self.embeddings.shape[1]),
+                "fingerprint": self.vectorizer.fingerprint(),
+                "index": getattr(self.index, "name", None), "patients": len(self.vectors),
+                "store": "numpy (exact)" if isinstance(self.index, ExactIndex) else "chroma",
+                "reused_index": bool(report.reused) if report else None}
+
     def describe(self) -> str:
         if not getattr(self.vectorizer, "fitted_", False):
             self.vectorizer.fit(self.trial)

@@ -271,3 +271,12 @@ def test_client_factory_follows_settings(monkeypatch, tmp_path, pilot):
             get_client()
     finally:
         reset_client()
+
+
+def test_info_for_run_manifests(pilot, pilot_r, pilot_exact):
+    info = pilot_r.info()
+    assert info["vector_version"] == VECTOR_VERSION and info["space"] == "baseline"
+    assert info["index"] == pilot_r.build_report.name and info["store"] == "chroma"
+    assert info["patients"] == len(pilot.subjects) and info["dim"] == pilot_r.embeddings.shape[1]
+    assert pilot_exact.info()["store"] == "numpy (exact)"
+    assert pilot_exact.info()["fingerprint"] == info["fingerprint"]
