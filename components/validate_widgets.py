@@ -1,0 +1,69 @@
+"""Widgets of the Validate page: the validation card and the PROCOVA inputs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+
+def validation_card(result, card: pd.DataFrame) -> None:
+    """Plain-language verdicts first, then per-parameter figures with 95 % bootstrap intervals."""
+    s = result.summary
+    st.subheader("Validation card")
+    cols = st.columns(3)
+    cols[0].metric("Accuracy (median RMSE ratio)", "n/a" if s.get("rmse_ratio_median") is None
+                   else f"{s['rmse_ratio_median']:.2f}", help="Twins' mean vs a regression on the baseline "
+                   "value; <= 1 means twins predict at least as well.")
+    cols[1].metric("Calibration (10-90 % coverage)", "n/a" if s.get("coverage") is None
+                   else f"{s['coverage']:.0%}", help="Target 75-85 %.")
+    if s.get("cindex_twins") is not None:
+        cols[2].metric("C-index twins vs Cox", f"{s['cindex_twins']:.2f} vs {s['cindex_cox']:.2f}")
+    for verdict in s.get("verdicts", []):
+        if "not met" in verdict or "too narrow" in verdict or "too wide" in verdict:
+            st.warning(verdict)
+        elif "met" in verdict:
+            st.success(verdict)
+        else:
+            st.info(verdict)
+    if len(card):
+        shown = pd.DataFrame({
+            "parameter": card["PARAMCD"], "patients": card["patients"],
+            "RMSE ratio [95 % CI]": [f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
+                                     zip(card["rmse_ratio"], card["rmse_ratio_lo"], card["rmse_ratio_hi"])],
+            "coverage [95 % CI]": [f"{c:.0%} [{lo:.0%}, {hi:.0%}]" for c, lo, hi in
+                                   zip(card["coverage"], card["coverage_lo"], card["coverage_hi"])],
+            "accuracy": card["accuracy"], "calibration": card["calibration"],
+        })
+        st.dataframe(shown, hide_index=True, width="stretch")
+        st.caption("Intervals are 95 % percentile bootstrap intervals over held-out patients; "
+                   "'not conclusively' means the interval contains the target.")
+    if len(result.tte):
+        st.dataframe(result.tte.round(3), hide_index=True, width="stretch")
+        st.caption("Time to event: KM sup distance of the pooled twins to the held-out patients vs that of the "
+                   "knowledge base's control arm (ratio <= 1 met), and C-index of the twins vs a Cox model.")
+    with st.expander("Per visit"):
+        st.dataframe(result.visits.round(3), hide_index=True, width="stretch")
+
+
+def procova_inputs(endpoint) -> dict | None:
+    """Effect, SD, alpha, power, allocation and the conservative option; None without endpoint."""
+    paramcd, avisitn, pairs = endpoint
+    if paramcd is None or len(pairs) < 5:
+        st.info("No endpoint with enough held-out patients to estimate the prognostic correlation.")
+        return None
+    sd_obs = float(pairs["OBSERVED"].std(ddof=1))
+    st.markdown(f"Endpoint: **{paramcd}** at visit **{avisitn:g}** ({len(pairs)} held-out patients).")
+    c1, c2, c3, c4, c5 = st.columns(5)
+    effect = c1.number_input("Effect to detect", min_value=1e-6, value=round(0.4 * sd_obs, 3), format="%.3f",
+                             help="Difference in means between arms, in the endpoint's unit.")
+    sd = c2.number_input("SD", min_value=1e-6, value=round(sd_obs, 3), format="%.3f",
+                         help="Outcome SD; defaults to the held-out control patients' SD.")
+    alpha = c3.select_slider("Alpha (two-sided)", [0.01, 0.025, 0.05, 0.1], value=0.05)
+    power = c4.select_slider("Power", [0.8, 0.85, 0.9, 0.95], value=0.8)
+    ratio = c5.select_slider("Allocation (treatment:control)", [1.0, 1.5, 2.0, 3.0], value=1.0)
+    c6, c7 = st.columns(2)
+    conservative = c6.checkbox("Conservative planning (deflate rho)", value=True,
+                               help="Use the one-sided 95 % lower bound of rho, times a deflation factor.")
+    deflation = c7.slider("Deflation factor", 0.5, 1.0, 0.9, 0.05, disabled=not conservative)
+    return {"effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio,
+            "conservative": conservative, "deflation": deflation}

@@ -1,0 +1,62 @@
+"""Validation card, PROCOVA from a backtest and the hold-out privacy audit, on the PBC demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from services import metrics as M
+from services.backtest import backtest
+from services.validation import bootstrap_card, endpoint_pairs, privacy_audit, procova
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture(scope="module")
+def result(pbc):
+    return backtest(pbc, folds=2, twins_per_patient=10, seed=1)
+
+
+def test_bootstrap_card_brackets_the_point_estimates(result):
+    card = bootstrap_card(result, n_boot=200)
+    assert set(card.PARAMCD) == set(result.pairs.PARAMCD)
+    assert (card.rmse_ratio_lo <= card.rmse_ratio).all() and (card.rmse_ratio <= card.rmse_ratio_hi).all()
+    assert (card.coverage_lo <= card.coverage).all() and (card.coverage <= card.coverage_hi).all()
+    # pooled ratio equals the one computed by hand from the pairs
+    bili = result.pairs.dropna(subset=["PREDICTED", "OBSERVED", "REFERENCE"]).query("PARAMCD == 'BILI'")
+    by_hand = np.sqrt(((bili.PREDICTED - bili.OBSERVED) ** 2).mean() / ((bili.REFERENCE - bili.OBSERVED) ** 2).mean())
+    assert card.set_index("PARAMCD").loc["BILI", "rmse_ratio"] == pytest.approx(by_hand)
+
+
+def test_procova_matches_the_closed_form_with_the_backtest_rho(pbc, result):
+    plan = procova(pbc, result, effect=1.0, sd=4.0, conservative=False)
+    _, _, pairs = endpoint_pairs(pbc, result)
+    rho = np.corrcoef(pairs.PREDICTED, pairs.OBSERVED)[0, 1]
+    assert plan["rho"]["rho"] == pytest.approx(rho)
+    expected = M.sample_size(1.0, 4.0, rho=rho).n_total
+    assert plan["n_adjusted"] == expected < plan["n_unadjusted"] == M.sample_size(1.0, 4.0).n_total
+    conservative = procova(pbc, result, effect=1.0, sd=4.0, conservative=True)
+    assert plan["n_adjusted"] < conservative["n_adjusted"] < plan["n_unadjusted"]
+
+
+def test_privacy_audit_on_a_true_hold_out(pbc):
+    treated = list(pbc.subjects.loc[pbc.subjects.ARM != "Placebo", "USUBJID"])
+    audit = privacy_audit(pbc, "Placebo", treated, seed=2)
+    assert audit["withheld"] == 77
+    assert audit["exact_copies"]["n_copies"] == 0
+    assert 0 <= audit["membership"]["sensitivity"] <= 1
+    assert audit["dcr"]["ratio_median"] > 0.7  # local twins are not copies of training patients
+
+
+def test_validate_page_runs_on_the_default_demo():
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.switch_page("pages/validate.py").run()
+    assert not at.exception, at.exception
+    labels = [m.label for m in at.metric]
+    assert "Patients, PROCOVA" in labels and "Accuracy (median RMSE ratio)" in labels
+    at.button(key="run_privacy_audit").click().run()
+    assert not at.exception
+    assert "Membership advantage" in [m.label for m in at.metric]
