@@ -39,12 +39,16 @@ VARIABLE_LABELS = {
 }
 
 
+# Short names of the contract's long columns (others are cut to 8 characters).
+XPT_SHORT_NAMES = {"SRCSUBJID": "SRCSUBJ"}
+
+
 def xpt_names(columns) -> dict[str, str]:
     """Map column names to unique XPORT v5 names (<= 8 characters, upper case)."""
     out: dict[str, str] = {}
     used: set[str] = set()
     for col in columns:
-        name = str(col).upper()[:8]
+        name = XPT_SHORT_NAMES.get(str(col).upper(), str(col).upper()[:8])
         stem, n = name, 1
         while name in used:
             suffix = str(n)

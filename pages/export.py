@@ -1,0 +1,44 @@
+"""Export & report: the twin arm as ADaM-lite files and a self-contained HTML report."""
+
+import streamlit as st
+
+from components.compare_state import require_run
+from components.state import get_cohort
+from services.export import export_zip
+from services.report import build_report
+
+kb, run = require_run()
+st.title("Export & report")
+st.caption(f"Run {run.run_id}: {run.n_twins} twins under {run.target_arm}.")
+
+
+@st.cache_data(show_spinner="Packing the twin arm...", max_entries=8)
+def _zip(run_id: str, fmt: str, _run, _labels) -> bytes:
+    return export_zip(_run, fmt, _labels)
+
+
+@st.cache_data(show_spinner="Writing the report (metrics, backtest, figures)...", max_entries=4)
+def _report(kb_hash: str, run_id: str, cohort: str, _kb, _run) -> str:
+    return build_report(_kb, _run, cohort_description=cohort)
+
+
+st.header("Twin arm files")
+fmt = st.radio("Format", ["csv", "xpt", "parquet"], horizontal=True, key="export_format",
+               format_func={"csv": "CSV", "xpt": "SAS XPORT v5 (with labels)", "parquet": "Parquet"}.get)
+st.download_button("Download twin arm (zip)", _zip(run.run_id, fmt, run, kb.labels),
+                   file_name=f"twinarm-{run.run_id}-{fmt}.zip", mime="application/zip", key="download_zip")
+st.caption("ADaM-lite: adsl (one row per twin, with SRCSUBJID and TWINIDX), one file per BDS dataset, adtte when "
+           "the trial has time-to-event data, trial.toml and manifest.json. XPORT v5 limits names to 8 characters: "
+           "SRCSUBJID becomes SRCSUBJ, as the manifest records.")
+
+st.header("Report")
+spec, ids = get_cohort()
+cohort = f"{spec.name or 'cohort'} ({len(ids)} patients)" if spec is not None and ids else ""
+report = _report(kb.content_hash, run.run_id, cohort, kb, run)
+st.download_button("Download report (HTML)", report.encode("utf-8"), file_name=f"twinarm-report-{run.run_id}.html",
+                   mime="text/html", key="download_report")
+st.caption(f"One self-contained HTML file ({len(report) / 1e6:.1f} MB) that opens offline: trial and cohort, "
+           "method, validation card, figures, metric tables, PROCOVA sample size and limitations.")
+
+with st.expander("Manifest"):
+    st.json(run.manifest, expanded=False)
