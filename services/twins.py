@@ -51,7 +51,7 @@ FORMATS = ("csv", "parquet")
 MANIFEST_KEYS = (
     "run_id", "created", "tool_version", "generator", "settings", "model", "prompt_version",
     "seed", "target_arm", "twins_per_patient", "knowledge_base", "sources", "retriever",
-    "neighbours", "donors", "counts", "failures", "timings", "cancelled", "notes", "trial",
+    "neighbours", "donors", "tte_donors", "counts", "failures", "timings", "cancelled", "notes", "trial",
 )
 
 

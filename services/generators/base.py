@@ -140,7 +140,7 @@ def base_manifest(generator: TwinGenerator, kb: Trial, sources: Trial, target_ar
         "sources": {"name": sources.name, "content_hash": sources.content_hash,
                     "subjects": len(sources.subjects),
                     "ids_hash": hashlib.sha256("|".join(sources.subjects["USUBJID"]).encode()).hexdigest()},
-        "retriever": None, "neighbours": {}, "donors": {}, "counts": {}, "failures": [],
+        "retriever": None, "neighbours": {}, "donors": {}, "tte_donors": {}, "counts": {}, "failures": [],
         "timings": {}, "cancelled": False, "notes": [],
         "datasets": list(kb.bds),
         "trial": {"title": kb.title, "indication": meta.indication,
