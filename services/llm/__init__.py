@@ -24,7 +24,6 @@ from .settings import (
     LLMSettings,
     is_local_endpoint,
     load_secrets_file,
-    twinarm_home,
 )
 
 # The writer pulls in LangChain (slow to import): loaded on first use.
@@ -62,6 +61,5 @@ __all__ = [
     "load_secrets_file",
     "parse_json_text",
     "response_format_json_schema",
-    "twinarm_home",
     "validate_reply",
 ]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
-from .settings import twinarm_home
+from services.config import twinarm_home
 
 CACHE_FILE = "cache.sqlite"
 

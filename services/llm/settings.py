@@ -103,9 +103,6 @@ def _mask(key: str | None) -> str:
     return "'***'" if key else "None"
 
 
-def twinarm_home() -> Path:
-    """``TWINARM_HOME`` or ``~/.twinarm``."""
-    return Path(os.environ.get("TWINARM_HOME") or Path.home() / ".twinarm").expanduser()
 
 
 def load_secrets_file(path: str | os.PathLike | None = None) -> dict[str, Any]:
