@@ -29,7 +29,7 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 420) -> go.Figure:
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, template="plotly_white",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), margin=dict(t=70, b=40))
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0}, margin={"t": 70, "b": 40})
     return fig
 
 
@@ -41,10 +41,10 @@ def mean_trajectories(summary: pd.DataFrame, title: str, unit: str = "") -> go.F
         c = colour(group, i)
         fig.add_trace(go.Scatter(x=list(grp["ADY"]) + list(grp["ADY"][::-1]),
                                  y=list(grp["hi"]) + list(grp["lo"][::-1]), fill="toself",
-                                 fillcolor=_rgba(c, 0.15), line=dict(width=0), hoverinfo="skip",
+                                 fillcolor=_rgba(c, 0.15), line={"width": 0}, hoverinfo="skip",
                                  showlegend=False, legendgroup=group))
         fig.add_trace(go.Scatter(x=grp["ADY"], y=grp["mean"], mode="lines+markers", name=group,
-                                 line=dict(color=c, width=2), legendgroup=group,
+                                 line={"color": c, "width": 2}, legendgroup=group,
                                  customdata=np.c_[grp["AVISIT"].astype(str), grp["n"]],
                                  hovertemplate="%{customdata[0]}: mean %{y:.3g} (n=%{customdata[1]})<extra>"
                                                + group + "</extra>"))
@@ -59,7 +59,7 @@ def spaghetti(values: pd.DataFrame, title: str, unit: str = "") -> go.Figure:
         first = True
         for _, pat in grp.sort_values("ADY").groupby("USUBJID", sort=False):
             fig.add_trace(go.Scatter(x=pat["ADY"], y=pat["AVAL"], mode="lines", name=group,
-                                     line=dict(color=_rgba(c, 0.45), width=1), legendgroup=group,
+                                     line={"color": _rgba(c, 0.45), "width": 1}, legendgroup=group,
                                      showlegend=first, hovertemplate=f"{pat['USUBJID'].iloc[0]}<extra>{group}</extra>"))
             first = False
     return _layout(fig, title, "study day", unit or "value")
@@ -74,13 +74,13 @@ def patient_band(real: pd.DataFrame, twins: pd.DataFrame, title: str, unit: str 
         c = colour("twin arm")
         fig.add_trace(go.Scatter(x=list(band.index) + list(band.index[::-1]),
                                  y=list(band[0.9]) + list(band[0.1][::-1]), fill="toself",
-                                 fillcolor=_rgba(c, 0.2), line=dict(width=0), name="twins 10-90 %"))
+                                 fillcolor=_rgba(c, 0.2), line={"width": 0}, name="twins 10-90 %"))
         fig.add_trace(go.Scatter(x=band.index, y=band[0.5], mode="lines", name="twins median",
-                                 line=dict(color=c, dash="dash")))
+                                 line={"color": c, "dash": "dash"}))
     if len(real):
         real = real.sort_values("ADY")
         fig.add_trace(go.Scatter(x=real["ADY"], y=real["AVAL"], mode="lines+markers", name="real patient",
-                                 line=dict(color="#222222", width=2)))
+                                 line={"color": "#222222", "width": 2}))
     return _layout(fig, title, "study day", unit or "value")
 
 
@@ -96,22 +96,22 @@ def kaplan_meier(curves: pd.DataFrame, at_risk: pd.DataFrame | None, title: str)
         c = colour(group, i)
         fig.add_trace(go.Scatter(x=list(grp["time"]) + list(grp["time"][::-1]),
                                  y=list(grp["hi"]) + list(grp["lo"][::-1]), fill="toself",
-                                 fillcolor=_rgba(c, 0.12), line=dict(width=0, shape="hv"), hoverinfo="skip",
+                                 fillcolor=_rgba(c, 0.12), line={"width": 0, "shape": "hv"}, hoverinfo="skip",
                                  showlegend=False, legendgroup=group), row=1, col=1)
         fig.add_trace(go.Scatter(x=grp["time"], y=grp["survival"], mode="lines", name=group,
-                                 line=dict(color=c, shape="hv", width=2), legendgroup=group), row=1, col=1)
+                                 line={"color": c, "shape": "hv", "width": 2}, legendgroup=group), row=1, col=1)
     if rows == 2:
         for i, group in enumerate(groups):
             grp = at_risk[at_risk["GROUP"] == group]
             fig.add_trace(go.Scatter(x=grp["time"], y=[group] * len(grp), mode="text",
                                      text=grp["n"].astype(int).astype(str), showlegend=False,
-                                     textfont=dict(color=colour(group, i), size=11), hoverinfo="skip"),
+                                     textfont={"color": colour(group, i), "size": 11}, hoverinfo="skip"),
                           row=2, col=1)
         fig.update_yaxes(title_text="at risk", row=2, col=1, showgrid=False)
     fig.update_yaxes(title_text="survival probability", range=[0, 1.02], row=1, col=1)
     fig.update_xaxes(title_text="days", row=rows, col=1)
     fig.update_layout(title=title, template="plotly_white", height=480 if rows == 2 else 400,
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), margin=dict(t=70, b=40))
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0}, margin={"t": 70, "b": 40})
     return fig
 
 
@@ -122,9 +122,9 @@ def embedding_scatter(points: pd.DataFrame, title: str) -> go.Figure:
     for i, ((source, arm), grp) in enumerate(points.groupby(["SOURCE", "ARM"], sort=False)):
         name = f"{source}: {arm}"
         fig.add_trace(go.Scattergl(x=grp["x"], y=grp["y"], mode="markers", name=name, text=grp["USUBJID"],
-                                   marker=dict(symbol=symbols.get(source, "circle"), size=6, opacity=0.7,
-                                               color=_FALLBACK[i % len(_FALLBACK)] if source == "real"
-                                               else colour("twin arm")),
+                                   marker={"symbol": symbols.get(source, "circle"), "size": 6, "opacity": 0.7,
+                                               "color": _FALLBACK[i % len(_FALLBACK)] if source == "real"
+                                               else colour("twin arm")},
                                    hovertemplate="%{text}<extra>" + name + "</extra>"))
     fig = _layout(fig, title, "dimension 1", "dimension 2", height=480)
     fig.update_xaxes(showticklabels=False)
@@ -149,7 +149,7 @@ def smd_dot_plot(marginal: pd.DataFrame, title: str) -> go.Figure:
     fig = go.Figure()
     fig.add_vrect(x0=-0.1, x1=0.1, fillcolor="rgba(27,158,119,0.12)", line_width=0)
     labels = marginal["PARAMCD"].astype(str) + " @ " + marginal["AVISITN"].map(lambda v: f"{v:g}")
-    fig.add_trace(go.Scatter(x=marginal["smd"], y=labels, mode="markers", marker=dict(color=colour("twin arm")),
+    fig.add_trace(go.Scatter(x=marginal["smd"], y=labels, mode="markers", marker={"color": colour("twin arm")},
                              name="SMD"))
     fig = _layout(fig, title, "standardized mean difference (twins - real)", "",
                   height=max(300, 18 * len(marginal) + 120))

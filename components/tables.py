@@ -17,5 +17,5 @@ def visit_table(trial) -> pd.DataFrame:
     for paramcd in trial.longitudinal_parameters:
         for v in trial.schedule(paramcd):
             rows.append({"PARAMCD": paramcd, "visit": v.avisit, "AVISITN": v.avisitn,
-                         "study day": None if pd.isna(v.ady) else int(round(v.ady)), "subjects": v.n_subjects})
+                         "study day": None if pd.isna(v.ady) else round(v.ady), "subjects": v.n_subjects})
     return pd.DataFrame(rows)

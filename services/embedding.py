@@ -76,6 +76,7 @@ def embed_2d(X: np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
 
         n_neighbors = int(min(15, max(2, len(X) - 1)))
         coords = umap.UMAP(n_neighbors=n_neighbors, n_components=2, random_state=seed, metric="cosine",
+                           n_epochs=200,
                            init="spectral" if len(X) > n_neighbors + 1 else "random").fit_transform(X)
     else:
         from sklearn.manifold import TSNE

@@ -168,7 +168,7 @@ def survival_summary(comp: Comparison, paramcd: str) -> dict:
     for name, data in (("twins", twn), ("real_target", tgt), ("real_source", src)):
         if data is not None and len(data):
             out[f"events_{name}"] = int(data["CNSR"].eq(0).sum())
-            out[f"n_{name}"] = int(len(data))
+            out[f"n_{name}"] = len(data)
     if len(twn) and len(tgt):
         out["logrank_twins_vs_real_target"] = M.logrank(twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"],
                                                         tgt["CNSR"].eq(0)).as_dict()
@@ -182,7 +182,7 @@ def survival_summary(comp: Comparison, paramcd: str) -> dict:
                 group = np.r_[np.ones(len(src)), np.zeros(len(control))]
                 try:
                     out[name] = M.cox_hazard_ratio(times, events, group).as_dict()
-                except Exception as exc:  # lifelines convergence problems: report, don't crash
+                except Exception as exc:  # noqa: BLE001  # lifelines convergence problems: report, don't crash
                     out[name] = {"error": str(exc).splitlines()[0]}
     return out
 
@@ -268,7 +268,7 @@ def privacy(comp: Comparison, holdout: Trial | None = None, seed: int = 0) -> di
     # rows sit artificially close to each other: they are left out of the distances.
     train = _mostly_observed(space.matrix(comp.groups[TARGET], cols)[1])
     twins = _mostly_observed(space.matrix(comp.twins, cols)[1])
-    out: dict = {"columns": len(cols), "n_train": int(len(train)), "n_twins": int(len(twins))}
+    out: dict = {"columns": len(cols), "n_train": len(train), "n_twins": len(twins)}
     if len(train) < 5 or len(twins) < 5:
         return {**out, "error": "fewer than 5 patients observed at half of the visits"}
     if holdout is not None and len(holdout.subjects):
@@ -305,7 +305,7 @@ def _dcr_leave_one_out(twins: np.ndarray, train: np.ndarray) -> dict:
     t5, r5 = float(np.percentile(d_twin, 5)), float(np.percentile(d_real, 5))
     return {"twin_median": tm, "twin_p5": t5, "holdout_median": rm, "holdout_p5": r5,
             "ratio_median": tm / rm if rm > 0 else float("inf"), "ratio_p5": t5 / r5 if r5 > 0 else float("inf"),
-            "n_twin": int(len(twins)), "n_train": int(len(train)), "yardstick": "leave-one-out real-to-real"}
+            "n_twin": len(twins), "n_train": len(train), "yardstick": "leave-one-out real-to-real"}
 
 
 def outcome_labels(comp: Comparison, trial: Trial) -> tuple[pd.Series, str]:
@@ -367,8 +367,8 @@ def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Tri
     fid = fidelity(comp, seed=seed)
     out = {
         "knowledge_base": kb.name, "twins": twins.name, "target_arm": comp.target_arm,
-        "source_arm": comp.source_arm(), "n_twins": int(len(twins.subjects)),
-        "n_sources": len(comp.source_ids), "n_real_target": int(len(comp.groups[TARGET].subjects)),
+        "source_arm": comp.source_arm(), "n_twins": len(twins.subjects),
+        "n_sources": len(comp.source_ids), "n_real_target": len(comp.groups[TARGET].subjects),
         "parameters": comp.parameters,
         "fidelity": {**{k: v for k, v in fid.items() if k != "marginal"},
                      "marginal": fid["marginal"].to_dict(orient="records")},

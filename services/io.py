@@ -91,7 +91,7 @@ def read_table(raw: RawFile) -> pd.DataFrame:
         raise
     except pd.errors.EmptyDataError:
         raise DataFileError(f"{raw.name}: the file is empty (no columns)") from None
-    except Exception as exc:  # any parser failure becomes one readable message
+    except Exception as exc:  # noqa: BLE001  # any parser failure becomes one readable message
         kind = {"csv": "CSV", "parquet": "Parquet", "xpt": "SAS transport (XPORT)",
                 "sas7bdat": "SAS7BDAT"}[ext]
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import plotly.io as pio
@@ -51,7 +51,7 @@ class _Figures:
         self.first = True
 
     def __call__(self, figure, caption: str) -> str:
-        div = pio.to_html(figure, full_html=False, include_plotlyjs=True if self.first else False,
+        div = pio.to_html(figure, full_html=False, include_plotlyjs=bool(self.first),
                           include_mathjax=False, config={"displaylogo": False, "responsive": True})
         self.first = False
         return f"<figure>{div}<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -76,8 +76,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     fig = _Figures()
     m = run.manifest
     parts = [f"<h1>TwinArm report: {html.escape(kb.title)}</h1>",
-             f'<p class="muted">Run {html.escape(run.run_id)} · generated '
-             f'{datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} · TwinArm {__version__}</p>']
+             (f'<p class="muted">Run {html.escape(run.run_id)} · generated '
+             f'{datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")} · TwinArm {__version__}</p>')]
 
     # trial and cohort
     parts.append("<h2>Trial and cohort</h2>")

@@ -36,7 +36,7 @@ _NOT_BASELINE = re.compile(
 )
 _DATE_NAME = re.compile(r".*(DT|DTM|DTC|DTF|TMF|TM)$")
 _UNSCHEDULED_VISIT = re.compile(
-    r"(?:END OF (?:TREATMENT|STUDY|THERAPY)|EARLY TERM|UNSCHED|^EOT$|^EOS$|^ET$|RETRIEVAL)", re.I
+    r"(?:END OF (?:TREATMENT|STUDY|THERAPY)|EARLY TERM|UNSCHED|^EOT$|^EOS$|^ET$|RETRIEVAL)", re.IGNORECASE
 )
 _MAX_CATEGORY_LEVELS = 30
 
@@ -135,7 +135,7 @@ class Trial:
             for arm in arms:
                 if pattern in str(arm).lower():
                     return arm
-        return sorted(arms)[0] if arms else ""
+        return min(arms) if arms else ""
 
     def arm_counts(self) -> dict[str, int]:
         counts = self.subjects["ARM"].value_counts()
@@ -264,7 +264,7 @@ class Trial:
         return visits
 
     # ----- derived trials ---------------------------------------------------------------
-    def subset(self, usubjids, name: str | None = None) -> "Trial":
+    def subset(self, usubjids, name: str | None = None) -> Trial:
         """The same trial restricted to some subjects (data of others dropped)."""
         keep = set(usubjids)
         subjects = self.subjects[self.subjects["USUBJID"].isin(keep)].reset_index(drop=True)
@@ -275,7 +275,7 @@ class Trial:
         return Trial(name or self.name, subjects, bds, tte, ae, self.meta, digest, list(self.warnings),
                      dict(self.labels))
 
-    def baseline_only(self) -> "Trial":
+    def baseline_only(self) -> Trial:
         """The trial with every post-baseline record removed: what a query patient offers."""
         base_keys = set(zip(self.baseline_long["USUBJID"], self.baseline_long["PARAMCD"],
                             self.baseline_long["ADY"]))
@@ -297,7 +297,7 @@ class Trial:
         return {
             "name": self.name,
             "title": self.title,
-            "subjects": int(len(self.subjects)),
+            "subjects": len(self.subjects),
             "arms": self.arm_counts(),
             "control_arm": self.control_arm,
             "covariates": self.covariates,
@@ -313,7 +313,7 @@ class Trial:
             "tte_parameters": self.tte_parameters,
             "tte_events": {p: int((self.tte[(self.tte["PARAMCD"] == p)]["CNSR"] == 0).sum())
                            for p in self.tte_parameters},
-            "adverse_events": 0 if self.ae is None else int(len(self.ae)),
+            "adverse_events": 0 if self.ae is None else len(self.ae),
             "datasets": list(self.bds),
             "content_hash": self.content_hash,
             "warnings": list(self.warnings),
@@ -400,8 +400,8 @@ def load_trial_files(files: list[RawFile], name: str = "uploaded trial") -> Tria
         raise TrialValidationError(errors)
 
     arm_of = subjects.set_index("USUBJID")["ARM"]
-    for stem in bds:
-        bds[stem]["ARM"] = bds[stem]["USUBJID"].map(arm_of)
+    for table in bds.values():
+        table["ARM"] = table["USUBJID"].map(arm_of)
     if tte is not None:
         tte["ARM"] = tte["USUBJID"].map(arm_of)
 

@@ -88,7 +88,7 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
     plan = M.procova_plan(effect, sd, rho.rho, alpha=alpha, power=power, ratio=ratio,
                           conservative=conservative, deflation=deflation, n_rho=len(pairs))
     return {"paramcd": paramcd, "avisitn": avisitn, "label": trial.parameters[paramcd].label,
-            "unit": trial.parameters[paramcd].unit, "n_pairs": int(len(pairs)), "rho": rho.as_dict(),
+            "unit": trial.parameters[paramcd].unit, "n_pairs": len(pairs), "rho": rho.as_dict(),
             "effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio, "plan": plan.as_dict(),
             "n_unadjusted": plan.unadjusted.n_total, "n_adjusted": plan.adjusted.n_total,
             "saving_total": plan.saving_total, "saving_pct": plan.saving_pct, "rule": plan.rule}

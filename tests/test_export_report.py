@@ -9,14 +9,12 @@ import re
 import zipfile
 from pathlib import Path
 
-import pandas as pd
 import pyreadstat
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from services.cli import main
 from services.export import export_files, export_zip, xpt_names
-from services.io import RawFile
 from services.trial import load_trial_files
 from services.twins import write_run
 
@@ -53,7 +51,7 @@ def test_xpt_carries_variable_labels_and_records_renames(run, tmp_path):
     files = {f.name: f for f in export_files(run, "xpt", labels={"AGE": "Age at randomization"})}
     path = tmp_path / "adsl.xpt"
     path.write_bytes(files["adsl.xpt"].data)
-    frame, meta = pyreadstat.read_xport(str(path))
+    _frame, meta = pyreadstat.read_xport(str(path))
     labels = meta.column_names_to_labels
     assert labels["SRCSUBJ"] == "Source Subject Identifier (SRCSUBJID)"
     assert labels["USUBJID"].startswith("Unique Subject Identifier") and labels["AGE"] == "Age at randomization"
