@@ -60,6 +60,22 @@ def twin_id(source: str, index: int) -> str:
     return f"{source}-T{int(index)}"
 
 
+def twin_ids(sources, indexes) -> np.ndarray:
+    """Vectorised `twin_id` for many (source, index) pairs (object array)."""
+    sources = np.asarray(sources, dtype=object)
+    indexes = np.asarray(indexes)
+    if len(sources) == 0:
+        return np.array([], dtype=object)
+    # build each distinct id once, then gather
+    codes, labels = pd.factorize(sources)
+    idx = indexes.astype(np.int64)
+    key = codes.astype(np.int64) * (int(idx.max()) + 1) + idx
+    inv, uniq = pd.factorize(key)
+    width = int(idx.max()) + 1
+    ids = np.array([twin_id(labels[u // width], u % width) for u in uniq], dtype=object)
+    return ids[inv]
+
+
 @dataclass
 class TwinRun:
     """The output of one generation run (see the module docstring for the columns)."""
@@ -322,7 +338,7 @@ def twin_adsl(sources: Trial, source_ids: list[str], k: int, target_arm: str,
     src = np.repeat(np.asarray(source_ids, dtype=object), k)
     idx = np.tile(np.arange(1, k + 1), len(source_ids))
     out = pd.DataFrame({
-        "USUBJID": [twin_id(s, i) for s, i in zip(src, idx)],
+        "USUBJID": twin_ids(src, idx),
         "SRCSUBJID": src, "ARM": target_arm, "TWINIDX": idx.astype(int),
     })
     if cov:
@@ -356,7 +372,7 @@ def baseline_records(sources: Trial, source_ids: list[str], k: int, datasets: di
         tw = np.tile(np.arange(1, k + 1), n)
         src = b["USUBJID"].to_numpy(dtype=object)[rep]
         frame = pd.DataFrame({
-            "USUBJID": [twin_id(s, i) for s, i in zip(src, tw)],
+            "USUBJID": twin_ids(src, tw),
             "SRCSUBJID": src,
             "PARAMCD": b["PARAMCD"].to_numpy(dtype=object)[rep],
             "AVAL": b["AVAL"].to_numpy(dtype=float)[rep],
