@@ -1027,10 +1027,11 @@ class LocalGenerator(TwinGenerator):
         nbr = nb_idx[:, :m]
         w = weights(m)
 
-        # record neighbours / donors in the manifest
+        # record neighbours / donors in the manifest: the `neighbors` nearest (when K is larger
+        # the donors of the later twins come from further out; `donors` names each twin's)
         ids = model.ids
         for i, s in enumerate(chunk):
-            nb_ids = [str(ids[r]) for r in nbr[i] if r >= 0]
+            nb_ids = [str(ids[r]) for r in nbr[i, :self.neighbors] if r >= 0]
             for t in range(1, k + 1):
                 manifest["neighbours"][twin_id(s, t)] = nb_ids
 
