@@ -260,7 +260,8 @@ def test_output_format_and_baseline_copy(pbc, pbc_gen):
     assert m["knowledge_base"]["content_hash"] == pbc.content_hash
     assert m["sources"]["content_hash"] == pbc.subset(ids).content_hash
     assert m["counts"]["twins"] == 24 and m["failures"] == [] and m["tool_version"]
-    assert m["model"] is not None and m["prompt_version"] is None
+    assert m["model"] is None and m["prompt_version"] is None          # LLM-only fields
+    assert m["model_details"]["outcomes"] == len(model.outcomes)
 
 
 def test_time_to_event_twins(pbc, pbc_gen):

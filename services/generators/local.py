@@ -901,9 +901,12 @@ class LocalGenerator(TwinGenerator):
         manifest["retriever"] = {"name": type(retr).__name__, "module": type(retr).__module__,
                                  "space": getattr(retr, "space", None), "k": k_ret}
         manifest["notes"] = list(model.notes)
-        manifest["model"] = {"outcomes": len(model.outcomes), "features": len(model.features.columns),
+        manifest["model_details"] = {"outcomes": len(model.outcomes), "features": len(model.features.columns),
                              "cv_folds": int(model.b0.shape[0] - 1),
-                             "transforms": {p: t for p, t in model.transforms.items() if t != "identity"}}
+                             "transforms": {p: t for p, t in model.transforms.items() if t != "identity"},
+                             "center_lambda": {} if model.lam is None else {
+                                 o.paramcd: round(float(v), 3) for o, v in zip(model.outcomes, model.lam)},
+                             "tte_primary": model.tte_primary or None}
 
         ids = list(src.subjects["USUBJID"])
         total = len(ids)
