@@ -14,8 +14,9 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
    shared slope). With little data the model falls back to "value ~ baseline of p".
    Clearly right-skewed positive baselines (bilirubin, counts) enter on the log (log1p with
    zeros) scale; the outcome of such a parameter is modelled on the log or the raw scale,
-   whichever predicts the raw values better out of fold (smearing estimate on the log scale;
-   `transform="auto"`; "log", "features" (log baselines, raw outcomes) and "none" force one).
+   whichever predicts the raw values better out of fold (smearing estimate on the log scale),
+   unless the raw scale would put more than 1% of values below the parameter's plausible
+   floor (e.g. bilirubin: 15% of twins were clipped); `transform="auto"`; "log", "features" (log baselines, raw outcomes) and "none" force one).
    The mean stays within the observed range +-25%.
 2. **Cross-fitting.** The target arm is split into `cv_folds` folds; a patient's residuals
    come from the model fitted on the other folds (out-of-fold residuals keep the real spread:
@@ -45,8 +46,8 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
      residual covariance x h^2 is added (smoothed bootstrap: same variance and
      correlations). Applied with h >= 0.5 to a twin whose donor repeats (K > arm size - 1).
 4. **Values.** mean + residual, back-transformed, clipped to the parameter's observed range
-   in the target arm widened by `clip_margin` x range (never below 0 for non-negative
-   parameters); integer parameters (every observed value a whole number) are rounded.
+   in the target arm widened by `clip_margin` x range (never below half the smallest value
+   for positive parameters, never below 0 for non-negative ones); integer parameters (every observed value a whole number) are rounded.
    `ADY` = the visit's nominal (median) study day.
 5. **Visits generated** (`visits`): `"all"` (default): a value at every scheduled visit with
    at least `min_visit_subjects` patients in the target arm (a complete trajectory: the
@@ -408,6 +409,7 @@ def _choose(err: np.ndarray) -> int:
 
 _JITTER = 0.2      # km draws: event-time jitter, +-10% of the gap to the previous event
 _TIME_JITTER = 0.05  # history draws: times x exp(0.05 z)
+_MAX_CLIPPED = 0.01  # a raw-scale model may clip at most 1% of values at the lower bound
 
 
 def _stack(X: np.ndarray, Y: np.ndarray, rows: np.ndarray):
@@ -739,6 +741,20 @@ class LocalGenerator(TwinGenerator):
             smear = np.where(np.isfinite(smear), smear, 1.0)
             raw = np.exp(pred) * smear - (1.0 if scale == "log1p" else 0.0)
         err = float(np.nansum((raw - Y) ** 2))
+        if scale == "identity":
+            # a raw-scale model of a positive, skewed parameter can push many twins below the
+            # smallest plausible value (they would pile up at the clip bound): penalise it
+            vals = Y[np.isfinite(Y)]
+            if len(vals) and vals.min() > 0:
+                floor = max(vals.min() - self.clip_margin * np.ptp(vals), vals.min() / 2)
+                below = []
+                for j in range(J):
+                    r = np.sort(resid[np.isfinite(resid[:, j]), j])
+                    p_ = pred[np.isfinite(pred[:, j]), j]
+                    if len(r) and len(p_):
+                        below.append(np.searchsorted(r, floor - p_).mean() / len(r))
+                if below and float(np.mean(below)) > _MAX_CLIPPED:
+                    err = np.inf
         return b0, beta, resid, lo, hi, err
 
     def _fit_arm(self, arm: str) -> _ArmModel:
@@ -839,7 +855,8 @@ class LocalGenerator(TwinGenerator):
                 if len(v):
                     lo_, hi_ = v.min(), v.max()
                     margin = self.clip_margin * (hi_ - lo_)
-                    lo[f, j] = max(lo_ - margin, 0.0) if lo_ >= 0 else lo_ - margin
+                    # positive parameters stay positive (at least half the smallest value seen)
+                    lo[f, j] = max(lo_ - margin, lo_ / 2) if lo_ > 0 else (0.0 if lo_ == 0 else lo_ - margin)
                     hi[f, j] = hi_ + margin
             # whole numbers at every post-baseline visit (a baseline may be an average)
             every = allvals.loc[allvals["PARAMCD"] == o.paramcd, "AVAL"].to_numpy(float)
