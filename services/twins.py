@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from services.config import home_subdir
 from services.io import RawFile
 from services.trial import Trial, load_trial_files
 
@@ -259,15 +260,9 @@ def _jsonable(value):
 # saved runs
 
 
-def twinarm_home() -> Path:
-    return Path(os.environ.get("TWINARM_HOME") or "~/.twinarm").expanduser()
-
-
 def runs_root() -> Path:
     """Where the app saves generation runs: `$TWINARM_HOME/runs` (created on demand)."""
-    root = twinarm_home() / "runs"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return home_subdir("runs")
 
 
 def new_run_id(*parts, when: float | None = None) -> str:

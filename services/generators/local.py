@@ -16,7 +16,8 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
    zeros) scale; the outcome of such a parameter is modelled on the log or the raw scale,
    whichever predicts the raw values better out of fold (smearing estimate on the log scale),
    unless the raw scale would put more than 1% of values below the parameter's plausible
-   floor (e.g. bilirubin: 15% of twins were clipped); `transform="auto"`; "log", "features" (log baselines, raw outcomes) and "none" force one).
+   floor (bilirubin: 15% of twins were clipped) (`transform="auto"`; "log", "features"
+   (log baselines, raw outcomes) and "none" force a choice).
    The mean stays within the observed range +-25%.
 2. **Cross-fitting.** The target arm is split into `cv_folds` folds; a patient's residuals
    come from the model fitted on the other folds (out-of-fold residuals keep the real spread:
