@@ -45,3 +45,12 @@ def pilot():
     if not SHARED_PILOT.exists():
         pytest.skip("../shared/data/cdiscpilot01 not present")
     return load_trial(SHARED_PILOT, name="cdiscpilot01")
+
+
+@pytest.fixture(scope="session")
+def pbc_twins(pbc):
+    """A small local twin arm of the PBC demo: placebo twins (2 each) of 40 treated patients."""
+    from services.generators import get_generator
+
+    treated = pbc.subjects.loc[pbc.subjects.ARM == "D-penicillamine", "USUBJID"][:40]
+    return get_generator("local").fit(pbc).generate(pbc.subset(treated), "Placebo", twins_per_patient=2, seed=5)

@@ -21,14 +21,6 @@ from services.twins import write_run
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
-@pytest.fixture(scope="module")
-def run(pbc):
-    from services.generators import get_generator
-
-    treated = pbc.subjects.loc[pbc.subjects.ARM == "D-penicillamine", "USUBJID"][:40]
-    return get_generator("local").fit(pbc).generate(pbc.subset(treated), "Placebo", twins_per_patient=2, seed=5)
-
-
 def test_xpt_names_are_unique_and_short():
     names = xpt_names(["SRCSUBJID", "SRCSUBJIDX", "USUBJID", "AVERYLONGNAME"])
     assert all(len(n) <= 8 for n in names.values()) and len(set(names.values())) == 4
@@ -36,19 +28,19 @@ def test_xpt_names_are_unique_and_short():
 
 
 @pytest.mark.parametrize("fmt", ["csv", "xpt", "parquet"])
-def test_every_format_loads_back_as_the_same_twin_arm(run, fmt, tmp_path):
-    files = export_files(run, fmt)
+def test_every_format_loads_back_as_the_same_twin_arm(pbc_twins, fmt, tmp_path):
+    files = export_files(pbc_twins, fmt)
     names = {f.name for f in files}
     assert {f"adsl.{fmt}", f"adlb.{fmt}", f"adtte.{fmt}", "manifest.json", "trial.toml"} <= names
     trial = load_trial_files([f for f in files if f.name != "manifest.json"], name="exported")
-    assert len(trial.subjects) == run.n_twins == 80
-    assert trial.visit_values["AVAL"].sum() == pytest.approx(run.as_trial().visit_values["AVAL"].sum(), rel=1e-9)
+    assert len(trial.subjects) == pbc_twins.n_twins == 80
+    assert trial.visit_values["AVAL"].sum() == pytest.approx(pbc_twins.as_trial().visit_values["AVAL"].sum(), rel=1e-9)
     manifest = json.loads(next(f for f in files if f.name == "manifest.json").data)
-    assert manifest["run_id"] == run.run_id and manifest["export"]["format"] == fmt
+    assert manifest["run_id"] == pbc_twins.run_id and manifest["export"]["format"] == fmt
 
 
-def test_xpt_carries_variable_labels_and_records_renames(run, tmp_path):
-    files = {f.name: f for f in export_files(run, "xpt", labels={"AGE": "Age at randomization"})}
+def test_xpt_carries_variable_labels_and_records_renames(pbc_twins, tmp_path):
+    files = {f.name: f for f in export_files(pbc_twins, "xpt", labels={"AGE": "Age at randomization"})}
     path = tmp_path / "adsl.xpt"
     path.write_bytes(files["adsl.xpt"].data)
     _frame, meta = pyreadstat.read_xport(str(path))
@@ -59,10 +51,10 @@ def test_xpt_carries_variable_labels_and_records_renames(run, tmp_path):
     assert manifest["export"]["xpt_renamed"]["adsl"] == {"SRCSUBJID": "SRCSUBJ"}
 
 
-def test_zip_and_cli_export_and_report(run, tmp_path, capsys):
-    with zipfile.ZipFile(io.BytesIO(export_zip(run, "csv"))) as zf:
-        assert f"twinarm-{run.run_id}/adsl.csv" in zf.namelist()
-    folder = write_run(run, tmp_path / "run")
+def test_zip_and_cli_export_and_report(pbc_twins, tmp_path, capsys):
+    with zipfile.ZipFile(io.BytesIO(export_zip(pbc_twins, "csv"))) as zf:
+        assert f"twinarm-{pbc_twins.run_id}/adsl.csv" in zf.namelist()
+    folder = write_run(pbc_twins, tmp_path / "run")
     assert main(["export", "--run", str(folder), "--format", "xpt", "--out", str(tmp_path / "x.zip")]) == 0
     with zipfile.ZipFile(tmp_path / "x.zip") as zf:
         assert any(n.endswith("adlb.xpt") for n in zf.namelist())
@@ -72,18 +64,18 @@ def test_zip_and_cli_export_and_report(run, tmp_path, capsys):
                     "Fidelity, privacy and utility", "PROCOVA sample size", "Limitations"):
         assert f"<h2>{section}" in report, section
     assert report.count("<script") >= 3 and not re.search(r'<script[^>]+src=|<link[^>]+href=', report)
-    assert "Mayo Clinic PBC trial" in report and run.run_id in report
+    assert "Mayo Clinic PBC trial" in report and pbc_twins.run_id in report
     capsys.readouterr()
     assert main(["report", "--run", str(folder), "--trial", "epilepsy", "--out", str(tmp_path / "bad.html")]) == 1
     assert "not the data this run was generated from" in capsys.readouterr().err
 
 
-def test_export_page_offers_both_downloads(run):
-    at = AppTest.from_file(APP, default_timeout=300).run()
-    at.session_state["twin_run"] = run
+def test_export_page_offers_both_downloads(pbc_twins):
+    at = AppTest.from_file(APP, default_timeout=300).pbc_twins()
+    at.session_state["twin_run"] = pbc_twins
     at.session_state["twin_run_dir"] = None
-    at.switch_page("pages/export.py").run()
+    at.switch_page("pages/export.py").pbc_twins()
     assert not at.exception, at.exception
     assert "Export & report" in at.title[0].value
-    at.radio(key="export_format").set_value("xpt").run()
+    at.radio(key="export_format").set_value("xpt").pbc_twins()
     assert not at.exception

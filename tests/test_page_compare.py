@@ -4,18 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-
-
-@pytest.fixture(scope="module")
-def pbc_run(pbc):
-    from services.generators import get_generator
-
-    treated = pbc.subjects.loc[pbc.subjects.ARM == "D-penicillamine", "USUBJID"][:60]
-    return get_generator("local").fit(pbc).generate(pbc.subset(treated), "Placebo", twins_per_patient=2, seed=0)
 
 
 def test_compare_page_without_a_run_points_to_what_if():
@@ -25,9 +16,9 @@ def test_compare_page_without_a_run_points_to_what_if():
     assert any("No twin arm yet" in i.value for i in at.info)
 
 
-def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_run):
+def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     at = AppTest.from_file(APP, default_timeout=180).run()
-    at.session_state["twin_run"] = pbc_run
+    at.session_state["twin_run"] = pbc_twins
     at.session_state["twin_run_dir"] = None
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
