@@ -71,11 +71,11 @@ def test_zip_and_cli_export_and_report(pbc_twins, tmp_path, capsys):
 
 
 def test_export_page_offers_both_downloads(pbc_twins):
-    at = AppTest.from_file(APP, default_timeout=300).pbc_twins()
+    at = AppTest.from_file(APP, default_timeout=300).run()
     at.session_state["twin_run"] = pbc_twins
     at.session_state["twin_run_dir"] = None
-    at.switch_page("pages/export.py").pbc_twins()
+    at.switch_page("pages/export.py").run()
     assert not at.exception, at.exception
     assert "Export & report" in at.title[0].value
-    at.radio(key="export_format").set_value("xpt").pbc_twins()
+    at.radio(key="export_format").set_value("xpt").run()
     assert not at.exception
