@@ -81,6 +81,10 @@ def backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_per_pat
     if arm not in trial.arm_counts():
         raise ValueError(f"arm '{arm}' is not an arm of {trial.name} ({', '.join(trial.arms)})")
     settings = dict(generator_settings or {})
+    if generator == "local":
+        # Held-out patients are compared where they were observed: predict every scheduled visit
+        # (conditional on being observed) rather than cutting twins at their simulated follow-up.
+        settings.setdefault("truncate_at_followup", False)
     ids = trial.subjects.loc[trial.subjects["ARM"] == arm, "USUBJID"].to_numpy(dtype=object)
     if folds < 2 or len(ids) < 2 * folds:
         raise ValueError(f"need folds >= 2 and at least 2 patients per fold ({len(ids)} in {arm})")

@@ -383,6 +383,22 @@ def baseline_records(sources: Trial, source_ids: list[str], k: int, datasets: di
     return out
 
 
+def truncate_at_followup(bds: dict[str, pd.DataFrame], tte: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], int]:
+    """Drop generated records dated after their twin's end of follow-up (the latest time of its
+    event history), so a twin has no lab value after its death, like a real patient. Baseline
+    copies and twins without event history are kept."""
+    if tte is None or tte.empty:
+        return bds, 0
+    end = tte.groupby("USUBJID")["AVAL"].max()
+    out, dropped = {}, 0
+    for name, frame in bds.items():
+        limit = frame["USUBJID"].map(end)
+        late = ~frame["ABLFL"].eq("Y") & limit.notna() & (frame["ADY"] > limit)
+        dropped += int(late.sum())
+        out[name] = frame[~late].reset_index(drop=True)
+    return out, dropped
+
+
 def assemble_bds(baseline: dict[str, pd.DataFrame], generated: dict[str, pd.DataFrame],
                  source_ids: list[str]) -> dict[str, pd.DataFrame]:
     """Baseline copies + generated records per dataset, ordered by source, twin, parameter,

@@ -79,7 +79,7 @@ def test_same_seed_same_twins_other_seed_differs(pbc_gen, pbc):
     for x, y in zip(_frames(a), _frames(b)):
         pd.testing.assert_frame_equal(x, y)
     c = pbc_gen.generate(src, "Placebo", twins_per_patient=3, seed=12)
-    assert not np.allclose(a.bds["adlb"]["AVAL"], c.bds["adlb"]["AVAL"])
+    assert not a.bds["adlb"]["AVAL"].reset_index(drop=True).equals(c.bds["adlb"]["AVAL"].reset_index(drop=True))
     assert not a.tte["AVAL"].equals(c.tte["AVAL"])
 
 
@@ -248,9 +248,12 @@ def test_output_format_and_baseline_copy(pbc, pbc_gen):
     got = base.set_index(["SRCSUBJID", "PARAMCD"])["AVAL"]
     assert np.allclose(got.to_numpy(), expected.loc[got.index].to_numpy())
     assert (base.groupby("USUBJID").size() == base.groupby("USUBJID").size().max()).all()
-    # generated records: one per scheduled visit, on the visit's nominal day, within range
+    # generated records: one per scheduled visit up to the twin's end of follow-up (its event
+    # history), on the visit's nominal day, within range
     model = pbc_gen.arm_model("Placebo")
-    assert len(gen) == len(adsl) * len(model.outcomes)
+    end = run.tte.groupby("USUBJID")["AVAL"].max()
+    expected_n = sum((o.ady <= end[t]) for t in adsl["USUBJID"] for o in model.outcomes)
+    assert len(gen) == expected_n and (gen["ADY"] <= gen["USUBJID"].map(end)).all()
     nominal = {(o.paramcd, o.avisitn): o.ady for o in model.outcomes}
     assert all(nominal[(p, v)] == d for p, v, d in zip(gen["PARAMCD"], gen["AVISITN"], gen["ADY"]))
     assert gen["AVAL"].notna().all() and (gen["AVAL"] >= 0).all()
@@ -260,8 +263,16 @@ def test_output_format_and_baseline_copy(pbc, pbc_gen):
     assert m["knowledge_base"]["content_hash"] == pbc.content_hash
     assert m["sources"]["content_hash"] == pbc.subset(ids).content_hash
     assert m["counts"]["twins"] == 24 and m["failures"] == [] and m["tool_version"]
+    assert any("end of follow-up" in note for note in m["notes"])
     assert m["model"] is None and m["prompt_version"] is None          # LLM-only fields
     assert m["model_details"]["outcomes"] == len(model.outcomes)
+
+
+def test_without_truncation_every_twin_has_every_scheduled_visit(pbc):
+    gen = LocalGenerator(retriever_factory=ExactRetriever, truncate_at_followup=False).fit(pbc)
+    run = gen.generate(pbc.subset(_treated(pbc)[:6]), "Placebo", twins_per_patient=2, seed=2)
+    values = run.values()
+    assert len(values) == run.n_twins * len(gen.arm_model("Placebo").outcomes)
 
 
 def test_time_to_event_twins(pbc, pbc_gen):

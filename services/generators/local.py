@@ -111,6 +111,7 @@ from services.twins import (
     assemble_bds,
     baseline_records,
     new_run_id,
+    truncate_at_followup,
     twin_adsl,
     twin_id,
     twin_ids,
@@ -563,7 +564,7 @@ class LocalGenerator(TwinGenerator):
                  transform: str = "auto", clip_margin: float = 0.1, alpha: float | None = None,
                  center: str | float = "auto", pool_visits: bool = True,
                  tte_space: str = "prognostic", tte_draw: str = "history", cox_penalizer: float = 0.1,
-                 fill: str = "complete",
+                 fill: str = "complete", truncate_at_followup: bool = True,
                  chunk_size: int = 256,
                  retriever_factory: Callable[[Trial], object] | None = None):
         if visits not in VISIT_MODES:
@@ -599,6 +600,7 @@ class LocalGenerator(TwinGenerator):
         if fill not in FILLS:
             raise GeneratorError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
         self.fill = fill
+        self.truncate_at_followup = bool(truncate_at_followup)
         self.chunk_size = int(chunk_size)
         self._retriever_factory = retriever_factory
         self._kb: Trial | None = None
@@ -998,6 +1000,11 @@ class LocalGenerator(TwinGenerator):
             tte = pd.concat(tte_parts, ignore_index=True) if tte_parts else pd.DataFrame(columns=cols)
             tte["PARAM"] = tte["PARAMCD"].map(labels).fillna(tte["PARAMCD"])
             tte = tte[cols]
+            if self.truncate_at_followup:
+                bds, dropped = truncate_at_followup(bds, tte)
+                manifest["notes"].append(
+                    f"{dropped} generated records after their twin's end of follow-up (death, transplant "
+                    "or censoring in the twin's event history) were left out, as real patients have none")
 
         manifest["cancelled"] = cancelled
         if cancelled:
