@@ -103,17 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_inspect)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    # Commands with their own module (each has `register(subparsers)`); imported here so that
+    # `twinarm datasets` stays fast and the modules can import CliError from this one.
+    from services import cli_evaluate, cli_export, cli_generate
+
+    for module in (cli_generate, cli_evaluate, cli_export):
+        module.register(sub)
     return parser
 
 
-# Commands defined in other modules register themselves here (generate, evaluate, export, report).
-_EXTRA_COMMANDS: list = []
-
-
 def main(argv: list[str] | None = None) -> int:
-    _load_extra_commands()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -122,21 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-
-
-def _load_extra_commands() -> None:
-    import importlib
-
-    if _EXTRA_COMMANDS:
-        return
-    for module in ("services.cli_generate", "services.cli_evaluate", "services.cli_export"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        _EXTRA_COMMANDS.append(mod.register)
 
 
 if __name__ == "__main__":
