@@ -44,9 +44,11 @@ def test_inspect_the_cdisc_pilot_as_a_subprocess(pilot):
 def test_inspect_reports_validation_errors_and_exits_non_zero(tmp_path):
     (tmp_path / "adsl.csv").write_text("USUBJID,ARM\nS1,A\nS1,B\n")
     (tmp_path / "adlb.csv").write_text("")
-    out = subprocess.run([str(TWINARM), "inspect", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([str(TWINARM), "inspect", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, check=False)
     assert out.returncode == 1
     assert "more than once" in out.stdout and "adlb.csv: the file is empty" in out.stdout
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("twinarm: error:")
-    missing = subprocess.run([str(TWINARM), "inspect", "no-such-trial"], capture_output=True, text=True, timeout=120)
+    missing = subprocess.run([str(TWINARM), "inspect", "no-such-trial"], capture_output=True, text=True,
+                             timeout=120, check=False)
     assert missing.returncode == 1 and "neither a folder nor a bundled trial" in missing.stderr
