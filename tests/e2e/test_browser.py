@@ -106,17 +106,21 @@ def test_switching_the_bundled_trial_and_back(page, app_url, artifacts):
     assert ui.selected_value(page, ui.TRIAL_SELECT, scope=ui.sidebar(page)) == "pbc"
 
 
-@pytest.mark.parametrize("title", [ui.PAGE_COMPARE, ui.PAGE_VALIDATE, ui.PAGE_EXPORT])
-def test_later_pages_open_before_a_twin_arm_exists(page, app_url, artifacts, title):
-    """Before any twin arm: no exception; Compare/Export point to What-if; Validate backtests."""
+def test_later_pages_open_before_a_twin_arm_exists(page, app_url, artifacts):
+    """Before any twin arm: no exception; Compare/Export point to What-if; Validate backtests.
+    (One session for the three pages: each app start costs seconds.)"""
     ui.open_app(page, app_url)
-    require_page(page, title)
-    ui.go_to(page, title, timeout=ui.SLOW_TIMEOUT_MS)
-    ui.assert_no_exception(page)
-    expect(ui.main(page).locator("h1").first).to_be_visible()
-    if title == ui.PAGE_VALIDATE:  # the backtest needs no run: its verdicts and PROCOVA show
-        expect(ui.metric_value(page, "Patients, PROCOVA")).to_have_text(integer(),
-                                                                       timeout=ui.SLOW_TIMEOUT_MS)
+    present = [t for t in (ui.PAGE_COMPARE, ui.PAGE_VALIDATE, ui.PAGE_EXPORT) if ui.has_page(page, t)]
+    if not present:
+        pytest.skip(f"none of Compare, Validate, Export is in the navigation yet ({ui.nav_titles(page)})")
+    for title in present:
+        ui.go_to(page, title, timeout=ui.SLOW_TIMEOUT_MS)
+        ui.assert_no_exception(page)
+        # a title or a message (e.g. "No twin arm yet: generate one on the What-if page")
+        expect(ui.main(page).locator('h1, [data-testid="stAlert"]').first).to_be_visible()
+        if title == ui.PAGE_VALIDATE:  # the backtest needs no run: its verdicts and PROCOVA show
+            expect(ui.metric_value(page, "Patients, PROCOVA")).to_have_text(
+                integer(), timeout=ui.SLOW_TIMEOUT_MS)
         shoot(page, artifacts, f"{title} before a run")
 
 
@@ -281,6 +285,8 @@ def test_export_downloads_the_report_and_the_zip(twin_page, artifacts, downloads
     from services.io import RawFile
     from services.trial import load_trial_files
 
-    twins = load_trial_files([RawFile(name, data) for name, data in files.items()], name="e2e twins")
+    # manifest.json is provenance, not a dataset: the importer takes the rest as it is.
+    data_files = [RawFile(name, data) for name, data in files.items() if name != "manifest.json"]
+    twins = load_trial_files(data_files, name="e2e twins")
     assert "USUBJID" in files["adsl.csv"].decode().splitlines()[0]
     assert len(twins.subjects) >= COHORT_N and len(twins.subjects) % COHORT_N == 0, len(twins.subjects)
