@@ -2,7 +2,7 @@
 
 - `app_server` / `app_url` (session): `streamlit run app.py` on a free port of 127.0.0.1 with a
   temporary TWINARM_HOME and no OPENAI_* variables; ready once `/_stcore/health` answers "ok";
-  its process group is terminated (and reaped) at teardown. Its log: artifacts/e2e/streamlit.log.
+  its process group is terminated (and reaped) at teardown. Its log: artifacts/e2e/streamlit-PORT.log.
 - `browser` (session): Chromium at /usr/bin/chromium (or $TWINARM_CHROMIUM) with the flags the
   closed network needs, a fresh temporary profile.
 - `page` (per test): a new browser context, i.e. a new Streamlit session, 1400x900.
@@ -54,14 +54,18 @@ def chromium_executable() -> str:
 
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
+    """artifacts/e2e: page screenshots of this run; a previous run's failure pictures go."""
     ui.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ui.ARTIFACTS.glob("FAILED-*.png"):
+        old.unlink(missing_ok=True)
     return ui.ARTIFACTS
 
 
 @pytest.fixture(scope="session")
 def app_server(chromium_executable, tmp_path_factory, artifacts):
-    server = ui.start_app(home=tmp_path_factory.mktemp("twinarm_home"),
-                          log_path=artifacts / "streamlit.log")
+    port = ui.free_port()  # in the log's name: concurrent runs on one machine keep apart
+    server = ui.start_app(home=tmp_path_factory.mktemp("twinarm_home"), port=port,
+                          log_path=artifacts / f"streamlit-{port}.log")
     try:
         yield server
     finally:
