@@ -34,11 +34,13 @@ st.caption("ADaM-lite: adsl (one row per twin, with SRCSUBJID and TWINIDX), one 
 st.header("Report")
 spec, ids = get_cohort()
 cohort = f"{spec.name or 'cohort'} ({len(ids)} patients)" if spec is not None and ids else ""
-report = _report(kb.content_hash, run.run_id, cohort, kb, run)
-st.download_button("Download report (HTML)", report.encode("utf-8"), file_name=f"twinarm-report-{run.run_id}.html",
-                   mime="text/html", key="download_report")
-st.caption(f"One self-contained HTML file ({len(report) / 1e6:.1f} MB) that opens offline: trial and cohort, "
-           "method, validation card, figures, metric tables, PROCOVA sample size and limitations.")
+# Built when the button is clicked (a callable `data`): metrics, a backtest and figures take a
+# while, and a visit to this page should not pay for a report nobody downloads.
+st.download_button("Download report (HTML)", lambda: _report(kb.content_hash, run.run_id, cohort, kb, run).encode(),
+                   file_name=f"twinarm-report-{run.run_id}.html", mime="text/html", key="download_report")
+st.caption("One self-contained HTML file that opens offline (Plotly inlined, no network request): trial and "
+           "cohort, method, validation card, figures, metric tables, PROCOVA sample size and limitations. "
+           "It is written when you click, which takes a few seconds.")
 
 with st.expander("Manifest"):
     st.json(run.manifest, expanded=False)

@@ -39,6 +39,8 @@ _UNSCHEDULED_VISIT = re.compile(
     r"(?:END OF (?:TREATMENT|STUDY|THERAPY)|EARLY TERM|UNSCHED|^EOT$|^EOS$|^ET$|RETRIEVAL)", re.IGNORECASE
 )
 _MAX_CATEGORY_LEVELS = 30
+# Files that travel with ADaM-lite folders (TwinArm's own run manifest, notes) but hold no data.
+IGNORED_FILES = {"manifest.json"}
 
 
 class TrialValidationError(ValueError):
@@ -349,6 +351,9 @@ def load_trial_files(files: list[RawFile], name: str = "uploaded trial") -> Tria
                 meta = _parse_meta(raw)
             except ValueError as exc:
                 errors.append(str(exc))
+            continue
+        if Path(raw.name).name.lower() in IGNORED_FILES or raw.extension in ("md", "txt"):
+            warnings.append(f"{raw.name}: ignored (not a data file)")
             continue
         try:
             frame = read_table(raw)

@@ -211,7 +211,7 @@ def test_bds_missing_time_and_tte_bad_censoring():
 
 def test_every_problem_is_reported_at_once():
     bad = ADSL.rename(columns={"ARM": "GROUP"})
-    msg = messages([csv("adsl.csv", bad), RawFile("adlb.csv", b""), RawFile("notes.txt", b"x")])
+    msg = messages([csv("adsl.csv", bad), RawFile("adlb.csv", b""), RawFile("notes.xlsx", b"x")])
     assert msg.count("\n") >= 2
 
 
@@ -221,3 +221,10 @@ def test_demo_trials_load(demo_trials):
         assert trial.longitudinal_parameters, trial.name
         assert not trial.visit_values.empty
         assert trial.baseline.notna().any().any()
+
+
+def test_a_twinarm_run_folder_loads_back_with_its_manifest_and_notes():
+    trial = load_trial_files([csv("adsl.csv", ADSL), csv("adlb.csv", ADLB), RawFile("manifest.json", b"{}"),
+                              RawFile("README.md", b"# notes")])
+    assert len(trial.subjects) == 4
+    assert any("manifest.json: ignored" in w for w in trial.warnings)
