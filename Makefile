@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 
-.PHONY: run test test-fast venv browser bench clean
+.PHONY: run test test-fast venv browser bench screenshots clean
 
 venv: $(STAMP)
 
@@ -20,12 +20,14 @@ $(STAMP): pyproject.toml
 run: venv
 	$(BIN)/streamlit run app.py --server.port $(PORT) --server.address 0.0.0.0
 
-# Debian's Chromium for the end-to-end browser test (Playwright cannot download its own here).
+# Debian's Chromium for the end-to-end browser test (Playwright cannot download its own here),
+# and an emoji font so the page icons render in screenshots.
 browser:
-	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || { \
+	@test -x /usr/bin/chromium && dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || { \
 	  echo "Installing Debian's chromium for the browser test..."; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends chromium fonts-noto-color-emoji >/dev/null; }
 
 test: venv browser
 	$(BIN)/python -m pytest -q
@@ -34,9 +36,13 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 bench: venv
-	$(BIN)/python bench/retrieval.py --quick
+	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/backtest.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/embedding.py
+
+screenshots: venv browser
+	$(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts
