@@ -123,10 +123,6 @@ def _serve(queue, latency: float) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     import llm_server
 
-    # The scripted server writes headers and body in two send() calls; with Nagle's algorithm
-    # on, the client's delayed ACK then stalls every reply by ~40 ms on loopback (real
-    # endpoints set TCP_NODELAY). Measure our overhead, not that.
-    llm_server._Handler.disable_nagle_algorithm = True
     srv = llm_server.ScriptedOpenAIServer(latency_s=latency).start()
     queue.put(srv.base_url)
     threading.Event().wait()

@@ -298,6 +298,9 @@ def _error(message: str, type_: str, param: str | None) -> dict:
 class _Handler(BaseHTTPRequestHandler):
     owner: ScriptedOpenAIServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two send() calls: with Nagle's algorithm the client's delayed
+    # ACK would stall every reply by ~40 ms on loopback. Real endpoints set TCP_NODELAY too.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # silence
         pass
