@@ -12,6 +12,7 @@ and the scripted test server both read.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import re
@@ -178,8 +179,8 @@ def build_messages(
     payload contains a calendar date or a date object.
     """
     payload = sanitize(request.payload())
-    check_no_dates(payload)
     user = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    _check_text_has_no_dates(user, payload)
     messages = [("system", SYSTEM_PROMPT), ("user", user)]
     if feedback_errors:
         if previous_reply is not None:
@@ -224,10 +225,48 @@ def _compact_number(x: float) -> float | int:
 
 def sanitize(obj: Any, path: str = "$") -> Any:
     """Plain JSON types: numpy scalars to Python, NaN to null, floats to 6 significant
-    digits, tuples to lists. Date/time objects raise :class:`PrivacyError`."""
-    if isinstance(obj, (_dt.date, _dt.datetime, _dt.time)) or type(obj).__name__ in (
+    digits, tuples to lists. Date/time objects raise :class:`PrivacyError`.
+
+    Plain dicts, lists, text and numbers take a fast path without path bookkeeping (this runs
+    once per twin on the critical path of every LLM call); the path of a date is worked out
+    only when one is found."""
+    try:
+        return _clean(obj)
+    except _DateFound:
+        return _sanitize_with_path(obj, path)  # raises PrivacyError naming the path
+
+
+class _DateFound(Exception):
+    pass
+
+
+def _clean(obj: Any) -> Any:
+    t = type(obj)
+    if t is str or t is bool or obj is None:
+        return obj
+    if t is float:
+        return _compact_number(obj) if math.isfinite(obj) else None
+    if t is int:
+        return obj
+    if t is dict:
+        return {k if type(k) is str else str(k): _clean(v) for k, v in obj.items()}
+    if t is list or t is tuple:
+        return [_clean(v) for v in obj]
+    if _is_date_object(obj):
+        raise _DateFound
+    return _sanitize_with_path(obj, "$", clean=_clean)
+
+
+def _is_date_object(obj: Any) -> bool:
+    return isinstance(obj, (_dt.date, _dt.datetime, _dt.time)) or type(obj).__name__ in (
         "Timestamp", "datetime64", "NaTType",
-    ):
+    )
+
+
+def _sanitize_with_path(obj: Any, path: str = "$", clean: Any = None) -> Any:
+    """The general case (mappings, arrays, numpy and pandas scalars); ``clean`` handles the
+    children (the fast path), else this function does with full paths."""
+    if _is_date_object(obj):
         raise PrivacyError(
             f"the LLM payload contains a date at {path}; only study days may be sent"
         )
@@ -236,9 +275,13 @@ def sanitize(obj: Any, path: str = "$") -> Any:
     if type(obj).__name__ == "NAType":  # pandas.NA
         return None
     if isinstance(obj, Mapping):
-        return {str(k): sanitize(v, f"{path}.{k}") for k, v in obj.items()}
+        if clean is not None:
+            return {str(k): clean(v) for k, v in obj.items()}
+        return {str(k): _sanitize_with_path(v, f"{path}.{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ndarray":
-        return [sanitize(v, f"{path}[{i}]") for i, v in enumerate(list(obj))]
+        if clean is not None:
+            return [clean(v) for v in list(obj)]
+        return [_sanitize_with_path(v, f"{path}[{i}]") for i, v in enumerate(list(obj))]
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
         try:
             obj = obj.item()
@@ -251,6 +294,37 @@ def sanitize(obj: Any, path: str = "$") -> Any:
     if isinstance(obj, float):
         return None if not math.isfinite(obj) else _compact_number(obj)
     return str(obj)
+
+
+# text values of a serialised prompt (JSON strings, escapes included)
+_JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+@functools.lru_cache(maxsize=65_536)
+def _date_in_text(text: str) -> str | None:
+    """The first calendar date in one (JSON-escaped) text value, or None. Prompts repeat the
+    same keys, labels and categories many times: each distinct text is checked once."""
+    if "\\" in text:
+        text = json.loads(f'"{text}"')
+    for pat in DATE_PATTERNS:
+        m = pat.search(text)
+        if m:
+            return m.group(0)
+    return None
+
+
+def _check_text_has_no_dates(text: str, payload: Any) -> None:
+    """Raise :class:`PrivacyError` if a key or text value of the serialised prompt contains a
+    calendar date; :func:`check_no_dates` then names where (a date it cannot place still
+    refuses the prompt)."""
+    for value in set(_JSON_STRING.findall(text)):
+        found = _date_in_text(value)
+        if found is not None:
+            check_no_dates(payload)
+            raise PrivacyError(
+                f"the LLM payload contains a calendar date ({found!r}); "
+                "only pseudonymous keys and study days may be sent"
+            )
 
 
 def check_no_dates(obj: Any, path: str = "$") -> None:
