@@ -204,27 +204,41 @@ class ScriptedOpenAIServer:
                 return self.script.popleft()
             return self.default
 
-    def respond(self, body: dict) -> ScriptedResponse:
-        """Apply the next behaviour to a chat-completions body."""
+    def respond(self, body: dict, received: float | None = None) -> ScriptedResponse:
+        """Apply the next behaviour to a chat-completions body.
+
+        The answer is due ``latency_s`` after ``received`` (``time.perf_counter()`` when the
+        request arrived; now if not given): the server's own work (parsing the body, building
+        the reply) happens within that latency, as it does inside a real endpoint's, so that a
+        client measured against this server is charged for its own overhead only."""
+        start = time.perf_counter() if received is None else received
         b = self._next_behaviour(body)
         name = b if isinstance(b, str) else getattr(b, "__name__", "callable")
         with self._lock:
             self.behaviours.append(name)
+        resp, final = self._apply(b, body)
         if self.latency_s:
-            self._stop.wait(self.latency_s)
+            self._stop.wait(max(0.0, self.latency_s - (time.perf_counter() - start)))
+        if final == "slow":
+            self._stop.wait(self.slow_s)
+        return resp
+
+    def _apply(self, b: Behaviour, body: dict) -> tuple[ScriptedResponse, str | None]:
+        """The response of behaviour ``b`` and the behaviour's final name."""
         if callable(b):
             out = b(body)
             if isinstance(out, ScriptedResponse):
-                return out
+                return out, None
             if isinstance(out, str):
                 b = out
             else:
-                return self._completion(body, json.dumps(out))
+                return self._completion(body, json.dumps(out)), None
         rf_type = (body.get("response_format") or {}).get("type")
-        if b == "good":
-            return self._completion(body, json.dumps(good_reply(body)))
+        if b in ("good", "slow"):
+            return self._completion(body, json.dumps(good_reply(body))), b
         if b == "malformed":
-            return self._completion(body, "Sure! The twin improves steadily, visits: ADAS 12, 14")
+            return self._completion(
+                body, "Sure! The twin improves steadily, visits: ADAS 12, 14"), b
         if b == "out_of_range":
             reply = good_reply(body)
             if reply["visits"]:
@@ -236,37 +250,34 @@ class ScriptedOpenAIServer:
                 v["aval"] = hi + 10 * max(1, hi - lo)
             elif reply["events"]:
                 reply["events"][0]["aval"] = -5
-            return self._completion(body, json.dumps(reply))
+            return self._completion(body, json.dumps(reply)), b
         if b == "missing_visit":
             reply = good_reply(body)
             if reply["visits"]:
                 reply["visits"].pop(0)
             else:
                 reply["events"] = []
-            return self._completion(body, json.dumps(reply))
+            return self._completion(body, json.dumps(reply)), b
         if b == "rate_limit":
             return ScriptedResponse(
                 429, _error("Rate limit reached for requests", "rate_limit_exceeded",
                             "requests"),
                 {"Retry-After": str(self.retry_after)},
-            )
-        if b == "slow":
-            self._stop.wait(self.slow_s)
-            return self._completion(body, json.dumps(good_reply(body)))
+            ), b
         if b == "reject_json_schema":
             if rf_type == "json_schema":
                 return ScriptedResponse(400, _error(
                     "response_format of type 'json_schema' is not supported by this server; "
-                    "use 'json_object'", "invalid_request_error", "response_format"))
-            return self._completion(body, json.dumps(good_reply(body)))
+                    "use 'json_object'", "invalid_request_error", "response_format")), b
+            return self._completion(body, json.dumps(good_reply(body))), b
         if b == "reject_response_format":
             if rf_type:
                 return ScriptedResponse(400, _error(
                     f"unsupported response_format type {rf_type!r}", "invalid_request_error",
-                    "response_format"))
-            return self._completion(body, json.dumps(good_reply(body)))
+                    "response_format")), b
+            return self._completion(body, json.dumps(good_reply(body))), b
         if b == "server_error":
-            return ScriptedResponse(500, _error("internal error", "server_error", None))
+            return ScriptedResponse(500, _error("internal error", "server_error", None)), b
         raise ValueError(f"unknown behaviour {b!r}")
 
     def _completion(self, body: dict, content: str) -> ScriptedResponse:
@@ -333,6 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(ScriptedResponse(404, _error("not found", "invalid_request_error", None)))
 
     def do_POST(self) -> None:
+        received = time.perf_counter()
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
@@ -352,7 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
             owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
         try:
             try:
-                resp = owner.respond(body)
+                resp = owner.respond(body, received)
             except Exception as exc:  # noqa: BLE001  (a bug in a hook: report it, keep serving)
                 resp = ScriptedResponse(500, _error(f"scripted server error: {exc}",
                                                     "server_error", None))
