@@ -39,6 +39,7 @@ import pandas as pd
 
 from services.generators import get_generator
 from services.generators.local import BaselineFeatures
+from services.metrics.survival import km_curve, km_sup_distance
 from services.trial import Trial
 
 RATIO_TARGET = 1.0
@@ -249,38 +250,6 @@ def _parameter_table(pairs: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
 # time to event
 
 
-def km_curve(time_: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Kaplan-Meier estimate: (distinct event times, survival just after each)."""
-    time_ = np.asarray(time_, dtype=float)
-    event = np.asarray(event, dtype=bool)
-    if len(time_) == 0:
-        return np.array([]), np.array([])
-    order = np.lexsort((~event, time_))
-    t, e = time_[order], event[order]
-    uniq, first = np.unique(t, return_index=True)
-    at_risk = len(t) - first
-    deaths = np.add.reduceat(e.astype(int), first)
-    surv = np.cumprod(1 - deaths / at_risk)
-    keep = deaths > 0
-    return uniq[keep], surv[keep]
-
-
-def km_at(curve: tuple[np.ndarray, np.ndarray], grid: np.ndarray) -> np.ndarray:
-    t, s = curve
-    if len(t) == 0:
-        return np.ones(len(grid))
-    idx = np.searchsorted(t, grid, side="right") - 1
-    return np.where(idx >= 0, s[np.maximum(idx, 0)], 1.0)
-
-
-def km_sup_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], tau: float) -> float:
-    grid = np.unique(np.concatenate([a[0], b[0], [0.0]]))
-    grid = grid[grid <= tau]
-    if len(grid) == 0:
-        return 0.0
-    return float(np.max(np.abs(km_at(a, grid) - km_at(b, grid))))
-
-
 def _twin_scores(tw: pd.DataFrame) -> pd.Series:
     """Per source: median event time of its twins' Kaplan-Meier curve; sources whose curve
     never reaches 50% rank above all others, ordered by their restricted mean."""
@@ -334,10 +303,12 @@ def _fold_tte(trial: Trial, kb: Trial, arm: str, held, run, fold: int) -> pd.Dat
         ref = kb_arm[kb_arm["PARAMCD"] == q]
         if truth.empty or tw.empty or ref.empty:
             continue
-        c_truth = km_curve(truth["AVAL"], truth["CNSR"] == 0)
+        # up to the held-out patients' last follow-up, however long the twins' or the
+        # knowledge base's runs
         tau = float(truth["AVAL"].max())
-        d_twins = km_sup_distance(km_curve(tw["AVAL"], tw["CNSR"] == 0), c_truth, tau)
-        d_ref = km_sup_distance(km_curve(ref["AVAL"], ref["CNSR"] == 0), c_truth, tau)
+        t_truth, e_truth = truth["AVAL"], truth["CNSR"] == 0
+        d_twins = km_sup_distance(tw["AVAL"], tw["CNSR"] == 0, t_truth, e_truth, tau).sup
+        d_ref = km_sup_distance(ref["AVAL"], ref["CNSR"] == 0, t_truth, e_truth, tau).sup
         scores = _twin_scores(tw)
         try:
             cox = _cox_scores(kb, arm, sources, q)

@@ -8,14 +8,11 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from lifelines import KaplanMeierFitter
 
 from services.backtest import (
     BacktestResult,
     backtest,
     endpoint_visit,
-    km_curve,
-    km_sup_distance,
     twin_quantiles,
 )
 from services.retrieval import ExactRetriever
@@ -121,18 +118,9 @@ def test_endpoint_visit(pbc, pilot):
     assert v == max(s.avisitn for s in sched if s.n_subjects >= busiest / 2)
 
 
-def test_km_helpers_match_lifelines(pbc):
-    tte = pbc.tte[pbc.tte["PARAMCD"] == "DEATH"]
-    t, s = km_curve(tte["AVAL"], tte["CNSR"] == 0)
-    kmf = KaplanMeierFitter().fit(tte["AVAL"], tte["CNSR"] == 0)
-    ref = kmf.survival_function_at_times(t).to_numpy()
-    assert np.allclose(s, ref)
-    assert km_sup_distance((t, s), (t, s), tau=4000) == 0
-    assert km_sup_distance((t, s), (np.array([1.0]), np.array([0.0])), tau=4000) == pytest.approx(1.0)
-
-
 def test_twin_quantiles_use_the_n_plus_1_plotting_position():
     tw = pd.DataFrame({"K": ["a"] * 19, "AVAL": np.arange(1.0, 20.0)})
     q = twin_quantiles(tw, ["K"])
     assert q.loc[0, "Q10"] == pytest.approx(2.0) and q.loc[0, "Q90"] == pytest.approx(18.0)
     assert q.loc[0, "PREDICTED"] == pytest.approx(10.0) and q.loc[0, "N_TWINS"] == 19
+

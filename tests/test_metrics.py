@@ -326,6 +326,20 @@ def test_km_known_gap():
     assert M.km_sup_distance([1, 1], [1, 1], [1, 2], [1, 1], horizon=2).sup == pytest.approx(0.5)
 
 
+def test_km_curve_matches_lifelines_with_ties(pbc, surv):
+    from lifelines import KaplanMeierFitter
+
+    tte = pbc.tte[pbc.tte["PARAMCD"] == "DEATH"]
+    rounded = (np.ceil(surv[0]), surv[1])  # many ties of events and censorings
+    for t_, e_ in ((tte["AVAL"], tte["CNSR"] == 0), rounded):
+        t, s = survival.km_curve(t_, e_)
+        ref = KaplanMeierFitter().fit(t_, e_).survival_function_at_times(t).to_numpy()
+        assert len(t) == int(np.unique(np.asarray(t_)[np.asarray(e_, bool)]).size)
+        assert np.allclose(s, ref)
+    assert np.array_equal(survival.km_at((t, s), [0.0, t[0], t[-1] + 1]), [1.0, s[0], s[-1]])
+    assert survival.km_at((np.array([]), np.array([])), [1.0, 2.0]).tolist() == [1.0, 1.0]
+
+
 def test_concordance_perfect_reversed_and_nan(surv):
     t, e = surv
     assert M.concordance(t, t, e) == pytest.approx(1.0)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines import CoxPHFitter
 from lifelines.exceptions import ConvergenceError
 from lifelines.statistics import logrank_test
 from lifelines.utils import concordance_index
@@ -35,14 +35,39 @@ def _clean(times, events, name: str) -> tuple[np.ndarray, np.ndarray]:
     return t, e.astype(int)
 
 
+def km_curve(times, events) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan-Meier estimate: (distinct event times, survival just after each).
+
+    Plain numpy (no fitter object): the backtest calls it once per source patient. At a time
+    with both events and censorings, the censored patients are still at risk, as usual."""
+    t = np.asarray(times, dtype=float)
+    e = np.asarray(events, dtype=bool)
+    if len(t) == 0:
+        return np.array([]), np.array([])
+    order = np.lexsort((~e, t))
+    t, e = t[order], e[order]
+    uniq, first = np.unique(t, return_index=True)
+    at_risk = len(t) - first
+    deaths = np.add.reduceat(e.astype(int), first)
+    surv = np.cumprod(1 - deaths / at_risk)
+    keep = deaths > 0
+    return uniq[keep], surv[keep]
+
+
+def km_at(curve: tuple[np.ndarray, np.ndarray], grid) -> np.ndarray:
+    """A :func:`km_curve` evaluated at ``grid`` (right-continuous step, 1 before the first
+    event)."""
+    t, s = curve
+    grid = np.asarray(grid, dtype=float)
+    if len(t) == 0:
+        return np.ones(len(grid))
+    idx = np.searchsorted(t, grid, side="right") - 1
+    return np.where(idx >= 0, s[np.maximum(idx, 0)], 1.0)
+
+
 def _km_step(t: np.ndarray, e: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Kaplan-Meier survival of (t, e) evaluated at ``grid`` (right-continuous step)."""
-    kmf = KaplanMeierFitter().fit(t, e)
-    sf = kmf.survival_function_
-    times = sf.index.to_numpy(float)
-    values = sf.iloc[:, 0].to_numpy(float)
-    pos = np.searchsorted(times, grid, side="right") - 1
-    return np.where(pos >= 0, values[np.clip(pos, 0, None)], 1.0)
+    return km_at(km_curve(t, e), grid)
 
 
 @dataclass(frozen=True)
