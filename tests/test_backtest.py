@@ -124,3 +124,13 @@ def test_twin_quantiles_use_the_n_plus_1_plotting_position():
     assert q.loc[0, "Q10"] == pytest.approx(2.0) and q.loc[0, "Q90"] == pytest.approx(18.0)
     assert q.loc[0, "PREDICTED"] == pytest.approx(10.0) and q.loc[0, "N_TWINS"] == 19
 
+
+def test_backtest_leaves_nothing_in_the_patient_index(demo_trials):
+    # fold knowledge bases are transient: no Chroma collection per fold and seed
+    from services.index import get_client
+
+    epilepsy = next(t for t in demo_trials if t.name == "epilepsy")
+    before = {c.name for c in get_client().list_collections()}
+    res = backtest(epilepsy, folds=2, twins_per_patient=3, seed=11)
+    assert res.visits["n"].sum() > 0
+    assert {c.name for c in get_client().list_collections()} == before
