@@ -105,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands with their own module (each has `register(subparsers)`); imported here so that
     # `twinarm datasets` stays fast and the modules can import CliError from this one.
-    from services import cli_evaluate, cli_export, cli_generate
+    from services import cli_evaluate, cli_export, cli_generate, cli_index
 
-    for module in (cli_generate, cli_evaluate, cli_export):
+    for module in (cli_generate, cli_evaluate, cli_export, cli_index):
         module.register(sub)
     return parser
 

@@ -25,6 +25,7 @@ results are queried again with `where={"arm": arm}`. Small batches and small arm
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -39,8 +40,10 @@ from services.vectors import VECTOR_VERSION
 
 DEFAULT_HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighbors": 16}
 SPACE_TAG = {"baseline": "base", "full": "full"}
+log = logging.getLogger("twinarm.index")
 POST_FILTER_MIN_SHARE = 0.05        # arms smaller than this share always use `where`
 POST_FILTER_MIN_WORK = 1_000_000    # rows x patients below which `where` is cheap enough
+TOUCH_EVERY_S = 3600                # `last_used` of a reopened collection is refreshed hourly
 
 
 class PatientIndexError(RuntimeError):
@@ -241,16 +244,20 @@ class PatientIndex(_IndexBase):
             raise PatientIndexError("build: no patients to index")
         name = name or collection_name(trial_hash or "custom", space, fingerprint or "0" * 8, version)
         self._remember(ids, arms)
+        now = int(time.time())
         meta = {"twinarm": 1, "vector_version": version, "space": space, "trial_hash": trial_hash,
                 "fingerprint": fingerprint, "n": len(ids), "dim": int(E.shape[1]),
-                "arm_counts": json.dumps(self.arm_counts, sort_keys=True)}
+                "arm_counts": json.dumps(self.arm_counts, sort_keys=True),
+                "created": now, "last_used": now}
         col = self._open(name, {**meta, "complete": False})
         self.collection, self.name = col, name
         current = dict(col.metadata or {})
         if (current.get("complete") is True and current.get("fingerprint") == fingerprint
                 and current.get("vector_version") == version and col.count() == len(ids)):
+            self._touch(current, now)
             self.last_build = BuildReport(name, len(ids), 0, 0, True, time.perf_counter() - t0)
             return self.last_build
+        meta["created"] = int(current.get("created") or now)
 
         batch = self._max_batch()
         existing = set()
@@ -268,6 +275,15 @@ class PatientIndex(_IndexBase):
         col.modify(metadata={**meta, "complete": True})
         self.last_build = BuildReport(name, len(ids), len(todo), len(extra), False, time.perf_counter() - t0)
         return self.last_build
+
+    def _touch(self, current: dict, now: int) -> None:
+        """Record that the collection is in use (for `prune_indexes`), at most hourly."""
+        if now - int(current.get("last_used") or 0) < TOUCH_EVERY_S:
+            return
+        try:
+            self.collection.modify(metadata={**current, "last_used": now})
+        except Exception as exc:  # noqa: BLE001  (bookkeeping only: the index still serves)
+            log.debug("could not record the use of %s: %s", self.name, exc)
 
     @staticmethod
     def _all_ids(col, batch: int) -> set[str]:
@@ -424,3 +440,83 @@ class ExactIndex(_IndexBase):
             rows_ids += [list(ids[t]) for t in top]
             rows_dist += np.take_along_axis(pd_, order, axis=1).tolist()
         return self._filter_rows(rows_ids, rows_dist, k, arm, self_ids, exclude)
+
+
+# ======================================================================================
+# maintenance: what the store holds, and removing what nobody uses
+# ======================================================================================
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One TwinArm collection of the store. `created`/`last_used`: epoch seconds, None for a
+    collection made before TwinArm recorded them."""
+
+    name: str
+    trial_hash: str
+    space: str
+    vector_version: str
+    patients: int
+    complete: bool
+    created: float | None
+    last_used: float | None
+
+    def idle_days(self, now: float | None = None) -> float | None:
+        seen = self.last_used or self.created
+        if seen is None:
+            return None
+        return max(0.0, ((now or time.time()) - seen) / 86400)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def list_indexes(client=None) -> list[IndexEntry]:
+    """The store's TwinArm collections (metadata `twinarm`), most recently used first; other
+    collections on a shared server are not listed and never touched."""
+    client = client or get_client()
+    out = []
+    for col in client.list_collections():
+        if isinstance(col, str):  # older clients list names only
+            col = client.get_collection(col, embedding_function=None)
+        meta = dict(col.metadata or {})
+        if meta.get("twinarm") != 1:
+            continue
+        out.append(IndexEntry(
+            name=col.name, trial_hash=str(meta.get("trial_hash", "")),
+            space=str(meta.get("space", "")), vector_version=str(meta.get("vector_version", "")),
+            patients=int(meta.get("n") or 0), complete=meta.get("complete") is True,
+            created=float(meta["created"]) if meta.get("created") else None,
+            last_used=float(meta["last_used"]) if meta.get("last_used") else None))
+    return sorted(out, key=lambda e: -(e.last_used or e.created or 0))
+
+
+def prune_indexes(unused_days: float | None = 30, *, everything: bool = False,
+                  dry_run: bool = False, client=None, now: float | None = None) -> list[IndexEntry]:
+    """Delete TwinArm collections unused for `unused_days` (or all with `everything=True`).
+
+    An index is a cache of patient vectors: a pruned trial's index is rebuilt the next time the
+    trial is used. Collections without a recorded use (made before TwinArm kept one) count as
+    unused; incomplete builds are pruned too. Returns the entries removed (or that would be,
+    with `dry_run`)."""
+    if not everything and (unused_days is None or unused_days < 0):
+        raise PatientIndexError("unused_days must be >= 0 (or prune everything)")
+    from chromadb.errors import ChromaError, NotFoundError
+
+    client = client or get_client()
+    now = time.time() if now is None else now
+    doomed = []
+    for e in list_indexes(client):
+        idle = e.idle_days(now)
+        if everything or idle is None or idle >= unused_days or (not e.complete and idle >= 1):
+            doomed.append(e)
+    if not dry_run:
+        for e in doomed:
+            try:
+                client.delete_collection(e.name)
+            except NotFoundError:  # deleted meanwhile by another process
+                pass
+            except ChromaError as exc:
+                if "does not exist" not in str(exc).lower():
+                    raise
+    return doomed

@@ -147,7 +147,7 @@ class Retriever:
                 raise ValueError(f"neighbours() takes one vector; got {Q.shape[0]}: use neighbours_many()")
             Q, self_ids = Q.reshape(1, -1), None
             self._check_dim(Q)
-        hits = self.index.query(Q, k=k, arm=arm, self_ids=self_ids, exclude=exclude)
+        hits = self._query(Q, k=k, arm=arm, self_ids=self_ids, exclude=exclude)
         return _to_neighbours(hits[0])
 
     def neighbours_many(self, query, arm: str | None = None, k: int = 10,
@@ -165,8 +165,23 @@ class Retriever:
             Q = self._kb_rows(ids) if ids else np.zeros((0, self.embeddings.shape[1]), dtype=np.float32)
         if not ids:
             return {}
-        hits = self.index.query(Q, k=k, arm=arm, self_ids=ids, exclude=exclude)
+        hits = self._query(Q, k=k, arm=arm, self_ids=ids, exclude=exclude)
         return {u: _to_neighbours(h) for u, h in zip(ids, hits)}
+
+    def _query(self, Q, **kwargs):
+        """`index.query`, rebuilding the collection once if it was deleted under this process
+        (`twinarm index prune` from another process, a shared server reset)."""
+        try:
+            return self.index.query(Q, **kwargs)
+        except Exception as exc:
+            if "does not exist" not in str(exc).lower() and type(exc).__name__ != "NotFoundError":
+                raise
+        with self._lock:
+            self.build_report = self.index.build(
+                self.vectors.ids, self.vectors.arms, self.embeddings,
+                trial_hash=self.trial.content_hash, space=self.space,
+                fingerprint=self.vectorizer.fingerprint())
+        return self.index.query(Q, **kwargs)
 
     def _check_dim(self, Q: np.ndarray) -> None:
         d = self.embeddings.shape[1]

@@ -3,6 +3,7 @@ the same neighbours as the embedded store. Skips cleanly when the `chroma` CLI i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from services import cli
 from services import index as index_mod
 from services.index import PatientIndex, get_client, reset_client
 from services.retrieval import Retriever
@@ -76,7 +78,8 @@ def chroma_server(tmp_path_factory):
         log.close()
 
 
-def test_server_gives_the_same_neighbours_as_embedded(pbc, chroma_server, monkeypatch, tmp_path):
+def test_server_gives_the_same_neighbours_as_embedded(pbc, chroma_server, monkeypatch, tmp_path,
+                                                      capsys):
     ids = list(pbc.subjects["USUBJID"])
 
     # embedded reference, on its own temporary store
@@ -114,5 +117,17 @@ def test_server_gives_the_same_neighbours_as_embedded(pbc, chroma_server, monkey
         assert again.build_report.reused and again.build_report.added == 0
         names = [c.name for c in get_client().list_collections()]
         assert served.build_report.name in names
+
+        # `twinarm index` sees the server's store; a prune there is repaired by the process
+        # that still holds the index (it rebuilds it on its next query)
+        assert cli.main(["index", "list", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert f"127.0.0.1:{chroma_server}" in listed["store"]
+        assert served.build_report.name in [e["name"] for e in listed["indexes"]]
+        assert cli.main(["index", "prune", "--all"]) == 0
+        assert served.build_report.name not in [c.name for c in get_client().list_collections()]
+        again_got = served.neighbours_many(ids, arm=pbc.control_arm, k=10)
+        assert all([n.usubjid for n in again_got[u]] == [n.usubjid for n in ref[u]] for u in ids)
+        assert served.build_report.name in [c.name for c in get_client().list_collections()]
     finally:
         reset_client()
