@@ -322,6 +322,7 @@ class LLMGenerator(TwinGenerator):
             fin = vals[np.isfinite(vals)]
             self._integer[p] = bool(len(fin)) and bool(np.all(np.abs(fin - np.round(fin)) < 1e-9))
         self._tte_extremes: dict[str, _Extremes] = {}
+        self._tte_labels = {q: kb.tte_label(q) for q in kb.tte_parameters}
         self._tte_integer = True
         if kb.tte is not None:
             for q in kb.tte_parameters:
@@ -411,11 +412,11 @@ class LLMGenerator(TwinGenerator):
 
     def tte_spec(self, without: str | None = None) -> list[dict]:
         """Time-to-event outcomes of the prompt: `[{paramcd, label, max_days}]`."""
-        kb = self.knowledge_base
+        _ = self.knowledge_base  # raises when not fitted
         out = []
         for q, ext in self._tte_extremes.items():
             _, hi = ext.range(without)
-            out.append({"paramcd": q, "label": kb.tte_label(q),
+            out.append({"paramcd": q, "label": self._tte_labels.get(q, q),
                         "max_days": None if hi is None else _round(hi)})
         return out
 
