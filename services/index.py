@@ -70,6 +70,12 @@ def _client_key() -> tuple:
     return ("embedded", str(twinarm_home() / "chroma"))
 
 
+def is_missing_collection(exc: BaseException) -> bool:
+    """The error Chroma raises for a collection that does not exist (any client version,
+    embedded or server)."""
+    return type(exc).__name__ == "NotFoundError" or "does not exist" in str(exc).lower()
+
+
 def client_description() -> str:
     key = _client_key()
     return f"Chroma server {key[1]}:{key[2]}" if key[0] == "http" else f"embedded Chroma at {key[1]}"
@@ -213,13 +219,11 @@ class PatientIndex(_IndexBase):
         return max(1, int(self.client.get_max_batch_size()))
 
     def _open(self, name: str, metadata: dict):
-        from chromadb.errors import ChromaError, NotFoundError
+        from chromadb.errors import ChromaError
         try:
             return self.client.get_collection(name, embedding_function=None)
-        except NotFoundError:
-            pass
         except ChromaError as exc:
-            if "does not exist" not in str(exc).lower():
+            if not is_missing_collection(exc):
                 raise
         try:
             return self.client.create_collection(name, configuration={"hnsw": dict(self.hnsw)},
@@ -501,7 +505,7 @@ def prune_indexes(unused_days: float | None = 30, *, everything: bool = False,
     with `dry_run`)."""
     if not everything and (unused_days is None or unused_days < 0):
         raise PatientIndexError("unused_days must be >= 0 (or prune everything)")
-    from chromadb.errors import ChromaError, NotFoundError
+    from chromadb.errors import ChromaError
 
     client = client or get_client()
     now = time.time() if now is None else now
@@ -514,9 +518,7 @@ def prune_indexes(unused_days: float | None = 30, *, everything: bool = False,
         for e in doomed:
             try:
                 client.delete_collection(e.name)
-            except NotFoundError:  # deleted meanwhile by another process
-                pass
-            except ChromaError as exc:
-                if "does not exist" not in str(exc).lower():
+            except ChromaError as exc:  # deleted meanwhile by another process: fine
+                if not is_missing_collection(exc):
                     raise
     return doomed

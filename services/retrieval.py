@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from services.index import ExactIndex, Hit, PatientIndex, _client_key
+from services.index import ExactIndex, Hit, PatientIndex, _client_key, is_missing_collection
 from services.vectors import PatientVectorizer, PatientVectors, check_space
 
 
@@ -87,10 +87,13 @@ class Retriever:
                 self.vectorizer.fit(self.trial)
             self.vectors = self.vectorizer.transform(self.trial)
             self.embeddings = self.vectors.embed(self.space)
-            self.build_report = self.index.build(
-                self.vectors.ids, self.vectors.arms, self.embeddings, trial_hash=self.trial.content_hash,
-                space=self.space, fingerprint=self.vectorizer.fingerprint())
+            self._build_index()
         return self
+
+    def _build_index(self) -> None:
+        self.build_report = self.index.build(
+            self.vectors.ids, self.vectors.arms, self.embeddings, trial_hash=self.trial.content_hash,
+            space=self.space, fingerprint=self.vectorizer.fingerprint())
 
     build = fit
 
@@ -174,13 +177,10 @@ class Retriever:
         try:
             return self.index.query(Q, **kwargs)
         except Exception as exc:
-            if "does not exist" not in str(exc).lower() and type(exc).__name__ != "NotFoundError":
+            if not is_missing_collection(exc):
                 raise
         with self._lock:
-            self.build_report = self.index.build(
-                self.vectors.ids, self.vectors.arms, self.embeddings,
-                trial_hash=self.trial.content_hash, space=self.space,
-                fingerprint=self.vectorizer.fingerprint())
+            self._build_index()
         return self.index.query(Q, **kwargs)
 
     def _check_dim(self, Q: np.ndarray) -> None:

@@ -65,11 +65,6 @@ def km_at(curve: tuple[np.ndarray, np.ndarray], grid) -> np.ndarray:
     return np.where(idx >= 0, s[np.maximum(idx, 0)], 1.0)
 
 
-def _km_step(t: np.ndarray, e: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Kaplan-Meier survival of (t, e) evaluated at ``grid`` (right-continuous step)."""
-    return km_at(km_curve(t, e), grid)
-
-
 @dataclass(frozen=True)
 class KMDistance(ResultMixin):
     """Sup distance between two Kaplan-Meier curves: ``sup`` = max |S_a(t) - S_b(t)| over
@@ -101,7 +96,7 @@ def km_sup_distance(times_a, events_a, times_b, events_b,
     end = float(min(ta.max(), tb.max())) if horizon is None else float(horizon)
     grid = np.union1d(np.union1d(ta, tb), [0.0])
     grid = grid[grid <= end]
-    sa, sb = _km_step(ta, ea, grid), _km_step(tb, eb, grid)
+    sa, sb = km_at(km_curve(ta, ea), grid), km_at(km_curve(tb, eb), grid)
     gap = np.abs(sa - sb)
     i = int(np.argmax(gap))
     return KMDistance(sup=float(gap[i]), at_time=float(grid[i]), horizon=end,
