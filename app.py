@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from components.sidebar import render_sidebar
-from services.embedding import configure_numba_cache, start_umap_warm_up
+from services.evaluation.projection import configure_numba_cache, start_umap_warm_up
 
 st.set_page_config(page_title="TwinArm", page_icon="🧬", layout="wide")
 

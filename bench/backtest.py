@@ -4,11 +4,11 @@
     .venv/bin/python bench/backtest.py --seeds 2 --quick
     .venv/bin/python bench/backtest.py --trials pbc --chroma   # with the default Chroma retriever
 
-For every bundled trial (`services.datasets.demo_names()`) and the CDISC pilot vitals (when
+For every bundled trial (`services.data.demo.demo_names()`) and the CDISC pilot vitals (when
 `../shared/data/cdiscpilot01` exists), the control arm is split in half at random (`--folds 2`,
 the "split in half" protocol; every patient is held out once) with several seeds; the
 knowledge base is the trial minus the held-out half; each held-out patient gets K twins from
-its baseline only (see `services/backtest.py`). Printed per trial and parameter (means over
+its baseline only (see `services/evaluation/backtest.py`). Printed per trial and parameter (means over
 seeds): RMSE ratio (mean of twins vs per-visit regression on the baseline value; target
 <= 1), coverage of the twins' 10-90% range (target 75-85%), SD ratio (twins vs real, same
 patients and visits), and per event type: Kaplan-Meier sup-distance ratio (pooled twins vs
@@ -60,10 +60,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.backtest import COVERAGE_TARGET, RATIO_TARGET, backtest
-from services.datasets import demo_names, load_demo
-from services.generators import get_generator
-from services.trial import load_trial
+from services.data.demo import demo_names, load_demo
+from services.data.trial import load_trial
+from services.evaluation.backtest import COVERAGE_TARGET, RATIO_TARGET, backtest
+from services.generation import get_generator
 
 PILOT = ROOT.parent / "shared" / "data" / "cdiscpilot01"
 
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     k = 10 if args.quick else args.k
     settings = {}
     if not args.chroma:
-        from services.retrieval import ExactRetriever
+        from services.retrieval.retriever import ExactRetriever
         settings["retriever_factory"] = ExactRetriever
 
     all_params, all_tte, rows = [], [], []

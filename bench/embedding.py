@@ -17,7 +17,7 @@ os.environ.setdefault("TWINARM_HOME", tempfile.mkdtemp(prefix="twinarm-bench-"))
 
 import numpy as np
 
-from services.embedding import configure_numba_cache, embed_2d, warm_up_umap
+from services.evaluation.projection import configure_numba_cache, embed_2d, warm_up_umap
 
 TARGET_S = 5.0
 
@@ -50,9 +50,9 @@ def main() -> None:
 
     pbc_s = float("nan")
     try:
-        from services.datasets import load_demo
-        from services.evaluation import compare, embedding_points
-        from services.generators import get_generator
+        from services.data.demo import load_demo
+        from services.evaluation.comparison import compare, embedding_points
+        from services.generation import get_generator
 
         kb = load_demo("pbc")
         treated = kb.subjects.loc[kb.subjects.ARM == "D-penicillamine", "USUBJID"]

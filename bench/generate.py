@@ -106,7 +106,7 @@ def synthetic_trial(folder: Path, n: int = 10_000, seed: int = 0) -> Path:
 
 
 def bench_local(kb, source_arms: list[str], target_arm: str, k: int, label: str) -> float:
-    from services.generators import get_generator
+    from services.generation import get_generator
 
     ids = list(kb.subjects.loc[kb.subjects["ARM"].isin(source_arms), "USUBJID"])
     sources = kb.subset(ids)
@@ -142,8 +142,8 @@ def bench_llm(kb, n_twins: int, concurrency: int, latency: float,
               repeats: int) -> tuple[float, float, float]:
     import multiprocessing as mp
 
-    from services.generators.llm import LLMGenerator
-    from services.llm import LLMSettings
+    from services.generation.llm import LLMSettings
+    from services.generation.llm.generator import LLMGenerator
 
     ids = list(kb.subjects.loc[kb.subjects["ARM"] != kb.control_arm, "USUBJID"])
     k = 2
@@ -200,8 +200,8 @@ def main(argv=None) -> int:
     os.environ["ANONYMIZED_TELEMETRY"] = "False"
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CHROMA_HOST", "CHROMA_PORT"):
         os.environ.pop(var, None)
-    from services.datasets import load_demo
-    from services.trial import load_trial
+    from services.data.demo import load_demo
+    from services.data.trial import load_trial
 
     result: dict[str, float | str] = {}
     if PILOT.exists():

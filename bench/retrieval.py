@@ -75,7 +75,7 @@ def recall(got, ref, k: int, tol: float = 1e-5) -> float:
 
 
 def bench_synthetic(client, n: int, reps: int, queries: int, k: int, results: dict) -> None:
-    from services.index import DEFAULT_HNSW, ExactIndex, PatientIndex
+    from services.retrieval.index import DEFAULT_HNSW, ExactIndex, PatientIndex
 
     tag = f"{n // 1000}k"
     ids, arms, X = synthetic(n, seed=n)
@@ -145,8 +145,8 @@ def bench_synthetic(client, n: int, reps: int, queries: int, k: int, results: di
 
 
 def bench_trial(client, name: str, trial, k: int, results: dict) -> None:
-    from services.index import PatientIndex
-    from services.retrieval import ExactRetriever, Retriever
+    from services.retrieval.index import PatientIndex
+    from services.retrieval.retriever import ExactRetriever, Retriever
 
     ids = list(trial.subjects["USUBJID"])
     t0 = time.perf_counter()
@@ -183,7 +183,7 @@ def main() -> int:
     os.environ.pop("CHROMA_HOST", None)
     os.environ.pop("CHROMA_PORT", None)
     os.environ["ANONYMIZED_TELEMETRY"] = "False"
-    from services.index import DEFAULT_HNSW, get_client, reset_client
+    from services.retrieval.index import DEFAULT_HNSW, get_client, reset_client
 
     reset_client()
     started = time.perf_counter()
@@ -196,8 +196,8 @@ def main() -> int:
             bench_synthetic(client, n, reps, args.queries, args.k, results)
 
         print("\n== trials ==")
-        from services.datasets import demo_names, load_demo
-        from services.trial import load_trial
+        from services.data.demo import demo_names, load_demo
+        from services.data.trial import load_trial
 
         for name in demo_names():
             bench_trial(client, name, load_demo(name), args.k, results)

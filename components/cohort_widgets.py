@@ -1,6 +1,6 @@
 """Cohort builder widgets: arms, eligibility filters and the expression box -> a CohortSpec.
 
-No domain logic here: the filterable columns come from `services.cohort.describe_filters`,
+No domain logic here: the filterable columns come from `services.data.cohort.describe_filters`,
 and the expression is checked by a callback the page passes in (`check_expression`).
 What the user set is kept as a draft in session state per trial (`scope`), so leaving the page
 and coming back restores it (Streamlit forgets widget values of pages not shown).
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
-from services.cohort import MISSING_LEVEL, CohortSpec, FilterColumn
+from services.data.cohort import MISSING_LEVEL, CohortSpec, FilterColumn
 
 EXPRESSION_HELP = """A filter in plain syntax, combined with the filters above by *and*:
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from components.state import get_run, get_trial
-from services import evaluation as ev
+from services.evaluation import comparison as ev
 
 
 def require_run():

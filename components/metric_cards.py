@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from services.metrics import metrics_table
+from services.evaluation.metrics import metrics_table
 
 
 def _fmt(value) -> str:

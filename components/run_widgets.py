@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
-from components.figures_compare import mean_trajectories
-from services.llm import LLMConfigError, LLMSettings
-from services.llm.settings import redact_url
+from services.generation.llm import LLMConfigError, LLMSettings
+from services.generation.llm.settings import redact_url
+from services.reporting.figures.compare import mean_trajectories
 
 JOB = "whatif_job"
 LAST_RUN_NOTE = "whatif_last_note"
@@ -75,8 +75,8 @@ class GenerationJob:
         self.done, self.total = int(done), int(total)
 
     def _work(self) -> None:
-        from services.generators import GeneratorError
-        from services.twins import save_run
+        from services.generation import GeneratorError
+        from services.generation.run import save_run
 
         try:
             run = self.generator.generate(self.sources, target_arm=self.target_arm,
@@ -353,7 +353,7 @@ def check_endpoint_button(settings: LLMSettings, allow_remote: bool) -> None:
     """Lists the endpoint's models (GET /models: no patient data)."""
     if st.button("Test the endpoint", key="whatif_llm_test",
                  help="Asks the endpoint for its model list; sends no patient data."):
-        from services.llm.writer import LLMTwinWriter
+        from services.generation.llm.writer import LLMTwinWriter
 
         try:
             with LLMTwinWriter(settings, allow_remote=True, use_cache=False) as w:
@@ -479,7 +479,7 @@ def fitted_generator(trial_hash: str, name: str, settings_json: str, _trial):
     """A fitted generator per (trial content, generator, settings), shared by sessions. The
     `llm` generator is fitted without endpoint secrets: callers attach theirs with
     `with_endpoint` (a copy), so no session's key sits in the shared object."""
-    from services.generators import get_generator
+    from services.generation import get_generator
 
     settings = json.loads(settings_json)
     if name == "llm":

@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from components.state import cached_demo, get_trial, set_trial, trial_source
-from services.datasets import demo_names
-from services.io import RawFile
-from services.trial import TrialValidationError, load_trial_files
+from services.data.demo import demo_names
+from services.data.readers import RawFile
+from services.data.trial import TrialValidationError, load_trial_files
 
 
 def _load_chosen_demo() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from services.datasets import DEFAULT_DEMO, load_demo
+from services.data.demo import DEFAULT_DEMO, load_demo
 
 TRIAL = "trial"
 TRIAL_SOURCE = "trial_source"

@@ -4,9 +4,8 @@ cohort for the later pages (similar patients, twin generation, comparison)."""
 import streamlit as st
 
 from components import cohort_widgets as cw
-from components import figures_baseline as fb
 from components.state import get_cohort, get_trial, set_cohort
-from services.cohort import (
+from services.data.cohort import (
     CohortError,
     CohortSpec,
     apply_cohort,
@@ -16,7 +15,8 @@ from services.cohort import (
     table1_kinds,
     variable_labels,
 )
-from services.table1 import ordered_levels, table1, table1_long
+from services.data.table1 import ordered_levels, table1, table1_long
+from services.reporting.figures import baseline as fb
 
 trial = get_trial()
 scope = trial.content_hash

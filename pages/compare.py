@@ -3,11 +3,11 @@ similarity, fidelity/privacy/utility metrics)."""
 
 import streamlit as st
 
-from components import figures_compare as fig
 from components.compare_state import cached_comparison, cached_evaluation, require_run
 from components.metric_cards import headline_table, metric_definitions
-from services import evaluation as ev
-from services.embedding import is_umap_warm
+from services.evaluation import comparison as ev
+from services.evaluation.projection import is_umap_warm
+from services.reporting.figures import compare as fig
 
 kb, run = require_run()
 comp = cached_comparison(kb, run)

@@ -4,8 +4,8 @@ import streamlit as st
 
 from components.compare_state import require_run
 from components.state import get_cohort
-from services.export import export_zip
-from services.report import build_report
+from services.reporting.export import export_zip
+from services.reporting.report import build_report
 
 kb, run = require_run()
 st.title("Export & report")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from components.state import get_trial
-from components.tables import parameter_table, visit_table
+from services.data.summary import parameter_table, visit_table
 
 trial = get_trial()
 st.title("TwinArm")

@@ -3,10 +3,10 @@ patients a twin of this patient would be personalised with."""
 
 import streamlit as st
 
-from components import figures_similar as fs
 from components.state import get_cohort, get_trial
-from services.index import PatientIndexError, client_description
-from services.retrieval import Retriever
+from services.reporting.figures import similar as fs
+from services.retrieval.index import PatientIndexError, client_description
+from services.retrieval.retriever import Retriever
 
 
 @st.cache_resource(show_spinner="Indexing the trial's patients...", max_entries=8)

@@ -3,11 +3,11 @@ the PROCOVA sample size it supports, and a hold-out privacy audit."""
 
 import streamlit as st
 
-from components import figures_compare as fig
 from components.state import cohort_ids_or_all, get_run, get_trial
 from components.validate_widgets import procova_inputs, validation_card
-from services import validation as val
-from services.backtest import backtest
+from services.evaluation import validation as val
+from services.evaluation.backtest import backtest
+from services.reporting.figures import compare as fig
 
 trial = get_trial()
 st.title("Validate the twins")

@@ -5,9 +5,9 @@ import streamlit as st
 
 from components import run_widgets as rw
 from components.state import get_cohort, get_run, get_run_dir, get_trial, set_run
-from services.evaluation import compare, trajectory_summary
-from services.generators import GeneratorError, available_generators
-from services.twins import list_runs, load_run
+from services.evaluation.comparison import compare, trajectory_summary
+from services.generation import GeneratorError, available_generators
+from services.generation.run import list_runs, load_run
 
 trial = get_trial()
 st.title("What-if: twin arm")
@@ -116,7 +116,7 @@ if chosen:
     except (OSError, ValueError) as exc:
         st.error(f"Cannot open run {chosen}: {exc}")
     else:
-        from services.twins import runs_root
+        from services.generation.run import runs_root
 
         set_run(opened, runs_root() / chosen)
         st.session_state[rw.LAST_RUN_NOTE] = ("opened", chosen)

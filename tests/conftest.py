@@ -21,7 +21,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def demo_trials():
-    from services.datasets import demo_names, load_demo
+    from services.data.demo import demo_names, load_demo
 
     names = demo_names()
     if not names:
@@ -31,7 +31,7 @@ def demo_trials():
 
 @pytest.fixture(scope="session")
 def pbc():
-    from services.datasets import demo_names, load_demo
+    from services.data.demo import demo_names, load_demo
 
     if "pbc" not in demo_names():
         pytest.skip("bundled pbc demo not present")
@@ -40,7 +40,7 @@ def pbc():
 
 @pytest.fixture(scope="session")
 def pilot():
-    from services.trial import load_trial
+    from services.data.trial import load_trial
 
     if not SHARED_PILOT.exists():
         pytest.skip("../shared/data/cdiscpilot01 not present")
@@ -50,7 +50,7 @@ def pilot():
 @pytest.fixture(scope="session")
 def pbc_twins(pbc):
     """A small local twin arm of the PBC demo: placebo twins (2 each) of 40 treated patients."""
-    from services.generators import get_generator
+    from services.generation import get_generator
 
     treated = pbc.subjects.loc[pbc.subjects.ARM == "D-penicillamine", "USUBJID"][:40]
     return get_generator("local").fit(pbc).generate(pbc.subset(treated), "Placebo", twins_per_patient=2, seed=5)

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.backtest import (
+from services.evaluation.backtest import (
     BacktestResult,
     backtest,
     endpoint_visit,
     twin_quantiles,
 )
-from services.retrieval import ExactRetriever
+from services.retrieval.retriever import ExactRetriever
 
 FAST = {"retriever_factory": ExactRetriever}
 
@@ -127,7 +127,7 @@ def test_twin_quantiles_use_the_n_plus_1_plotting_position():
 
 def test_backtest_leaves_nothing_in_the_patient_index(demo_trials):
     # fold knowledge bases are transient: no Chroma collection per fold and seed
-    from services.index import get_client
+    from services.retrieval.index import get_client
 
     epilepsy = next(t for t in demo_trials if t.name == "epilepsy")
     before = {c.name for c in get_client().list_collections()}

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from services import cli
-from services import index as index_mod
-from services.index import PatientIndex, get_client, reset_client
-from services.retrieval import Retriever
+from services.retrieval import index as index_mod
+from services.retrieval.index import PatientIndex, get_client, reset_client
+from services.retrieval.retriever import Retriever
 
 pytestmark = pytest.mark.server
 

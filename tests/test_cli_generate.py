@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from llm_server import ScriptedOpenAIServer
 
 from services.cli import main
-from services.trial import load_trial
-from services.twins import read_run
+from services.data.trial import load_trial
+from services.generation.run import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TWINARM = ROOT / ".venv" / "bin" / "twinarm"
-DEMO = ROOT / "services" / "demo_data" / "pbc"
+DEMO = ROOT / "services" / "data" / "demo_data" / "pbc"
 
 
 def new_patients(folder: Path, n: int = 5, baseline_only: bool = False) -> Path:

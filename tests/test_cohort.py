@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cohort import (
+from services.data.cohort import (
     MISSING_LEVEL,
     CohortError,
     CohortSpec,
@@ -226,7 +226,7 @@ def test_cohort_page_apptest():
 
 # ----- figure builders ------------------------------------------------------------------------
 def test_baseline_figures(pbc):
-    from components import figures_baseline as fb
+    from services.reporting.figures import baseline as fb
 
     cohort = apply_cohort(pbc, CohortSpec(expression="BILI < 3"))
     full = cohort_frame(pbc)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_DIR = ROOT / "services" / "demo_data"
+DEMO_DIR = ROOT / "services" / "data" / "demo_data"
 TRIALS = {"pbc": "adlb.csv", "epilepsy": "adeff.csv", "btheb": "adqs.csv"}
 BDS_COLUMNS = ["STUDYID", "USUBJID", "PARAMCD", "PARAM", "AVALU", "AVAL", "ADY", "AVISITN",
                "AVISIT", "ABLFL"]

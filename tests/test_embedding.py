@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import silhouette_score
 
-from services.embedding import embed_2d, similarity_distributions
+from services.evaluation.projection import embed_2d, similarity_distributions
 
 
 def two_clusters(n=120, dim=12, seed=0):

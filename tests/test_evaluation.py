@@ -9,9 +9,16 @@ import pandas as pd
 import pytest
 
 from services.cli import main
-from services.evaluation import TARGET, TWIN, compare, evaluate, km_curves, trajectory_summary
-from services.io import RawFile
-from services.trial import load_trial_files
+from services.data.readers import RawFile
+from services.data.trial import load_trial_files
+from services.evaluation.comparison import (
+    TARGET,
+    TWIN,
+    compare,
+    evaluate,
+    km_curves,
+    trajectory_summary,
+)
 
 
 def copied_arm(kb, sources, donors):
@@ -72,8 +79,8 @@ def test_trajectory_and_km_tables_have_every_group(pbc, copies):
 
 
 def test_local_twin_arm_metrics_and_cli_evaluate(pbc, tmp_path, capsys):
-    from services.generators import get_generator
-    from services.twins import write_run
+    from services.generation import get_generator
+    from services.generation.run import write_run
 
     treated = pbc.subjects.loc[pbc.subjects.ARM == "D-penicillamine", "USUBJID"]
     run = get_generator("local").fit(pbc).generate(pbc.subset(treated), "Placebo", twins_per_patient=2, seed=3)

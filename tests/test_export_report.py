@@ -14,9 +14,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from services.cli import main
-from services.export import export_files, export_zip, xpt_names
-from services.trial import load_trial_files
-from services.twins import write_run
+from services.data.trial import load_trial_files
+from services.generation.run import write_run
+from services.reporting.export import export_files, export_zip, xpt_names
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services import filterlang
-from services.cohort import cohort_frame
-from services.filterlang import FilterError, evaluate, parse
+from services.data import filterlang
+from services.data.cohort import cohort_frame
+from services.data.filterlang import FilterError, evaluate, parse
 
 
 @pytest.fixture(scope="module")

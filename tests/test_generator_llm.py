@@ -17,18 +17,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from llm_server import ScriptedOpenAIServer, find_payload
 
-from services.generators import GENERATORS, GeneratorError, get_generator
-from services.generators.llm import (
+from services.data.trial import load_trial
+from services.generation import GENERATORS, GeneratorError, get_generator
+from services.generation.llm import PROMPT_VERSION, LLMSettings
+from services.generation.llm.generator import (
     UNAVAILABLE_MESSAGE,
     ConsentRequiredError,
     LLMGenerator,
     LLMUnavailableError,
     llm_status,
 )
-from services.llm import PROMPT_VERSION, LLMSettings
-from services.llm.prompt import DATE_PATTERNS
-from services.trial import load_trial
-from services.twins import ADSL_FRONT, BDS_COLUMNS, MANIFEST_KEYS, TTE_COLUMNS, write_run
+from services.generation.llm.prompt import DATE_PATTERNS
+from services.generation.run import ADSL_FRONT, BDS_COLUMNS, MANIFEST_KEYS, TTE_COLUMNS, write_run
 
 SECRET = "sk-test-VERY-SECRET-0123456789"
 

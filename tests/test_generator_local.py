@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.generators import GENERATORS, GeneratorError, get_generator
-from services.generators.local import LocalGenerator
-from services.retrieval import ExactRetriever, Retriever
-from services.twins import BDS_COLUMNS, MANIFEST_KEYS, TTE_COLUMNS
+from services.generation import GENERATORS, GeneratorError, get_generator
+from services.generation.local import LocalGenerator
+from services.generation.run import BDS_COLUMNS, MANIFEST_KEYS, TTE_COLUMNS
+from services.retrieval.retriever import ExactRetriever, Retriever
 
 
 @pytest.fixture(scope="module")

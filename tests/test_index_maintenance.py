@@ -11,8 +11,8 @@ import pytest
 from chromadb.config import Settings
 
 from services import cli
-from services.index import list_indexes, prune_indexes
-from services.retrieval import ExactRetriever, Retriever
+from services.retrieval.index import list_indexes, prune_indexes
+from services.retrieval.retriever import ExactRetriever, Retriever
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_a_pruned_index_is_rebuilt_by_the_process_that_uses_it(client, epilepsy)
 
 def test_cli_index_list_and_prune(tmp_path, monkeypatch, capsys, epilepsy):
     monkeypatch.setenv("TWINARM_HOME", str(tmp_path / "home"))
-    from services.retrieval import retriever_for
+    from services.retrieval.retriever import retriever_for
 
     retriever_for(epilepsy)  # the app's path: the process-wide client of TWINARM_HOME
     assert cli.main(["index", "list", "--json"]) == 0

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from llm_server import ScriptedOpenAIServer, ScriptedResponse, good_reply
 
-from services.llm import (
+from services.generation.llm import (
     LLMSettings,
     LLMTwinWriter,
     PrivacyError,

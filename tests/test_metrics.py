@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services import metrics as M
-from services.metrics import fidelity, privacy, procova, registry, survival, utility
+from services.evaluation import metrics as M
+from services.evaluation.metrics import fidelity, privacy, procova, registry, survival, utility
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -392,9 +392,9 @@ def test_registry_entries_are_complete():
         assert info.direction in registry.DIRECTIONS
         assert info.definition.endswith(".") and info.ideal and info.reference
         module, func = info.function.rsplit(".", 1)
-        mod = {"services.metrics.fidelity": fidelity, "services.metrics.privacy": privacy,
-               "services.metrics.utility": utility, "services.metrics.survival": survival,
-               "services.metrics.procova": procova}[module]
+        mod = {"services.evaluation.metrics.fidelity": fidelity, "services.evaluation.metrics.privacy": privacy,
+               "services.evaluation.metrics.utility": utility, "services.evaluation.metrics.survival": survival,
+               "services.evaluation.metrics.procova": procova}[module]
         assert inspect.getdoc(getattr(mod, func))
     assert {m.group for m in M.METRICS.values()} == set(registry.GROUPS)
     assert M.metric_info("nnaa").ideal == "0.5"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from services.metrics import estimate_rho, fisher_lower_bound, procova_plan, sample_size
+from services.evaluation.metrics import estimate_rho, fisher_lower_bound, procova_plan, sample_size
 
 Z975 = 1.959963984540054  # z_{1 - 0.05/2}
 Z80 = 0.8416212335729143  # z_{0.80}

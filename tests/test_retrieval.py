@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.index import (
+from services.data.trial import Trial
+from services.retrieval.index import (
     DEFAULT_HNSW,
     ExactIndex,
     PatientIndex,
@@ -17,9 +18,8 @@ from services.index import (
     get_client,
     reset_client,
 )
-from services.retrieval import ExactRetriever, Neighbour, Retriever, patient_data
-from services.trial import Trial
-from services.vectors import VECTOR_VERSION, PatientVectorizer
+from services.retrieval.retriever import ExactRetriever, Neighbour, Retriever, patient_data
+from services.retrieval.vectors import VECTOR_VERSION, PatientVectorizer
 
 
 @pytest.fixture(scope="module")

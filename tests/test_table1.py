@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.cohort import CohortSpec, apply_cohort, cohort_frame, table1_kinds
-from services.table1 import (
+from services.data.cohort import CohortSpec, apply_cohort, cohort_frame, table1_kinds
+from services.data.table1 import (
     OVERALL,
     decimals_for,
     smd_categorical,

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.io import RawFile, read_table
-from services.trial import TrialValidationError, load_trial_files
+from services.data.readers import RawFile, read_table
+from services.data.trial import TrialValidationError, load_trial_files
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cdiscpilot01"
 needs_pilot = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/cdiscpilot01 not present")
@@ -133,7 +133,7 @@ def test_parquet_and_csv_give_the_same_trial(tmp_path):
 
 
 def test_xpt_round_trip_with_sas_dates(tmp_path):
-    from services.io import write_table
+    from services.data.readers import write_table
 
     adsl = ADSL.assign(TRTSDT=pd.to_datetime(["2020-01-01", "2020-02-01", "2020-03-01", "2020-04-01"]))
     path = write_table(adsl, tmp_path / "adsl.xpt", fmt="xpt", labels={"AGE": "Age (years)"})

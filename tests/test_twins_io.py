@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.generators.local import LocalGenerator
-from services.retrieval import ExactRetriever
-from services.trial import load_trial
-from services.twins import (
+from services.data.trial import load_trial
+from services.generation.local import LocalGenerator
+from services.generation.run import (
     MANIFEST_KEYS,
     list_runs,
     load_run,
@@ -23,6 +22,7 @@ from services.twins import (
     save_run,
     write_run,
 )
+from services.retrieval.retriever import ExactRetriever
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services import metrics as M
-from services.backtest import backtest
-from services.validation import bootstrap_card, endpoint_pairs, privacy_audit, procova
+from services.evaluation import metrics as M
+from services.evaluation.backtest import backtest
+from services.evaluation.validation import bootstrap_card, endpoint_pairs, privacy_audit, procova
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from services.vectors import (
+from services.retrieval.vectors import (
     BLOCK_ORDER,
     VECTOR_VERSION,
     PatientVectorizer,

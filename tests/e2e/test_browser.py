@@ -282,8 +282,8 @@ def test_export_downloads_the_report_and_the_zip(twin_page, artifacts, downloads
     assert {"manifest.json", "adsl.csv"} <= set(files), sorted(files)
     json.loads(files["manifest.json"])
 
-    from services.io import RawFile
-    from services.trial import load_trial_files
+    from services.data.readers import RawFile
+    from services.data.trial import load_trial_files
 
     # manifest.json is provenance, not a dataset: the importer takes the rest as it is.
     data_files = [RawFile(name, data) for name, data in files.items() if name != "manifest.json"]

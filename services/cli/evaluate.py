@@ -1,0 +1,98 @@
+"""`twinarm evaluate --real PATH --twins DIR [--json FILE]`: the Compare page's metrics."""
+
+from __future__ import annotations
+
+import json
+
+from services.cli import CliError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="fidelity, privacy, utility and survival metrics of a twin arm")
+    p.add_argument("--real", required=True, metavar="PATH_OR_DEMO",
+                   help="the knowledge base the twins were generated from (folder or demo name)")
+    p.add_argument("--twins", required=True, metavar="DIR", help="a folder written by `twinarm generate`")
+    p.add_argument("--holdout", metavar="PATH", help="real patients the generator never saw (enables "
+                   "membership inference and a true hold-out DCR)")
+    p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from services.data.demo import resolve_trial
+    from services.data.trial import TrialValidationError, load_trial
+    from services.evaluation.comparison import evaluate
+    from services.generation.run import read_run
+
+    try:
+        kb = resolve_trial(args.real)
+    except TrialValidationError as exc:
+        raise CliError(f"--real {args.real}: {exc.messages[0]}") from None
+    if not Path(args.twins).is_dir():
+        raise CliError(f"--twins {args.twins}: not a folder")
+    try:
+        run = read_run(args.twins)
+        twins = run.as_trial(name=f"twins {Path(args.twins).name}")
+    except (FileNotFoundError, TrialValidationError, ValueError) as exc:
+        msg = exc.messages[0] if isinstance(exc, TrialValidationError) else str(exc)
+        raise CliError(f"--twins {args.twins}: {msg}") from None
+    holdout = None
+    if args.holdout:
+        try:
+            holdout = load_trial(args.holdout)
+        except TrialValidationError as exc:
+            raise CliError(f"--holdout {args.holdout}: {exc.messages[0]}") from None
+    try:
+        result = evaluate(kb, twins, run.manifest, holdout=holdout, seed=args.seed)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    print_summary(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        print(f"metrics written to {args.json}")
+    return 0
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def print_summary(r: dict) -> None:
+    f, p, u = r["fidelity"], r["privacy"], r["utility"]
+    print(f"{r['n_twins']} twins ({r['target_arm']}) of {r['n_sources']} source patients ({r['source_arm']}) "
+          f"vs {r['n_real_target']} real {r['target_arm']} patients")
+    print("fidelity:")
+    print(f"  |SMD| < 0.1 at {_fmt(f['share_abs_smd_below_0_1'])} of parameter-visits "
+          f"(median |SMD| {_fmt(f['median_abs_smd'])}, median KS {_fmt(f['median_ks'])})")
+    print(f"  correlation distance {_fmt(f['correlation_distance'].get('mean_abs_diff'))} (0 ideal); "
+          f"dimension-wise mean correlation {_fmt(f['dimension_wise_mean_correlation'].get('correlation'))} (1 ideal)")
+    det = f.get("detection", {})
+    print(f"  detection AUROC {_fmt(det.get('auroc'))} (0.5 ideal)")
+    print("privacy:")
+    if "error" in p:
+        print(f"  {p['error']}")
+    else:
+        print(f"  DCR ratio {_fmt(p['dcr'].get('ratio_median'))} (>= 1 good; yardstick: "
+              f"{p['dcr'].get('yardstick', 'held-out patients')}); NNAA {_fmt(p['nnaa'].get('nnaa'))} (0.5 ideal); "
+              f"exact copies {p['exact_copies'].get('n_copies')}")
+        mi = p.get("membership", {})
+        print("  membership inference: " + (mi["skipped"] if "skipped" in mi else
+                                            f"sensitivity {_fmt(mi.get('sensitivity'))}, "
+                                            f"advantage {_fmt(mi.get('advantage'))} (0 ideal)"))
+    print("utility:")
+    if "error" in u:
+        print(f"  {u['error']}")
+    else:
+        print(f"  outcome: {u['outcome']}; TSTR AUROC {_fmt(u['tstr']['tstr'])} vs TRTR {_fmt(u['tstr']['trtr'])} "
+              f"(ratio {_fmt(u['tstr']['ratio'])}); augmentation gain {_fmt(u['augmentation']['gain'])}")
+    for paramcd, s in r["survival"].items():
+        hr = s.get("hr_source_vs_twins", {})
+        hr_real = s.get("hr_source_vs_real_target", {})
+        print(f"survival {paramcd}: events twins {s.get('events_twins')}/{s.get('n_twins')}, real "
+              f"{s.get('events_real_target')}/{s.get('n_real_target')}; log-rank p "
+              f"{_fmt(s.get('logrank_twins_vs_real_target', {}).get('p_value'))}; HR source vs twins "
+              f"{_fmt(hr.get('hazard_ratio'))} [{_fmt(hr.get('ci_low'))}, {_fmt(hr.get('ci_high'))}], "
+              f"vs real control {_fmt(hr_real.get('hazard_ratio'))}")

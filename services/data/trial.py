@@ -1,0 +1,623 @@
+"""The trial data model: ADaM-lite loaded into one clean, validated `Trial`.
+
+Implements section 1 of the contract (`../shared/CONTRACT.md`): which file is which, arm
+resolution, derived rows, baseline definition, unscheduled records, and validation that names
+the file, the column and the first offending rows instead of raising a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from services.data.readers import DataFileError, RawFile, raw_files_from_folder, read_table
+
+ARM_COLUMNS = ("ARM", "TRT01P", "TRT01A", "ACTARM", "TRTP")
+BDS_REQUIRED = ("USUBJID", "PARAMCD", "AVAL")
+TTE_REQUIRED = ("USUBJID", "PARAMCD", "AVAL", "CNSR")
+AE_REQUIRED = ("USUBJID", "AEDECOD")
+
+# ADSL columns that are not baseline covariates: identifiers, treatment variables, analysis
+# population flags, and variables only known after randomization (disposition, exposure,
+# death), which would leak outcome into the twins.
+_ID_COLUMNS = {"STUDYID", "USUBJID", "SUBJID", "SITEID", "SITEGR1", "INVID", "INVNAM", "SRCSUBJID",
+               "TWINIDX", "ARM", "ARMCD", "ACTARM", "ACTARMCD", "ARMNRS", "ACTARMUD"}
+_NOT_BASELINE = re.compile(
+    r"^(TRT.*|TR\d\d.*|AP\d\d.*|(SAF|ITT|EFF|FAS|PPROT|PP|RAND|ENRL|COMPL|MITT)FL|COMP\d+.*FL"
+    r"|DISCONFL|DSRAEFL|DTHFL|DTH.*|EOSSTT|EOTSTT|DCSREAS.*|DCDECOD|DCREASCD|DCTREAS.*|AVGDD|CUMDOSE"
+    r"|VISNUMEN|LSTALV.*|RFEN.*|RFST.*|RFIC.*|RFPEN.*|RFX.*|DS.*)$"
+)
+_DATE_NAME = re.compile(r".*(DT|DTM|DTC|DTF|TMF|TM)$")
+_UNSCHEDULED_VISIT = re.compile(
+    r"(?:END OF (?:TREATMENT|STUDY|THERAPY)|EARLY TERM|UNSCHED|^EOT$|^EOS$|^ET$|RETRIEVAL)", re.IGNORECASE
+)
+_MAX_CATEGORY_LEVELS = 30
+# Files that travel with ADaM-lite folders (TwinArm's own run manifest, notes) but hold no data.
+IGNORED_FILES = {"manifest.json"}
+
+
+class TrialValidationError(ValueError):
+    """The trial cannot be loaded; `messages` lists every problem in plain language."""
+
+    def __init__(self, messages: list[str]):
+        self.messages = list(messages)
+        super().__init__("\n".join(self.messages))
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A BDS parameter (PARAMCD) with what the app needs to show and model it."""
+
+    paramcd: str
+    label: str
+    unit: str
+    dataset: str
+    n_records: int
+    n_subjects: int
+    has_followup: bool
+
+
+@dataclass(frozen=True)
+class Visit:
+    """A scheduled post-baseline visit of a parameter: number, label, nominal study day."""
+
+    avisitn: float
+    avisit: str
+    ady: float
+    n_subjects: int
+
+
+@dataclass
+class TrialMeta:
+    """What `trial.toml` may say about a trial; everything optional."""
+
+    title: str = ""
+    indication: str = ""
+    description: str = ""
+    source: str = ""
+    control_arm: str = ""
+    arm_descriptions: dict[str, str] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    endpoint: dict = field(default_factory=dict)
+    covariates_include: list[str] = field(default_factory=list)
+    covariates_exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Trial:
+    """A loaded trial. Frames hold observed data only; `warnings` says what was left out.
+
+    - `subjects`: ADSL, one row per USUBJID, with the resolved arm in `ARM`.
+    - `bds`: BDS frames by dataset name (e.g. "advs"), observed records only (no DTYPE rows,
+      numeric AVAL), with the subject's `ARM`.
+    - `tte`: ADTTE (USUBJID, PARAMCD, AVAL days, CNSR) or None; `ae`: ADAE or None.
+    """
+
+    name: str
+    subjects: pd.DataFrame
+    bds: dict[str, pd.DataFrame]
+    tte: pd.DataFrame | None
+    ae: pd.DataFrame | None
+    meta: TrialMeta
+    content_hash: str
+    warnings: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    # ----- basic facts -------------------------------------------------------------------
+    @property
+    def title(self) -> str:
+        return self.meta.title or self.name
+
+    @cached_property
+    def arms(self) -> list[str]:
+        """Arms with the control arm first, then in order of size."""
+        counts = self.subjects["ARM"].value_counts()
+        arms = list(counts.index)
+        control = self.control_arm
+        if control in arms:
+            arms.remove(control)
+            arms.insert(0, control)
+        return arms
+
+    @cached_property
+    def control_arm(self) -> str:
+        """The control arm: trial.toml's `control_arm`, else the arm named like a placebo."""
+        arms = list(self.subjects["ARM"].dropna().unique())
+        if self.meta.control_arm in arms:
+            return self.meta.control_arm
+        for pattern in ("placebo", "control", "usual", "standard", "sham", "vehicle"):
+            for arm in arms:
+                if pattern in str(arm).lower():
+                    return arm
+        return min(arms) if arms else ""
+
+    def arm_counts(self) -> dict[str, int]:
+        counts = self.subjects["ARM"].value_counts()
+        return {arm: int(counts[arm]) for arm in self.arms}
+
+    @cached_property
+    def covariates(self) -> dict[str, str]:
+        """Baseline covariates of ADSL: name -> 'continuous' or 'categorical'."""
+        return _covariate_kinds(self.subjects, self.meta)
+
+    @cached_property
+    def records(self) -> pd.DataFrame:
+        """All BDS records in one frame with a DATASET column."""
+        frames = [df.assign(DATASET=name) for name, df in self.bds.items()]
+        if not frames:
+            return pd.DataFrame(columns=["USUBJID", "PARAMCD", "AVAL", "ADY", "AVISITN", "AVISIT",
+                                         "ABLFL", "ARM", "DATASET"])
+        return pd.concat(frames, ignore_index=True)
+
+    @cached_property
+    def parameters(self) -> dict[str, Parameter]:
+        """Parameters in dataset order, with labels, units and follow-up availability."""
+        out: dict[str, Parameter] = {}
+        post = self.visit_values
+        for name, df in self.bds.items():
+            for paramcd, grp in df.groupby("PARAMCD", sort=False):
+                label = self.meta.labels.get(paramcd)
+                if not label and "PARAM" in grp and grp["PARAM"].notna().any():
+                    label = str(grp["PARAM"].dropna().iloc[0])
+                unit = self.meta.units.get(paramcd, "")
+                if not unit and "AVALU" in grp and grp["AVALU"].notna().any():
+                    unit = str(grp["AVALU"].dropna().iloc[0])
+                if not unit and label:
+                    match = re.search(r"\(([^()]+)\)\s*$", label)
+                    unit = match.group(1) if match else ""
+                out[paramcd] = Parameter(
+                    paramcd=paramcd, label=label or paramcd, unit=unit, dataset=name,
+                    n_records=len(grp), n_subjects=int(grp["USUBJID"].nunique()),
+                    has_followup=bool((post["PARAMCD"] == paramcd).any()),
+                )
+        return out
+
+    @property
+    def longitudinal_parameters(self) -> list[str]:
+        """Parameters with scheduled post-baseline visits (the ones twins are generated for)."""
+        return [p for p, info in self.parameters.items() if info.has_followup]
+
+    @cached_property
+    def tte_parameters(self) -> list[str]:
+        if self.tte is None:
+            return []
+        return list(dict.fromkeys(self.tte["PARAMCD"]))
+
+    def tte_label(self, paramcd: str) -> str:
+        if self.tte is not None and "PARAM" in self.tte:
+            labels = self.tte.loc[self.tte["PARAMCD"] == paramcd, "PARAM"].dropna()
+            if len(labels):
+                return str(labels.iloc[0])
+        return paramcd
+
+    # ----- baseline and scheduled follow-up --------------------------------------------
+    @cached_property
+    def baseline_long(self) -> pd.DataFrame:
+        """Baseline value per subject and parameter: ABLFL='Y' records (mean if several time
+        points), else the last record with ADY <= 1. Columns USUBJID, PARAMCD, AVAL, ADY."""
+        recs = self.records
+        if recs.empty:
+            return pd.DataFrame(columns=["USUBJID", "PARAMCD", "AVAL", "ADY"])
+        flagged = recs[recs["ABLFL"].astype(str).str.upper().eq("Y")]
+        by_flag = flagged.groupby(["USUBJID", "PARAMCD"], as_index=False).agg(
+            AVAL=("AVAL", "mean"), ADY=("ADY", "min"))
+        have = set(zip(by_flag["USUBJID"], by_flag["PARAMCD"]))
+        early = recs[recs["ADY"].le(1)]
+        if len(early):
+            early = early[[k not in have for k in zip(early["USUBJID"], early["PARAMCD"])]]
+        if len(early):
+            last_day = early.groupby(["USUBJID", "PARAMCD"])["ADY"].transform("max")
+            early = early[early["ADY"].eq(last_day)]
+            by_day = early.groupby(["USUBJID", "PARAMCD"], as_index=False).agg(
+                AVAL=("AVAL", "mean"), ADY=("ADY", "max"))
+            by_flag = pd.concat([by_flag, by_day], ignore_index=True)
+        return by_flag.sort_values(["USUBJID", "PARAMCD"]).reset_index(drop=True)
+
+    @cached_property
+    def baseline(self) -> pd.DataFrame:
+        """Baseline values wide: index USUBJID (all subjects), one column per parameter."""
+        wide = self.baseline_long.pivot(index="USUBJID", columns="PARAMCD", values="AVAL")
+        wide = wide.reindex(index=self.subjects["USUBJID"], columns=list(self.parameters))
+        wide.columns.name = None
+        return wide
+
+    @cached_property
+    def visit_values(self) -> pd.DataFrame:
+        """Observed values at scheduled post-baseline visits, one row per subject x parameter x
+        visit (the mean over the visit's records, e.g. several time points).
+        Columns USUBJID, PARAMCD, AVISITN, AVISIT, ADY, AVAL, ARM."""
+        recs = self.records
+        cols = ["USUBJID", "PARAMCD", "AVISITN", "AVISIT", "ADY", "AVAL", "ARM"]
+        if recs.empty or recs["AVISITN"].isna().all():
+            return pd.DataFrame(columns=cols)
+        sched = recs[recs["AVISITN"].notna() & ~recs["ABLFL"].astype(str).str.upper().eq("Y")]
+        sched = sched[~sched["AVISIT"].fillna("").astype(str).str.contains(_UNSCHEDULED_VISIT)]
+        base_visit = recs[recs["ABLFL"].astype(str).str.upper().eq("Y")].groupby("PARAMCD")["AVISITN"].max()
+        if len(base_visit):
+            cutoff = sched["PARAMCD"].map(base_visit)
+            sched = sched[cutoff.isna() | (sched["AVISITN"] > cutoff)]
+        if "ADY" in sched and sched["ADY"].notna().any():
+            sched = sched[~(sched["ADY"] <= 1) | sched["ADY"].isna()]
+        if sched.empty:
+            return pd.DataFrame(columns=cols)
+        out = sched.groupby(["USUBJID", "PARAMCD", "AVISITN"], as_index=False).agg(
+            AVISIT=("AVISIT", "first"), ADY=("ADY", "median"), AVAL=("AVAL", "mean"))
+        out["ARM"] = out["USUBJID"].map(self.subjects.set_index("USUBJID")["ARM"])
+        return out[cols].sort_values(["USUBJID", "PARAMCD", "AVISITN"]).reset_index(drop=True)
+
+    def schedule(self, paramcd: str) -> list[Visit]:
+        """Scheduled post-baseline visits of a parameter with their nominal day and size."""
+        vv = self.visit_values[self.visit_values["PARAMCD"] == paramcd]
+        visits = []
+        for avisitn, grp in vv.groupby("AVISITN"):
+            label = grp["AVISIT"].dropna()
+            day = grp["ADY"].median()
+            visits.append(Visit(float(avisitn), str(label.iloc[0]) if len(label) else f"Visit {avisitn:g}",
+                                float(day) if pd.notna(day) else float("nan"),
+                                int(grp["USUBJID"].nunique())))
+        return visits
+
+    # ----- derived trials ---------------------------------------------------------------
+    def subset(self, usubjids, name: str | None = None) -> Trial:
+        """The same trial restricted to some subjects (data of others dropped)."""
+        keep = set(usubjids)
+        subjects = self.subjects[self.subjects["USUBJID"].isin(keep)].reset_index(drop=True)
+        bds = {k: v[v["USUBJID"].isin(keep)].reset_index(drop=True) for k, v in self.bds.items()}
+        tte = None if self.tte is None else self.tte[self.tte["USUBJID"].isin(keep)].reset_index(drop=True)
+        ae = None if self.ae is None else self.ae[self.ae["USUBJID"].isin(keep)].reset_index(drop=True)
+        digest = hashlib.sha256((self.content_hash + "|" + "|".join(sorted(keep))).encode()).hexdigest()
+        return Trial(name or self.name, subjects, bds, tte, ae, self.meta, digest, list(self.warnings),
+                     dict(self.labels))
+
+    def baseline_only(self) -> Trial:
+        """The trial with every post-baseline record removed: what a query patient offers."""
+        base_keys = set(zip(self.baseline_long["USUBJID"], self.baseline_long["PARAMCD"],
+                            self.baseline_long["ADY"]))
+        bds = {}
+        for name, df in self.bds.items():
+            flag = df["ABLFL"].astype(str).str.upper().eq("Y")
+            keep = flag | pd.Series([k in base_keys for k in zip(df["USUBJID"], df["PARAMCD"], df["ADY"])],
+                                    index=df.index, dtype=bool)
+            keep &= ~(df["ADY"] > 1)
+            bds[name] = df[keep].reset_index(drop=True)
+        return Trial(self.name, self.subjects.copy(), bds, None, None, self.meta,
+                     hashlib.sha256((self.content_hash + "|baseline").encode()).hexdigest(),
+                     list(self.warnings), dict(self.labels))
+
+    # ----- summary ----------------------------------------------------------------------
+    def summary(self) -> dict:
+        """The facts `twinarm inspect --json` prints and the sidebar shows."""
+        params = self.parameters
+        return {
+            "name": self.name,
+            "title": self.title,
+            "subjects": len(self.subjects),
+            "arms": self.arm_counts(),
+            "control_arm": self.control_arm,
+            "covariates": self.covariates,
+            "parameters": list(params),
+            "parameter_details": {
+                p: {"label": i.label, "unit": i.unit, "dataset": i.dataset, "records": i.n_records,
+                    "subjects": i.n_subjects, "followup": i.has_followup}
+                for p, i in params.items()
+            },
+            "visits": {p: [{"avisitn": v.avisitn, "avisit": v.avisit, "ady": None if np.isnan(v.ady) else v.ady,
+                            "subjects": v.n_subjects} for v in self.schedule(p)]
+                       for p in self.longitudinal_parameters},
+            "tte_parameters": self.tte_parameters,
+            "tte_events": {p: int((self.tte[(self.tte["PARAMCD"] == p)]["CNSR"] == 0).sum())
+                           for p in self.tte_parameters},
+            "adverse_events": 0 if self.ae is None else len(self.ae),
+            "datasets": list(self.bds),
+            "content_hash": self.content_hash,
+            "warnings": list(self.warnings),
+        }
+
+
+# ======================================================================================
+# loading
+# ======================================================================================
+
+def load_trial(path: str | Path, name: str | None = None) -> Trial:
+    """Load a trial folder. Raises TrialValidationError with every problem found."""
+    path = Path(path)
+    try:
+        files = raw_files_from_folder(path)
+    except DataFileError as exc:
+        raise TrialValidationError([str(exc)]) from None
+    return load_trial_files(files, name=name or path.name)
+
+
+def load_trial_files(files: list[RawFile], name: str = "uploaded trial") -> Trial:
+    """Load a trial from files as received (folder or upload)."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    if not files:
+        raise TrialValidationError(["no files given: a trial needs at least adsl.csv/.xpt/.parquet/.sas7bdat"])
+
+    meta = TrialMeta()
+    tables: dict[str, tuple[RawFile, pd.DataFrame]] = {}
+    for raw in files:
+        if Path(raw.name).name.lower() == "trial.toml":
+            try:
+                meta = _parse_meta(raw)
+            except ValueError as exc:
+                errors.append(str(exc))
+            continue
+        if Path(raw.name).name.lower() in IGNORED_FILES or raw.extension in ("md", "txt"):
+            warnings.append(f"{raw.name}: ignored (not a data file)")
+            continue
+        try:
+            frame = read_table(raw)
+        except DataFileError as exc:
+            errors.append(str(exc))
+            continue
+        if raw.stem in tables:
+            errors.append(f"{raw.name}: a second file for dataset '{raw.stem}' "
+                          f"(already have {tables[raw.stem][0].name})")
+            continue
+        tables[raw.stem] = (raw, frame)
+
+    if "adsl" not in tables:
+        if not any(e.lower().startswith("adsl") for e in errors):
+            errors.append("no ADSL file: a trial needs adsl.csv, adsl.parquet, adsl.xpt or adsl.sas7bdat "
+                          f"(got {', '.join(f.name for f in files)})")
+        raise TrialValidationError(errors)
+
+    adsl_raw, adsl = tables.pop("adsl")
+    subjects = _validate_adsl(adsl_raw.name, adsl, errors)
+    known = set(subjects["USUBJID"]) if subjects is not None else set()
+    labels = dict(adsl.attrs.get("labels", {}))
+
+    bds: dict[str, pd.DataFrame] = {}
+    tte = ae = None
+    for stem, (raw, frame) in tables.items():
+        labels.update({k: v for k, v in frame.attrs.get("labels", {}).items() if k not in labels})
+        if stem == "adtte":
+            tte = _validate_tte(raw.name, frame, known, errors)
+        elif stem == "adae":
+            ae = _validate_ae(raw.name, frame, known, errors)
+        elif "PARAMCD" in frame.columns or "AVAL" in frame.columns:
+            table = _validate_bds(raw.name, frame, known, errors, warnings)
+            if table is not None:
+                bds[stem] = table
+        else:
+            warnings.append(f"{raw.name}: ignored (not ADSL, ADTTE, ADAE, and no PARAMCD/AVAL columns "
+                            "of a BDS dataset)")
+
+    seen: dict[str, str] = {}
+    for stem, table in bds.items():
+        for paramcd in table["PARAMCD"].unique():
+            if paramcd in seen:
+                errors.append(f"{stem}: parameter {paramcd} also appears in {seen[paramcd]}; "
+                              "PARAMCD must be unique across BDS files")
+            seen[paramcd] = stem
+
+    if errors:
+        raise TrialValidationError(errors)
+
+    arm_of = subjects.set_index("USUBJID")["ARM"]
+    for table in bds.values():
+        table["ARM"] = table["USUBJID"].map(arm_of)
+    if tte is not None:
+        tte["ARM"] = tte["USUBJID"].map(arm_of)
+
+    digest = hashlib.sha256()
+    for raw in sorted(files, key=lambda f: f.name.lower()):
+        digest.update(raw.name.lower().encode() + b"\0" + raw.sha256.encode() + b"\0")
+    return Trial(name=name, subjects=subjects, bds=bds, tte=tte, ae=ae, meta=meta,
+                 content_hash=digest.hexdigest(), warnings=warnings, labels=labels)
+
+
+def _parse_meta(raw: RawFile) -> TrialMeta:
+    try:
+        doc = tomllib.loads(raw.data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"trial.toml: not valid TOML ({exc})") from None
+    cov = doc.get("covariates", {}) or {}
+    return TrialMeta(
+        title=str(doc.get("title", "")), indication=str(doc.get("indication", "")),
+        description=str(doc.get("description", "")), source=str(doc.get("source", "")),
+        control_arm=str(doc.get("control_arm", "")),
+        arm_descriptions={str(k): str(v) for k, v in (doc.get("arms", {}) or {}).items()},
+        units={str(k).upper(): str(v) for k, v in (doc.get("units", {}) or {}).items()},
+        labels={str(k).upper(): str(v) for k, v in (doc.get("labels", {}) or {}).items()},
+        endpoint=dict(doc.get("endpoint", {}) or {}),
+        covariates_include=[str(c).upper() for c in cov.get("include", [])],
+        covariates_exclude=[str(c).upper() for c in cov.get("exclude", [])],
+    )
+
+
+def _rows(mask: pd.Series, limit: int = 5) -> str:
+    """'rows 3, 8, 12 (and 40 more)': 1-based data row numbers, header not counted."""
+    idx = np.flatnonzero(np.asarray(mask, dtype=bool)) + 1
+    shown = ", ".join(str(i) for i in idx[:limit])
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return f"row{'s' if len(idx) > 1 else ''} {shown}{more}"
+
+
+def _missing_columns(fname: str, frame: pd.DataFrame, required, errors: list[str]) -> bool:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        errors.append(f"{fname}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                      f"(found: {', '.join(frame.columns[:12])}{'...' if len(frame.columns) > 12 else ''})")
+    return bool(missing)
+
+
+def _check_ids(fname: str, frame: pd.DataFrame, known: set, errors: list[str]) -> None:
+    blank = frame["USUBJID"].isna()
+    if blank.any():
+        errors.append(f"{fname}: column USUBJID: {int(blank.sum())} empty subject ids, {_rows(blank)}")
+    if known:
+        unknown = frame["USUBJID"].notna() & ~frame["USUBJID"].astype(str).isin(known)
+        if unknown.any():
+            ids = list(dict.fromkeys(frame.loc[unknown, "USUBJID"].astype(str)))[:3]
+            errors.append(f"{fname}: column USUBJID: {int(unknown.sum())} rows for subjects not in ADSL "
+                          f"(e.g. {', '.join(ids)}), {_rows(unknown)}")
+
+
+def _numeric(fname: str, frame: pd.DataFrame, col: str, errors: list[str], warnings: list[str] | None,
+             what: str = "rows ignored") -> pd.Series:
+    values = pd.to_numeric(frame[col], errors="coerce")
+    bad = values.isna() & frame[col].notna()
+    if bad.any():
+        examples = ", ".join(repr(v) for v in list(dict.fromkeys(frame.loc[bad, col].astype(str)))[:3])
+        msg = (f"{fname}: column {col}: {int(bad.sum())} non-numeric values ({examples}), {_rows(bad)}")
+        if warnings is None or values.notna().sum() == 0:
+            errors.append(msg + ("" if warnings is None else "; no numeric value at all"))
+        else:
+            warnings.append(msg + f"; {what}")
+    return values
+
+
+def _validate_adsl(fname: str, adsl: pd.DataFrame, errors: list[str]) -> pd.DataFrame | None:
+    if "USUBJID" not in adsl.columns:
+        errors.append(f"{fname}: missing column USUBJID (the subject id); found: "
+                      f"{', '.join(adsl.columns[:12])}")
+        return None
+    arm_col = next((c for c in ARM_COLUMNS if c in adsl.columns and adsl[c].notna().any()), None)
+    if arm_col is None:
+        errors.append(f"{fname}: no arm column: need one of {', '.join(ARM_COLUMNS)}")
+        return None
+    adsl = adsl.copy()
+    adsl["USUBJID"] = adsl["USUBJID"].map(lambda v: v if pd.isna(v) else _as_id(v))
+    blank = adsl["USUBJID"].isna()
+    if blank.any():
+        errors.append(f"{fname}: column USUBJID: {int(blank.sum())} empty subject ids, {_rows(blank)}")
+    dup = adsl["USUBJID"].notna() & adsl["USUBJID"].duplicated(keep=False)
+    if dup.any():
+        ids = list(dict.fromkeys(adsl.loc[dup, "USUBJID"]))[:3]
+        errors.append(f"{fname}: column USUBJID: {adsl.loc[dup, 'USUBJID'].nunique()} subject ids appear more "
+                      f"than once (e.g. {', '.join(ids)}), {_rows(dup)}")
+    no_arm = adsl[arm_col].isna()
+    if no_arm.any():
+        errors.append(f"{fname}: column {arm_col}: {int(no_arm.sum())} subjects without an arm, {_rows(no_arm)}")
+    if arm_col != "ARM":
+        if "ARM" in adsl.columns:
+            adsl = adsl.rename(columns={"ARM": "ARM_ORIG"})
+        adsl["ARM"] = adsl[arm_col]
+    adsl["ARM"] = adsl["ARM"].astype(str)
+    front = ["USUBJID", "ARM"]
+    return adsl[front + [c for c in adsl.columns if c not in front]].reset_index(drop=True)
+
+
+def _as_id(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _validate_bds(fname, frame, known, errors, warnings) -> pd.DataFrame | None:
+    if _missing_columns(fname, frame, BDS_REQUIRED, errors):
+        return None
+    if "ADY" not in frame.columns and "AVISITN" not in frame.columns:
+        errors.append(f"{fname}: no time column: a BDS file needs ADY (study day) and/or AVISITN (visit)")
+        return None
+    frame = frame.copy()
+    frame["USUBJID"] = frame["USUBJID"].map(lambda v: v if pd.isna(v) else _as_id(v))
+    _check_ids(fname, frame, known, errors)
+    for col in ("ADY", "AVISITN"):
+        if col in frame.columns:
+            frame[col] = _numeric(fname, frame, col, errors, None)
+        else:
+            frame[col] = np.nan
+    if "AVISIT" not in frame.columns:
+        frame["AVISIT"] = frame["AVISITN"].map(lambda v: np.nan if pd.isna(v) else f"Visit {v:g}")
+    if "ABLFL" not in frame.columns:
+        frame["ABLFL"] = np.nan
+    no_param = frame["PARAMCD"].isna()
+    if no_param.any():
+        warnings.append(f"{fname}: column PARAMCD: {int(no_param.sum())} rows without a parameter code, "
+                        f"{_rows(no_param)}; rows ignored")
+    frame["PARAMCD"] = frame["PARAMCD"].astype(str).str.upper()
+    frame["AVAL"] = _numeric(fname, frame, "AVAL", errors, warnings)
+    keep = ~no_param & frame["AVAL"].notna()
+    if "DTYPE" in frame.columns:
+        derived = frame["DTYPE"].notna()
+        if derived.any():
+            kinds = ", ".join(sorted(frame.loc[derived, "DTYPE"].astype(str).unique())[:4])
+            warnings.append(f"{fname}: {int(derived.sum())} derived rows (DTYPE {kinds}) left out of "
+                            "learning and evaluation")
+        keep &= ~derived
+    frame = frame[keep].reset_index(drop=True)
+    if frame.empty:
+        errors.append(f"{fname}: no usable records (every row is derived or has no numeric AVAL)")
+        return None
+    return frame
+
+
+def _validate_tte(fname, frame, known, errors) -> pd.DataFrame | None:
+    if _missing_columns(fname, frame, TTE_REQUIRED, errors):
+        return None
+    frame = frame.copy()
+    frame["USUBJID"] = frame["USUBJID"].map(lambda v: v if pd.isna(v) else _as_id(v))
+    frame["PARAMCD"] = frame["PARAMCD"].astype(str).str.upper()
+    _check_ids(fname, frame, known, errors)
+    frame["AVAL"] = _numeric(fname, frame, "AVAL", errors, None)
+    negative = frame["AVAL"] < 0
+    if negative.any():
+        errors.append(f"{fname}: column AVAL: {int(negative.sum())} negative times, {_rows(negative)}")
+    cnsr = pd.to_numeric(frame["CNSR"], errors="coerce")
+    bad = ~cnsr.isin([0, 1])
+    if bad.any():
+        errors.append(f"{fname}: column CNSR: {int(bad.sum())} values that are not 0 (event) or 1 (censored), "
+                      f"{_rows(bad)}")
+    frame["CNSR"] = cnsr
+    dup = frame.duplicated(["USUBJID", "PARAMCD"], keep=False)
+    if dup.any():
+        errors.append(f"{fname}: {int(dup.sum())} rows repeat a subject and parameter (one row per subject "
+                      f"and event type expected), {_rows(dup)}")
+    if bad.any() or dup.any() or negative.any() or frame["AVAL"].isna().any():
+        return None
+    frame["CNSR"] = frame["CNSR"].astype(int)
+    return frame.reset_index(drop=True)
+
+
+def _validate_ae(fname, frame, known, errors) -> pd.DataFrame | None:
+    if _missing_columns(fname, frame, AE_REQUIRED, errors):
+        return None
+    frame = frame.copy()
+    frame["USUBJID"] = frame["USUBJID"].map(lambda v: v if pd.isna(v) else _as_id(v))
+    _check_ids(fname, frame, known, errors)
+    if "ASTDY" in frame.columns:
+        frame["ASTDY"] = pd.to_numeric(frame["ASTDY"], errors="coerce")
+    return frame.reset_index(drop=True)
+
+
+def _covariate_kinds(subjects: pd.DataFrame, meta: TrialMeta) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    text_cols = {c for c in subjects.columns if subjects[c].dtype == object}
+    for col in subjects.columns:
+        if col in meta.covariates_exclude:
+            continue
+        forced = col in meta.covariates_include
+        series = subjects[col]
+        if not forced:
+            if col in _ID_COLUMNS or col == "ARM_ORIG" or _NOT_BASELINE.match(col):
+                continue
+            if pd.api.types.is_datetime64_any_dtype(series) or _DATE_NAME.match(col) and not col.endswith("FL"):
+                continue
+            if series.nunique(dropna=True) <= 1:
+                continue
+            # numeric code of a text variable (AGEGR1N beside AGEGR1, RACEN beside RACE)
+            if col.endswith("N") and col[:-1] in text_cols:
+                continue
+            if col.endswith("U") and col[:-1] in subjects.columns:
+                continue
+        if pd.api.types.is_bool_dtype(series):
+            kinds[col] = "categorical"
+        elif pd.api.types.is_numeric_dtype(series) and not col.endswith("FL"):
+            kinds[col] = "continuous"
+        else:
+            if not forced and series.nunique(dropna=True) > _MAX_CATEGORY_LEVELS:
+                continue
+            kinds[col] = "categorical"
+    return kinds

@@ -1,0 +1,451 @@
+"""Backtest: do twins of real control patients look like what those patients really did?
+
+Protocol (`backtest(trial, ...)`), k-fold cross-fitting on the control arm:
+
+1. The control arm is split at random (seeded) into `folds` folds; `folds=2` is the "split in
+   half" protocol. Each fold is held out once.
+2. The knowledge base is the whole trial minus the held-out fold (both arms). The generator
+   is fitted on it and twins the held-out patients under the control arm from their baseline
+   only (K twins each).
+3. The twins are compared with the held-out patients' real post-baseline data:
+   - **accuracy**, per parameter and scheduled visit: RMSE of the mean of each patient's twins
+     against the real value, divided by the RMSE of a per-visit linear regression
+     `value ~ baseline value` fitted on the knowledge base's control arm (ratio <= 1: the twins
+     predict at least as well as the standard covariate adjustment);
+   - **calibration**: share of real values inside their twins' 10th-90th percentile range
+     (target 75-85%; 80% is perfect);
+   - **spread**: SD of the twins' values vs SD of the real values, same patients and visit;
+   - **time to event**: sup distance between the Kaplan-Meier curve of the pooled twins and
+     that of the held-out patients, vs the same distance for the knowledge base's control-arm
+     curve (ratio <= 1: twins reproduce the held-out survival at least as well as the
+     knowledge base does), and the C-index of the twins' median event time (patients whose
+     twins' curve never reaches 50% rank above, by their twins' restricted mean) against that
+     of a Cox model (lifelines, penalizer 0.1) fitted on the knowledge base's control arm.
+   Results of all folds are pooled (each held-out patient is predicted exactly once).
+4. `pairs`: the (predicted = mean of twins, observed) pairs at every visit, for PROCOVA;
+   `rho` is their correlation at the endpoint visit (trial.toml `endpoint` paramcd/avisitn,
+   else the last well-populated visit of the first longitudinal parameter).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from services.data.trial import Trial
+from services.evaluation.metrics.survival import km_curve, km_sup_distance
+from services.generation import GENERATORS, get_generator
+from services.generation.local import BaselineFeatures
+
+RATIO_TARGET = 1.0
+COVERAGE_TARGET = (0.75, 0.85)
+KM_RATIO_TARGET = 1.0
+CINDEX_MARGIN = 0.02          # twins' C-index within this of the Cox model's counts as met
+COX_PENALIZER = 0.1
+
+
+@dataclass
+class BacktestResult:
+    trial: str
+    arm: str
+    folds: int
+    twins_per_patient: int
+    seed: int
+    generator: str
+    settings: dict
+    visits: pd.DataFrame       # one row per parameter x visit
+    parameters: pd.DataFrame   # one row per parameter
+    tte: pd.DataFrame          # one row per event type
+    pairs: pd.DataFrame        # one row per held-out patient x parameter x visit
+    summary: dict
+    timings: dict = field(default_factory=dict)
+    manifests: list[dict] = field(default_factory=list)
+
+    @property
+    def rho(self) -> float | None:
+        return self.summary.get("rho")
+
+
+# ==========================================================================================
+
+
+def backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_per_patient: int = 20,
+             seed: int = 0, generator: str = "local", generator_settings: dict | None = None,
+             progress: Callable[[int, int], object] | None = None) -> BacktestResult:
+    """Cross-fitted backtest of `generator` on the `arm` (default: control) of `trial`."""
+    arm = arm or trial.control_arm
+    if arm not in trial.arm_counts():
+        raise ValueError(f"arm '{arm}' is not an arm of {trial.name} ({', '.join(trial.arms)})")
+    settings = dict(generator_settings or {})
+    cls = GENERATORS.get(generator)
+    if cls is not None and "retriever_factory" in inspect.signature(cls).parameters:
+        # Each fold's knowledge base is transient: exact k-NN on the same patient vectors in
+        # memory rather than a Chroma collection per fold and seed that nothing would reopen
+        # (the index agrees with exact k-NN at recall@10 >= 0.998, bench/retrieval.py).
+        from services.retrieval.retriever import ExactRetriever
+
+        settings.setdefault("retriever_factory", ExactRetriever)
+    if generator == "local":
+        # Held-out patients are compared where they were observed: predict every scheduled visit
+        # (conditional on being observed) rather than cutting twins at their simulated follow-up.
+        settings.setdefault("truncate_at_followup", False)
+    ids = trial.subjects.loc[trial.subjects["ARM"] == arm, "USUBJID"].to_numpy(dtype=object)
+    if folds < 2 or len(ids) < 2 * folds:
+        raise ValueError(f"need folds >= 2 and at least 2 patients per fold ({len(ids)} in {arm})")
+    rng = np.random.default_rng(seed)
+    split = np.array_split(rng.permutation(ids), folds)
+
+    pairs, tte_parts, manifests = [], [], []
+    t0 = time.perf_counter()
+    t_gen = 0.0
+    for f, held in enumerate(split):
+        held_set = set(held)
+        kb = trial.subset([u for u in trial.subjects["USUBJID"] if u not in held_set],
+                          name=f"{trial.name} minus fold {f + 1}")
+        sources = trial.subset(list(held), name=f"{trial.name} fold {f + 1}").baseline_only()
+        gen = get_generator(generator, **settings).fit(kb)
+        t1 = time.perf_counter()
+        run = gen.generate(sources, target_arm=arm, twins_per_patient=twins_per_patient, seed=seed)
+        t_gen += time.perf_counter() - t1
+        manifests.append({k: v for k, v in run.manifest.items() if k not in ("neighbours", "donors")})
+        pairs.append(_fold_pairs(trial, kb, arm, held, run).assign(FOLD=f + 1))
+        if trial.tte is not None and run.tte is not None:
+            tte_parts.append(_fold_tte(trial, kb, arm, held, run, f + 1))
+        if progress is not None:
+            progress(f + 1, folds)
+
+    pairs = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
+    visits = _visit_table(pairs)
+    parameters = _parameter_table(pairs, visits)
+    tte = _tte_table(tte_parts)
+    n_twins = sum(int((m.get("counts") or {}).get("twins", 0)) for m in manifests)
+    timings = {"total_s": round(time.perf_counter() - t0, 3), "generate_s": round(t_gen, 3),
+               "twins": n_twins, "twins_per_s": round(n_twins / t_gen, 1) if t_gen > 0 else None}
+    summary = _summary(trial, arm, pairs, visits, parameters, tte)
+    return BacktestResult(trial=trial.name, arm=arm, folds=folds, twins_per_patient=twins_per_patient,
+                          seed=seed, generator=generator,
+                          settings={k: v for k, v in settings.items() if _plain(v)},
+                          visits=visits, parameters=parameters, tte=tte, pairs=pairs, summary=summary,
+                          timings=timings, manifests=manifests)
+
+
+def _plain(v) -> bool:
+    return isinstance(v, (str, int, float, bool, type(None), list, tuple, dict))
+
+
+# ------------------------------------------------------------------------------------------
+# longitudinal
+
+
+def _fold_pairs(trial: Trial, kb: Trial, arm: str, held, run) -> pd.DataFrame:
+    """Held-out patients x parameter x visit: observed, twins' mean / 10th / 90th percentile /
+    SD, the reference regression's prediction and the baseline."""
+    held = set(held)
+    real = trial.visit_values[trial.visit_values["USUBJID"].isin(held)]
+    real = real[["USUBJID", "PARAMCD", "AVISITN", "AVISIT", "ADY", "AVAL"]].rename(columns={"AVAL": "OBSERVED"})
+    tw = run.values()
+    if tw.empty or real.empty:
+        return pd.DataFrame(columns=["USUBJID", "PARAMCD", "AVISITN", "OBSERVED", "PREDICTED"])
+    tw = tw.rename(columns={"SRCSUBJID": "SRC"})
+    stats = twin_quantiles(tw, ["SRC", "PARAMCD", "AVISITN"]).rename(columns={"SRC": "USUBJID"})
+    out = real.merge(stats, on=["USUBJID", "PARAMCD", "AVISITN"], how="inner")
+
+    # reference: per-visit OLS value ~ baseline value on the knowledge base's control arm
+    kb_vv = kb.visit_values[kb.visit_values["ARM"] == arm]
+    kb_base = kb.baseline_long[["USUBJID", "PARAMCD", "AVAL"]].rename(columns={"AVAL": "BASE"})
+    kb_vv = kb_vv.merge(kb_base, on=["USUBJID", "PARAMCD"], how="left")
+    held_base = trial.subset(list(held)).baseline_only().baseline_long[["USUBJID", "PARAMCD", "AVAL"]] \
+        .rename(columns={"AVAL": "BASELINE"})
+    out = out.merge(held_base, on=["USUBJID", "PARAMCD"], how="left")
+    ref = np.full(len(out), np.nan)
+    for (p, v), idx in out.groupby(["PARAMCD", "AVISITN"]).groups.items():
+        train = kb_vv[(kb_vv["PARAMCD"] == p) & (kb_vv["AVISITN"] == v)]
+        both = train.dropna(subset=["AVAL", "BASE"])
+        rows = out.loc[idx]
+        if len(both) >= 3 and both["BASE"].std() > 0:
+            slope, icpt = np.polyfit(both["BASE"].to_numpy(float), both["AVAL"].to_numpy(float), 1)
+            pred = icpt + slope * rows["BASELINE"].to_numpy(float)
+            pred = np.where(np.isfinite(pred), pred, train["AVAL"].mean())
+        elif len(train):
+            pred = np.full(len(rows), train["AVAL"].mean())
+        else:
+            continue
+        ref[out.index.get_indexer(idx)] = pred
+    out["REFERENCE"] = ref
+    return out
+
+
+def twin_quantiles(tw: pd.DataFrame, keys: list[str], value: str = "AVAL") -> pd.DataFrame:
+    """Per group of twins: PREDICTED (mean), Q10, Q90, TWIN_SD, N_TWINS. Percentiles use the
+    (n+1)p plotting position (Hyndman-Fan type 6): with n exchangeable twins, a new draw falls
+    between them with probability 80%, whatever n (linear interpolation, type 7, gives only
+    ~72% for n=20)."""
+    tw = tw.sort_values(keys + [value], kind="stable")
+    grp = tw.groupby(keys, sort=False)[value]
+    size = grp.size()
+    out = pd.DataFrame({"PREDICTED": grp.mean(), "TWIN_SD": grp.std(ddof=1), "N_TWINS": size})
+    vals = tw[value].to_numpy(float)
+    starts = np.concatenate([[0], np.cumsum(size.to_numpy())[:-1]])
+    n = size.to_numpy()
+    for name, p in (("Q10", 0.10), ("Q90", 0.90)):
+        h = np.clip((n + 1) * p, 1, n)          # 1-based position
+        lo = np.floor(h).astype(int)
+        hi = np.minimum(lo + 1, n)
+        frac = h - lo
+        out[name] = vals[starts + lo - 1] + frac * (vals[starts + hi - 1] - vals[starts + lo - 1])
+    return out.reset_index()
+
+
+def _visit_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    cols = ["PARAMCD", "AVISITN", "AVISIT", "ADY", "n", "rmse_twins", "rmse_reference", "rmse_ratio",
+            "coverage", "sd_real", "sd_twins", "sd_ratio", "corr"]
+    if pairs.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (p, v), g in pairs.groupby(["PARAMCD", "AVISITN"], sort=False):
+        g = g[np.isfinite(g["REFERENCE"]) & np.isfinite(g["PREDICTED"])]
+        if len(g) < 3:
+            continue
+        obs = g["OBSERVED"].to_numpy(float)
+        e_t = g["PREDICTED"].to_numpy(float) - obs
+        e_r = g["REFERENCE"].to_numpy(float) - obs
+        rmse_t = float(np.sqrt(np.mean(e_t ** 2)))
+        rmse_r = float(np.sqrt(np.mean(e_r ** 2)))
+        cover = float(np.mean((obs >= g["Q10"].to_numpy(float)) & (obs <= g["Q90"].to_numpy(float))))
+        # spread: SD across patients of one twin each vs SD of the real values (same patients)
+        sd_real = float(np.std(obs, ddof=1))
+        total_var = np.var(g["PREDICTED"].to_numpy(float), ddof=1) + np.mean(g["TWIN_SD"].fillna(0) ** 2)
+        sd_twins = float(np.sqrt(total_var))
+        corr = float(np.corrcoef(g["PREDICTED"], obs)[0, 1]) if np.std(obs) > 0 and g["PREDICTED"].std() > 0 \
+            else float("nan")
+        rows.append({"PARAMCD": p, "AVISITN": v, "AVISIT": g["AVISIT"].iloc[0], "ADY": float(g["ADY"].median()),
+                     "n": len(g), "rmse_twins": rmse_t, "rmse_reference": rmse_r,
+                     "rmse_ratio": rmse_t / rmse_r if rmse_r > 0 else float("nan"), "coverage": cover,
+                     "sd_real": sd_real, "sd_twins": sd_twins,
+                     "sd_ratio": sd_twins / sd_real if sd_real > 0 else float("nan"), "corr": corr})
+    out = pd.DataFrame(rows, columns=cols)
+    return out.sort_values(["PARAMCD", "AVISITN"], kind="stable").reset_index(drop=True) if len(out) else out
+
+
+def _parameter_table(pairs: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
+    cols = ["PARAMCD", "visits", "n", "rmse_ratio", "rmse_ratio_median", "coverage", "sd_ratio_median",
+            "accuracy_met", "calibration_met"]
+    if visits.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for p, v in visits.groupby("PARAMCD", sort=False):
+        g = pairs[(pairs["PARAMCD"] == p) & pairs["AVISITN"].isin(v["AVISITN"])]
+        g = g[np.isfinite(g["REFERENCE"]) & np.isfinite(g["PREDICTED"])]
+        # pooled over visits: the ratio of root mean squared errors, each visit weighted by its size
+        sse_t = float(((g["PREDICTED"] - g["OBSERVED"]) ** 2).sum())
+        sse_r = float(((g["REFERENCE"] - g["OBSERVED"]) ** 2).sum())
+        ratio = float(np.sqrt(sse_t / sse_r)) if sse_r > 0 else float("nan")
+        cover = float(((g["OBSERVED"] >= g["Q10"]) & (g["OBSERVED"] <= g["Q90"])).mean())
+        rows.append({"PARAMCD": p, "visits": len(v), "n": len(g), "rmse_ratio": ratio,
+                     "rmse_ratio_median": float(v["rmse_ratio"].median()), "coverage": cover,
+                     "sd_ratio_median": float(v["sd_ratio"].median()),
+                     "accuracy_met": bool(ratio <= RATIO_TARGET),
+                     "calibration_met": bool(COVERAGE_TARGET[0] <= cover <= COVERAGE_TARGET[1])})
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ------------------------------------------------------------------------------------------
+# time to event
+
+
+def _twin_scores(tw: pd.DataFrame) -> pd.Series:
+    """Per source: median event time of its twins' Kaplan-Meier curve; sources whose curve
+    never reaches 50% rank above all others, ordered by their restricted mean."""
+    tau = float(tw["AVAL"].max()) if len(tw) else 0.0
+    out = {}
+    for src, g in tw.groupby("SRCSUBJID"):
+        t, s = km_curve(g["AVAL"].to_numpy(float), g["CNSR"].to_numpy() == 0)
+        below = np.flatnonzero(s <= 0.5)
+        if len(below):
+            out[src] = float(t[below[0]])
+        else:
+            steps = np.concatenate([[0.0], t, [tau]])
+            levels = np.concatenate([[1.0], s])
+            rmst = float(np.sum(np.diff(steps) * levels))
+            out[src] = tau + rmst
+    return pd.Series(out)
+
+
+def _cox_scores(kb: Trial, arm: str, sources: Trial, paramcd: str) -> pd.Series:
+    """-log partial hazard of a penalised Cox model on the knowledge base's control arm."""
+    from lifelines import CoxPHFitter
+
+    ids = list(kb.subjects.loc[kb.subjects["ARM"] == arm, "USUBJID"])
+    tte = kb.tte[(kb.tte["PARAMCD"] == paramcd) & kb.tte["USUBJID"].isin(ids)].set_index("USUBJID")
+    ids = [u for u in ids if u in tte.index]
+    feats = BaselineFeatures(list(kb.parameters), kb.covariates).fit(kb, ids)
+    X = feats.transform(kb, ids)
+    df = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    df["T"] = tte.loc[ids, "AVAL"].to_numpy(float)
+    df["E"] = 1 - tte.loc[ids, "CNSR"].to_numpy(int)
+    qids = list(sources.subjects["USUBJID"])
+    Xq = pd.DataFrame(feats.transform(sources, qids), columns=df.columns[:-2])
+    cph = CoxPHFitter(penalizer=COX_PENALIZER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cph.fit(df, duration_col="T", event_col="E")
+    return pd.Series(-np.log(cph.predict_partial_hazard(Xq).to_numpy(float)), index=qids)
+
+
+def _fold_tte(trial: Trial, kb: Trial, arm: str, held, run, fold: int) -> pd.DataFrame:
+    from lifelines.utils import concordance_index
+
+    held = list(held)
+    rows = []
+    truth_all = trial.tte[trial.tte["USUBJID"].isin(set(held))]
+    kb_arm = kb.tte[kb.tte["ARM"] == arm]
+    sources = trial.subset(held).baseline_only()
+    for q in trial.tte_parameters:
+        truth = truth_all[truth_all["PARAMCD"] == q]
+        tw = run.tte[run.tte["PARAMCD"] == q]
+        ref = kb_arm[kb_arm["PARAMCD"] == q]
+        if truth.empty or tw.empty or ref.empty:
+            continue
+        # up to the held-out patients' last follow-up, however long the twins' or the
+        # knowledge base's runs
+        tau = float(truth["AVAL"].max())
+        t_truth, e_truth = truth["AVAL"], truth["CNSR"] == 0
+        d_twins = km_sup_distance(tw["AVAL"], tw["CNSR"] == 0, t_truth, e_truth, tau).sup
+        d_ref = km_sup_distance(ref["AVAL"], ref["CNSR"] == 0, t_truth, e_truth, tau).sup
+        scores = _twin_scores(tw)
+        try:
+            cox = _cox_scores(kb, arm, sources, q)
+        except Exception:  # noqa: BLE001 - a Cox model that does not converge is reported as NaN
+            cox = pd.Series(dtype=float)
+        rows.append(pd.DataFrame({
+            "FOLD": fold, "PARAMCD": q, "USUBJID": truth["USUBJID"].to_numpy(),
+            "AVAL": truth["AVAL"].to_numpy(float), "EVENT": (truth["CNSR"] == 0).to_numpy(int),
+            "TWIN_SCORE": truth["USUBJID"].map(scores).to_numpy(float),
+            "COX_SCORE": truth["USUBJID"].map(cox).to_numpy(float) if len(cox) else np.nan,
+            "KM_TWINS": d_twins, "KM_REFERENCE": d_ref,
+        }))
+    _ = concordance_index  # imported here so lifelines is only needed for time to event
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def _tte_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    from lifelines.utils import concordance_index
+
+    cols = ["PARAMCD", "n", "events", "km_sup_twins", "km_sup_reference", "km_ratio", "cindex_twins",
+            "cindex_cox", "km_met", "cindex_met"]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    allp = pd.concat(parts, ignore_index=True)
+    rows = []
+    for q, g in allp.groupby("PARAMCD", sort=False):
+        per_fold = g.groupby("FOLD")[["KM_TWINS", "KM_REFERENCE"]].first()
+        km_t, km_r = float(per_fold["KM_TWINS"].mean()), float(per_fold["KM_REFERENCE"].mean())
+
+        def cindex(score, g=g):
+            ok = np.isfinite(score)
+            if ok.sum() < 3 or g["EVENT"][ok].sum() == 0:
+                return float("nan")
+            return float(concordance_index(g["AVAL"][ok], score[ok], g["EVENT"][ok]))
+
+        c_t, c_c = cindex(g["TWIN_SCORE"].to_numpy(float)), cindex(g["COX_SCORE"].to_numpy(float))
+        rows.append({"PARAMCD": q, "n": len(g), "events": int(g["EVENT"].sum()),
+                     "km_sup_twins": km_t, "km_sup_reference": km_r,
+                     "km_ratio": km_t / km_r if km_r > 0 else float("nan"),
+                     "cindex_twins": c_t, "cindex_cox": c_c,
+                     "km_met": bool(km_r > 0 and km_t / km_r <= KM_RATIO_TARGET),
+                     "cindex_met": bool(np.isfinite(c_t) and (not np.isfinite(c_c) or c_t >= c_c - CINDEX_MARGIN))})
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ------------------------------------------------------------------------------------------
+# summary
+
+
+def endpoint_visit(trial: Trial, pairs: pd.DataFrame | None = None) -> tuple[str | None, float | None]:
+    """(PARAMCD, AVISITN) of the endpoint: trial.toml `endpoint`, else the last visit of the
+    first longitudinal parameter seen in at least half as many patients as its busiest visit."""
+    ep = trial.meta.endpoint or {}
+    p, v = ep.get("paramcd"), ep.get("avisitn")
+    if p and v is not None:
+        sched = [s.avisitn for s in trial.schedule(str(p).upper())]
+        if float(v) in sched:
+            return str(p).upper(), float(v)
+        p = str(p).upper()
+    else:
+        p = trial.longitudinal_parameters[0] if trial.longitudinal_parameters else None
+    if p is None:
+        return None, None
+    sched = trial.schedule(p)
+    if not sched:
+        return None, None
+    busiest = max(s.n_subjects for s in sched)
+    well = [s.avisitn for s in sched if s.n_subjects >= 0.5 * busiest]
+    return p, float(well[-1]) if well else float(sched[-1].avisitn)
+
+
+def _summary(trial, arm, pairs, visits, parameters, tte) -> dict:
+    p_ep, v_ep = endpoint_visit(trial)
+    rho = None
+    n_ep = 0
+    if p_ep is not None and len(pairs):
+        g = pairs[(pairs["PARAMCD"] == p_ep) & (pairs["AVISITN"] == v_ep)].dropna(subset=["PREDICTED", "OBSERVED"])
+        n_ep = len(g)
+        if n_ep >= 3 and g["PREDICTED"].std() > 0 and g["OBSERVED"].std() > 0:
+            rho = float(np.corrcoef(g["PREDICTED"], g["OBSERVED"])[0, 1])
+    ratio_med = float(parameters["rmse_ratio"].median()) if len(parameters) else None
+    cov_all = None
+    if len(pairs):
+        ok = pairs.dropna(subset=["Q10", "Q90", "REFERENCE"])
+        ok = ok[ok["AVISITN"].isin(visits["AVISITN"])] if len(visits) else ok
+        cov_all = float(((ok["OBSERVED"] >= ok["Q10"]) & (ok["OBSERVED"] <= ok["Q90"])).mean()) if len(ok) else None
+    cov_med = float(parameters["coverage"].median()) if len(parameters) else None
+    share_acc = float(parameters["accuracy_met"].mean()) if len(parameters) else None
+    share_cal = float(parameters["calibration_met"].mean()) if len(parameters) else None
+    share_cells = float((visits["rmse_ratio"] <= RATIO_TARGET).mean()) if len(visits) else None
+
+    verdicts = []
+    if ratio_med is not None:
+        good = ratio_med <= RATIO_TARGET
+        verdicts.append(
+            f"Accuracy: {'met' if good else 'not met'}. The mean of each patient's twins predicts the real "
+            f"value with {100 * abs(1 - ratio_med):.0f}% {'less' if good else 'more'} error than a regression "
+            f"on the baseline value (median RMSE ratio {ratio_med:.2f}; target <= {RATIO_TARGET:.2f}; "
+            f"{share_acc:.0%} of parameters meet it).")
+    if cov_all is not None:
+        lo, hi = COVERAGE_TARGET
+        state = "met" if lo <= cov_all <= hi else ("too narrow: twins are overconfident" if cov_all < lo
+                                                    else "too wide: twins are more spread than needed")
+        verdicts.append(f"Calibration: {state}. {cov_all:.0%} of real values fall inside their twins' "
+                        f"10-90% range (target {lo:.0%}-{hi:.0%}).")
+    for _, r in tte.iterrows():
+        km_ok = r["km_met"]
+        verdicts.append(
+            f"Time to event {r['PARAMCD']}: the twins' Kaplan-Meier curve is {r['km_sup_twins']:.2f} from the "
+            f"held-out patients' at most, vs {r['km_sup_reference']:.2f} for the knowledge base's control arm "
+            f"({'met' if km_ok else 'not met'}); C-index of the twins' median event time "
+            f"{r['cindex_twins']:.2f} vs {r['cindex_cox']:.2f} for a Cox model "
+            f"({'met' if r['cindex_met'] else 'not met'}).")
+    if rho is not None:
+        verdicts.append(f"PROCOVA: the twins' mean predicts {p_ep} at visit {v_ep:g} with correlation "
+                        f"{rho:.2f} (n={n_ep}); variance reduction of an adjusted analysis ~ {rho ** 2:.0%}.")
+    return {
+        "trial": trial.name, "arm": arm,
+        "rmse_ratio_median": ratio_med, "coverage": cov_all, "coverage_median": cov_med,
+        "share_params_accuracy_met": share_acc, "share_params_calibration_met": share_cal,
+        "share_visits_ratio_met": share_cells,
+        "km_ratio_median": float(tte["km_ratio"].median()) if len(tte) else None,
+        "cindex_twins": float(tte["cindex_twins"].mean()) if len(tte) else None,
+        "cindex_cox": float(tte["cindex_cox"].mean()) if len(tte) else None,
+        "endpoint": {"paramcd": p_ep, "avisitn": v_ep, "n": n_ep}, "rho": rho,
+        "accuracy_met": bool(ratio_med is not None and ratio_med <= RATIO_TARGET),
+        "calibration_met": bool(cov_all is not None and COVERAGE_TARGET[0] <= cov_all <= COVERAGE_TARGET[1]),
+        "tte_met": bool(len(tte) and tte["km_met"].all() and tte["cindex_met"].all()) if len(tte) else None,
+        "verdicts": verdicts,
+    }

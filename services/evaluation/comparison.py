@@ -1,0 +1,495 @@
+"""Compare a twin arm with real data: the numbers behind the Compare page, the report and
+`twinarm evaluate`.
+
+Three groups are compared (`GROUPS`):
+- **twin arm**: the twins (target arm, generated after baseline);
+- **real target arm**: real patients of the knowledge base in the target arm, other than the
+  sources (what the twins should resemble, e.g. the real placebo patients);
+- **real source cohort**: the real patients the twins were made for, under their own arm.
+
+Feature space of the fidelity/privacy/utility metrics: one column per parameter at baseline and
+at each scheduled visit (`PARAMCD@AVISITN`), standardised by the real target arm. Privacy looks
+at the generated (post-baseline) columns only: baselines are copied from the sources by design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from services.data.trial import Trial
+from services.evaluation import metrics as M
+
+TWIN, TARGET, SOURCE = "twin arm", "real target arm", "real source cohort"
+GROUPS = (SOURCE, TARGET, TWIN)
+
+
+@dataclass
+class Comparison:
+    """A knowledge base, a twin arm loaded as a Trial, and the groups to compare."""
+
+    kb: Trial
+    twins: Trial
+    manifest: dict = field(default_factory=dict)
+
+    @cached_property
+    def target_arm(self) -> str:
+        arm = self.manifest.get("target_arm")
+        return str(arm) if arm else str(self.twins.subjects["ARM"].iloc[0])
+
+    @cached_property
+    def source_ids(self) -> list[str]:
+        if "SRCSUBJID" not in self.twins.subjects:
+            return []
+        known = set(self.kb.subjects["USUBJID"])
+        return [s for s in dict.fromkeys(self.twins.subjects["SRCSUBJID"].astype(str)) if s in known]
+
+    @cached_property
+    def groups(self) -> dict[str, Trial]:
+        kb = self.kb.subjects
+        sources = set(self.source_ids)
+        target = kb.loc[kb["ARM"].eq(self.target_arm) & ~kb["USUBJID"].isin(sources), "USUBJID"]
+        out = {}
+        if sources:
+            out[SOURCE] = self.kb.subset(sources)
+        out[TARGET] = self.kb.subset(target)
+        out[TWIN] = self.twins
+        return out
+
+    @cached_property
+    def parameters(self) -> list[str]:
+        """Longitudinal parameters present in both the twins and the real target arm."""
+        twin_params = set(self.twins.visit_values["PARAMCD"])
+        return [p for p in self.kb.longitudinal_parameters if p in twin_params]
+
+    @cached_property
+    def tte_parameters(self) -> list[str]:
+        return [p for p in self.kb.tte_parameters if p in set(self.twins.tte_parameters)]
+
+    def source_arm(self) -> str:
+        arms = self.kb.subjects.loc[self.kb.subjects["USUBJID"].isin(self.source_ids), "ARM"].unique()
+        return ", ".join(map(str, arms))
+
+
+def compare(kb: Trial, twins: Trial, manifest: dict | None = None) -> Comparison:
+    if twins.subjects.empty:
+        raise ValueError("the twin arm is empty")
+    return Comparison(kb, twins, dict(manifest or {}))
+
+
+# ----- trajectories ----------------------------------------------------------------------
+
+def _with_baseline(trial: Trial, paramcd: str) -> pd.DataFrame:
+    base = trial.baseline_long[trial.baseline_long["PARAMCD"] == paramcd]
+    base = base.assign(AVISITN=0.0, AVISIT="Baseline", ADY=1.0)
+    post = trial.visit_values[trial.visit_values["PARAMCD"] == paramcd]
+    cols = ["USUBJID", "AVISITN", "AVISIT", "ADY", "AVAL"]
+    return pd.concat([base[cols], post[cols]], ignore_index=True)
+
+
+def trajectory_summary(comp: Comparison, paramcd: str) -> pd.DataFrame:
+    """Mean and 95 % t-interval per group and visit (baseline included at day 1)."""
+    rows = []
+    for group, trial in comp.groups.items():
+        data = _with_baseline(trial, paramcd)
+        for avisitn, grp in data.groupby("AVISITN"):
+            values = grp["AVAL"].dropna().to_numpy(float)
+            n = len(values)
+            if n == 0:
+                continue
+            mean = float(values.mean())
+            half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
+            rows.append({"GROUP": group, "AVISITN": float(avisitn), "AVISIT": grp["AVISIT"].iloc[0],
+                         "ADY": float(grp["ADY"].median()), "n": n, "mean": mean,
+                         "lo": mean - half, "hi": mean + half})
+    return pd.DataFrame(rows, columns=["GROUP", "AVISITN", "AVISIT", "ADY", "n", "mean", "lo", "hi"])
+
+
+def spaghetti_values(comp: Comparison, paramcd: str, per_group: int = 15, seed: int = 0) -> pd.DataFrame:
+    """A random sample of patients' trajectories per group (GROUP, USUBJID, ADY, AVAL)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for group, trial in comp.groups.items():
+        data = _with_baseline(trial, paramcd)
+        ids = data["USUBJID"].unique()
+        pick = set(rng.choice(ids, size=min(per_group, len(ids)), replace=False)) if len(ids) else set()
+        frames.append(data[data["USUBJID"].isin(pick)].assign(GROUP=group))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def patient_and_twins(comp: Comparison, source_id: str, paramcd: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A source patient's real trajectory and its twins' values (both with baseline)."""
+    real = _with_baseline(comp.kb.subset([source_id]), paramcd)
+    twin_ids = comp.twins.subjects.loc[comp.twins.subjects["SRCSUBJID"].astype(str) == source_id, "USUBJID"]
+    twins = _with_baseline(comp.twins.subset(twin_ids), paramcd)
+    return real, twins
+
+
+# ----- survival ----------------------------------------------------------------------------
+
+def _tte(trial: Trial, paramcd: str) -> pd.DataFrame:
+    if trial.tte is None:
+        return pd.DataFrame(columns=["USUBJID", "AVAL", "CNSR"])
+    return trial.tte[trial.tte["PARAMCD"] == paramcd]
+
+
+def km_curves(comp: Comparison, paramcd: str, n_risk_points: int = 6) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Kaplan-Meier step data with 95 % bands per group, and numbers at risk at a few times."""
+    from lifelines import KaplanMeierFitter
+
+    curves, risk = [], []
+    horizon = max((float(_tte(t, paramcd)["AVAL"].max()) for t in comp.groups.values()
+                   if len(_tte(t, paramcd))), default=0.0)
+    grid = np.linspace(0, horizon, n_risk_points).round()
+    for group, trial in comp.groups.items():
+        data = _tte(trial, paramcd)
+        if data.empty:
+            continue
+        kmf = KaplanMeierFitter().fit(data["AVAL"], event_observed=data["CNSR"].eq(0), label=group)
+        sf = kmf.survival_function_.iloc[:, 0]
+        ci = kmf.confidence_interval_
+        curves.append(pd.DataFrame({"GROUP": group, "time": sf.index.to_numpy(float), "survival": sf.to_numpy(),
+                                    "lo": ci.iloc[:, 0].to_numpy(), "hi": ci.iloc[:, 1].to_numpy()}))
+        times = data["AVAL"].to_numpy(float)
+        risk.append(pd.DataFrame({"GROUP": group, "time": grid, "n": [(times >= g).sum() for g in grid]}))
+    return (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+            pd.concat(risk, ignore_index=True) if risk else pd.DataFrame())
+
+
+def survival_summary(comp: Comparison, paramcd: str) -> dict:
+    """Log-rank twins vs real target arm; hazard ratio of the real source cohort vs its twin
+    arm (the treatment effect against a synthetic control) and vs the real target arm."""
+    src, tgt, twn = (_tte(comp.groups[g], paramcd) if g in comp.groups else None for g in GROUPS)
+    out: dict = {"paramcd": paramcd, "label": comp.kb.tte_label(paramcd)}
+    for name, data in (("twins", twn), ("real_target", tgt), ("real_source", src)):
+        if data is not None and len(data):
+            out[f"events_{name}"] = int(data["CNSR"].eq(0).sum())
+            out[f"n_{name}"] = len(data)
+    if len(twn) and len(tgt):
+        out["logrank_twins_vs_real_target"] = M.logrank(twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"],
+                                                        tgt["CNSR"].eq(0)).as_dict()
+        out["km_distance_twins_vs_real_target"] = M.km_sup_distance(
+            twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"], tgt["CNSR"].eq(0)).as_dict()
+    if src is not None and len(src):
+        for name, control in (("hr_source_vs_twins", twn), ("hr_source_vs_real_target", tgt)):
+            if len(control):
+                times = np.r_[src["AVAL"], control["AVAL"]]
+                events = np.r_[src["CNSR"].eq(0), control["CNSR"].eq(0)]
+                group = np.r_[np.ones(len(src)), np.zeros(len(control))]
+                try:
+                    out[name] = M.cox_hazard_ratio(times, events, group).as_dict()
+                except Exception as exc:  # noqa: BLE001  # lifelines convergence problems: report, don't crash
+                    out[name] = {"error": str(exc).splitlines()[0]}
+    return out
+
+
+# ----- feature space for metrics -------------------------------------------------------------
+
+@dataclass
+class FeatureSpace:
+    """Columns PARAMCD@AVISITN (AVISITN 0 = baseline), standardised by the real target arm."""
+
+    columns: list[str]
+    generated: list[str]
+    mean: pd.Series
+    sd: pd.Series
+
+    def matrix(self, trial: Trial, columns: list[str] | None = None,
+               standardise: bool = True) -> tuple[list[str], np.ndarray]:
+        long = pd.concat([_with_baseline(trial, p).assign(PARAMCD=p) for p in
+                          {c.split("@")[0] for c in self.columns}], ignore_index=True)
+        wide = M.long_to_wide(long[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]])
+        cols = columns or self.columns
+        wide = wide.reindex(columns=cols)
+        X = ((wide - self.mean[cols]) / self.sd[cols] if standardise else wide).to_numpy(float)
+        return list(wide.index.astype(str)), X
+
+
+def feature_space(comp: Comparison, min_fraction: float = 0.3) -> FeatureSpace:
+    """Baseline and visit columns observed in at least `min_fraction` of the real target arm."""
+    ref = comp.groups[TARGET]
+    long = pd.concat([_with_baseline(ref, p).assign(PARAMCD=p) for p in comp.parameters], ignore_index=True)
+    wide = M.long_to_wide(long[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]])
+    twin_long = pd.concat([_with_baseline(comp.twins, p).assign(PARAMCD=p) for p in comp.parameters],
+                          ignore_index=True)
+    twin_cols = set(M.long_to_wide(twin_long[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]]).columns)
+    keep = [c for c in wide.columns if wide[c].notna().mean() >= min_fraction and c in twin_cols]
+    sd = wide[keep].std(ddof=1).replace(0, 1.0).fillna(1.0)
+    generated = [c for c in keep if not c.endswith("@0")]
+    return FeatureSpace(columns=keep, generated=generated, mean=wide[keep].mean(), sd=sd)
+
+
+def _long(trial: Trial, params: list[str]) -> pd.DataFrame:
+    vv = trial.visit_values
+    return vv[vv["PARAMCD"].isin(params)][["USUBJID", "PARAMCD", "AVISITN", "AVAL"]]
+
+
+# ----- metric groups ---------------------------------------------------------------------------
+
+def fidelity(comp: Comparison, seed: int = 0) -> dict:
+    """Marginals per parameter/visit (SMD, KS), correlation structure, detection AUROC."""
+    real_long, twin_long = _long(comp.groups[TARGET], comp.parameters), _long(comp.twins, comp.parameters)
+    marginal = M.marginal_fidelity(real_long, twin_long)
+    space = feature_space(comp)
+    _, R = space.matrix(comp.groups[TARGET])
+    _, T = space.matrix(comp.twins)
+    # correlation and per-dimension means on the original scale (standardised means are ~0)
+    real_wide = pd.DataFrame(space.matrix(comp.groups[TARGET], standardise=False)[1], columns=space.columns)
+    twin_wide = pd.DataFrame(space.matrix(comp.twins, standardise=False)[1], columns=space.columns)
+    out = {
+        "marginal": marginal,
+        "share_abs_smd_below_0_1": float((marginal["smd"].abs() < 0.1).mean()) if len(marginal) else np.nan,
+        "median_abs_smd": float(marginal["smd"].abs().median()) if len(marginal) else np.nan,
+        "median_ks": float(marginal["ks"].median()) if len(marginal) else np.nan,
+        "correlation_distance": M.correlation_distance(real_wide, twin_wide).as_dict(),
+        "dimension_wise_mean_correlation": M.dimension_wise_mean_correlation(real_wide, twin_wide).as_dict(),
+    }
+    try:
+        out["detection"] = M.detection_auroc(R, T, seed=seed).as_dict()
+    except ValueError as exc:
+        out["detection"] = {"error": str(exc)}
+    return out
+
+
+def privacy(comp: Comparison, holdout: Trial | None = None, seed: int = 0) -> dict:
+    """Distances in the generated (post-baseline) columns between twins and the real patients
+    the generator learned from (the real target arm). Without a held-out set the yardstick is
+    the leave-one-out distance between real patients; membership inference needs held-out
+    patients (the Validate page's backtest provides them)."""
+    space = feature_space(comp)
+    cols = space.generated
+    if not cols:
+        return {"error": "no generated columns to compare"}
+    # Patients observed at under half of the columns would be mostly imputed means, and such
+    # rows sit artificially close to each other: they are left out of the distances.
+    train = _mostly_observed(space.matrix(comp.groups[TARGET], cols)[1])
+    twins = _mostly_observed(space.matrix(comp.twins, cols)[1])
+    out: dict = {"columns": len(cols), "n_train": len(train), "n_twins": len(twins)}
+    if len(train) < 5 or len(twins) < 5:
+        return {**out, "error": "fewer than 5 patients observed at half of the visits"}
+    if holdout is not None and len(holdout.subjects):
+        hold = _mostly_observed(space.matrix(holdout, cols)[1])
+        out["dcr"] = _strip(M.distance_to_closest_record(twins, train, hold).as_dict())
+        out["membership"] = M.membership_inference(twins, train, hold).as_dict()
+        out["nnaa"] = M.nn_adversarial_accuracy(train, twins, hold, seed=seed).as_dict()
+    else:
+        out["dcr"] = _dcr_leave_one_out(twins, train)
+        out["nnaa"] = M.nn_adversarial_accuracy(train, twins, seed=seed).as_dict()
+        out["membership"] = {"skipped": "needs held-out real patients: see the Validate page backtest"}
+    out["exact_copies"] = M.exact_copies(twins, train).as_dict()
+    return out
+
+
+def _mostly_observed(X: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
+    return X[np.isfinite(X).mean(axis=1) >= min_fraction]
+
+
+def _strip(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not isinstance(v, np.ndarray)}
+
+
+def _dcr_leave_one_out(twins: np.ndarray, train: np.ndarray) -> dict:
+    """DCR of twins to the training patients vs each training patient's distance to its
+    nearest other training patient (leave-one-out yardstick)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    train_i, twins_i = M.impute_means(train, twins)
+    nn = NearestNeighbors(n_neighbors=2).fit(train_i)
+    d_twin = nn.kneighbors(twins_i, n_neighbors=1)[0][:, 0]
+    d_real = nn.kneighbors(train_i, n_neighbors=2)[0][:, 1]
+    tm, rm = float(np.median(d_twin)), float(np.median(d_real))
+    t5, r5 = float(np.percentile(d_twin, 5)), float(np.percentile(d_real, 5))
+    return {"twin_median": tm, "twin_p5": t5, "holdout_median": rm, "holdout_p5": r5,
+            "ratio_median": tm / rm if rm > 0 else float("inf"), "ratio_p5": t5 / r5 if r5 > 0 else float("inf"),
+            "n_twin": len(twins), "n_train": len(train), "yardstick": "leave-one-out real-to-real"}
+
+
+def outcome_labels(comp: Comparison, trial: Trial) -> tuple[pd.Series, str]:
+    """A binary outcome for utility metrics: the event of the endpoint's time-to-event
+    parameter by the real target arm's median follow-up (patients censored earlier left out),
+    else a value at the endpoint visit above the real target arm's median."""
+    from services.evaluation.backtest import endpoint_visit
+
+    ep = comp.kb.meta.endpoint or {}
+    tte_p = ep.get("tte_paramcd") if ep.get("tte_paramcd") in comp.tte_parameters else (
+        comp.tte_parameters[0] if comp.tte_parameters else None)
+    if tte_p:
+        ref = _tte(comp.groups[TARGET], tte_p)
+        horizon = float(ref["AVAL"].median())
+        data = _tte(trial, tte_p).set_index("USUBJID")
+        known = (data["CNSR"].eq(0)) | (data["AVAL"] >= horizon)
+        y = (data["CNSR"].eq(0) & (data["AVAL"] <= horizon)).astype(int)[known]
+        return y, f"{tte_p} event by day {horizon:.0f}"
+    paramcd, avisitn = endpoint_visit(comp.kb)
+    ref = comp.groups[TARGET].visit_values
+    ref = ref[(ref["PARAMCD"] == paramcd) & (ref["AVISITN"] == avisitn)]
+    cut = float(ref["AVAL"].median())
+    vv = trial.visit_values
+    vv = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)].set_index("USUBJID")["AVAL"]
+    label = vv.map(lambda v: v).astype(float)
+    return (label > cut).astype(int), f"{paramcd} at visit {avisitn:g} above {cut:.3g}"
+
+
+def utility(comp: Comparison, seed: int = 0) -> dict:
+    """Train-on-twins-test-on-real vs train-on-real, and real+twin augmentation (AUROC), for
+    the outcome of `outcome_labels`, with baseline values as features."""
+    space = feature_space(comp)
+    base_cols = [c for c in space.columns if c.endswith("@0")]
+    if not base_cols:
+        return {"error": "no baseline features"}
+    target = comp.groups[TARGET]
+    y_real, outcome = outcome_labels(comp, target)
+    y_twin, _ = outcome_labels(comp, comp.twins)
+    ids_r, X_r = space.matrix(target, base_cols)
+    ids_t, X_t = space.matrix(comp.twins, base_cols)
+    real = pd.DataFrame(X_r, index=ids_r).join(y_real.rename("y"), how="inner")
+    twin = pd.DataFrame(X_t, index=ids_t).join(y_twin.rename("y"), how="inner")
+    if len(real) < 10 or len(twin) < 10:
+        return {"outcome": outcome, "error": f"too few patients with the outcome (real {len(real)}, twins {len(twin)})"}
+    rng = np.random.default_rng(seed)
+    test = rng.random(len(real)) < 0.5
+    tr, te = real[~test], real[test]
+    xcols = [c for c in real.columns if c != "y"]
+    args = (twin[xcols].to_numpy(), twin["y"].to_numpy(), tr[xcols].to_numpy(), tr["y"].to_numpy(),
+            te[xcols].to_numpy(), te["y"].to_numpy())
+    return {"outcome": outcome, "tstr": M.tstr_auroc(*args, seed=seed).as_dict(),
+            "augmentation": M.augmentation_auroc(*args, seed=seed).as_dict()}
+
+
+def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Trial | None = None,
+             seed: int = 0) -> dict:
+    """Every metric of the Compare page, JSON-able (frames as lists of records)."""
+    comp = compare(kb, twins, manifest)
+    fid = fidelity(comp, seed=seed)
+    out = {
+        "knowledge_base": kb.name, "twins": twins.name, "target_arm": comp.target_arm,
+        "source_arm": comp.source_arm(), "n_twins": len(twins.subjects),
+        "n_sources": len(comp.source_ids), "n_real_target": len(comp.groups[TARGET].subjects),
+        "parameters": comp.parameters,
+        "fidelity": {**{k: v for k, v in fid.items() if k != "marginal"},
+                     "marginal": fid["marginal"].to_dict(orient="records")},
+        "privacy": privacy(comp, holdout, seed=seed),
+        "utility": utility(comp, seed=seed),
+        "survival": {p: survival_summary(comp, p) for p in comp.tte_parameters},
+    }
+    return _jsonable(out)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return None
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+# ----- embeddings and similarity ------------------------------------------------------------
+
+def patient_vectors(comp: Comparison, space: str = "full"):
+    """(real vectors of the knowledge base, twin vectors) on a scale fitted on the knowledge
+    base (services.retrieval.vectors), embedded in `space` (L2-normalised)."""
+    from services.retrieval.vectors import PatientVectorizer
+
+    vec = PatientVectorizer().fit(comp.kb)
+    return vec.transform(comp.kb), vec.transform(comp.twins)
+
+
+def embedding_points(comp: Comparison, method: str = "umap", seed: int = 0, max_points: int = 2000,
+                     space: str = "full") -> pd.DataFrame:
+    """2-D embedding of real patients (every arm) and twins: x, y, SOURCE, ARM, USUBJID.
+    Above `max_points` a random sample keeps the page responsive (same sample for a seed)."""
+    from services.evaluation.projection import embed_2d
+
+    real, twin = patient_vectors(comp, space)
+    X = np.vstack([real.embed(space), twin.embed(space)])
+    frame = pd.DataFrame({"SOURCE": ["real"] * len(real) + ["twin"] * len(twin),
+                          "ARM": list(real.arms) + [f"{a} (twin)" for a in twin.arms],
+                          "USUBJID": list(real.ids) + list(twin.ids)})
+    if len(frame) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(frame), max_points, replace=False))
+        frame, X = frame.iloc[keep].reset_index(drop=True), X[keep]
+    coords = embed_2d(X, method=method, seed=seed)
+    return frame.assign(x=coords[:, 0], y=coords[:, 1])
+
+
+def similarity(comp: Comparison, space: str = "full", seed: int = 0) -> dict[str, np.ndarray]:
+    """Cosine similarities within the real target arm, within twins, real-to-twin, and of each
+    twin to its own source patient (services.evaluation.projection.similarity_distributions)."""
+    from services.evaluation.projection import similarity_distributions
+
+    real, twin = patient_vectors(comp, space)
+    R, T = real.embed(space), twin.embed(space)
+    target_ids = set(comp.groups[TARGET].subjects["USUBJID"])
+    dist = similarity_distributions(R[[i for i, u in enumerate(real.ids) if u in target_ids]], T, seed=seed)
+    if "SRCSUBJID" in comp.twins.subjects:
+        pos = {u: i for i, u in enumerate(real.ids)}
+        src = comp.twins.subjects.set_index("USUBJID")["SRCSUBJID"].astype(str)
+        pairs = [(i, pos[src[t]]) for i, t in enumerate(twin.ids) if src.get(t) in pos]
+        if pairs:
+            ti, ri = map(np.array, zip(*pairs))
+            dist["twin to own source"] = np.einsum("ij,ij->i", T[ti], R[ri]).astype(float)
+    return dist
+
+
+def headline(result: dict) -> pd.DataFrame:
+    """The metrics summary shown on the Compare page and in the report: one row per metric
+    with its value, the ideal and a plain-language verdict (ok: True/False/None)."""
+    f, p, u = result.get("fidelity", {}), result.get("privacy", {}), result.get("utility", {})
+    rows = []
+
+    def add(group, metric, value, ideal, ok, good, bad):
+        verdict = "n/a" if value is None else (good if ok else bad)
+        rows.append({"group": group, "metric": metric, "value": value, "ideal": ideal,
+                     "ok": None if value is None else bool(ok), "verdict": verdict})
+
+    share = f.get("share_abs_smd_below_0_1")
+    add("fidelity", "parameter-visits with |SMD| < 0.1", share, "1", share is not None and share >= 0.8,
+        "twin means match the real arm at most visits", "twin means differ from the real arm at many visits")
+    cd = (f.get("correlation_distance") or {}).get("mean_abs_diff")
+    add("fidelity", "correlation distance", cd, "0", cd is not None and cd <= 0.1,
+        "correlations across visits and parameters preserved", "correlation structure differs")
+    dw = (f.get("dimension_wise_mean_correlation") or {}).get("correlation")
+    add("fidelity", "dimension-wise mean correlation", dw, "1", dw is not None and dw >= 0.9,
+        "per-visit means track the real ones", "per-visit means drift from the real ones")
+    det = (f.get("detection") or {}).get("auroc")
+    add("fidelity", "detection AUROC", det, "0.5", det is not None and det <= 0.7,
+        "a classifier can hardly tell twins from real patients", "a classifier tells twins from real patients")
+    dcr = (p.get("dcr") or {}).get("ratio_median")
+    add("privacy", "DCR ratio (twins / real)", dcr, ">= 1", dcr is not None and dcr >= 0.8,
+        "twins are no closer to real patients than real patients are to each other",
+        "twins sit unusually close to real patients")
+    nnaa = (p.get("nnaa") or {}).get("nnaa")
+    add("privacy", "NN adversarial accuracy", nnaa, "0.5", nnaa is not None and 0.35 <= nnaa <= 0.8,
+        "neither copies nor outliers", "twins are copies (low) or unlike real patients (high)")
+    copies = (p.get("exact_copies") or {}).get("n_copies")
+    add("privacy", "exact copies of real patients", copies, "0", copies == 0,
+        "no twin copies a real patient", "some twins copy real patients")
+    mi = p.get("membership") or {}
+    adv = mi.get("advantage")
+    if adv is not None:
+        add("privacy", "membership-inference advantage", adv, "0", adv <= 0.1,
+            "an attacker cannot tell who was in the training data", "training membership is disclosed")
+    ratio = (u.get("tstr") or {}).get("ratio")
+    add("utility", "TSTR / TRTR AUROC", ratio, "1", ratio is not None and ratio >= 0.9,
+        "a model trained on twins predicts real outcomes as well as one trained on real data",
+        "models trained on twins predict real outcomes worse")
+    gain = (u.get("augmentation") or {}).get("gain")
+    add("utility", "augmentation AUROC gain", gain, ">= 0", gain is not None and gain >= -0.02,
+        "adding twins does not hurt prediction", "adding twins hurts prediction")
+    for paramcd, s in (result.get("survival") or {}).items():
+        km = (s.get("km_distance_twins_vs_real_target") or {}).get("sup")
+        add("survival", f"{paramcd}: KM sup distance twins vs real", km, "0", km is not None and km <= 0.1,
+            "twin survival matches the real arm", "twin survival differs from the real arm")
+    return pd.DataFrame(rows)

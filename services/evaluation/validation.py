@@ -1,0 +1,123 @@
+"""The Validate page's numbers: a validation card with uncertainty from a backtest, the
+PROCOVA sample size that the backtest's prognostic correlation buys, and a hold-out privacy
+audit (membership inference needs real patients the generator never saw).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from services.data.trial import Trial
+from services.evaluation import metrics as M
+from services.evaluation.backtest import (
+    COVERAGE_TARGET,
+    RATIO_TARGET,
+    BacktestResult,
+    endpoint_visit,
+)
+
+
+def _per_patient(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per patient: squared errors of the twins' mean and of the reference regression, and
+    interval hits, so that bootstrap resamples of patients are weighted sums."""
+    ok = pairs.dropna(subset=["PREDICTED", "OBSERVED", "REFERENCE"])
+    inside = ((ok["OBSERVED"] >= ok["Q10"]) & (ok["OBSERVED"] <= ok["Q90"])).astype(float)
+    return pd.DataFrame({
+        "USUBJID": ok["USUBJID"], "se_twin": (ok["PREDICTED"] - ok["OBSERVED"]) ** 2,
+        "se_ref": (ok["REFERENCE"] - ok["OBSERVED"]) ** 2, "inside": inside, "n": 1.0,
+    }).groupby("USUBJID").sum()
+
+
+def _ratio_and_coverage(agg: pd.DataFrame, weights: np.ndarray | None = None) -> tuple[float, float]:
+    w = np.ones(len(agg)) if weights is None else weights
+    n = float(w @ agg["n"].to_numpy())
+    if n == 0:
+        return np.nan, np.nan
+    ref = float(w @ agg["se_ref"].to_numpy())
+    ratio = np.sqrt(float(w @ agg["se_twin"].to_numpy()) / ref) if ref > 0 else np.nan
+    return float(ratio), float(w @ agg["inside"].to_numpy()) / n
+
+
+def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0) -> pd.DataFrame:
+    """Per parameter: RMSE ratio (twins vs baseline regression, pooled over visits) and 10-90 %
+    interval coverage, each with a 95 % percentile bootstrap interval over patients, and a
+    plain-language verdict against the targets."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for paramcd, grp in result.pairs.groupby("PARAMCD", sort=False):
+        agg = _per_patient(grp)
+        ratio, coverage = _ratio_and_coverage(agg)
+        lo_r = hi_r = lo_c = hi_c = np.nan
+        if len(agg) >= 5:
+            weights = rng.multinomial(len(agg), np.full(len(agg), 1 / len(agg)), size=n_boot)
+            boots = np.array([_ratio_and_coverage(agg, w) for w in weights])
+            lo_r, hi_r = np.nanpercentile(boots[:, 0], [2.5, 97.5])
+            lo_c, hi_c = np.nanpercentile(boots[:, 1], [2.5, 97.5])
+        acc_ok = ratio <= RATIO_TARGET
+        cal_ok = COVERAGE_TARGET[0] <= coverage <= COVERAGE_TARGET[1]
+        rows.append({
+            "PARAMCD": paramcd, "patients": len(agg), "values": int(agg["n"].sum()),
+            "rmse_ratio": ratio, "rmse_ratio_lo": lo_r, "rmse_ratio_hi": hi_r,
+            "coverage": coverage, "coverage_lo": lo_c, "coverage_hi": hi_c,
+            "accuracy": ("better than" if acc_ok else "worse than") + " the baseline regression"
+                        + ("" if not (lo_r <= RATIO_TARGET <= hi_r) else " (not conclusively)"),
+            "calibration": "well calibrated" if cal_ok else (
+                "intervals too narrow (overconfident)" if coverage < COVERAGE_TARGET[0] else "intervals too wide"),
+        })
+    return pd.DataFrame(rows)
+
+
+def endpoint_pairs(trial: Trial, result: BacktestResult) -> tuple[str | None, float | None, pd.DataFrame]:
+    """(PARAMCD, AVISITN, pairs of predicted = mean of twins vs observed) at the endpoint."""
+    paramcd, avisitn = endpoint_visit(trial)
+    if paramcd is None:
+        return None, None, pd.DataFrame(columns=["PREDICTED", "OBSERVED"])
+    p = result.pairs
+    pairs = p[(p["PARAMCD"] == paramcd) & (p["AVISITN"] == avisitn)].dropna(subset=["PREDICTED", "OBSERVED"])
+    return paramcd, avisitn, pairs[["USUBJID", "PREDICTED", "OBSERVED"]].reset_index(drop=True)
+
+
+def procova(trial: Trial, result: BacktestResult, effect: float | None = None, sd: float | None = None,
+            alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0, conservative: bool = True,
+            deflation: float = 0.9) -> dict:
+    """PROCOVA sample size from the backtest: rho = correlation of the twins' predicted
+    endpoint (prognostic score) with the observed endpoint of held-out control patients;
+    sd defaults to the observed endpoint's SD, effect to 0.4 SD."""
+    paramcd, avisitn, pairs = endpoint_pairs(trial, result)
+    if len(pairs) < 5:
+        return {"error": f"too few held-out patients with the endpoint ({len(pairs)}) to estimate rho"}
+    rho = M.estimate_rho(pairs["PREDICTED"], pairs["OBSERVED"])
+    sd = float(sd if sd else pairs["OBSERVED"].std(ddof=1))
+    effect = float(effect if effect else round(0.4 * sd, 3))
+    plan = M.procova_plan(effect, sd, rho.rho, alpha=alpha, power=power, ratio=ratio,
+                          conservative=conservative, deflation=deflation, n_rho=len(pairs))
+    return {"paramcd": paramcd, "avisitn": avisitn, "label": trial.parameters[paramcd].label,
+            "unit": trial.parameters[paramcd].unit, "n_pairs": len(pairs), "rho": rho.as_dict(),
+            "effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio, "plan": plan.as_dict(),
+            "n_unadjusted": plan.unadjusted.n_total, "n_adjusted": plan.adjusted.n_total,
+            "saving_total": plan.saving_total, "saving_pct": plan.saving_pct, "rule": plan.rule}
+
+
+def privacy_audit(trial: Trial, target_arm: str, source_ids: list[str], generator: str = "local",
+                  settings: dict | None = None, twins_per_patient: int = 1, seed: int = 0) -> dict:
+    """Privacy with a true hold-out: half of the real target arm is withheld, the generator
+    learns from the rest, twins the sources, and the twins' closeness to training patients is
+    compared with that to the withheld ones (DCR, NNAA, membership inference, copies)."""
+    from services.evaluation.comparison import compare, privacy
+    from services.generation import get_generator
+
+    rng = np.random.default_rng(seed)
+    target = trial.subjects.loc[trial.subjects["ARM"] == target_arm, "USUBJID"].to_numpy(object)
+    if len(target) < 10:
+        return {"error": f"the {target_arm} arm has too few patients ({len(target)}) for a hold-out audit"}
+    withheld = set(rng.permutation(target)[: len(target) // 2])
+    kb = trial.subset([u for u in trial.subjects["USUBJID"] if u not in withheld], name=f"{trial.name} audit")
+    sources = [s for s in source_ids if s not in set(target)]
+    if not sources:
+        return {"error": f"the audit twins patients of other arms under {target_arm}; the cohort has none"}
+    run = get_generator(generator, **(settings or {})).fit(kb).generate(
+        trial.subset(sources), target_arm, twins_per_patient=twins_per_patient, seed=seed)
+    comp = compare(kb, run.as_trial(), run.manifest)
+    out = privacy(comp, holdout=trial.subset(withheld), seed=seed)
+    return {**out, "withheld": len(withheld), "generator": generator}

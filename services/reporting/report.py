@@ -1,0 +1,200 @@
+"""A self-contained HTML report of a twin arm: opens offline (Plotly's JavaScript is inlined,
+no network request), for clinical stakeholders and statisticians.
+
+Sections: trial and cohort; method; validation card; trajectories, survival and embedding
+figures; fidelity, privacy and utility tables; PROCOVA sample size; limitations.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import UTC, datetime
+
+import pandas as pd
+import plotly.io as pio
+
+from services import __version__
+from services.data.trial import Trial
+from services.evaluation import comparison as ev
+from services.reporting.figures import compare as figs
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2733;background:#f6f8fa}
+main{max-width:1100px;margin:0 auto;padding:24px 32px;background:#fff}
+h1{color:#1f6f8b;margin-bottom:4px}h2{border-bottom:2px solid #1f6f8b;padding-bottom:4px;margin-top:36px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}th,td{border:1px solid #d0d7de;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#eef3f6}.ok{color:#1a7f37}.bad{color:#b35900}
+.muted{color:#57606a;font-size:13px}.card{border-left:4px solid #1f6f8b;padding:4px 12px;margin:8px 0;background:#f6f8fa}
+figure{margin:0 0 8px}figcaption{color:#57606a;font-size:13px;margin:-4px 0 20px}
+"""
+
+
+def _table(frame: pd.DataFrame, digits: int = 3) -> str:
+    if frame is None or len(frame) == 0:
+        return '<p class="muted">None.</p>'
+    shown = frame.copy()
+    for col in shown.columns:
+        if pd.api.types.is_float_dtype(shown[col]):
+            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.{digits}g}")
+    return shown.to_html(index=False, escape=True, border=0)
+
+
+def _kv(rows: dict) -> str:
+    return _table(pd.DataFrame({"item": list(rows), "value": [str(v) for v in rows.values()]}))
+
+
+class _Figures:
+    """Plotly figures as HTML divs; the library is inlined once, in the first figure."""
+
+    def __init__(self):
+        self.first = True
+
+    def __call__(self, figure, caption: str) -> str:
+        div = pio.to_html(figure, full_html=False, include_plotlyjs=bool(self.first),
+                          include_mathjax=False, config={"displaylogo": False, "responsive": True})
+        self.first = False
+        return f"<figure>{div}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, procova: dict | None = None,
+                 embedding_method: str = "tsne", seed: int = 0) -> str:
+    """The report as one HTML string. `backtest` (a BacktestResult) and `procova` (from
+    services.evaluation.validation.procova) are computed here when not given."""
+    from services.evaluation.backtest import backtest as run_backtest
+    from services.evaluation.validation import bootstrap_card
+    from services.evaluation.validation import procova as procova_plan
+
+    twins = run.as_trial()
+    comp = ev.compare(kb, twins, run.manifest)
+    result = ev.evaluate(kb, twins, run.manifest, seed=seed)
+    if backtest is None and kb.longitudinal_parameters:
+        backtest = run_backtest(kb, arm=comp.target_arm if comp.target_arm in kb.arms else None,
+                                folds=2, twins_per_patient=10, seed=seed)
+    if procova is None and backtest is not None:
+        procova = procova_plan(kb, backtest)
+    fig = _Figures()
+    m = run.manifest
+    parts = [f"<h1>TwinArm report: {html.escape(kb.title)}</h1>",
+             (f'<p class="muted">Run {html.escape(run.run_id)} · generated '
+             f'{datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")} · TwinArm {__version__}</p>')]
+
+    # trial and cohort
+    parts.append("<h2>Trial and cohort</h2>")
+    if kb.meta.description:
+        parts.append(f"<p>{html.escape(kb.meta.description)}</p>")
+    parts.append(_kv({"trial": kb.title, "indication": kb.meta.indication or "-", "source": kb.meta.source or "-",
+                      "subjects": len(kb.subjects),
+                      "arms": ", ".join(f"{a} ({n})" for a, n in kb.arm_counts().items()),
+                      "cohort twinned": cohort_description or f"{len(comp.source_ids)} patients of {comp.source_arm()}",
+                      "twin arm": f"{run.n_twins} twins under {comp.target_arm}",
+                      "knowledge base hash": kb.content_hash[:16]}))
+
+    # method
+    parts.append("<h2>Method</h2>")
+    parts.append(_kv({"generator": m.get("generator"), "model": m.get("model") or "-",
+                      "prompt version": m.get("prompt_version") or "-", "seed": m.get("seed"),
+                      "twins per patient": m.get("twins_per_patient"),
+                      "neighbours per twin": (m.get("settings") or {}).get("neighbors", "-"),
+                      "retriever": json.dumps(m.get("retriever"))[:120] if m.get("retriever") else "-",
+                      "failures": len(m.get("failures") or []), "created": m.get("created")}))
+    parts.append('<p class="muted">Each twin keeps its source patient\'s baseline; everything after baseline is '
+                 "generated under the target arm from the knowledge base's real patients of that arm, personalised "
+                 "by the patients most similar to the source (retrieved from a Chroma vector index).</p>")
+
+    # validation card
+    parts.append("<h2>Validation card (backtest on the real target arm)</h2>")
+    if backtest is not None:
+        for verdict in backtest.summary.get("verdicts", []):
+            parts.append(f'<div class="card">{html.escape(verdict)}</div>')
+        card = bootstrap_card(backtest, seed=seed)
+        parts.append(_table(card[["PARAMCD", "patients", "rmse_ratio", "rmse_ratio_lo", "rmse_ratio_hi",
+                                  "coverage", "coverage_lo", "coverage_hi", "accuracy", "calibration"]]))
+        parts.append(f'<p class="muted">{backtest.folds}-fold cross-fitting of the {html.escape(backtest.arm)} arm, '
+                     f"{backtest.twins_per_patient} twins per held-out patient; intervals are 95 % bootstrap "
+                     "intervals over patients.</p>")
+    else:
+        parts.append('<p class="muted">No longitudinal parameter: nothing to backtest.</p>')
+
+    # figures
+    parts.append("<h2>Trajectories</h2>")
+    for paramcd in comp.parameters[:4]:
+        p = kb.parameters[paramcd]
+        parts.append(fig(figs.mean_trajectories(ev.trajectory_summary(comp, paramcd), f"{p.label}: mean with 95 % CI",
+                                                p.unit),
+                         "Twins should follow the real target arm; the gap to the real source cohort is the "
+                         "treatment effect seen against twins."))
+    if comp.tte_parameters:
+        parts.append("<h2>Survival</h2>")
+        for paramcd in comp.tte_parameters:
+            curves, at_risk = ev.km_curves(comp, paramcd)
+            parts.append(fig(figs.kaplan_meier(curves, at_risk, f"Kaplan-Meier: {kb.tte_label(paramcd)}"),
+                             "Kaplan-Meier curves with 95 % bands and numbers at risk."))
+            s = result["survival"].get(paramcd, {})
+            rows = {}
+            for key, label in (("hr_source_vs_twins", "HR real source cohort vs twin arm"),
+                               ("hr_source_vs_real_target", "HR real source cohort vs real target arm")):
+                hr = s.get(key) or {}
+                if hr.get("hazard_ratio") is not None:
+                    rows[label] = f"{hr['hazard_ratio']:.2f} (95 % CI {hr['ci_low']:.2f}-{hr['ci_high']:.2f}, p {hr['p_value']:.3f})"
+            lr = s.get("logrank_twins_vs_real_target") or {}
+            if lr.get("p_value") is not None:
+                rows["log-rank p, twins vs real target arm"] = f"{lr['p_value']:.3f}"
+            parts.append(_kv(rows))
+    parts.append("<h2>Embedding</h2>")
+    try:
+        points = ev.embedding_points(comp, method=embedding_method, seed=seed)
+        parts.append(fig(figs.embedding_scatter(points, f"{'t-SNE' if embedding_method == 'tsne' else 'UMAP'} of "
+                                                "patient vectors"),
+                         "Twins (crosses) should mix with the real target arm rather than form an island."))
+        parts.append(fig(figs.similarity_histogram(ev.similarity(comp, seed=seed), "Cosine similarity"),
+                         "Real-to-twin similarities like those within real patients mean twins mirror the "
+                         "population; twin-to-own-source shows personalisation."))
+    except ValueError as exc:
+        parts.append(f'<p class="muted">Embedding not available: {html.escape(str(exc))}</p>')
+
+    # metrics
+    parts.append("<h2>Fidelity, privacy and utility</h2>")
+    head = ev.headline(result)
+    head = head.assign(status=head["ok"].map({True: "ok", False: "check"}).fillna("-"))
+    parts.append(_table(head[["status", "group", "metric", "value", "ideal", "verdict"]]))
+    marginal = pd.DataFrame(result["fidelity"]["marginal"])
+    if len(marginal):
+        parts.append(fig(figs.smd_dot_plot(marginal, "Standardized mean difference, twins vs real target arm"),
+                         "Inside the green band (|SMD| < 0.1) twin means are practically the real ones."))
+
+    # PROCOVA
+    parts.append("<h2>PROCOVA sample size</h2>")
+    if procova and "error" not in procova:
+        parts.append(_kv({"endpoint": f"{procova['paramcd']} at visit {procova['avisitn']:g}",
+                          "rho (held-out twins vs observed)": f"{procova['rho']['rho']:.2f} "
+                          f"(95 % CI {procova['rho']['ci_low']:.2f}-{procova['rho']['ci_high']:.2f}, n={procova['n_pairs']})",
+                          "effect / SD": f"{procova['effect']:g} / {procova['sd']:.3g} {procova['unit']}",
+                          "alpha / power / allocation": f"{procova['alpha']} / {procova['power']:.0%} / {procova['ratio']:g}:1",
+                          "patients without adjustment": procova["n_unadjusted"],
+                          "patients with PROCOVA": procova["n_adjusted"],
+                          "saving": f"{procova['saving_total']} patients ({procova['saving_pct']:.0f} %)",
+                          "rho used": f"{procova['plan']['rho_used']:.2f} ({procova['rule']})"}))
+        parts.append(fig(figs.sample_size_bars({"n_unadjusted": procova["n_unadjusted"],
+                                                "n_adjusted": procova["n_adjusted"]}, "Total sample size"),
+                         "Variance times 1 - rho² as in the EMA-qualified PROCOVA method."))
+    else:
+        parts.append(f'<p class="muted">{html.escape((procova or {}).get("error", "Not computed."))}</p>')
+
+    parts.append("<h2>Limitations</h2><ul>"
+                 "<li>Correlation is not causation: twins reproduce associations in the knowledge base; a treatment "
+                 "effect estimated against a synthetic control assumes no unmeasured differences between the "
+                 "source patients and the real patients the generator learned from.</li>"
+                 "<li>The twins are as good as the data: a small or unrepresentative target arm, missing "
+                 "baseline covariates or informative dropout limit what any generator can learn.</li>"
+                 "<li>What was validated: accuracy, calibration and survival on held-out real patients of the "
+                 "target arm of this trial (the validation card). What was not: transport to another trial, "
+                 "population or era; subgroups smaller than the held-out folds; endpoints not in the data.</li>"
+                 "<li>Privacy metrics are empirical tests on this data, not a formal guarantee such as "
+                 "differential privacy.</li>"
+                 "<li>PROCOVA's saving holds only if the correlation seen here carries over to the new trial; the "
+                 "conservative option deflates it.</li></ul>")
+    body = "\n".join(parts)
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>TwinArm report - "
+            f"{html.escape(kb.title)}</title><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<style>{_CSS}</style></head><body><main>{body}</main></body></html>")
