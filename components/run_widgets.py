@@ -20,16 +20,14 @@ import pandas as pd
 import streamlit as st
 
 from services.generation.llm import LLMConfigError, LLMSettings
+from services.generation.llm.generator import check_endpoint
 from services.generation.llm.settings import redact_url
 from services.reporting.figures.compare import mean_trajectories
 
 JOB = "whatif_job"
 LAST_RUN_NOTE = "whatif_last_note"
 POLL_S = 0.5
-INLINE_WAIT_S = {"local": 90.0, "llm": 5.0}
-DEFAULT_K = {"local": 5, "llm": 1}
-DEFAULT_NEIGHBOURS = {"local": 20, "llm": 5}
-GENERATOR_LABELS = {"local": "local (offline, statistical)", "llm": "llm (TWIN-GPT style, chat model)"}
+INLINE_WAIT_S = 90.0     # how long the page that started a run waits for it in line (fast runs)
 
 
 # ==========================================================================================
@@ -48,8 +46,8 @@ class GenerationJob:
         self.seed = int(seed)
         self.label = label
         self.note = dict(note or {})
-        self.unit = "twins" if generator.name == "llm" else "source patients"
-        self.total = len(sources.subjects) * (self.k if generator.name == "llm" else 1)
+        self.unit = generator.capabilities.progress_unit
+        self.total = len(sources.subjects) * (self.k if self.unit == "twins" else 1)
         self.done = 0
         self.cancel_event = threading.Event()
         self.started = time.time()
@@ -76,7 +74,7 @@ class GenerationJob:
 
     def _work(self) -> None:
         from services.generation import GeneratorError
-        from services.generation.run import save_run
+        from services.generation.saved_runs import save_run
 
         try:
             run = self.generator.generate(self.sources, target_arm=self.target_arm,
@@ -181,7 +179,8 @@ def job_panel(on_finished, first_run: bool = False) -> None:
         st.button("Cancel (keep the twins done)", key="whatif_cancel", on_click=j.cancel,
                   disabled=j.cancel_event.is_set(),
                   help="Stops the generation; the twins finished so far are saved as a run.")
-        budget = INLINE_WAIT_S.get(j.generator.name, 5.0) if first_run else 0.0
+        caps = j.generator.capabilities
+        budget = min(INLINE_WAIT_S, 5.0 if caps.needs_network else INLINE_WAIT_S) if first_run else 0.0
         deadline = time.time() + budget
         while j.running and time.time() < deadline:
             j.wait(0.25)
@@ -244,24 +243,22 @@ def target_arm_picker(trial) -> str:
                              "the control arm.")
 
 
-def generator_picker(available: list[str]) -> str:
-    names = [n for n in ("local", "llm") if n in available] + [n for n in available
-                                                             if n not in ("local", "llm")]
+def generator_picker(generators: dict) -> str:
+    """One of the registered generators (`services.generation.GENERATORS`, in its order),
+    labelled and described by the class itself."""
+    names = list(generators)
     return st.radio("Generator", names, key="whatif_generator", horizontal=True,
-                    format_func=lambda n: GENERATOR_LABELS.get(n, n),
-                    help="local: offline prognostic model plus a similar patient's residual "
-                         "trajectory (fast, no data leave the machine). llm: a chat model writes "
-                         "each twin from the patient's baseline and similar patients "
-                         "(TWIN-GPT).")
+                    format_func=lambda n: generators[n].capabilities.label,
+                    help=" ".join(f"{n}: {generators[n].description}" for n in names))
 
 
-def run_settings(generator: str) -> dict:
-    """Twins per patient, neighbours, seed (defaults depend on the generator)."""
+def run_settings(generator: str, caps) -> dict:
+    """Twins per patient, neighbours, seed (defaults: the generator's `capabilities`)."""
     c1, c2, c3 = st.columns(3)
-    k = c1.number_input("Twins per patient", 1, 100, DEFAULT_K.get(generator, 1), step=1,
+    k = c1.number_input("Twins per patient", 1, 100, int(caps.twins_per_patient), step=1,
                         key=f"whatif_k_{generator}",
                         help="K synthetic patients per source patient (independent draws).")
-    n = c2.number_input("Neighbours", 1, 200, DEFAULT_NEIGHBOURS.get(generator, 10), step=1,
+    n = c2.number_input("Neighbours", 1, 200, int(caps.neighbors), step=1,
                         key=f"whatif_neighbours_{generator}",
                         help="Similar patients of the target arm used for each source patient "
                              "(the patient itself is never one).")
@@ -353,14 +350,7 @@ def check_endpoint_button(settings: LLMSettings, allow_remote: bool) -> None:
     """Lists the endpoint's models (GET /models: no patient data)."""
     if st.button("Test the endpoint", key="whatif_llm_test",
                  help="Asks the endpoint for its model list; sends no patient data."):
-        from services.generation.llm.writer import LLMTwinWriter
-
-        try:
-            with LLMTwinWriter(settings, allow_remote=True, use_cache=False) as w:
-                result = w.check_endpoint()
-        except Exception as exc:  # noqa: BLE001
-            st.error(f"{type(exc).__name__}: {exc}")
-            return
+        result = check_endpoint(settings)
         (st.success if result["ok"] and result["message"] == "ok" else
          st.warning if result["ok"] else st.error)(
             f"{result['message']}" + (f" · models: {', '.join(result['models'][:8])}"
@@ -479,10 +469,10 @@ def fitted_generator(trial_hash: str, name: str, settings_json: str, _trial):
     """A fitted generator per (trial content, generator, settings), shared by sessions. The
     `llm` generator is fitted without endpoint secrets: callers attach theirs with
     `with_endpoint` (a copy), so no session's key sits in the shared object."""
-    from services.generation import get_generator
+    from services.generation import capabilities, get_generator
 
     settings = json.loads(settings_json)
-    if name == "llm":
+    if capabilities(name).needs_network:
         settings["settings"] = LLMSettings()
     return get_generator(name, **settings).fit(_trial)
 

@@ -6,8 +6,8 @@ import streamlit as st
 from components import run_widgets as rw
 from components.state import get_cohort, get_run, get_run_dir, get_trial, set_run
 from services.evaluation.comparison import compare, trajectory_summary
-from services.generation import GeneratorError, available_generators
-from services.generation.run import list_runs, load_run
+from services.generation import GENERATORS, GeneratorError
+from services.generation.saved_runs import list_runs, load_run
 
 trial = get_trial()
 st.title("What-if: twin arm")
@@ -34,10 +34,11 @@ if in_target:
     st.caption(f"{in_target} source patient(s) are themselves in {target_arm}: their twins are made "
                "without any of their own data (a back-test of the generator).")
 
-generator = rw.generator_picker(available_generators())
-options = rw.run_settings(generator)
+generator = rw.generator_picker(GENERATORS)
+caps = GENERATORS[generator].capabilities
+options = rw.run_settings(generator, caps)
 ready, why_not, llm = True, "", None
-if generator == "llm":
+if caps.needs_network:
     llm = rw.llm_panel()
     ready, why_not = llm.ready, llm.message
     if llm.settings is not None and llm.settings.available:
@@ -51,19 +52,19 @@ clicked = st.button("Generate twin arm", type="primary", key="whatif_generate",
                     help=why_not or "Runs in the background; you can cancel and keep what is done.")
 if job is not None:
     st.caption("A generation is running: wait for it or cancel it below.")
-elif why_not and generator == "llm":
-    st.caption(f"LLM generator: {why_not}.")
+elif why_not and caps.needs_network:
+    st.caption(f"{generator} generator: {why_not}.")
 if clicked and job is None and ready:
     settings = {"neighbors": options["neighbors"]}
-    if generator == "llm":
-        settings.update(hybrid=llm.extra.get("hybrid", True))
+    if caps.needs_network:
+        settings.update(llm.extra)
     try:
         with st.spinner("Preparing the generator (similar-patient index, models)…"):
             gen = rw.fitted_generator(trial.content_hash, generator, rw.settings_key(settings),
                                       _trial=trial)
-            if generator == "llm":
+            if caps.needs_network:
                 gen = gen.with_endpoint(llm.settings, allow_remote=llm.consent)
-                gen.check_available()
+            gen.check_ready()
     except GeneratorError as exc:
         st.error(str(exc))
     else:
@@ -116,7 +117,7 @@ if chosen:
     except (OSError, ValueError) as exc:
         st.error(f"Cannot open run {chosen}: {exc}")
     else:
-        from services.generation.run import runs_root
+        from services.generation.saved_runs import runs_root
 
         set_run(opened, runs_root() / chosen)
         st.session_state[rw.LAST_RUN_NOTE] = ("opened", chosen)

@@ -96,8 +96,9 @@ def test_console_script(tmp_path):
                            "--subjects", str(folder), "--out", str(out_dir)],
                           check=False, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "Wrote 3 twins" in proc.stdout
-    assert len(load_trial(out_dir).subjects) == 3
+    # no --twins-per-patient: the generator's declared default (local: 5 per patient)
+    assert "Wrote 15 twins" in proc.stdout and "x 5" in proc.stdout
+    assert len(load_trial(out_dir).subjects) == 15
     bad = subprocess.run([str(TWINARM), "generate", "--trial", "pbc", "--target-arm", "Aspirin",
                           "--cohort-arm", "Placebo", "--out", str(tmp_path / "x")],
                          check=False, capture_output=True, text=True, env=env, timeout=300)

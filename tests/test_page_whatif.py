@@ -72,7 +72,7 @@ def test_generate_a_local_twin_arm_on_the_cohort(pbc):
 
 
 def test_reopen_a_saved_run(pbc_twins):
-    from services.generation.run import save_run
+    from services.generation.saved_runs import save_run
 
     folder = save_run(pbc_twins)
     at = open_page()

@@ -12,16 +12,8 @@ import pytest
 
 from services.data.trial import load_trial
 from services.generation.local import LocalGenerator
-from services.generation.run import (
-    MANIFEST_KEYS,
-    list_runs,
-    load_run,
-    new_run_id,
-    read_run,
-    runs_root,
-    save_run,
-    write_run,
-)
+from services.generation.run import MANIFEST_KEYS, read_run, write_run
+from services.generation.saved_runs import list_runs, load_run, new_run_id, runs_root, save_run
 from services.retrieval.retriever import ExactRetriever
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from services.cli import CliError
+from services.cli.errors import CliError
 
 
 def register(sub) -> None:

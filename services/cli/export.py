@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.cli import CliError
+from services.cli.errors import CliError
 
 
 def register(sub) -> None:

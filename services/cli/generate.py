@@ -16,11 +16,20 @@ Bad input: one line `twinarm: error: ...` on stderr and a non-zero exit status.
 
 from __future__ import annotations
 
+import inspect
+import json
 import sys
 import time
 from pathlib import Path
 
-from services.cli import CliError
+from services.cli.errors import CliError
+from services.generation import (
+    GENERATORS,
+    GeneratorError,
+    available_generators,
+    capabilities,
+    get_generator,
+)
 
 
 def register(sub) -> None:
@@ -35,9 +44,12 @@ def register(sub) -> None:
     p.add_argument("--subjects", metavar="PATH",
                    help="a trial folder of the patients to twin (only ADSL and baseline are read)")
     p.add_argument("--cohort-arm", metavar="ARM", help="twin every subject of this arm of --trial")
-    p.add_argument("--generator", default="local", choices=["local", "llm"],
-                   help="local (offline, default) or llm (OpenAI-compatible endpoint)")
-    p.add_argument("--twins-per-patient", type=int, default=1, metavar="K")
+    names = available_generators()
+    p.add_argument("--generator", default="local", choices=names,
+                   help="; ".join(f"{n}: {capabilities(n).label}" for n in names) + " (default local)")
+    p.add_argument("--twins-per-patient", type=int, default=None, metavar="K",
+                   help="twins per source patient (default: the generator's, "
+                        + ", ".join(f"{n} {capabilities(n).twins_per_patient}" for n in names) + ")")
     p.add_argument("--neighbors", type=int, default=None, metavar="N",
                    help="similar patients used per source (default: the generator's)")
     p.add_argument("--seed", type=int, default=0, metavar="S")
@@ -50,6 +62,8 @@ def register(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="llm: do not reuse cached replies")
     p.add_argument("--no-hybrid", action="store_true",
                    help="llm: no reference forecast of the local generator in the prompt")
+    p.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other setting of the generator (VALUE read as JSON, else text); repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
@@ -94,19 +108,40 @@ def _load_sources(args, kb):
     return trial.baseline_only()
 
 
+# flag -> (the generator setting it fills, its value from args); given only to generators
+# whose __init__ takes that setting
+_FLAG_SETTINGS = {
+    "neighbors": lambda a: a.neighbors,
+    "allow_remote": lambda a: a.allow_remote,
+    "use_cache": lambda a: not a.no_cache,
+    "hybrid": lambda a: not a.no_hybrid,
+    "model": lambda a: a.model or None,
+    "concurrency": lambda a: a.concurrency,
+}
+
+
 def _settings(args) -> dict:
+    cls = GENERATORS[args.generator]
+    accepted = inspect.signature(cls.__init__).parameters
+    if args.neighbors is not None and args.neighbors < 1:
+        raise CliError(f"--neighbors must be >= 1, got {args.neighbors}")
     settings: dict = {}
-    if args.neighbors is not None:
-        if args.neighbors < 1:
-            raise CliError(f"--neighbors must be >= 1, got {args.neighbors}")
-        settings["neighbors"] = args.neighbors
-    if args.generator == "llm":
-        settings.update(allow_remote=args.allow_remote, use_cache=not args.no_cache,
-                        hybrid=not args.no_hybrid)
-        if args.model:
-            settings["model"] = args.model
-        if args.concurrency is not None:
-            settings["concurrency"] = args.concurrency
+    for name, value_of in _FLAG_SETTINGS.items():
+        value = value_of(args)
+        if name in accepted and value is not None:
+            settings[name] = value
+    for item in args.setting:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise CliError(f"--setting {item!r}: use NAME=VALUE")
+        if name not in accepted or name == "self":
+            raise CliError(f"--setting {name}: not a setting of the {args.generator} generator "
+                           f"(settings: {', '.join(p for p in accepted if p != 'self')})")
+        try:
+            settings[name] = json.loads(text)
+        except ValueError:
+            settings[name] = text
     return settings
 
 
@@ -133,10 +168,9 @@ class _Progress:
 
 
 def run(args) -> int:
-    from services.generation import GeneratorError, get_generator
     from services.generation.run import write_run
 
-    if args.twins_per_patient < 1:
+    if args.twins_per_patient is not None and args.twins_per_patient < 1:
         raise CliError(f"--twins-per-patient must be >= 1, got {args.twins_per_patient}")
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
@@ -149,11 +183,9 @@ def run(args) -> int:
     t0 = time.perf_counter()
     try:
         gen = get_generator(args.generator, **_settings(args))
-        if hasattr(gen, "check_available"):  # llm: fail before any work without an endpoint
-            gen.check_available()
+        gen.check_ready()                  # e.g. llm without an endpoint: fail before any work
         gen.fit(kb)
-        progress = _Progress(not args.quiet and sys.stderr.isatty(),
-                             "twins" if args.generator == "llm" else "source patients")
+        progress = _Progress(not args.quiet and sys.stderr.isatty(), gen.capabilities.progress_unit)
         twins = gen.generate(sources, target_arm=args.target_arm,
                              twins_per_patient=args.twins_per_patient, seed=args.seed,
                              progress=progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from services.cli import CliError
+from services.cli.errors import CliError
 
 
 def register(sub) -> None:

@@ -23,6 +23,7 @@ from scipy import stats
 
 from services.data.trial import Trial
 from services.evaluation import metrics as M
+from services.jsonable import jsonable
 
 TWIN, TARGET, SOURCE = "twin arm", "real target arm", "real source cohort"
 GROUPS = (SOURCE, TARGET, TWIN)
@@ -376,23 +377,9 @@ def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Tri
         "utility": utility(comp, seed=seed),
         "survival": {p: survival_summary(comp, p) for p in comp.tte_parameters},
     }
-    return _jsonable(out)
+    return jsonable(out, arrays="drop")
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return None
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 # ----- embeddings and similarity ------------------------------------------------------------

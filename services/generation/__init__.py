@@ -5,55 +5,68 @@
     run = gen.generate(kb.subset(ids), target_arm="Placebo", twins_per_patient=5, seed=0)
 
 `GENERATORS` maps a name to a generator class (see `base.TwinGenerator` for the contract).
-`local` is always available (offline). The `llm` slot is filled by `services.generation.llm.generator`
-(module attribute `LLMGenerator`) when that module exists; `register()` adds others.
+Adding a generator: one module with a `TwinGenerator` subclass, and one `register(...)` line
+below (or a call from a plug-in). The CLI's `--generator` choices and the app's generator
+options are read from this registry and each class's `capabilities`.
 """
 
 from __future__ import annotations
 
-import importlib
-
-from services.generation.base import GeneratorError, NotFittedError, TwinGenerator
+from services.generation.base import (
+    DEFAULT_TWINS_PER_PATIENT,
+    Capabilities,
+    GeneratorError,
+    NotFittedError,
+    TwinGenerator,
+)
+from services.generation.llm.generator import LLMGenerator
 from services.generation.local import LocalGenerator
 
-GENERATORS: dict[str, type[TwinGenerator]] = {"local": LocalGenerator}
-
-# Optional generators: name -> (module, class). Loaded when importable; a missing module
-# leaves the slot empty (`available_generators()` does not list it).
-_OPTIONAL = {"llm": ("services.generation.llm.generator", "LLMGenerator")}
-_OPTIONAL_ERRORS: dict[str, str] = {}
-
-for _name, (_module, _cls) in _OPTIONAL.items():
-    try:
-        GENERATORS[_name] = getattr(importlib.import_module(_module), _cls)
-    except ModuleNotFoundError as exc:
-        if exc.name != _module:  # the module exists but one of its imports is missing
-            _OPTIONAL_ERRORS[_name] = f"{_module}: {exc}"
-        else:
-            _OPTIONAL_ERRORS[_name] = f"{_module} is not installed in this build"
-    except (ImportError, AttributeError) as exc:
-        _OPTIONAL_ERRORS[_name] = f"{_module}: {exc}"
+GENERATORS: dict[str, type[TwinGenerator]] = {}
 
 
-def register(name: str, cls: type[TwinGenerator]) -> None:
-    """Add (or replace) a generator class under `name`."""
+def register(cls: type[TwinGenerator], name: str | None = None) -> type[TwinGenerator]:
+    """Add (or replace) a generator class under `name` (default: `cls.name`); returns cls so
+    it can decorate the class."""
     if not (isinstance(cls, type) and issubclass(cls, TwinGenerator)):
         raise TypeError(f"{cls!r} is not a TwinGenerator subclass")
-    GENERATORS[name] = cls
-    _OPTIONAL_ERRORS.pop(name, None)
+    key = name or cls.name
+    if not key:
+        raise TypeError(f"{cls.__name__} has no name")
+    if not cls.capabilities.label:
+        raise TypeError(f"{cls.__name__} declares no capabilities (label)")
+    GENERATORS[key] = cls
+    return cls
+
+
+def unregister(name: str) -> None:
+    GENERATORS.pop(name, None)
+
+
+register(LocalGenerator)
+register(LLMGenerator)
 
 
 def available_generators() -> list[str]:
     return list(GENERATORS)
 
 
+def capabilities(name: str) -> Capabilities:
+    """What generator `name` declares (see `base.Capabilities`)."""
+    return _class(name).capabilities
+
+
 def get_generator(name: str = "local", **settings) -> TwinGenerator:
     """A new, unfitted generator `name` with `settings`."""
+    return _class(name)(**settings)
+
+
+def _class(name: str) -> type[TwinGenerator]:
     if name not in GENERATORS:
-        why = f" ({_OPTIONAL_ERRORS[name]})" if name in _OPTIONAL_ERRORS else ""
-        raise GeneratorError(f"unknown generator '{name}'{why}; available: {', '.join(GENERATORS)}")
-    return GENERATORS[name](**settings)
+        raise GeneratorError(f"unknown generator '{name}'; available: {', '.join(GENERATORS)}")
+    return GENERATORS[name]
 
 
-__all__ = ["GENERATORS", "GeneratorError", "LocalGenerator", "NotFittedError", "TwinGenerator",
-           "available_generators", "get_generator", "register"]
+__all__ = ["DEFAULT_TWINS_PER_PATIENT", "GENERATORS", "Capabilities", "GeneratorError",
+           "LLMGenerator", "LocalGenerator", "NotFittedError", "TwinGenerator",
+           "available_generators", "capabilities", "get_generator", "register", "unregister"]

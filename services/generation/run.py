@@ -21,27 +21,24 @@ manifest.json, plus a `trial.toml` with title, units and labels so the folder lo
 labels); `read_run(dir)` reads it back; `run.as_trial()` loads the twins through
 `services.data.trial.load_trial_files`, exactly as the app loads any trial.
 
-Runs saved by the app live under `$TWINARM_HOME/runs/<run_id>/` (`runs_root()`, `save_run`,
-`list_runs`, `load_run`); a run id is `YYYYMMDD-HHMMSS-<6 hex>` (`new_run_id`).
+Saved runs: `services.generation.saved_runs`; building the frames:
+`services.generation.assembly`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from services.config import home_subdir
 from services.data.readers import RawFile
 from services.data.trial import Trial, load_trial_files
+from services.jsonable import jsonable
 
 ADSL_FRONT = ["USUBJID", "SRCSUBJID", "ARM", "TWINIDX"]
 BDS_COLUMNS = ["USUBJID", "SRCSUBJID", "PARAMCD", "PARAM", "AVAL", "ADY", "AVISITN", "AVISIT", "ABLFL"]
@@ -150,7 +147,7 @@ def write_run(run: TwinRun, out_dir: str | os.PathLike, fmt: str = "csv") -> Pat
     out.mkdir(parents=True, exist_ok=True)
     for raw in run.files(fmt):
         (out / raw.name).write_bytes(raw.data)
-    (out / "manifest.json").write_text(json.dumps(_jsonable(run.manifest), indent=1,
+    (out / "manifest.json").write_text(json.dumps(jsonable(run.manifest), indent=1,
                                                   ensure_ascii=False) + "\n", encoding="utf-8")
     return out
 
@@ -236,187 +233,3 @@ def _trial_toml(manifest: dict) -> str:
         if values:
             lines += ["", f"[{table}]"] + [f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-# ------------------------------------------------------------------------------------------
-# saved runs
-
-
-def runs_root() -> Path:
-    """Where the app saves generation runs: `$TWINARM_HOME/runs` (created on demand)."""
-    return home_subdir("runs")
-
-
-def new_run_id(*parts, when: float | None = None) -> str:
-    """`YYYYMMDD-HHMMSS-<6 hex>`: the UTC time, then a short hash of `parts` and the time
-    (so two runs started in the same second with different inputs get different ids)."""
-    when = time.time() if when is None else when
-    stamp = datetime.fromtimestamp(when, tz=UTC).strftime("%Y%m%d-%H%M%S")
-    digest = hashlib.sha256(("|".join(str(p) for p in parts) + f"|{when!r}|{os.getpid()}").encode())
-    return f"{stamp}-{digest.hexdigest()[:6]}"
-
-
-def save_run(run: TwinRun, fmt: str = "csv", root: str | os.PathLike | None = None) -> Path:
-    """Write the run under `<root or runs_root()>/<run_id>/` and return that folder."""
-    if not run.run_id:
-        run.manifest["run_id"] = new_run_id(run.manifest.get("generator"), run.manifest.get("seed"))
-    base = Path(root) if root is not None else runs_root()
-    return write_run(run, base / run.run_id, fmt=fmt)
-
-
-def load_run(run_id: str, root: str | os.PathLike | None = None) -> TwinRun:
-    base = Path(root) if root is not None else runs_root()
-    return read_run(base / run_id)
-
-
-def list_runs(root: str | os.PathLike | None = None) -> list[dict]:
-    """Saved runs, newest first: their manifest summaries plus `path`. Folders without a
-    readable manifest are skipped."""
-    base = Path(root) if root is not None else runs_root()
-    if not base.is_dir():
-        return []
-    out = []
-    for folder in base.iterdir():
-        manifest = folder / "manifest.json"
-        if not manifest.is_file():
-            continue
-        try:
-            m = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        counts = m.get("counts") or {}
-        out.append({
-            "run_id": m.get("run_id", folder.name), "created": m.get("created"),
-            "generator": m.get("generator"), "target_arm": m.get("target_arm"),
-            "twins": counts.get("twins"), "sources": counts.get("sources"),
-            "twins_per_patient": m.get("twins_per_patient"), "seed": m.get("seed"),
-            "knowledge_base": (m.get("knowledge_base") or {}).get("name"),
-            "failures": len(m.get("failures") or []), "cancelled": bool(m.get("cancelled")),
-            "path": str(folder),
-        })
-    out.sort(key=lambda r: (str(r.get("created") or ""), str(r["run_id"])), reverse=True)
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# building the frames (used by every generator)
-
-
-def utc_now() -> str:
-    return datetime.now(tz=UTC).isoformat(timespec="seconds")
-
-
-def twin_adsl(sources: Trial, source_ids: list[str], k: int, target_arm: str,
-              covariates: list[str]) -> pd.DataFrame:
-    """ADSL of the twins: K rows per source (source order, then TWINIDX), the source's
-    baseline covariates copied."""
-    subj = sources.subjects.set_index("USUBJID")
-    cov = [c for c in covariates if c in subj.columns and c not in ADSL_FRONT]
-    src = np.repeat(np.asarray(source_ids, dtype=object), k)
-    idx = np.tile(np.arange(1, k + 1), len(source_ids))
-    out = pd.DataFrame({
-        "USUBJID": twin_ids(src, idx),
-        "SRCSUBJID": src, "ARM": target_arm, "TWINIDX": idx.astype(int),
-    })
-    if cov:
-        values = subj.loc[list(src), cov].reset_index(drop=True)
-        out = pd.concat([out, values], axis=1)
-    return out
-
-
-def baseline_records(sources: Trial, source_ids: list[str], k: int, datasets: dict[str, list[str]],
-                     labels: dict[str, str]) -> dict[str, pd.DataFrame]:
-    """The sources' baseline records copied to each of their twins (ABLFL="Y"), by dataset.
-    `datasets`: dataset name -> parameters of the knowledge base in that dataset."""
-    base = sources.baseline_long
-    recs = sources.records
-    visit = pd.DataFrame(columns=["PARAMCD", "AVISITN", "AVISIT"])
-    if len(recs):
-        flagged = recs[recs["ABLFL"].astype(str).str.upper().eq("Y") & recs["AVISITN"].notna()]
-        visit = flagged.groupby("PARAMCD", as_index=False).agg(AVISITN=("AVISITN", "min"),
-                                                              AVISIT=("AVISIT", "first"))
-    order = {s: i for i, s in enumerate(source_ids)}
-    base = base[base["USUBJID"].isin(order)]
-    out = {}
-    for name, params in datasets.items():
-        b = base[base["PARAMCD"].isin(params)]
-        if b.empty:
-            out[name] = pd.DataFrame(columns=BDS_COLUMNS)
-            continue
-        b = b.merge(visit, on="PARAMCD", how="left")
-        n = len(b)
-        rep = np.repeat(np.arange(n), k)
-        tw = np.tile(np.arange(1, k + 1), n)
-        src = b["USUBJID"].to_numpy(dtype=object)[rep]
-        frame = pd.DataFrame({
-            "USUBJID": twin_ids(src, tw),
-            "SRCSUBJID": src,
-            "PARAMCD": b["PARAMCD"].to_numpy(dtype=object)[rep],
-            "AVAL": b["AVAL"].to_numpy(dtype=float)[rep],
-            "ADY": b["ADY"].to_numpy(dtype=float)[rep],
-            "AVISITN": b["AVISITN"].to_numpy(dtype=float)[rep],
-            "AVISIT": b["AVISIT"].to_numpy(dtype=object)[rep],
-            "ABLFL": "Y",
-        })
-        frame["PARAM"] = frame["PARAMCD"].map(labels).fillna(frame["PARAMCD"])
-        frame["_SRC"] = frame["SRCSUBJID"].map(order)
-        frame["_TW"] = tw
-        out[name] = frame
-    return out
-
-
-def truncate_at_followup(bds: dict[str, pd.DataFrame], tte: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], int]:
-    """Drop generated records dated after their twin's end of follow-up (the latest time of its
-    event history), so a twin has no lab value after its death, like a real patient. Baseline
-    copies and twins without event history are kept."""
-    if tte is None or tte.empty:
-        return bds, 0
-    end = tte.groupby("USUBJID")["AVAL"].max()
-    out, dropped = {}, 0
-    for name, frame in bds.items():
-        limit = frame["USUBJID"].map(end)
-        late = ~frame["ABLFL"].eq("Y") & limit.notna() & (frame["ADY"] > limit)
-        dropped += int(late.sum())
-        out[name] = frame[~late].reset_index(drop=True)
-    return out, dropped
-
-
-def assemble_bds(baseline: dict[str, pd.DataFrame], generated: dict[str, pd.DataFrame],
-                 source_ids: list[str]) -> dict[str, pd.DataFrame]:
-    """Baseline copies + generated records per dataset, ordered by source, twin, parameter,
-    visit (baseline first). Generated frames carry USUBJID, SRCSUBJID, PARAMCD, PARAM, AVAL,
-    ADY, AVISITN, AVISIT and the ordering helpers _SRC, _TW."""
-    out = {}
-    for name in dict.fromkeys(list(baseline) + list(generated)):
-        parts = [f for f in (baseline.get(name), generated.get(name)) if f is not None and len(f)]
-        if not parts:
-            out[name] = pd.DataFrame(columns=BDS_COLUMNS)
-            continue
-        frame = pd.concat(parts, ignore_index=True)
-        frame["ABLFL"] = frame["ABLFL"].fillna("") if "ABLFL" in frame else ""
-        params = {p: i for i, p in enumerate(dict.fromkeys(frame["PARAMCD"]))}
-        keys = (frame["AVISITN"].fillna(-1e9).to_numpy(),
-                (~frame["ABLFL"].eq("Y")).to_numpy().astype(int),
-                frame["PARAMCD"].map(params).to_numpy(),
-                frame["_TW"].to_numpy(), frame["_SRC"].to_numpy())
-        frame = frame.iloc[np.lexsort(keys)].reset_index(drop=True)
-        out[name] = frame[BDS_COLUMNS]
-    return out

@@ -49,15 +49,15 @@ import numpy as np
 import pandas as pd
 
 from services.data.trial import Trial
+from services.generation.assembly import assemble_bds, baseline_records, twin_adsl
 from services.generation.base import (
     CancelLike,
+    Capabilities,
     GeneratorError,
     ProgressFn,
     TwinGenerator,
-    base_manifest,
-    check_k,
     is_cancelled,
-    prepare_sources,
+    retriever_manifest,
 )
 from services.generation.llm import (
     PROMPT_VERSION,
@@ -67,17 +67,8 @@ from services.generation.llm import (
     TwinRequest,
 )
 from services.generation.llm.prompt import check_no_dates
-from services.generation.run import (
-    BDS_COLUMNS,
-    TTE_COLUMNS,
-    TwinRun,
-    assemble_bds,
-    baseline_records,
-    new_run_id,
-    twin_adsl,
-    twin_id,
-    utc_now,
-)
+from services.generation.run import BDS_COLUMNS, TTE_COLUMNS, TwinRun, twin_id
+from services.retrieval.retriever import retriever_for
 
 UNAVAILABLE_MESSAGE = (
     "LLM generator unavailable: set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (any "
@@ -218,6 +209,9 @@ class LLMGenerator(TwinGenerator):
     description = ("TWIN-GPT style twins written by a chat model (OpenAI-compatible endpoint) "
                    "from the patient's baseline and the trajectories of similar patients of "
                    "the target arm, optionally anchored on the local generator's forecast.")
+    capabilities = Capabilities(label="llm (TWIN-GPT style, chat model)", needs_network=True,
+                                seconds_per_twin=2.0, progress_unit="twins", twins_per_patient=1,
+                                neighbors=5)
 
     def __init__(self, neighbors: int = 5, hybrid: bool = True, temperature: float | None = None,
                  concurrency: int | None = None, timeout: float | None = None,
@@ -282,6 +276,9 @@ class LLMGenerator(TwinGenerator):
         if not self.llm_settings.is_local and not self.allow_remote:
             raise ConsentRequiredError(consent_message(self.llm_settings))
 
+    def check_ready(self) -> None:
+        self.check_available()
+
     def with_endpoint(self, settings: LLMSettings | None = None,
                       allow_remote: bool | None = None) -> LLMGenerator:
         """A copy sharing this generator's fitted state with other endpoint settings or consent
@@ -295,14 +292,9 @@ class LLMGenerator(TwinGenerator):
         return other
 
     # -- fit -----------------------------------------------------------------------------
-    def fit(self, knowledge_base: Trial, retriever=None) -> LLMGenerator:
+    def _fit(self, knowledge_base: Trial, retriever) -> None:
         """Retriever on the knowledge base, the local generator (hybrid), the data dictionary
         and the observed ranges. No endpoint is needed to fit."""
-        if not isinstance(knowledge_base, Trial):
-            raise GeneratorError("the knowledge base must be a Trial")
-        if knowledge_base.subjects.empty:
-            raise GeneratorError(f"the knowledge base {knowledge_base.name} has no subjects")
-        t0 = time.perf_counter()
         kb = knowledge_base
         if retriever is None:
             retriever = (self._retriever_factory or _default_retriever)(kb)
@@ -357,9 +349,6 @@ class LLMGenerator(TwinGenerator):
                 self._skipped_covariates[c] = "contains calendar dates"
             else:
                 self._covariates.append(c)
-        self._kb = kb
-        self._fit_seconds = time.perf_counter() - t0
-        return self
 
     @property
     def retriever(self):
@@ -427,23 +416,14 @@ class LLMGenerator(TwinGenerator):
         return out
 
     # -- generate ------------------------------------------------------------------------
-    def generate(self, sources: Trial, target_arm: str, twins_per_patient: int = 1, seed: int = 0,
-                 progress: ProgressFn | None = None, cancel: CancelLike = None) -> TwinRun:
-        t_start = time.perf_counter()
-        src = prepare_sources(sources)          # baseline only: nothing after baseline is read
+    def _generate(self, src: Trial, target_arm: str, k: int, seed: int, manifest: dict,
+                  progress: ProgressFn | None, cancel: CancelLike) -> TwinRun:
         kb = self.knowledge_base
-        k = check_k(twins_per_patient)
-        seed = int(seed)
-        self.check_target_arm(target_arm)
-        self.check_available()
         settings = self.llm_settings
-
-        manifest = base_manifest(self, kb, sources, target_arm, k, seed)
         manifest["model"] = settings.model
         manifest["prompt_version"] = PROMPT_VERSION
         retr = self.retriever
-        manifest["retriever"] = {"name": type(retr).__name__, "module": type(retr).__module__,
-                                 "space": getattr(retr, "space", None), "k": self.neighbors}
+        manifest["retriever"] = retriever_manifest(retr, self.neighbors)
         manifest["llm"] = {"settings": settings.public_dict(), "usage": None}
         notes = manifest["notes"]
         for c, why in self._skipped_covariates.items():
@@ -539,15 +519,10 @@ class LLMGenerator(TwinGenerator):
         manifest["llm"]["usage"] = usage.to_dict() if usage is not None else None
         manifest["llm"]["structured"] = structured
         manifest["estimated_cost_usd"] = usage.to_dict()["estimated_cost_usd"] if usage else 0.0
-        total_s = time.perf_counter() - t_start
         manifest["timings"] = {
-            "fit_s": round(self._fit_seconds, 4), "retrieval_s": round(retrieval_s, 4),
-            "reference_s": round(reference_s, 4), "llm_s": round(llm_s, 4),
-            "total_s": round(total_s, 4),
+            "retrieval_s": round(retrieval_s, 4), "reference_s": round(reference_s, 4),
+            "llm_s": round(llm_s, 4),
             "twins_per_s": round(run.n_twins / llm_s, 2) if llm_s > 0 else None}
-        manifest["created"] = utc_now()
-        manifest["run_id"] = new_run_id(self.name, kb.content_hash, manifest["sources"]["ids_hash"],
-                                        target_arm, k, seed)
         return run
 
     # -- pieces of generate -----------------------------------------------------------------
@@ -702,14 +677,20 @@ class LLMGenerator(TwinGenerator):
         return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest)
 
 
+def check_endpoint(settings: LLMSettings) -> dict[str, Any]:
+    """`{"ok", "models", "message"}` from the endpoint's model list (GET /models: no patient
+    data is sent, so no consent is needed); never raises."""
+    from services.generation.llm.writer import LLMTwinWriter
+
+    try:
+        with LLMTwinWriter(settings, allow_remote=True, use_cache=False) as writer:
+            return writer.check_endpoint()
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer, shown to the user
+        return {"ok": False, "models": [], "message": f"{type(exc).__name__}: {exc}"}
+
+
 def _default_retriever(kb: Trial):
     """The process-wide retriever of the knowledge base (Chroma, baseline space)."""
-    try:
-        from services.retrieval.retriever import retriever_for
-    except ImportError:  # pragma: no cover - retrieval is part of the package
-        from services.generation.local import default_retriever_factory
-
-        return default_retriever_factory(kb)
     return retriever_for(kb, space="baseline")
 
 
@@ -718,6 +699,7 @@ __all__ = [
     "ConsentRequiredError",
     "LLMGenerator",
     "LLMUnavailableError",
+    "check_endpoint",
     "consent_message",
     "llm_status",
 ]

@@ -1,0 +1,36 @@
+"""The `twinarm` command line (contract section 3), on the same services as the app.
+
+Every command exits 0 on success; on bad input it prints one line `twinarm: error: ...` on
+stderr and exits 2 (usage) or 1 (data). One module per command, each with `register(sub)`;
+they share only `services.cli.errors` (no module imports this one).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from services import __version__
+from services.cli import datasets, evaluate, export, generate, index
+from services.cli.errors import CliError, fail
+
+COMMANDS = (datasets, generate, evaluate, export, index)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twinarm", description="Digital twins for clinical-trial design.")
+    parser.add_argument("--version", action="version", version=f"twinarm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)

@@ -1,0 +1,181 @@
+"""Time-to-event twins of the local generator (`EventDrawing`, a mixin of
+`LocalGenerator`): donors in prognosis (ridge Cox index) and either their whole event
+histories or draws from the neighbourhood's weighted Kaplan-Meier curves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+
+from services.generation.local.model import _ArmModel
+from services.generation.local.residuals import _S_CENSOR, _S_EVENT
+from services.generation.run import twin_id, twin_ids
+from services.generation.seeding import uniforms
+
+_JITTER = 0.2      # km draws: event-time jitter, +-10% of the gap to the previous event
+_TIME_JITTER = 0.05  # history draws: times x exp(0.05 z)
+
+
+class EventDrawing:
+    """The time-to-event half of `LocalGenerator` (uses its settings and fitted arm models)."""
+
+    def _prognostic_neighbours(self, model: _ArmModel, q: str, X_src: np.ndarray, which: np.ndarray,
+                               self_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The `tte_neighbors` patients of the arm (with data for q, never the source) closest
+        in the Cox prognostic index of the fold model that excludes the source; Gaussian
+        kernel weights on the index difference (bandwidth: the farthest kept)."""
+        t_arm = model.tte[q][0]
+        beta = model.tte_beta[q]                                     # (folds + 1, F)
+        lp_src = np.einsum("sf,sf->s", X_src, beta[which])           # (S,)
+        lp_arm = model.X @ beta.T                                   # (n, folds + 1)
+        diff = np.abs(lp_arm[:, which].T - lp_src[:, None])          # (S, n)
+        bad = ~np.isfinite(t_arm)[None, :] | (np.arange(len(t_arm))[None, :] == self_row[:, None])
+        diff = np.where(bad, np.inf, diff)
+        m = min(self.tte_neighbors, int(np.isfinite(t_arm).sum()))
+        if m == 0:
+            return np.full((len(lp_src), 0), -1), np.zeros((len(lp_src), 0))
+        order = np.argsort(diff, axis=1, kind="stable")[:, :m]
+        d = np.take_along_axis(diff, order, axis=1)
+        valid = np.isfinite(d)
+        nb = np.where(valid, order, -1)
+        return nb, self._weights(np.where(valid, d, np.nan), valid)
+
+    def _tte_history(self, chunk, keys, model: _ArmModel, k: int, seed: int, nb_idx: np.ndarray,
+                     w_all: np.ndarray, X_src: np.ndarray, which: np.ndarray, self_row: np.ndarray,
+                     manifest: dict) -> pd.DataFrame:
+        """Event histories of neighbours: twin t copies the time-to-event records (every event
+        type at once, so their joint pattern is kept) of donor t of a weighted random order of
+        the source's neighbours in prognosis, times x exp(0.05 z) (one z per twin, capped at the
+        neighbourhood's last follow-up)."""
+        q0 = model.tte_primary
+        if self.tte_space == "prognostic":
+            nb, w = self._prognostic_neighbours(model, q0, X_src, which, self_row)
+        else:
+            m = min(self.tte_neighbors, nb_idx.shape[1])
+            nb, w = nb_idx[:, :m], w_all[:, :m]
+        S, m = nb.shape
+        has_any = np.zeros(len(model.ids), dtype=bool)
+        for t_arm, _ in model.tte.values():
+            has_any |= np.isfinite(t_arm)
+        w = np.where((nb >= 0) & has_any[np.maximum(nb, 0)], w, 0.0)
+        u = uniforms(seed, keys, 1, _S_EVENT, max(m, 1))[:, 0, :m]
+        with np.errstate(divide="ignore"):
+            key = np.where(w > 0, -np.log(u) / np.where(w > 0, w, 1.0), np.inf)
+        perm = np.take_along_axis(nb, np.argsort(key, axis=1, kind="stable"), axis=1)
+        m_valid = (w > 0).sum(axis=1)
+        pos = (np.arange(k)[None, :, None] + np.arange(m)[None, None, :]) % np.maximum(m_valid, 1)[:, None, None]
+        order = np.take_along_axis(np.broadcast_to(perm[:, None, :], (S, k, m)), pos, axis=2)
+        order = np.where(np.arange(m)[None, None, :] < m_valid[:, None, None], order, -1)   # (S, k, m)
+        factor = np.exp(_TIME_JITTER * ndtri(uniforms(seed, keys, k, _S_CENSOR, 1)[:, :, 0]))
+        ids = model.ids
+        for i, s in enumerate(chunk):
+            for t in range(k):
+                r = order[i, t, 0] if m else -1
+                manifest["tte_donors"][twin_id(s, t + 1)] = str(ids[r]) if r >= 0 else None
+        frames = []
+        src_arr = np.asarray(chunk, dtype=object)
+        for qi, (q, (t_arm, c_arm)) in enumerate(model.tte.items()):
+            ok = (order >= 0) & np.isfinite(t_arm[np.maximum(order, 0)])
+            first = ok.argmax(axis=2)
+            donor = np.take_along_axis(order, first[..., None], axis=2)[..., 0]
+            donor = np.where(ok.any(axis=2), donor, -1)                       # (S, k)
+            t_nb = np.where((nb >= 0) & (w > 0), t_arm[np.maximum(nb, 0)], np.nan)
+            t_max = np.nanmax(np.where(np.isfinite(t_nb), t_nb, -np.inf), axis=1) if m else np.full(S, -np.inf)
+            aval = t_arm[np.maximum(donor, 0)] * factor
+            aval = np.minimum(aval, np.where(np.isfinite(t_max), t_max, np.inf)[:, None])
+            cnsr = c_arm[np.maximum(donor, 0)].astype(int)
+            if model.tte_integer:
+                aval = np.maximum(np.round(aval), 1.0)
+            si, ti = np.nonzero(donor >= 0)
+            frames.append(pd.DataFrame({"SRCSUBJID": src_arr[si], "_TW": ti + 1, "PARAMCD": q,
+                                        "AVAL": aval[si, ti], "CNSR": cnsr[si, ti], "_Q": qi}))
+        return _tte_frame(frames, chunk)
+
+    def _tte_chunk(self, chunk, keys, model: _ArmModel, k: int, seed: int, nb_idx: np.ndarray,
+                   w_all: np.ndarray, X_src: np.ndarray, which: np.ndarray, self_row: np.ndarray) -> pd.DataFrame:
+        frames = []
+        # common random numbers across event types: nested endpoints (death within death or
+        # transplant) stay ordered
+        u_ev = uniforms(seed, keys, k, _S_EVENT, 1)[:, :, 0]
+        u_cn = uniforms(seed, keys, k, _S_CENSOR, 1)[:, :, 0]
+        for qi, (q, (t_arm, c_arm)) in enumerate(model.tte.items()):
+            if self.tte_space == "prognostic":
+                nb, w = self._prognostic_neighbours(model, q, X_src, which, self_row)
+                m = nb.shape[1]
+            else:
+                m = min(self.tte_neighbors, nb_idx.shape[1])
+                nb, w = nb_idx[:, :m], w_all[:, :m]
+            ok = nb >= 0
+            t = np.where(ok, t_arm[np.maximum(nb, 0)], np.nan)
+            c = np.where(ok, c_arm[np.maximum(nb, 0)], 1.0)
+            w = np.where(ok & np.isfinite(t), w, 0.0)
+            t = np.where(w > 0, t, np.inf)
+            usable = (w > 0).any(axis=1)
+            # sort by time, events before censorings at ties
+            srt = np.lexsort((c, t), axis=1)
+            t = np.take_along_axis(t, srt, axis=1)
+            c = np.take_along_axis(c, srt, axis=1)
+            w = np.take_along_axis(w, srt, axis=1)
+            at_risk = np.cumsum(w[:, ::-1], axis=1)[:, ::-1]
+            frac = np.divide(w, at_risk, out=np.zeros_like(w), where=at_risk > 0)
+            ev = (c == 0) & (w > 0)
+            cn = (c == 1) & (w > 0)
+            surv = np.cumprod(1 - np.where(ev, frac, 0.0), axis=1)
+            cens = np.cumprod(1 - np.where(cn, frac, 0.0), axis=1)
+            t_fin = np.where(np.isfinite(t), t, np.nan)
+            t_max = np.max(np.where(w > 0, np.nan_to_num(t_fin, nan=-np.inf), -np.inf), axis=1) if m \
+                else np.full(len(chunk), -np.inf)
+            t_max = np.where(np.isfinite(t_max), t_max, np.nan)
+            T = _draw(t_fin, surv, ev, u_ev)
+            C = _draw(t_fin, cens, cn, u_cn)
+            C = np.where(np.isfinite(C), C, t_max[:, None])
+            C = np.minimum(C, t_max[:, None])        # jitter never beyond the last follow-up
+            aval = np.minimum(T, C)
+            cnsr = (T > C).astype(int)
+            if model.tte_integer:
+                aval = np.maximum(np.ceil(aval), 1.0)
+            keep = usable[:, None] & np.isfinite(aval)
+            si, ti = np.nonzero(keep)
+            src_arr = np.asarray(chunk, dtype=object)
+            frame = pd.DataFrame({"SRCSUBJID": src_arr[si], "_TW": ti + 1, "PARAMCD": q,
+                                  "AVAL": aval[si, ti], "CNSR": cnsr[si, ti], "_Q": qi})
+            frames.append(frame)
+        return _tte_frame(frames, chunk)
+
+
+def _tte_frame(frames: list[pd.DataFrame], chunk: list[str]) -> pd.DataFrame:
+    out = pd.concat(frames, ignore_index=True)
+    out["USUBJID"] = twin_ids(out["SRCSUBJID"].to_numpy(), out["_TW"].to_numpy())
+    order = {s: i for i, s in enumerate(chunk)}
+    out = out.iloc[np.lexsort((out["_Q"].to_numpy(), out["_TW"].to_numpy(),
+                               out["SRCSUBJID"].map(order).to_numpy()))]
+    return out[["USUBJID", "SRCSUBJID", "PARAMCD", "AVAL", "CNSR"]].reset_index(drop=True)
+
+
+def _draw(t: np.ndarray, surv: np.ndarray, jump: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-transform draws from step curves `surv` (S, m) at sorted times `t` that drop at
+    `jump` positions: the time of the step u falls in, jittered by +-_JITTER/2 of the gap to
+    the previous drop (or time 0), using u's position within the step (no extra random
+    number). Returns (S, k): inf where u is below the curve's last value (no event)."""
+    S, m = surv.shape
+    if m == 0:
+        return np.full(u.shape, np.inf)
+    above = surv[:, None, :] > u[:, :, None]                       # (S, k, m)
+    pos = above.sum(axis=2)                                       # first index with surv <= u
+    inside = pos < m
+    p = np.minimum(pos, m - 1)
+    t_hit = np.take_along_axis(np.broadcast_to(t[:, None, :], above.shape), p[..., None], axis=2)[..., 0]
+    s_hit = np.take_along_axis(np.broadcast_to(surv[:, None, :], above.shape), p[..., None], axis=2)[..., 0]
+    # previous drop: last jump position before p
+    jt = np.where(jump, np.nan_to_num(t, nan=0.0), 0.0)
+    prev_t = np.concatenate([np.zeros((S, 1)), np.maximum.accumulate(jt, axis=1)[:, :-1]], axis=1)
+    js = np.where(jump, surv, np.nan)
+    prev_s = np.concatenate([np.ones((S, 1)), pd.DataFrame(js).ffill(axis=1).fillna(1.0).to_numpy()[:, :-1]],
+                            axis=1)
+    t0 = np.take_along_axis(np.broadcast_to(prev_t[:, None, :], above.shape), p[..., None], axis=2)[..., 0]
+    s0 = np.take_along_axis(np.broadcast_to(prev_s[:, None, :], above.shape), p[..., None], axis=2)[..., 0]
+    span = s0 - s_hit
+    frac = np.clip(np.divide(s0 - u, span, out=np.ones_like(u), where=span > 0), 0, 1)
+    out = t_hit + (frac - 0.5) * _JITTER * (t_hit - t0)
+    return np.where(inside, out, np.inf)

@@ -1,0 +1,198 @@
+"""`LocalGenerator`: settings, the contract's `_fit` / `_generate`, and the fitted arm models
+(cached per target arm). The method is described in `services.generation.local`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from services.data.trial import Trial
+from services.generation.assembly import assemble_run, run_counts, truncate_at_followup
+from services.generation.base import (
+    CancelLike,
+    Capabilities,
+    GeneratorError,
+    ProgressFn,
+    TwinGenerator,
+    is_cancelled,
+    retriever_manifest,
+)
+from services.generation.local.events import EventDrawing
+from services.generation.local.model import ArmFitting, _ArmModel
+from services.generation.local.residuals import TrajectoryDrawing
+from services.generation.run import TTE_COLUMNS, TwinRun
+from services.retrieval.retriever import Retriever
+
+TRANSFORMS = ("auto", "log", "features", "none")
+VISIT_MODES = ("all", "neighbour")
+TTE_SPACES = ("prognostic", "retrieval")
+TTE_DRAWS = ("history", "km")
+FILLS = ("observed", "complete")
+
+
+def default_retriever_factory(kb: Trial) -> Retriever:
+    """The project's retriever of the knowledge base (Chroma, baseline space)."""
+    return Retriever(kb, space="baseline")
+
+
+class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator):
+    """Offline generator: prognostic ridge mean + a neighbour's cross-fitted residual
+    trajectory; neighbour-weighted Kaplan-Meier for time to event (see module docstring)."""
+
+    name = "local"
+    description = ("Offline statistical twins: prognostic regression on the baseline plus the "
+                   "residual trajectory of a similar patient; event times from the similar "
+                   "patients' Kaplan-Meier curve.")
+    capabilities = Capabilities(label="local (offline, statistical)", seconds_per_twin=0.0002,
+                                progress_unit="source patients", twins_per_patient=5, neighbors=20)
+
+    def __init__(self, neighbors: int = 20, tte_neighbors: int = 20, cv_folds: int = 5,
+                 visits: str = "all", min_visit_subjects: int = 10, smoothing: float = 0.0,
+                 transform: str = "auto", clip_margin: float = 0.1, alpha: float | None = None,
+                 center: str | float = "auto", pool_visits: bool = True,
+                 tte_space: str = "prognostic", tte_draw: str = "history", cox_penalizer: float = 0.1,
+                 fill: str = "complete", truncate_at_followup: bool = True,
+                 chunk_size: int = 256,
+                 retriever_factory: Callable[[Trial], object] | None = None):
+        if visits not in VISIT_MODES:
+            raise GeneratorError(f"visits must be one of {', '.join(VISIT_MODES)}, got {visits!r}")
+        if transform not in TRANSFORMS:
+            raise GeneratorError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
+        if int(neighbors) < 1 or int(tte_neighbors) < 1:
+            raise GeneratorError("neighbors and tte_neighbors must be >= 1")
+        if int(cv_folds) < 2:
+            raise GeneratorError("cv_folds must be >= 2")
+        if not 0.0 <= float(smoothing) < 1.0:
+            raise GeneratorError("smoothing must be in [0, 1)")
+        self.neighbors = int(neighbors)
+        self.tte_neighbors = int(tte_neighbors)
+        self.cv_folds = int(cv_folds)
+        self.visits = visits
+        self.min_visit_subjects = int(min_visit_subjects)
+        self.smoothing = float(smoothing)
+        self.transform = transform
+        self.clip_margin = float(clip_margin)
+        self.alpha = None if alpha is None else float(alpha)
+        if not (center in ("auto", "none") or isinstance(center, (int, float))):
+            raise GeneratorError(f"center must be 'auto', 'none' or a number in [0, 1], got {center!r}")
+        self.center = center
+        self.pool_visits = bool(pool_visits)
+        if tte_space not in TTE_SPACES:
+            raise GeneratorError(f"tte_space must be one of {', '.join(TTE_SPACES)}, got {tte_space!r}")
+        self.tte_space = tte_space
+        self.cox_penalizer = float(cox_penalizer)
+        if tte_draw not in TTE_DRAWS:
+            raise GeneratorError(f"tte_draw must be one of {', '.join(TTE_DRAWS)}, got {tte_draw!r}")
+        self.tte_draw = tte_draw
+        if fill not in FILLS:
+            raise GeneratorError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
+        self.fill = fill
+        self.truncate_at_followup = bool(truncate_at_followup)
+        self.chunk_size = int(chunk_size)
+        self._retriever_factory = retriever_factory
+        self._kb: Trial | None = None
+        self._models: dict[str, _ArmModel] = {}
+        self._lock = threading.Lock()
+
+    def get_params(self) -> dict:
+        params = super().get_params()
+        params.pop("retriever_factory", None)
+        return params
+
+    @property
+    def retriever(self):
+        _ = self.knowledge_base  # raises when not fitted
+        return self._retriever
+
+    def arm_model(self, arm: str) -> _ArmModel:
+        """The model of one target arm (fitted on first use, then cached; thread-safe)."""
+        with self._lock:
+            if arm not in self._models:
+                self.check_target_arm(arm)
+                t0 = time.perf_counter()
+                with threadpool_limits(1):   # tiny matrices: threads only add overhead
+                    model = self._fit_arm(arm)
+                    model.lam = self._fit_lambda(model)
+                self._models[arm] = model
+                self._fit_seconds += time.perf_counter() - t0
+            return self._models[arm]
+
+    def _fit(self, knowledge_base: Trial, retriever) -> None:
+        """Only the retriever: the model of a target arm is fitted on first use (`arm_model`)."""
+        self._models = {}
+        factory = self._retriever_factory or default_retriever_factory
+        self._retriever = retriever if retriever is not None else factory(knowledge_base)
+
+    def _generate(self, src: Trial, target_arm: str, k: int, seed: int, manifest: dict,
+                  progress: ProgressFn | None, cancel: CancelLike) -> TwinRun:
+        kb = self.knowledge_base
+        model = self.arm_model(target_arm)
+        k_ret = max(self.neighbors, k, self.tte_neighbors if model.tte else 0)
+        manifest["retriever"] = retriever_manifest(self.retriever, k_ret)
+        manifest["notes"] = list(model.notes)
+        manifest["model_details"] = {
+            "outcomes": len(model.outcomes), "features": len(model.features.columns),
+            "cv_folds": int(model.b0.shape[0] - 1),
+            "transforms": {p: t for p, t in model.transforms.items() if t != "identity"},
+            "center_lambda": {} if model.lam is None else {
+                o.paramcd: round(float(v), 3) for o, v in zip(model.outcomes, model.lam)},
+            "tte_primary": model.tte_primary or None}
+
+        ids = list(src.subjects["USUBJID"])
+        total = len(ids)
+        missing_base = [p for p in dict.fromkeys(o.paramcd for o in model.outcomes)
+                        if p not in src.baseline.columns or src.baseline[p].isna().any()]
+        for p in missing_base:
+            n_miss = int(src.baseline[p].isna().sum()) if p in src.baseline.columns else total
+            manifest["notes"].append(f"{n_miss} source(s) have no baseline {p}: their twins use the "
+                                     f"arm's typical baseline for it")
+        if len(model.ids) == 0:
+            raise GeneratorError(f"the target arm '{target_arm}' has no patients in the knowledge base")
+
+        pieces = []
+        done = 0
+        cancelled = False
+        t_gen = time.perf_counter()
+        for start in range(0, total, self.chunk_size):
+            if is_cancelled(cancel):
+                cancelled = True
+                break
+            chunk = ids[start:start + self.chunk_size]
+            with threadpool_limits(1):
+                pieces.append(self._generate_chunk(src, chunk, model, k, seed, k_ret, manifest))
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+        gen_seconds = time.perf_counter() - t_gen
+        done_ids = ids[:done]
+
+        labels = manifest["trial"]["labels"]
+        failed = {(f["source"], f["twin_index"]) for f in manifest["failures"]}
+        generated: dict[str, list[pd.DataFrame]] = {}
+        for piece in pieces:
+            for name, frame in piece["bds"].items():
+                generated.setdefault(name, []).append(frame)
+        adsl, bds, ok_ids = assemble_run(src, kb, done_ids, k, target_arm, generated, failed, labels)
+        tte = None
+        if kb.tte is not None:
+            tte_parts = [piece["tte"] for piece in pieces if piece["tte"] is not None]
+            tte = pd.concat(tte_parts, ignore_index=True) if tte_parts else pd.DataFrame(columns=TTE_COLUMNS)
+            tte["PARAM"] = tte["PARAMCD"].map(labels).fillna(tte["PARAMCD"])
+            tte = tte[TTE_COLUMNS]
+            if self.truncate_at_followup:
+                bds, dropped = truncate_at_followup(bds, tte)
+                manifest["notes"].append(
+                    f"{dropped} generated records after their twin's end of follow-up (death, transplant "
+                    "or censoring in the twin's event history) were left out, as real patients have none")
+
+        manifest["cancelled"] = cancelled
+        if cancelled:
+            manifest["notes"].append(f"cancelled after {done} of {total} sources; their twins are kept")
+        manifest["counts"] = run_counts(ok_ids, total, adsl, bds, tte, manifest["failures"])
+        manifest["timings"] = {"generate_s": round(gen_seconds, 4),
+                               "twins_per_s": round(len(adsl) / gen_seconds, 1) if gen_seconds > 0 else None}
+        return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest)

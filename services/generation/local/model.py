@@ -1,0 +1,334 @@
+"""Fitting the local generator's model of one target arm (`ArmFitting`, a mixin of
+`LocalGenerator`): outcomes, transforms, cross-fitted ridge means and residuals, residual
+covariance, clip bounds and the ridge Cox models of the event types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from services.generation.local.features import BaselineFeatures, choose_transform, forward
+from services.generation.local.ridge import _ALPHAS, cox_ridge, fit_parameter
+from services.generation.seeding import stable_key
+
+_OWN_PENALTY = 1e-4          # relative ridge penalty on the parameter's own baseline
+_MAX_CLIPPED = 0.01  # a raw-scale model may clip at most 1% of values at the lower bound
+
+
+@dataclass
+class _Outcome:
+    paramcd: str
+    dataset: str
+    avisitn: float
+    avisit: str
+    ady: float
+
+
+@dataclass
+class _ArmModel:
+    arm: str
+    ids: np.ndarray                    # target-arm subjects (KB ADSL order)
+    fold: np.ndarray                   # their fold
+    features: BaselineFeatures
+    outcomes: list[_Outcome]
+    transforms: dict[str, str]
+    b0: np.ndarray                     # (folds + 1, D): fold models then the full model
+    beta: np.ndarray                   # (folds + 1, D, F)
+    resid: np.ndarray                  # (n, D) out-of-fold residuals, NaN where missing
+    sigma: np.ndarray                  # (folds + 1, D, D) residual covariance
+    sigma_root: np.ndarray             # (folds + 1, D, D) a square root of it
+    mean_lo: np.ndarray                # (D,) bounds of the mean on the transformed scale
+    mean_hi: np.ndarray
+    lo: np.ndarray                     # (folds + 1, D) clip bounds on the raw scale
+    hi: np.ndarray
+    integer: np.ndarray                # (D,) bool
+    lam: np.ndarray | None = None      # (D,) weight of the neighbourhood's mean residual
+    completions: dict = field(default_factory=dict)
+    X: np.ndarray | None = None        # (n, F) the arm's standardised baseline features
+    tte_beta: dict[str, np.ndarray] = field(default_factory=dict)  # q -> (folds + 1, F) Cox slopes
+    tte_primary: str = ""              # event type with most events: its Cox model picks donors
+    tte: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # q -> (time, cnsr) per arm row
+    tte_integer: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {u: i for i, u in enumerate(self.ids)}
+
+
+class ArmFitting:
+    """The fitting half of `LocalGenerator` (uses its settings)."""
+
+    def _fit_lambda(self, model: _ArmModel) -> np.ndarray | None:
+        """How much the neighbourhood's mean residual predicts a patient's own residual: per
+        parameter, the least-squares slope (clipped to [0, 1]) of the arm patients' residuals
+        on their neighbourhood's mean residual. None when centring is off."""
+        if self.center == "none" or not model.outcomes:
+            return None
+        D = len(model.outcomes)
+        if self.center != "auto":
+            return np.full(D, float(np.clip(float(self.center), 0.0, 1.0)))
+        ids = [str(u) for u in model.ids]
+        if len(ids) < 4:
+            return np.zeros(D)
+        m = min(self.neighbors, len(ids) - 1)
+        hits = self.retriever.neighbours_many(ids, model.arm, m + 1)
+        index = model.index
+        nbr = np.full((len(ids), m), -1, dtype=int)
+        dist = np.full((len(ids), m), np.nan)
+        for i, s in enumerate(ids):
+            row = [(index[h.usubjid], float(h.distance)) for h in hits.get(s, [])
+                   if h.usubjid != s and h.usubjid in index][:m]
+            for j, (r, d) in enumerate(row):
+                nbr[i, j], dist[i, j] = r, d
+        w = self._weights(dist, nbr >= 0)
+        rbar, neff = neighbourhood_mean(model.resid, nbr, w)
+        lam = np.zeros(D)
+        for p in dict.fromkeys(o.paramcd for o in model.outcomes):
+            cols = [j for j, o in enumerate(model.outcomes) if o.paramcd == p]
+            r = model.resid[:, cols]
+            b = rbar[:, cols]
+            ok = np.isfinite(r) & (neff[:, cols] >= 3)
+            den = float((b[ok] ** 2).sum())
+            lam[cols] = float(np.clip((r[ok] * b[ok]).sum() / den, 0.0, 1.0)) if den > 0 else 0.0
+        return lam
+
+    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale):
+        """Models of one parameter's visits on one outcome scale: intercepts and slopes per fold
+        (+ full), out-of-fold residuals, bounds of the mean, and the out-of-fold squared error
+        of the mean on the raw scale (log scale: smearing estimate exp(mu) x mean exp(r))."""
+        n, J = Y.shape
+        F = X.shape[1]
+        Yt = forward(Y, scale)
+        b0 = np.zeros((folds + 1, J))
+        beta = np.zeros((folds + 1, J, F))
+        for f in range(folds + 1):
+            rows = fold != f if f < folds else np.ones(n, dtype=bool)
+            b0[f], beta[f] = fit_parameter(X[rows], Yt[rows], pen, alphas, self.pool_visits)
+        with np.errstate(all="ignore"):
+            ymin, ymax = np.nanmin(Yt, axis=0), np.nanmax(Yt, axis=0)
+        span = np.where(np.isfinite(ymax - ymin), ymax - ymin, 0.0)
+        lo, hi = ymin - 0.25 * span, ymax + 0.25 * span     # the mean stays near observed values
+        pred = np.full((n, J), np.nan)
+        for f in range(folds):
+            rows = fold == f
+            pred[rows] = np.clip(b0[f] + X[rows] @ beta[f].T, lo, hi)
+        resid = Yt - pred
+        if scale == "identity":
+            raw = pred
+        else:
+            with np.errstate(all="ignore"):
+                smear = np.nanmean(np.exp(resid), axis=0)
+            smear = np.where(np.isfinite(smear), smear, 1.0)
+            raw = np.exp(pred) * smear - (1.0 if scale == "log1p" else 0.0)
+        err = float(np.nansum((raw - Y) ** 2))
+        if scale == "identity":
+            # a raw-scale model of a positive, skewed parameter can push many twins below the
+            # smallest plausible value (they would pile up at the clip bound): penalise it
+            vals = Y[np.isfinite(Y)]
+            if len(vals) and vals.min() > 0:
+                floor = max(vals.min() - self.clip_margin * np.ptp(vals), vals.min() / 2)
+                below = []
+                for j in range(J):
+                    r = np.sort(resid[np.isfinite(resid[:, j]), j])
+                    p_ = pred[np.isfinite(pred[:, j]), j]
+                    if len(r) and len(p_):
+                        below.append(np.searchsorted(r, floor - p_).mean() / len(r))
+                if below and float(np.mean(below)) > _MAX_CLIPPED:
+                    err = np.inf
+        return b0, beta, resid, lo, hi, err
+
+    def _fit_arm(self, arm: str) -> _ArmModel:
+        kb = self.knowledge_base
+        ids = kb.subjects.loc[kb.subjects["ARM"] == arm, "USUBJID"].to_numpy(dtype=object)
+        n = len(ids)
+        folds = min(self.cv_folds, max(n, 2))
+        order = np.argsort([stable_key(f"fold|{u}") for u in ids], kind="stable")
+        fold = np.empty(n, dtype=int)
+        fold[order] = np.arange(n) % folds
+
+        vv = kb.visit_values[kb.visit_values["ARM"] == arm]
+        params = list(kb.parameters)
+        # transforms from the target arm's values (baseline + visits)
+        transforms = {}
+        base_long = kb.baseline_long[kb.baseline_long["USUBJID"].isin(set(ids))]
+        for p in params:
+            vals = np.concatenate([base_long.loc[base_long["PARAMCD"] == p, "AVAL"].to_numpy(float),
+                                   vv.loc[vv["PARAMCD"] == p, "AVAL"].to_numpy(float)])
+            transforms[p] = choose_transform(vals) if self.transform != "none" else "identity"
+
+        outcomes: list[_Outcome] = []
+        for p in kb.longitudinal_parameters:
+            sched = {v.avisitn: v for v in kb.schedule(p)}
+            counts = vv[vv["PARAMCD"] == p].groupby("AVISITN")["USUBJID"].nunique()
+            for avisitn, cnt in counts.items():
+                if cnt >= self.min_visit_subjects and avisitn in sched:
+                    v = sched[avisitn]
+                    outcomes.append(_Outcome(p, kb.parameters[p].dataset, float(avisitn), v.avisit, v.ady))
+        D = len(outcomes)
+
+        features = BaselineFeatures(params, kb.covariates, transforms).fit(kb, list(ids))
+        X = features.transform(kb, list(ids))
+        F = X.shape[1]
+        pos = {u: i for i, u in enumerate(ids)}
+        Y = np.full((n, D), np.nan)
+        col_of = {(o.paramcd, o.avisitn): j for j, o in enumerate(outcomes)}
+        if D:
+            r = vv["USUBJID"].map(pos).to_numpy()
+            c = np.array([col_of.get((p, a), -1) for p, a in zip(vv["PARAMCD"], vv["AVISITN"])], dtype=int)
+            keep = c >= 0
+            Y[r[keep].astype(int), c[keep]] = vv["AVAL"].to_numpy(float)[keep]
+
+        # ridge per parameter and fold: slopes shared by the visits of a parameter (stacked,
+        # visit-centred), then per-visit deviations of the own-baseline slope; visit intercepts
+        # are free. A skewed parameter is modelled on the scale (log or raw) whose out-of-fold
+        # predictions are more accurate on the raw scale (`transform="auto"`).
+        b0 = np.zeros((folds + 1, D))
+        beta = np.zeros((folds + 1, D, F))
+        resid = np.full((n, D), np.nan)
+        mlo, mhi = np.zeros(D), np.zeros(D)
+        out_transforms = {}
+        alphas = _ALPHAS if self.alpha is None else np.array([float(self.alpha)])
+        for p in dict.fromkeys(o.paramcd for o in outcomes):
+            cols = [j for j, o in enumerate(outcomes) if o.paramcd == p]
+            pen = np.ones(F)
+            own = features.column(p)
+            if own is not None:
+                pen[own] = _OWN_PENALTY
+            scales = ["identity"] if transforms[p] == "identity" or self.transform == "features" \
+                else ([transforms[p]] if self.transform == "log" else [transforms[p], "identity"])
+            best = None
+            for scale in scales:
+                fitted = self._fit_scale(X, Y[:, cols], fold, folds, pen, alphas, scale)
+                if best is None or fitted[-1] < best[-1][-1]:
+                    best = (scale, fitted)
+            scale, (p_b0, p_beta, p_resid, p_lo, p_hi, _) = best
+            b0[:, cols], beta[:, cols], resid[:, cols] = p_b0, p_beta, p_resid
+            mlo[cols], mhi[cols] = p_lo, p_hi
+            out_transforms[p] = scale
+        transforms = {p: out_transforms.get(p, t) for p, t in transforms.items()}
+
+        # residual covariance per fold (pairwise complete, shrunk towards its diagonal, made
+        # positive definite): completes donors' missed visits and drives the smoothing noise
+        sigma = np.zeros((folds + 1, D, D))
+        sigma_root = np.zeros((folds + 1, D, D))
+        for f in range(folds + 1):
+            rows = fold != f if f < folds else np.ones(n, dtype=bool)
+            sigma[f] = _covariance(resid[rows])
+            wv, V = np.linalg.eigh(sigma[f])
+            sigma_root[f] = V * np.sqrt(np.clip(wv, 0, None))
+
+        # clip bounds per fold (values of the other folds) and for the full arm
+        lo = np.full((folds + 1, D), -np.inf)
+        hi = np.full((folds + 1, D), np.inf)
+        base_wide = kb.baseline.reindex(index=ids)
+        allvals = kb.visit_values
+        integer = np.zeros(D, dtype=bool)
+        for j, o in enumerate(outcomes):
+            pv = np.column_stack([Y[:, col_of[(o.paramcd, oo.avisitn)]] for oo in outcomes
+                                  if oo.paramcd == o.paramcd])
+            b = base_wide[o.paramcd].to_numpy(float) if o.paramcd in base_wide else np.full(n, np.nan)
+            subject_vals = np.column_stack([pv, b])
+            for f in range(folds + 1):
+                rows = fold != f if f < folds else np.ones(n, dtype=bool)
+                v = subject_vals[rows]
+                v = v[np.isfinite(v)]
+                if len(v):
+                    lo_, hi_ = v.min(), v.max()
+                    margin = self.clip_margin * (hi_ - lo_)
+                    # positive parameters stay positive (at least half the smallest value seen)
+                    lo[f, j] = max(lo_ - margin, lo_ / 2) if lo_ > 0 else (0.0 if lo_ == 0 else lo_ - margin)
+                    hi[f, j] = hi_ + margin
+            # whole numbers at every post-baseline visit (a baseline may be an average)
+            every = allvals.loc[allvals["PARAMCD"] == o.paramcd, "AVAL"].to_numpy(float)
+            integer[j] = len(every) > 0 and bool(np.all(np.abs(every - np.round(every)) < 1e-9))
+
+        tte = {}
+        tte_beta = {}
+        tte_primary = ""
+        tte_integer = True
+        if kb.tte is not None:
+            arm_tte = kb.tte[kb.tte["USUBJID"].isin(pos)]
+            for q in kb.tte_parameters:
+                g = arm_tte[arm_tte["PARAMCD"] == q]
+                t = np.full(n, np.nan)
+                c = np.ones(n)
+                rows = g["USUBJID"].map(pos).to_numpy(int)
+                t[rows] = g["AVAL"].to_numpy(float)
+                c[rows] = g["CNSR"].to_numpy(float)
+                tte[q] = (t, c)
+                has = np.isfinite(t)
+                betas = np.zeros((folds + 1, F))
+                if self.tte_space == "prognostic":
+                    for f in range(folds + 1):
+                        rows = has & ((fold != f) if f < folds else True)
+                        betas[f] = cox_ridge(X[rows], t[rows], c[rows] == 0, self.cox_penalizer)
+                tte_beta[q] = betas
+            events = {q: int(((c == 0) & np.isfinite(t)).sum()) for q, (t, c) in tte.items()}
+            tte_primary = max(events, key=lambda q: (events[q], -list(events).index(q))) if events else ""
+            vals = kb.tte["AVAL"].to_numpy(float)
+            tte_integer = bool(np.all(np.abs(vals - np.round(vals)) < 1e-9))
+
+        notes = []
+        dropped = [(p, a) for p in kb.longitudinal_parameters
+                   for a, cnt in vv[vv["PARAMCD"] == p].groupby("AVISITN")["USUBJID"].nunique().items()
+                   if cnt < self.min_visit_subjects]
+        if dropped:
+            notes.append(f"visits with fewer than {self.min_visit_subjects} patients of {arm} are not "
+                         "generated: " + ", ".join(f"{p} visit {a:g}" for p, a in dropped[:12])
+                         + (" ..." if len(dropped) > 12 else ""))
+        return _ArmModel(arm=arm, ids=ids, fold=fold, features=features, outcomes=outcomes,
+                         transforms=transforms, b0=b0, beta=beta, resid=resid, sigma=sigma,
+                         sigma_root=sigma_root,
+                         mean_lo=mlo, mean_hi=mhi,
+                         lo=lo, hi=hi, integer=integer, tte=tte, tte_integer=tte_integer, notes=notes,
+                         X=X, tte_beta=tte_beta, tte_primary=tte_primary)
+
+
+def _covariance(resid: np.ndarray, shrink: float = 0.1) -> np.ndarray:
+    """Covariance of residual vectors: pairwise-complete correlations (residuals winsorised at
+    3 robust SDs), shrunk by `shrink` towards the identity and made positive definite, scaled by
+    each column's SD. Working on correlations keeps parameters of very different scales
+    (platelets in the hundreds, log bilirubin below one) from distorting each other."""
+    D = resid.shape[1]
+    if D == 0 or len(resid) < 2:
+        return np.eye(D) * 1e-6
+    sd = np.nanstd(resid, axis=0, ddof=1)
+    sd = np.where(np.isfinite(sd) & (sd > 0), sd, np.nanmedian(sd) if np.isfinite(sd).any() else 1.0)
+    med = np.nanmedian(resid, axis=0)
+    mad = np.nanmedian(np.abs(resid - med), axis=0) * 1.4826
+    mad = np.where(np.isfinite(mad) & (mad > 0), mad, sd)
+    robust = np.clip(resid, med - 3 * mad, med + 3 * mad)
+    corr = pd.DataFrame(robust).corr(min_periods=5).to_numpy()
+    corr = np.where(np.isfinite(corr), corr, 0.0) * (1 - shrink)
+    corr[np.diag_indices(D)] = 1.0
+    w, V = np.linalg.eigh(corr)
+    corr = (V * np.clip(w, 1e-3, None)) @ V.T
+    d = np.sqrt(np.diag(corr))
+    corr = corr / d[:, None] / d[None, :]
+    return corr * sd[:, None] * sd[None, :]
+
+
+def _sqrt_psd(a: np.ndarray) -> np.ndarray:
+    """A square root L (L @ L.T = a) of a symmetric positive semi-definite matrix."""
+    if a.size == 0:
+        return a
+    scale = max(float(np.max(np.diag(a))), 1e-12)
+    try:
+        return np.linalg.cholesky(a + np.eye(len(a)) * 1e-9 * scale)
+    except np.linalg.LinAlgError:
+        w, V = np.linalg.eigh(a)
+        return V * np.sqrt(np.clip(w, 0, None))
+
+
+def neighbourhood_mean(resid: np.ndarray, nbr: np.ndarray, w: np.ndarray):
+    """Weighted mean of the neighbours' residuals per visit (S, D) and its effective size."""
+    Rn = np.where(nbr[..., None] >= 0, resid[np.maximum(nbr, 0)], np.nan)     # (S, m, D)
+    wn = np.where(np.isfinite(Rn), w[:, :, None], 0.0)
+    sw = wn.sum(axis=1)
+    rbar = np.divide((np.nan_to_num(Rn) * wn).sum(axis=1), sw, out=np.zeros_like(sw), where=sw > 0)
+    sw2 = (wn ** 2).sum(axis=1)
+    neff = np.divide(sw ** 2, sw2, out=np.zeros_like(sw), where=sw2 > 0)
+    return rbar, neff

@@ -1,0 +1,230 @@
+"""Residual trajectories of the local generator (`TrajectoryDrawing`, a mixin of
+`LocalGenerator`): donors among the retrieved neighbours, completion of their missed visits,
+re-centring on the neighbourhood mean, smoothing, and the twins' BDS records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+
+from services.data.trial import Trial
+from services.generation.local.features import inverse
+from services.generation.local.model import _ArmModel, _sqrt_psd, neighbourhood_mean
+from services.generation.run import twin_id, twin_ids
+from services.generation.seeding import stable_key, uniforms
+
+_S_DONOR, _S_COMPLETE, _S_EVENT, _S_CENSOR, _S_NOISE = 1, 2, 3, 4, 5   # random streams
+
+
+class TrajectoryDrawing:
+    """The longitudinal half of `LocalGenerator` (uses its settings and fitted arm models)."""
+
+    def _completed(self, model: _ArmModel, folds_needed, seed: int) -> np.ndarray:
+        with self._lock:
+            return self._completed_locked(model, folds_needed, seed).copy()
+
+    def _completed_locked(self, model: _ArmModel, folds_needed, seed: int) -> np.ndarray:
+        """Residual vectors of the arm's patients with their missed visits completed: a draw
+        from the conditional normal given their observed residuals (covariance of the fold
+        that excludes the source), seeded by (seed, patient). Shape (folds + 1, n, D); cached
+        for the last seed."""
+        n, D = model.resid.shape
+        cache = model.completions
+        if cache.get("seed") != seed:
+            cache.clear()
+            cache["seed"] = seed
+            cache["data"] = np.zeros((model.sigma.shape[0], n, D))
+            cache["done"] = set()
+        data = cache["data"]
+        for f in (int(x) for x in folds_needed):
+            if f in cache["done"]:
+                continue
+            keys = np.array([stable_key(f"donor|{u}") for u in model.ids], dtype=np.uint64)
+            z = ndtri(uniforms(seed, keys, 1, _S_COMPLETE, D)[:, 0, :]) if n else np.zeros((0, D))
+            data[f] = complete_residuals(model.resid, model.sigma[f], z)
+            cache["done"].add(f)
+        return data
+
+    def _weights(self, dist: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Donor weights from retrieval distances: Gaussian kernel, bandwidth = the distance of
+        the farthest neighbour kept (weights from 1 down to ~0.61)."""
+        if dist.shape[1] == 0:
+            return np.zeros(dist.shape)
+        h = np.nanmax(np.where(valid, dist, np.nan), axis=1, keepdims=True) if valid.any() else \
+            np.ones((len(dist), 1))
+        h = np.where(np.isfinite(h) & (h > 0), h, 1.0)
+        w = np.exp(-0.5 * (np.nan_to_num(dist, nan=0.0) / h) ** 2)
+        return np.where(valid, w, 0.0)
+
+    def _neighbours(self, src: Trial, chunk: list[str], model: _ArmModel, k_ret: int):
+        """(S, k_ret) arm-row indices of each source's neighbours (-1 = none) and distances."""
+        hits = self.retriever.neighbours_many(src.subset(chunk), model.arm, k_ret + 1)
+        index = model.index
+        idx = np.full((len(chunk), k_ret), -1, dtype=int)
+        dist = np.full((len(chunk), k_ret), np.nan)
+        for i, s in enumerate(chunk):
+            row = [(index[h.usubjid], float(h.distance)) for h in hits.get(s, [])
+                   if h.usubjid != s and h.usubjid in index][:k_ret]
+            for j, (r, d) in enumerate(row):
+                idx[i, j] = r
+                dist[i, j] = d
+        return idx, dist
+
+    def _generate_chunk(self, src: Trial, chunk: list[str], model: _ArmModel, k: int, seed: int,
+                        k_ret: int, manifest: dict) -> dict:
+        D = len(model.outcomes)
+        keys = np.array([stable_key(s) for s in chunk], dtype=np.uint64)
+        nb_idx, nb_dist = self._neighbours(src, chunk, model, k_ret)
+        index = model.index
+        self_row = np.array([index.get(s, -1) for s in chunk])
+
+        def weights(m: int) -> np.ndarray:
+            return self._weights(nb_dist[:, :m], nb_idx[:, :m] >= 0)
+
+        m = min(max(self.neighbors, k), k_ret)
+        nbr = nb_idx[:, :m]
+        w = weights(m)
+
+        # record neighbours / donors in the manifest: the `neighbors` nearest (when K is larger
+        # the donors of the later twins come from further out; `donors` names each twin's)
+        ids = model.ids
+        for i, s in enumerate(chunk):
+            nb_ids = [str(ids[r]) for r in nbr[i, :self.neighbors] if r >= 0]
+            for t in range(1, k + 1):
+                manifest["neighbours"][twin_id(s, t)] = nb_ids
+
+        bds_out: dict[str, pd.DataFrame] = {}
+        if D:
+            # prognostic mean: fold model for sources of the target arm, full model otherwise
+            X = model.features.transform(src, chunk)
+            folds = model.b0.shape[0] - 1
+            which = np.where(self_row >= 0, model.fold[np.maximum(self_row, 0)], folds)
+            mu = model.b0[which] + np.einsum("sf,sdf->sd", X, model.beta[which])   # (S, D)
+            mu = np.clip(mu, model.mean_lo, model.mean_hi)
+
+            # donors: one weighted random order of the neighbours per source (Efraimidis-
+            # Spirakis); twin t takes the donor at position t-1, so a source's twins have
+            # distinct donors while K <= m (m grows to K when the arm allows)
+            u = uniforms(seed, keys, 1, _S_DONOR, m)[:, 0, :]                  # (S, m)
+            with np.errstate(divide="ignore"):
+                key = np.where(w > 0, -np.log(u) / np.where(w > 0, w, 1.0), np.inf)
+            perm = np.take_along_axis(nbr, np.argsort(key, axis=1, kind="stable"), axis=1)
+            m_valid = (w > 0).sum(axis=1)                                      # (S,)
+            slot = np.arange(k)[None, :] % np.maximum(m_valid, 1)[:, None]      # (S, k)
+            donor = np.take_along_axis(perm, slot, axis=1)
+            donor = np.where(m_valid[:, None] > 0, donor, -1)                   # (S, k)
+            comp = self._completed(model, np.unique(which), seed)               # (folds+1, n, D)
+            res = np.where(donor[..., None] >= 0, comp[which[:, None], np.maximum(donor, 0)], 0.0)
+            if self.fill == "observed":
+                # at each visit: the first donor from the twin's slot on (cyclic order) who was
+                # seen at that visit; the completed residual only when no neighbour was
+                obs = np.where(perm[..., None] >= 0, np.isfinite(model.resid[np.maximum(perm, 0)]), False)
+                obs &= (np.arange(m) < m_valid[:, None])[..., None]              # (S, m, D)
+                pos2 = np.where(np.concatenate([obs, obs], axis=1), np.arange(2 * m)[None, :, None], 2 * m)
+                nxt = np.minimum.accumulate(pos2[:, ::-1, :], axis=1)[:, ::-1, :][:, :m, :]   # (S, m, D)
+                at = np.take_along_axis(nxt, slot[:, :, None], axis=1)           # (S, k, D)
+                found = at < 2 * m
+                pick = np.take_along_axis(perm, np.where(found, at % max(m, 1), 0).reshape(len(chunk), -1),
+                                          axis=1).reshape(at.shape)
+                seen = model.resid[np.maximum(pick, 0), np.arange(D)[None, None, :]]
+                res = np.where(found, seen, res)
+            if model.lam is not None:
+                # re-centre the neighbourhood's residuals on a shrunken neighbourhood mean: the
+                # twins' mean then carries only the informative part of the neighbours' mean
+                # (lam), not its sampling noise; the factor keeps the variance
+                if self.fill == "observed":
+                    rbar, neff_d = neighbourhood_mean(model.resid, nbr, w)       # per visit
+                else:
+                    Rn = np.where(nbr[..., None] >= 0, comp[which[:, None], np.maximum(nbr, 0)], np.nan)
+                    wn = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+                    rbar = np.einsum("sm,smd->sd", wn, np.nan_to_num(Rn))
+                    neff_d = np.repeat((1.0 / np.maximum((wn ** 2).sum(axis=1), 1e-12))[:, None], D, axis=1)
+                factor = np.sqrt(neff_d / np.maximum(neff_d - 1, 1e-9))[:, None, :]
+                centred = (res - rbar[:, None, :]) * factor + model.lam[None, None, :] * rbar[:, None, :]
+                ok = (neff_d >= 3)[:, None, :] & (donor >= 0)[..., None]
+                if self.fill == "observed":
+                    ok &= found
+                res = np.where(ok, centred, res)
+            for i, s in enumerate(chunk):
+                for t in range(k):
+                    r = donor[i, t]
+                    manifest["donors"][twin_id(s, t + 1)] = str(ids[r]) if r >= 0 else None
+            # smoothed bootstrap: shrink the borrowed residual and add Gaussian noise with the
+            # arm's residual covariance (same variance and correlations); always (h >= 0.5)
+            # for a twin whose donor repeats one of its source's earlier twins (K > m)
+            repeat = np.arange(k)[None, :] >= np.maximum(m_valid, 1)[:, None]
+            h = np.where(repeat | (donor < 0), max(self.smoothing, 0.5), self.smoothing)
+            h = np.where(donor < 0, 1.0, h)                       # no donor at all: pure noise
+            if (h > 0).any():
+                z = ndtri(uniforms(seed, keys, k, _S_NOISE, D))
+                noise = np.einsum("skd,ed->ske", z, model.sigma_root[-1])
+                res = np.sqrt(1 - h * h)[..., None] * res + h[..., None] * noise
+            values = mu[:, None, :] + res                                       # (S, k, D)
+            keep = np.isfinite(values)
+            if self.visits == "neighbour":
+                keep &= np.where(donor[..., None] >= 0, np.isfinite(model.resid[np.maximum(donor, 0)]),
+                                 False)
+            lo = model.lo[which][:, None, :]
+            hi = model.hi[which][:, None, :]
+            for j, o in enumerate(model.outcomes):
+                values[:, :, j] = inverse(values[:, :, j], model.transforms[o.paramcd])
+            values = np.clip(values, lo, hi)
+            values = np.where(model.integer[None, None, :], np.round(values), values)
+
+            si, ti, dj = np.nonzero(keep)
+            src_arr = np.asarray(chunk, dtype=object)
+            out = pd.DataFrame({
+                "SRCSUBJID": src_arr[si], "_TW": ti + 1, "_D": dj, "AVAL": values[si, ti, dj],
+            })
+            out["USUBJID"] = twin_ids(out["SRCSUBJID"].to_numpy(), out["_TW"].to_numpy())
+            oc = model.outcomes
+            out["PARAMCD"] = np.array([o.paramcd for o in oc], dtype=object)[dj]
+            out["AVISITN"] = np.array([o.avisitn for o in oc])[dj]
+            out["AVISIT"] = np.array([o.avisit for o in oc], dtype=object)[dj]
+            out["ADY"] = np.array([o.ady for o in oc])[dj]
+            ds = np.array([o.dataset for o in oc], dtype=object)[dj]
+            for name in dict.fromkeys(o.dataset for o in oc):
+                bds_out[name] = out[ds == name].drop(columns="_D").reset_index(drop=True)
+
+        tte_out = None
+        if model.tte:
+            folds = model.b0.shape[0] - 1
+            which_t = np.where(self_row >= 0, model.fold[np.maximum(self_row, 0)], folds)
+            X_src = model.features.transform(src, chunk)
+            if self.tte_draw == "history":
+                tte_out = self._tte_history(chunk, keys, model, k, seed, nb_idx, weights(k_ret), X_src,
+                                            which_t, self_row, manifest)
+            else:
+                tte_out = self._tte_chunk(chunk, keys, model, k, seed, nb_idx, weights(k_ret), X_src,
+                                          which_t, self_row)
+        return {"bds": bds_out, "tte": tte_out}
+
+
+def complete_residuals(resid: np.ndarray, sigma: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Fill the NaN entries of each row of `resid` with a draw from N(0, sigma) conditional on
+    the row's observed entries (z: standard normal draws, same shape)."""
+    out = resid.copy()
+    miss = ~np.isfinite(resid)
+    if not miss.any():
+        return out
+    patterns, inverse_idx = np.unique(miss, axis=0, return_inverse=True)
+    for pi, pattern in enumerate(patterns):
+        if not pattern.any():
+            continue
+        rows = np.flatnonzero(inverse_idx.reshape(-1) == pi)
+        M = np.flatnonzero(pattern)
+        O = np.flatnonzero(~pattern)
+        S_MM = sigma[np.ix_(M, M)]
+        if len(O):
+            S_MO = sigma[np.ix_(M, O)]
+            S_OO = sigma[np.ix_(O, O)]
+            K = np.linalg.solve(S_OO, S_MO.T).T                 # (|M|, |O|)
+            mean = resid[np.ix_(rows, O)] @ K.T
+            cond = S_MM - K @ S_MO.T
+        else:
+            mean = np.zeros((len(rows), len(M)))
+            cond = S_MM
+        root = _sqrt_psd((cond + cond.T) / 2)
+        out[np.ix_(rows, M)] = mean + z[np.ix_(rows, M)] @ root.T
+    return out

@@ -1,0 +1,188 @@
+"""Penalised regressions of the local generator: ridge paths with GCV, visit-pooled slopes
+chosen by cross-validation over patients, and a ridge Cox model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_ALPHAS = np.logspace(-3, 2.5, 12)  # ridge penalties, relative to the number of patients
+
+
+def ridge_path(X: np.ndarray, y: np.ndarray, penalty: np.ndarray, alphas: np.ndarray | None = None):
+    """Ridge regressions of y on X over a grid of penalties (intercept unpenalised; column j
+    penalised with weight penalty[j]; penalties relative to the number of rows).
+    Returns (b0 (A,), beta (A, F), gcv (A,)): gcv is the generalised cross-validation
+    estimate of the mean squared prediction error (inf where the fit has no residual df)."""
+    alphas = _ALPHAS if alphas is None else np.asarray(alphas, dtype=float)
+    n, f = X.shape
+    A = len(alphas)
+    ym = float(y.mean()) if n else 0.0
+    if n < 3 or f == 0:
+        gcv = np.full(A, float(np.var(y)) * n / max(n - 1, 1) if n > 1 else np.inf)
+        return np.full(A, ym), np.zeros((A, f)), gcv
+    xm = X.mean(axis=0)
+    scale = 1.0 / np.sqrt(penalty)
+    Xc = (X - xm) * scale
+    yc = y - ym
+    U, s, Vt = np.linalg.svd(Xc, full_matrices=False)
+    uty = U.T @ yc
+    resid_perp = max(float(yc @ yc - uty @ uty), 0.0)
+    a = alphas * n
+    s2 = s ** 2
+    shrink = s2[None, :] / (s2[None, :] + a[:, None])                  # (A, r)
+    rss = resid_perp + (((1 - shrink) * uty[None, :]) ** 2).sum(axis=1)
+    df = shrink.sum(axis=1) + 1.0
+    gcv = np.where(df < n - 1, rss / n / np.maximum(1 - df / n, 1e-9) ** 2, np.inf)
+    coef = (s[None, :] / (s2[None, :] + a[:, None])) * uty[None, :]     # (A, r)
+    beta = (coef @ Vt) * scale[None, :]
+    return ym - beta @ xm, beta, gcv
+
+
+def cox_ridge(X: np.ndarray, time_: np.ndarray, event: np.ndarray, penalizer: float = 0.1,
+              iterations: int = 30) -> np.ndarray:
+    """Cox proportional hazards slopes (Breslow ties) with a ridge penalty: maximises
+    loglik / n - penalizer / 2 * |beta|^2 by Newton's method (X standardised)."""
+    n, F = X.shape
+    event = np.asarray(event, dtype=bool)
+    if n < 3 or F == 0 or event.sum() == 0:
+        return np.zeros(F)
+    order = np.argsort(-time_, kind="stable")                  # longest first: risk sets = prefixes
+    X, t, e = X[order], time_[order], event[order]
+    # last index of each tie group (risk set of a time includes every tie)
+    _, first_rev = np.unique(-t, return_index=True)
+    group_end = np.empty(n, dtype=int)
+    starts = np.sort(first_rev)
+    ends = np.append(starts[1:], n) - 1
+    for a, b in zip(starts, ends):
+        group_end[a:b + 1] = b
+    beta = np.zeros(F)
+
+    def objective(b):
+        eta = X @ b
+        mx = eta.max()
+        r = np.exp(eta - mx)
+        s0 = np.cumsum(r)[group_end]
+        ll = float(np.sum(eta[e] - mx - np.log(s0[e])))
+        return ll / n - 0.5 * penalizer * float(b @ b), r, s0
+
+    obj, r, s0 = objective(beta)
+    for _ in range(iterations):
+        s1 = np.cumsum(r[:, None] * X, axis=0)[group_end]
+        xbar = s1 / s0[:, None]
+        grad = (X[e] - xbar[e]).sum(axis=0) / n - penalizer * beta
+        s2 = np.cumsum(r[:, None, None] * (X[:, :, None] * X[:, None, :]), axis=0)[group_end]
+        info = (s2[e] / s0[e][:, None, None] - xbar[e][:, :, None] * xbar[e][:, None, :]).sum(axis=0) / n
+        hess = info + penalizer * np.eye(F)
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            break
+        scale = 1.0
+        while scale > 1e-4:
+            cand = beta + scale * step
+            c_obj, c_r, c_s0 = objective(cand)
+            if c_obj >= obj - 1e-12:
+                break
+            scale /= 2
+        else:
+            break
+        converged = abs(c_obj - obj) < 1e-9
+        beta, obj, r, s0 = cand, c_obj, c_r, c_s0
+        if converged:
+            break
+    return beta
+
+
+def choose_penalty(err: np.ndarray) -> int:
+    return int(np.argmin(err)) if np.isfinite(err).any() else len(err) - 1
+
+
+def _stack(X: np.ndarray, Y: np.ndarray, rows: np.ndarray):
+    """Visit-centred stacked data of the patients `rows`, and the visits' means."""
+    xs, ys, means = [], [], []
+    for j in range(Y.shape[1]):
+        ok = rows & np.isfinite(Y[:, j])
+        if ok.sum() >= 2:
+            mx, my = X[ok].mean(axis=0), Y[ok, j].mean()
+            xs.append(X[ok] - mx)
+            ys.append(Y[ok, j] - my)
+            means.append((j, mx, my))
+        else:
+            means.append((j, None, None))
+    if not xs:
+        return None, None, means
+    return np.vstack(xs), np.concatenate(ys), means
+
+
+def _shared_slopes(X: np.ndarray, Y: np.ndarray, pen: np.ndarray, alphas: np.ndarray,
+                   inner: int = 5) -> np.ndarray:
+    """Slopes shared by all visits of a parameter: ridge on the stacked visit-centred data,
+    penalty chosen by cross-validation over patients (rows of one patient are correlated, so
+    GCV over stacked rows would under-penalise)."""
+    n, F = X.shape
+    everyone = np.ones(n, dtype=bool)
+    Xs, ys, _ = _stack(X, Y, everyone)
+    if Xs is None:
+        return np.zeros(F)
+    if len(alphas) == 1 or n < 2 * inner:
+        _, bt, gcv = ridge_path(Xs, ys, pen, alphas)
+        return bt[choose_penalty(gcv)]
+    group = np.arange(n) % inner
+    sse = np.zeros((inner, len(alphas)))
+    for g in range(inner):
+        train = group != g
+        Xt, yt, means = _stack(X, Y, train)
+        if Xt is None:
+            continue
+        _, bt, _ = ridge_path(Xt, yt, pen, alphas)           # (A, F)
+        for j, mx, my in means:
+            held = (group == g) & np.isfinite(Y[:, j])
+            if mx is None or not held.any():
+                continue
+            pred = my + (X[held] - mx) @ bt.T                   # (h, A)
+            sse[g] += ((pred - Y[held, j][:, None]) ** 2).sum(axis=0)
+    _, bt, _ = ridge_path(Xs, ys, pen, alphas)
+    total = sse.sum(axis=0)
+    best = choose_penalty(total)
+    # one-standard-error rule: the largest penalty within one SE of the best CV error
+    se = np.std(sse[:, best], ddof=1) * np.sqrt(inner)
+    best = int(np.flatnonzero(total <= total[best] + se).max())
+    return bt[best]
+
+
+def fit_parameter(X: np.ndarray, Y: np.ndarray, pen: np.ndarray, alphas: np.ndarray,
+                   pool: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge models of the visits (columns of Y, NaN = missing) of one parameter on X.
+    pool=True: stage 1 fits slopes shared by all visits on the stacked, visit-centred data;
+    stage 2 fits per-visit deviations from them (all columns penalised). pool=False:
+    separate ridges. Penalties are chosen by GCV pooled over the visits.
+    Returns intercepts (J,) and slopes (J, F)."""
+    J, F = Y.shape[1], X.shape[1]
+    obs = [np.isfinite(Y[:, j]) for j in range(J)]
+    shared = _shared_slopes(X, Y, pen, alphas) if pool else np.zeros(F)
+    A = len(alphas)
+    b0s = np.zeros((J, A))
+    betas = np.zeros((J, A, F))
+    err = np.zeros(A)
+    base_pen = np.ones(F) if pool else pen
+    cols = np.arange(F)
+    if pool:   # per-visit deviation of the slope on the parameter's own baseline only
+        cols = np.flatnonzero(pen < 1)
+    for j in range(J):
+        if not obs[j].any():
+            continue
+        xj, yj = X[obs[j]], Y[obs[j], j] - X[obs[j]] @ shared
+        b, bt_sub, gcv = ridge_path(xj[:, cols], yj, base_pen[cols], alphas)
+        bt = np.zeros((len(alphas), F))
+        bt[:, cols] = bt_sub
+        b0s[j], betas[j] = b, bt + shared[None, :]
+        err += np.where(np.isfinite(gcv), gcv * len(yj), 0.0) if np.isfinite(gcv).any() else 0.0
+    a = choose_penalty(np.where(err > 0, err, np.inf)) if (err > 0).any() else A - 1
+    return b0s[:, a], betas[:, a]
+
+
+def ridge_gcv(X: np.ndarray, y: np.ndarray, penalty: np.ndarray) -> tuple[float, np.ndarray]:
+    """The ridge fit of `ridge_path` with the smallest GCV error. Returns (b0, beta)."""
+    b0, beta, gcv = ridge_path(X, y, penalty)
+    i = int(np.argmin(gcv)) if np.isfinite(gcv).any() else len(gcv) - 1
+    return float(b0[i]), beta[i]
