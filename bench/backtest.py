@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.data.demo import demo_names, load_demo
-from services.data.trial import load_trial
+from services.data.loading import load_trial
 from services.evaluation.backtest import COVERAGE_TARGET, RATIO_TARGET, backtest
 from services.generation import get_generator
 

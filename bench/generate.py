@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CHROMA_HOST", "CHROMA_PORT"):
         os.environ.pop(var, None)
     from services.data.demo import load_demo
-    from services.data.trial import load_trial
+    from services.data.loading import load_trial
 
     result: dict[str, float | str] = {}
     if PILOT.exists():

@@ -197,7 +197,7 @@ def main() -> int:
 
         print("\n== trials ==")
         from services.data.demo import demo_names, load_demo
-        from services.data.trial import load_trial
+        from services.data.loading import load_trial
 
         for name in demo_names():
             bench_trial(client, name, load_demo(name), args.k, results)

@@ -6,8 +6,9 @@ import streamlit as st
 
 from components.state import cached_demo, get_trial, set_trial, trial_source
 from services.data.demo import demo_names
+from services.data.loading import load_trial_files
 from services.data.readers import RawFile
-from services.data.trial import TrialValidationError, load_trial_files
+from services.data.trial import TrialValidationError
 
 
 def _load_chosen_demo() -> None:

@@ -10,6 +10,21 @@ import pytest
 SHARED_PILOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cdiscpilot01"
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_shared(path: Path = SHARED_PILOT) -> Path:
+    """`path` under ../shared, or: a failure in CI (CI always has ../shared, so a missing folder
+    is a broken set-up, not a reason to pass), a skip elsewhere."""
+    if not path.exists():
+        message = f"{path} is not present (the CDISC pilot of ../shared)"
+        if in_ci():
+            pytest.fail(f"{message}: CI must have it", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
 def pytest_configure(config):
     # Never touch the user's ~/.twinarm from tests; never let a developer's LLM keys leak in.
     home = Path(config.rootpath) / ".pytest_cache" / "twinarm_home"
@@ -24,8 +39,7 @@ def demo_trials():
     from services.data.demo import demo_names, load_demo
 
     names = demo_names()
-    if not names:
-        pytest.skip("no bundled demo trials")
+    assert {"pbc", "epilepsy", "btheb"} <= set(names), names
     return [load_demo(n) for n in names]
 
 
@@ -33,18 +47,20 @@ def demo_trials():
 def pbc():
     from services.data.demo import demo_names, load_demo
 
-    if "pbc" not in demo_names():
-        pytest.skip("bundled pbc demo not present")
+    assert "pbc" in demo_names()
     return load_demo("pbc")
 
 
 @pytest.fixture(scope="session")
 def pilot():
-    from services.data.trial import load_trial
+    from services.data.loading import load_trial
 
-    if not SHARED_PILOT.exists():
-        pytest.skip("../shared/data/cdiscpilot01 not present")
-    return load_trial(SHARED_PILOT, name="cdiscpilot01")
+    return load_trial(require_shared(), name="cdiscpilot01")
+
+
+@pytest.fixture(scope="session")
+def pilot_dir() -> Path:
+    return require_shared()
 
 
 @pytest.fixture(scope="session")

@@ -95,9 +95,7 @@ def test_small_trials_and_cdisc_pilot(demo_trials, pilot):
 
 
 def test_folds_and_progress(demo_trials):
-    btheb = next((t for t in demo_trials if t.name == "btheb"), None)
-    if btheb is None:
-        pytest.skip("btheb demo not bundled")
+    btheb = next(t for t in demo_trials if t.name == "btheb")
     calls = []
     res = backtest(btheb, folds=3, twins_per_patient=5, seed=0, generator_settings=FAST,
                    progress=lambda d, t: calls.append((d, t)))

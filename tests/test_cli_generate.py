@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from llm_server import ScriptedOpenAIServer
 
 from services.cli import main
-from services.data.trial import load_trial
+from services.data.loading import load_trial
 from services.generation.run import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +87,7 @@ def test_subjects_folder_reads_only_baseline(tmp_path, capsys):
 
 
 def test_console_script(tmp_path):
-    if not TWINARM.exists():
-        pytest.skip("console script not installed in .venv")
+    assert TWINARM.exists(), "the twinarm console script is installed by `make venv`"
     folder = new_patients(tmp_path / "subjects", 3)
     out_dir = tmp_path / "out"
     env = dict(os.environ)

@@ -185,8 +185,6 @@ def test_numpy_values_become_plain_json(pilot):
 # ----- the page ----------------------------------------------------------------------------
 @pytest.mark.timeout(300)
 def test_cohort_page_apptest():
-    if not (ROOT / "app.py").exists():
-        pytest.skip("app.py not there yet")
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)

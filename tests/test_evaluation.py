@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from services.cli import main
+from services.data.loading import load_trial_files
 from services.data.readers import RawFile
-from services.data.trial import load_trial_files
 from services.evaluation.comparison import (
     TARGET,
     TWIN,

@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from services.cli import main
-from services.data.trial import load_trial_files
+from services.data.loading import load_trial_files
 from services.generation.run import write_run
 from services.reporting.export import export_files, export_zip, xpt_names
 

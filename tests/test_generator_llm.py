@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from llm_server import ScriptedOpenAIServer, find_payload
 
-from services.data.trial import load_trial
+from services.data.loading import load_trial
 from services.generation import GENERATORS, GeneratorError, get_generator
 from services.generation.llm import PROMPT_VERSION, LLMSettings
 from services.generation.llm.generator import (

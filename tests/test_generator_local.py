@@ -298,9 +298,7 @@ def test_time_to_event_twins(pbc, pbc_gen):
 
 
 def test_counts_stay_whole_and_non_negative(demo_trials):
-    epil = next((t for t in demo_trials if t.name == "epilepsy"), None)
-    if epil is None:
-        pytest.skip("epilepsy demo not bundled")
+    epil = next(t for t in demo_trials if t.name == "epilepsy")
     gen = LocalGenerator(retriever_factory=ExactRetriever).fit(epil)
     run = gen.generate(epil.subset(_treated(epil)), "Placebo", twins_per_patient=5, seed=0)
     vals = run.values()["AVAL"]

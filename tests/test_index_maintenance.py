@@ -11,7 +11,7 @@ import pytest
 from chromadb.config import Settings
 
 from services import cli
-from services.retrieval.index import list_indexes, prune_indexes
+from services.retrieval.maintenance import list_indexes, prune_indexes
 from services.retrieval.retriever import ExactRetriever, Retriever
 
 

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from services.data.loading import load_trial_files
 from services.data.readers import RawFile, read_table
-from services.data.trial import TrialValidationError, load_trial_files
+from services.data.trial import TrialValidationError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cdiscpilot01"
-needs_pilot = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/cdiscpilot01 not present")
+needs_pilot = pytest.mark.usefixtures("pilot_dir")   # fails in CI without ../shared, skips elsewhere
 
 
 def csv(name: str, frame: pd.DataFrame) -> RawFile:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.data.trial import load_trial
+from services.data.loading import load_trial
 from services.generation.local import LocalGenerator
 from services.generation.run import MANIFEST_KEYS, read_run, write_run
 from services.generation.saved_runs import list_runs, load_run, new_run_id, runs_root, save_run

@@ -23,7 +23,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from services.data.demo import resolve_trial
-    from services.data.trial import TrialValidationError, load_trial
+    from services.data.loading import load_trial
+    from services.data.trial import TrialValidationError
     from services.evaluation.comparison import evaluate
     from services.generation.run import read_run
 

@@ -86,7 +86,8 @@ def _load_knowledge_base(spec: str):
 
 
 def _load_sources(args, kb):
-    from services.data.trial import TrialValidationError, load_trial
+    from services.data.loading import load_trial
+    from services.data.trial import TrialValidationError
 
     if bool(args.subjects) == bool(args.cohort_arm):
         raise CliError("give exactly one of --subjects PATH (patients to twin) or --cohort-arm ARM "

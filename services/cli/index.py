@@ -61,7 +61,8 @@ def _entries(fn, **kwargs):
 
 
 def run_list(args) -> int:
-    from services.retrieval.index import client_description, list_indexes
+    from services.retrieval.index import client_description
+    from services.retrieval.maintenance import list_indexes
 
     entries = _entries(list_indexes)
     if args.json:
@@ -76,7 +77,8 @@ def run_list(args) -> int:
 
 
 def run_prune(args) -> int:
-    from services.retrieval.index import client_description, prune_indexes
+    from services.retrieval.index import client_description
+    from services.retrieval.maintenance import prune_indexes
 
     if args.unused_days < 0:
         raise CliError("--unused-days must be >= 0")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from services.data.trial import Trial, TrialValidationError, load_trial
+from services.data.loading import load_trial
+from services.data.trial import Trial, TrialValidationError
 
 DEMO_ROOT = Path(__file__).parent / "demo_data"
 DEFAULT_DEMO = "pbc"

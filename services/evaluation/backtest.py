@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from services.data.trial import Trial
-from services.evaluation.metrics.survival import km_curve, km_sup_distance
+from services.evaluation.metrics.survival import concordance, km_curve, km_sup_distance
 from services.generation import GENERATORS, get_generator
 from services.generation.local import BaselineFeatures
 
@@ -299,8 +299,6 @@ def _cox_scores(kb: Trial, arm: str, sources: Trial, paramcd: str) -> pd.Series:
 
 
 def _fold_tte(trial: Trial, kb: Trial, arm: str, held, run, fold: int) -> pd.DataFrame:
-    from lifelines.utils import concordance_index
-
     held = list(held)
     rows = []
     truth_all = trial.tte[trial.tte["USUBJID"].isin(set(held))]
@@ -330,13 +328,10 @@ def _fold_tte(trial: Trial, kb: Trial, arm: str, held, run, fold: int) -> pd.Dat
             "COX_SCORE": truth["USUBJID"].map(cox).to_numpy(float) if len(cox) else np.nan,
             "KM_TWINS": d_twins, "KM_REFERENCE": d_ref,
         }))
-    _ = concordance_index  # imported here so lifelines is only needed for time to event
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
 def _tte_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    from lifelines.utils import concordance_index
-
     cols = ["PARAMCD", "n", "events", "km_sup_twins", "km_sup_reference", "km_ratio", "cindex_twins",
             "cindex_cox", "km_met", "cindex_met"]
     parts = [p for p in parts if len(p)]
@@ -352,7 +347,7 @@ def _tte_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
             ok = np.isfinite(score)
             if ok.sum() < 3 or g["EVENT"][ok].sum() == 0:
                 return float("nan")
-            return float(concordance_index(g["AVAL"][ok], score[ok], g["EVENT"][ok]))
+            return concordance(score[ok], g["AVAL"][ok], g["EVENT"][ok])
 
         c_t, c_c = cindex(g["TWIN_SCORE"].to_numpy(float)), cindex(g["COX_SCORE"].to_numpy(float))
         rows.append({"PARAMCD": q, "n": len(g), "events": int(g["EVENT"].sum()),

@@ -24,6 +24,7 @@ from scipy import stats
 from services.data.trial import Trial
 from services.evaluation import metrics as M
 from services.jsonable import jsonable
+from services.retrieval.knn import exact_knn
 
 TWIN, TARGET, SOURCE = "twin arm", "real target arm", "real source cohort"
 GROUPS = (SOURCE, TARGET, TWIN)
@@ -296,12 +297,9 @@ def _strip(d: dict) -> dict:
 def _dcr_leave_one_out(twins: np.ndarray, train: np.ndarray) -> dict:
     """DCR of twins to the training patients vs each training patient's distance to its
     nearest other training patient (leave-one-out yardstick)."""
-    from sklearn.neighbors import NearestNeighbors
-
     train_i, twins_i = M.impute_means(train, twins)
-    nn = NearestNeighbors(n_neighbors=2).fit(train_i)
-    d_twin = nn.kneighbors(twins_i, n_neighbors=1)[0][:, 0]
-    d_real = nn.kneighbors(train_i, n_neighbors=2)[0][:, 1]
+    d_twin = exact_knn(twins_i, train_i, 1)[1][:, 0]
+    d_real = exact_knn(train_i, train_i, 2)[1][:, 1]
     tm, rm = float(np.median(d_twin)), float(np.median(d_real))
     t5, r5 = float(np.percentile(d_twin, 5)), float(np.percentile(d_real, 5))
     return {"twin_median": tm, "twin_p5": t5, "holdout_median": rm, "holdout_p5": r5,

@@ -19,7 +19,7 @@ A `TwinRun` holds what section 2 of the contract (`../shared/CONTRACT.md`) asks 
 `write_run(run, out_dir)` writes the contract's folder (adsl, one file per BDS dataset, adtte,
 manifest.json, plus a `trial.toml` with title, units and labels so the folder loads with
 labels); `read_run(dir)` reads it back; `run.as_trial()` loads the twins through
-`services.data.trial.load_trial_files`, exactly as the app loads any trial.
+`services.data.loading.load_trial_files`, exactly as the app loads any trial.
 
 Saved runs: `services.generation.saved_runs`; building the frames:
 `services.generation.assembly`.
@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from services.data.loading import load_trial_files
 from services.data.readers import RawFile
-from services.data.trial import Trial, load_trial_files
+from services.data.trial import Trial
 from services.jsonable import jsonable
 
 ADSL_FRONT = ["USUBJID", "SRCSUBJID", "ARM", "TWINIDX"]

@@ -24,7 +24,7 @@ def upload(page, files: list[Path]) -> None:
     ui.rerun(page, button.click, timeout=ui.SLOW_TIMEOUT_MS)
 
 
-@pytest.mark.skipif(not PILOT.exists(), reason="../shared/data/cdiscpilot01 not present")
+@pytest.mark.usefixtures("pilot_dir")   # fails in CI without ../shared, skips elsewhere
 def test_upload_the_cdisc_pilot_then_a_bad_file_keeps_it(page, app_url, artifacts, tmp_path):
     ui.open_app(page, app_url)
     upload(page, sorted(PILOT.glob("*.xpt")))

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
+
+from services.retrieval.knn import exact_knn
 
 from .registry import ResultMixin, impute_means
 
@@ -20,10 +21,7 @@ from .registry import ResultMixin, impute_means
 def _nn_distances(queries: np.ndarray, reference: np.ndarray, k: int = 1,
                   metric: str = "euclidean") -> np.ndarray:
     """Distances (n_queries x k) from each query to its k nearest reference rows, ascending."""
-    nn = NearestNeighbors(n_neighbors=k, metric=metric, algorithm="auto")
-    nn.fit(reference)
-    dist, _ = nn.kneighbors(queries)
-    return dist
+    return exact_knn(queries, reference, k, metric)[1]
 
 
 def _ratio(a: float, b: float) -> float:
