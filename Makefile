@@ -33,7 +33,7 @@ test: venv browser
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e and not slow"
 
 bench: venv
 	$(BIN)/python bench/retrieval.py

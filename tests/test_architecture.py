@@ -69,6 +69,29 @@ def test_services_never_import_streamlit_or_components():
     assert not offenders, "services/ must not depend on the UI:\n" + "\n".join(offenders)
 
 
+# services' layers, lowest first: a layer imports only layers below it (and itself)
+LAYERS = ["services.config", "services.jsonable", "services.data", "services.retrieval",
+          "services.generation", "services.evaluation", "services.reporting", "services.cli"]
+
+
+def test_service_layers_point_one_way():
+    graph = _project_graph()
+    rank = {name: i for i, name in enumerate(LAYERS)}
+
+    def layer(module: str) -> str | None:
+        return next((lay for lay in LAYERS if module == lay or module.startswith(lay + ".")), None)
+
+    upward = []
+    for module, deps in graph.items():
+        own = layer(module)
+        for dep in deps:
+            other = layer(dep)
+            if own and other and rank[other] > rank[own]:
+                upward.append(f"{module} -> {dep}")
+    assert not upward, "a lower layer imports a higher one:\n" + "\n".join(sorted(upward))
+    assert "services.data.trial" in graph["services.generation.base"]   # the walk sees real edges
+
+
 def test_components_hold_no_figure_builders_or_domain_modules():
     # Plotly figure builders live in services/reporting/figures (the report uses them too)
     names = {p.stem for p in (ROOT / "components").glob("*.py")}

@@ -86,6 +86,7 @@ def test_subjects_folder_reads_only_baseline(tmp_path, capsys):
     pd.testing.assert_frame_equal(a.tte, b.tte)
 
 
+@pytest.mark.slow
 def test_console_script(tmp_path):
     assert TWINARM.exists(), "the twinarm console script is installed by `make venv`"
     folder = new_patients(tmp_path / "subjects", 3)

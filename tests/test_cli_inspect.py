@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from services.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +33,7 @@ def test_inspect_json_has_the_contract_keys(capsys):
     assert "BILI" in summary["parameters"] and summary["tte_parameters"] == ["DEATH", "DTHTX"]
 
 
+@pytest.mark.slow
 def test_inspect_the_cdisc_pilot_as_a_subprocess(pilot):
     folder = ROOT.parent / "shared" / "data" / "cdiscpilot01"
     out = subprocess.run([str(TWINARM), "inspect", str(folder), "--json"], capture_output=True, text=True,
@@ -41,6 +44,7 @@ def test_inspect_the_cdisc_pilot_as_a_subprocess(pilot):
     assert summary["tte_parameters"] == []
 
 
+@pytest.mark.slow
 def test_inspect_reports_validation_errors_and_exits_non_zero(tmp_path):
     (tmp_path / "adsl.csv").write_text("USUBJID,ARM\nS1,A\nS1,B\n")
     (tmp_path / "adlb.csv").write_text("")

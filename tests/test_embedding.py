@@ -16,6 +16,7 @@ def two_clusters(n=120, dim=12, seed=0):
     return np.vstack([a, b]).astype(np.float32), np.r_[np.zeros(n), np.ones(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tsne", "umap"])
 def test_embedding_keeps_clusters_apart_and_is_cached(method):
     X, labels = two_clusters()

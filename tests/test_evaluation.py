@@ -78,6 +78,7 @@ def test_trajectory_and_km_tables_have_every_group(pbc, copies):
     assert at_risk[at_risk.time == 0].set_index("GROUP")["n"].to_dict()[TARGET] == 154
 
 
+@pytest.mark.slow
 def test_local_twin_arm_metrics_and_cli_evaluate(pbc, tmp_path, capsys):
     from services.generation import get_generator
     from services.generation.run import write_run

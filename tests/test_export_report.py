@@ -51,6 +51,7 @@ def test_xpt_carries_variable_labels_and_records_renames(pbc_twins, tmp_path):
     assert manifest["export"]["xpt_renamed"]["adsl"] == {"SRCSUBJID": "SRCSUBJ"}
 
 
+@pytest.mark.slow
 def test_zip_and_cli_export_and_report(pbc_twins, tmp_path, capsys):
     with zipfile.ZipFile(io.BytesIO(export_zip(pbc_twins, "csv"))) as zf:
         assert f"twinarm-{pbc_twins.run_id}/adsl.csv" in zf.namelist()

@@ -21,6 +21,7 @@ def test_every_page_is_in_the_navigation():
         assert f'"{page}"' in text, page
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_page_runs_on_the_default_demo(page):
     at = AppTest.from_file(APP, default_timeout=300).run()
