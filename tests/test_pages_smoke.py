@@ -1,5 +1,5 @@
-"""Every page of the app runs without exception, on the default demo, on every bundled trial
-and on the CDISC pilot (Streamlit AppTest: the real script runner, no browser)."""
+"""Every page of the app runs and shows what it is for, on the default demo, on every bundled
+trial and on the CDISC pilot (Streamlit AppTest: the real script runner, no browser)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,31 @@ def test_every_page_is_in_the_navigation():
         assert f'"{page}"' in text, page
 
 
+def _shows(at: AppTest, page: str) -> None:
+    """What each page shows on the default demo (pbc, 312 patients) before any twin arm."""
+    titles = [t.value for t in at.title]
+    metrics = {m.label: m.value for m in at.metric}
+    infos = " ".join(i.value for i in at.info)
+    buttons = [b.label for b in at.button]
+    if page == "pages/overview.py":
+        assert titles == ["TwinArm"] and metrics["Subjects"] == "312"
+        assert metrics["Placebo (control)"] == "154" and metrics["D-penicillamine"] == "158"
+    elif page == "pages/cohort.py":
+        assert titles == ["Cohort"] and metrics["N"] == "312" and "Use this cohort" in buttons
+        assert len(at.dataframe) == 1                                   # Table 1
+    elif page == "pages/similar.py":
+        assert titles == ["Similar patients"]
+        closest, mean10 = float(metrics["Closest"]), float(metrics["Mean of 10"])
+        assert 0 < mean10 <= closest <= 1
+    elif page == "pages/whatif.py":
+        assert titles == ["What-if: twin arm"] and buttons[0] == "Generate twin arm"
+    elif page in ("pages/compare.py", "pages/export.py"):
+        assert "No twin arm yet: generate one on the What-if page" in infos
+    elif page == "pages/validate.py":
+        assert titles == ["Validate the twins"]
+        assert {"Run backtest", "Run privacy audit"} <= set(buttons)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_page_runs_on_the_default_demo(page):
@@ -28,6 +53,7 @@ def test_page_runs_on_the_default_demo(page):
     assert not at.exception
     at.switch_page(page).run()
     assert not at.exception, f"{page}: {at.exception}"
+    _shows(at, page)
 
 
 @pytest.mark.parametrize("name", ["epilepsy", "btheb"])
@@ -38,7 +64,13 @@ def test_switching_trials_in_the_sidebar(name):
     for page in ("pages/overview.py", "pages/cohort.py", "pages/similar.py"):
         at.switch_page(page).run()
         assert not at.exception, f"{name} {page}: {at.exception}"
-    assert at.session_state["trial"].name == name
+    trial = at.session_state["trial"]
+    assert trial.name == name
+    at.switch_page("pages/overview.py").run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Subjects"] == str(len(trial.subjects))
+    assert {k for k in metrics if k != "Subjects"} == {
+        f"{a} (control)" if a == trial.control_arm else a for a in trial.arms}
 
 
 def test_pages_on_the_cdisc_pilot(pilot):
