@@ -148,6 +148,18 @@ class _IndexBase:
         self.arm_counts: dict[str, int] = {}
         self.last_build: BuildReport | None = None
 
+    @staticmethod
+    def _checked(ids, arms, embeddings, contiguous: bool = True) -> tuple[list[str], list[str], np.ndarray]:
+        """ids and arms as text and the embeddings as float32 rows (C-contiguous for Chroma; the
+        exact index keeps the caller's layout, which fixes its BLAS rounding), or PatientIndexError."""
+        ids = [str(u) for u in ids]
+        arms = [str(a) for a in arms]
+        E = (np.ascontiguousarray if contiguous else np.asarray)(embeddings, dtype=np.float32)
+        if E.ndim != 2 or E.shape[0] != len(ids) or len(arms) != len(ids):
+            raise PatientIndexError(f"build: {len(ids)} ids, {len(arms)} arms and embeddings of shape "
+                                    f"{E.shape} do not match")
+        return ids, arms, E
+
     def _remember(self, ids: list[str], arms: list[str]) -> None:
         self.arm_of = dict(zip(ids, arms))
         counts: dict[str, int] = {}
@@ -237,12 +249,7 @@ class PatientIndex(_IndexBase):
               space: str = "baseline", fingerprint: str = "", version: str = VECTOR_VERSION) -> BuildReport:
         """Put the patients into the collection unless it already holds exactly them."""
         t0 = time.perf_counter()
-        ids = [str(u) for u in ids]
-        arms = [str(a) for a in arms]
-        E = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if E.ndim != 2 or E.shape[0] != len(ids) or len(arms) != len(ids):
-            raise PatientIndexError(f"build: {len(ids)} ids, {len(arms)} arms and embeddings of shape "
-                              f"{E.shape} do not match")
+        ids, arms, E = self._checked(ids, arms, embeddings)
         if len(set(ids)) != len(ids):
             raise PatientIndexError("build: patient ids must be unique")
         if not len(ids):
@@ -396,12 +403,7 @@ class ExactIndex(_IndexBase):
 
     def build(self, ids, arms, embeddings, **_ignored) -> BuildReport:
         t0 = time.perf_counter()
-        ids = [str(u) for u in ids]
-        arms = [str(a) for a in arms]
-        E = np.asarray(embeddings, dtype=np.float32)
-        if E.ndim != 2 or E.shape[0] != len(ids) or len(arms) != len(ids):
-            raise PatientIndexError(f"build: {len(ids)} ids, {len(arms)} arms and embeddings of shape "
-                              f"{E.shape} do not match")
+        ids, arms, E = self._checked(ids, arms, embeddings, contiguous=False)
         self.E = E / np.linalg.norm(E, axis=1, keepdims=True)
         self.ids = ids
         self._arms = np.asarray(arms, dtype=object)

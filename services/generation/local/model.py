@@ -75,14 +75,7 @@ class ArmFitting:
             return np.zeros(D)
         m = min(self.neighbors, len(ids) - 1)
         hits = self.retriever.neighbours_many(ids, model.arm, m + 1)
-        index = model.index
-        nbr = np.full((len(ids), m), -1, dtype=int)
-        dist = np.full((len(ids), m), np.nan)
-        for i, s in enumerate(ids):
-            row = [(index[h.usubjid], float(h.distance)) for h in hits.get(s, [])
-                   if h.usubjid != s and h.usubjid in index][:m]
-            for j, (r, d) in enumerate(row):
-                nbr[i, j], dist[i, j] = r, d
+        nbr, dist = neighbour_rows(hits, ids, model.index, m)
         w = self._weights(dist, nbr >= 0)
         rbar, neff = neighbourhood_mean(model.resid, nbr, w)
         lam = np.zeros(D)
@@ -332,3 +325,16 @@ def neighbourhood_mean(resid: np.ndarray, nbr: np.ndarray, w: np.ndarray):
     sw2 = (wn ** 2).sum(axis=1)
     neff = np.divide(sw ** 2, sw2, out=np.zeros_like(sw), where=sw2 > 0)
     return rbar, neff
+
+
+def neighbour_rows(hits: dict, ids: list[str], index: dict[str, int], m: int):
+    """(len(ids), m) arm-row indices of each id's retrieved neighbours (-1 = none; the id itself
+    and patients outside the arm model are skipped) and their distances (NaN = none)."""
+    nbr = np.full((len(ids), m), -1, dtype=int)
+    dist = np.full((len(ids), m), np.nan)
+    for i, s in enumerate(ids):
+        row = [(index[h.usubjid], float(h.distance)) for h in hits.get(s, [])
+               if h.usubjid != s and h.usubjid in index][:m]
+        for j, (r, d) in enumerate(row):
+            nbr[i, j], dist[i, j] = r, d
+    return nbr, dist

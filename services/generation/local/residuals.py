@@ -10,7 +10,7 @@ from scipy.special import ndtri
 
 from services.data.trial import Trial
 from services.generation.local.features import inverse
-from services.generation.local.model import _ArmModel, _sqrt_psd, neighbourhood_mean
+from services.generation.local.model import _ArmModel, _sqrt_psd, neighbour_rows, neighbourhood_mean
 from services.generation.run import twin_id, twin_ids
 from services.generation.seeding import stable_key, uniforms
 
@@ -60,16 +60,7 @@ class TrajectoryDrawing:
     def _neighbours(self, src: Trial, chunk: list[str], model: _ArmModel, k_ret: int):
         """(S, k_ret) arm-row indices of each source's neighbours (-1 = none) and distances."""
         hits = self.retriever.neighbours_many(src.subset(chunk), model.arm, k_ret + 1)
-        index = model.index
-        idx = np.full((len(chunk), k_ret), -1, dtype=int)
-        dist = np.full((len(chunk), k_ret), np.nan)
-        for i, s in enumerate(chunk):
-            row = [(index[h.usubjid], float(h.distance)) for h in hits.get(s, [])
-                   if h.usubjid != s and h.usubjid in index][:k_ret]
-            for j, (r, d) in enumerate(row):
-                idx[i, j] = r
-                dist[i, j] = d
-        return idx, dist
+        return neighbour_rows(hits, chunk, model.index, k_ret)
 
     def _generate_chunk(self, src: Trial, chunk: list[str], model: _ArmModel, k: int, seed: int,
                         k_ret: int, manifest: dict) -> dict:
