@@ -10,6 +10,7 @@ from scipy.special import ndtri
 
 from services.generation.local.model import _ArmModel
 from services.generation.local.residuals import _S_CENSOR, _S_EVENT
+from services.generation.local.ridge import rescale_times
 from services.generation.run import twin_id, twin_ids
 from services.generation.seeding import uniforms
 
@@ -67,6 +68,7 @@ class EventDrawing:
         pos = (np.arange(k)[None, :, None] + np.arange(m)[None, None, :]) % np.maximum(m_valid, 1)[:, None, None]
         order = np.take_along_axis(np.broadcast_to(perm[:, None, :], (S, k, m)), pos, axis=2)
         order = np.where(np.arange(m)[None, None, :] < m_valid[:, None, None], order, -1)   # (S, k, m)
+        rescale = self.tte_rescale and q0 in model.tte_h0 and q0 in model.tte_beta
         factor = np.exp(_TIME_JITTER * ndtri(uniforms(seed, keys, k, _S_CENSOR, 1)[:, :, 0]))
         ids = model.ids
         for i, s in enumerate(chunk):
@@ -75,6 +77,9 @@ class EventDrawing:
                 manifest["tte_donors"][twin_id(s, t + 1)] = str(ids[r]) if r >= 0 else None
         frames = []
         src_arr = np.asarray(chunk, dtype=object)
+        if rescale:
+            beta0 = model.tte_beta[q0][which]                                 # (S, F)
+            lp_src = np.einsum("sf,sf->s", X_src, beta0)
         for qi, (q, (t_arm, c_arm)) in enumerate(model.tte.items()):
             ok = (order >= 0) & np.isfinite(t_arm[np.maximum(order, 0)])
             first = ok.argmax(axis=2)
@@ -82,9 +87,22 @@ class EventDrawing:
             donor = np.where(ok.any(axis=2), donor, -1)                       # (S, k)
             t_nb = np.where((nb >= 0) & (w > 0), t_arm[np.maximum(nb, 0)], np.nan)
             t_max = np.nanmax(np.where(np.isfinite(t_nb), t_nb, -np.inf), axis=1) if m else np.full(S, -np.inf)
-            aval = t_arm[np.maximum(donor, 0)] * factor
-            aval = np.minimum(aval, np.where(np.isfinite(t_max), t_max, np.inf)[:, None])
+            t_don = t_arm[np.maximum(donor, 0)]
+            if rescale:
+                # the donor's history moved to the source's risk (same survival quantile under
+                # the fold's Cox model of the primary event type): twins follow the model's risk
+                # order, and the map is monotone, so the history stays coherent
+                lp_don = np.einsum("skf,sf->sk", model.X[np.maximum(donor, 0)], beta0)
+                ratio = np.exp(np.clip(lp_don - lp_src[:, None], -30, 30))
+                for i in range(S):
+                    h_t, h_v = model.tte_h0[q0][which[i]]
+                    t_don[i] = rescale_times(t_don[i], ratio[i], h_t, h_v)
+            aval = t_don * factor
+            cap = np.where(np.isfinite(t_max), t_max, np.inf)[:, None]
             cnsr = c_arm[np.maximum(donor, 0)].astype(int)
+            if rescale:
+                cnsr = np.where(aval > cap, 1, cnsr)       # moved past the follow-up seen: censored
+            aval = np.minimum(aval, cap)
             if model.tte_integer:
                 aval = np.maximum(np.round(aval), 1.0)
             si, ti = np.nonzero(donor >= 0)

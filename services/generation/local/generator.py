@@ -22,6 +22,7 @@ from services.generation.base import (
     retriever_manifest,
 )
 from services.generation.local.events import EventDrawing
+from services.generation.local.mean_models import CANDIDATES
 from services.generation.local.model import ArmFitting, _ArmModel
 from services.generation.local.residuals import TrajectoryDrawing
 from services.generation.run import TTE_COLUMNS, TwinRun
@@ -56,6 +57,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                  center: str | float = "auto", pool_visits: bool = True,
                  tte_space: str = "prognostic", tte_draw: str = "history", cox_penalizer: float = 0.1,
                  fill: str = "complete", truncate_at_followup: bool = True,
+                 mean_model: str = "auto", balance: bool = True, tte_rescale: bool = True,
                  chunk_size: int = 256,
                  retriever_factory: Callable[[Trial], object] | None = None):
         if visits not in VISIT_MODES:
@@ -91,6 +93,12 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
         if fill not in FILLS:
             raise GeneratorError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
         self.fill = fill
+        if mean_model not in ("auto", *CANDIDATES):
+            raise GeneratorError(f"mean_model must be 'auto' or one of {', '.join(CANDIDATES)}, "
+                                 f"got {mean_model!r}")
+        self.mean_model = mean_model
+        self.balance = bool(balance)
+        self.tte_rescale = bool(tte_rescale)
         self.truncate_at_followup = bool(truncate_at_followup)
         self.chunk_size = int(chunk_size)
         self._retriever_factory = retriever_factory
@@ -140,7 +148,8 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
             "transforms": {p: t for p, t in model.transforms.items() if t != "identity"},
             "center_lambda": {} if model.lam is None else {
                 o.paramcd: round(float(v), 3) for o, v in zip(model.outcomes, model.lam)},
-            "tte_primary": model.tte_primary or None}
+            "tte_primary": model.tte_primary or None,
+            "mean_models": dict(model.mean_models)}
 
         ids = list(src.subjects["USUBJID"])
         total = len(ids)

@@ -10,7 +10,15 @@ import numpy as np
 import pandas as pd
 
 from services.generation.local.features import BaselineFeatures, choose_transform, forward
-from services.generation.local.ridge import _ALPHAS, cox_ridge, fit_parameter
+from services.generation.local.mean_models import (
+    CANDIDATES,
+    ancova_models,
+    borrow_models,
+    carry_models,
+    out_of_fold,
+    ridge_models,
+)
+from services.generation.local.ridge import _ALPHAS, breslow, cox_ridge
 from services.generation.seeding import stable_key
 
 _OWN_PENALTY = 1e-4          # relative ridge penalty on the parameter's own baseline
@@ -52,6 +60,10 @@ class _ArmModel:
     tte: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # q -> (time, cnsr) per arm row
     tte_integer: bool = True
     notes: list[str] = field(default_factory=list)
+    fold_of: dict = field(default_factory=dict)     # fold of every knowledge-base patient
+    borrowed: np.ndarray | None = None             # (D,) mean fitted on every arm (`borrow`)
+    mean_models: dict = field(default_factory=dict)  # parameter -> chosen mean model
+    tte_h0: dict = field(default_factory=dict)     # q -> per fold (event times, Breslow H0)
 
     @property
     def index(self) -> dict[str, int]:
@@ -88,27 +100,51 @@ class ArmFitting:
             lam[cols] = float(np.clip((r[ok] * b[ok]).sum() / den, 0.0, 1.0)) if den > 0 else 0.0
         return lam
 
-    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale):
-        """Models of one parameter's visits on one outcome scale: intercepts and slopes per fold
-        (+ full), out-of-fold residuals, bounds of the mean, and the out-of-fold squared error
-        of the mean on the raw scale (log scale: smearing estimate exp(mu) x mean exp(r))."""
-        n, J = Y.shape
+    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale, own=None, carry=None, borrow=None):
+        """Models of one parameter's visits on one outcome scale: the candidate mean models
+        (`mean_models`; `carry` = (mean, sd) of the own baseline column when it is on this
+        scale, `borrow` = (X_all, Y_all, fold_all, arm indicators) of every arm) fitted per
+        fold (+ full), and the one with the smallest out-of-fold squared error of the mean on
+        the raw scale (log scale: smearing estimate exp(mu) x mean exp(r)). Returns its
+        intercepts, slopes, out-of-fold residuals, bounds of the mean, error and name."""
+        J = Y.shape[1]
         F = X.shape[1]
         Yt = forward(Y, scale)
-        b0 = np.zeros((folds + 1, J))
-        beta = np.zeros((folds + 1, J, F))
-        for f in range(folds + 1):
-            rows = fold != f if f < folds else np.ones(n, dtype=bool)
-            b0[f], beta[f] = fit_parameter(X[rows], Yt[rows], pen, alphas, self.pool_visits)
         with np.errstate(all="ignore"):
             ymin, ymax = np.nanmin(Yt, axis=0), np.nanmax(Yt, axis=0)
         span = np.where(np.isfinite(ymax - ymin), ymax - ymin, 0.0)
         lo, hi = ymin - 0.25 * span, ymax + 0.25 * span     # the mean stays near observed values
-        pred = np.full((n, J), np.nan)
-        for f in range(folds):
-            rows = fold == f
-            pred[rows] = np.clip(b0[f] + X[rows] @ beta[f].T, lo, hi)
-        resid = Yt - pred
+        wanted = CANDIDATES if self.mean_model == "auto" else (self.mean_model,)
+        best = None
+        for name in wanted:
+            if name == "ridge":
+                b0, beta = ridge_models(X, Yt, fold, folds, pen, alphas, self.pool_visits)
+            elif name == "ancova" and own is not None:
+                b0, beta = ancova_models(X, Yt, fold, folds, own)
+            elif name == "carry" and own is not None and carry is not None:
+                b0, beta = carry_models(J, F, folds, own, *carry)
+            elif name == "borrow" and borrow is not None:
+                X_all, Y_all, fold_all, arms = borrow
+                b0, beta = borrow_models(X_all, forward(Y_all, scale), fold_all, folds, arms, pen,
+                                         alphas, self.pool_visits)
+            else:
+                continue
+            pred = out_of_fold(X, b0, beta, fold, folds, lo, hi)
+            resid = Yt - pred
+            err = self._raw_error(Y, pred, resid, scale)
+            if best is None or err < best[5]:
+                best = (b0, beta, resid, lo, hi, err, name)
+        if best is None:                                   # a forced candidate that does not apply
+            b0, beta = ridge_models(X, Yt, fold, folds, pen, alphas, self.pool_visits)
+            pred = out_of_fold(X, b0, beta, fold, folds, lo, hi)
+            resid = Yt - pred
+            best = (b0, beta, resid, lo, hi, self._raw_error(Y, pred, resid, scale), "ridge")
+        return best
+
+    def _raw_error(self, Y, pred, resid, scale) -> float:
+        """Out-of-fold squared error of the mean on the raw scale; inf for a raw-scale model that
+        would put more than 1% of a positive parameter's twins below its plausible floor."""
+        J = Y.shape[1]
         if scale == "identity":
             raw = pred
         else:
@@ -131,16 +167,15 @@ class ArmFitting:
                         below.append(np.searchsorted(r, floor - p_).mean() / len(r))
                 if below and float(np.mean(below)) > _MAX_CLIPPED:
                     err = np.inf
-        return b0, beta, resid, lo, hi, err
+        return err
 
     def _fit_arm(self, arm: str) -> _ArmModel:
         kb = self.knowledge_base
         ids = kb.subjects.loc[kb.subjects["ARM"] == arm, "USUBJID"].to_numpy(dtype=object)
         n = len(ids)
         folds = min(self.cv_folds, max(n, 2))
-        order = np.argsort([stable_key(f"fold|{u}") for u in ids], kind="stable")
-        fold = np.empty(n, dtype=int)
-        fold[order] = np.arange(n) % folds
+        fold_of = kb_folds(kb, folds)          # every patient of the knowledge base, by arm
+        fold = np.array([fold_of[u] for u in ids], dtype=int)
 
         vv = kb.visit_values[kb.visit_values["ARM"] == arm]
         params = list(kb.parameters)
@@ -184,6 +219,8 @@ class ArmFitting:
         mlo, mhi = np.zeros(D), np.zeros(D)
         out_transforms = {}
         alphas = _ALPHAS if self.alpha is None else np.array([float(self.alpha)])
+        others = self._other_arms(kb, arm, features, outcomes, fold_of)
+        mean_models: dict[str, str] = {}
         for p in dict.fromkeys(o.paramcd for o in outcomes):
             cols = [j for j, o in enumerate(outcomes) if o.paramcd == p]
             pen = np.ones(F)
@@ -194,13 +231,18 @@ class ArmFitting:
                 else ([transforms[p]] if self.transform == "log" else [transforms[p], "identity"])
             best = None
             for scale in scales:
-                fitted = self._fit_scale(X, Y[:, cols], fold, folds, pen, alphas, scale)
-                if best is None or fitted[-1] < best[-1][-1]:
+                carry = None
+                if own is not None and scale == transforms[p]:
+                    carry = (features.mean_[own], features.sd_[own])
+                borrow = None if others is None else (others[0], others[1][:, cols], others[2], others[3])
+                fitted = self._fit_scale(X, Y[:, cols], fold, folds, pen, alphas, scale, own, carry, borrow)
+                if best is None or fitted[5] < best[1][5]:
                     best = (scale, fitted)
-            scale, (p_b0, p_beta, p_resid, p_lo, p_hi, _) = best
+            scale, (p_b0, p_beta, p_resid, p_lo, p_hi, _, name) = best
             b0[:, cols], beta[:, cols], resid[:, cols] = p_b0, p_beta, p_resid
             mlo[cols], mhi[cols] = p_lo, p_hi
             out_transforms[p] = scale
+            mean_models[p] = name
         transforms = {p: out_transforms.get(p, t) for p, t in transforms.items()}
 
         # residual covariance per fold (pairwise complete, shrunk towards its diagonal, made
@@ -240,6 +282,7 @@ class ArmFitting:
 
         tte = {}
         tte_beta = {}
+        tte_h0 = {}
         tte_primary = ""
         tte_integer = True
         if kb.tte is not None:
@@ -259,6 +302,9 @@ class ArmFitting:
                         rows = has & ((fold != f) if f < folds else True)
                         betas[f] = cox_ridge(X[rows], t[rows], c[rows] == 0, self.cox_penalizer)
                 tte_beta[q] = betas
+                tte_h0[q] = [breslow(t[r_], c[r_] == 0, X[r_] @ betas[f])
+                             for f in range(folds + 1)
+                             for r_ in [has & ((fold != f) if f < folds else True)]]
             events = {q: int(((c == 0) & np.isfinite(t)).sum()) for q, (t, c) in tte.items()}
             tte_primary = max(events, key=lambda q: (events[q], -list(events).index(q))) if events else ""
             vals = kb.tte["AVAL"].to_numpy(float)
@@ -272,12 +318,35 @@ class ArmFitting:
             notes.append(f"visits with fewer than {self.min_visit_subjects} patients of {arm} are not "
                          "generated: " + ", ".join(f"{p} visit {a:g}" for p, a in dropped[:12])
                          + (" ..." if len(dropped) > 12 else ""))
+        borrowed = np.array([mean_models.get(o.paramcd) == "borrow" for o in outcomes], dtype=bool)
         return _ArmModel(arm=arm, ids=ids, fold=fold, features=features, outcomes=outcomes,
                          transforms=transforms, b0=b0, beta=beta, resid=resid, sigma=sigma,
                          sigma_root=sigma_root,
                          mean_lo=mlo, mean_hi=mhi,
                          lo=lo, hi=hi, integer=integer, tte=tte, tte_integer=tte_integer, notes=notes,
-                         X=X, tte_beta=tte_beta, tte_primary=tte_primary)
+                         X=X, tte_beta=tte_beta, tte_primary=tte_primary, fold_of=fold_of,
+                         borrowed=borrowed, mean_models=mean_models, tte_h0=tte_h0)
+
+    def _other_arms(self, kb, arm, features, outcomes, fold_of):
+        """(X, Y, fold, arm indicators) of every patient of the knowledge base at the target
+        arm's outcome visits, for the `borrow` candidate; None without other arms or when that
+        candidate is not wanted."""
+        others = [a for a in kb.arms if a != arm]
+        if not outcomes or not others or self.mean_model not in ("auto", "borrow"):
+            return None
+        all_ids = list(kb.subjects["USUBJID"])
+        X_all = features.transform(kb, all_ids)
+        pos = {u: i for i, u in enumerate(all_ids)}
+        col_of = {(o.paramcd, o.avisitn): j for j, o in enumerate(outcomes)}
+        vv = kb.visit_values
+        Y_all = np.full((len(all_ids), len(outcomes)), np.nan)
+        c = np.array([col_of.get((p, a), -1) for p, a in zip(vv["PARAMCD"], vv["AVISITN"])], dtype=int)
+        keep = c >= 0
+        Y_all[vv["USUBJID"].map(pos).to_numpy()[keep].astype(int), c[keep]] = vv["AVAL"].to_numpy(float)[keep]
+        arm_of = kb.subjects["ARM"].to_numpy(dtype=object)
+        indicators = np.column_stack([(arm_of == a).astype(float) for a in others])
+        fold_all = np.array([fold_of[u] for u in all_ids], dtype=int)
+        return X_all, Y_all, fold_all, indicators
 
 
 def _covariance(resid: np.ndarray, shrink: float = 0.1) -> np.ndarray:
@@ -338,3 +407,16 @@ def neighbour_rows(hits: dict, ids: list[str], index: dict[str, int], m: int):
         for j, (r, d) in enumerate(row):
             nbr[i, j], dist[i, j] = r, d
     return nbr, dist
+
+
+def kb_folds(kb, folds: int) -> dict[str, int]:
+    """Cross-fitting folds of every knowledge-base patient: within each arm, patients in a
+    fixed pseudo-random order (by a hash of their id) are dealt to the folds in turn."""
+    out: dict[str, int] = {}
+    for _, group in kb.subjects.groupby("ARM", sort=False):
+        ids = group["USUBJID"].to_numpy(dtype=object)
+        order = np.argsort([stable_key(f"fold|{u}") for u in ids], kind="stable")
+        f = np.empty(len(ids), dtype=int)
+        f[order] = np.arange(len(ids)) % folds
+        out.update(zip(ids, f.tolist()))
+    return out

@@ -91,7 +91,14 @@ class TrajectoryDrawing:
             X = model.features.transform(src, chunk)
             folds = model.b0.shape[0] - 1
             which = np.where(self_row >= 0, model.fold[np.maximum(self_row, 0)], folds)
-            mu = model.b0[which] + np.einsum("sf,sdf->sd", X, model.beta[which])   # (S, D)
+            # a source in the knowledge base is predicted by the fold model that excludes it: its
+            # arm's fold for the target-arm models, its own fold for models fitted on every arm
+            W = np.repeat(which[:, None], D, axis=1)                           # (S, D)
+            if model.borrowed is not None and model.borrowed.any():
+                own_fold = np.array([model.fold_of.get(s, folds) for s in chunk])
+                W[:, model.borrowed] = own_fold[:, None]
+            d_idx = np.arange(D)[None, :]
+            mu = model.b0[W, d_idx] + np.einsum("sf,sdf->sd", X, model.beta[W, d_idx])   # (S, D)
             mu = np.clip(mu, model.mean_lo, model.mean_hi)
 
             # donors: one weighted random order of the neighbours per source (Efraimidis-
@@ -137,6 +144,9 @@ class TrajectoryDrawing:
                 if self.fill == "observed":
                     ok &= found
                 res = np.where(ok, centred, res)
+                shift = np.where(ok, model.lam[None, None, :] * rbar[:, None, :], 0.0)
+            else:
+                shift = np.zeros_like(res)
             for i, s in enumerate(chunk):
                 for t in range(k):
                     r = donor[i, t]
@@ -151,6 +161,13 @@ class TrajectoryDrawing:
                 z = ndtri(uniforms(seed, keys, k, _S_NOISE, D))
                 noise = np.einsum("skd,ed->ske", z, model.sigma_root[-1])
                 res = np.sqrt(1 - h * h)[..., None] * res + h[..., None] * noise
+            if self.balance and k >= 2:
+                # the source's K residuals re-centred on the neighbourhood's informative shift
+                # (0 without centring), spread kept: the twins' mean is the model's prediction
+                # plus that shift, with no Monte Carlo noise from which donors were drawn
+                own_mean = np.nanmean(res, axis=1, keepdims=True)
+                balanced = (res - own_mean) * np.sqrt(k / (k - 1)) + shift.mean(axis=1, keepdims=True)
+                res = np.where(np.isfinite(res), balanced, res)
             values = mu[:, None, :] + res                                       # (S, k, D)
             keep = np.isfinite(values)
             if self.visits == "neighbour":

@@ -186,3 +186,50 @@ def ridge_gcv(X: np.ndarray, y: np.ndarray, penalty: np.ndarray) -> tuple[float,
     b0, beta, gcv = ridge_path(X, y, penalty)
     i = int(np.argmin(gcv)) if np.isfinite(gcv).any() else len(gcv) - 1
     return float(b0[i]), beta[i]
+
+
+def breslow(time_: np.ndarray, event: np.ndarray, lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Breslow estimate of the baseline cumulative hazard of a Cox model with linear predictor
+    `lp`: (distinct event times, cumulative hazard at each)."""
+    t = np.asarray(time_, float)
+    e = np.asarray(event, bool)
+    r = np.exp(np.asarray(lp, float) - np.max(lp, initial=0.0))
+    times = np.unique(t[e])
+    if not len(times):
+        return times, times.copy()
+    order = np.argsort(t, kind="stable")
+    t_sorted, r_sorted = t[order], r[order]
+    at_risk = np.cumsum(r_sorted[::-1])[::-1]                  # sum of r over t_j >= t_sorted[i]
+    first = np.searchsorted(t_sorted, times, side="left")
+    deaths = np.array([np.sum(e & (t == x)) for x in times], dtype=float)
+    hazard = deaths / at_risk[first] * np.exp(-np.max(lp, initial=0.0))
+    return times, np.cumsum(hazard)
+
+
+def _knots(h_times, h_vals):
+    xs = np.concatenate([[0.0], h_times])
+    ys = np.concatenate([[0.0], h_vals])
+    keep = np.concatenate([[True], np.diff(ys) > 0])            # strictly increasing knots
+    return xs[keep], ys[keep]
+
+
+def cumulative_hazard(times, h_times: np.ndarray, h_vals: np.ndarray) -> np.ndarray:
+    """H0 at `times`: linear between the Breslow event times (and from 0), extended past the
+    last with its average slope."""
+    t = np.asarray(times, float)
+    if len(h_times) == 0 or h_vals[-1] <= 0:
+        return np.zeros_like(t)
+    xs, ys = _knots(h_times, h_vals)
+    slope = ys[-1] / xs[-1]
+    return np.where(t <= xs[-1], np.interp(t, xs, ys), ys[-1] + (t - xs[-1]) * slope)
+
+
+def rescale_times(times: np.ndarray, ratio: np.ndarray, h_times: np.ndarray, h_vals: np.ndarray) -> np.ndarray:
+    """Times moved to another risk under proportional hazards: the t' with H0(t') = H0(t) x
+    ratio (same survival quantile; `cumulative_hazard` and its inverse). NaN stays NaN."""
+    if len(h_times) == 0 or h_vals[-1] <= 0:
+        return np.asarray(times, float)
+    xs, ys = _knots(h_times, h_vals)
+    slope = ys[-1] / xs[-1]
+    target = cumulative_hazard(times, h_times, h_vals) * ratio
+    return np.where(target <= ys[-1], np.interp(target, ys, xs), xs[-1] + (target - ys[-1]) / slope)
