@@ -560,7 +560,7 @@ def ols(y, X) -> OLSFit:
     """Ordinary least squares with classical standard errors (as statsmodels OLS().fit())."""
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
-    n, p = X.shape
+    n = X.shape[0]
     xtx_inv = np.linalg.pinv(X.T @ X)
     beta = xtx_inv @ X.T @ y
     resid = y - X @ beta

@@ -128,7 +128,7 @@ def test_ols_matches_statsmodels():
 def test_procova_effects_match_statsmodels_on_btheb():
     trial = load_demo("btheb")
     ctrl = trial.control_arm
-    trt = [a for a in trial.arms if a != ctrl][0]
+    trt = next(a for a in trial.arms if a != ctrl)
     kb_ids = trial.subjects["USUBJID"]
     gen = get_generator("local", retriever_factory=ExactRetriever).fit(trial)
     # twins under control of every trial patient; a patient is never its own neighbour/donor
@@ -170,8 +170,8 @@ def test_resample_knowledge_base_keeps_sources_once():
     assert copies.any()
     orig = kb.subjects.loc[copies, "USUBJID"].str.split("#").str[0].iloc[0]
     new = kb.subjects.loc[copies, "USUBJID"].iloc[0]
-    a = trial.bds["adqs"].query("USUBJID == @orig")["AVAL"].to_numpy()
-    b = kb.bds["adqs"].query("USUBJID == @new")["AVAL"].to_numpy()
+    a = trial.bds["adqs"].loc[trial.bds["adqs"]["USUBJID"] == orig, "AVAL"].to_numpy()
+    b = kb.bds["adqs"].loc[kb.bds["adqs"]["USUBJID"] == new, "AVAL"].to_numpy()
     np.testing.assert_array_equal(a, b)
 
 
@@ -179,7 +179,7 @@ def test_resample_knowledge_base_keeps_sources_once():
 def btheb_sc():
     trial = load_demo("btheb")
     ctrl = trial.control_arm
-    trt = [a for a in trial.arms if a != ctrl][0]
+    trt = next(a for a in trial.arms if a != ctrl)
     real = trial.subset(trial.subjects.loc[trial.subjects["ARM"] == trt, "USUBJID"])
     gen = get_generator("local", retriever_factory=ExactRetriever).fit(trial)
     run = gen.generate(real.baseline_only(), target_arm=ctrl, twins_per_patient=20, seed=1)

@@ -182,7 +182,7 @@ def test_ancova_variance_reduction_matches_formula():
 
 
 # ---------------------------------------------------------------- noncentral t, baseline ANCOVA
-from services.metrics.procova import estimate_adjustment, power_ancova  # noqa: E402
+from services.metrics.procova import estimate_adjustment, power_ancova
 
 
 def test_noncentral_t_power_worked_value():
