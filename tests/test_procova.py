@@ -179,3 +179,87 @@ def test_ancova_variance_reduction_matches_formula():
     ratio = adj.var() / raw.var()
     assert ratio == pytest.approx(1 - rho**2, rel=0.12)
     assert raw.var() == pytest.approx(2 / n_arm, rel=0.12)
+
+
+# ---------------------------------------------------------------- noncentral t, baseline ANCOVA
+from services.metrics.procova import estimate_adjustment, power_ancova
+
+
+def test_noncentral_t_power_worked_value():
+    # 64 per arm, effect 0.5, sd 1, two-sided 5 %: df = 126, ncp = 0.5 / sqrt(2/64) = 2.8284
+    df, ncp = 126, 0.5 / math.sqrt(2 / 64)
+    tc = stats.t.ppf(0.975, df)
+    hand = stats.nct.sf(tc, df, ncp) + stats.nct.cdf(-tc, df, ncp)
+    assert hand == pytest.approx(0.80146, abs=1e-5)
+    assert power_ancova(64, 64, 0.5, 1.0) == pytest.approx(hand, rel=1e-12)
+    smp = pytest.importorskip("statsmodels.stats.power")
+    assert hand == pytest.approx(smp.TTestIndPower().power(0.5, 64, 0.05, ratio=1.0), rel=1e-6)
+    # one covariate with rho 0.5: df 125, variance x 0.75 x (N-3)/(N-4)
+    var = 0.75 * 2 / 64 * 125 / 124
+    tc = stats.t.ppf(0.975, 125)
+    ncp = 0.5 / math.sqrt(var)
+    assert power_ancova(64, 64, 0.5, 1.0, rho=0.5) == pytest.approx(
+        stats.nct.sf(tc, 125, ncp) + stats.nct.cdf(-tc, 125, ncp), rel=1e-12)
+
+
+def test_t_sample_size_is_minimal_and_reaches_power():
+    res = sample_size(0.5, 1.0, method="t")
+    assert (res.n_control, res.n_treatment, res.method) == (64, 64, "t")
+    assert res.power_achieved >= 0.8 > power_ancova(63, 63, 0.5, 1.0)
+    # the normal approximation overstates power at small n: rho 0.9
+    normal = sample_size(0.5, 1.0, rho=0.9)
+    t = sample_size(0.5, 1.0, rho=0.9, method="t")
+    assert normal.power_achieved < 0.8 <= t.power_achieved
+    assert t.n_control > normal.n_control
+    assert power_ancova(t.n_treatment - 1, t.n_control - 1, 0.5, 1.0, rho=0.9) < 0.8
+    big = sample_size(1.0, 1.0, rho=0.99, method="t")  # tiny trials: df, not the formula, bind
+    assert big.power_achieved >= 0.8
+
+
+def test_treated_arm_sd_and_rho():
+    same = sample_size(0.5, 1.0, rho=0.5)
+    assert sample_size(0.5, 1.0, rho=0.5, sd_treatment=1.0, rho_treatment=0.5).n_total == same.n_total
+    # treated arm noisier and less predictable: n_c = (1 x 0.75 + 4 x 0.91) z^2 / 0.25
+    res = sample_size(0.5, 1.0, rho=0.5, sd_treatment=2.0, rho_treatment=0.3)
+    assert res.n_control_exact == pytest.approx((0.75 + 4 * 0.91) * (Z975 + Z80) ** 2 / 0.25)
+    plan = procova_plan(0.5, 1.0, 0.5, conservative=False, sd_treatment=2.0, rho_treatment=0.3)
+    assert plan.adjusted.n_total == res.n_total
+    assert plan.unadjusted.n_control_exact == pytest.approx(5 * (Z975 + Z80) ** 2 / 0.25)
+
+
+def test_saving_against_the_baseline_ancova():
+    # baseline explains rho_b^2 = 0.36; the twins add a partial correlation of 0.5
+    plan = procova_plan(0.5, 1.0, rho=0.7, rho_baseline=0.6, rho_partial=0.5,
+                        conservative=False, method="t")
+    assert plan.baseline_ancova.variance_factor == pytest.approx(0.64)
+    assert plan.adjusted.variance_factor == pytest.approx(0.64 * 0.75)
+    assert plan.adjusted.n_covariates == 2 and plan.baseline_ancova.n_covariates == 1
+    assert plan.saving_vs_baseline_total == plan.baseline_ancova.n_total - plan.adjusted.n_total > 0
+    assert plan.saving_vs_baseline_pct < plan.saving_pct
+    assert plan.adjusted.power_achieved >= 0.8 and plan.baseline_ancova.power_achieved >= 0.8
+    # conservative: the deflation applies to what the twins add, not to the baseline
+    cons = procova_plan(0.5, 1.0, rho=0.7, rho_baseline=0.6, rho_partial=0.5, method="t")
+    assert cons.rho_partial_used == pytest.approx(0.45)
+    assert cons.baseline_ancova.n_total == plan.baseline_ancova.n_total
+    assert cons.adjusted.n_total >= plan.adjusted.n_total
+    # a score that only repeats the baseline saves nothing beyond it
+    none = procova_plan(0.5, 1.0, rho=0.6, rho_baseline=0.6, conservative=False)
+    assert none.rho_partial == pytest.approx(0.0) and none.saving_vs_baseline_total == 0
+
+
+def test_estimate_adjustment_matches_regressions():
+    sm = pytest.importorskip("statsmodels.api")
+    rng = np.random.default_rng(4)
+    b = rng.normal(size=300)
+    score = 0.8 * b + rng.normal(size=300)
+    y = 0.5 * b + 0.5 * score + rng.normal(size=300)
+    est = estimate_adjustment(score, b, y)
+    r2b = sm.OLS(y, sm.add_constant(b)).fit().rsquared
+    r2both = sm.OLS(y, sm.add_constant(np.column_stack([b, score]))).fit().rsquared
+    assert est.r2_baseline == pytest.approx(r2b, rel=1e-9)
+    assert est.r2_both == pytest.approx(r2both, rel=1e-9)
+    # partial correlation = correlation of the residuals on the baseline
+    ry = sm.OLS(y, sm.add_constant(b)).fit().resid
+    rs = sm.OLS(score, sm.add_constant(b)).fit().resid
+    assert est.rho_partial == pytest.approx(np.corrcoef(ry, rs)[0, 1], rel=1e-9)
+    assert 0 < est.partial_lower < est.rho_partial and est.n == 300

@@ -1,0 +1,371 @@
+"""Calibration bench of the effect estimators (services/effects.py) and PROCOVA planning.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py            # ~15-20 min, one core
+    OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py --quick    # ~2 min smoke run
+
+Trials are simulated by resampling the control arm of each bundled trial (pbc, btheb,
+epilepsy) and of the CDISC pilot (when ../shared/data/cdiscpilot01 exists), so the truth is
+known: every "treated" patient is a real control patient.
+
+1. **Synthetic control, null** (no effect). Per replicate the control arm is split at random
+   into a knowledge base (half) and a "treated" cohort (the other half, real outcomes kept);
+   the local generator is fitted on the knowledge base and twins each treated patient K = 20
+   times under control; K = 1 and 5 use the first 1 and 5 twins (twin t of a source is the
+   same draw whatever K). Tests at nominal 5 %:
+   - *naive* (the issue's reproduction): Welch t-test and Cox model treating the N x K twins as
+     independent patients, generator fitted once and taken as known;
+   - *effects*: :func:`services.effects.synthetic_control_effects` (patient as unit + the
+     generator's variance from B refits on bootstrap knowledge bases; one bootstrap per
+     replicate serves every K). Mean difference at the endpoint visit, Cox HR and RMST
+     difference for the first TTE parameter (pbc DEATH).
+   Coverage of a known added effect: the treated cohort's outcomes are multiplied by 1.2
+   (true effect = 0.2 x the pool's mean at the visit; an additive shift would be trivially
+   covered exactly as often as 0 is under the null: the estimators are shift-equivariant).
+   The time-to-event coverage is that of the null (HR 1, RMST difference 0).
+2. **PROCOVA, randomized**. The control arm is split into historical patients (the generator's
+   knowledge base) and a trial population; the population's twins (mean of K under control) give
+   each patient a prognostic score that never saw their outcome. Trials of n per arm are drawn
+   from the population with replacement, randomized 1:1, with a known shift added to the
+   treated arm: type I error and CI coverage of unadjusted, baseline-ANCOVA and
+   PROCOVA(+baseline) analyses; then the noncentral-t PROCOVA n for 80 % power (inputs: the
+   population's SD, baseline correlation and the score's partial correlation, not deflated,
+   so the formula itself is checked) against the empirical power of trials of that n.
+
+To keep the cost within ~15-20 minutes of one core each trial's knowledge base keeps its
+endpoint parameter only (fits 0.05-0.25 s; the estimators do not depend on it), B = 10
+refits with 10 twins each (11 fits per replicate). That allows fewer than 1,000 synthetic-
+control null replicates per cell (counts printed, with the binomial 95 % interval of each
+rejection rate): 1,000 replicates x 11 fits x 4 trials would take ~2.5 hours of one core.
+
+Ends with one `RESULT ...` line. Last run: see the README section "Inference bench".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services import effects as E
+from services.datasets import load_demo
+from services.generators import get_generator
+from services.metrics.procova import estimate_adjustment, procova_plan
+from services.retrieval import ExactRetriever
+from services.trial import Trial, load_trial
+
+PILOT = ROOT.parent / "shared" / "data" / "cdiscpilot01"
+KS = (1, 5, 20)
+ALPHA = 0.05
+
+
+# ------------------------------------------------------------------------------------------
+# trials
+
+
+def endpoint(trial: Trial) -> tuple[str, float]:
+    ep = trial.meta.endpoint or {}
+    if ep.get("paramcd") and ep.get("avisitn") is not None:
+        return str(ep["paramcd"]), float(ep["avisitn"])
+    p = trial.longitudinal_parameters[0]
+    visits = trial.schedule(p)
+    top = max(v.n_subjects for v in visits)
+    return p, max(v.avisitn for v in visits if v.n_subjects >= 0.6 * top)
+
+
+def control_pool(trial: Trial, paramcd: str) -> Trial:
+    """The control arm with its endpoint parameter only (cheaper generator fits)."""
+    ids = trial.subjects.loc[trial.subjects["ARM"] == trial.control_arm, "USUBJID"]
+    t = trial.subset(ids)
+    bds = {k: v[v["PARAMCD"] == paramcd].reset_index(drop=True) for k, v in t.bds.items()}
+    bds = {k: v for k, v in bds.items() if len(v)}
+    digest = hashlib.sha256((t.content_hash + "|" + paramcd).encode()).hexdigest()
+    return dataclasses.replace(t, bds=bds, content_hash=digest)
+
+
+def load_trials(names):
+    out = []
+    for name in ("pbc", "btheb", "epilepsy"):
+        if not names or name in names:
+            out.append(load_demo(name))
+    if PILOT.exists() and (not names or "cdiscpilot01" in names):
+        out.append(load_trial(PILOT, name="cdiscpilot01"))
+    return out
+
+
+def generator():
+    return get_generator("local", retriever_factory=ExactRetriever)
+
+
+def subset_run(run, k: int):
+    keep = run.adsl["TWINIDX"] <= k
+    ids = set(run.adsl.loc[keep, "USUBJID"])
+    tte = None if run.tte is None else run.tte[run.tte["USUBJID"].isin(ids)]
+    return E.TwinRun(run.adsl[keep], {n: f[f["USUBJID"].isin(ids)] for n, f in run.bds.items()}, tte,
+                     run.manifest)
+
+
+def scale_outcomes(real: Trial, paramcd: str, factor: float) -> Trial:
+    """The cohort with its post-baseline values of `paramcd` multiplied by `factor`."""
+    bds = {}
+    for k, v in real.bds.items():
+        post = (v["PARAMCD"] == paramcd) & ~v["ABLFL"].astype(str).str.upper().eq("Y") & (v["ADY"].isna() | (v["ADY"] > 1))
+        bds[k] = v.assign(AVAL=np.where(post, v["AVAL"] * factor, v["AVAL"]))
+    return dataclasses.replace(real, bds=bds, content_hash=real.content_hash + f"x{factor}")
+
+
+# ------------------------------------------------------------------------------------------
+# naive tests (the issue's reproduction): twins counted as independent patients
+
+
+def naive_tests(real: Trial, run, paramcd: str, avisitn: float, tte_p: str | None) -> dict:
+    out = {}
+    vv = real.visit_values
+    y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)]["AVAL"].to_numpy(float)
+    tv = run.values()
+    tw = tv[(tv["PARAMCD"] == paramcd) & (tv["AVISITN"] == avisitn)]["AVAL"].to_numpy(float)
+    out["md"] = float(stats.ttest_ind(y, tw, equal_var=False).pvalue)
+    if tte_p is not None:
+        r = real.tte[real.tte["PARAMCD"] == tte_p]
+        t = run.tte[run.tte["PARAMCD"] == tte_p]
+        fit = E.cox_binary(np.r_[r["AVAL"], t["AVAL"]], np.r_[1 - r["CNSR"], 1 - t["CNSR"]],
+                           np.r_[np.ones(len(r)), np.zeros(len(t))])
+        out["hr"] = float(2 * stats.norm.sf(abs(fit.log_hr) / fit.se_model))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# 1. synthetic control
+
+
+def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r: int,
+                 refits: int, boot_twins: int, factor: float, truth_md: float) -> list[dict]:
+    rng = np.random.default_rng([r, 17])
+    ids = pool.subjects["USUBJID"].to_numpy(object)
+    perm = rng.permutation(ids)
+    half = len(ids) // 2
+    kb = pool.subset(perm[:half], name="kb")
+    real = pool.subset(perm[half:], name="treated")
+    run20 = generator().fit(kb).generate(real.baseline_only(), target_arm=pool.control_arm,
+                                         twins_per_patient=max(KS), seed=r)
+    taus = {}
+    if tte_p is not None:
+        taus = {tte_p: E.default_tau(real, run20, tte_p)}
+    boot = E.generator_bootstrap(real, kb, pool.control_arm, refits=refits, boot_twins=boot_twins,
+                                 seed=r, taus=taus, params=[paramcd])
+    alt = scale_outcomes(real, paramcd, factor)
+    # the scaled cohort's theta_b differ from boot's by (factor - 1) x mean(Y), the same for
+    # every refit (same patients), so the generator variance of `boot` applies unchanged
+    rows = []
+    for k in KS:
+        run = subset_run(run20, k)
+        naive = naive_tests(real, run, paramcd, avisitn, tte_p)
+        kw = {"tau": taus or None, "params": [paramcd], "tte_params": [tte_p] if tte_p else []}
+        for e in E.synthetic_control_effects(real, run, kb, bootstrap=boot, **kw):
+            if e.measure == "mean_difference" and e.avisitn != avisitn:
+                continue
+            truth = 1.0 if e.measure == "hazard_ratio" else 0.0
+            nv = naive.get("md" if e.measure == "mean_difference" else "hr" if e.measure == "hazard_ratio" else "", np.nan)
+            rows.append({"rep": r, "K": k, "measure": e.measure, "estimate": e.estimate, "lo": e.ci_low, "hi": e.ci_high,
+                             "p": e.p_value, "naive_p": nv, "reject": e.p_value < ALPHA,
+                             "cover": e.ci_low <= truth <= e.ci_high, "width": e.ci_high - e.ci_low,
+                             "v_pat": e.var_patients, "v_gen": e.var_generator, "n": e.n_patients})
+        for e in E.synthetic_control_effects(alt, run, kb, bootstrap=boot, tau=None, params=[paramcd],
+                                             tte_params=[]):
+            if e.avisitn != avisitn:
+                continue
+            rows.append({"rep": r, "K": k, "measure": "md_x1.2", "estimate": e.estimate, "lo": e.ci_low, "hi": e.ci_high,
+                             "p": e.p_value, "naive_p": np.nan, "reject": e.p_value < ALPHA,
+                             "cover": e.ci_low <= truth_md <= e.ci_high, "width": e.ci_high - e.ci_low,
+                             "v_pat": e.var_patients, "v_gen": e.var_generator, "n": e.n_patients})
+    return rows
+
+
+def binom_ci(x: int, n: int) -> tuple[float, float]:
+    if n == 0:
+        return float("nan"), float("nan")
+    lo = stats.beta.ppf(0.025, x, n - x + 1) if x > 0 else 0.0
+    hi = stats.beta.ppf(0.975, x + 1, n - x) if x < n else 1.0
+    return float(lo), float(hi)
+
+
+# ------------------------------------------------------------------------------------------
+# 2. PROCOVA
+
+
+def procova_population(pool: Trial, paramcd: str, avisitn: float, seed: int):
+    """Split the control arm: historical half -> generator; population half -> (Y, baseline,
+    score_K for K in KS), the score from twins that never saw the patient's outcome."""
+    rng = np.random.default_rng([seed, 99])
+    ids = pool.subjects["USUBJID"].to_numpy(object)
+    perm = rng.permutation(ids)
+    half = len(ids) // 2
+    kb = pool.subset(perm[:half])
+    popu = pool.subset(perm[half:])
+    run = generator().fit(kb).generate(popu.baseline_only(), target_arm=pool.control_arm,
+                                       twins_per_patient=max(KS), seed=seed)
+    vv = popu.visit_values
+    y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)].set_index("USUBJID")["AVAL"]
+    df = pd.DataFrame({"Y": y, "BASE": popu.baseline[paramcd].reindex(y.index)})
+    for k in KS:
+        df[f"S{k}"] = E.prognostic_scores(subset_run(run, k), paramcd, avisitn).reindex(df.index)
+    return df.dropna()
+
+
+def _ols_t(y, X):
+    fit = E.ols(y, X)
+    return fit.coef[1], fit.se[1], fit.df
+
+
+def procova_sim(df: pd.DataFrame, k: int, n_per_arm: int, shift: float, reps: int,
+                rng: np.random.Generator, analyses=("unadjusted", "ancova_baseline", "procova_baseline")):
+    Y, B, S = df["Y"].to_numpy(), df["BASE"].to_numpy(), df[f"S{k}"].to_numpy()
+    res = {a: [] for a in analyses}
+    for _ in range(reps):
+        idx = rng.integers(0, len(Y), 2 * n_per_arm)
+        trt = np.r_[np.ones(n_per_arm), np.zeros(n_per_arm)]
+        y = Y[idx] + shift * trt
+        cols = {"unadjusted": [], "ancova_baseline": [B[idx]], "procova_baseline": [B[idx], S[idx]],
+                "procova": [S[idx]]}
+        for a in analyses:
+            X = np.column_stack([np.ones(2 * n_per_arm), trt, *cols[a]])
+            est, se, dfr = _ols_t(y, X)
+            q = stats.t.ppf(1 - ALPHA / 2, dfr)
+            res[a].append((abs(est) / se > q, est - q * se <= shift <= est + q * se))
+    return {a: np.array(v) for a, v in res.items()}
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few replicates: a smoke run (~2 min)")
+    ap.add_argument("--trials", nargs="*", default=None)
+    ap.add_argument("--reps", type=int, default=None, help="synthetic-control null replicates per trial")
+    ap.add_argument("--refits", type=int, default=10)
+    ap.add_argument("--boot-twins", type=int, default=10)
+    ap.add_argument("--procova-reps", type=int, default=None)
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    reps_by = {"pbc": 120, "btheb": 200, "epilepsy": 150, "cdiscpilot01": 100}
+    if args.quick:
+        reps_by = {k: 12 for k in reps_by}
+    if args.reps:
+        reps_by = {k: args.reps for k in reps_by}
+    p_reps = args.procova_reps or (300 if args.quick else 2000)
+    t_start = time.perf_counter()
+    summary = []
+    pw_gaps, pw_rows = [], []
+    procova_t1e, procova_cov = [], []
+    for trial in load_trials(args.trials):
+        paramcd, avisitn = endpoint(trial)
+        pool = control_pool(trial, paramcd)
+        tte_p = None
+        if trial.tte is not None and trial.tte_parameters:
+            tte_p = (trial.meta.endpoint or {}).get("tte_paramcd") or trial.tte_parameters[0]
+        vv = pool.visit_values
+        ypool = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)]["AVAL"]
+        factor = 1.2
+        truth_md = (factor - 1) * float(ypool.mean())
+        n_rep = reps_by.get(trial.name, 100)
+        print(f"\n== {trial.name}: control arm {pool.control_arm!r} N={len(pool.subjects)}, endpoint "
+              f"{paramcd} visit {avisitn:g}" + (f", TTE {tte_p}" if tte_p else "") +
+              f"; {n_rep} null replicates, B={args.refits} refits x {args.boot_twins} twins", flush=True)
+        t0 = time.perf_counter()
+        rows = []
+        for r in range(n_rep):
+            rows += sc_replicate(pool, paramcd, avisitn, tte_p, r, args.refits, args.boot_twins, factor, truth_md)
+            if r == 0:
+                print(f"   first replicate {time.perf_counter() - t0:.1f}s", flush=True)
+        res = pd.DataFrame(rows)
+        dt = time.perf_counter() - t0
+        print(f"   {dt:.0f}s ({dt / max(n_rep, 1):.2f}s per replicate)")
+        print(f"   {'measure':16s} {'K':>3s} {'naive':>7s} {'reject':>7s} {'95% CI of rate':>16s} "
+              f"{'cover':>6s} {'CI width':>9s} {'v_gen/v':>8s}")
+        for (measure, k), g in res.groupby(["measure", "K"], sort=False):
+            rej = int(g["reject"].sum())
+            lo, hi = binom_ci(rej, len(g))
+            naive = g["naive_p"].lt(ALPHA).mean() if g["naive_p"].notna().any() else float("nan")
+            share = float((g["v_gen"] / (g["v_gen"] + g["v_pat"])).mean())
+            print(f"   {measure:16s} {k:3d} {naive:7.3f} {rej / len(g):7.3f}   [{lo:.3f}, {hi:.3f}] "
+                  f"{g['cover'].mean():6.3f} {g['width'].median():9.3g} {share:8.2f}")
+            summary.append({"trial": trial.name, "measure": measure, "K": k, "reps": len(g), "naive": naive,
+                                "reject": rej / len(g), "cover": g["cover"].mean(), "width": g["width"].median()})
+        # ----- PROCOVA
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(2024)
+        pops = [procova_population(pool, paramcd, avisitn, s) for s in range(3 if args.quick else 5)]
+        print(f"   PROCOVA ({p_reps} simulated trials per K and scenario, population = "
+              f"{len(pops)} historical/population splits)")
+        for k in KS:
+            t1e, cov, powers = {}, {}, []
+            for df in pops:
+                sd = float(df["Y"].std(ddof=0))
+                n_small = max(10, min(60, len(df)))
+                nul = procova_sim(df, k, n_small, 0.0, p_reps // len(pops), rng)
+                shift = 0.5 * sd
+                alt = procova_sim(df, k, n_small, shift, p_reps // len(pops), rng)
+                for a in nul:
+                    t1e.setdefault(a, []).append(nul[a][:, 0].mean())
+                    cov.setdefault(a, []).append(alt[a][:, 1].mean())
+                adj = estimate_adjustment(df[f"S{k}"], df["BASE"], df["Y"])
+                # effect for ~80 % power at a moderate n with the twin-adjusted ANCOVA
+                plan = procova_plan(0.5 * sd, sd, adj.rho_score, conservative=False, method="t",
+                                    rho_baseline=adj.rho_baseline, rho_partial=adj.rho_partial)
+                n = plan.adjusted.n_control
+                sim = procova_sim(df, k, n, 0.5 * sd, p_reps // len(pops), rng, ("procova_baseline",))
+                powers.append((plan.adjusted.power_achieved, sim["procova_baseline"][:, 0].mean(), n,
+                               plan.baseline_ancova.n_control, plan.unadjusted.n_control,
+                               plan.saving_vs_baseline_pct, plan.saving_pct))
+            pwa = np.array(powers)
+            gap = float(pwa[:, 1].mean() - pwa[:, 0].mean())
+            pw_gaps.append(gap)
+            pw_rows.append((trial.name, k, gap))
+            print(f"   K={k:2d} type I: " + ", ".join(f"{a} {np.mean(v):.3f}" for a, v in t1e.items()) +
+                  " | coverage: " + ", ".join(f"{a} {np.mean(v):.3f}" for a, v in cov.items()))
+            print(f"        plan n/arm PROCOVA {pwa[:, 2].mean():.0f} (baseline ANCOVA {pwa[:, 3].mean():.0f}, "
+                  f"unadjusted {pwa[:, 4].mean():.0f}; saving vs baseline {pwa[:, 5].mean():.0f}%, vs "
+                  f"unadjusted {pwa[:, 6].mean():.0f}%): planned power {pwa[:, 0].mean():.3f}, "
+                  f"empirical {pwa[:, 1].mean():.3f} (gap {gap:+.3f})")
+            procova_t1e += [np.mean(v) for v in t1e.values()]
+            procova_cov += [np.mean(v) for v in cov.values()]
+        print(f"   PROCOVA part {time.perf_counter() - t0:.0f}s", flush=True)
+
+    s = pd.DataFrame(summary)
+    null = s[s["measure"] != "md_x1.2"]
+    naive = null.dropna(subset=["naive"])
+    alt = s[s["measure"] == "md_x1.2"]
+    w = s[s["measure"] == "mean_difference"].pivot_table(index="trial", columns="K", values="width")
+    width_ratio = float((w[max(KS)] / w[min(KS)]).min()) if len(w) else float("nan")
+    fields = {
+        "trials": s["trial"].nunique(),
+        "null_reps_min": int(null["reps"].min()),
+        "naive_t1e_k1": naive.loc[naive["K"] == 1, "naive"].max(),
+        "naive_t1e_k20": naive.loc[naive["K"] == 20, "naive"].max(),
+        "t1e_min": null["reject"].min(), "t1e_max": null["reject"].max(),
+        "coverage_min": min(null["cover"].min(), alt["cover"].min()),
+        "coverage_effect_min": alt["cover"].min(),
+        "ci_width_k20_over_k1_min": width_ratio,
+        "procova_t1e_min": min(procova_t1e), "procova_t1e_max": max(procova_t1e),
+        "procova_coverage_min": min(procova_cov),
+        "procova_power_gap_maxabs": max(abs(g) for g in pw_gaps),
+        "minutes": (time.perf_counter() - t_start) / 60,
+    }
+    print("\nRESULT " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in fields.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,622 @@
+"""Treatment effects from twin arms, with the patient as the unit of inference.
+
+Two designs.
+
+**1. Synthetic control for a treated cohort** (:func:`synthetic_control_effects`). The real
+source cohort (e.g. the treated arm, with its real post-baseline outcomes) is compared with
+its twins generated under the control arm by a generator fitted on a knowledge base.
+
+- *Continuous endpoint, per PARAMCD and scheduled visit*: for every source patient i observed
+  at the visit, d_i = Y_i - mean of the patient's K twins at that visit (the K twins are
+  averaged first: the patient, not the twin, is the unit). The estimate is mean_i d_i
+  (real minus counterfactual).
+- *Time to event, per PARAMCD*: hazard ratio real vs twins from a Cox model (Breslow ties) in
+  which each twin has weight 1/K, so each patient's twins together weigh one patient; and the
+  difference in restricted mean survival time (RMST, real minus twins) up to ``tau``
+  (default: the shorter of the two arms' longest follow-up), from Kaplan-Meier curves with the
+  same weights.
+
+Variance: by the law of total variance, conditioning on the fitted generator g,
+
+    Var(theta) = E[Var(theta | g)] + Var(E[theta | g])
+               =  patient term      +  generator term.
+
+- *Patient term*: given g, the clusters (real patient i, its K twins) are independent and
+  identically distributed (twins of different patients use independent random numbers), so
+  the cluster-robust (sandwich) variance with clusters = source patients is consistent: the
+  sample variance of d_i / n for a mean difference, Lin & Wei (1989) robust variance of the
+  weighted Cox score for log HR, and the influence functions of the Kaplan-Meier RMST
+  (Greenwood form) summed per cluster for the RMST difference. This term includes the twins'
+  Monte-Carlo noise, which falls with K.
+- *Generator term*: the generator learnt from a finite knowledge base; another knowledge base
+  would have given other twins for everybody at once. It is estimated by a bootstrap that
+  refits the generator ``refits`` (B) times on knowledge bases whose target arm is resampled
+  with replacement (patients duplicated under new ids; sources kept once, never duplicated, so
+  a source can never borrow from a copy of itself) and regenerates ``boot_twins`` twins of the
+  *same* sources: V = Var_b(theta_b) - MC, where MC, the Monte-Carlo variance of theta_b
+  given g_b, is estimated from the two halves of each refit's twins:
+  MC = mean_b (theta_b(first half) - theta_b(second half))^2 / 4; floored at 0. This term
+  does not fall with K: more twins never buy more certainty than the knowledge base holds.
+
+The interval is theta +- t_{df, 1-alpha/2} * sqrt(patient + generator) with Satterthwaite
+degrees of freedom df = (v_p + v_g)^2 / (v_p^2 / (n - 1) + v_g^2 / (B - 1)) (the generator
+term rests on B refits only); log scale for the hazard ratio. The patient term is the one of
+the run being analysed (its K); the generator term does not depend on K.
+
+Assumptions (write them in the report): the knowledge base's target arm and the source cohort
+are different patients (true for a synthetic control of a treated arm; when sources are in the
+target arm, the generator's cross-fitting keeps each source out of its own twin, but the
+decomposition is then approximate); the twins' visits are compared where the real patient was
+observed (a hypothetical "had they been observed" estimand under missing-at-random given
+baseline). The LLM generator can be used (``generator="llm"``) but each refit regenerates
+every twin: B x n x boot_twins calls.
+
+**2. Twin-adjusted randomized trial (PROCOVA)** (:func:`procova_effects`): OLS of the outcome
+at one visit on the arm indicator alone (unadjusted), plus the baseline value (baseline
+ANCOVA), plus the prognostic score (mean of the patient's twins under control, generated from
+the baseline by a generator that never saw the patient's outcome), and with both. Classical
+(homoscedastic) OLS standard errors, t intervals with n - p degrees of freedom, as statsmodels
+``OLS(...).fit()``. The prognostic score is a fixed baseline covariate, so these tests are exact
+under the linear model whatever the quality of the twins (Schuler et al. 2022).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from services.trial import Trial
+from services.twins import TwinRun
+
+UNIT = "patients"
+MIN_PATIENTS = 5
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One estimated effect. ``estimate``/``ci_low``/``ci_high`` are on the natural scale
+    (hazard ratio for ``measure="hazard_ratio"``, whose ``se`` is that of log HR).
+    ``var_patients`` / ``var_generator`` split the variance (log scale for HR)."""
+
+    design: str            # "synthetic_control" | "randomized"
+    measure: str           # "mean_difference" | "hazard_ratio" | "rmst_difference"
+    paramcd: str
+    avisitn: float | None
+    avisit: str
+    estimate: float
+    se: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    df: float
+    method: str
+    unit: str = UNIT
+    n_patients: int = 0
+    n_treatment: int = 0
+    n_control: int = 0
+    K: int | None = None
+    B: int | None = None
+    var_patients: float = float("nan")
+    var_generator: float = float("nan")
+    tau: float | None = None
+    analysis: str = ""     # randomized: unadjusted | ancova_baseline | procova | procova_baseline
+    alpha: float = 0.05
+
+    def as_dict(self) -> dict:
+        out = {}
+        for k, v in self.__dict__.items():
+            if isinstance(v, (np.floating, np.integer)):
+                v = v.item()
+            if isinstance(v, float) and not math.isfinite(v):
+                v = None
+            out[k] = v
+        return out
+
+
+def effects_table(effects: Iterable[Effect]) -> pd.DataFrame:
+    """The effects as a DataFrame (one row each)."""
+    return pd.DataFrame([e.as_dict() for e in effects])
+
+
+def effects_json(effects: Iterable[Effect]) -> list[dict]:
+    """JSON-able list for `twinarm evaluate --json` (`effects` section): NaN becomes None."""
+    return [e.as_dict() for e in effects]
+
+
+# ==========================================================================================
+# building blocks: weighted Cox (one binary covariate), weighted KM RMST with influence functions
+
+
+@dataclass(frozen=True)
+class CoxFit:
+    """Cox model with one binary covariate (1 = group of interest), Breslow ties."""
+
+    log_hr: float
+    se_model: float        # 1 / sqrt(information)
+    se_robust: float       # Lin-Wei sandwich, clustered when clusters are given
+    scores: np.ndarray = field(repr=False)  # per-cluster score contributions x I^-1 (dfbeta)
+
+
+def cox_binary(time, event, group, weights=None, clusters=None, max_iter: int = 50) -> CoxFit:
+    """Weighted Cox regression of ``time``/``event`` on a 0/1 ``group`` (Breslow ties).
+
+    Newton-Raphson on the weighted partial likelihood; robust variance I^-1 (sum_c U_c^2) I^-1
+    where U_c sums the weighted score residuals of cluster c (Lin & Wei 1989; every record is
+    its own cluster when ``clusters`` is None). With no tied event times this equals
+    lifelines' ``CoxPHFitter(weights_col=..., cluster_col=..., robust=True)``.
+    """
+    t = np.asarray(time, dtype=float)
+    e = np.asarray(event, dtype=float)
+    z = np.asarray(group, dtype=float)
+    w = np.ones_like(t) if weights is None else np.asarray(weights, dtype=float)
+    order = np.argsort(t, kind="stable")
+    t, e, z, w = t[order], e[order], z[order], w[order]
+    ev = e > 0
+    ut = np.unique(t[ev])
+    if ut.size == 0 or np.all(z == z[0]):
+        nan = float("nan")
+        return CoxFit(nan, nan, nan, np.array([]))
+    pos = np.searchsorted(t, ut, side="left")           # first record at risk at each time
+    idx_ev = np.searchsorted(ut, t[ev])
+    d_w = np.bincount(idx_ev, weights=w[ev], minlength=ut.size)
+    d_z = np.bincount(idx_ev, weights=(w * z)[ev], minlength=ut.size)
+    beta = 0.0
+    for _ in range(max_iter):
+        r = w * np.exp(beta * z)
+        s0 = np.cumsum(r[::-1])[::-1][pos]
+        s1 = np.cumsum((r * z)[::-1])[::-1][pos]
+        zbar = s1 / s0
+        u = float(np.sum(d_z - d_w * zbar))
+        info = float(np.sum(d_w * zbar * (1 - zbar)))
+        if info <= 0:
+            break
+        step = u / info
+        step = max(min(step, 5.0), -5.0)
+        beta += step
+        if abs(step) < 1e-10:
+            break
+    r = w * np.exp(beta * z)
+    s0 = np.cumsum(r[::-1])[::-1][pos]
+    s1 = np.cumsum((r * z)[::-1])[::-1][pos]
+    zbar = s1 / s0
+    info = float(np.sum(d_w * zbar * (1 - zbar)))
+    # score residuals per record
+    a_cum = np.cumsum(d_w / s0)
+    b_cum = np.cumsum(d_w * zbar / s0)
+    k = np.searchsorted(ut, t, side="right") - 1       # last event time <= t_l
+    a_l = np.where(k >= 0, a_cum[np.clip(k, 0, None)], 0.0)
+    b_l = np.where(k >= 0, b_cum[np.clip(k, 0, None)], 0.0)
+    zbar_own = np.zeros_like(t)
+    zbar_own[ev] = zbar[idx_ev]
+    resid = e * (z - zbar_own) - np.exp(beta * z) * (z * a_l - b_l)
+    contrib = w * resid
+    if clusters is None:
+        per = contrib
+    else:
+        c = np.asarray(clusters)[order]
+        codes, _ = pd.factorize(c)
+        per = np.bincount(codes, weights=contrib)
+    se_rob = math.sqrt(float(np.sum(per**2))) / info if info > 0 else float("nan")
+    se_mod = 1 / math.sqrt(info) if info > 0 else float("nan")
+    return CoxFit(float(beta), se_mod, se_rob, per / info if info > 0 else per)
+
+
+@dataclass(frozen=True)
+class RMSTFit:
+    rmst: float
+    var: float                          # Greenwood-form variance (clusters = records)
+    influence: np.ndarray = field(repr=False)  # w_l * psi_l per record (input order)
+
+
+def rmst_km(time, event, tau: float, weights=None) -> RMSTFit:
+    """Restricted mean survival time up to ``tau`` of a (weighted) Kaplan-Meier curve.
+
+    Influence function of record l (rmst_hat - rmst ~ sum_l w_l psi_l):
+    psi_l = -sum_{u <= tau} A(u) (dN_l(u) - Y_l(u) d(u) / Y(u)) / (Y(u) - d(u)),
+    A(u) = int_u^tau S(t) dt, with weighted event counts d and numbers at risk Y. With unit
+    weights sum_l psi_l^2 is the usual Greenwood-type variance sum A(u)^2 d / (Y (Y - d))
+    (Klein & Moeschberger 4.5; survRM2). ``var`` is that sum; cluster it by summing
+    ``influence`` per cluster.
+    """
+    t = np.asarray(time, dtype=float)
+    e = np.asarray(event, dtype=float) > 0
+    w = np.ones_like(t) if weights is None else np.asarray(weights, dtype=float)
+    tau = float(tau)
+    ut = np.unique(t[e & (t <= tau)])
+    if ut.size == 0:
+        return RMSTFit(tau, 0.0, np.zeros_like(t))
+    d = np.bincount(np.searchsorted(ut, t[e & (t <= tau)]), weights=w[e & (t <= tau)], minlength=ut.size)
+    order = np.argsort(t, kind="stable")
+    ts, ws = t[order], w[order]
+    y = np.cumsum(ws[::-1])[::-1][np.searchsorted(ts, ut, side="left")]
+    surv = np.cumprod(1 - d / y)
+    grid = np.concatenate([[0.0], ut, [tau]])
+    s_steps = np.concatenate([[1.0], surv])             # S on [grid_j, grid_{j+1})
+    areas = s_steps * np.diff(grid)
+    rmst = float(areas.sum())
+    a_u = np.cumsum(areas[::-1])[::-1][1:]               # int_{u_j}^tau S(t) dt for each u_j
+    denom = np.where(y - d > 0, y - d, y)
+    g = a_u / denom
+    c_cum = np.cumsum(g * d / y)
+    k = np.searchsorted(ut, np.minimum(t, tau), side="right") - 1
+    at_risk_part = np.where(k >= 0, c_cum[np.clip(k, 0, None)], 0.0)
+    own = np.zeros_like(t)
+    is_ev = e & (t <= tau)
+    own[is_ev] = g[np.searchsorted(ut, t[is_ev])]
+    psi = -(own - at_risk_part)
+    infl = w * psi
+    return RMSTFit(rmst, float(np.sum(psi**2 * w**2) if weights is not None else np.sum(psi**2)), infl)
+
+
+# ==========================================================================================
+# data preparation
+
+
+def _twin_index(run: TwinRun) -> pd.Series:
+    return run.adsl.set_index("USUBJID")["TWINIDX"].astype(int)
+
+
+def _twin_values(run: TwinRun) -> pd.DataFrame:
+    vals = run.values()
+    vals = vals[vals["AVISITN"].notna()]
+    vals = vals.assign(TWINIDX=vals["USUBJID"].map(_twin_index(run)).to_numpy())
+    return vals[["SRCSUBJID", "TWINIDX", "PARAMCD", "AVISITN", "AVAL"]]
+
+
+def _twin_tte(run: TwinRun) -> pd.DataFrame | None:
+    if run.tte is None or run.tte.empty:
+        return None
+    tte = run.tte.assign(TWINIDX=run.tte["USUBJID"].map(_twin_index(run)).to_numpy())
+    return tte[["SRCSUBJID", "TWINIDX", "PARAMCD", "AVAL", "CNSR"]]
+
+
+def _md_stats(real_vv: pd.DataFrame, twins: pd.DataFrame) -> pd.DataFrame:
+    """Per (PARAMCD, AVISITN): mean of d_i = Y_i - mean of i's twins, var(d)/n, n."""
+    tm = twins.groupby(["SRCSUBJID", "PARAMCD", "AVISITN"], as_index=False)["AVAL"].mean()
+    m = real_vv.merge(tm.rename(columns={"SRCSUBJID": "USUBJID", "AVAL": "TWIN"}),
+                      on=["USUBJID", "PARAMCD", "AVISITN"], how="inner")
+    m["D"] = m["AVAL"] - m["TWIN"]
+    g = m.groupby(["PARAMCD", "AVISITN"])["D"]
+    out = pd.DataFrame({"theta": g.mean(), "var": g.var(ddof=1) / g.count(), "n": g.count()})
+    return out[out["n"] >= MIN_PATIENTS]
+
+
+def _tte_stats(real_tte: pd.DataFrame, twins_tte: pd.DataFrame, taus: dict[str, float]) -> dict:
+    """Per TTE PARAMCD: {('HR', p): (log_hr, var), ('RMST', p): (diff, var)} with clusters =
+    source patients and each twin weighted 1/(number of that patient's twins)."""
+    out = {}
+    for p, tau in taus.items():
+        r = real_tte[real_tte["PARAMCD"] == p]
+        tw = twins_tte[twins_tte["PARAMCD"] == p]
+        tw = tw[tw["SRCSUBJID"].isin(set(r["USUBJID"]))]
+        r = r[r["USUBJID"].isin(set(tw["SRCSUBJID"]))]
+        if len(r) < MIN_PATIENTS:
+            continue
+        k_i = tw.groupby("SRCSUBJID")["TWINIDX"].transform("count").to_numpy(dtype=float)
+        time_ = np.concatenate([r["AVAL"].to_numpy(float), tw["AVAL"].to_numpy(float)])
+        event = np.concatenate([1 - r["CNSR"].to_numpy(float), 1 - tw["CNSR"].to_numpy(float)])
+        group = np.concatenate([np.ones(len(r)), np.zeros(len(tw))])
+        weights = np.concatenate([np.ones(len(r)), 1.0 / k_i])
+        clusters = np.concatenate([r["USUBJID"].to_numpy(object), tw["SRCSUBJID"].to_numpy(object)])
+        cox = cox_binary(time_, event, group, weights, clusters)
+        if math.isfinite(cox.log_hr):
+            out[("hazard_ratio", p)] = (cox.log_hr, cox.se_robust**2, len(r))
+        fr = rmst_km(r["AVAL"], 1 - r["CNSR"], tau)
+        ft = rmst_km(tw["AVAL"], 1 - tw["CNSR"], tau, weights=1.0 / k_i)
+        # per-cluster influence: the real patient's minus its twins' (weighted) contributions
+        n_r = float(len(r))
+        infl = pd.concat([
+            pd.Series(fr.influence, index=r["USUBJID"].to_numpy(object)),
+            pd.Series(-ft.influence, index=tw["SRCSUBJID"].to_numpy(object)),
+        ]).groupby(level=0).sum()
+        out[("rmst_difference", p)] = (fr.rmst - ft.rmst, float(np.sum(infl.to_numpy() ** 2)), int(n_r))
+    return out
+
+
+def _stats_all(real: Trial, twins_vals: pd.DataFrame, twins_tte: pd.DataFrame | None,
+               taus: dict[str, float], params: list[str] | None) -> dict:
+    """{(measure, paramcd, avisitn): (theta, var_patients, n)} of one set of twins."""
+    out = {}
+    vv = real.visit_values
+    if params is not None:
+        vv = vv[vv["PARAMCD"].isin(params)]
+        twins_vals = twins_vals[twins_vals["PARAMCD"].isin(params)]
+    if len(vv) and len(twins_vals):
+        md = _md_stats(vv[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]], twins_vals)
+        for (p, v), row in md.iterrows():
+            out[("mean_difference", p, float(v))] = (float(row["theta"]), float(row["var"]), int(row["n"]))
+    if twins_tte is not None and real.tte is not None and taus:
+        for (measure, p), val in _tte_stats(real.tte, twins_tte, taus).items():
+            out[(measure, p, None)] = val
+    return out
+
+
+def default_tau(real: Trial, run: TwinRun, paramcd: str) -> float:
+    """The shorter of the two arms' longest follow-up (real cohort vs twins)."""
+    r = real.tte[real.tte["PARAMCD"] == paramcd]["AVAL"] if real.tte is not None else pd.Series(dtype=float)
+    t = run.tte[run.tte["PARAMCD"] == paramcd]["AVAL"] if run.tte is not None else pd.Series(dtype=float)
+    if r.empty or t.empty:
+        return float("nan")
+    return float(min(r.max(), t.max()))
+
+
+# ==========================================================================================
+# generator refits
+
+
+def resample_knowledge_base(kb: Trial, arm: str, rng: np.random.Generator,
+                            keep: Iterable[str] = ()) -> Trial:
+    """The knowledge base with its ``arm`` patients resampled with replacement (same size).
+
+    Patients in ``keep`` (the sources) stay once and are never drawn, so a source cannot meet a
+    copy of itself; other arms are unchanged. The j-th extra copy of patient X is ``X#j``.
+    """
+    keep = set(keep)
+    subj = kb.subjects
+    pool = subj.loc[(subj["ARM"] == arm) & ~subj["USUBJID"].isin(keep), "USUBJID"].to_numpy(object)
+    draw = rng.choice(pool, size=pool.size, replace=True)
+    others = subj.loc[(subj["ARM"] != arm) | subj["USUBJID"].isin(keep), "USUBJID"].to_numpy(object)
+    ids = pd.Series(draw)
+    copy_no = ids.groupby(ids).cumcount().to_numpy()
+    new = np.array([u if c == 0 else f"{u}#{c}" for u, c in zip(draw, copy_no)], dtype=object)
+    mapping = pd.DataFrame({"USUBJID": np.concatenate([others, draw]),
+                            "_NEW": np.concatenate([others, new])})
+
+    def remap(df: pd.DataFrame | None) -> pd.DataFrame | None:
+        if df is None:
+            return None
+        m = df.merge(mapping, on="USUBJID", how="inner", sort=False)
+        return m.assign(USUBJID=m["_NEW"]).drop(columns="_NEW").reset_index(drop=True)
+
+    digest = f"{kb.content_hash}|boot|{'|'.join(new)}"
+    return Trial(f"{kb.name} (bootstrap)", remap(subj), {k: remap(v) for k, v in kb.bds.items()},
+                 remap(kb.tte), remap(kb.ae), kb.meta, hashlib.sha256(digest.encode()).hexdigest(),
+                 list(kb.warnings), dict(kb.labels))
+
+
+def _make_generator(generator: str, settings: dict):
+    from services.generators import GENERATORS, get_generator
+
+    settings = dict(settings)
+    cls = GENERATORS.get(generator)
+    if cls is not None and "retriever_factory" in inspect.signature(cls).parameters:
+        # transient knowledge bases: exact k-NN in memory, no Chroma collection per refit
+        from services.retrieval import ExactRetriever
+
+        settings.setdefault("retriever_factory", ExactRetriever)
+    return get_generator(generator, **settings)
+
+
+@dataclass
+class GeneratorBootstrap:
+    """Per refit b: statistics with all twins and with each half of them."""
+
+    B: int
+    boot_twins: int
+    full: list[dict]
+    half1: list[dict]
+    half2: list[dict]
+
+    def variance(self, key) -> tuple[float, float, int]:
+        """(generator variance, raw between-refit variance, refits with this key)."""
+        vals = [(f[key][0], h1[key][0], h2[key][0]) for f, h1, h2 in zip(self.full, self.half1, self.half2)
+                if key in f and key in h1 and key in h2]
+        if len(vals) < 2:
+            return float("nan"), float("nan"), len(vals)
+        a = np.array(vals)
+        between = float(np.var(a[:, 0], ddof=1))
+        mc = float(np.mean((a[:, 1] - a[:, 2]) ** 2) / 4)
+        return max(0.0, between - mc), between, len(vals)
+
+
+def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, generator: str = "local",
+                        settings: dict | None = None, refits: int = 20, boot_twins: int = 20,
+                        seed: int = 0, taus: dict[str, float] | None = None,
+                        params: list[str] | None = None,
+                        progress: Callable[[int, int], object] | None = None) -> GeneratorBootstrap:
+    """Refit the generator on ``refits`` resampled knowledge bases and twin the same sources
+    (``real``'s subjects, baseline only) ``boot_twins`` times each (even number)."""
+    if boot_twins < 2 or boot_twins % 2:
+        raise ValueError("boot_twins must be an even number >= 2")
+    rng = np.random.default_rng([int(seed), 0xB007])
+    sources = real.baseline_only()
+    src_ids = list(real.subjects["USUBJID"])
+    full, h1, h2 = [], [], []
+    half = boot_twins // 2
+    for b in range(int(refits)):
+        kb_b = resample_knowledge_base(knowledge_base, target_arm, rng, keep=src_ids)
+        gen = _make_generator(generator, settings or {}).fit(kb_b)
+        run_b = gen.generate(sources, target_arm=target_arm, twins_per_patient=boot_twins,
+                             seed=int(seed) * 7919 + b + 1)
+        vals, tte = _twin_values(run_b), _twin_tte(run_b)
+        for store, sel in ((full, None), (h1, lambda s: s <= half), (h2, lambda s: s > half)):
+            v = vals if sel is None else vals[sel(vals["TWINIDX"])]
+            t = tte if (tte is None or sel is None) else tte[sel(tte["TWINIDX"])]
+            store.append(_stats_all(real, v, t, taus or {}, params))
+        if progress is not None:
+            progress(b + 1, int(refits))
+    return GeneratorBootstrap(int(refits), int(boot_twins), full, h1, h2)
+
+
+# ==========================================================================================
+# public: synthetic control
+
+
+def _combine(theta: float, v_p: float, v_g: float, n: int, b: int, alpha: float):
+    var = v_p + (v_g if math.isfinite(v_g) else 0.0)
+    if not (math.isfinite(var) and var > 0):
+        return float("nan"), float("nan"), float("nan"), float("nan"), float("nan")
+    se = math.sqrt(var)
+    den = v_p**2 / max(n - 1, 1) + ((v_g**2 / (b - 1)) if (math.isfinite(v_g) and b > 1) else 0.0)
+    df = var**2 / den if den > 0 else float(n - 1)
+    q = float(stats.t.ppf(1 - alpha / 2, df))
+    p = float(2 * stats.t.sf(abs(theta) / se, df))
+    return se, theta - q * se, theta + q * se, p, df
+
+
+def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
+                              generator: str | None = None, settings: dict | None = None,
+                              refits: int = 20, boot_twins: int = 20, alpha: float = 0.05,
+                              seed: int = 0, tau: float | dict[str, float] | None = None,
+                              params: list[str] | None = None, tte_params: list[str] | None = None,
+                              bootstrap: GeneratorBootstrap | None = None,
+                              progress: Callable[[int, int], object] | None = None) -> list[Effect]:
+    """Effects of the real source cohort against its twins (see the module docstring).
+
+    ``real``: the source cohort with its real post-baseline outcomes (``trial.subset(ids)``);
+    ``run``: its twin run; ``knowledge_base``: what the generator was fitted on;
+    ``generator``/``settings``: default to the run's manifest. ``refits`` = B generator refits
+    (0 = patient term only, which is NOT honest about the generator: method says so).
+    ``tau``: RMST horizon in days (number, or per PARAMCD; default :func:`default_tau`).
+    ``params`` / ``tte_params`` restrict the endpoints. A precomputed ``bootstrap`` (same
+    sources, same taus) may be passed to share refits between analyses of several K.
+
+    Returns one :class:`Effect` per continuous PARAMCD x visit (``mean_difference``) and two
+    per time-to-event PARAMCD (``hazard_ratio``, ``rmst_difference``), with ``unit="patients"``,
+    ``n_patients``, ``K`` (twins per patient of the run) and ``B``.
+    """
+    man = run.manifest or {}
+    generator = generator or man.get("generator") or "local"
+    settings = dict(man.get("settings") or {}) if settings is None else dict(settings)
+    target_arm = run.target_arm or knowledge_base.control_arm
+    src = set(run.adsl["SRCSUBJID"])
+    real = real.subset([u for u in real.subjects["USUBJID"] if u in src], name=real.name)
+    k = int(run.adsl.groupby("SRCSUBJID").size().max()) if len(run.adsl) else 0
+    tte_ps = [] if real.tte is None or run.tte is None else [
+        p for p in (tte_params or real.tte_parameters) if p in set(run.tte["PARAMCD"])]
+    if isinstance(tau, dict):
+        taus = {p: float(tau[p]) for p in tte_ps if p in tau}
+    else:
+        taus = {p: (float(tau) if tau is not None else default_tau(real, run, p)) for p in tte_ps}
+    taus = {p: t for p, t in taus.items() if math.isfinite(t)}
+    main = _stats_all(real, _twin_values(run), _twin_tte(run), taus, params)
+    if bootstrap is None and refits > 1:
+        bootstrap = generator_bootstrap(real, knowledge_base, target_arm, generator, settings, refits,
+                                        boot_twins, seed, taus, params, progress)
+    b = bootstrap.B if bootstrap is not None else 0
+    labels = {}
+    vv = real.visit_values
+    if len(vv):
+        labels = vv.drop_duplicates(["PARAMCD", "AVISITN"]).set_index(["PARAMCD", "AVISITN"])["AVISIT"].to_dict()
+    out = []
+    for key, (theta, v_p, n) in main.items():
+        measure, p, v = key
+        v_g = bootstrap.variance(key)[0] if bootstrap is not None else float("nan")
+        se, lo, hi, pval, df = _combine(theta, v_p, v_g, n, b, alpha)
+        if bootstrap is not None:
+            how = (f"patient-level cluster-robust variance + generator variance from {b} refits on "
+                   f"bootstrap knowledge bases ({bootstrap.boot_twins} twins each, Monte-Carlo "
+                   "corrected); Satterthwaite t")
+        else:
+            how = "patient-level cluster-robust variance only (generator uncertainty NOT included)"
+        if measure == "mean_difference":
+            method = "mean of (real - mean of own K twins) over patients; " + how
+            est = theta
+        elif measure == "hazard_ratio":
+            method = "Cox (Breslow), real vs twins weighted 1/K, clusters = patients; log scale; " + how
+            est, lo, hi = math.exp(theta), math.exp(lo), math.exp(hi)
+        else:
+            method = f"Kaplan-Meier RMST to tau={taus[p]:g} d, real minus twins weighted 1/K; " + how
+            est = theta
+        out.append(Effect(
+            design="synthetic_control", measure=measure, paramcd=p, avisitn=v,
+            avisit=str(labels.get((p, v), "")) if v is not None else "",
+            estimate=float(est), se=float(se), ci_low=float(lo), ci_high=float(hi), p_value=pval,
+            df=float(df), method=method, n_patients=int(n), n_treatment=int(n), n_control=int(n),
+            K=k, B=b, var_patients=float(v_p), var_generator=float(v_g),
+            tau=taus.get(p) if measure == "rmst_difference" else None, alpha=alpha,
+        ))
+    out.sort(key=lambda e: (e.measure != "mean_difference", e.paramcd, e.avisitn or 0, e.measure))
+    return out
+
+
+# ==========================================================================================
+# public: randomized trial with a prognostic score (PROCOVA)
+
+
+def prognostic_scores(run: TwinRun, paramcd: str, avisitn: float) -> pd.Series:
+    """Prognostic score per source patient: the mean of its twins' values at the visit."""
+    vals = _twin_values(run)
+    vals = vals[(vals["PARAMCD"] == paramcd) & (vals["AVISITN"] == float(avisitn))]
+    return vals.groupby("SRCSUBJID")["AVAL"].mean().rename("PROG")
+
+
+@dataclass(frozen=True)
+class OLSFit:
+    coef: np.ndarray
+    se: np.ndarray
+    df: int
+    sigma: float
+
+
+def ols(y, X) -> OLSFit:
+    """Ordinary least squares with classical standard errors (as statsmodels OLS().fit())."""
+    y = np.asarray(y, dtype=float)
+    X = np.asarray(X, dtype=float)
+    n = X.shape[0]
+    xtx_inv = np.linalg.pinv(X.T @ X)
+    beta = xtx_inv @ X.T @ y
+    resid = y - X @ beta
+    df = n - np.linalg.matrix_rank(X)
+    sigma2 = float(resid @ resid / df) if df > 0 else float("nan")
+    return OLSFit(beta, np.sqrt(np.diag(xtx_inv) * sigma2), int(df), math.sqrt(sigma2))
+
+
+ANALYSES = {
+    "unadjusted": (),
+    "ancova_baseline": ("BASE",),
+    "procova": ("PROG",),
+    "procova_baseline": ("BASE", "PROG"),
+}
+
+
+def procova_effects(trial: Trial, prognostic: pd.Series | TwinRun, paramcd: str, avisitn: float,
+                    treatment_arm: str, control_arm: str | None = None, alpha: float = 0.05,
+                    analyses: Iterable[str] = tuple(ANALYSES)) -> list[Effect]:
+    """Treatment effect (treatment minus control) of a randomized trial at one visit, from OLS:
+    ``unadjusted`` (Y ~ arm), ``ancova_baseline`` (+ baseline value), ``procova`` (+ prognostic
+    score), ``procova_baseline`` (+ both). Complete cases of the covariates each analysis uses
+    (patients with Y and, for adjusted analyses, the baseline / score) -- so compare analyses
+    on ``n_patients``. ``prognostic``: a Series by USUBJID, or a TwinRun of control twins of
+    the trial's patients (see :func:`prognostic_scores`)."""
+    control_arm = control_arm or trial.control_arm
+    if isinstance(prognostic, TwinRun):
+        prognostic = prognostic_scores(prognostic, paramcd, avisitn)
+    vv = trial.visit_values
+    y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == float(avisitn))].set_index("USUBJID")
+    label = str(y["AVISIT"].iloc[0]) if len(y) else ""
+    arms = trial.subjects.set_index("USUBJID")["ARM"]
+    df = pd.DataFrame({"Y": y["AVAL"]})
+    df["ARM"] = arms.reindex(df.index)
+    df = df[df["ARM"].isin([treatment_arm, control_arm])]
+    df["TRT"] = (df["ARM"] == treatment_arm).astype(float)
+    base = trial.baseline[paramcd] if paramcd in trial.baseline else pd.Series(dtype=float)
+    df["BASE"] = base.reindex(df.index)
+    df["PROG"] = pd.Series(prognostic).reindex(df.index)
+    out = []
+    for name in analyses:
+        cols = ANALYSES[name]
+        d = df.dropna(subset=["Y", *cols])
+        n_t, n_c = int(d["TRT"].sum()), int((1 - d["TRT"]).sum())
+        if n_t < 2 or n_c < 2 or len(d) <= 2 + len(cols):
+            continue
+        X = np.column_stack([np.ones(len(d)), d["TRT"].to_numpy(), *[d[c].to_numpy(float) for c in cols]])
+        fit = ols(d["Y"].to_numpy(float), X)
+        est, se = float(fit.coef[1]), float(fit.se[1])
+        q = float(stats.t.ppf(1 - alpha / 2, fit.df))
+        pval = float(2 * stats.t.sf(abs(est) / se, fit.df)) if se > 0 else float("nan")
+        covs = " + ".join(("arm",) + tuple({"BASE": "baseline", "PROG": "prognostic score"}[c] for c in cols))
+        out.append(Effect(
+            design="randomized", measure="mean_difference", paramcd=paramcd, avisitn=float(avisitn),
+            avisit=label, estimate=est, se=se, ci_low=est - q * se, ci_high=est + q * se, p_value=pval,
+            df=float(fit.df), method=f"OLS Y ~ {covs}; classical SE, t({fit.df})", n_patients=len(d),
+            n_treatment=n_t, n_control=n_c, analysis=name, alpha=alpha,
+        ))
+    return out

@@ -1,0 +1,221 @@
+"""Known-answer tests of services.effects: Cox HR vs lifelines, RMST vs lifelines and the
+Greenwood-type hand formula, ANCOVA vs statsmodels OLS, and the synthetic-control effect vs
+a hand computation on a real twin run (patients as the unit; generator term independent of K)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.utils import restricted_mean_survival_time
+
+from services import effects as E
+from services.datasets import load_demo
+from services.generators import get_generator
+from services.retrieval import ExactRetriever
+
+sm = pytest.importorskip("statsmodels.api")
+
+
+def _surv_data(seed=0, n=120):
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 2, n)
+    t_ev = rng.exponential(10 * np.exp(-0.5 * group))
+    t_c = rng.uniform(2, 25, n)
+    time_ = np.round(np.minimum(t_ev, t_c), 6) + rng.uniform(0, 1e-4, n)  # no ties
+    event = (t_ev <= t_c).astype(int)
+    return time_, event, group
+
+
+def test_cox_binary_matches_lifelines_unweighted():
+    t, e, g = _surv_data()
+    df = pd.DataFrame({"T": t, "E": e, "G": g})
+    cph = CoxPHFitter().fit(df, "T", "E")
+    fit = E.cox_binary(t, e, g)
+    assert fit.log_hr == pytest.approx(cph.params_["G"], abs=1e-6)
+    assert fit.se_model == pytest.approx(cph.standard_errors_["G"], rel=1e-5)
+    rob = CoxPHFitter().fit(df, "T", "E", robust=True)
+    assert fit.se_robust == pytest.approx(rob.standard_errors_["G"], rel=1e-4)
+
+
+def test_cox_binary_matches_lifelines_weighted_clustered():
+    # real patients (weight 1) and their K = 4 "twins" (weight 1/4), clusters = patients
+    rng = np.random.default_rng(3)
+    n, k = 60, 4
+    base = rng.normal(size=n)
+    t_real = rng.exponential(np.exp(-0.7 * base)) * 1.3
+    t_tw = rng.exponential(np.exp(-0.7 * np.repeat(base, k)))
+    c_real, c_tw = rng.uniform(0.5, 3, n), rng.uniform(0.5, 3, n * k)
+    time_ = np.concatenate([np.minimum(t_real, c_real), np.minimum(t_tw, c_tw)])
+    event = np.concatenate([t_real <= c_real, t_tw <= c_tw]).astype(int)
+    group = np.concatenate([np.ones(n), np.zeros(n * k)])
+    w = np.concatenate([np.ones(n), np.full(n * k, 1 / k)])
+    cl = np.concatenate([np.arange(n), np.repeat(np.arange(n), k)])
+    df = pd.DataFrame({"T": time_, "E": event, "G": group, "W": w, "C": cl})
+    cph = CoxPHFitter().fit(df, "T", "E", weights_col="W", cluster_col="C", robust=True)
+    fit = E.cox_binary(time_, event, group, w, cl)
+    assert fit.log_hr == pytest.approx(cph.params_["G"], abs=1e-6)
+    assert fit.se_robust == pytest.approx(cph.standard_errors_["G"], rel=1e-4)
+
+
+def _greenwood_rmst_var(t, e, tau):
+    """Hand loop: Var = sum_j A(u_j)^2 d_j / (Y_j (Y_j - d_j)), A(u) = int_u^tau S."""
+    times = sorted(set(t[(e == 1) & (t <= tau)]))
+    s, surv = 1.0, []
+    for u in times:
+        y = np.sum(t >= u)
+        d = np.sum((t == u) & (e == 1))
+        s *= 1 - d / y
+        surv.append((u, s, y, d))
+    grid = [0.0] + [u for u, *_ in surv] + [tau]
+    svals = [1.0] + [s for _, s, _, _ in surv]
+    areas = [svals[i] * (grid[i + 1] - grid[i]) for i in range(len(svals))]
+    var = 0.0
+    for j, (u, s, y, d) in enumerate(surv):
+        a = sum(areas[j + 1:])
+        if y > d:
+            var += a * a * d / (y * (y - d))
+    return sum(areas), var
+
+
+def test_rmst_matches_lifelines_and_greenwood_hand_formula():
+    t, e, _ = _surv_data(1)
+    tau = 12.0
+    fit = E.rmst_km(t, e, tau)
+    kmf = KaplanMeierFitter().fit(t, e)
+    assert fit.rmst == pytest.approx(restricted_mean_survival_time(kmf, t=tau), rel=1e-9)
+    r_hand, v_hand = _greenwood_rmst_var(t, e, tau)
+    assert fit.rmst == pytest.approx(r_hand, rel=1e-12)
+    assert fit.var == pytest.approx(v_hand, rel=1e-9)
+    assert np.sum(fit.influence) == pytest.approx(0.0, abs=1e-8)  # influence functions centre
+
+
+def test_weighted_rmst_matches_lifelines_weighted_km():
+    t, e, _ = _surv_data(2)
+    w = np.random.default_rng(2).choice([0.25, 0.5, 1.0], t.size)
+    kmf = KaplanMeierFitter().fit(t, e, weights=w)
+    assert E.rmst_km(t, e, 10.0, weights=w).rmst == pytest.approx(
+        restricted_mean_survival_time(kmf, t=10.0), rel=1e-9)
+
+
+def test_rmst_variance_is_honest_by_simulation():
+    # the influence-function variance matches the spread of the estimate over samples
+    rng = np.random.default_rng(5)
+    ests, vars_ = [], []
+    for _ in range(400):
+        tt = rng.exponential(5, 80)
+        cc = rng.uniform(1, 12, 80)
+        f = E.rmst_km(np.minimum(tt, cc), (tt <= cc).astype(int), 6.0)
+        ests.append(f.rmst)
+        vars_.append(f.var)
+    assert np.mean(vars_) == pytest.approx(np.var(ests, ddof=1), rel=0.15)
+
+
+def test_ols_matches_statsmodels():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([np.ones(50), rng.integers(0, 2, 50), rng.normal(size=50)])
+    y = X @ [1.0, 0.5, 2.0] + rng.normal(size=50)
+    fit = E.ols(y, X)
+    ref = sm.OLS(y, X).fit()
+    np.testing.assert_allclose(fit.coef, ref.params, rtol=1e-10)
+    np.testing.assert_allclose(fit.se, ref.bse, rtol=1e-10)
+    assert fit.df == ref.df_resid
+
+
+def test_procova_effects_match_statsmodels_on_btheb():
+    trial = load_demo("btheb")
+    ctrl = trial.control_arm
+    trt = next(a for a in trial.arms if a != ctrl)
+    kb_ids = trial.subjects["USUBJID"]
+    gen = get_generator("local", retriever_factory=ExactRetriever).fit(trial)
+    # twins under control of every trial patient; a patient is never its own neighbour/donor
+    run = gen.generate(trial.baseline_only(), target_arm=ctrl, twins_per_patient=10, seed=3)
+    prog = E.prognostic_scores(run, "BDI", 2.0)
+    assert set(prog.index) <= set(kb_ids)
+    res = {e.analysis: e for e in E.procova_effects(trial, run, "BDI", 2.0, trt, ctrl)}
+    assert set(res) == set(E.ANALYSES)
+    vv = trial.visit_values
+    y = vv[(vv["PARAMCD"] == "BDI") & (vv["AVISITN"] == 2.0)].set_index("USUBJID")["AVAL"]
+    d = pd.DataFrame({"Y": y})
+    d["TRT"] = (trial.subjects.set_index("USUBJID")["ARM"].reindex(d.index) == trt).astype(float)
+    d["BASE"] = trial.baseline["BDI"].reindex(d.index)
+    d["PROG"] = prog.reindex(d.index)
+    for name, cols in E.ANALYSES.items():
+        dd = d.dropna(subset=["Y", *cols])
+        ref = sm.OLS(dd["Y"], sm.add_constant(dd[["TRT", *cols]])).fit()
+        ci = ref.conf_int().loc["TRT"]
+        eff = res[name]
+        assert eff.estimate == pytest.approx(ref.params["TRT"], rel=1e-9)
+        assert eff.se == pytest.approx(ref.bse["TRT"], rel=1e-9)
+        assert (eff.ci_low, eff.ci_high) == pytest.approx((ci[0], ci[1]), rel=1e-9)
+        assert eff.p_value == pytest.approx(ref.pvalues["TRT"], rel=1e-6)
+        assert eff.n_patients == len(dd) and eff.unit == "patients"
+    # the twins predict: PROCOVA + baseline is no less precise than the baseline ANCOVA here
+    assert res["procova_baseline"].se < res["unadjusted"].se
+
+
+def test_resample_knowledge_base_keeps_sources_once():
+    trial = load_demo("btheb")
+    ctrl = trial.control_arm
+    sources = list(trial.subjects.loc[trial.subjects["ARM"] == ctrl, "USUBJID"][:5])
+    kb = E.resample_knowledge_base(trial, ctrl, np.random.default_rng(1), keep=sources)
+    assert kb.subjects["USUBJID"].is_unique
+    assert kb.arm_counts() == trial.arm_counts()
+    for s in sources:  # never duplicated
+        assert not kb.subjects["USUBJID"].str.startswith(s + "#").any()
+    copies = kb.subjects["USUBJID"].str.contains("#")
+    assert copies.any()
+    orig = kb.subjects.loc[copies, "USUBJID"].str.split("#").str[0].iloc[0]
+    new = kb.subjects.loc[copies, "USUBJID"].iloc[0]
+    a = trial.bds["adqs"].loc[trial.bds["adqs"]["USUBJID"] == orig, "AVAL"].to_numpy()
+    b = kb.bds["adqs"].loc[kb.bds["adqs"]["USUBJID"] == new, "AVAL"].to_numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def btheb_sc():
+    trial = load_demo("btheb")
+    ctrl = trial.control_arm
+    trt = next(a for a in trial.arms if a != ctrl)
+    real = trial.subset(trial.subjects.loc[trial.subjects["ARM"] == trt, "USUBJID"])
+    gen = get_generator("local", retriever_factory=ExactRetriever).fit(trial)
+    run = gen.generate(real.baseline_only(), target_arm=ctrl, twins_per_patient=20, seed=1)
+    return trial, real, run
+
+
+def test_synthetic_control_mean_difference_by_hand(btheb_sc):
+    trial, real, run = btheb_sc
+    eff = E.synthetic_control_effects(real, run, trial, refits=0)
+    e = next(x for x in eff if x.paramcd == "BDI" and x.avisitn == 2.0)
+    vals = run.values()
+    tw = vals[(vals["PARAMCD"] == "BDI") & (vals["AVISITN"] == 2.0)].groupby("SRCSUBJID")["AVAL"].mean()
+    vv = real.visit_values
+    y = vv[(vv["PARAMCD"] == "BDI") & (vv["AVISITN"] == 2.0)].set_index("USUBJID")["AVAL"]
+    d = (y - tw.reindex(y.index)).dropna()
+    assert e.estimate == pytest.approx(d.mean(), rel=1e-12)
+    assert e.se == pytest.approx(d.std(ddof=1) / math.sqrt(len(d)), rel=1e-12)
+    assert e.n_patients == len(d) and e.K == 20 and e.unit == "patients"
+    q = E.stats.t.ppf(0.975, len(d) - 1)
+    assert e.ci_high - e.estimate == pytest.approx(q * e.se, rel=1e-9)
+    assert "NOT included" in e.method
+
+
+def test_generator_term_does_not_shrink_with_k(btheb_sc):
+    trial, real, run20 = btheb_sc
+    boot = E.generator_bootstrap(real, trial, run20.target_arm, refits=6, boot_twins=10, seed=2)
+    keep = run20.adsl["TWINIDX"] <= 1
+    ids1 = set(run20.adsl.loc[keep, "USUBJID"])
+    run1 = E.TwinRun(run20.adsl[keep], {k: v[v["USUBJID"].isin(ids1)] for k, v in run20.bds.items()},
+                     None, run20.manifest)
+    e1 = {(x.paramcd, x.avisitn): x for x in E.synthetic_control_effects(real, run1, trial, bootstrap=boot)}
+    e20 = {(x.paramcd, x.avisitn): x for x in E.synthetic_control_effects(real, run20, trial, bootstrap=boot)}
+    for key, a in e20.items():
+        b = e1[key]
+        assert a.B == b.B == 6 and a.K == 20 and b.K == 1
+        assert a.var_generator == b.var_generator  # the generator term ignores K
+        assert a.var_patients <= b.var_patients * 1.2  # the patient term falls (noise) with K
+        assert a.se**2 >= a.var_generator  # ... but never below the generator term
+        assert "refits" in a.method
