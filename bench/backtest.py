@@ -199,7 +199,7 @@ def main(argv=None) -> int:
                 print(f"\n== {name}: not available here (../shared missing)")
                 continue
             trial = corpus.load(name)
-            p, t, summaries, elapsed = run_trial(trial, seeds, args.folds, k, settings)
+            p, t, _, elapsed = run_trial(trial, seeds, args.folds, k, settings)
             par, ev = report_trial(trial, p, t, k, len(seeds), args.folds, elapsed)
             if len(par):
                 params.append(par)

@@ -1,4 +1,4 @@
-"""Calibration bench of the effect estimators (services/effects.py) and PROCOVA planning.
+"""Calibration bench of the effect estimators (services/evaluation/effects.py) and PROCOVA planning.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py            # ~15-20 min, one core
     OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py --quick    # ~2 min smoke run
@@ -14,7 +14,7 @@ known: every "treated" patient is a real control patient.
    same draw whatever K). Tests at nominal 5 %:
    - *naive* (the issue's reproduction): Welch t-test and Cox model treating the N x K twins as
      independent patients, generator fitted once and taken as known;
-   - *effects*: :func:`services.effects.synthetic_control_effects` (patient as unit + the
+   - *effects*: :func:`services.evaluation.effects.synthetic_control_effects` (patient as unit + the
      generator's variance from B refits on bootstrap knowledge bases; one bootstrap per
      replicate serves every K). Mean difference at the endpoint visit, Cox HR and RMST
      difference for the first TTE parameter (pbc DEATH).
@@ -57,12 +57,13 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services import effects as E
-from services.datasets import load_demo
-from services.generators import get_generator
-from services.metrics.procova import estimate_adjustment, procova_plan
-from services.retrieval import ExactRetriever
-from services.trial import Trial, load_trial
+from services.data.demo import load_demo
+from services.data.loading import load_trial
+from services.data.trial import Trial
+from services.evaluation import effects as E
+from services.evaluation.metrics.procova import estimate_adjustment, procova_plan
+from services.generation import get_generator
+from services.retrieval.retriever import ExactRetriever
 
 PILOT = ROOT.parent / "shared" / "data" / "cdiscpilot01"
 KS = (1, 5, 20)

@@ -1,4 +1,4 @@
-"""Known-answer tests of services.effects: Cox HR vs lifelines, RMST vs lifelines and the
+"""Known-answer tests of services.evaluation.effects: Cox HR vs lifelines, RMST vs lifelines and the
 Greenwood-type hand formula, ANCOVA vs statsmodels OLS, and the synthetic-control effect vs
 a hand computation on a real twin run (patients as the unit; generator term independent of K)."""
 
@@ -12,10 +12,10 @@ import pytest
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.utils import restricted_mean_survival_time
 
-from services import effects as E
-from services.datasets import load_demo
-from services.generators import get_generator
-from services.retrieval import ExactRetriever
+from services.data.demo import load_demo
+from services.evaluation import effects as E
+from services.generation import get_generator
+from services.retrieval.retriever import ExactRetriever
 
 sm = pytest.importorskip("statsmodels.api")
 

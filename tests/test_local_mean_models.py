@@ -4,7 +4,6 @@ balanced residuals and risk-rescaled event histories, on the bundled trials."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from services.generation import GeneratorError
@@ -63,7 +62,7 @@ def test_borrowing_never_uses_a_sources_own_follow_up(pbc):
         altered = replace(pbc, bds=changed_bds)
     except TypeError:
         pytest.skip("Trial is not a dataclass")
-    settings = dict(mean_model="borrow", transform="none")
+    settings = {"mean_model": "borrow", "transform": "none"}
     ga, gb = _gen(**settings).fit(pbc), _gen(**settings).fit(altered)
     a = ga.generate(pbc.subset([src_id]), "Placebo", twins_per_patient=4, seed=2)
     assert a.manifest["model_details"]["mean_models"]["ALB"] == "borrow"

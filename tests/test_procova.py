@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from services.evaluation.metrics import estimate_rho, fisher_lower_bound, procova_plan, sample_size
+from services.evaluation.metrics import (
+    estimate_rho,
+    fisher_lower_bound,
+    procova_plan,
+    sample_size,
+)
 
 Z975 = 1.959963984540054  # z_{1 - 0.05/2}
 Z80 = 0.8416212335729143  # z_{0.80}
@@ -182,7 +187,7 @@ def test_ancova_variance_reduction_matches_formula():
 
 
 # ---------------------------------------------------------------- noncentral t, baseline ANCOVA
-from services.metrics.procova import estimate_adjustment, power_ancova
+from services.evaluation.metrics.procova import estimate_adjustment, power_ancova
 
 
 def test_noncentral_t_power_worked_value():
