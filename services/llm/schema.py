@@ -119,12 +119,55 @@ RESPONSE_FORMAT_JSON_MODE: dict[str, Any] = {"type": "json_object"}
 CONSTRAINED_RATIONALE_MAX_CHARS = 120
 
 
+def _integers_up_to(n: int) -> str:
+    """A regular expression of the integers 0..n (no leading zeros)."""
+    digits = str(max(0, int(n)))
+    d = len(digits)
+    alts = ["[0-9]"] if d > 1 else [f"[0-{digits}]"]
+    alts += [f"[1-9][0-9]{{{k - 1}}}" if k > 2 else "[1-9][0-9]" for k in range(2, d)]
+    for i in range(d if d > 1 else 0):
+        prefix, digit = digits[:i], int(digits[i])
+        low = 1 if i == 0 else 0
+        rest = d - i - 1
+        if i < d - 1:
+            if digit > low:
+                tail = "" if not rest else ("[0-9]" if rest == 1 else f"[0-9]{{{rest}}}")
+                alts.append(f"{prefix}[{low}-{digit - 1}]{tail}")
+        else:
+            alts.append(f"{prefix}[{low}-{digit}]")
+    return "(" + "|".join(alts) + ")"
+
+
+def number_pattern(lo: float | None, hi: float | None, decimals: int = 2) -> str | None:
+    """A regular expression of the decimal numbers whose integer part lies within [lo, hi]
+    (at most ``decimals`` decimals), or None without finite bounds. A grammar built from it
+    keeps a small model from writing 1000000000000000 where 12 is meant; the exact range is
+    still checked by :func:`validate_reply`."""
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        return None
+    frac = f"([.][0-9]{{1,{decimals}}})?" if decimals > 0 else ""
+    parts = []
+    if hi >= 0:
+        parts.append(_integers_up_to(math.floor(hi)))
+    if lo < 0:
+        parts.append("-" + _integers_up_to(math.floor(-lo)))
+    return "^(" + "|".join(parts) + ")" + frac + "$"
+
+
+def _bounded_number(lo: float | None, hi: float | None) -> dict[str, Any]:
+    """A number as the reply's schema asks a grammar-constrained model for it: a string of
+    bounded digits (read back as a number by the validation), else a JSON number."""
+    pattern = number_pattern(lo, hi)
+    return {"type": "string", "pattern": pattern} if pattern else {"type": "number"}
+
+
 def request_json_schema(request: Any) -> dict[str, Any]:
     """A JSON schema of the one reply that fits ``request``: every required visit and event as a
     fixed tuple entry whose ``paramcd`` / ``avisitn`` are constants, so that a server that turns a
     schema into a grammar (llama.cpp, llama-cpp-python: ``{"type": "json_object", "schema": ...}``)
-    can only produce a complete, parseable reply; the model chooses the numbers (ranges are
-    still checked by :func:`validate_reply`) and a short rationale."""
+    can only produce a complete, parseable reply; the model chooses the numbers (with digits
+    bounded by the plausible range, :func:`number_pattern`; the range itself is still checked
+    by :func:`validate_reply`) and a short rationale."""
     req = _required_block(request)
     visits: list[dict[str, Any]] = []
     for spec in req.get("visits", []) or []:
@@ -132,9 +175,10 @@ def request_json_schema(request: Any) -> dict[str, Any]:
         for av in avs:
             visits.append(_strict_object({"paramcd": {"const": str(spec["paramcd"])},
                                           "avisitn": {"const": av},
-                                          "aval": {"type": "number"}}))
+                                          "aval": _bounded_number(spec.get("min"),
+                                                                  spec.get("max"))}))
     events = [_strict_object({"paramcd": {"const": str(spec["paramcd"])},
-                              "aval": {"type": "number"},
+                              "aval": _bounded_number(0, spec.get("max_days")),
                               "cnsr": {"enum": [0, 1]}})
               for spec in req.get("events", []) or []]
     return _strict_object({

@@ -463,6 +463,12 @@ class LLMTwinWriter:
 
     # -- public -------------------------------------------------------------------------------
     @property
+    def stopped_reason(self) -> str | None:
+        """Why the run was stopped before its end (circuit breaker: endpoint unreachable, not
+        answering, authentication...), else None."""
+        return self._fatal
+
+    @property
     def structured_mode(self) -> str:
         """The structured-output mode currently used: json_schema, json_mode or plain."""
         return self._mode
@@ -728,18 +734,22 @@ class LLMTwinWriter:
         except Exception:  # noqa: BLE001
             return
         t1 = time.monotonic()
-        if not call_done.is_set():
+        # A one-slot server answers the probe when it releases its lock, i.e. together with
+        # the completion (a few ms before or after the client has read it).
+        if not call_done.wait(1.0):
             self._pacer.saw_one_slot(False)
-        elif call_end and t1 >= call_end[0] and t1 - t0 >= 0.2:
+        elif call_end and t1 - t0 >= 0.2 and abs(call_end[0] - t1) < 1.0:
             self._pacer.saw_one_slot(True)
 
-    def _http(self, messages, request: TwinRequest, mode: str, max_tokens: int | None,
+    def _http(self, messages, request: TwinRequest, max_tokens: int | None,
               stop: threading.Event, meta: dict[str, Any]):
-        """One chat completion through the pacer: a slot, the current timeout, the slot probe
-        on the first call to a local endpoint. ``meta`` receives ``seconds``, ``in_flight``
-        and ``timeout`` (also when the call raises)."""
+        """One chat completion through the pacer: a slot, the current timeout and structured
+        mode (read once the slot is granted: a refusal may have changed it meanwhile), the
+        slot probe on the first call to a local endpoint. ``meta`` receives ``mode``,
+        ``seconds``, ``in_flight`` and ``timeout`` (also when the call raises)."""
         pacer = self._pacer
         in_flight = pacer.acquire(stop)
+        meta["mode"] = mode = self._mode
         probe = None
         call_done, call_end = threading.Event(), []
         if not pacer.warmed and pacer.one_slot is None and self.settings.is_local:
@@ -818,13 +828,14 @@ class LLMTwinWriter:
                 res.reason, res.errors = UNREACHABLE, [self._fatal]
                 return
             res.wait_seconds += self._limiter.acquire(stop)
-            mode = self._mode
-            res.structured = mode
             res.attempts += 1
             meta: dict[str, Any] = {}
             try:
-                text, refusal, tin, tout, finish = self._http(messages, request, mode,
-                                                              max_tokens, stop, meta)
+                try:
+                    text, refusal, tin, tout, finish = self._http(messages, request,
+                                                                  max_tokens, stop, meta)
+                finally:
+                    mode = res.structured = meta.get("mode", self._mode)
             except _Cancelled:
                 res.attempts -= 1
                 raise
