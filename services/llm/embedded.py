@@ -119,12 +119,12 @@ def server_command(model: Path, port: int, *, n_ctx: int = CONTEXT_TOKENS,
                    threads: int | None = None, alias: str = MODEL_ALIAS) -> list[str]:
     """``python -m llama_cpp.server`` on 127.0.0.1: one model, no request interruption (a
     second request waits instead of cutting the first one's stream)."""
-    threads = threads or max(1, os.cpu_count() or 1)
-    return [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-            "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
-            "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-            "--n_threads_batch", str(threads), "--interrupt_requests", "False",
-            "--verbose", "False"]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+           "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
+           "--n_ctx", str(n_ctx), "--interrupt_requests", "False"]
+    if threads:  # default: llama-cpp-python's (half the cores to decode, all for the prompt)
+        cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    return cmd
 
 
 class LlamaServer:
