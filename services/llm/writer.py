@@ -197,6 +197,10 @@ class _Cancelled(Exception):
     pass
 
 
+class _Tripped(Exception):
+    """The circuit breaker tripped: no more calls in this run."""
+
+
 @dataclass
 class _Prepared:
     """What a twin needs before its first call (see :meth:`LLMTwinWriter._prepare`)."""
@@ -734,11 +738,12 @@ class LLMTwinWriter:
         except Exception:  # noqa: BLE001
             return
         t1 = time.monotonic()
+        if t1 - t0 < 0.2 and not call_done.is_set():
+            self._pacer.saw_one_slot(False)  # answered at once while the completion runs
+            return
         # A one-slot server answers the probe when it releases its lock, i.e. together with
         # the completion (a few ms before or after the client has read it).
-        if not call_done.wait(1.0):
-            self._pacer.saw_one_slot(False)
-        elif call_end and t1 - t0 >= 0.2 and abs(call_end[0] - t1) < 1.0:
+        if call_done.wait(1.0) and call_end and abs(call_end[0] - t1) < 1.0:
             self._pacer.saw_one_slot(True)
 
     def _http(self, messages, request: TwinRequest, max_tokens: int | None,
@@ -749,6 +754,9 @@ class LLMTwinWriter:
         ``seconds``, ``in_flight`` and ``timeout`` (also when the call raises)."""
         pacer = self._pacer
         in_flight = pacer.acquire(stop)
+        if self._fatal:  # the breaker tripped while this call waited for its slot
+            pacer.release()
+            raise _Tripped
         meta["mode"] = mode = self._mode
         probe = None
         call_done, call_end = threading.Event(), []
@@ -839,6 +847,9 @@ class LLMTwinWriter:
             except _Cancelled:
                 res.attempts -= 1
                 raise
+            except _Tripped:
+                res.attempts -= 1
+                continue
             except openai.RateLimitError as exc:
                 res.http_seconds += meta.get("seconds", 0.0)
                 pacer.answered(meta.get("seconds", 0.0), meta.get("in_flight", 1), False)
