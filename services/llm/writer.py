@@ -724,8 +724,8 @@ class LLMTwinWriter:
             return
         try:
             self._llm.root_client.models.list(timeout=timeout)
-        except Exception:  # noqa: BLE001  (an unreachable endpoint shows on the next call)
-            pass
+        except Exception as exc:  # noqa: BLE001  (an unreachable endpoint shows on the next call)
+            log.debug("endpoint not idle: %s", type(exc).__name__)
 
     def _probe_slots(self, call_done: threading.Event, call_end: list[float]) -> None:
         """While the first call is in flight: does ``GET /models`` wait for it? (see
@@ -981,8 +981,8 @@ class LLMTwinWriter:
                             )
                         return
                     if finish == "length" and max_tokens is not None:
-                        errs = [f"The reply was cut off at {max_tokens} tokens: give only the "
-                                "JSON object, each value once, a one-sentence rationale."]
+                        errs = [(f"The reply was cut off at {max_tokens} tokens: give only "
+                                 "the JSON object, each value once, a one-sentence rationale.")]
             # invalid reply: feed the errors back
             invalid += 1
             if invalid > s.max_retries:
