@@ -128,6 +128,21 @@ def server_command(model: Path, port: int, *, n_ctx: int = CONTEXT_TOKENS,
     return cmd
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when the thread that started the server
+    ends, also when its process is killed and the atexit handlers never run. (Started from
+    the app's generation thread, the server lives for that run; the next run starts it again,
+    ~2 s.)"""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class LlamaServer:
     """A ``llama_cpp.server`` process on 127.0.0.1 and a free port (tests and the embedded
     default). ``base_url`` is its OpenAI-compatible root (``http://127.0.0.1:PORT/v1``)."""
@@ -165,7 +180,8 @@ class LlamaServer:
         try:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         finally:
             out.close()
         deadline = time.monotonic() + timeout
