@@ -128,19 +128,28 @@ def server_command(model: Path, port: int, *, n_ctx: int = CONTEXT_TOKENS,
     return cmd
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec (Linux): SIGTERM when the thread that started the server
-    ends, also when its process is killed and the atexit handlers never run. (Started from
-    the app's generation thread, the server lives for that run; the next run starts it again,
-    ~2 s.)"""
-    try:
-        import ctypes
-        import signal
+# Runs `python -m llama_cpp.server ARGS` in a child that gets SIGTERM when the thread that
+# started it ends (Linux PR_SET_PDEATHSIG), also when its process is killed and no atexit
+# handler runs; set after exec (no preexec_fn in a threaded parent). Started from the app's
+# generation thread, the server lives for that run; the next run starts it again (~2 s).
+_GUARD = (
+    "import ctypes, os, runpy, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(0)\n"
+    "sys.argv = ['llama_cpp.server'] + sys.argv[2:]\n"
+    "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
+)
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+
+def guarded(cmd: list[str]) -> list[str]:
+    """``[python, -m, llama_cpp.server, ...]`` run under :data:`_GUARD`."""
+    if cmd[1:3] != ["-m", "llama_cpp.server"]:
+        return cmd
+    return [cmd[0], "-c", _GUARD, str(os.getpid())] + cmd[3:]
 
 
 class LlamaServer:
@@ -178,10 +187,9 @@ class LlamaServer:
         env = {k: v for k, v in os.environ.items()
                if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
         try:
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True,
-                                         preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(guarded(self.cmd), stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, start_new_session=True)
         finally:
             out.close()
         deadline = time.monotonic() + timeout
