@@ -313,6 +313,16 @@ def llm_panel() -> LLMChoice:
         st.error(f"LLM settings are invalid: {exc}")
         return LLMChoice(None, False, False, str(exc))
     if not settings.available:
+        from services.generation.llm.embedded import embedded_available
+
+        if embedded_available():
+            from services.generation.llm.generator import EMBEDDED_MESSAGE
+
+            st.info(f"**Embedded model.** {EMBEDDED_MESSAGE[:1].upper() + EMBEDDED_MESSAGE[1:]}. "
+                    "For real twins set `OPENAI_BASE_URL` / `OPENAI_API_KEY` or fill in the "
+                    "*LLM endpoint* fields in the sidebar; for speed try fewer patients, K = 1 "
+                    "or the local generator.")
+            return LLMChoice(settings, True, True, "", {"hybrid": True})
         st.info("**LLM not configured.** Set `OPENAI_BASE_URL` (a local server such as Ollama, "
                 "vLLM or llama.cpp) and/or `OPENAI_API_KEY` before starting the app, or fill in "
                 "the *LLM endpoint* fields in the sidebar. The local generator needs none of this.")
@@ -341,20 +351,55 @@ def llm_panel() -> LLMChoice:
         consent = st.checkbox(f"I agree that pseudonymised patient data are sent to {endpoint}",
                               key="whatif_llm_consent")
     ready = settings.available and consent
-    return LLMChoice(settings, consent, ready,
-                     "" if ready else "tick the consent box to use this endpoint",
-                     {"hybrid": hybrid})
+    why = "" if ready else "tick the consent box to use this endpoint"
+    failed = _failed_endpoint_test(settings)
+    if ready and failed:
+        ready, why = False, (f"the endpoint test failed ({failed}); fix the endpoint and "
+                             "test it again")
+    return LLMChoice(settings, consent, ready, why, {"hybrid": hybrid})
+
+
+ENDPOINT_TEST = "whatif_llm_test_result"
+
+
+def _endpoint_signature(settings: LLMSettings) -> str:
+    import hashlib
+
+    key = hashlib.sha256((settings.api_key or "").encode()).hexdigest()[:12]
+    return f"{redact_url(settings.effective_base_url)}|{settings.model}|{key}"
+
+
+def _failed_endpoint_test(settings: LLMSettings) -> str | None:
+    """The message of the last "Test the endpoint" of these settings when it failed."""
+    last = st.session_state.get(ENDPOINT_TEST)
+    if last and last["signature"] == _endpoint_signature(settings) and not last["ok"]:
+        return last["message"]
+    return None
 
 
 def check_endpoint_button(settings: LLMSettings, allow_remote: bool) -> None:
-    """Lists the endpoint's models (GET /models: no patient data)."""
+    """Lists the endpoint's models (GET /models: no patient data). The result is kept for these
+    settings: while it is a failure, `llm_panel` reports the LLM as not ready (Generate is
+    disabled) until a test succeeds or the settings change."""
+    sig = _endpoint_signature(settings)
     if st.button("Test the endpoint", key="whatif_llm_test",
                  help="Asks the endpoint for its model list; sends no patient data."):
         result = check_endpoint(settings)
-        (st.success if result["ok"] and result["message"] == "ok" else
-         st.warning if result["ok"] else st.error)(
-            f"{result['message']}" + (f" · models: {', '.join(result['models'][:8])}"
-                                       if result["models"] else ""))
+        if not result["ok"]:
+            result["message"] = (f"{redact_url(settings.effective_base_url)}: "
+                                 f"{result['message']}")
+        before = st.session_state.get(ENDPOINT_TEST)
+        st.session_state[ENDPOINT_TEST] = {"signature": sig, **result}
+        was_failed = bool(before and before["signature"] == sig and not before["ok"])
+        if was_failed != (not result["ok"]):
+            st.rerun()  # the Generate button above follows the new result
+    last = st.session_state.get(ENDPOINT_TEST)
+    if not last or last["signature"] != sig:
+        return
+    (st.success if last["ok"] and last["message"] == "ok" else
+     st.warning if last["ok"] else st.error)(
+        f"{last['message']}" + (f" · models: {', '.join(last['models'][:8])}"
+                                if last["models"] else ""))
 
 
 # ==========================================================================================

@@ -21,6 +21,11 @@ returned as the message content, JSON-encoded):
 - ``reject_json_schema``: HTTP 400 when ``response_format.type == "json_schema"``, else good.
 - ``reject_response_format``: HTTP 400 for any ``response_format``, else good.
 - ``server_error``: HTTP 500.
+- ``reject_json_schema_500``: as llama-cpp-python's server: HTTP 500 whose message is the
+  request validation error naming ``response_format`` when its type is ``json_schema``.
+
+``srv.one_slot = True``: like llama-cpp-python's server, one lock serves the chat completions
+and ``GET /models`` (a model list waits for the completion being computed).
 
 ``srv.hook``: optional ``f(body) -> behaviour | None`` consulted before the script (does not
 consume it), e.g. to make one patient slow whatever the scheduling order.
@@ -145,6 +150,8 @@ class ScriptedOpenAIServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.model_list_calls = 0
+        self.one_slot = False
+        self.slot = threading.Lock()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
@@ -270,6 +277,14 @@ class ScriptedOpenAIServer:
                     "response_format of type 'json_schema' is not supported by this server; "
                     "use 'json_object'", "invalid_request_error", "response_format")), b
             return self._completion(body, json.dumps(good_reply(body))), b
+        if b == "reject_json_schema_500":
+            if rf_type == "json_schema":
+                return ScriptedResponse(500, _error(
+                    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+                    "'response_format', 'type'), 'msg': \"Input should be 'text' or "
+                    "'json_object'\", 'input': 'json_schema'}", "internal_server_error",
+                    None)), b
+            return self._completion(body, json.dumps(good_reply(body))), b
         if b == "reject_response_format":
             if rf_type:
                 return ScriptedResponse(400, _error(
@@ -338,6 +353,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") in ("/v1/models", "/models"):
             with self.owner._lock:
                 self.owner.model_list_calls += 1
+            if self.owner.one_slot:
+                with self.owner.slot:
+                    pass
             self._send(ScriptedResponse(200, {"object": "list", "data": [
                 {"id": self.owner.model, "object": "model", "created": 0, "owned_by": "test"}]}))
         else:
@@ -364,7 +382,11 @@ class _Handler(BaseHTTPRequestHandler):
             owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
         try:
             try:
-                resp = owner.respond(body, received)
+                if owner.one_slot:
+                    with owner.slot:
+                        resp = owner.respond(body, time.perf_counter())
+                else:
+                    resp = owner.respond(body, received)
             except Exception as exc:  # noqa: BLE001  (a bug in a hook: report it, keep serving)
                 resp = ScriptedResponse(500, _error(f"scripted server error: {exc}",
                                                     "server_error", None))

@@ -163,6 +163,7 @@ def test_llm_generator_through_the_environment(tmp_path, capsys, monkeypatch):
 def test_llm_unavailable_or_remote_without_consent(tmp_path, capsys, monkeypatch):
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TWINARM_LLM_EMBEDDED", "0")  # else the embedded model is the default
     args = ["--trial", "pbc", "--target-arm", "Placebo", "--cohort-arm", "D-penicillamine",
             "--generator", "llm", "--out", tmp_path / "o"]
     code, _, err = run_cli(capsys, *args)

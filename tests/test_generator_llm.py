@@ -274,6 +274,7 @@ def test_remote_endpoint_refused_without_consent(pbc, server):
 def test_unavailable_without_an_endpoint(pbc, monkeypatch):
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TWINARM_LLM_EMBEDDED", "0")  # installed or not, the embedded model is off
     gen = LLMGenerator(hybrid=False)
     assert not gen.available()
     assert llm_status()["available"] is False and llm_status()["message"] == UNAVAILABLE_MESSAGE

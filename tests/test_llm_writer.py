@@ -406,3 +406,72 @@ def test_check_endpoint_lists_models(server, tmp_path):
     with make_writer(server, tmp_path) as w:
         info = w.check_endpoint()
     assert info["ok"] and info["models"] == ["scripted-model"] and info["message"] == "ok"
+
+
+# -- real-server compatibility and pacing (issue 16) -------------------------------------------
+def test_refusal_as_http_500_is_learned_once(server, tmp_path):
+    """llama-cpp-python answers json_schema with HTTP 500 naming response_format: one refusal,
+    then JSON mode for the whole run (no retry storm)."""
+    server.default = "reject_json_schema_500"
+    with make_writer(server, tmp_path, concurrency=4) as w:
+        results = w.write_many([make_request(i) for i in range(1, 6)])
+        assert w.structured_mode == "json_mode"
+    assert all(r.ok for r in results)
+    types = [(c.get("response_format") or {}).get("type") for c in server.calls]
+    assert types.count("json_schema") == 1 and len(server.calls) == 6
+    # JSON mode carries the request's own schema (fixed keys) and a max_tokens bound
+    body = server.calls[-1]
+    schema = body["response_format"]["schema"]
+    assert [v["properties"]["paramcd"]["const"] for v in
+            schema["properties"]["visits"]["prefixItems"]] == ["ADAS11"] * 3 + ["MMSE"] * 2
+    assert 100 < body["max_tokens"] < 1000
+
+
+def test_one_slot_server_gets_one_call_at_a_time(server, tmp_path):
+    server.one_slot = True
+    server.latency_s = 0.6
+    with make_writer(server, tmp_path, concurrency=4) as w:
+        results = w.write_many([make_request(i) for i in range(1, 5)])
+        assert w._pacer.one_slot is True
+    assert all(r.ok for r in results)
+    assert server.max_in_flight == 1
+
+
+def test_parallel_local_server_gets_parallel_calls_after_the_first(server, tmp_path):
+    server.latency_s = 0.6
+    with make_writer(server, tmp_path, concurrency=4) as w:
+        results = w.write_many([make_request(i) for i in range(1, 6)])
+        assert w._pacer.one_slot is False
+    assert all(r.ok for r in results)
+    assert server.max_in_flight == 4
+
+
+def test_dead_endpoint_trips_the_breaker(tmp_path):
+    from services.generation.llm.embedded import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    w = LLMTwinWriter(LLMSettings(base_url=url, model="m", concurrency=8),
+                      cache_dir=tmp_path / "cache")
+    seen = []
+    t0 = time.perf_counter()
+    with w:
+        results = w.write_many([make_request(i) for i in range(1, 21)],
+                               progress=lambda d, t: seen.append(d))
+    assert time.perf_counter() - t0 < 10
+    assert not any(r.ok for r in results)
+    assert sum(r.attempts for r in results) == 3  # three failures in a row, then stop
+    assert {r.reason for r in results} == {"endpoint unreachable"}
+    assert w.stopped_reason.startswith(f"cannot reach the LLM endpoint {url}")
+    assert set(seen) == {0}  # failed twins are not progress
+
+
+def test_timeout_waits_for_the_server_then_resends_with_a_longer_timeout(server, tmp_path):
+    server.one_slot = True
+    server.script.extend(["good", "slow"])
+    server.slow_s = 2.5
+    with make_writer(server, tmp_path, timeout_s=1, max_retries=1, concurrency=1) as w:
+        results = w.write_many([make_request(i) for i in range(1, 3)])
+    assert all(r.ok for r in results), [r.errors for r in results]
+    assert results[1].attempts == 2 and "timeout" in results[1].notes[0]
+    # the re-send came only after the abandoned call was done (the server is never asked twice)
+    assert server.max_in_flight == 1

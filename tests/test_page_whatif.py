@@ -88,6 +88,7 @@ def test_reopen_a_saved_run(pbc_twins):
 def test_llm_not_configured_is_explained(monkeypatch):
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TWINARM_LLM_EMBEDDED", "0")  # else the embedded model is the default
     at = open_page()
     at.radio(key="whatif_generator").set_value("llm").run()
     assert not at.exception, at.exception

@@ -77,8 +77,17 @@ UNAVAILABLE_MESSAGE = (
 )
 
 
+EMBEDDED_MESSAGE = (
+    "no endpoint configured: the embedded model (Gemma 3 270M on this CPU, for demos and "
+    "pipelines, not quality; about a minute per twin) is used")
+
+
 class LLMUnavailableError(GeneratorError):
     """No LLM endpoint is configured."""
+
+
+class LLMEndpointError(GeneratorError):
+    """The endpoint could not be used at all (unreachable, authentication, no answer)."""
 
 
 class ConsentRequiredError(GeneratorError):
@@ -104,9 +113,15 @@ def llm_status(secrets: Mapping[str, Any] | None = None, **overrides: Any) -> di
         return {"available": False, "local": False, "model": None, "base_url": None,
                 "message": f"LLM settings are invalid: {exc}"}
     pub = s.public_dict()
+    if not s.available:
+        from services.generation.llm.embedded import MODEL_ALIAS, embedded_available
+
+        if embedded_available():
+            return {"available": True, "local": True, "model": MODEL_ALIAS, "base_url": None,
+                    "embedded": True, "message": EMBEDDED_MESSAGE}
     return {"available": s.available, "local": s.is_local, "model": s.model,
             "base_url": pub["base_url"] or (None if not s.available else s.effective_base_url),
-            "message": "ok" if s.available else UNAVAILABLE_MESSAGE}
+            "embedded": False, "message": "ok" if s.available else UNAVAILABLE_MESSAGE}
 
 
 # ------------------------------------------------------------------------------------------
@@ -265,13 +280,25 @@ class LLMGenerator(TwinGenerator):
                 "reference_draws": self.reference_draws}
 
     def available(self) -> bool:
-        """An endpoint is configured (an API key or a base URL)."""
-        return self.llm_settings.available
+        """An endpoint is configured (an API key or a base URL), or the embedded model is
+        installed (extra `local-llm`)."""
+        return self.llm_settings.available or self.uses_embedded_model()
+
+    def uses_embedded_model(self) -> bool:
+        """No endpoint is configured and the embedded model is installed: `generate` starts
+        it (`services.generation.llm.embedded`)."""
+        if self.llm_settings.available:
+            return False
+        from services.generation.llm.embedded import embedded_available
+
+        return embedded_available()
 
     def check_available(self) -> None:
-        """Raise `LLMUnavailableError` without an endpoint, `ConsentRequiredError` for a
-        non-local endpoint without consent. No network call."""
+        """Raise `LLMUnavailableError` without an endpoint (and without the embedded model),
+        `ConsentRequiredError` for a non-local endpoint without consent. No network call."""
         if not self.llm_settings.available:
+            if self.uses_embedded_model():
+                return
             raise LLMUnavailableError(UNAVAILABLE_MESSAGE)
         if not self.llm_settings.is_local and not self.allow_remote:
             raise ConsentRequiredError(consent_message(self.llm_settings))
@@ -419,12 +446,14 @@ class LLMGenerator(TwinGenerator):
     def _generate(self, src: Trial, target_arm: str, k: int, seed: int, manifest: dict,
                   progress: ProgressFn | None, cancel: CancelLike) -> TwinRun:
         kb = self.knowledge_base
-        settings = self.llm_settings
+        settings, embedded = self._endpoint_settings()
         manifest["model"] = settings.model
         manifest["prompt_version"] = PROMPT_VERSION
         retr = self.retriever
         manifest["retriever"] = retriever_manifest(retr, self.neighbors)
         manifest["llm"] = {"settings": settings.public_dict(), "usage": None}
+        if embedded is not None:
+            manifest["llm"]["embedded"] = embedded
         notes = manifest["notes"]
         for c, why in self._skipped_covariates.items():
             notes.append(f"covariate {c} is not sent to the model: {why}")
@@ -511,19 +540,44 @@ class LLMGenerator(TwinGenerator):
             results = writer.write_many(requests, progress=progress, cancel=cancel)
             usage = writer.last_usage
             structured = writer.structured_mode
+            stopped = writer.stopped_reason
         finally:
             writer.close()
         llm_s = time.perf_counter() - t_llm
+        if stopped and not any(r.ok for r in results):
+            # the endpoint is down or refuses us: one message, not one per twin
+            raise LLMEndpointError(stopped)
+        if stopped:
+            notes.append(f"the run stopped early: {stopped}")
 
         run = self._assemble(src, kb, ids, k, target_arm, results, owners, visits, manifest)
         manifest["llm"]["usage"] = usage.to_dict() if usage is not None else None
         manifest["llm"]["structured"] = structured
         manifest["estimated_cost_usd"] = usage.to_dict()["estimated_cost_usd"] if usage else 0.0
+        if usage is not None and usage.ok:
+            manifest["llm"]["seconds_per_twin"] = round(llm_s / usage.ok, 2)
         manifest["timings"] = {
             "retrieval_s": round(retrieval_s, 4), "reference_s": round(reference_s, 4),
             "llm_s": round(llm_s, 4),
             "twins_per_s": round(run.n_twins / llm_s, 2) if llm_s > 0 else None}
         return run
+
+    def _endpoint_settings(self) -> tuple[LLMSettings, dict | None]:
+        """The settings of this run's endpoint: the configured one, else the embedded model's
+        server (started on first use; a model reply is bounded by its schema grammar)."""
+        settings = self.llm_settings
+        if settings.available:
+            return settings, None
+        from services.generation.llm.embedded import EmbeddedModelError, shared_server
+
+        try:
+            server = shared_server()
+        except EmbeddedModelError as exc:
+            raise LLMUnavailableError(f"embedded model: {exc}") from None
+        settings = settings.with_(base_url=server.base_url, api_key=None, model=server.alias,
+                                  structured="json_mode")
+        return settings, {"model": server.alias, "file": server.model.name,
+                          "server": "llama_cpp.server"}
 
     # -- pieces of generate -----------------------------------------------------------------
     def _trial_info(self, target_arm: str) -> dict:
@@ -695,8 +749,10 @@ def _default_retriever(kb: Trial):
 
 
 __all__ = [
+    "EMBEDDED_MESSAGE",
     "UNAVAILABLE_MESSAGE",
     "ConsentRequiredError",
+    "LLMEndpointError",
     "LLMGenerator",
     "LLMUnavailableError",
     "check_endpoint",

@@ -114,6 +114,108 @@ def response_format_json_schema() -> dict[str, Any]:
 
 RESPONSE_FORMAT_JSON_MODE: dict[str, Any] = {"type": "json_object"}
 
+# The rationale asked of a grammar-constrained model (JSON mode with a schema) is short: every
+# character is a token the server has to decode, at a few tokens per second on a small CPU.
+CONSTRAINED_RATIONALE_MAX_CHARS = 120
+
+
+def _integers_up_to(n: int) -> str:
+    """A regular expression of the integers 0..n (no leading zeros)."""
+    digits = str(max(0, int(n)))
+    d = len(digits)
+    alts = ["[0-9]"] if d > 1 else [f"[0-{digits}]"]
+    alts += [f"[1-9][0-9]{{{k - 1}}}" if k > 2 else "[1-9][0-9]" for k in range(2, d)]
+    for i in range(d if d > 1 else 0):
+        prefix, digit = digits[:i], int(digits[i])
+        low = 1 if i == 0 else 0
+        rest = d - i - 1
+        if i < d - 1:
+            if digit > low:
+                tail = "" if not rest else ("[0-9]" if rest == 1 else f"[0-9]{{{rest}}}")
+                alts.append(f"{prefix}[{low}-{digit - 1}]{tail}")
+        else:
+            alts.append(f"{prefix}[{low}-{digit}]")
+    return "(" + "|".join(alts) + ")"
+
+
+def number_pattern(lo: float | None, hi: float | None, decimals: int = 2) -> str | None:
+    """A regular expression of the decimal numbers whose integer part lies within [lo, hi]
+    (at most ``decimals`` decimals), or None without finite bounds. A grammar built from it
+    keeps a small model from writing 1000000000000000 where 12 is meant; the exact range is
+    still checked by :func:`validate_reply`."""
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        return None
+    frac = f"([.][0-9]{{1,{decimals}}})?" if decimals > 0 else ""
+    parts = []
+    if hi >= 0:
+        parts.append(_integers_up_to(math.floor(hi)))
+    if lo < 0:
+        parts.append("-" + _integers_up_to(math.floor(-lo)))
+    return "^(" + "|".join(parts) + ")" + frac + "$"
+
+
+def _bounded_number(lo: float | None, hi: float | None) -> dict[str, Any]:
+    """A number as the reply's schema asks a grammar-constrained model for it: a string of
+    bounded digits (read back as a number by the validation), else a JSON number."""
+    pattern = number_pattern(lo, hi)
+    return {"type": "string", "pattern": pattern} if pattern else {"type": "number"}
+
+
+def request_json_schema(request: Any) -> dict[str, Any]:
+    """A JSON schema of the one reply that fits ``request``: every required visit and event as a
+    fixed tuple entry whose ``paramcd`` / ``avisitn`` are constants, so that a server that turns a
+    schema into a grammar (llama.cpp, llama-cpp-python: ``{"type": "json_object", "schema": ...}``)
+    can only produce a complete, parseable reply; the model chooses the numbers (with digits
+    bounded by the plausible range, :func:`number_pattern`; the range itself is still checked
+    by :func:`validate_reply`) and a short rationale."""
+    req = _required_block(request)
+    visits: list[dict[str, Any]] = []
+    for spec in req.get("visits", []) or []:
+        avs = spec["avisitn"] if isinstance(spec["avisitn"], (list, tuple)) else [spec["avisitn"]]
+        for av in avs:
+            visits.append(_strict_object({"paramcd": {"const": str(spec["paramcd"])},
+                                          "avisitn": {"const": av},
+                                          "aval": _bounded_number(spec.get("min"),
+                                                                  spec.get("max"))}))
+    events = [_strict_object({"paramcd": {"const": str(spec["paramcd"])},
+                              "aval": _bounded_number(0, spec.get("max_days")),
+                              "cnsr": {"enum": [0, 1]}})
+              for spec in req.get("events", []) or []]
+    return _strict_object({
+        "visits": {"type": "array", "prefixItems": visits,
+                   "minItems": len(visits), "maxItems": len(visits)},
+        "events": {"type": "array", "prefixItems": events,
+                   "minItems": len(events), "maxItems": len(events)},
+        "rationale": {"type": "string", "maxLength": CONSTRAINED_RATIONALE_MAX_CHARS},
+    })
+
+
+def response_format_json_mode(request: Any | None = None) -> dict[str, Any]:
+    """``{"type": "json_object"}``, with the request's schema (:func:`request_json_schema`)
+    when a request is given: servers that know the ``schema`` key constrain the reply with it,
+    the others ignore it."""
+    if request is None:
+        return dict(RESPONSE_FORMAT_JSON_MODE)
+    return {"type": "json_object", "schema": request_json_schema(request)}
+
+
+# tokens of one visit / event entry in a reply (``{"paramcd":"ALB","avisitn":12,"aval":3.41},``)
+# with common tokenizers: ~15-20; bounded generously
+_TOKENS_PER_ENTRY = 28
+_TOKENS_RATIONALE = 160
+
+
+def reply_token_budget(request: Any) -> int:
+    """``max_tokens`` for one reply: about twice the size of a complete reply to ``request``,
+    so that a model that loops stops long before it fills its context, while a valid reply
+    (with whitespace and a rationale) always fits."""
+    req = _required_block(request)
+    entries = sum(
+        len(s["avisitn"]) if isinstance(s["avisitn"], (list, tuple)) else 1
+        for s in req.get("visits", []) or []
+    ) + len(req.get("events", []) or [])
+    return int(64 + _TOKENS_RATIONALE + _TOKENS_PER_ENTRY * entries)
+
 
 # -- parsing ---------------------------------------------------------------------------------
 _FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?```\s*$", re.DOTALL)

@@ -47,6 +47,7 @@ _TUNING_KEYS = {
     "TWINARM_LLM_CONCURRENCY": "concurrency",
     "TWINARM_LLM_RPM": "requests_per_minute",
     "TWINARM_LLM_STRUCTURED": "structured",
+    "TWINARM_LLM_MAX_TOKENS": "max_tokens",
 }
 
 
@@ -172,6 +173,11 @@ class LLMSettings:
     price_out_per_mtok: float | None = None
     max_rate_limit_retries: int = 4
     max_retry_after_s: float = 60.0
+    # upper bound of the tokens of one reply; None: derived from the request (about twice the
+    # size of a complete reply, see services.generation.llm.schema.reply_token_budget)
+    max_tokens: int | None = None
+    # consecutive connection failures (no HTTP answer at all) after which the run stops
+    max_connection_failures: int = 3
 
     def __post_init__(self) -> None:
         if self.structured not in STRUCTURED_MODES:
@@ -190,6 +196,10 @@ class LLMSettings:
             raise LLMConfigError(
                 f"requests_per_minute must be > 0 or unset, got {self.requests_per_minute}"
             )
+        if self.max_tokens is not None and self.max_tokens < 16:
+            raise LLMConfigError(f"max_tokens must be >= 16 or unset, got {self.max_tokens}")
+        if self.max_connection_failures < 1:
+            raise LLMConfigError("max_connection_failures must be >= 1")
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise LLMConfigError(f"temperature must be within [0, 2], got {self.temperature}")
 
@@ -245,6 +255,16 @@ class LLMSettings:
     def is_local(self) -> bool:
         return is_local_endpoint(self.base_url)
 
+    @property
+    def is_openai_cloud(self) -> bool:
+        """The OpenAI (or Azure OpenAI) service, whose API has moved to
+        ``max_completion_tokens``; every other OpenAI-compatible server knows ``max_tokens``."""
+        if not self.base_url:
+            return True
+        host = (urlsplit(self.base_url if "://" in self.base_url else "http://" + self.base_url)
+                .hostname or "").lower()
+        return host == "api.openai.com" or host.endswith(".openai.azure.com")
+
     def prices(self) -> tuple[float, float]:
         """(input, output) USD per million tokens used for the cost estimate."""
         if self.price_in_per_mtok is not None or self.price_out_per_mtok is not None:
@@ -297,7 +317,7 @@ def _coerce(fname: str, raw: Any, source: str) -> Any:
     try:
         if fname in ("temperature", "timeout_s", "requests_per_minute"):
             return float(raw)
-        if fname in ("max_retries", "concurrency"):
+        if fname in ("max_retries", "concurrency", "max_tokens"):
             return int(raw)
         return str(raw).strip().lower()
     except (TypeError, ValueError):

@@ -28,6 +28,7 @@ import email.utils
 import gc
 import logging
 import queue
+import re
 import threading
 import time
 from collections import Counter
@@ -44,9 +45,10 @@ from langchain_openai import ChatOpenAI
 from .cache import ReplyCache, cache_key
 from .prompt import PROMPT_VERSION, PrivacyError, TwinRequest, build_messages
 from .schema import (
-    RESPONSE_FORMAT_JSON_MODE,
     TWIN_REPLY_JSON_SCHEMA,
     TwinReply,
+    reply_token_budget,
+    response_format_json_mode,
     response_format_json_schema,
     validate_reply,
 )
@@ -58,6 +60,14 @@ log = logging.getLogger("twinarm.llm")
 OK, CACHED = "ok", "cached"
 TIMEOUT, RATE_LIMITED, INVALID = "timeout", "rate limited", "invalid reply"
 CANCELLED, REFUSED, REJECTED, ERROR = "cancelled", "refused", "rejected", "error"
+UNREACHABLE = "endpoint unreachable"
+
+# before any reply, a call to a local endpoint may take this long (a small model on a small
+# CPU: about a minute per twin), or longer when the reply may be long (seconds per token)
+FIRST_CALL_TIMEOUT_S = 300.0
+FIRST_CALL_S_PER_TOKEN = 0.35
+# OpenAI reasoning models: their hidden reasoning counts against max_completion_tokens
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 
 # structured-output ladder used in "auto" mode
 _MODES = ("json_schema", "json_mode", "plain")
@@ -187,6 +197,10 @@ class _Cancelled(Exception):
     pass
 
 
+class _Tripped(Exception):
+    """The circuit breaker tripped: no more calls in this run."""
+
+
 @dataclass
 class _Prepared:
     """What a twin needs before its first call (see :meth:`LLMTwinWriter._prepare`)."""
@@ -236,6 +250,105 @@ class _RateLimiter:
             waited += time.perf_counter() - t
 
 
+class _Pacer:
+    """How many calls may be in flight and how long one may take, learned from the endpoint.
+
+    - The first call to a local endpoint runs alone: it negotiates the structured-output mode
+      and measures the server. While it runs, ``GET /models`` is asked once: a server that
+      answers it only after the completion (llama-cpp-python holds one lock for both) serves
+      one request at a time, and the run keeps one call in flight. Otherwise (and for remote
+      endpoints from the start) up to ``concurrency`` calls are in flight.
+    - Timeouts follow the observed latency: before any reply, a local endpoint gets
+      ``max(timeout_s, first_call_timeout_s)`` (a small CPU model takes a minute per twin);
+      then ``max(timeout_s, 3 x the slowest seconds per call and slot x slots in use)``. Each
+      timeout doubles that (the server was slower than measured) and drops to one call in
+      flight.
+    - ``max_connection_failures`` connection failures in a row (no HTTP answer at all) trip
+      the breaker: the run stops with one message naming the endpoint.
+    """
+
+    def __init__(self, settings: LLMSettings, first_call_timeout_s: float) -> None:
+        self.settings = settings
+        self.max_limit = max(1, settings.concurrency)
+        self.limit = 1 if settings.is_local else self.max_limit
+        self.warmed = not settings.is_local  # local: wait for the first reply
+        self.one_slot: bool | None = None
+        self.in_flight = 0
+        self.cond = threading.Condition()
+        self.first_timeout = max(settings.timeout_s, first_call_timeout_s
+                                 if settings.is_local else settings.timeout_s)
+        self.per_slot_s: float | None = None  # slowest observed seconds per call per slot
+        self.first_latency_s: float | None = None
+        self.slow_factor = 1.0
+        self.conn_failures = 0
+        self.timeouts_in_a_row = 0
+
+    # -- slots ------------------------------------------------------------------------------
+    def acquire(self, stop: threading.Event) -> int:
+        """Wait for a free slot; returns the number of calls in flight including this one."""
+        with self.cond:
+            while self.in_flight >= self.limit:
+                if stop.is_set():
+                    raise _Cancelled
+                self.cond.wait(0.1)
+            if stop.is_set():
+                raise _Cancelled
+            self.in_flight += 1
+            return self.in_flight
+
+    def release(self) -> None:
+        with self.cond:
+            self.in_flight -= 1
+            self.cond.notify_all()
+
+    def timeout(self) -> float:
+        with self.cond:
+            if self.per_slot_s is None:
+                t = self.first_timeout
+            else:
+                t = max(self.settings.timeout_s, 3.0 * self.per_slot_s * self.limit)
+            return min(t * self.slow_factor, 3600.0)
+
+    # -- what the endpoint showed -----------------------------------------------------------
+    def answered(self, seconds: float, in_flight: int, completed: bool = True) -> None:
+        """An HTTP answer came back after ``seconds`` with ``in_flight`` calls in flight;
+        ``completed``: a chat completion (not an error status, which says nothing of speed)."""
+        with self.cond:
+            self.conn_failures = 0
+            if not completed:
+                return
+            self.timeouts_in_a_row = 0
+            per = seconds / max(1, in_flight)
+            if self.first_latency_s is None:
+                self.first_latency_s = seconds
+            self.per_slot_s = per if self.per_slot_s is None else max(self.per_slot_s, per)
+            if not self.warmed:
+                self.warmed = True
+                self.limit = 1 if self.one_slot else self.max_limit
+            self.cond.notify_all()
+
+    def saw_one_slot(self, one_slot: bool) -> None:
+        with self.cond:
+            if self.one_slot is None:
+                self.one_slot = one_slot
+                if one_slot:
+                    self.limit = 1
+                    self.max_limit = 1
+                    log.info("the endpoint serves one request at a time: one call in flight")
+
+    def timed_out(self) -> int:
+        with self.cond:
+            self.slow_factor = min(self.slow_factor * 2.0, 16.0)
+            self.limit = 1
+            self.timeouts_in_a_row += 1
+            return self.timeouts_in_a_row
+
+    def connection_failed(self) -> int:
+        with self.cond:
+            self.conn_failures += 1
+            return self.conn_failures
+
+
 def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
     headers = getattr(getattr(exc, "response", None), "headers", None)
     if not headers:
@@ -267,7 +380,10 @@ def _status_message(exc: openai.APIStatusError) -> str:
 
 
 def _is_response_format_rejection(exc: Exception) -> bool:
-    if not isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError)):
+    """A 4xx/5xx whose message names the structured-output request. Servers differ in the
+    status: OpenAI-style 400, FastAPI's 422, llama-cpp-python's 500 (its request validation
+    error is wrapped as an internal error)."""
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code in (401, 403, 404, 429):
         return False
     text = f"{getattr(exc, 'message', '')} {getattr(exc, 'body', '')} {getattr(exc, 'param', '')}"
     text = text.lower()
@@ -325,6 +441,7 @@ class LLMTwinWriter:
         self._mode = "json_mode" if settings.structured == "json_mode" else "json_schema"
         self._limiter = _RateLimiter(settings.requests_per_minute)
         self._fatal: str | None = None
+        self._pacer = _Pacer(settings, FIRST_CALL_TIMEOUT_S)
         self._http_client: httpx.Client | None = None
         kwargs: dict[str, Any] = {}
         if settings.is_local:
@@ -349,6 +466,12 @@ class LLMTwinWriter:
         self.last_usage: RunUsage | None = None
 
     # -- public -------------------------------------------------------------------------------
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why the run was stopped before its end (circuit breaker: endpoint unreachable, not
+        answering, authentication...), else None."""
+        return self._fatal
+
     @property
     def structured_mode(self) -> str:
         """The structured-output mode currently used: json_schema, json_mode or plain."""
@@ -406,7 +529,11 @@ class LLMTwinWriter:
             self.settings.concurrency,
         )
         sched = 0.0  # own time in this thread outside waits
-        done = 0
+        done = 0  # twins written (failed twins are not progress)
+        if reqs and not self._pacer.warmed:
+            budget = max((self._max_tokens(r) or 0) for r in reqs)
+            self._pacer.first_timeout = max(self._pacer.first_timeout,
+                                            FIRST_CALL_S_PER_TOKEN * budget)
         if progress is not None and n:
             progress(0, n)
         workers = max(1, min(self.settings.concurrency, n))
@@ -485,11 +612,11 @@ class LLMTwinWriter:
                 while item is not None:
                     results[item[0]] = item[1]
                     got += 1
+                    done += bool(item[1].ok)
                     try:
                         item = finished.get_nowait()
                     except queue.Empty:
                         item = None
-                done += got
                 # a lane queues its results before it ends: all ended + queue empty = complete
                 completed = all(f.done() for f in lanes) and finished.empty()
                 sched += time.perf_counter() - ts
@@ -522,12 +649,23 @@ class LLMTwinWriter:
         return out
 
     # -- one twin -----------------------------------------------------------------------------
-    def _response_format(self, mode: str) -> dict[str, Any] | None:
+    def _response_format(self, mode: str, request: TwinRequest | None = None
+                         ) -> dict[str, Any] | None:
         if mode == "json_schema":
             return response_format_json_schema()
         if mode == "json_mode":
-            return RESPONSE_FORMAT_JSON_MODE
+            # with the request's own schema for servers that turn it into a grammar
+            # (llama.cpp, llama-cpp-python); the OpenAI cloud gets plain JSON mode
+            return response_format_json_mode(None if self.settings.is_openai_cloud else request)
         return None
+
+    def _max_tokens(self, request: TwinRequest) -> int | None:
+        s = self.settings
+        if s.max_tokens is not None:
+            return s.max_tokens
+        if s.is_openai_cloud and _REASONING_MODEL.match(s.model.lower()):
+            return None  # reasoning tokens count against the bound: leave it to the service
+        return reply_token_budget(request)
 
     def _downgrade(self, used: str) -> bool:
         """After a rejection of ``used``: move down the ladder (auto mode only)."""
@@ -540,29 +678,104 @@ class LLMTwinWriter:
             if i + 1 >= len(_MODES):
                 return False
             self._mode = _MODES[i + 1]
-            log.warning("endpoint rejected response_format %s; falling back to %s",
-                        used, self._mode)
+            log.info("endpoint %s rejected response_format %s; using %s for this run",
+                     redact_url(self.settings.effective_base_url), used, self._mode)
             return True
 
-    def _call(self, messages: list[tuple[str, str]], seed: int | None, mode: str):
+    def _call(self, messages: list[tuple[str, str]], seed: int | None, mode: str,
+              request: TwinRequest | None = None, max_tokens: int | None = None,
+              timeout: float | None = None):
         kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         if seed is not None:
             kwargs["seed"] = int(seed)
-        rf = self._response_format(mode)
+        rf = self._response_format(mode, request)
         if rf is not None:
             # The same JSON on the wire as `response_format=rf`, but passed through untouched:
             # given as a parameter, the OpenAI client walks the whole schema with its type
             # transforms and LangChain takes the `parse` path, together about 1.5 ms of CPU
             # per call under the interpreter lock that the concurrent calls share. Replies
             # are parsed and validated here whatever the mode.
-            kwargs["extra_body"] = {"response_format": rf}
+            extra["response_format"] = rf
+        if max_tokens is not None:
+            # the OpenAI service has moved to max_completion_tokens; every compatible server
+            # (llama.cpp, vLLM, Ollama) knows max_tokens, not all the new name
+            extra["max_completion_tokens" if self.settings.is_openai_cloud
+                  else "max_tokens"] = int(max_tokens)
+        if extra:
+            kwargs["extra_body"] = extra
+        if timeout is not None:
+            kwargs["timeout"] = float(timeout)
         msg = self._llm.invoke(messages, **kwargs)
         refusal = (getattr(msg, "additional_kwargs", None) or {}).get("refusal")
         text = _content_text(msg)
         usage = getattr(msg, "usage_metadata", None) or {}
+        finish = (getattr(msg, "response_metadata", None) or {}).get("finish_reason")
         return text, refusal, int(usage.get("input_tokens") or 0), int(
             usage.get("output_tokens") or 0
-        )
+        ), finish
+
+    def _wait_until_idle(self, timeout: float, stop: threading.Event) -> None:
+        """After a timeout: wait until the endpoint answers ``GET /models`` before sending
+        more. A one-slot server (llama-cpp-python) answers it only once it has finished the
+        completion it is still computing for the abandoned call; other servers answer at
+        once."""
+        if stop.is_set():
+            return
+        try:
+            self._llm.root_client.models.list(timeout=timeout)
+        except Exception as exc:  # noqa: BLE001  (an unreachable endpoint shows on the next call)
+            log.debug("endpoint not idle: %s", type(exc).__name__)
+
+    def _probe_slots(self, call_done: threading.Event, call_end: list[float]) -> None:
+        """While the first call is in flight: does ``GET /models`` wait for it? (see
+        :class:`_Pacer`)."""
+        if call_done.wait(0.3):
+            return  # a fast call: nothing to learn, nothing to fear
+        t0 = time.monotonic()
+        try:
+            self._llm.root_client.models.list(timeout=self._pacer.first_timeout)
+        except Exception:  # noqa: BLE001
+            return
+        t1 = time.monotonic()
+        if t1 - t0 < 0.2 and not call_done.is_set():
+            self._pacer.saw_one_slot(False)  # answered at once while the completion runs
+            return
+        # A one-slot server answers the probe when it releases its lock, i.e. together with
+        # the completion (a few ms before or after the client has read it).
+        if call_done.wait(1.0) and call_end and abs(call_end[0] - t1) < 1.0:
+            self._pacer.saw_one_slot(True)
+
+    def _http(self, messages, request: TwinRequest, max_tokens: int | None,
+              stop: threading.Event, meta: dict[str, Any]):
+        """One chat completion through the pacer: a slot, the current timeout and structured
+        mode (read once the slot is granted: a refusal may have changed it meanwhile), the
+        slot probe on the first call to a local endpoint. ``meta`` receives ``mode``,
+        ``seconds``, ``in_flight`` and ``timeout`` (also when the call raises)."""
+        pacer = self._pacer
+        in_flight = pacer.acquire(stop)
+        if self._fatal:  # the breaker tripped while this call waited for its slot
+            pacer.release()
+            raise _Tripped
+        meta["mode"] = mode = self._mode
+        probe = None
+        call_done, call_end = threading.Event(), []
+        if not pacer.warmed and pacer.one_slot is None and self.settings.is_local:
+            probe = threading.Thread(target=self._probe_slots, args=(call_done, call_end),
+                                     name="twinarm-llm-probe", daemon=True)
+            probe.start()
+        meta["in_flight"] = in_flight
+        meta["timeout"] = timeout = pacer.timeout()
+        th = time.perf_counter()
+        try:
+            return self._call(messages, request.seed, mode, request, max_tokens, timeout)
+        finally:
+            meta["seconds"] = time.perf_counter() - th
+            call_end.append(time.monotonic())
+            call_done.set()
+            if probe is not None:
+                probe.join(5.0)
+            pacer.release()
 
     def _run_one(self, request: TwinRequest, stop: threading.Event,
                  prepared: _Prepared | None = None) -> TwinResult:
@@ -580,7 +793,8 @@ class LLMTwinWriter:
                           request.twin_index)
             res.reason, res.errors = ERROR, [f"{type(exc).__name__}: {exc}"]
         res.seconds = time.perf_counter() - t0
-        if not res.ok and res.reason != CANCELLED:
+        if not res.ok and res.reason != CANCELLED and not (
+                self._fatal and res.errors[:1] == [self._fatal]):
             log.warning("twin %s#%s failed (%s): %s", request.source_key, request.twin_index,
                         res.reason, "; ".join(res.errors)[:500])
         return res
@@ -604,6 +818,7 @@ class LLMTwinWriter:
     def _attempts(self, request: TwinRequest, stop: threading.Event, res: TwinResult,
                   prepared: _Prepared | None = None) -> None:
         s = self.settings
+        pacer = self._pacer
         if prepared is None:
             prepared = self._prepare(request)
         base_messages, key = prepared.messages, prepared.key
@@ -611,22 +826,33 @@ class LLMTwinWriter:
             res.ok, res.reply, res.cached, res.reason = True, prepared.cached, True, CACHED
             return
         messages = base_messages
+        max_tokens = self._max_tokens(request)
         invalid = transport = limited = 0
+        endpoint = redact_url(s.effective_base_url)
         while True:
             if stop.is_set():
                 raise _Cancelled
             if self._fatal:
-                res.reason, res.errors = ERROR, [self._fatal]
+                res.reason, res.errors = UNREACHABLE, [self._fatal]
                 return
             res.wait_seconds += self._limiter.acquire(stop)
-            mode = self._mode
-            res.structured = mode
             res.attempts += 1
-            th = time.perf_counter()
+            meta: dict[str, Any] = {}
             try:
-                text, refusal, tin, tout = self._call(messages, request.seed, mode)
+                try:
+                    text, refusal, tin, tout, finish = self._http(messages, request,
+                                                                  max_tokens, stop, meta)
+                finally:
+                    mode = res.structured = meta.get("mode", self._mode)
+            except _Cancelled:
+                res.attempts -= 1
+                raise
+            except _Tripped:
+                res.attempts -= 1
+                continue
             except openai.RateLimitError as exc:
-                res.http_seconds += time.perf_counter() - th
+                res.http_seconds += meta.get("seconds", 0.0)
+                pacer.answered(meta.get("seconds", 0.0), meta.get("in_flight", 1), False)
                 limited += 1
                 after = _retry_after_seconds(exc)
                 note = f"HTTP 429 rate limited (attempt {res.attempts})"
@@ -646,18 +872,35 @@ class LLMTwinWriter:
                 self._limiter.pause(after)
                 continue
             except openai.APITimeoutError:
-                res.http_seconds += time.perf_counter() - th
+                res.http_seconds += meta.get("seconds", 0.0)
                 transport += 1
-                msg = f"timeout: no reply within {s.timeout_s:g} s"
+                in_a_row = pacer.timed_out()
+                msg = f"timeout: no reply within {meta.get('timeout', s.timeout_s):.0f} s"
+                if in_a_row >= s.max_connection_failures:
+                    self._trip(f"the LLM endpoint {endpoint} did not answer {in_a_row} calls "
+                               f"in a row (last: no reply within "
+                               f"{meta.get('timeout', s.timeout_s):.0f} s)")
+                    res.reason, res.errors = TIMEOUT, [self._fatal or msg]
+                    return
                 if transport > s.max_retries:
                     res.reason, res.errors = TIMEOUT, [f"{msg} ({res.attempts} attempts)"]
                     return
                 res.notes.append(msg)
+                # the server may still be computing the abandoned call: do not queue the same
+                # work behind it
+                self._wait_until_idle(pacer.timeout(), stop)
                 continue
             except openai.APIConnectionError as exc:
-                res.http_seconds += time.perf_counter() - th
+                res.http_seconds += meta.get("seconds", 0.0)
                 transport += 1
-                msg = f"connection error: {exc}"
+                failures = pacer.connection_failed()
+                msg = f"connection error: {_connection_reason(exc)}"
+                if failures >= s.max_connection_failures:
+                    self._trip(f"cannot reach the LLM endpoint {endpoint}: "
+                               f"{_connection_reason(exc)} ({failures} attempts in a row); "
+                               "is the server running?")
+                    res.reason, res.errors = UNREACHABLE, [self._fatal or msg]
+                    return
                 if transport > s.max_retries:
                     res.reason, res.errors = ERROR, [f"{msg} ({res.attempts} attempts)"]
                     return
@@ -667,15 +910,16 @@ class LLMTwinWriter:
                 continue
             except (openai.AuthenticationError, openai.PermissionDeniedError,
                     openai.NotFoundError) as exc:
-                res.http_seconds += time.perf_counter() - th
+                res.http_seconds += meta.get("seconds", 0.0)
                 what = {401: "authentication failed", 403: "permission denied",
                         404: "model or endpoint not found"}.get(exc.status_code, "refused")
-                self._fatal = (f"{what} (HTTP {exc.status_code}) at "
-                               f"{redact_url(s.effective_base_url)}: {_status_message(exc)}")
+                self._trip(f"{what} (HTTP {exc.status_code}) at {endpoint}: "
+                           f"{_status_message(exc)}")
                 res.reason, res.errors = ERROR, [self._fatal]
                 return
             except openai.APIStatusError as exc:
-                res.http_seconds += time.perf_counter() - th
+                res.http_seconds += meta.get("seconds", 0.0)
+                pacer.answered(meta.get("seconds", 0.0), meta.get("in_flight", 1), False)
                 if _is_response_format_rejection(exc):
                     res.notes.append(f"response_format {mode} rejected: {_status_message(exc)}")
                     if self._downgrade(mode):  # not counted as a retry
@@ -702,12 +946,13 @@ class LLMTwinWriter:
                 res.errors = [f"HTTP {exc.status_code}: {_status_message(exc)}"]
                 return
             except openai.LengthFinishReasonError:
-                res.http_seconds += time.perf_counter() - th
-                text, refusal, tin, tout = None, None, 0, 0
+                res.http_seconds += meta.get("seconds", 0.0)
+                text, refusal, tin, tout, finish = None, None, 0, 0, "length"
                 errs = ["The reply was cut off (length limit); answer more concisely."]
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 # not an OpenAI chat completion (an HTML page, a missing "choices"...)
-                res.http_seconds += time.perf_counter() - th
+                res.http_seconds += meta.get("seconds", 0.0)
+                pacer.answered(meta.get("seconds", 0.0), meta.get("in_flight", 1), False)
                 transport += 1
                 msg = ("unexpected response from the endpoint (not an OpenAI chat "
                        f"completion): {str(exc)[:200]}")
@@ -717,7 +962,8 @@ class LLMTwinWriter:
                 res.notes.append(msg)
                 continue
             else:
-                res.http_seconds += time.perf_counter() - th
+                res.http_seconds += meta["seconds"]
+                pacer.answered(meta["seconds"], meta["in_flight"], True)
                 res.input_tokens += tin
                 res.output_tokens += tout
                 if refusal:
@@ -734,6 +980,9 @@ class LLMTwinWriter:
                                 output_tokens=res.output_tokens,
                             )
                         return
+                    if finish == "length" and max_tokens is not None:
+                        errs = [(f"The reply was cut off at {max_tokens} tokens: give only "
+                                 "the JSON object, each value once, a one-sentence rationale.")]
             # invalid reply: feed the errors back
             invalid += 1
             if invalid > s.max_retries:
@@ -741,6 +990,33 @@ class LLMTwinWriter:
                 return
             res.notes.append(f"attempt {res.attempts}: " + " ".join(errs)[:300])
             messages = build_messages(request, feedback_errors=errs, previous_reply=text)
+
+    def _trip(self, message: str) -> None:
+        """Stop the run (circuit breaker): every twin not finished fails with ``message``."""
+        with self._mode_lock:
+            if self._fatal is None:
+                self._fatal = message
+                log.info("LLM run stopped: %s", message)
+
+
+def _connection_reason(exc: Exception) -> str:
+    """The root cause of a connection error in a few words (connection refused, name not
+    resolved...), without the URL (the caller names the redacted endpoint)."""
+    cause = exc
+    seen = 0
+    while getattr(cause, "__cause__", None) is not None and seen < 5:
+        cause = cause.__cause__
+        seen += 1
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    low = text.lower()
+    if "refused" in low:
+        return "connection refused"
+    if "name or service not known" in low or "nodename nor servname" in low or \
+            "temporary failure in name resolution" in low:
+        return "host name not resolved"
+    if "timed out" in low:
+        return "connection timed out"
+    return text[:160]
 
 
 def _cancel_checker(cancel: threading.Event | Callable[[], bool] | None) -> Callable[[], bool]:
