@@ -61,6 +61,7 @@ from services.data.demo import load_demo
 from services.data.loading import load_trial
 from services.data.trial import Trial
 from services.evaluation import effects as E
+from services.evaluation import procova_analysis as PA
 from services.evaluation.metrics.procova import estimate_adjustment, procova_plan
 from services.generation import get_generator
 from services.retrieval.retriever import ExactRetriever
@@ -219,7 +220,7 @@ def procova_population(pool: Trial, paramcd: str, avisitn: float, seed: int):
     y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)].set_index("USUBJID")["AVAL"]
     df = pd.DataFrame({"Y": y, "BASE": popu.baseline[paramcd].reindex(y.index)})
     for k in KS:
-        df[f"S{k}"] = E.prognostic_scores(subset_run(run, k), paramcd, avisitn).reindex(df.index)
+        df[f"S{k}"] = PA.prognostic_scores(subset_run(run, k), paramcd, avisitn).reindex(df.index)
     return df.dropna()
 
 

@@ -14,6 +14,8 @@ from lifelines.utils import restricted_mean_survival_time
 
 from services.data.demo import load_demo
 from services.evaluation import effects as E
+from services.evaluation import estimators as est
+from services.evaluation import procova_analysis as PA
 from services.generation import get_generator
 from services.retrieval.retriever import ExactRetriever
 
@@ -34,7 +36,7 @@ def test_cox_binary_matches_lifelines_unweighted():
     t, e, g = _surv_data()
     df = pd.DataFrame({"T": t, "E": e, "G": g})
     cph = CoxPHFitter().fit(df, "T", "E")
-    fit = E.cox_binary(t, e, g)
+    fit = est.cox_binary(t, e, g)
     assert fit.log_hr == pytest.approx(cph.params_["G"], abs=1e-6)
     assert fit.se_model == pytest.approx(cph.standard_errors_["G"], rel=1e-5)
     rob = CoxPHFitter().fit(df, "T", "E", robust=True)
@@ -56,7 +58,7 @@ def test_cox_binary_matches_lifelines_weighted_clustered():
     cl = np.concatenate([np.arange(n), np.repeat(np.arange(n), k)])
     df = pd.DataFrame({"T": time_, "E": event, "G": group, "W": w, "C": cl})
     cph = CoxPHFitter().fit(df, "T", "E", weights_col="W", cluster_col="C", robust=True)
-    fit = E.cox_binary(time_, event, group, w, cl)
+    fit = est.cox_binary(time_, event, group, w, cl)
     assert fit.log_hr == pytest.approx(cph.params_["G"], abs=1e-6)
     assert fit.se_robust == pytest.approx(cph.standard_errors_["G"], rel=1e-4)
 
@@ -84,7 +86,7 @@ def _greenwood_rmst_var(t, e, tau):
 def test_rmst_matches_lifelines_and_greenwood_hand_formula():
     t, e, _ = _surv_data(1)
     tau = 12.0
-    fit = E.rmst_km(t, e, tau)
+    fit = est.rmst_km(t, e, tau)
     kmf = KaplanMeierFitter().fit(t, e)
     assert fit.rmst == pytest.approx(restricted_mean_survival_time(kmf, t=tau), rel=1e-9)
     r_hand, v_hand = _greenwood_rmst_var(t, e, tau)
@@ -97,7 +99,7 @@ def test_weighted_rmst_matches_lifelines_weighted_km():
     t, e, _ = _surv_data(2)
     w = np.random.default_rng(2).choice([0.25, 0.5, 1.0], t.size)
     kmf = KaplanMeierFitter().fit(t, e, weights=w)
-    assert E.rmst_km(t, e, 10.0, weights=w).rmst == pytest.approx(
+    assert est.rmst_km(t, e, 10.0, weights=w).rmst == pytest.approx(
         restricted_mean_survival_time(kmf, t=10.0), rel=1e-9)
 
 
@@ -108,7 +110,7 @@ def test_rmst_variance_is_honest_by_simulation():
     for _ in range(400):
         tt = rng.exponential(5, 80)
         cc = rng.uniform(1, 12, 80)
-        f = E.rmst_km(np.minimum(tt, cc), (tt <= cc).astype(int), 6.0)
+        f = est.rmst_km(np.minimum(tt, cc), (tt <= cc).astype(int), 6.0)
         ests.append(f.rmst)
         vars_.append(f.var)
     assert np.mean(vars_) == pytest.approx(np.var(ests, ddof=1), rel=0.15)
@@ -118,7 +120,7 @@ def test_ols_matches_statsmodels():
     rng = np.random.default_rng(0)
     X = np.column_stack([np.ones(50), rng.integers(0, 2, 50), rng.normal(size=50)])
     y = X @ [1.0, 0.5, 2.0] + rng.normal(size=50)
-    fit = E.ols(y, X)
+    fit = est.ols(y, X)
     ref = sm.OLS(y, X).fit()
     np.testing.assert_allclose(fit.coef, ref.params, rtol=1e-10)
     np.testing.assert_allclose(fit.se, ref.bse, rtol=1e-10)
@@ -133,17 +135,17 @@ def test_procova_effects_match_statsmodels_on_btheb():
     gen = get_generator("local", retriever_factory=ExactRetriever).fit(trial)
     # twins under control of every trial patient; a patient is never its own neighbour/donor
     run = gen.generate(trial.baseline_only(), target_arm=ctrl, twins_per_patient=10, seed=3)
-    prog = E.prognostic_scores(run, "BDI", 2.0)
+    prog = PA.prognostic_scores(run, "BDI", 2.0)
     assert set(prog.index) <= set(kb_ids)
-    res = {e.analysis: e for e in E.procova_effects(trial, run, "BDI", 2.0, trt, ctrl)}
-    assert set(res) == set(E.ANALYSES)
+    res = {e.analysis: e for e in PA.procova_effects(trial, run, "BDI", 2.0, trt, ctrl)}
+    assert set(res) == set(PA.ANALYSES)
     vv = trial.visit_values
     y = vv[(vv["PARAMCD"] == "BDI") & (vv["AVISITN"] == 2.0)].set_index("USUBJID")["AVAL"]
     d = pd.DataFrame({"Y": y})
     d["TRT"] = (trial.subjects.set_index("USUBJID")["ARM"].reindex(d.index) == trt).astype(float)
     d["BASE"] = trial.baseline["BDI"].reindex(d.index)
     d["PROG"] = prog.reindex(d.index)
-    for name, cols in E.ANALYSES.items():
+    for name, cols in PA.ANALYSES.items():
         dd = d.dropna(subset=["Y", *cols])
         ref = sm.OLS(dd["Y"], sm.add_constant(dd[["TRT", *cols]])).fit()
         ci = ref.conf_int().loc["TRT"]

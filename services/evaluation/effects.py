@@ -51,7 +51,7 @@ observed (a hypothetical "had they been observed" estimand under missing-at-rand
 baseline). The LLM generator can be used (``generator="llm"``) but each refit regenerates
 every twin: B x n x boot_twins calls.
 
-**2. Twin-adjusted randomized trial (PROCOVA)** (:func:`procova_effects`): OLS of the outcome
+**2. Twin-adjusted randomized trial (PROCOVA)** (`services.evaluation.procova_analysis.procova_effects`): OLS of the outcome
 at one visit on the arm indicator alone (unadjusted), plus the baseline value (baseline
 ANCOVA), plus the prognostic score (mean of the patient's twins under control, generated from
 the baseline by a generator that never saw the patient's outcome), and with both. Classical
@@ -73,7 +73,7 @@ import pandas as pd
 from scipy import stats
 
 from services.data.trial import Trial
-from services.evaluation.estimators import cox_binary, ols, rmst_km
+from services.evaluation.estimators import cox_binary, rmst_km
 from services.generation.run import TwinRun
 
 UNIT = "patients"
@@ -419,65 +419,32 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     return out
 
 
-# ==========================================================================================
-# public: randomized trial with a prognostic score (PROCOVA)
+def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, seed: int = 0,
+                progress: Callable[[int, int], object] | None = None) -> dict:
+    """The effects section of a run (Compare, the report, `twinarm evaluate --json`): the real
+    source patients that are in the knowledge base against their twins. `refits` defaults to
+    20 for a generator whose twins cost nothing and to 0 (patient term only, and said so) for
+    one that calls a model per twin, where B refits would cost B x n x K calls."""
+    from services.generation import GENERATORS
 
-
-def prognostic_scores(run: TwinRun, paramcd: str, avisitn: float) -> pd.Series:
-    """Prognostic score per source patient: the mean of its twins' values at the visit."""
-    vals = _twin_values(run)
-    vals = vals[(vals["PARAMCD"] == paramcd) & (vals["AVISITN"] == float(avisitn))]
-    return vals.groupby("SRCSUBJID")["AVAL"].mean().rename("PROG")
-
-
-ANALYSES = {
-    "unadjusted": (),
-    "ancova_baseline": ("BASE",),
-    "procova": ("PROG",),
-    "procova_baseline": ("BASE", "PROG"),
-}
-
-
-def procova_effects(trial: Trial, prognostic: pd.Series | TwinRun, paramcd: str, avisitn: float,
-                    treatment_arm: str, control_arm: str | None = None, alpha: float = 0.05,
-                    analyses: Iterable[str] = tuple(ANALYSES)) -> list[Effect]:
-    """Treatment effect (treatment minus control) of a randomized trial at one visit, from OLS:
-    ``unadjusted`` (Y ~ arm), ``ancova_baseline`` (+ baseline value), ``procova`` (+ prognostic
-    score), ``procova_baseline`` (+ both). Complete cases of the covariates each analysis uses
-    (patients with Y and, for adjusted analyses, the baseline / score) -- so compare analyses
-    on ``n_patients``. ``prognostic``: a Series by USUBJID, or a TwinRun of control twins of
-    the trial's patients (see :func:`prognostic_scores`)."""
-    control_arm = control_arm or trial.control_arm
-    if isinstance(prognostic, TwinRun):
-        prognostic = prognostic_scores(prognostic, paramcd, avisitn)
-    vv = trial.visit_values
-    y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == float(avisitn))].set_index("USUBJID")
-    label = str(y["AVISIT"].iloc[0]) if len(y) else ""
-    arms = trial.subjects.set_index("USUBJID")["ARM"]
-    df = pd.DataFrame({"Y": y["AVAL"]})
-    df["ARM"] = arms.reindex(df.index)
-    df = df[df["ARM"].isin([treatment_arm, control_arm])]
-    df["TRT"] = (df["ARM"] == treatment_arm).astype(float)
-    base = trial.baseline[paramcd] if paramcd in trial.baseline else pd.Series(dtype=float)
-    df["BASE"] = base.reindex(df.index)
-    df["PROG"] = pd.Series(prognostic).reindex(df.index)
-    out = []
-    for name in analyses:
-        cols = ANALYSES[name]
-        d = df.dropna(subset=["Y", *cols])
-        n_t, n_c = int(d["TRT"].sum()), int((1 - d["TRT"]).sum())
-        if n_t < 2 or n_c < 2 or len(d) <= 2 + len(cols):
-            continue
-        X = np.column_stack([np.ones(len(d)), d["TRT"].to_numpy(), *[d[c].to_numpy(float) for c in cols]])
-        fit = ols(d["Y"].to_numpy(float), X)
-        est, se = float(fit.coef[1]), float(fit.se[1])
-        q = float(stats.t.ppf(1 - alpha / 2, fit.df))
-        pval = float(2 * stats.t.sf(abs(est) / se, fit.df)) if se > 0 else float("nan")
-        covs = " + ".join(("arm",) + tuple({"BASE": "baseline", "PROG": "prognostic score"}[c] for c in cols))
-        out.append(Effect(
-            design="randomized", measure="mean_difference", paramcd=paramcd, avisitn=float(avisitn),
-            avisit=label, estimate=est, se=se, ci_low=est - q * se, ci_high=est + q * se, p_value=pval,
-            df=float(fit.df), method=f"OLS Y ~ {covs}; classical SE, t({fit.df})", n_patients=len(d),
-            n_treatment=n_t, n_control=n_c, analysis=name, alpha=alpha,
-        ))
+    sources = sorted(set(run.adsl["SRCSUBJID"]) & set(knowledge_base.subjects["USUBJID"]))
+    out = {"design": "synthetic_control", "unit": UNIT, "n_patients": len(sources),
+           "target_arm": run.target_arm, "effects": [], "note": ""}
+    if len(sources) < MIN_PATIENTS:
+        out["note"] = (f"{len(sources)} of the run's source patients have real outcomes in this "
+                       f"trial: at least {MIN_PATIENTS} are needed to estimate an effect")
+        return out
+    name = (run.manifest or {}).get("generator") or "local"
+    cls = GENERATORS.get(name)
+    cheap = cls is not None and not cls.capabilities.needs_network
+    b = (20 if cheap else 0) if refits is None else int(refits)
+    if not cheap and b:
+        b = 0
+        out["note"] = f"the {name} generator is not refitted (each refit would call the model per twin)"
+    real = knowledge_base.subset(sources, name=f"{knowledge_base.name} sources")
+    out["effects"] = effects_json(synthetic_control_effects(real, run, knowledge_base, refits=b,
+                                                            seed=seed, progress=progress))
+    out["refits"] = b
+    arms = real.arm_counts()
+    out["source_arms"] = {a: n for a, n in arms.items() if n}
     return out
