@@ -51,7 +51,8 @@ def main() -> None:
     pbc_s = float("nan")
     try:
         from services.data.demo import load_demo
-        from services.evaluation.comparison import compare, embedding_points
+        from services.evaluation.comparison import compare
+        from services.evaluation.patient_space import embedding_points
         from services.generation import get_generator
 
         kb = load_demo("pbc")

@@ -61,6 +61,7 @@ from services.data.demo import load_demo
 from services.data.loading import load_trial
 from services.data.trial import Trial
 from services.evaluation import effects as E
+from services.evaluation import estimators as est
 from services.evaluation import procova_analysis as PA
 from services.evaluation.metrics.procova import estimate_adjustment, procova_plan
 from services.generation import get_generator
@@ -140,7 +141,7 @@ def naive_tests(real: Trial, run, paramcd: str, avisitn: float, tte_p: str | Non
     if tte_p is not None:
         r = real.tte[real.tte["PARAMCD"] == tte_p]
         t = run.tte[run.tte["PARAMCD"] == tte_p]
-        fit = E.cox_binary(np.r_[r["AVAL"], t["AVAL"]], np.r_[1 - r["CNSR"], 1 - t["CNSR"]],
+        fit = est.cox_binary(np.r_[r["AVAL"], t["AVAL"]], np.r_[1 - r["CNSR"], 1 - t["CNSR"]],
                            np.r_[np.ones(len(r)), np.zeros(len(t))])
         out["hr"] = float(2 * stats.norm.sf(abs(fit.log_hr) / fit.se_model))
     return out
@@ -225,7 +226,7 @@ def procova_population(pool: Trial, paramcd: str, avisitn: float, seed: int):
 
 
 def _ols_t(y, X):
-    fit = E.ols(y, X)
+    fit = est.ols(y, X)
     return fit.coef[1], fit.se[1], fit.df
 
 

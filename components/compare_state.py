@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components.state import get_run, get_trial
+from components.state import get_run, get_run_dir, get_trial
 from services.evaluation import comparison as ev
+from services.evaluation.effects import cached_run_effects
 
 
 def require_run():
@@ -43,3 +44,14 @@ def _evaluation(kb_hash: str, run_id: str, _kb, _run) -> dict:
 
 def cached_evaluation(kb, run) -> dict:
     return _evaluation(kb.content_hash, run.run_id, kb, run)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _effects(kb_hash: str, run_id: str, _kb, _run, _run_dir) -> dict:
+    return cached_run_effects(_kb, _run, _run_dir)
+
+
+def cached_effects(kb, run) -> dict:
+    """The run's effects (patient as unit, generator refits): computed once per run, kept in its
+    folder (effects.json) for the report and later sessions."""
+    return _effects(kb.content_hash, run.run_id, kb, run, get_run_dir())

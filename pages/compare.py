@@ -3,9 +3,16 @@ similarity, fidelity/privacy/utility metrics)."""
 
 import streamlit as st
 
-from components.compare_state import cached_comparison, cached_evaluation, require_run
+from components.compare_state import (
+    cached_comparison,
+    cached_effects,
+    cached_evaluation,
+    require_run,
+)
+from components.effects import effects_view
 from components.metric_cards import headline_table, metric_definitions
 from services.evaluation import comparison as ev
+from services.evaluation import patient_space as ps
 from services.evaluation.projection import is_umap_warm
 from services.reporting.figures import compare as fig
 
@@ -18,8 +25,8 @@ st.caption(f"Run {run.run_id}: {run.n_twins} twins under **{comp.target_arm}** f
            f"real patients of {comp.source_arm() or 'another trial'}, compared with "
            f"{len(comp.groups[ev.TARGET].subjects)} real {comp.target_arm} patients.")
 
-tab_traj, tab_surv, tab_emb, tab_sim, tab_metrics = st.tabs(
-    ["Trajectories", "Survival", "Embeddings", "Similarity", "Metrics"])
+tab_traj, tab_surv, tab_effect, tab_emb, tab_sim, tab_metrics = st.tabs(
+    ["Trajectories", "Survival", "Effect", "Embeddings", "Similarity", "Metrics"])
 
 with tab_traj:
     if not comp.parameters:
@@ -30,8 +37,10 @@ with tab_traj:
         unit = kb.parameters[paramcd].unit
         st.plotly_chart(fig.mean_trajectories(ev.trajectory_summary(comp, paramcd),
                                               f"Mean {labels[paramcd]} with 95 % CI", unit), width="stretch")
-        st.caption("Mean per visit with its 95 % confidence interval: twins should follow the real target arm, "
-                   "and the gap to the real source cohort is the treatment effect seen against twins.")
+        st.caption("Mean per visit with its 95 % confidence interval (twins: over source patients, each the "
+                   "mean of its twins). Twins should follow the real target arm. The gap to the real source "
+                   "cohort is not an effect estimate by itself: the Effect tab estimates it with the patient "
+                   "as the unit and the generator's own uncertainty.")
         st.plotly_chart(fig.spaghetti(ev.spaghetti_values(comp, paramcd, per_group=12),
                                       f"{labels[paramcd]}: a sample of individual patients", unit), width="stretch")
         st.caption("Twelve random patients per group: twins should show the same spread and shapes as real "
@@ -64,9 +73,13 @@ with tab_surv:
             hr = s.get(key, {})
             if hr.get("hazard_ratio") is not None:
                 col.metric(label, f"{hr['hazard_ratio']:.2f}",
-                           help=f"95 % CI {hr['ci_low']:.2f} to {hr['ci_high']:.2f}, p = {hr['p_value']:.3f}")
-        st.caption("The hazard ratio of the real source cohort against its twin arm estimates the treatment "
-                   "effect against a synthetic control; beside it, the same against the real control arm.")
+                           help=f"95 % CI {hr['ci_low']:.2f} to {hr['ci_high']:.2f} (patients as the unit; "
+                                "the Effect tab adds the generator's own uncertainty)")
+        st.caption("Hazard ratios of the real source cohort against its twin arm (each patient's twins weigh "
+                   "one patient) and against the real control arm.")
+
+with tab_effect:
+    effects_view(kb, run, cached_effects)
 
 with tab_emb:
     method = st.radio("Method", ["UMAP", "t-SNE"], horizontal=True, key="cmp_method")
@@ -76,13 +89,13 @@ with tab_emb:
                 "t-SNE is ready now, or try again in a few seconds.")
     else:
         with st.spinner(f"Computing the {method} embedding..."):
-            points = ev.embedding_points(comp, method=key)
+            points = ps.embedding_points(comp, method=key)
         st.plotly_chart(fig.embedding_scatter(points, f"{method} of real patients and twins"), width="stretch")
         st.caption("Each point is a patient vector (baseline and follow-up): twins (crosses) should mix with "
                    "the real target arm, not form an island of their own.")
 
 with tab_sim:
-    dist = ev.similarity(comp)
+    dist = ps.similarity(comp)
     st.plotly_chart(fig.similarity_histogram(dist, "Cosine similarity of patient vectors"), width="stretch")
     st.caption("Twins that mirror the real population give real-to-twin similarities like those within real "
                "patients; twin-to-own-source above that shows personalisation, and values near 1 would mean copies.")

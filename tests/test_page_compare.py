@@ -23,7 +23,8 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
     assert "Compare twins with real patients" in at.title[0].value
-    assert len(at.tabs) == 5
+    assert [t.label for t in at.tabs] == ["Trajectories", "Survival", "Effect", "Embeddings", "Similarity",
+                                          "Metrics"]
     labels = [m.label for m in at.metric]
     assert "HR source vs twin arm" in labels and "Log-rank p, twins vs real" in labels
     frames = [d.value for d in at.dataframe]
@@ -33,3 +34,13 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     assert not at.exception
     at.selectbox(key="cmp_param").set_value("ALB").run()
     assert not at.exception
+    # the effect is estimated on request: patients as the unit, generator refits
+    assert at.button(key="cmp_effects_go").label == "Estimate the effect"
+    at.button(key="cmp_effects_go").click().run()
+    assert not at.exception, at.exception
+    table = next(d.value for d in at.dataframe if "95 % CI" in d.value.columns)
+    assert {"mean difference", "hazard ratio", "RMST difference (days)"} <= set(table["measure"])
+    # the 40 source patients (those observed at a visit), never the 80 twins
+    assert (table.loc[table["measure"] == "hazard ratio", "patients"] == 40).all()
+    assert table["patients"].max() == 40
+    assert any("20 generator refits" in c.value for c in at.caption)

@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--holdout", metavar="PATH", help="real patients the generator never saw (enables "
                    "membership inference and a true hold-out DCR)")
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
+    p.add_argument("--refits", type=int, default=None, metavar="B",
+                   help="generator refits for the effects' intervals (default 20 for local, 0 for "
+                        "generators that call a model per twin; 0 leaves the generator's uncertainty out)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -26,6 +29,7 @@ def run(args) -> int:
     from services.data.loading import load_trial
     from services.data.trial import TrialValidationError
     from services.evaluation.comparison import evaluate
+    from services.evaluation.effects import run_effects
     from services.generation.run import read_run
 
     try:
@@ -46,8 +50,11 @@ def run(args) -> int:
             holdout = load_trial(args.holdout)
         except TrialValidationError as exc:
             raise CliError(f"--holdout {args.holdout}: {exc.messages[0]}") from None
+    if args.refits is not None and args.refits < 0:
+        raise CliError(f"--refits must be >= 0, got {args.refits}")
     try:
         result = evaluate(kb, twins, run.manifest, holdout=holdout, seed=args.seed)
+        result["effects"] = run_effects(kb, run, refits=args.refits, seed=args.seed)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     print_summary(result)
@@ -97,3 +104,19 @@ def print_summary(r: dict) -> None:
               f"{_fmt(s.get('logrank_twins_vs_real_target', {}).get('p_value'))}; HR source vs twins "
               f"{_fmt(hr.get('hazard_ratio'))} [{_fmt(hr.get('ci_low'))}, {_fmt(hr.get('ci_high'))}], "
               f"vs real control {_fmt(hr_real.get('hazard_ratio'))}")
+    eff = r.get("effects") or {}
+    if eff.get("note"):
+        print(f"effects: {eff['note']}")
+    rows = eff.get("effects") or []
+    if rows:
+        print(f"effects of the real source patients against their twins ({eff['n_patients']} patients, "
+              f"{eff.get('refits', 0)} generator refits; unit: patients):")
+        shown = [e for e in rows if e["measure"] != "mean_difference"]
+        md = [e for e in rows if e["measure"] == "mean_difference"]
+        last = {}
+        for e in md:                       # the last visit of each parameter
+            last[e["paramcd"]] = e
+        for e in list(last.values()) + shown:
+            where = f" at {e['avisit'] or e['avisitn']}" if e["measure"] == "mean_difference" else ""
+            print(f"  {e['paramcd']}{where}: {e['measure'].replace('_', ' ')} {_fmt(e['estimate'])} "
+                  f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]")

@@ -23,6 +23,7 @@ from scipy import stats
 
 from services.data.trial import Trial
 from services.evaluation import metrics as M
+from services.evaluation.estimators import cox_binary
 from services.jsonable import jsonable
 from services.retrieval.knn import exact_knn
 
@@ -94,10 +95,18 @@ def _with_baseline(trial: Trial, paramcd: str) -> pd.DataFrame:
 
 
 def trajectory_summary(comp: Comparison, paramcd: str) -> pd.DataFrame:
-    """Mean and 95 % t-interval per group and visit (baseline included at day 1)."""
+    """Mean and 95 % t-interval per group and visit (baseline included at day 1); for the twins,
+    over source patients (each the mean of its twins), n = patients."""
     rows = []
     for group, trial in comp.groups.items():
         data = _with_baseline(trial, paramcd)
+        if group == TWIN and "SRCSUBJID" in trial.subjects:
+            # the patient is the unit: a source's K twins are averaged first, so n counts
+            # patients and more twins do not narrow the interval by themselves
+            src = trial.subjects.set_index("USUBJID")["SRCSUBJID"]
+            data = data.assign(USUBJID=data["USUBJID"].map(src))
+            data = data.groupby(["AVISITN", "USUBJID"], as_index=False).agg(
+                AVAL=("AVAL", "mean"), AVISIT=("AVISIT", "first"), ADY=("ADY", "median"))
         for avisitn, grp in data.groupby("AVISITN"):
             values = grp["AVAL"].dropna().to_numpy(float)
             n = len(values)
@@ -176,8 +185,10 @@ def survival_summary(comp: Comparison, paramcd: str) -> dict:
                                                         tgt["CNSR"].eq(0)).as_dict()
         out["km_distance_twins_vs_real_target"] = M.km_sup_distance(
             twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"], tgt["CNSR"].eq(0)).as_dict()
+    if src is not None and len(src) and len(twn) and "SRCSUBJID" in comp.groups[TWIN].subjects:
+        out["hr_source_vs_twins"] = _hr_against_twins(src, twn, comp.groups[TWIN].subjects)
     if src is not None and len(src):
-        for name, control in (("hr_source_vs_twins", twn), ("hr_source_vs_real_target", tgt)):
+        for name, control in (("hr_source_vs_real_target", tgt),):
             if len(control):
                 times = np.r_[src["AVAL"], control["AVAL"]]
                 events = np.r_[src["CNSR"].eq(0), control["CNSR"].eq(0)]
@@ -187,6 +198,29 @@ def survival_summary(comp: Comparison, paramcd: str) -> dict:
                 except Exception as exc:  # noqa: BLE001  # lifelines convergence problems: report, don't crash
                     out[name] = {"error": str(exc).splitlines()[0]}
     return out
+
+
+def _hr_against_twins(src: pd.DataFrame, twn: pd.DataFrame, twin_subjects: pd.DataFrame) -> dict:
+    """HR of the real source patients vs their twins with the patient as the unit: each twin
+    weighs 1/K, a patient and its twins form one cluster (robust variance). The generator's own
+    uncertainty is not in this interval: the effects (`services.evaluation.effects`) add it."""
+    owner = twin_subjects.set_index("USUBJID")["SRCSUBJID"]
+    t_src = twn["USUBJID"].map(owner)
+    k = t_src.map(t_src.value_counts()).to_numpy(float)
+    time_ = np.r_[src["AVAL"].to_numpy(float), twn["AVAL"].to_numpy(float)]
+    event = np.r_[src["CNSR"].eq(0), twn["CNSR"].eq(0)].astype(float)
+    group = np.r_[np.ones(len(src)), np.zeros(len(twn))]
+    weights = np.r_[np.ones(len(src)), 1.0 / k]
+    clusters = np.r_[src["USUBJID"].astype(str).to_numpy(), t_src.astype(str).to_numpy()]
+    try:
+        fit = cox_binary(time_, event, group, weights=weights, clusters=clusters)
+    except Exception as exc:  # noqa: BLE001 - a model that does not converge is reported, not raised
+        return {"error": str(exc).splitlines()[0]}
+    z = stats.norm.ppf(0.975)
+    return {"hazard_ratio": float(np.exp(fit.log_hr)), "ci_low": float(np.exp(fit.log_hr - z * fit.se_robust)),
+            "ci_high": float(np.exp(fit.log_hr + z * fit.se_robust)),
+            "p_value": float(2 * stats.norm.sf(abs(fit.log_hr / fit.se_robust))) if fit.se_robust > 0 else None,
+            "method": "Cox, twins weighted 1/K, clusters = patients (generator uncertainty not included)"}
 
 
 # ----- feature space for metrics -------------------------------------------------------------
@@ -378,54 +412,6 @@ def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Tri
     return jsonable(out, arrays="drop")
 
 
-
-
-# ----- embeddings and similarity ------------------------------------------------------------
-
-def patient_vectors(comp: Comparison, space: str = "full"):
-    """(real vectors of the knowledge base, twin vectors) on a scale fitted on the knowledge
-    base (services.retrieval.vectors), embedded in `space` (L2-normalised)."""
-    from services.retrieval.vectors import PatientVectorizer
-
-    vec = PatientVectorizer().fit(comp.kb)
-    return vec.transform(comp.kb), vec.transform(comp.twins)
-
-
-def embedding_points(comp: Comparison, method: str = "umap", seed: int = 0, max_points: int = 2000,
-                     space: str = "full") -> pd.DataFrame:
-    """2-D embedding of real patients (every arm) and twins: x, y, SOURCE, ARM, USUBJID.
-    Above `max_points` a random sample keeps the page responsive (same sample for a seed)."""
-    from services.evaluation.projection import embed_2d
-
-    real, twin = patient_vectors(comp, space)
-    X = np.vstack([real.embed(space), twin.embed(space)])
-    frame = pd.DataFrame({"SOURCE": ["real"] * len(real) + ["twin"] * len(twin),
-                          "ARM": list(real.arms) + [f"{a} (twin)" for a in twin.arms],
-                          "USUBJID": list(real.ids) + list(twin.ids)})
-    if len(frame) > max_points:
-        keep = np.sort(np.random.default_rng(seed).choice(len(frame), max_points, replace=False))
-        frame, X = frame.iloc[keep].reset_index(drop=True), X[keep]
-    coords = embed_2d(X, method=method, seed=seed)
-    return frame.assign(x=coords[:, 0], y=coords[:, 1])
-
-
-def similarity(comp: Comparison, space: str = "full", seed: int = 0) -> dict[str, np.ndarray]:
-    """Cosine similarities within the real target arm, within twins, real-to-twin, and of each
-    twin to its own source patient (services.evaluation.projection.similarity_distributions)."""
-    from services.evaluation.projection import similarity_distributions
-
-    real, twin = patient_vectors(comp, space)
-    R, T = real.embed(space), twin.embed(space)
-    target_ids = set(comp.groups[TARGET].subjects["USUBJID"])
-    dist = similarity_distributions(R[[i for i, u in enumerate(real.ids) if u in target_ids]], T, seed=seed)
-    if "SRCSUBJID" in comp.twins.subjects:
-        pos = {u: i for i, u in enumerate(real.ids)}
-        src = comp.twins.subjects.set_index("USUBJID")["SRCSUBJID"].astype(str)
-        pairs = [(i, pos[src[t]]) for i, t in enumerate(twin.ids) if src.get(t) in pos]
-        if pairs:
-            ti, ri = map(np.array, zip(*pairs))
-            dist["twin to own source"] = np.einsum("ij,ij->i", T[ti], R[ri]).astype(float)
-    return dist
 
 
 def headline(result: dict) -> pd.DataFrame:

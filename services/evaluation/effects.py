@@ -448,3 +448,30 @@ def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, 
     arms = real.arm_counts()
     out["source_arms"] = {a: n for a, n in arms.items() if n}
     return out
+
+
+def cached_run_effects(knowledge_base: Trial, run: TwinRun, run_dir=None, refits: int | None = None,
+                       seed: int = 0, progress: Callable[[int, int], object] | None = None) -> dict:
+    """`run_effects`, kept as `effects.json` in the run's folder (when it has one) for the app,
+    the report and later sessions; recomputed when the knowledge base, the run or the
+    settings differ from the stored ones."""
+    import json
+    from pathlib import Path
+
+    key = {"knowledge_base": knowledge_base.content_hash, "run_id": run.run_id, "refits": refits,
+           "seed": seed}
+    path = Path(run_dir) / "effects.json" if run_dir else None
+    if path is not None and path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored.get("key") == key:
+                return stored["result"]
+        except (OSError, ValueError, KeyError):
+            pass
+    result = run_effects(knowledge_base, run, refits=refits, seed=seed, progress=progress)
+    if path is not None:
+        try:
+            path.write_text(json.dumps({"key": key, "result": result}, indent=1), encoding="utf-8")
+        except OSError:
+            pass                                   # a read-only run folder: computed, not kept
+    return result

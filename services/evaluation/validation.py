@@ -16,6 +16,7 @@ from services.evaluation.backtest import (
     BacktestResult,
     endpoint_visit,
 )
+from services.evaluation.metrics.procova import estimate_adjustment
 
 
 def _per_patient(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -75,32 +76,87 @@ def endpoint_pairs(trial: Trial, result: BacktestResult) -> tuple[str | None, fl
         return None, None, pd.DataFrame(columns=["PREDICTED", "OBSERVED"])
     p = result.pairs
     pairs = p[(p["PARAMCD"] == paramcd) & (p["AVISITN"] == avisitn)].dropna(subset=["PREDICTED", "OBSERVED"])
-    return paramcd, avisitn, pairs[["USUBJID", "PREDICTED", "OBSERVED"]].reset_index(drop=True)
+    cols = ["USUBJID", "PREDICTED", "OBSERVED"] + (["BASELINE"] if "BASELINE" in pairs else [])
+    return paramcd, avisitn, pairs[cols].reset_index(drop=True)
 
 
 def procova(trial: Trial, result: BacktestResult, effect: float | None = None, sd: float | None = None,
             alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0, conservative: bool = True,
-            deflation: float = 0.9) -> dict:
+            deflation: float = 0.9, sd_treatment: float | None = None,
+            rho_treatment: float | None = None) -> dict:
     """PROCOVA sample size from the backtest: rho = correlation of the twins' predicted
     endpoint (prognostic score) with the observed endpoint of held-out control patients;
-    sd defaults to the observed endpoint's SD, effect to 0.4 SD."""
+    sd defaults to the observed endpoint's SD, effect to 0.4 SD (a moderate effect, to be
+    replaced by the effect the trial is powered for). Sizes by the noncentral t; the saving
+    that counts is against the baseline ANCOVA a regulator expects anyway (Schuler et al.
+    2022; EMA 2022), from the partial correlation the score adds given the baseline."""
     paramcd, avisitn, pairs = endpoint_pairs(trial, result)
     if len(pairs) < 5:
         return {"error": f"too few held-out patients with the endpoint ({len(pairs)}) to estimate rho"}
     rho = M.estimate_rho(pairs["PREDICTED"], pairs["OBSERVED"])
+    adj = None
+    if "BASELINE" in pairs and pairs["BASELINE"].notna().sum() >= 5:
+        adj = estimate_adjustment(pairs["PREDICTED"], pairs["BASELINE"], pairs["OBSERVED"])
     sd = float(sd if sd else pairs["OBSERVED"].std(ddof=1))
     effect = float(effect if effect else round(0.4 * sd, 3))
     plan = M.procova_plan(effect, sd, rho.rho, alpha=alpha, power=power, ratio=ratio,
-                          conservative=conservative, deflation=deflation, n_rho=len(pairs))
-    return {"paramcd": paramcd, "avisitn": avisitn, "label": trial.parameters[paramcd].label,
-            "unit": trial.parameters[paramcd].unit, "n_pairs": len(pairs), "rho": rho.as_dict(),
-            "effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio, "plan": plan.as_dict(),
-            "n_unadjusted": plan.unadjusted.n_total, "n_adjusted": plan.adjusted.n_total,
-            "saving_total": plan.saving_total, "saving_pct": plan.saving_pct, "rule": plan.rule}
+                          conservative=conservative, deflation=deflation, n_rho=len(pairs), method="t",
+                          rho_baseline=None if adj is None else adj.rho_baseline,
+                          rho_partial=None if adj is None else adj.rho_partial,
+                          sd_treatment=sd_treatment, rho_treatment=rho_treatment)
+    out = {"paramcd": paramcd, "avisitn": avisitn, "label": trial.parameters[paramcd].label,
+           "visit": _visit_label(trial, paramcd, avisitn),
+           "unit": trial.parameters[paramcd].unit, "n_pairs": len(pairs), "rho": rho.as_dict(),
+           "effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio, "plan": plan.as_dict(),
+           "n_unadjusted": plan.unadjusted.n_total, "n_adjusted": plan.adjusted.n_total,
+           "saving_total": plan.saving_total, "saving_pct": plan.saving_pct, "rule": plan.rule,
+           "method": "noncentral t", "generator": result.generator, "twins_per_patient": result.twins_per_patient}
+    if plan.baseline_ancova is not None:
+        out.update({"n_baseline_ancova": plan.baseline_ancova.n_total,
+                    "saving_vs_baseline_total": plan.saving_vs_baseline_total,
+                    "saving_vs_baseline_pct": plan.saving_vs_baseline_pct,
+                    "rho_baseline": adj.rho_baseline, "rho_partial": adj.rho_partial})
+    return out
+
+
+def _visit_label(trial: Trial, paramcd: str, avisitn: float) -> str:
+    for v in trial.schedule(paramcd):
+        if float(v.avisitn) == float(avisitn):
+            return v.avisit
+    return f"visit {avisitn:g}"
+
+
+def run_generator(run) -> tuple[str, dict, int]:
+    """The generator, settings and K a run was made with (what its validation must use)."""
+    m = (run.manifest or {}) if run is not None else {}
+    return (m.get("generator") or "local", dict(m.get("settings") or {}),
+            int(m.get("twins_per_patient") or 0) or 20)
+
+
+def validate_run(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
+                 twins_per_patient: int | None = None, seed: int = 0,
+                 max_held_out: int | None = None) -> BacktestResult:
+    """Backtest of the generator, settings and K of `run` (the local defaults without a run) on
+    `arm` (default: the run's target arm, else the control arm). A generator that calls a model
+    per twin is backtested on at most `max_held_out` held-out patients per fold (default 4),
+    so the cost is stated and bounded."""
+    from services.evaluation.backtest import backtest
+    from services.generation import capabilities
+
+    name, settings, k = run_generator(run)
+    if twins_per_patient is not None:
+        k = int(twins_per_patient)
+    if run is None:
+        settings, k = {}, twins_per_patient or 20
+    arm = arm or (run.target_arm if run is not None and run.target_arm in trial.arms else trial.control_arm)
+    if max_held_out is None and capabilities(name).needs_network:
+        max_held_out = 4
+    return backtest(trial, arm=arm, folds=folds, twins_per_patient=k, seed=seed, generator=name,
+                    generator_settings=settings, max_held_out=max_held_out)
 
 
 def privacy_audit(trial: Trial, target_arm: str, source_ids: list[str], generator: str = "local",
-                  settings: dict | None = None, twins_per_patient: int = 1, seed: int = 0) -> dict:
+                  settings: dict | None = None, twins_per_patient: int = 5, seed: int = 0) -> dict:
     """Privacy with a true hold-out: half of the real target arm is withheld, the generator
     learns from the rest, twins the sources, and the twins' closeness to training patients is
     compared with that to the withheld ones (DCR, NNAA, membership inference, copies)."""
@@ -120,4 +176,5 @@ def privacy_audit(trial: Trial, target_arm: str, source_ids: list[str], generato
         trial.subset(sources), target_arm, twins_per_patient=twins_per_patient, seed=seed)
     comp = compare(kb, run.as_trial(), run.manifest)
     out = privacy(comp, holdout=trial.subset(withheld), seed=seed)
-    return {**out, "withheld": len(withheld), "generator": generator}
+    return {**out, "withheld": len(withheld), "generator": generator,
+            "twins_per_patient": twins_per_patient, "trial_hash": trial.content_hash}

@@ -17,6 +17,7 @@ import plotly.io as pio
 from services import __version__
 from services.data.trial import Trial
 from services.evaluation import comparison as ev
+from services.evaluation import patient_space as ps
 from services.reporting.figures import compare as figs
 
 _CSS = """
@@ -143,11 +144,11 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
             parts.append(_kv(rows))
     parts.append("<h2>Embedding</h2>")
     try:
-        points = ev.embedding_points(comp, method=embedding_method, seed=seed)
+        points = ps.embedding_points(comp, method=embedding_method, seed=seed)
         parts.append(fig(figs.embedding_scatter(points, f"{'t-SNE' if embedding_method == 'tsne' else 'UMAP'} of "
                                                 "patient vectors"),
                          "Twins (crosses) should mix with the real target arm rather than form an island."))
-        parts.append(fig(figs.similarity_histogram(ev.similarity(comp, seed=seed), "Cosine similarity"),
+        parts.append(fig(figs.similarity_histogram(ps.similarity(comp, seed=seed), "Cosine similarity"),
                          "Real-to-twin similarities like those within real patients mean twins mirror the "
                          "population; twin-to-own-source shows personalisation."))
     except ValueError as exc:

@@ -1,0 +1,68 @@
+"""The treatment effect of the real source cohort against its twins: a button (the estimate
+refits the generator), the effects table and forest plots."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import streamlit as st
+
+from services.reporting.figures import compare as fig
+
+MEASURES = {"mean_difference": "mean difference", "hazard_ratio": "hazard ratio",
+            "rmst_difference": "RMST difference (days)"}
+
+
+def effects_frame(result: dict, kb) -> pd.DataFrame:
+    rows = []
+    for e in result.get("effects") or []:
+        unit = kb.parameters[e["paramcd"]].unit if e["paramcd"] in kb.parameters else ""
+        where = f" at {e['avisit']}" if e.get("avisit") else ""
+        rows.append({"endpoint": f"{e['paramcd']}{where}", "measure": MEASURES.get(e["measure"], e["measure"]),
+                     "estimate": e["estimate"], "95 % CI": f"{e['ci_low']:.3g} to {e['ci_high']:.3g}",
+                     "p": e.get("p_value"), "patients": e["n_patients"], "unit": unit or "",
+                     "_measure": e["measure"], "_lo": e["ci_low"], "_hi": e["ci_high"],
+                     "_param": e["paramcd"], "_visit": e.get("avisitn")})
+    return pd.DataFrame(rows)
+
+
+def effects_view(kb, run, compute: Callable) -> None:
+    st.caption("The effect of the real source cohort's own arm against its twins (the synthetic control): "
+               "per patient, real outcome minus the mean of its twins, averaged over patients; hazard "
+               "ratio and restricted mean survival time with each patient's twins weighing one patient. "
+               "The interval adds the generator's own uncertainty (it is refitted on resampled knowledge "
+               "bases), so more twins per patient cannot make it narrower than the data allow.")
+    key = f"effects_shown_{kb.content_hash[:12]}_{run.run_id}"
+    if not st.session_state.get(key):
+        if st.button("Estimate the effect", key="cmp_effects_go",
+                     help="Refits the generator 20 times (about a minute for the local generator)."):
+            st.session_state[key] = True
+        else:
+            return
+    with st.spinner("Estimating: refitting the generator on resampled knowledge bases..."):
+        result = compute(kb, run)
+    if result.get("note"):
+        st.info(result["note"])
+    frame = effects_frame(result, kb)
+    if frame.empty:
+        return
+    st.caption(f"{result['n_patients']} patients; {result.get('refits', 0)} generator refits; the patient is "
+               "the unit of inference. Many visits are shown: read them as a profile, not as many tests.")
+    visible = frame[[c for c in frame.columns if not c.startswith("_")]]
+    st.dataframe(visible.round(3), hide_index=True, width="stretch")
+    md = frame[frame["_measure"] == "mean_difference"]
+    if len(md):
+        params = list(dict.fromkeys(md["_param"]))
+        paramcd = st.selectbox("Parameter", params, key="cmp_effect_param")
+        sel = md[md["_param"] == paramcd]
+        st.plotly_chart(fig.effect_forest(
+            pd.DataFrame({"label": sel["endpoint"], "estimate": sel["estimate"], "ci_low": sel["_lo"],
+                          "ci_high": sel["_hi"], "measure": sel["_measure"]}),
+            f"{paramcd}: real minus twins, per visit, with 95 % CI"), width="stretch")
+    hr = frame[frame["_measure"] == "hazard_ratio"]
+    if len(hr):
+        st.plotly_chart(fig.effect_forest(
+            pd.DataFrame({"label": hr["endpoint"], "estimate": hr["estimate"], "ci_low": hr["_lo"],
+                          "ci_high": hr["_hi"], "measure": hr["_measure"]}),
+            "Hazard ratio, real source cohort vs twins, with 95 % CI"), width="stretch")
