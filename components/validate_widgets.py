@@ -10,6 +10,20 @@ def validation_card(result, card: pd.DataFrame) -> None:
     """Plain-language verdicts first, then per-parameter figures with 95 % bootstrap intervals."""
     s = result.summary
     st.subheader("Validation card")
+    held = s.get("held_out_twinned")
+    subset = "" if held is None or held == s.get("held_out") else \
+        f" on {held} of the {s.get('held_out')} held-out patients (each twin costs a model call)"
+    st.markdown(f"Generator **{result.generator}**, {result.twins_per_patient} twins per held-out patient, "
+                f"{result.folds}-fold cross-fitting of **{result.arm}**{subset}.")
+    if len(card):
+        worse = card[card["rmse_ratio_lo"] <= 1.0]
+        if len(worse) == len(card):
+            st.warning("On this trial the twins are **not better than a baseline ANCOVA** (a regression of each "
+                       "visit on the patient's own baseline value) for any parameter: their prognostic value "
+                       "is that of the baseline alone.")
+        elif len(worse):
+            st.warning("Not better than a baseline ANCOVA for: " + ", ".join(worse["PARAMCD"]) +
+                       " (the 95 % interval of the RMSE ratio reaches 1).")
     cols = st.columns(3)
     cols[0].metric("Accuracy (median RMSE ratio)", "n/a" if s.get("rmse_ratio_median") is None
                    else f"{s['rmse_ratio_median']:.2f}", help="Twins' mean vs a regression on the baseline "
@@ -52,7 +66,9 @@ def procova_inputs(endpoint) -> dict | None:
         st.info("No endpoint with enough held-out patients to estimate the prognostic correlation.")
         return None
     sd_obs = float(pairs["OBSERVED"].std(ddof=1))
-    st.markdown(f"Endpoint: **{paramcd}** at visit **{avisitn:g}** ({len(pairs)} held-out patients).")
+    st.markdown(f"Endpoint: **{paramcd}** at visit **{avisitn:g}** ({len(pairs)} held-out patients). The effect "
+                "to detect starts at 0.4 SD, a moderate effect: set it to the difference your trial is "
+                "powered for, since the sample size follows it.")
     c1, c2, c3, c4, c5 = st.columns(5)
     effect = c1.number_input("Effect to detect", min_value=1e-6, value=round(0.4 * sd_obs, 3), format="%.3f",
                              help="Difference in means between arms, in the endpoint's unit.")
@@ -61,9 +77,15 @@ def procova_inputs(endpoint) -> dict | None:
     alpha = c3.select_slider("Alpha (two-sided)", [0.01, 0.025, 0.05, 0.1], value=0.05)
     power = c4.select_slider("Power", [0.8, 0.85, 0.9, 0.95], value=0.8)
     ratio = c5.select_slider("Allocation (treatment:control)", [1.0, 1.5, 2.0, 3.0], value=1.0)
-    c6, c7 = st.columns(2)
+    c6, c7, c8, c9 = st.columns(4)
     conservative = c6.checkbox("Conservative planning (deflate rho)", value=True,
                                help="Use the one-sided 95 % lower bound of rho, times a deflation factor.")
     deflation = c7.slider("Deflation factor", 0.5, 1.0, 0.9, 0.05, disabled=not conservative)
+    sd_t = c8.number_input("Treated-arm SD", min_value=0.0, value=0.0, format="%.3f",
+                           help="0 = the same as the control arm's.")
+    rho_t = c9.number_input("Treated-arm rho", min_value=0.0, max_value=0.99, value=0.0, format="%.2f",
+                            help="Correlation of the score with the treated arm's outcome; 0 = the control "
+                                 "arm's (treatment may weaken the prognostic relation).")
     return {"effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio,
-            "conservative": conservative, "deflation": deflation}
+            "conservative": conservative, "deflation": deflation,
+            "sd_treatment": sd_t or None, "rho_treatment": rho_t or None}

@@ -6,7 +6,6 @@ import streamlit as st
 from components.state import cohort_ids_or_all, get_run, get_trial
 from components.validate_widgets import procova_inputs, validation_card
 from services.evaluation import validation as val
-from services.evaluation.backtest import backtest
 from services.reporting.figures import compare as fig
 
 trial = get_trial()
@@ -19,22 +18,33 @@ if not trial.longitudinal_parameters:
     st.info("This trial has no parameter with scheduled follow-up visits: nothing to backtest.")
     st.stop()
 
+run = get_run()
+if run is not None and (run.manifest.get("knowledge_base") or {}).get("content_hash") != trial.content_hash:
+    run = None                                   # a run of another trial is not validated here
+gen_name, _, run_k = val.run_generator(run)
 with st.form("backtest_settings"):
+    st.caption(f"Generator: **{gen_name}**" + (f" with the settings and K of run {run.run_id}" if run is not None
+                                              else " with its default settings (no twin arm yet)") + ".")
     c1, c2, c3, c4 = st.columns(4)
-    arm = c1.selectbox("Arm to backtest", trial.arms, index=0, help="Usually the control arm: the twins of a "
-                       "synthetic control arm are control-arm patients.")
+    arms = trial.arms
+    default_arm = arms.index(run.target_arm) if run is not None and run.target_arm in arms else 0
+    arm = c1.selectbox("Arm to backtest", arms, index=default_arm, help="Usually the control arm: the twins of "
+                       "a synthetic control arm are control-arm patients.")
     folds = c2.slider("Folds (k)", 2, 10, 5)
-    k = c3.slider("Twins per held-out patient", 5, 50, 20, step=5)
+    k = c3.slider("Twins per held-out patient", 1, 50, run_k if run is not None else 20)
     seed = c4.number_input("Seed", 0, 10_000, 0)
-    st.form_submit_button("Run backtest")
+    asked = st.form_submit_button("Run backtest")
 
-
-@st.cache_data(show_spinner="Running the backtest (generating twins of every held-out patient)...", max_entries=16)
-def _backtest(trial_hash: str, arm: str, folds: int, k: int, seed: int, _trial):
-    return backtest(_trial, arm=arm, folds=folds, twins_per_patient=k, seed=seed)
-
-
-result = _backtest(trial.content_hash, arm, folds, k, int(seed), trial)
+key = (trial.content_hash, run.run_id if run is not None else None, arm, folds, k, int(seed))
+store = st.session_state.setdefault("validate_backtests", {})
+if asked and key not in store:
+    with st.spinner(f"Backtesting the {gen_name} generator: twins of every held-out patient..."):
+        store.clear()
+        store[key] = val.validate_run(trial, run, arm=arm, folds=folds, twins_per_patient=k, seed=int(seed))
+result = store.get(key)
+if result is None:
+    st.info("Choose the settings and press **Run backtest** (a few seconds for the local generator).")
+    st.stop()
 card = val.bootstrap_card(result, seed=int(seed))
 validation_card(result, card)
 
@@ -48,32 +58,47 @@ if inputs is not None:
     if "error" in plan:
         st.warning(plan["error"])
     else:
-        cols = st.columns(4)
-        cols[0].metric("rho (held-out)", f"{plan['rho']['rho']:.2f}",
-                       help=f"95 % CI {plan['rho']['ci_low']:.2f} to {plan['rho']['ci_high']:.2f} on "
-                            f"{plan['n_pairs']} patients")
+        cols = st.columns(5)
+        cols[0].metric("rho used", f"{plan['plan']['rho_used']:.2f}",
+                       help=f"Estimated {plan['rho']['rho']:.2f} (95 % CI {plan['rho']['ci_low']:.2f} to "
+                            f"{plan['rho']['ci_high']:.2f}, {plan['n_pairs']} held-out patients); {plan['rule']}")
         cols[1].metric("Patients, unadjusted", plan["n_unadjusted"])
-        cols[2].metric("Patients, PROCOVA", plan["n_adjusted"], delta=-plan["saving_total"], delta_color="inverse")
-        cols[3].metric("Saving", f"{plan['saving_pct']:.0f} %")
+        base_n = plan.get("n_baseline_ancova")
+        cols[2].metric("Patients, baseline ANCOVA", "n/a" if base_n is None else base_n)
+        cols[3].metric("Patients, PROCOVA", plan["n_adjusted"])
+        if base_n is not None:
+            cols[4].metric("Saving vs baseline ANCOVA", f"{plan['saving_vs_baseline_total']} "
+                           f"({plan['saving_vs_baseline_pct']:.0f} %)",
+                           help="What the twins add beyond the baseline adjustment a regulator expects anyway.")
+        else:
+            cols[4].metric("Saving vs unadjusted", f"{plan['saving_pct']:.0f} %")
         st.plotly_chart(fig.sample_size_bars({"n_unadjusted": plan["n_unadjusted"], "n_adjusted": plan["n_adjusted"]},
                                              f"Total sample size for {plan['paramcd']} (effect {plan['effect']:g} "
                                              f"{plan['unit']}, SD {plan['sd']:.3g})"), width="stretch")
-        st.caption(f"rho used: {plan['plan']['rho_used']:.2f} ({plan['rule']}). Two-sided alpha {plan['alpha']}, "
-                   f"power {plan['power']:.0%}, allocation {plan['ratio']:g}:1 (treatment:control).")
+        st.caption(f"Endpoint {plan['paramcd']} at {plan['visit']}. Sizes by the noncentral t; two-sided alpha "
+                   f"{plan['alpha']}, power {plan['power']:.0%}, allocation {plan['ratio']:g}:1 "
+                   f"(treatment:control). rho from {plan['generator']} twins (K = {plan['twins_per_patient']}).")
 
 st.header("Privacy audit with a hold-out")
 st.caption("Half of the real target arm is withheld; the generator learns from the other half and twins the "
            "cohort; an attacker then tries to tell training patients from withheld ones by how close twins come.")
-run = get_run()
 target = run.target_arm if run is not None else trial.control_arm
+audit_key = (trial.content_hash, run.run_id if run is not None else None)
 if st.button("Run privacy audit", key="run_privacy_audit"):
     sources = [u for u in cohort_ids_or_all() if u in set(trial.subjects["USUBJID"])]
-    st.session_state["privacy_audit"] = val.privacy_audit(trial, target, sources, seed=int(seed))
-audit = st.session_state.get("privacy_audit")
+    name, settings, k_run = val.run_generator(run)
+    with st.spinner(f"Generating {name} twins from half of {target} and attacking them..."):
+        st.session_state["privacy_audit"] = (audit_key, val.privacy_audit(
+            trial, target, sources, generator=name, settings=settings,
+            twins_per_patient=k_run if run is not None else 5, seed=int(seed)))
+stored = st.session_state.get("privacy_audit")
+audit = stored[1] if stored and stored[0] == audit_key else None
 if audit:
     if "error" in audit:
         st.warning(audit["error"])
     else:
+        st.caption(f"{audit['generator']} twins, K = {audit['twins_per_patient']}, {audit['withheld']} "
+                   f"{target} patients withheld.")
         cols = st.columns(4)
         cols[0].metric("DCR ratio", f"{audit['dcr']['ratio_median']:.2f}", help=">= 1: twins are no closer to "
                        "training patients than to withheld ones.")

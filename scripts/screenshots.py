@@ -72,6 +72,8 @@ def run(url: str, out: Path, full: bool) -> list[Path]:
                 for title in (ui.PAGE_COMPARE, ui.PAGE_VALIDATE, ui.PAGE_EXPORT):
                     if ui.has_page(page, title):
                         ui.go_to(page, title, timeout=ui.SLOW_TIMEOUT_MS)
+                        if title == ui.PAGE_VALIDATE:
+                            ui.click_button(page, "Run backtest", timeout=ui.SLOW_TIMEOUT_MS)
                         shots.append(shoot(page, out, title, full))
             missing = [t for t in (ui.PAGE_SIMILAR, ui.PAGE_WHATIF, ui.PAGE_COMPARE, ui.PAGE_VALIDATE,
                                    ui.PAGE_EXPORT) if not ui.has_page(page, t)]

@@ -62,8 +62,20 @@ def test_validate_page_runs_on_the_default_demo():
     at = AppTest.from_file(APP, default_timeout=300).run()
     at.switch_page("pages/validate.py").run()
     assert not at.exception, at.exception
+    # nothing runs before the user asks for it
+    assert not [m for m in at.metric if m.label == "Patients, PROCOVA"]
+    assert any("Run backtest" in i.value for i in at.info)
+    assert any("Generator: **local** with its default settings" in c.value for c in at.caption)
+    next(b for b in at.button if b.label == "Run backtest").click().run()
+    assert not at.exception, at.exception
     labels = [m.label for m in at.metric]
-    assert "Patients, PROCOVA" in labels and "Accuracy (median RMSE ratio)" in labels
+    assert {"Patients, PROCOVA", "Patients, baseline ANCOVA", "Saving vs baseline ANCOVA",
+            "Accuracy (median RMSE ratio)"} <= set(labels)
+    assert any("Generator **local**, 20 twins per held-out patient" in m.value for m in at.markdown)
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Patients, PROCOVA"]) <= int(metrics["Patients, baseline ANCOVA"]) <= \
+        int(metrics["Patients, unadjusted"])
     at.button(key="run_privacy_audit").click().run()
     assert not at.exception
     assert "Membership advantage" in [m.label for m in at.metric]
+    assert any("local twins, K = 5" in c.value for c in at.caption)
