@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from components.compare_state import require_run
+from components.compare_state import cached_effects, require_run
 from components.state import get_cohort
 from services.reporting.export import export_zip
 from services.reporting.report import build_report
@@ -19,7 +19,8 @@ def _zip(run_id: str, fmt: str, _run, _labels) -> bytes:
 
 @st.cache_data(show_spinner="Writing the report (metrics, backtest, figures)...", max_entries=4)
 def _report(kb_hash: str, run_id: str, cohort: str, _kb, _run) -> str:
-    return build_report(_kb, _run, cohort_description=cohort)
+    # the effects are the Compare tab's (kept with the run): the report says what the screen says
+    return build_report(_kb, _run, cohort_description=cohort, effects=cached_effects(_kb, _run))
 
 
 st.header("Twin arm files")
@@ -39,8 +40,10 @@ cohort = f"{spec.name or 'cohort'} ({len(ids)} patients)" if spec is not None an
 st.download_button("Download report (HTML)", lambda: _report(kb.content_hash, run.run_id, cohort, kb, run).encode(),
                    file_name=f"twinarm-report-{run.run_id}.html", mime="text/html", key="download_report")
 st.caption("One self-contained HTML file that opens offline (Plotly inlined, no network request): trial and "
-           "cohort, method, validation card, figures, metric tables, PROCOVA sample size and limitations. "
-           "It is written when you click, which takes a few seconds.")
+           "cohort, method, the validation card of this run's generator, the treatment effect against the "
+           "twins, figures, metric tables, PROCOVA sample size and limitations. It is written when you "
+           "click: about a minute the first time for a local run (the effect refits the generator 20 "
+           "times, unless Compare's Effect tab already did), seconds after that.")
 
 with st.expander("Manifest"):
     st.json(run.manifest, expanded=False)

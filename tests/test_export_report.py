@@ -80,3 +80,37 @@ def test_export_page_offers_both_downloads(pbc_twins):
     assert "Export & report" in at.title[0].value
     at.radio(key="export_format").set_value("xpt").run()
     assert not at.exception
+
+
+def test_an_llm_runs_report_validates_the_llm_generator(tmp_path, monkeypatch):
+    """The report's validation card backtests the run's own generator (LLM twins of held-out
+    patients from the scripted OpenAI-compatible server), names it, and does not pretend the
+    LLM generator was refitted for the effect's interval."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llm_server import ScriptedOpenAIServer
+
+    from services.data.demo import load_demo
+    from services.evaluation.validation import validate_run
+    from services.reporting.report import build_report
+    from services.generation import get_generator
+
+    epil = load_demo("epilepsy")
+    treated = list(epil.subjects.loc[epil.subjects["ARM"] != "Placebo", "USUBJID"][:6])
+    with ScriptedOpenAIServer() as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("TWINARM_LLM_MODEL", "scripted-model")
+        gen = get_generator("llm", use_cache=False, neighbors=3).fit(epil)
+        run = gen.generate(epil.subset(treated), "Placebo", seed=1)
+        assert run.n_twins == 6 and run.manifest["generator"] == "llm"
+        calls_for_run = len(srv.calls)
+        check = validate_run(epil, run, folds=2, seed=0)
+        assert check.generator == "llm" and check.twins_per_patient == 1
+        assert {m["generator"] for m in check.manifests} == {"llm"}
+        assert check.summary["held_out_twinned"] == 8 < check.summary["held_out"]
+        html = build_report(epil, run, backtest=check, seed=0)
+        assert len(srv.calls) == calls_for_run + 8          # the backtest's LLM twins, nothing else
+    assert "Generator <b>llm</b> with the settings of this run, 1 twins per held-out patient on 8 of" in html
+    assert "the llm generator is not refitted" in html
+    assert "0 generator refits" in html

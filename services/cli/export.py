@@ -68,6 +68,9 @@ def run_report(args) -> int:
                        "(content hash differs): pass the right --trial")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(kb, run, seed=args.seed), encoding="utf-8")
+    from services.evaluation.effects import cached_run_effects
+
+    effects = cached_run_effects(kb, run, args.run, seed=args.seed)      # kept in the run's folder
+    out.write_text(build_report(kb, run, seed=args.seed, effects=effects), encoding="utf-8")
     print(f"report written to {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -438,9 +438,10 @@ def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, 
     cls = GENERATORS.get(name)
     cheap = cls is not None and not cls.capabilities.needs_network
     b = (20 if cheap else 0) if refits is None else int(refits)
-    if not cheap and b:
+    if not cheap:
         b = 0
-        out["note"] = f"the {name} generator is not refitted (each refit would call the model per twin)"
+        out["note"] = (f"the {name} generator is not refitted (each refit would call the model per twin): "
+                       "the intervals hold the patient-level variance only")
     real = knowledge_base.subset(sources, name=f"{knowledge_base.name} sources")
     out["effects"] = effects_json(synthetic_control_effects(real, run, knowledge_base, refits=b,
                                                             seed=seed, progress=progress))

@@ -58,20 +58,43 @@ class _Figures:
         return f"<figure>{div}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
+def _effects_section(effects: dict | None) -> str:
+    """The treatment effect against the twins, as on Compare's Effect tab."""
+    out = ["<h2>Treatment effect against the twins</h2>"]
+    if not effects:
+        return out[0] + '<p class="muted">Not computed.</p>'
+    if effects.get("note"):
+        out.append(f'<p class="muted">{html.escape(effects["note"])}</p>')
+    rows = effects.get("effects") or []
+    if rows:
+        frame = pd.DataFrame([{"endpoint": e["paramcd"] + (f" at {e['avisit']}" if e.get("avisit") else ""),
+                               "measure": e["measure"].replace("_", " "), "estimate": e["estimate"],
+                               "95 % CI": f"{e['ci_low']:.3g} to {e['ci_high']:.3g}", "p": e.get("p_value"),
+                               "patients": e["n_patients"]} for e in rows])
+        out.append(_table(frame))
+        out.append(f'<p class="muted">{effects["n_patients"]} real source patients against their twins; the '
+                   f"patient is the unit; {effects.get('refits', 0)} generator refits carry the generator's "
+                   f"own uncertainty. Method: {html.escape(rows[0]['method'])}.</p>")
+    return "\n".join(out)
+
+
 def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, procova: dict | None = None,
-                 embedding_method: str = "tsne", seed: int = 0) -> str:
-    """The report as one HTML string. `backtest` (a BacktestResult) and `procova` (from
-    services.evaluation.validation.procova) are computed here when not given."""
-    from services.evaluation.backtest import backtest as run_backtest
-    from services.evaluation.validation import bootstrap_card
+                 embedding_method: str = "tsne", seed: int = 0, effects: dict | None = None) -> str:
+    """The report as one HTML string. `backtest` (a BacktestResult of the run's own generator,
+    settings and K), `procova` (services.evaluation.validation.procova) and `effects`
+    (services.evaluation.effects.run_effects) are computed here when not given."""
+    from services.evaluation.effects import run_effects
+    from services.evaluation.validation import bootstrap_card, validate_run
     from services.evaluation.validation import procova as procova_plan
 
     twins = run.as_trial()
     comp = ev.compare(kb, twins, run.manifest)
     result = ev.evaluate(kb, twins, run.manifest, seed=seed)
     if backtest is None and kb.longitudinal_parameters:
-        backtest = run_backtest(kb, arm=comp.target_arm if comp.target_arm in kb.arms else None,
-                                folds=2, twins_per_patient=10, seed=seed)
+        backtest = validate_run(kb, run, arm=comp.target_arm if comp.target_arm in kb.arms else None,
+                                folds=2, seed=seed)
+    if effects is None:
+        effects = run_effects(kb, run, seed=seed)
     if procova is None and backtest is not None:
         procova = procova_plan(kb, backtest)
     fig = _Figures()
@@ -106,6 +129,11 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     # validation card
     parts.append("<h2>Validation card (backtest on the real target arm)</h2>")
     if backtest is not None:
+        bs = backtest.summary
+        subset = ("" if bs.get("held_out_twinned") in (None, bs.get("held_out")) else
+                  f" on {bs['held_out_twinned']} of the {bs['held_out']} held-out patients")
+        parts.append(f'<p>Generator <b>{html.escape(backtest.generator)}</b> with the settings of this run, '
+                     f"{backtest.twins_per_patient} twins per held-out patient{subset}.</p>")
         for verdict in backtest.summary.get("verdicts", []):
             parts.append(f'<div class="card">{html.escape(verdict)}</div>')
         card = bootstrap_card(backtest, seed=seed)
@@ -123,8 +151,9 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         p = kb.parameters[paramcd]
         parts.append(fig(figs.mean_trajectories(ev.trajectory_summary(comp, paramcd), f"{p.label}: mean with 95 % CI",
                                                 p.unit),
-                         "Twins should follow the real target arm; the gap to the real source cohort is the "
-                         "treatment effect seen against twins."))
+                         "Twins (over source patients, each the mean of its twins) should follow the real target "
+                         "arm. The gap to the real source cohort is not an effect estimate by itself: see "
+                         "Treatment effect."))
     if comp.tte_parameters:
         parts.append("<h2>Survival</h2>")
         for paramcd in comp.tte_parameters:
@@ -133,7 +162,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                              "Kaplan-Meier curves with 95 % bands and numbers at risk."))
             s = result["survival"].get(paramcd, {})
             rows = {}
-            for key, label in (("hr_source_vs_twins", "HR real source cohort vs twin arm"),
+            for key, label in (("hr_source_vs_twins", "HR real source cohort vs twin arm (patients as the unit)"),
                                ("hr_source_vs_real_target", "HR real source cohort vs real target arm")):
                 hr = s.get(key) or {}
                 if hr.get("hazard_ratio") is not None:
@@ -142,6 +171,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
             if lr.get("p_value") is not None:
                 rows["log-rank p, twins vs real target arm"] = f"{lr['p_value']:.3f}"
             parts.append(_kv(rows))
+    parts.append(_effects_section(effects))
     parts.append("<h2>Embedding</h2>")
     try:
         points = ps.embedding_points(comp, method=embedding_method, seed=seed)
@@ -167,15 +197,24 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     # PROCOVA
     parts.append("<h2>PROCOVA sample size</h2>")
     if procova and "error" not in procova:
-        parts.append(_kv({"endpoint": f"{procova['paramcd']} at visit {procova['avisitn']:g}",
+        parts.append(_kv({"endpoint": f"{procova['paramcd']} at {procova.get('visit') or procova['avisitn']}",
                           "rho (held-out twins vs observed)": f"{procova['rho']['rho']:.2f} "
                           f"(95 % CI {procova['rho']['ci_low']:.2f}-{procova['rho']['ci_high']:.2f}, n={procova['n_pairs']})",
                           "effect / SD": f"{procova['effect']:g} / {procova['sd']:.3g} {procova['unit']}",
                           "alpha / power / allocation": f"{procova['alpha']} / {procova['power']:.0%} / {procova['ratio']:g}:1",
                           "patients without adjustment": procova["n_unadjusted"],
+                          "patients with a baseline ANCOVA": procova.get("n_baseline_ancova", "-"),
                           "patients with PROCOVA": procova["n_adjusted"],
-                          "saving": f"{procova['saving_total']} patients ({procova['saving_pct']:.0f} %)",
+                          "saving vs the baseline ANCOVA": (
+                              f"{procova['saving_vs_baseline_total']} patients "
+                              f"({procova['saving_vs_baseline_pct']:.0f} %)"
+                              if "saving_vs_baseline_total" in procova else "-"),
+                          "saving vs unadjusted": f"{procova['saving_total']} patients ({procova['saving_pct']:.0f} %)",
+                          "sizes": "noncentral t",
                           "rho used": f"{procova['plan']['rho_used']:.2f} ({procova['rule']})"}))
+        parts.append('<p class="muted">The effect to detect is 0.4 SD unless set: a moderate effect, to be '
+                     "replaced by the effect the trial is powered for. The saving that counts is against the "
+                     "baseline ANCOVA a regulator expects anyway.</p>")
         parts.append(fig(figs.sample_size_bars({"n_unadjusted": procova["n_unadjusted"],
                                                 "n_adjusted": procova["n_adjusted"]}, "Total sample size"),
                          "Variance times 1 - rho² as in the EMA-qualified PROCOVA method."))
