@@ -3,6 +3,7 @@ follow its progress, cancel, save and reopen runs, and take a first look at the 
 
 import streamlit as st
 
+from components import llm_widgets as lw
 from components import run_widgets as rw
 from components.state import get_cohort, get_run, get_run_dir, get_trial, set_run
 from services.evaluation.comparison import compare, trajectory_summary
@@ -39,10 +40,10 @@ caps = GENERATORS[generator].capabilities
 options = rw.run_settings(generator, caps)
 ready, why_not, llm = True, "", None
 if caps.needs_network:
-    llm = rw.llm_panel()
+    llm = lw.llm_panel()
     ready, why_not = llm.ready, llm.message
     if llm.settings is not None and llm.settings.available:
-        rw.check_endpoint_button(llm.settings, llm.consent)
+        lw.check_endpoint_button(llm.settings, llm.consent)
 if not source.ids:
     ready, why_not = False, "no source patient"
 

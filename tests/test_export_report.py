@@ -93,8 +93,8 @@ def test_an_llm_runs_report_validates_the_llm_generator(tmp_path, monkeypatch):
 
     from services.data.demo import load_demo
     from services.evaluation.validation import validate_run
-    from services.reporting.report import build_report
     from services.generation import get_generator
+    from services.reporting.report import build_report
 
     epil = load_demo("epilepsy")
     treated = list(epil.subjects.loc[epil.subjects["ARM"] != "Placebo", "USUBJID"][:6])
