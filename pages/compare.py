@@ -5,6 +5,8 @@ import streamlit as st
 
 from components.compare_state import cached_comparison, cached_evaluation, require_run
 from components.metric_cards import headline_table, metric_definitions
+from components.safety_panel import safety_tab
+from services.data.adverse import has_ae
 from services.evaluation import comparison as ev
 from services.evaluation.projection import is_umap_warm
 from services.reporting.figures import compare as fig
@@ -18,8 +20,8 @@ st.caption(f"Run {run.run_id}: {run.n_twins} twins under **{comp.target_arm}** f
            f"real patients of {comp.source_arm() or 'another trial'}, compared with "
            f"{len(comp.groups[ev.TARGET].subjects)} real {comp.target_arm} patients.")
 
-tab_traj, tab_surv, tab_emb, tab_sim, tab_metrics = st.tabs(
-    ["Trajectories", "Survival", "Embeddings", "Similarity", "Metrics"])
+tab_traj, tab_surv, tab_emb, tab_sim, tab_metrics, *tab_safety = st.tabs(
+    ["Trajectories", "Survival", "Embeddings", "Similarity", "Metrics"] + (["Safety"] if has_ae(kb) else []))
 
 with tab_traj:
     if not comp.parameters:
@@ -100,3 +102,7 @@ with tab_metrics:
                    "is practically the real one.")
         st.dataframe(frame.round(3), hide_index=True, width="stretch")
     metric_definitions()
+
+for tab in tab_safety:   # only when the trial has adverse events
+    with tab:
+        safety_tab(comp)
