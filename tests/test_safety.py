@@ -259,3 +259,12 @@ def test_safety_backtest_on_the_pilot_placebo_arm(pilot):
     assert t["real_incidence"].loc["DIARRHOEA"] == pytest.approx(9 / 86)
     # the twins' incidence error is of the order of the knowledge base's own (a held-out half)
     assert bt.summary["mae_twins"] < 2 * bt.summary["mae_kb"] + 0.01
+
+
+def test_report_safety_section_only_with_adverse_events(pilot, placebo_twins, pbc, pbc_twins):
+    from services.reporting.report import _Figures
+    from services.reporting.safety_section import safety_section
+
+    html = safety_section(ev.compare(pilot, placebo_twins.as_trial(), placebo_twins.manifest), _Figures())
+    assert "Safety: adverse events" in html and "APPLICATION SITE PRURITUS" in html and html.count("<figure>") == 3
+    assert safety_section(ev.compare(pbc, pbc_twins.as_trial(), pbc_twins.manifest), _Figures()) == ""
