@@ -11,6 +11,8 @@ from components.compare_state import (
 )
 from components.effects import effects_view
 from components.metric_cards import headline_table, metric_definitions
+from components.safety_panel import safety_tab
+from services.data.adverse import has_ae
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps
 from services.evaluation.projection import is_umap_warm
@@ -25,8 +27,9 @@ st.caption(f"Run {run.run_id}: {run.n_twins} twins under **{comp.target_arm}** f
            f"real patients of {comp.source_arm() or 'another trial'}, compared with "
            f"{len(comp.groups[ev.TARGET].subjects)} real {comp.target_arm} patients.")
 
-tab_traj, tab_surv, tab_effect, tab_emb, tab_sim, tab_metrics = st.tabs(
-    ["Trajectories", "Survival", "Effect", "Embeddings", "Similarity", "Metrics"])
+tab_traj, tab_surv, tab_effect, tab_emb, tab_sim, tab_metrics, *tab_safety = st.tabs(
+    ["Trajectories", "Survival", "Effect", "Embeddings", "Similarity", "Metrics"]
+    + (["Safety"] if has_ae(kb) else []))
 
 with tab_traj:
     if not comp.parameters:
@@ -113,3 +116,7 @@ with tab_metrics:
                    "is practically the real one.")
         st.dataframe(frame.round(3), hide_index=True, width="stretch")
     metric_definitions()
+
+for tab in tab_safety:   # only when the trial has adverse events
+    with tab:
+        safety_tab(comp)

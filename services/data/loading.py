@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from services.data.adverse import derive_study_day
 from services.data.readers import DataFileError, RawFile, raw_files_from_folder, read_table
 from services.data.trial import (
     AE_REQUIRED,
@@ -84,7 +85,7 @@ def load_trial_files(files: list[RawFile], name: str = "uploaded trial") -> Tria
         if stem == "adtte":
             tte = _validate_tte(raw.name, frame, known, errors)
         elif stem == "adae":
-            ae = _validate_ae(raw.name, frame, known, errors)
+            ae = _validate_ae(raw.name, frame, known, errors, warnings, subjects)
         elif "PARAMCD" in frame.columns or "AVAL" in frame.columns:
             table = _validate_bds(raw.name, frame, known, errors, warnings)
             if table is not None:
@@ -109,6 +110,8 @@ def load_trial_files(files: list[RawFile], name: str = "uploaded trial") -> Tria
         table["ARM"] = table["USUBJID"].map(arm_of)
     if tte is not None:
         tte["ARM"] = tte["USUBJID"].map(arm_of)
+    if ae is not None:
+        ae["ARM"] = ae["USUBJID"].map(arm_of)
 
     digest = hashlib.sha256()
     for raw in sorted(files, key=lambda f: f.name.lower()):
@@ -281,12 +284,42 @@ def _validate_tte(fname, frame, known, errors) -> pd.DataFrame | None:
     return frame.reset_index(drop=True)
 
 
-def _validate_ae(fname, frame, known, errors) -> pd.DataFrame | None:
+def _validate_ae(fname, frame, known, errors, warnings=None, subjects=None) -> pd.DataFrame | None:
+    """ADAE: subject ids checked; rows without a preferred term (AEDECOD) left out with a note;
+    `ASTDY` numeric, derived from `ASTDT` and the treatment start when absent
+    (`services.data.adverse`); `AESEV` upper case, `AESER` "Y"/"N"."""
     if _missing_columns(fname, frame, AE_REQUIRED, errors):
         return None
     frame = frame.copy()
     frame["USUBJID"] = frame["USUBJID"].map(lambda v: v if pd.isna(v) else _as_id(v))
     _check_ids(fname, frame, known, errors)
+    no_term = frame["AEDECOD"].isna()
+    if no_term.any() and warnings is not None:
+        warnings.append(f"{fname}: column AEDECOD: {int(no_term.sum())} records without a preferred term, "
+                        f"{_rows(no_term)}; left out")
+    frame = frame[~no_term].copy()
+    frame["AEDECOD"] = frame["AEDECOD"].astype(str).str.strip()
     if "ASTDY" in frame.columns:
         frame["ASTDY"] = pd.to_numeric(frame["ASTDY"], errors="coerce")
+    if "ASTDT" in frame.columns:
+        start = frame["TRTSDT"] if "TRTSDT" in frame.columns else None
+        if subjects is not None:
+            by_subject = next((subjects.set_index("USUBJID")[c] for c in ("TRTSDT", "RFSTDTC")
+                               if c in subjects.columns), None)
+            if by_subject is not None:
+                mapped = frame["USUBJID"].map(by_subject)
+                start = mapped if start is None else start.fillna(mapped)
+        if start is not None:
+            derived = derive_study_day(frame["ASTDT"], start)
+            before = frame["ASTDY"] if "ASTDY" in frame.columns else pd.Series(np.nan, index=frame.index)
+            filled = before.isna() & derived.notna()
+            frame["ASTDY"] = before.fillna(derived)
+            if filled.any() and warnings is not None:
+                warnings.append(f"{fname}: column ASTDY: {int(filled.sum())} onset days derived from ASTDT and "
+                                "the treatment start (TRTSDT)")
+    if "AESEV" in frame.columns:
+        frame["AESEV"] = frame["AESEV"].where(frame["AESEV"].isna(), frame["AESEV"].astype(str).str.upper())
+    if "AESER" in frame.columns:
+        ser = frame["AESER"].astype(str).str.upper().str[:1]
+        frame["AESER"] = ser.where(ser.isin(["Y", "N"]))
     return frame.reset_index(drop=True)

@@ -14,10 +14,13 @@ A `TwinRun` holds what section 2 of the contract (`../shared/CONTRACT.md`) asks 
   per scheduled visit) have an empty `ABLFL` and `ADY` = the visit's nominal day.
 - `tte`: `USUBJID`, `SRCSUBJID`, `PARAMCD`, `PARAM`, `AVAL` (days), `CNSR` when the knowledge
   base has time-to-event data, else None.
+- `ae`: `USUBJID`, `SRCSUBJID`, `AEDECOD` and, where the knowledge base has them, `AEBODSYS`,
+  `ASTDY`, `AESEV`, `AESER` when the knowledge base has adverse events and the generator
+  made them, else None (runs written before AE twins load with None).
 - `manifest`: a JSON-able dict (see `MANIFEST_KEYS`).
 
 `write_run(run, out_dir)` writes the contract's folder (adsl, one file per BDS dataset, adtte,
-manifest.json, plus a `trial.toml` with title, units and labels so the folder loads with
+adae, manifest.json, plus a `trial.toml` with title, units and labels so the folder loads with
 labels); `read_run(dir)` reads it back; `run.as_trial()` loads the twins through
 `services.data.loading.load_trial_files`, exactly as the app loads any trial.
 
@@ -83,6 +86,7 @@ class TwinRun:
     bds: dict[str, pd.DataFrame]
     tte: pd.DataFrame | None
     manifest: dict = field(default_factory=dict)
+    ae: pd.DataFrame | None = None
 
     @property
     def run_id(self) -> str:
@@ -117,6 +121,8 @@ class TwinRun:
             out.append(RawFile(f"{name}.{fmt}", _to_bytes(frame, fmt)))
         if self.tte is not None:
             out.append(RawFile(f"adtte.{fmt}", _to_bytes(self.tte, fmt)))
+        if self.ae is not None:
+            out.append(RawFile(f"adae.{fmt}", _to_bytes(self.ae, fmt)))
         out.append(RawFile("trial.toml", _trial_toml(self.manifest).encode("utf-8")))
         return out
 
@@ -142,7 +148,7 @@ class TwinRun:
 
 
 def write_run(run: TwinRun, out_dir: str | os.PathLike, fmt: str = "csv") -> Path:
-    """Write the contract's folder: adsl, one file per BDS dataset, adtte, trial.toml,
+    """Write the contract's folder: adsl, one file per BDS dataset, adtte, adae, trial.toml,
     manifest.json. Existing files of the same names are replaced. Returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +181,9 @@ def read_run(path: str | os.PathLike) -> TwinRun:
     if tte is not None:
         tte["CNSR"] = pd.to_numeric(tte["CNSR"]).astype(int)
         tte["AVAL"] = pd.to_numeric(tte["AVAL"]).astype(float)
+    ae = tables.pop("adae", None)
+    if ae is not None and "ASTDY" in ae:
+        ae["ASTDY"] = pd.to_numeric(ae["ASTDY"]).astype(float)
     order = manifest.get("datasets") or []
     names = [n for n in order if n in tables] + [n for n in tables if n not in order]
     bds = {}
@@ -185,7 +194,7 @@ def read_run(path: str | os.PathLike) -> TwinRun:
                 frame[col] = pd.to_numeric(frame[col]).astype(float)
         frame["ABLFL"] = frame.get("ABLFL", pd.Series("", index=frame.index)).fillna("")
         bds[name] = frame
-    return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest)
+    return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest, ae=ae)
 
 
 def _read_table(file: Path, ext: str) -> pd.DataFrame:

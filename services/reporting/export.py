@@ -34,6 +34,11 @@ VARIABLE_LABELS = {
     "AVISIT": "Analysis Visit",
     "ABLFL": "Baseline Record Flag",
     "CNSR": "Censor (0 event, 1 censored)",
+    "AEDECOD": "Dictionary-Derived Term",
+    "AEBODSYS": "Body System or Organ Class",
+    "ASTDY": "Analysis Start Relative Day",
+    "AESEV": "Severity/Intensity",
+    "AESER": "Serious Event",
     "AGE": "Age",
     "SEX": "Sex",
 }
@@ -85,6 +90,7 @@ def export_files(run, fmt: str = "csv", labels: dict[str, str] | None = None) ->
         labels = {**(labels or {})}
         files, renames = [], {}
         tables = [("adsl", run.adsl), *run.bds.items()] + ([("adtte", run.tte)] if run.tte is not None else [])
+        tables += [("adae", run.ae)] if getattr(run, "ae", None) is not None else []
         for name, frame in tables:
             data, renamed = _xpt_bytes(frame, name, labels)
             files.append(RawFile(f"{name}.xpt", data))

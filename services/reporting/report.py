@@ -19,6 +19,7 @@ from services.data.trial import Trial
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps
 from services.reporting.figures import compare as figs
+from services.reporting.safety_section import safety_section
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2733;background:#f6f8fa}
@@ -193,6 +194,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     if len(marginal):
         parts.append(fig(figs.smd_dot_plot(marginal, "Standardized mean difference, twins vs real target arm"),
                          "Inside the green band (|SMD| < 0.1) twin means are practically the real ones."))
+
+    parts.append(safety_section(comp, fig))   # empty without adverse-event data
 
     # PROCOVA
     parts.append("<h2>PROCOVA sample size</h2>")

@@ -72,6 +72,10 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
    first; event types share random numbers. Both measure alike (KM distance ratio 0.96 vs
    0.94, C-index 0.80 vs 0.80 on pbc, 8 splits); "history" is coherent across event types.
 
+7. **Adverse events** (when the knowledge base has ADAE): each twin copies the
+   treatment-emergent AE history of its donor (event-history donor, else trajectory donor),
+   cut at the twin's own end of follow-up (`local/adverse_events.py`).
+
 Randomness is counter-based (`base.uniforms`): each draw is a pure function of (seed, source
 or donor, twin index, purpose), so results do not depend on batch, order or concurrency.
 Leakage: the sources' post-baseline data are never read (`prepare_sources`). Second-order

@@ -21,6 +21,7 @@ from services.generation.base import (
     is_cancelled,
     retriever_manifest,
 )
+from services.generation.local.adverse_events import adverse_event_twins
 from services.generation.local.events import EventDrawing
 from services.generation.local.mean_models import CANDIDATES
 from services.generation.local.model import ArmFitting, _ArmModel
@@ -198,10 +199,13 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                     f"{dropped} generated records after their twin's end of follow-up (death, transplant "
                     "or censoring in the twin's event history) were left out, as real patients have none")
 
+        ae = adverse_event_twins(kb, adsl, bds, tte, manifest, seed)   # None without ADAE
+
         manifest["cancelled"] = cancelled
         if cancelled:
             manifest["notes"].append(f"cancelled after {done} of {total} sources; their twins are kept")
-        manifest["counts"] = run_counts(ok_ids, total, adsl, bds, tte, manifest["failures"])
+        extra = {} if ae is None else {"ae_records": len(ae)}
+        manifest["counts"] = run_counts(ok_ids, total, adsl, bds, tte, manifest["failures"], **extra)
         manifest["timings"] = {"generate_s": round(gen_seconds, 4),
                                "twins_per_s": round(len(adsl) / gen_seconds, 1) if gen_seconds > 0 else None}
-        return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest)
+        return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest, ae=ae)

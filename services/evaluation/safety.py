@@ -1,0 +1,245 @@
+"""Safety comparison: adverse-event incidence of the twin arm vs the real target arm vs the
+real source cohort, with the **patient** as the unit of inference.
+
+- A real patient has a term (preferred term, PT = AEDECOD; or system organ class, SOC =
+  AEBODSYS) when it has at least one treatment-emergent record of it
+  (`services.data.adverse.emergent`); incidence = patients with it / patients of the group
+  (ADSL), 95 % Wilson score interval.
+- A source patient's K twins give a **probability**, p_i = share of its twins with the term,
+  not K patients. The twin arm's incidence is the mean of the p_i over the N sources; its
+  95 % interval is p_bar +- 1.96 sd(p_i) / sqrt(N) (sampling of source patients; the finite
+  knowledge base adds uncertainty that the real target arm's own interval shows).
+- Risk differences (Wald, 95 %):
+  - twin arm - real target arm (fidelity; two groups of different patients):
+    SE^2 = var(p_i) / N + q (1 - q) / M;
+  - real source cohort - twin arm (the safety signal of the source's own treatment against
+    its synthetic control; paired within patient): d_i = y_i - p_i, SE = sd(d_i) / sqrt(N).
+- Time to first AE of a term: Kaplan-Meier, onset day of the first record, censored at the
+  patient's end of follow-up (`adverse.followup_end`); each twin weighs 1/K so that a source
+  counts as one patient, numbers at risk in patients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from services.data.adverse import dictionary, emergent, followup_end, has_ae
+from services.data.trial import Trial
+from services.evaluation.comparison import GROUPS, SOURCE, TARGET, TWIN, Comparison
+
+Z95 = 1.959963984540054
+LEVELS = {"PT": "AEDECOD", "SOC": "AEBODSYS"}
+ANY = "ANY ADVERSE EVENT"
+
+
+def has_safety(comp: Comparison) -> bool:
+    """Whether a safety comparison applies: the knowledge base has AE data and the run has AE
+    twins (a run of a generator that makes none, or written before AE twins, has not)."""
+    return has_ae(comp.kb) and ("ae" in comp.manifest or has_ae(comp.twins))
+
+
+def indicators(trial: Trial, level: str = "PT", ids=None) -> pd.DataFrame:
+    """0/1 per subject (rows: `ids` or every ADSL subject) and term (columns): at least one
+    treatment-emergent record. Column `ANY` = any AE at all."""
+    col = LEVELS[level]
+    ids = list(trial.subjects["USUBJID"] if ids is None else ids)
+    teae = emergent(trial)
+    if col not in teae.columns:
+        teae = teae.assign(**{col: pd.Series(dtype=object)})
+    teae = teae[teae["USUBJID"].isin(set(ids)) & teae[col].notna()]
+    wide = pd.crosstab(teae["USUBJID"], teae[col]).clip(upper=1) if len(teae) else pd.DataFrame()
+    wide = wide.reindex(index=ids, fill_value=0).fillna(0).astype(float)
+    any_ae = emergent(trial)
+    wide[ANY] = pd.Index(ids).isin(set(any_ae["USUBJID"])).astype(float)
+    wide.columns.name = None
+    return wide
+
+
+def twin_probabilities(twins: Trial, level: str = "PT") -> pd.DataFrame:
+    """Per source patient (rows: SRCSUBJID, in twin order) and term: the share of its twins
+    with at least one record of the term."""
+    ind = indicators(twins, level)
+    src = twins.subjects.set_index("USUBJID")["SRCSUBJID"].astype(str)
+    ind.index = src.reindex(ind.index).to_numpy()
+    order = list(dict.fromkeys(src))
+    return ind.groupby(level=0, sort=False).mean().reindex(order)
+
+
+def wilson(n: float, N: int, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval of n events out of N."""
+    if N <= 0:
+        return float("nan"), float("nan")
+    p = n / N
+    denom = 1 + z * z / N
+    centre = (p + z * z / (2 * N)) / denom
+    half = z * np.sqrt(p * (1 - p) / N + z * z / (4 * N * N)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def probability_mean_ci(p: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
+    """Mean of per-patient probabilities with its patient-level Wald interval (clipped to [0, 1])."""
+    p = np.asarray(p, dtype=float)
+    p = p[np.isfinite(p)]
+    if len(p) == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(p.mean())
+    se = float(p.std(ddof=1) / np.sqrt(len(p))) if len(p) > 1 else float("nan")
+    return m, max(0.0, m - z * se), min(1.0, m + z * se)
+
+
+def risk_difference(p: np.ndarray, y: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
+    """Twin arm (per-patient probabilities p) minus an independent real group (0/1 outcomes y)."""
+    p, y = np.asarray(p, float), np.asarray(y, float)
+    if len(p) < 2 or len(y) < 1:
+        return float("nan"), float("nan"), float("nan")
+    q = float(y.mean())
+    d = float(p.mean()) - q
+    se = float(np.sqrt(p.var(ddof=1) / len(p) + q * (1 - q) / len(y)))
+    return d, d - z * se, d + z * se
+
+
+def paired_risk_difference(y: np.ndarray, p: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
+    """Real outcomes y_i minus their own twins' probabilities p_i, paired within patient."""
+    d = np.asarray(y, float) - np.asarray(p, float)
+    if len(d) < 2:
+        return float("nan"), float("nan"), float("nan")
+    m = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(len(d)))
+    return m, m - z * se, m + z * se
+
+
+def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
+    """One row per term (and `ANY`): for each group n, N, pct (proportion), lo, hi; the twin
+    arm's n is the expected number of patients (sum of probabilities); risk differences
+    `rd_twin_target*` and `rd_source_twin*` (see the module docstring). Columns SOC / PT."""
+    probs = twin_probabilities(comp.twins, level)
+    real = {g: indicators(t, level) for g, t in comp.groups.items() if g != TWIN}
+    src_ids = [s for s in probs.index if s in set(comp.kb.subjects["USUBJID"])]
+    if SOURCE in real:
+        real[SOURCE] = real[SOURCE].reindex(src_ids)
+    terms = list(dict.fromkeys([ANY] + [c for f in [probs, *real.values()] for c in f.columns if c != ANY]))
+    soc_of = dict(zip(*[dictionary(comp.kb)[c] for c in ("AEDECOD", "AEBODSYS")]))
+    rows = []
+    for term in terms:
+        p = probs[term].to_numpy(float) if term in probs else np.zeros(len(probs))
+        row = {"SOC": "" if term == ANY else (term if level == "SOC" else soc_of.get(term, "")),
+               "PT": "" if level == "SOC" and term != ANY else term}
+        m, lo, hi = probability_mean_ci(p)
+        row.update({f"{TWIN}_n": float(p.sum()), f"{TWIN}_N": len(p), f"{TWIN}_pct": m, f"{TWIN}_lo": lo,
+                    f"{TWIN}_hi": hi})
+        for g, ind in real.items():
+            y = ind[term].to_numpy(float) if term in ind else np.zeros(len(ind))
+            lo_r, hi_r = wilson(float(y.sum()), len(y))
+            row.update({f"{g}_n": float(y.sum()), f"{g}_N": len(y), f"{g}_pct": float(y.mean()) if len(y) else np.nan,
+                        f"{g}_lo": lo_r, f"{g}_hi": hi_r})
+        if TARGET in real:
+            y = real[TARGET][term].to_numpy(float) if term in real[TARGET] else np.zeros(len(real[TARGET]))
+            row["rd_twin_target"], row["rd_twin_target_lo"], row["rd_twin_target_hi"] = risk_difference(p, y)
+        if SOURCE in real:
+            y = real[SOURCE][term].to_numpy(float) if term in real[SOURCE] else np.zeros(len(src_ids))
+            p_src = probs.loc[src_ids, term].to_numpy(float) if term in probs else np.zeros(len(src_ids))
+            row["rd_source_twin"], row["rd_source_twin_lo"], row["rd_source_twin_hi"] = \
+                paired_risk_difference(y, p_src)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    pct_cols = [f"{g}_pct" for g in GROUPS if f"{g}_pct" in out]
+    out["_freq"] = out[pct_cols].mean(axis=1)
+    out["_any"] = out["PT"].eq(ANY)
+    out = out.sort_values(["_any", "_freq"], ascending=[False, False], kind="stable")
+    return out.drop(columns=["_freq", "_any"]).reset_index(drop=True)
+
+
+def top_terms(trial: Trial, n: int = 10, arm: str | None = None) -> list[str]:
+    """The `n` preferred terms with the most patients (in `arm`, default every arm)."""
+    ids = trial.subjects["USUBJID"] if arm is None else trial.subjects.loc[trial.subjects["ARM"] == arm, "USUBJID"]
+    ind = indicators(trial, "PT", ids).drop(columns=ANY)
+    counts = ind.sum().sort_values(ascending=False, kind="stable")
+    return list(counts.index[:n])
+
+
+def _cell(n: float, N: int, pct: float, twin: bool) -> str:
+    if not N:
+        return ""
+    return f"{n:.1f} ({100 * pct:.1f} %)" if twin else f"{round(n)} ({100 * pct:.1f} %)"
+
+
+def safety_table(comp: Comparison) -> pd.DataFrame:
+    """The table a safety physician reads: "Any adverse event", then each system organ class
+    with its preferred terms below (indented), n (%) per group, sorted by frequency (the mean
+    incidence over the groups); the twin arm's n is in patients (sum of probabilities)."""
+    pt = incidence(comp, "PT")
+    soc = incidence(comp, "SOC") if "AEBODSYS" in emergent(comp.kb).columns else None
+    groups = [g for g in (TWIN, TARGET, SOURCE) if f"{g}_N" in pt]
+    heads = {g: f"{g} (N={int(pt[f'{g}_N'].iloc[0])})" for g in groups}
+
+    def line(label: str, row) -> dict:
+        out = {"SOC / PT": label}
+        for g in groups:
+            out[heads[g]] = _cell(row[f"{g}_n"], int(row[f"{g}_N"]), row[f"{g}_pct"], g == TWIN)
+        if "rd_twin_target" in row:
+            out["RD twins - real target (95 % CI)"] = (
+                f"{100 * row['rd_twin_target']:+.1f} ({100 * row['rd_twin_target_lo']:+.1f}, "
+                f"{100 * row['rd_twin_target_hi']:+.1f})" if np.isfinite(row["rd_twin_target"]) else "")
+        return out
+
+    rows = [line("Any adverse event", pt.iloc[0])]
+    body = pt.iloc[1:]
+    if soc is None:
+        rows += [line(r["PT"], r) for _, r in body.iterrows()]
+        return pd.DataFrame(rows)
+    for _, s in soc.iloc[1:].iterrows():
+        rows.append(line(s["SOC"], s))
+        rows += [line(f"    {r['PT']}", r) for _, r in body[body["SOC"] == s["SOC"]].iterrows()]
+    return pd.DataFrame(rows)
+
+
+def time_to_first(trial: Trial, term: str, ids=None, level: str = "PT") -> pd.DataFrame:
+    """USUBJID, time (first onset of `term`, else end of follow-up), event (1/0)."""
+    col = LEVELS[level]
+    ids = list(trial.subjects["USUBJID"] if ids is None else ids)
+    teae = emergent(trial)
+    end = followup_end(trial).reindex(ids)
+    first = pd.Series(np.nan, index=pd.Index(ids))
+    if col in teae and "ASTDY" in teae:
+        hits = teae[(teae[col] == term) & teae["USUBJID"].isin(set(ids))]
+        first = hits.groupby("USUBJID")["ASTDY"].min().reindex(ids)
+    event = first.notna().to_numpy()
+    time = np.where(event, first.to_numpy(float), end.to_numpy(float))
+    out = pd.DataFrame({"USUBJID": ids, "time": time, "event": event.astype(int)})
+    return out[np.isfinite(out["time"])].reset_index(drop=True)
+
+
+def km_first_ae(comp: Comparison, term: str, level: str = "PT", n_risk_points: int = 6):
+    """Kaplan-Meier of the time to the first `term` per group (twins weighted 1/K): step data
+    (GROUP, time, survival = proportion still free of it, lo, hi) and patients at risk."""
+    import warnings
+
+    from lifelines import KaplanMeierFitter
+
+    data = {}
+    for g, trial in comp.groups.items():
+        d = time_to_first(trial, term, level=level)
+        if g == TWIN:
+            src = trial.subjects.set_index("USUBJID")["SRCSUBJID"]
+            k = src.map(src.value_counts())
+            d["w"] = 1.0 / d["USUBJID"].map(k).to_numpy(float)
+        else:
+            d["w"] = 1.0
+        if len(d):
+            data[g] = d
+    horizon = max((float(d["time"].max()) for d in data.values()), default=0.0)
+    grid = np.linspace(0, horizon, n_risk_points).round()
+    curves, risk = [], []
+    for g, d in data.items():
+        with warnings.catch_warnings():   # fractional weights 1/K: lifelines' IPTW warning
+            warnings.simplefilter("ignore")
+            kmf = KaplanMeierFitter().fit(d["time"], event_observed=d["event"], weights=d["w"], label=g)
+        sf = kmf.survival_function_.iloc[:, 0]
+        ci = kmf.confidence_interval_
+        curves.append(pd.DataFrame({"GROUP": g, "time": sf.index.to_numpy(float), "survival": sf.to_numpy(),
+                                    "lo": ci.iloc[:, 0].to_numpy(), "hi": ci.iloc[:, 1].to_numpy()}))
+        t, w = d["time"].to_numpy(float), d["w"].to_numpy(float)
+        risk.append(pd.DataFrame({"GROUP": g, "time": grid, "n": [float(w[t >= x].sum()) for x in grid]}))
+    return (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+            pd.concat(risk, ignore_index=True) if risk else pd.DataFrame())

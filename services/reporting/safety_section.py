@@ -1,0 +1,44 @@
+"""The "Safety" section of the HTML report (only when the trial has adverse events): the
+incidence table by SOC / PT, the incidence and risk-difference figures, and the time to the
+first AE of the most frequent term."""
+
+from __future__ import annotations
+
+import html
+
+from services.evaluation import safety
+
+
+def safety_section(comp, fig) -> str:
+    """HTML of the section ("" when the knowledge base has no ADAE); `fig` renders figures
+    (the report's `_Figures`)."""
+    from services.reporting.figures import safety as figs
+
+    if not safety.has_ae(comp.kb):
+        return ""
+    parts = ["<h2>Safety: adverse events</h2>"]
+    if not safety.has_safety(comp):
+        parts.append('<p class="muted">This run has no adverse-event twins (its generator makes none).</p>')
+        return "\n".join(parts)
+    pt = safety.incidence(comp, "PT")
+    table = safety.safety_table(comp)
+    parts.append(table.head(60).to_html(index=False, escape=True, border=0))
+    if len(table) > 60:
+        parts.append(f'<p class="muted">First 60 of {len(table)} rows (sorted by frequency).</p>')
+    parts.append('<p class="muted">Treatment-emergent adverse events, patients with at least one event, n (%). '
+                 "A source patient's K twins count as one patient (the share of its twins with the term is a "
+                 "probability; the twin arm's n is their sum). RD: twin arm minus real target arm, percentage "
+                 "points, 95 % CI with patients as the unit.</p>")
+    parts.append(fig(figs.incidence_dots(pt, "Incidence of the most frequent preferred terms (95 % CI)"),
+                     "Twins should sit on the real target arm; the gap to the real source cohort is the safety "
+                     "profile of the source patients' own treatment."))
+    parts.append(fig(figs.risk_difference_forest(pt, "Risk differences (95 % CI)"),
+                     "Twin arm - real target arm should straddle 0; real source cohort - twin arm (paired within "
+                     "patient) is the risk difference against the synthetic control."))
+    terms = [t for t in pt["PT"] if t != safety.ANY]
+    if terms:
+        curves, at_risk = safety.km_first_ae(comp, terms[0])
+        if len(curves):
+            parts.append(fig(figs.time_to_first_ae(curves, at_risk, f"Time to first {html.escape(terms[0])}"),
+                             "Kaplan-Meier of the first onset, censored at the end of follow-up; twins weigh 1/K."))
+    return "\n".join(parts)

@@ -1,0 +1,270 @@
+"""Adverse-event twins and the safety comparison: known answers on a hand-made trial, real
+behaviour on the CDISC pilot (xanomeline: application-site and skin reactions)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import KaplanMeierFitter
+from statsmodels.stats.proportion import proportion_confint
+
+from services.data import adverse
+from services.data.loading import load_trial_files
+from services.data.readers import RawFile
+from services.evaluation import comparison as ev
+from services.evaluation import safety
+from services.generation import get_generator
+from services.generation.local.adverse_events import twin_followup_end
+from services.generation.run import TwinRun, read_run, write_run
+from services.reporting.export import export_files
+from services.retrieval.retriever import ExactRetriever
+
+Z = 1.959963984540054
+
+
+def _csv(name: str, frame: pd.DataFrame) -> RawFile:
+    return RawFile(name, frame.to_csv(index=False).encode())
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """4 placebo, 3 drug patients; the sources T1-T3 get 2 placebo twins each (by hand)."""
+    adsl = pd.DataFrame({"USUBJID": ["P1", "P2", "P3", "P4", "T1", "T2", "T3"],
+                         "ARM": ["Placebo"] * 4 + ["Drug"] * 3, "AGE": [60, 61, 62, 63, 64, 65, 66]})
+    lab = pd.DataFrame({"USUBJID": list(adsl["USUBJID"]) * 2, "PARAMCD": "X", "AVAL": 1.0,
+                        "ADY": [1] * 7 + [28] * 7, "AVISITN": [0] * 7 + [1] * 7, "ABLFL": ["Y"] * 7 + [""] * 7})
+    ae = pd.DataFrame({"USUBJID": ["P1", "P2", "P2", "T1", "T2", "T3"],
+                       "AEDECOD": ["HEADACHE", "HEADACHE", "RASH", "RASH", "RASH", "HEADACHE"],
+                       "AEBODSYS": ["NERV", "NERV", "SKIN", "SKIN", "SKIN", "NERV"],
+                       "ASTDY": [3, 5, 10, 2, 4, -5]})          # T3's headache is before treatment
+    kb = load_trial_files([_csv("adsl.csv", adsl), _csv("adlb.csv", lab), _csv("adae.csv", ae)], "toy")
+    tw_adsl = pd.DataFrame({"USUBJID": [f"{s}-T{k}" for s in ("T1", "T2", "T3") for k in (1, 2)],
+                            "SRCSUBJID": [s for s in ("T1", "T2", "T3") for _ in (1, 2)], "ARM": "Placebo",
+                            "TWINIDX": [1, 2] * 3})
+    tw_lab = pd.DataFrame({"USUBJID": list(tw_adsl["USUBJID"]), "SRCSUBJID": list(tw_adsl["SRCSUBJID"]),
+                           "PARAMCD": "X", "AVAL": 1.0, "ADY": 28.0, "AVISITN": 1.0, "ABLFL": ""})
+    tw_ae = pd.DataFrame({"USUBJID": ["T1-T1", "T2-T1", "T2-T2", "T3-T1"],
+                          "SRCSUBJID": ["T1", "T2", "T2", "T3"],
+                          "AEDECOD": ["HEADACHE", "HEADACHE", "HEADACHE", "RASH"],
+                          "AEBODSYS": ["NERV", "NERV", "NERV", "SKIN"], "ASTDY": [3.0, 5.0, 5.0, 10.0]})
+    run = TwinRun(tw_adsl, {"adlb": tw_lab}, None, {"run_id": "toy", "target_arm": "Placebo", "ae": {}}, ae=tw_ae)
+    return kb, ev.compare(kb, run.as_trial(), run.manifest)
+
+
+def test_incidence_known_answer(toy):
+    _, comp = toy
+    inc = safety.incidence(comp, "PT").set_index("PT")
+    h = inc.loc["HEADACHE"]
+    p = np.array([0.5, 1.0, 0.0])                       # shares of each source's 2 twins
+    assert h["twin arm_n"] == pytest.approx(1.5) and h["twin arm_N"] == 3
+    assert h["twin arm_pct"] == pytest.approx(0.5)
+    se = p.std(ddof=1) / np.sqrt(3)
+    assert h["twin arm_lo"] == pytest.approx(max(0, 0.5 - Z * se)) and h["twin arm_hi"] == pytest.approx(1.0)
+    lo, hi = proportion_confint(2, 4, method="wilson")
+    assert (h["real target arm_pct"], h["real target arm_lo"], h["real target arm_hi"]) == \
+        pytest.approx((0.5, lo, hi))
+    assert h["real source cohort_n"] == 0               # T3's pre-treatment headache is not a TEAE
+    se_rd = np.sqrt(p.var(ddof=1) / 3 + 0.25 / 4)
+    assert (h["rd_twin_target"], h["rd_twin_target_hi"]) == pytest.approx((0.0, Z * se_rd))
+    d = np.zeros(3) - p
+    assert (h["rd_source_twin"], h["rd_source_twin_lo"]) == pytest.approx((-0.5, d.mean() - Z * d.std(ddof=1) / np.sqrt(3)))
+    r = inc.loc["RASH"]
+    assert r["twin arm_pct"] == pytest.approx(1 / 6) and r["real source cohort_pct"] == pytest.approx(2 / 3)
+    d = np.array([1, 1, 0]) - np.array([0, 0, 0.5])
+    assert r["rd_source_twin"] == pytest.approx(d.mean())
+    assert inc.loc[safety.ANY, "twin arm_pct"] == pytest.approx(2 / 3)
+    assert r["SOC"] == "SKIN"
+
+
+def test_safety_table_reads_like_a_safety_listing(toy):
+    _, comp = toy
+    table = safety.safety_table(comp)
+    assert table.iloc[0, 0] == "Any adverse event"
+    assert list(table.columns[1:4]) == ["twin arm (N=3)", "real target arm (N=4)", "real source cohort (N=3)"]
+    assert table.iloc[0, 1] == "2.0 (66.7 %)" and table.iloc[0, 2] == "2 (50.0 %)"
+    labels = list(table["SOC / PT"])
+    assert labels.index("    HEADACHE") == labels.index("NERV") + 1
+    assert labels.index("    RASH") == labels.index("SKIN") + 1
+
+
+def test_time_to_first_ae_weighs_twins_one_over_k(toy):
+    _, comp = toy
+    curves, at_risk = safety.km_first_ae(comp, "HEADACHE")
+    tw = curves[curves["GROUP"] == "twin arm"].set_index("time")["survival"]
+    # at risk 3 patients (6 twins x 1/2); day 3: 0.5 events; day 5: 1 event of 2.5 at risk
+    assert tw.loc[3.0] == pytest.approx(1 - 0.5 / 3) and tw.loc[5.0] == pytest.approx((1 - 0.5 / 3) * (1 - 1 / 2.5))
+    assert at_risk[at_risk["GROUP"] == "twin arm"]["n"].iloc[0] == pytest.approx(3.0)
+    real = KaplanMeierFitter().fit([3, 5, 28, 28], [1, 1, 0, 0]).survival_function_.iloc[:, 0]
+    tgt = curves[curves["GROUP"] == "real target arm"].set_index("time")["survival"]
+    assert tgt.loc[5.0] == pytest.approx(real.loc[5.0])
+
+
+# ----- the CDISC pilot ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pilot_gen(pilot):
+    return get_generator("local", retriever_factory=ExactRetriever).fit(pilot)
+
+
+@pytest.fixture(scope="module")
+def placebo_twins(pilot, pilot_gen):
+    treated = pilot.subjects.loc[pilot.subjects["ARM"] != "Placebo", "USUBJID"]
+    return pilot_gen.generate(pilot.subset(treated), "Placebo", twins_per_patient=10, seed=3)
+
+
+@pytest.fixture(scope="module")
+def high_dose_twins(pilot, pilot_gen):
+    placebo = pilot.subjects.loc[pilot.subjects["ARM"] == "Placebo", "USUBJID"]
+    return pilot_gen.generate(pilot.subset(placebo), "Xanomeline High Dose", twins_per_patient=10, seed=3)
+
+
+def test_pilot_adae_loads_with_onset_days(pilot):
+    assert {"AEDECOD", "AEBODSYS", "ASTDY", "AESEV", "AESER", "ARM"} <= set(pilot.ae.columns)
+    teae = adverse.emergent(pilot)
+    assert len(teae) == 1126 and teae["ASTDY"].ge(1).all()      # TRTEMFL = "Y" records, day 1 on
+    assert set(pilot.ae["AESER"].dropna()) == {"Y", "N"}
+
+
+def test_onset_day_is_derived_from_the_start_date_when_absent(pilot_dir):
+    raw = pd.read_sas(pilot_dir / "adae.xpt", encoding="latin-1")
+    for col in ("ASTDT", "TRTSDT"):      # SAS day numbers -> dates, as a CSV or Parquet holds them
+        raw[col] = pd.to_datetime(raw[col], unit="D", origin="1960-01-01")
+    adsl = RawFile("adsl.xpt", (pilot_dir / "adsl.xpt").read_bytes())
+    trial = load_trial_files([adsl, _parquet("adae.parquet", raw.drop(columns=["ASTDY"]))], "no ASTDY")
+    both = raw["ASTDT"].notna()
+    assert np.array_equal(trial.ae.loc[both, "ASTDY"].to_numpy(), raw.loc[both, "ASTDY"].to_numpy())
+    assert any("onset days derived" in w for w in trial.warnings)
+
+
+def _parquet(name, frame):
+    import io
+
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return RawFile(name, buf.getvalue())
+
+
+def test_twins_have_only_known_terms_within_their_follow_up(pilot, placebo_twins):
+    run = placebo_twins
+    ae = run.ae
+    assert len(ae) > 0 and list(ae.columns) == ["USUBJID", "SRCSUBJID", "AEDECOD", "AEBODSYS", "ASTDY",
+                                                "AESEV", "AESER"]
+    assert set(ae["AEDECOD"]) <= set(pilot.ae["AEDECOD"])
+    end = twin_followup_end(run.adsl, run.bds, run.tte)
+    assert (ae["ASTDY"] <= ae["USUBJID"].map(end)).all() and ae["ASTDY"].ge(1).all()
+    assert set(ae["USUBJID"]) <= set(run.adsl["USUBJID"])
+    # each twin's history is its donor's (a placebo patient, never the source): same terms, days
+    teae = adverse.emergent(pilot)
+    arm = pilot.subjects.set_index("USUBJID")["ARM"]
+    for twin, grp in list(ae.groupby("USUBJID"))[:40]:
+        donor = run.manifest["donors"][twin]
+        assert arm[donor] == "Placebo" and donor != grp["SRCSUBJID"].iloc[0]
+        mine = teae[(teae["USUBJID"] == donor) & (teae["ASTDY"] <= end[twin])]
+        assert sorted(zip(mine["AEDECOD"], mine["ASTDY"])) == sorted(zip(grp["AEDECOD"], grp["ASTDY"]))
+
+
+def test_ae_twins_leave_the_bds_twins_of_a_seed_unchanged(pilot, pilot_gen, placebo_twins):
+    no_ae = dataclasses.replace(pilot, ae=None)
+    gen = get_generator("local", retriever_factory=ExactRetriever).fit(no_ae)
+    treated = pilot.subjects.loc[pilot.subjects["ARM"] != "Placebo", "USUBJID"]
+    other = gen.generate(no_ae.subset(treated), "Placebo", twins_per_patient=10, seed=3)
+    assert other.ae is None
+    pd.testing.assert_frame_equal(other.bds["advs"], placebo_twins.bds["advs"])
+
+
+@pytest.mark.parametrize("which", ["placebo", "high"])
+def test_pilot_twins_reproduce_the_target_arm_safety_profile(pilot, placebo_twins, high_dose_twins, which):
+    """Issue 15: placebo twins of treated patients are placebo-like, high-dose twins of placebo
+    patients show the skin / application-site reactions: incidence of the 10 most frequent PTs
+    within the real target arm's 95 % CI."""
+    run = placebo_twins if which == "placebo" else high_dose_twins
+    comp = ev.compare(pilot, run.as_trial(), run.manifest)
+    inc = safety.incidence(comp, "PT").set_index("PT").loc[safety.top_terms(pilot, 10)]
+    inside = inc["twin arm_pct"].between(inc["real target arm_lo"], inc["real target arm_hi"])
+    assert inside.sum() >= 9, inc[["twin arm_pct", "real target arm_lo", "real target arm_hi"]]
+    site = inc.loc["APPLICATION SITE PRURITUS"]
+    if which == "placebo":      # twins lose the treated arms' skin reactions
+        assert site["rd_source_twin_lo"] > 0
+    else:                       # placebo patients' high-dose twins gain them
+        assert site["twin arm_pct"] > 0.15 and site["rd_source_twin_hi"] < 0
+
+
+def test_ae_twins_travel_through_folder_and_export(pilot, placebo_twins, tmp_path):
+    for fmt in ("csv", "parquet"):
+        back = read_run(write_run(placebo_twins, tmp_path / fmt, fmt=fmt))
+        pd.testing.assert_frame_equal(back.ae, placebo_twins.ae, check_dtype=False)
+        assert set(back.bds) == {"advs"}
+    assert len(placebo_twins.as_trial().ae) == len(placebo_twins.ae)
+    old = dataclasses.replace(placebo_twins, ae=None)       # a run written before AE twins
+    assert read_run(write_run(old, tmp_path / "old")).ae is None
+    files = {f.name: f for f in export_files(placebo_twins, "xpt")}
+    path = tmp_path / "adae.xpt"
+    path.write_bytes(files["adae.xpt"].data)
+    xpt = pd.read_sas(path, encoding="latin-1")
+    assert len(xpt) == len(placebo_twins.ae) and {"SRCSUBJ", "AEDECOD", "ASTDY"} <= set(xpt.columns)
+
+
+def test_pbc_has_no_ae_twins(pbc_twins):
+    assert pbc_twins.ae is None and "ae" not in pbc_twins.manifest
+
+
+def test_compare_page_shows_the_safety_tab_for_the_pilot(pilot, placebo_twins):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180).run()
+    at.session_state["trial"] = pilot
+    at.session_state["trial_source"] = "cdiscpilot01"
+    at.session_state["twin_run"] = placebo_twins
+    at.session_state["twin_run_dir"] = None
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert len(at.tabs) == 6 and at.tabs[5].label == "Safety"
+    table = next(d.value for d in at.dataframe if "SOC / PT" in d.value.columns)
+    assert table.iloc[0, 0] == "Any adverse event"
+    assert table.columns[1] == "twin arm (N=168)" and "    APPLICATION SITE PRURITUS" in set(table["SOC / PT"])
+    at.selectbox(key="cmp_ae_term").set_value("APPLICATION SITE PRURITUS").run()
+    assert not at.exception
+
+
+def test_auroc_known_answer_and_within_fold_pairs():
+    from sklearn.metrics import roc_auc_score
+
+    from services.evaluation.safety_backtest import auroc
+
+    rng = np.random.default_rng(0)
+    s, y = rng.random(60).round(1), rng.random(60) < 0.3         # ties included
+    assert auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    # two folds, each perfectly ranked inside, but fold 2 shifted down: pooled pairs mislead
+    s = np.array([0.9, 0.8, 0.1, 0.05, 0.5, 0.4, 0.01, 0.0])
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0], bool)
+    fold = np.array([1, 1, 1, 1, 2, 2, 2, 2])
+    assert auroc(s, y, fold) == 1.0 and auroc(s, y) == 1.0
+    s2 = np.where(fold == 2, s - 0.6, s)                          # cases of fold 2 below fold 1's controls
+    assert auroc(s2, y, fold) == 1.0 and auroc(s2, y) < 1.0
+
+
+def test_safety_backtest_on_the_pilot_placebo_arm(pilot):
+    from services.evaluation.safety_backtest import safety_backtest
+
+    bt = safety_backtest(pilot, folds=2, twins_per_patient=10, seed=0, n_boot=100)
+    assert bt.arm == "Placebo" and bt.summary["terms"] == 10
+    assert bt.patients.groupby("PT")["USUBJID"].nunique().eq(86).all()   # each held out once
+    t = bt.terms.set_index("PT")
+    assert ((t["auroc_lo"] <= t["auroc"]) & (t["auroc"] <= t["auroc_hi"])).all()
+    assert t["real_incidence"].loc["DIARRHOEA"] == pytest.approx(9 / 86)
+    # the twins' incidence error is of the order of the knowledge base's own (a held-out half)
+    assert bt.summary["mae_twins"] < 2 * bt.summary["mae_kb"] + 0.01
+
+
+def test_report_safety_section_only_with_adverse_events(pilot, placebo_twins, pbc, pbc_twins):
+    from services.reporting.report import _Figures
+    from services.reporting.safety_section import safety_section
+
+    html = safety_section(ev.compare(pilot, placebo_twins.as_trial(), placebo_twins.manifest), _Figures())
+    assert "Safety: adverse events" in html and "APPLICATION SITE PRURITUS" in html and html.count("<figure>") == 3
+    assert safety_section(ev.compare(pbc, pbc_twins.as_trial(), pbc_twins.manifest), _Figures()) == ""
