@@ -223,7 +223,7 @@ def test_compare_page_shows_the_safety_tab_for_the_pilot(pilot, placebo_twins):
     at.session_state["twin_run_dir"] = None
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
-    assert len(at.tabs) == 6 and at.tabs[5].label == "Safety"
+    assert len(at.tabs) == 7 and at.tabs[6].label == "Safety"
     table = next(d.value for d in at.dataframe if "SOC / PT" in d.value.columns)
     assert table.iloc[0, 0] == "Any adverse event"
     assert table.columns[1] == "twin arm (N=168)" and "    APPLICATION SITE PRURITUS" in set(table["SOC / PT"])
