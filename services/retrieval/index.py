@@ -160,6 +160,11 @@ class _IndexBase:
                                     f"{E.shape} do not match")
         return ids, arms, E
 
+    def _query_input(self, embeddings, k, exclude):
+        """(query rows, ids never to return, k) of a query, once the index is built."""
+        self._require_built()
+        return self._as_queries(embeddings), set(exclude or ()), int(k)
+
     def _remember(self, ids: list[str], arms: list[str]) -> None:
         self.arm_of = dict(zip(ids, arms))
         counts: dict[str, int] = {}
@@ -337,10 +342,7 @@ class PatientIndex(_IndexBase):
         `self_ids[r]` (the query patient's own USUBJID, or None) and every id of `exclude` are
         never returned; the search asks for enough extra results to still return k.
         """
-        self._require_built()
-        Q = self._as_queries(embeddings)
-        exclude = set(exclude or ())
-        k = int(k)
+        Q, exclude, k = self._query_input(embeddings, k, exclude)
         if k <= 0 or not len(Q):
             return [[] for _ in range(len(Q))]
         n_total = len(self.arm_of)
@@ -422,10 +424,7 @@ class ExactIndex(_IndexBase):
 
     def query(self, embeddings, k: int = 10, arm: str | None = None, self_ids=None,
               exclude=None) -> list[list[Hit]]:
-        self._require_built()
-        Q = self._as_queries(embeddings)
-        exclude = set(exclude or ())
-        k = int(k)
+        Q, exclude, k = self._query_input(embeddings, k, exclude)
         if k <= 0 or not len(Q):
             return [[] for _ in range(len(Q))]
         cols = np.flatnonzero(self._arms == arm) if arm is not None else np.arange(len(self.ids))
