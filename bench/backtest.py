@@ -49,6 +49,7 @@ minimum 73): the generator keeps the log scale for it (rule: at most 1% clipped)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -175,11 +176,19 @@ def main(argv=None) -> int:
     ap.add_argument("--chroma", action="store_true", help="use the default (Chroma) retriever")
     ap.add_argument("--quick", action="store_true", help="2 seeds, 10 twins")
     ap.add_argument("--no-throughput", action="store_true")
+    ap.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="a local generator setting (VALUE read as JSON), e.g. tte_neighbors=40")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     seeds = list(range(2 if args.quick else args.seeds))
     k = 10 if args.quick else args.k
     settings = {}
+    for item in args.setting:
+        name, _, text = item.partition("=")
+        try:
+            settings[name] = json.loads(text)
+        except ValueError:
+            settings[name] = text
     if not args.chroma:
         from services.retrieval.retriever import ExactRetriever
         settings["retriever_factory"] = ExactRetriever
