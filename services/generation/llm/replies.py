@@ -1,0 +1,85 @@
+"""The run's frames from the model's validated replies (the shared `assemble_run` builds the
+ADSL and BDS frames as for every generator); failed or cancelled twins are left out, failures
+listed in the manifest with their reasons."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from services.data.trial import Trial
+from services.generation.assembly import assemble_run, run_counts
+from services.generation.llm.prompting import TrialFacts
+from services.generation.run import TTE_COLUMNS, TwinRun, twin_id
+
+_GENERATED = ["USUBJID", "SRCSUBJID", "PARAMCD", "AVAL", "ADY", "AVISITN", "AVISIT", "_TW"]
+
+
+def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, target_arm: str,
+                     results: list, owners: list[tuple[str, int]], visits: dict[str, list],
+                     manifest: dict) -> TwinRun:
+    """The contract's frames of the twins whose reply is valid (`results[i]` belongs to
+    `owners[i]` = (source, twin index)); fills the manifest's `failures`, `cancelled`,
+    `notes` and `counts`. Integer-valued parameters and event times stay whole numbers."""
+    kb = facts.kb
+    labels = manifest["trial"]["labels"]
+    ok: dict[tuple[str, int], Any] = {}
+    cancelled = 0
+    for (s, t), res in zip(owners, results):
+        if res.ok and res.reply is not None:
+            ok[(s, t)] = res.reply
+        elif res.reason == "cancelled":
+            cancelled += 1
+        else:
+            manifest["failures"].append({
+                "source": s, "twin_index": t, "reason": res.reason or "error",
+                "errors": [str(e)[:500] for e in res.errors][:5],
+                "attempts": res.attempts})
+    # the sources with at least one twin, in cohort order (their _SRC in every frame)
+    done_ids = [s for s in ids if any((s, t) in ok for t in range(1, k + 1))]
+    order = {s: i for i, s in enumerate(done_ids)}
+    failed = {(s, t) for s in done_ids for t in range(1, k + 1) if (s, t) not in ok}
+
+    visit_info = {(p, float(v.avisitn)): v for p, vs in visits.items() for v in vs}
+    rows: dict[str, list[tuple]] = {}
+    tte_rows: list[tuple] = []
+    for (s, t), reply in ok.items():
+        tid = twin_id(s, t)
+        for vv in reply.visits:
+            v = visit_info.get((vv.paramcd, float(vv.avisitn)))
+            if v is None:
+                continue
+            aval = float(vv.aval)
+            if facts.integer.get(vv.paramcd):
+                aval = float(round(aval))
+            ds = kb.parameters[vv.paramcd].dataset
+            rows.setdefault(ds, []).append(
+                (tid, s, vv.paramcd, aval, float(v.ady), float(v.avisitn), v.avisit, t))
+        for ev in reply.events:
+            aval = float(ev.aval)
+            if facts.tte_integer:
+                aval = float(max(1.0, math.ceil(aval - 1e-9)))
+            tte_rows.append((tid, s, ev.paramcd, aval, int(ev.cnsr), order[s], t))
+    generated = {name: [pd.DataFrame(rs, columns=_GENERATED)] for name, rs in rows.items()}
+    adsl, bds, _ = assemble_run(src, kb, done_ids, k, target_arm, generated, failed, labels)
+
+    tte = None
+    if kb.tte is not None:
+        tte = pd.DataFrame(tte_rows, columns=["USUBJID", "SRCSUBJID", "PARAMCD", "AVAL", "CNSR",
+                                              "_SRC", "_TW"])
+        qorder = {q: i for i, q in enumerate(kb.tte_parameters)}
+        tte["_Q"] = tte["PARAMCD"].map(qorder)
+        tte = tte.sort_values(["_SRC", "_TW", "_Q"], kind="stable")
+        tte["PARAM"] = tte["PARAMCD"].map(labels).fillna(tte["PARAMCD"])
+        tte = tte[TTE_COLUMNS].reset_index(drop=True)
+        tte["CNSR"] = tte["CNSR"].astype(int)
+
+    manifest["cancelled"] = cancelled > 0
+    if cancelled:
+        manifest["notes"].append(f"cancelled: {cancelled} of {len(owners)} twins were not "
+                                 "written; the finished twins are kept")
+    manifest["counts"] = run_counts(done_ids, len(ids), adsl, bds, tte, manifest["failures"],
+                                    twins_requested=len(owners), cancelled_twins=cancelled)
+    return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest)
