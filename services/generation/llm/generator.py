@@ -12,7 +12,9 @@ receives one JSON request (`services.generation.llm.TwinRequest`) with
   source itself is never among them) with their baselines, post-baseline trajectories and
   time-to-event outcomes;
 - with `hybrid=True`, a reference forecast: the mean of `reference_draws` twins of the offline
-  `local` generator for this patient (the model adds individual variability around it).
+  `local` generator for this patient (the model adds individual variability around it); a
+  reply value more than `fallback_sd` SD of those draws from their mean is implausible and
+  replaced by the twin's local draw (`replies`), so hybrid twins are not worse than local.
 
 It answers with a value at every scheduled visit of every longitudinal parameter and one
 (time, censoring) per time-to-event outcome. Replies are validated (complete, in range) and
@@ -82,7 +84,9 @@ class LLMGenerator(TwinGenerator):
     `allow_remote`: the user agreed that pseudonymised data may leave this machine;
     `use_cache`: reuse validated replies (TWINARM_HOME/llm_cache); `min_visit_subjects`: a
     visit is generated when at least that many target-arm patients have a value there (as the
-    local generator); `reference_draws`: local twins averaged for the reference forecast.
+    local generator); `reference_draws`: local twins averaged for the reference forecast;
+    `fallback_sd` (hybrid): replies farther than that many SD of the local draws from their
+    mean fall back to the local draw (None: keep every validated value).
 
     `settings` (an `LLMSettings`) or `secrets` (e.g. `dict(st.secrets)`) may be given; the API
     key stays in them and is never part of `get_params()` or the manifest.
@@ -101,6 +105,7 @@ class LLMGenerator(TwinGenerator):
                  max_retries: int | None = None, model: str | None = None,
                  allow_remote: bool = False, use_cache: bool = True,
                  min_visit_subjects: int = 10, reference_draws: int = 10,
+                 fallback_sd: float | None = 3.0,
                  settings: LLMSettings | None = None, secrets: Mapping[str, Any] | None = None,
                  cache_dir: str | None = None,
                  retriever_factory: Callable[[Trial], object] | None = None):
@@ -119,6 +124,9 @@ class LLMGenerator(TwinGenerator):
         self.use_cache = bool(use_cache)
         self.min_visit_subjects = int(min_visit_subjects)
         self.reference_draws = int(reference_draws)
+        if fallback_sd is not None and not float(fallback_sd) > 0:
+            raise GeneratorError("fallback_sd must be > 0 (or None)")
+        self.fallback_sd = None if fallback_sd is None else float(fallback_sd)
         overrides = {"model": self.model, "temperature": self.temperature,
                      "concurrency": self.concurrency, "timeout_s": self.timeout,
                      "max_retries": self.max_retries}
@@ -144,7 +152,7 @@ class LLMGenerator(TwinGenerator):
                 "timeout": self.timeout, "max_retries": self.max_retries, "model": self.model,
                 "allow_remote": self.allow_remote, "use_cache": self.use_cache,
                 "min_visit_subjects": self.min_visit_subjects,
-                "reference_draws": self.reference_draws}
+                "reference_draws": self.reference_draws, "fallback_sd": self.fallback_sd}
 
     def available(self) -> bool:
         """An endpoint is configured (an API key or a base URL), or the embedded model is
@@ -197,7 +205,9 @@ class LLMGenerator(TwinGenerator):
         if self.hybrid:
             from services.generation.local import LocalGenerator
 
-            self._local = LocalGenerator().fit(kb, retriever=retriever)
+            # the model writes every scheduled visit: the reference (and the fallback) covers
+            # them all, not only those before a local twin's simulated end of follow-up
+            self._local = LocalGenerator(truncate_at_followup=False).fit(kb, retriever=retriever)
         self._facts = TrialFacts(kb, self.min_visit_subjects)
 
     @property
@@ -272,11 +282,12 @@ class LLMGenerator(TwinGenerator):
 
         # reference forecast of the local generator (hybrid)
         reference: dict[str, dict[str, list]] = {}
+        local_draws: dict | None = None
         reference_s = 0.0
         if self._local is not None and visits and not is_cancelled(cancel):
             t_ref = time.perf_counter()
-            reference = local_reference(self._local, src, target_arm,
-                                        self.reference_draws, seed, cancel)
+            reference, local_draws = local_reference(self._local, src, target_arm,
+                                                     self.reference_draws, seed, cancel)
             reference_s = time.perf_counter() - t_ref
             manifest["reference"] = {"generator": "local", "draws": self.reference_draws,
                                      "settings": self._local.get_params()}
@@ -310,7 +321,8 @@ class LLMGenerator(TwinGenerator):
         if stopped:
             notes.append(f"the run stopped early: {stopped}")
 
-        run = assemble_replies(src, facts, ids, k, target_arm, results, owners, visits, manifest)
+        run = assemble_replies(src, facts, ids, k, target_arm, results, owners, visits, manifest,
+                               fallback=local_draws, fallback_sd=self.fallback_sd)
         manifest["llm"]["usage"] = usage.to_dict() if usage is not None else None
         manifest["llm"]["structured"] = structured
         manifest["estimated_cost_usd"] = usage.to_dict()["estimated_cost_usd"] if usage else 0.0

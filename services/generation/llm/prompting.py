@@ -226,13 +226,16 @@ class TrialFacts:
         return out
 
 
-def local_reference(local, src: Trial, target_arm: str, draws: int, seed: int, cancel) -> dict:
-    """{source: {PARAMCD: [[avisitn, mean], ...]}}: the mean of `draws` twins of the fitted
-    local generator `local` per source at each generated visit."""
+def local_reference(local, src: Trial, target_arm: str, draws: int, seed: int, cancel
+                    ) -> tuple[dict, dict[tuple[str, str, float], np.ndarray]]:
+    """The hybrid mode's forecast from the fitted local generator `local`: `draws` twins per
+    source. Returns ({source: {PARAMCD: [[avisitn, mean], ...]}}, the prompt's reference) and
+    {(source, PARAMCD, avisitn): the draws' values in twin order} (the fallback of implausible
+    replies, see `replies.assemble_replies`)."""
     ref_run = local.generate(src, target_arm, twins_per_patient=draws, seed=seed, cancel=cancel)
     vals = ref_run.values()
     if vals.empty:
-        return {}
+        return {}, {}
     means = vals.groupby(["SRCSUBJID", "PARAMCD", "AVISITN"], sort=False)["AVAL"].mean()
     out: dict[str, dict[str, list]] = {}
     for (s, p, a), m in means.items():
@@ -241,7 +244,11 @@ def local_reference(local, src: Trial, target_arm: str, draws: int, seed: int, c
     for per in out.values():
         for p in per:
             per[p].sort()
-    return out
+    # the run's records are in twin order within a (source, parameter, visit)
+    samples = {(str(s), str(p), float(a)): g.to_numpy(float) for (s, p, a), g in
+               vals.dropna(subset=["AVISITN"]).groupby(["SRCSUBJID", "PARAMCD", "AVISITN"],
+                                                       sort=False)["AVAL"]}
+    return out, samples
 
 
 def build_requests(facts: TrialFacts, src: Trial, ids: list[str], keys: dict[str, str], k: int,

@@ -1,12 +1,19 @@
 """The run's frames from the model's validated replies (the shared `assemble_run` builds the
 ADSL and BDS frames as for every generator); failed or cancelled twins are left out, failures
-listed in the manifest with their reasons."""
+listed in the manifest with their reasons.
+
+Hybrid mode falls back to the local generator where a reply is implausible: a value more
+than `fallback_sd` standard deviations of the local draws away from their mean (the local
+model's predictive spread for this patient and visit) is replaced by the twin's own local
+draw (draw t of twin t), so a confused model cannot make the twins worse than local alone.
+Values outside the plausible range never get here (validation rejects the reply)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from services.data.trial import Trial
@@ -19,10 +26,13 @@ _GENERATED = ["USUBJID", "SRCSUBJID", "PARAMCD", "AVAL", "ADY", "AVISITN", "AVIS
 
 def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, target_arm: str,
                      results: list, owners: list[tuple[str, int]], visits: dict[str, list],
-                     manifest: dict) -> TwinRun:
+                     manifest: dict, fallback: dict[tuple[str, str, float], np.ndarray] | None = None,
+                     fallback_sd: float | None = None) -> TwinRun:
     """The contract's frames of the twins whose reply is valid (`results[i]` belongs to
     `owners[i]` = (source, twin index)); fills the manifest's `failures`, `cancelled`,
-    `notes` and `counts`. Integer-valued parameters and event times stay whole numbers."""
+    `notes` and `counts`. Integer-valued parameters and event times stay whole numbers.
+    `fallback` (hybrid): the local draws per (source, PARAMCD, avisitn), see the module
+    docstring; the manifest's `llm.fallback` counts the values replaced."""
     kb = facts.kb
     labels = manifest["trial"]["labels"]
     ok: dict[tuple[str, int], Any] = {}
@@ -45,6 +55,15 @@ def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, targ
     visit_info = {(p, float(v.avisitn)): v for p, vs in visits.items() for v in vs}
     rows: dict[str, list[tuple]] = {}
     tte_rows: list[tuple] = []
+    checked = replaced = 0
+    replaced_twins: set[tuple[str, int]] = set()
+    limits: dict[tuple[str, str, float], tuple[float, float]] = {}
+    if fallback and fallback_sd is not None:
+        for key, draws in fallback.items():
+            if len(draws) >= 2 and np.isfinite(draws).all():
+                sd = float(np.std(draws, ddof=1))
+                if sd > 0:
+                    limits[key] = (float(np.mean(draws)), fallback_sd * sd)
     for (s, t), reply in ok.items():
         tid = twin_id(s, t)
         for vv in reply.visits:
@@ -52,6 +71,15 @@ def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, targ
             if v is None:
                 continue
             aval = float(vv.aval)
+            key = (s, vv.paramcd, float(vv.avisitn))
+            if key in limits:
+                checked += 1
+                mean, width = limits[key]
+                if abs(aval - mean) > width:
+                    draws = fallback[key]
+                    aval = float(draws[(t - 1) % len(draws)])
+                    replaced += 1
+                    replaced_twins.add((s, t))
             if facts.integer.get(vv.paramcd):
                 aval = float(round(aval))
             ds = kb.parameters[vv.paramcd].dataset
@@ -76,6 +104,16 @@ def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, targ
         tte = tte[TTE_COLUMNS].reset_index(drop=True)
         tte["CNSR"] = tte["CNSR"].astype(int)
 
+    if fallback_sd is not None and fallback is not None:
+        manifest["llm"]["fallback"] = {
+            "rule": f"|value - local mean| > {fallback_sd:g} SD of the local draws: the twin's "
+                    "local draw", "values_checked": checked, "values_replaced": replaced,
+            "twins_with_replacements": len(replaced_twins)}
+        if replaced:
+            manifest["notes"].append(
+                f"hybrid fallback: {replaced} of {checked} values from the model were implausible "
+                f"(> {fallback_sd:g} SD from the local forecast) and were replaced by the local "
+                f"generator's draw ({len(replaced_twins)} twins)")
     manifest["cancelled"] = cancelled > 0
     if cancelled:
         manifest["notes"].append(f"cancelled: {cancelled} of {len(owners)} twins were not "
