@@ -24,7 +24,7 @@ from services.generation.llm import LLMSettings
 from services.generation.llm.embedded import LlamaServer, embedded_available, free_port, model_path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "services" / "demo_data" / "epilepsy"
+DEMO = ROOT / "services" / "data" / "demo_data" / "epilepsy"
 CLI = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
 
 needs_model = pytest.mark.skipif(
