@@ -3,6 +3,8 @@
     .venv/bin/python bench/backtest.py                 # every bundled trial + CDISC pilot, 5 splits
     .venv/bin/python bench/backtest.py --seeds 2 --quick
     .venv/bin/python bench/backtest.py --trials pbc --chroma   # with the default Chroma retriever
+    .venv/bin/python bench/backtest.py --generator llm --trials epilepsy --seeds 2 --k 1 \
+        --held-out 4 --no-throughput          # the LLM generator (here: the embedded model)
 
 For every bundled trial (`services.data.demo.demo_names()`) and the CDISC pilot vitals (when
 `../shared/data/cdiscpilot01` exists), the control arm is split in half at random (`--folds 2`,
@@ -42,6 +44,14 @@ Last run (5 seeds, folds 2, K 20, exact retriever; means over seeds):
            share_params_rmse_met=0.857 share_params_coverage_met=1.000 sd_ratio_median=1.011
            km_ratio_median=0.982 cindex_twins=0.806 cindex_cox=0.806 twins_per_s_min=7836
 
+`--generator llm` backtests the LLM generator the same way (hybrid mode, no reply cache) on
+the endpoint of the environment (none: the embedded model, 13-25 s per twin), and the local
+generator on the very same held-out patients, splits and K: it prints the same figures for
+both and the RMSE of the LLM twins' mean relative to local's on the matched (patient,
+parameter, visit) values. `--held-out N` twins only the first N held-out patients of each
+fold (a random subset: the folds are random), for a generator that costs seconds per twin;
+the knowledge base stays the rest of the trial.
+
 ALP on the raw scale measures 0.926 but puts 2% of twins at the clip floor (36 U/L, real
 minimum 73): the generator keeps the log scale for it (rule: at most 1% clipped).
 """
@@ -65,10 +75,29 @@ sys.path.insert(0, str(ROOT / "bench"))
 import corpus
 
 from services.evaluation.backtest import COVERAGE_TARGET, RATIO_TARGET, backtest
-from services.generation import get_generator
+from services.generation import GENERATORS, get_generator, register
 
 
-def run_trial(trial, seeds, folds, k, settings, generator="local"):
+def held_out_limited(name: str, n: int | None) -> str:
+    """The registered generator `name`, or (bench only) a subclass registered as
+    `<name>-first<n>` that twins only the first `n` sources it is given."""
+    if not n:
+        return name
+    base = GENERATORS[name]
+
+    class FirstN(base):
+        def _generate(self, src, target_arm, k, seed, manifest, progress, cancel):
+            ids = [str(u) for u in src.subjects["USUBJID"]][:n]
+            return super()._generate(src.subset(ids), target_arm, k, seed, manifest, progress,
+                                     cancel)
+
+    key = f"{name}-first{n}"
+    FirstN.name = key
+    register(FirstN)
+    return key
+
+
+def run_trial(trial, seeds, folds, k, settings, generator="local", pairs_out=None):
     params, ttes, summaries = [], [], []
     t0 = time.perf_counter()
     for seed in seeds:
@@ -78,10 +107,25 @@ def run_trial(trial, seeds, folds, k, settings, generator="local"):
         if len(res.tte):
             ttes.append(res.tte.assign(seed=seed))
         summaries.append(res.summary)
+        if pairs_out is not None:
+            pairs_out.append(res.pairs.assign(seed=seed))
+            pairs_out[-1].attrs["manifests"] = res.manifests
     elapsed = time.perf_counter() - t0
     p = pd.concat(params, ignore_index=True) if params else pd.DataFrame()
     t = pd.concat(ttes, ignore_index=True) if ttes else pd.DataFrame()
     return p, t, summaries, elapsed
+
+
+def relative_rmse(pairs: list, reference_pairs: list) -> tuple[float, int]:
+    """RMSE of `pairs`' twin means over that of `reference_pairs` on the matched (seed, fold,
+    patient, parameter, visit) values, and how many were matched."""
+    keys = ["seed", "FOLD", "USUBJID", "PARAMCD", "AVISITN"]
+    a = pd.concat(pairs, ignore_index=True)[keys + ["OBSERVED", "PREDICTED"]]
+    b = pd.concat(reference_pairs, ignore_index=True)[keys + ["PREDICTED"]]
+    m = a.merge(b, on=keys, suffixes=("", "_REF")).dropna(subset=["PREDICTED", "PREDICTED_REF"])
+    sse = float(((m["PREDICTED"] - m["OBSERVED"]) ** 2).sum())
+    sse_ref = float(((m["PREDICTED_REF"] - m["OBSERVED"]) ** 2).sum())
+    return (float(np.sqrt(sse / sse_ref)) if sse_ref > 0 else float("nan")), len(m)
 
 
 def throughput(trial, settings, k=20, repeats=2):
@@ -178,6 +222,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                     help="a local generator setting (VALUE read as JSON), e.g. tte_neighbors=40")
+    ap.add_argument("--generator", default="local", choices=sorted(GENERATORS),
+                    help="generator to backtest (default local); another one is compared with "
+                         "local on the same held-out patients")
+    ap.add_argument("--held-out", type=int, default=None, metavar="N",
+                    help="twin only the first N held-out patients of each fold (default all)")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     seeds = list(range(2 if args.quick else args.seeds))
@@ -198,6 +247,15 @@ def main(argv=None) -> int:
     print("corpus split (fixed before tuning, bench/corpus.py): development "
           f"{', '.join(corpus.DEVELOPMENT)}; test {', '.join(corpus.TEST)}")
     result, speeds = {}, []
+    gen_name = held_out_limited(args.generator, args.held_out)
+    local_name = held_out_limited("local", args.held_out)
+    gen_settings = dict(settings)
+    if args.generator == "llm":
+        gen_settings["use_cache"] = False  # measure the model, not the cache
+    compare = args.generator != "local"
+    local_settings = dict(settings)
+    if args.held_out:  # backtest() sets this for "local" only, by name
+        local_settings["truncate_at_followup"] = False
     for label in chosen:
         params, events = [], []
         print(f"\n######## {label.upper()} trials")
@@ -208,19 +266,47 @@ def main(argv=None) -> int:
                 print(f"\n== {name}: not available here (../shared missing)")
                 continue
             trial = corpus.load(name)
-            p, t, _, elapsed = run_trial(trial, seeds, args.folds, k, settings)
+            gen_pairs, local_pairs = [], []
+            p, t, _, elapsed = run_trial(trial, seeds, args.folds, k,
+                                         local_settings if not compare else gen_settings,
+                                         gen_name, gen_pairs)
+            if compare or args.held_out:
+                print(f"\n{args.generator}: {args.held_out or 'all'} held-out patients per fold")
             par, ev = report_trial(trial, p, t, k, len(seeds), args.folds, elapsed)
+            if compare:
+                manifests = [m for pr in gen_pairs for m in pr.attrs.get("manifests", [])]
+                twins = sum(int((m.get("counts") or {}).get("twins", 0)) for m in manifests)
+                wanted = sum(int((m.get("counts") or {}).get("twins_requested", 0))
+                             for m in manifests)
+                fb = [((m.get("llm") or {}).get("fallback") or {}) for m in manifests]
+                replaced = sum(f.get("values_replaced", 0) for f in fb)
+                checked = sum(f.get("values_checked", 0) for f in fb)
+                print(f"   {args.generator}: {twins} of {wanted} twins written in {elapsed:.0f} s "
+                      f"({elapsed / max(twins, 1):.1f} s per twin, fits included); hybrid "
+                      f"fallback replaced {replaced} of {checked} values")
+                lp, lt, _, l_elapsed = run_trial(trial, seeds, args.folds, k, local_settings,
+                                                 local_name, local_pairs)
+                print("\nlocal on the same held-out patients, splits and K:")
+                report_trial(trial, lp, lt, k, len(seeds), args.folds, l_elapsed)
+                rel, n_matched = relative_rmse(gen_pairs, local_pairs)
+                print(f"   {args.generator} vs local: RMSE ratio {rel:.3f} on {n_matched} matched "
+                      "values (<= 1.02: hybrid not worse than local by more than 2 %)")
+                result[f"{name}_{args.generator}_vs_local_rmse"] = rel
+                result[f"{name}_{args.generator}_twins"] = twins
+                result[f"{name}_{args.generator}_s_per_twin"] = elapsed / max(twins, 1)
+                result[f"{name}_fallback_replaced"] = replaced
             if len(par):
                 params.append(par)
             if len(ev):
                 events.append(ev)
-            if not args.no_throughput:
+            if not args.no_throughput and not compare:
                 n, dt = throughput(trial, settings)
                 speeds.append(n / dt)
                 print(f"   throughput: {n} twins in {dt:.2f}s = {n / dt:,.0f} twins/s (whole run, K=20)")
-        figures = set_figures(label, params, events)
+        figures = set_figures(label if not compare else f"{label}_{args.generator}", params,
+                              events)
         print()
-        print_set(label, figures)
+        print_set(label if not compare else f"{label}_{args.generator}", figures)
         result.update(figures)
     if speeds:
         result["twins_per_s_min"] = float(min(speeds))

@@ -28,6 +28,12 @@ Last run (2 cores, K 10, 5 LLM runs):
     llm: 64 twins, concurrency 8, latency 0.2 s: 1.70-1.73 s vs ideal 1.60 s -> efficiency
          0.927-0.942 (median 0.937); own overhead 2-3 ms/twin
 
+Since the first call to a local endpoint runs alone (issue 16: it negotiates the structured
+output and measures the server, see `services/generation/llm/pacing.py`), the scripted server
+loses one 200 ms call of the ideal 1.6 s: median 0.80 (best 0.83) over 5 runs, own overhead
+25-29 ms/twin of which ~22 ms is lanes waiting for a slot during that first call. Against a
+real endpoint (seconds per call, many calls) that first call is a small share of the run.
+
 What took the LLM phase from 0.85 (median; 0.88 best) to 0.93, measured back to back:
 - the client's CPU per twin, which every lane waits for under the interpreter lock: the prompt
   is sanitised on a fast path and checked for dates once per distinct text (3.5 -> 1.5 ms);

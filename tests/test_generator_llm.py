@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from llm_server import ScriptedOpenAIServer, find_payload
+from llm_server import ScriptedOpenAIServer, find_payload, good_reply
 
 from services.data.loading import load_trial
 from services.generation import GENERATORS, GeneratorError, get_generator
@@ -283,3 +283,43 @@ def test_unavailable_without_an_endpoint(pbc, monkeypatch):
     with pytest.raises(GeneratorError, match="not an arm"):
         LLMGenerator(hybrid=False, settings=LLMSettings(base_url="http://127.0.0.1:9/v1")).fit(pbc) \
             .generate(pbc.subset(treated(pbc, 1)), "Aspirin")
+
+
+def test_hybrid_falls_back_to_the_local_draw_where_a_reply_is_implausible(pbc, hybrid_gen,
+                                                                         server):
+    """A value inside the plausible range but far from the local forecast (> 3 SD of the local
+    draws) is replaced by the twin's own local draw; the other values are the model's."""
+    def far_albumin(body):
+        reply = good_reply(body)
+        payload = find_payload(body)
+        if payload["patient"]["key"] == "P1":
+            hi = next(s["max"] for s in payload["required"]["visits"] if s["paramcd"] == "ALB")
+            for v in reply["visits"]:
+                if v["paramcd"] == "ALB":
+                    v["aval"] = hi  # the top of the plausible range: valid, implausible here
+        return reply
+
+    sources = treated(pbc, 2)
+    server.default = far_albumin
+    gen = hybrid_gen.with_endpoint(settings_for(server))
+    run = gen.generate(pbc.subset(sources), "Placebo", twins_per_patient=2, seed=4)
+    kept = hybrid_gen.with_endpoint(settings_for(server))
+    kept.fallback_sd = None
+    raw = kept.generate(pbc.subset(sources), "Placebo", twins_per_patient=2, seed=4)
+
+    ranges = gen.plausible_ranges("Placebo")
+    alb = lambda r: r.values().query("PARAMCD == 'ALB'").set_index(["USUBJID", "AVISITN"])["AVAL"]
+    new, old = alb(run), alb(raw)
+    p1 = new.index.get_level_values(0).str.startswith(sources[0])
+    assert (old[p1] == ranges["ALB"][1]).all()           # the model's values, kept as written
+    changed = new[p1] != old[p1]
+    assert changed.all() and (new[p1] < 5.0).all()       # replaced by local draws
+    assert (new[~p1] == old[~p1]).all()                  # plausible replies untouched
+    # each twin keeps its own local draw
+    t1 = new[new.index.get_level_values(0) == f"{sources[0]}-T1"].to_numpy()
+    t2 = new[new.index.get_level_values(0) == f"{sources[0]}-T2"].to_numpy()
+    assert not np.array_equal(t1, t2)
+    fb = run.manifest["llm"]["fallback"]
+    assert fb["twins_with_replacements"] == 2 and fb["values_replaced"] == changed.sum()
+    assert any("hybrid fallback" in n for n in run.manifest["notes"])
+    assert "fallback" not in raw.manifest["llm"] and run.manifest["settings"]["fallback_sd"] == 3.0

@@ -147,16 +147,17 @@ def test_rate_limit_bounded_then_fails(server, tmp_path):
 
 def test_timeout_fails_one_twin_others_succeed(server, tmp_path):
     server.hook = lambda body: "slow" if '"key":"P2"' in body["messages"][1]["content"] else None
-    server.slow_s = 3.0
+    server.slow_s = 60.0  # far longer than the run: the server is stopped before it answers
     reqs = [make_request(i) for i in range(1, 5)]
     with make_writer(server, tmp_path, timeout_s=1, max_retries=0) as w:
-        t0 = time.perf_counter()
         results = w.write_many(reqs)
-        elapsed = time.perf_counter() - t0
+        # the run did not wait for the slow reply: it is still being computed
+        assert server.in_flight == 1
     assert [r.request.source_key for r in results] == ["P1", "P2", "P3", "P4"]
     assert [r.ok for r in results] == [True, False, True, True]
     assert results[1].reason == "timeout" and "timeout" in results[1].errors[0]
-    assert elapsed < 2.5  # did not wait for the slow reply
+    assert results[1].attempts == 1 and results[1].reply is None
+    assert len(server.calls) == 4 and server.behaviours.count("slow") == 1  # not re-sent
     assert w.last_usage.failed == 1 and w.last_usage.ok == 3
 
 
@@ -453,11 +454,9 @@ def test_dead_endpoint_trips_the_breaker(tmp_path):
     w = LLMTwinWriter(LLMSettings(base_url=url, model="m", concurrency=8),
                       cache_dir=tmp_path / "cache")
     seen = []
-    t0 = time.perf_counter()
     with w:
         results = w.write_many([make_request(i) for i in range(1, 21)],
                                progress=lambda d, t: seen.append(d))
-    assert time.perf_counter() - t0 < 10
     assert not any(r.ok for r in results)
     assert sum(r.attempts for r in results) == 3  # three failures in a row, then stop
     assert {r.reason for r in results} == {"endpoint unreachable"}

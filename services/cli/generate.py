@@ -146,6 +146,30 @@ def _settings(args) -> dict:
     return settings
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {s:02d} s"
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m:02d} min"
+
+
+def progress_text(done: int, total: int, unit: str, elapsed_s: float, working_s: float) -> str:
+    """The progress line: `done/total unit (elapsed)`; when the unit is twins (one call per
+    twin, seconds each) also seconds per twin and the time left, from `working_s`, the time
+    since the generator reported its first progress (so not the fit or a model's start)."""
+    text = f"{done}/{total} {unit} ({elapsed_s:.0f} s"
+    if unit == "twins" and done > 0:
+        per = working_s / done
+        text += f", {per:.1f} s per twin"
+        if done < total:
+            text += f", about {_duration(per * (total - done))} left"
+    return text + ")"
+
+
 class _Progress:
     """A one-line progress indicator on stderr (only on a terminal)."""
 
@@ -153,17 +177,20 @@ class _Progress:
         self.enabled = enabled
         self.unit = unit
         self.t0 = time.perf_counter()
+        self.started: float | None = None  # the generator's first report
         self.last = 0.0
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
         now = time.perf_counter()
+        if self.started is None:
+            self.started = now
         if done < total and now - self.last < 0.5:
             return
         self.last = now
-        print(f"\r{done}/{total} {self.unit} ({now - self.t0:.0f} s)", end="", file=sys.stderr,
-              flush=True)
+        text = progress_text(done, total, self.unit, now - self.t0, now - self.started)
+        print(f"\r{text}\x1b[K", end="", file=sys.stderr, flush=True)
         if done >= total:
             print(file=sys.stderr, flush=True)
 

@@ -136,7 +136,7 @@ def assemble_run(src: Trial, kb: Trial, source_ids: list[str], k: int, target_ar
             if len(frame):
                 keep = [(s, int(i)) not in failed for s, i in zip(frame["SRCSUBJID"], frame["_TW"])]
                 base[name] = frame[keep]
-    order = {s: i for i, s in enumerate(source_ids)}
+    order = {s: i for i, s in enumerate(ok_ids)}      # the same order as the baseline copies
     gen = {}
     for name, frames in generated.items():
         g = pd.concat(frames, ignore_index=True)
@@ -144,7 +144,7 @@ def assemble_run(src: Trial, kb: Trial, source_ids: list[str], k: int, target_ar
         g["PARAM"] = g["PARAMCD"].map(labels).fillna(g["PARAMCD"])
         g["ABLFL"] = ""
         gen[name] = g
-    bds = assemble_bds(base, gen, source_ids)
+    bds = assemble_bds(base, gen, ok_ids)
     bds = {name: bds.get(name, pd.DataFrame(columns=BDS_COLUMNS)) for name in kb.bds}
     return adsl, bds, ok_ids
 

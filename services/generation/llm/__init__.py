@@ -5,7 +5,11 @@
 - :mod:`.prompt`: :class:`TwinRequest` (one twin, pseudonymous) and :func:`build_messages`.
 - :mod:`.schema`: :class:`TwinReply`, the strict JSON schema and :func:`validate_reply`.
 - :mod:`.cache`: :class:`ReplyCache`, validated replies on disk.
-- :mod:`.writer`: :class:`LLMTwinWriter` (bounded concurrency, retries, cache, fallback).
+- :mod:`.writer`: :class:`LLMTwinWriter` (bounded concurrency, retries, cache, fallback), with
+  :mod:`.results`, :mod:`.pacing`, :mod:`.structured`, :mod:`.attempts`, :mod:`.lanes`.
+- :mod:`.errors`: the exceptions (one :class:`LLMUnavailableError`, a ``GeneratorError``).
+- :mod:`.generator`: the `llm` generator, with :mod:`.availability`, :mod:`.facts`,
+  :mod:`.prompting` and :mod:`.replies`.
 """
 
 from .cache import ReplyCache, cache_key, default_cache_dir
@@ -26,16 +30,17 @@ from .settings import (
     load_secrets_file,
 )
 
-# The writer pulls in LangChain (slow to import): loaded on first use.
-_WRITER_NAMES = ("LLMTwinWriter", "LLMUnavailableError", "RemoteEndpointError", "RunUsage",
-                 "TwinResult")
+# The writer pulls in LangChain (slow to import): loaded on first use; so are the errors and
+# results (they import the generator base and the OpenAI client).
+_LAZY = {"LLMTwinWriter": "writer", "LLMUnavailableError": "errors",
+         "RemoteEndpointError": "errors", "RunUsage": "results", "TwinResult": "results"}
 
 
 def __getattr__(name: str):
-    if name in _WRITER_NAMES:
-        from . import writer
+    if name in _LAZY:
+        import importlib
 
-        return getattr(writer, name)
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [

@@ -12,7 +12,9 @@ receives one JSON request (`services.generation.llm.TwinRequest`) with
   source itself is never among them) with their baselines, post-baseline trajectories and
   time-to-event outcomes;
 - with `hybrid=True`, a reference forecast: the mean of `reference_draws` twins of the offline
-  `local` generator for this patient (the model adds individual variability around it).
+  `local` generator for this patient (the model adds individual variability around it); a
+  reply value more than `fallback_sd` SD of those draws from their mean is implausible and
+  replaced by the twin's local draw (`replies`), so hybrid twins are not worse than local.
 
 It answers with a value at every scheduled visit of every longitudinal parameter and one
 (time, censoring) per time-to-event outcome. Replies are validated (complete, in range) and
@@ -38,18 +40,11 @@ seed of each twin's call is derived from (seed, pseudonym, twin index). With the
 from __future__ import annotations
 
 import copy
-import hashlib
-import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from services.data.trial import Trial
-from services.generation.assembly import assemble_bds, baseline_records, twin_adsl
 from services.generation.base import (
     CancelLike,
     Capabilities,
@@ -59,150 +54,25 @@ from services.generation.base import (
     is_cancelled,
     retriever_manifest,
 )
-from services.generation.llm import (
-    PROMPT_VERSION,
-    LLMConfigError,
-    LLMSettings,
-    PrivacyError,
-    TwinRequest,
+from services.generation.llm.availability import (
+    EMBEDDED_MESSAGE,
+    UNAVAILABLE_MESSAGE,
+    check_endpoint,
+    consent_message,
+    llm_status,
 )
-from services.generation.llm.prompt import check_no_dates
-from services.generation.run import BDS_COLUMNS, TTE_COLUMNS, TwinRun, twin_id
+from services.generation.llm.errors import (
+    ConsentRequiredError,
+    LLMEndpointError,
+    LLMUnavailableError,
+    RemoteEndpointError,
+)
+from services.generation.llm.prompt import PROMPT_VERSION
+from services.generation.llm.prompting import TrialFacts, build_requests, local_reference
+from services.generation.llm.replies import assemble_replies
+from services.generation.llm.settings import LLMConfigError, LLMSettings
+from services.generation.run import TwinRun
 from services.retrieval.retriever import retriever_for
-
-UNAVAILABLE_MESSAGE = (
-    "LLM generator unavailable: set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (any "
-    "OpenAI-compatible server: vLLM, Ollama, llama.cpp, Azure) and optionally TWINARM_LLM_MODEL, "
-    "or use the local generator"
-)
-
-
-EMBEDDED_MESSAGE = (
-    "no endpoint configured: the embedded model (Gemma 3 270M on this CPU, for demos and "
-    "pipelines, not quality; about a minute per twin) is used")
-
-
-class LLMUnavailableError(GeneratorError):
-    """No LLM endpoint is configured."""
-
-
-class LLMEndpointError(GeneratorError):
-    """The endpoint could not be used at all (unreachable, authentication, no answer)."""
-
-
-class ConsentRequiredError(GeneratorError):
-    """Patient data would go to a non-local endpoint and the user has not agreed."""
-
-
-def consent_message(settings: LLMSettings) -> str:
-    from services.generation.llm.settings import redact_url
-
-    return (f"the LLM endpoint {redact_url(settings.effective_base_url)} is not on this machine: "
-            "pseudonymised baselines and neighbour trajectories would be sent to it. Give consent "
-            "first (--allow-remote on the command line, the consent box in the app, "
-            "allow_remote=True in code) or use a local endpoint")
-
-
-def llm_status(secrets: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
-    """Whether the `llm` generator can run with the environment (and `secrets`): a dict with
-    `available`, `local` (endpoint on this machine), `model`, `base_url` (redacted),
-    `message`; never the key. Bad settings give `available=False` with the reason."""
-    try:
-        s = LLMSettings.from_env(secrets, **overrides)
-    except LLMConfigError as exc:
-        return {"available": False, "local": False, "model": None, "base_url": None,
-                "message": f"LLM settings are invalid: {exc}"}
-    pub = s.public_dict()
-    if not s.available:
-        from services.generation.llm.embedded import MODEL_ALIAS, embedded_available
-
-        if embedded_available():
-            return {"available": True, "local": True, "model": MODEL_ALIAS, "base_url": None,
-                    "embedded": True, "message": EMBEDDED_MESSAGE}
-    return {"available": s.available, "local": s.is_local, "model": s.model,
-            "base_url": pub["base_url"] or (None if not s.available else s.effective_base_url),
-            "embedded": False, "message": "ok" if s.available else UNAVAILABLE_MESSAGE}
-
-
-# ------------------------------------------------------------------------------------------
-# small helpers
-
-
-def _number(x: Any) -> float | None:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _is_date_like(value: Any) -> bool:
-    try:
-        check_no_dates(value)
-    except PrivacyError:
-        return True
-    return False
-
-
-def _twin_seed(seed: int, key: str, index: int) -> int:
-    """Seed of one twin's call: a function of (run seed, pseudonym, twin index) only."""
-    digest = hashlib.blake2b(f"{int(seed)}|{key}|{int(index)}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 2_147_483_647
-
-
-class _Extremes:
-    """Smallest and largest value of a quantity with the subjects they come from, so that the
-    range *without* one subject is available in O(1) (the two lowest / highest distinct
-    subjects are kept)."""
-
-    def __init__(self, values: np.ndarray, owners: np.ndarray):
-        ok = np.isfinite(values)
-        values, owners = values[ok], owners[ok]
-        self.low: list[tuple[float, str]] = []
-        self.high: list[tuple[float, str]] = []
-        if len(values):
-            order = np.argsort(values, kind="stable")
-            self.low = self._two(values[order], owners[order])
-            self.high = self._two(values[order[::-1]], owners[order[::-1]])
-
-    @staticmethod
-    def _two(values, owners) -> list[tuple[float, str]]:
-        out: list[tuple[float, str]] = []
-        for v, o in zip(values, owners):
-            if not out or o != out[0][1]:
-                out.append((float(v), str(o)))
-            if len(out) == 2:
-                break
-        return out
-
-    def range(self, without: str | None = None) -> tuple[float | None, float | None]:
-        def pick(side):
-            for v, o in side:
-                if o != without:
-                    return v
-            return None
-        return pick(self.low), pick(self.high)
-
-
-def _widen(lo: float | None, hi: float | None) -> tuple[float | None, float | None]:
-    """The plausible range told to the model: observed range widened by half its span on each
-    side, not below 0 for a quantity never observed below 0."""
-    if lo is None or hi is None:
-        return lo, hi
-    span = hi - lo
-    if span <= 0:
-        span = abs(hi) or 1.0
-    wlo, whi = lo - span / 2, hi + span / 2
-    if lo >= 0:
-        wlo = max(0.0, wlo)
-    return wlo, whi
-
-
-def _round(x: float) -> float:
-    return float(f"{x:.6g}")
-
-
-# ------------------------------------------------------------------------------------------
 
 
 class LLMGenerator(TwinGenerator):
@@ -214,7 +84,9 @@ class LLMGenerator(TwinGenerator):
     `allow_remote`: the user agreed that pseudonymised data may leave this machine;
     `use_cache`: reuse validated replies (TWINARM_HOME/llm_cache); `min_visit_subjects`: a
     visit is generated when at least that many target-arm patients have a value there (as the
-    local generator); `reference_draws`: local twins averaged for the reference forecast.
+    local generator); `reference_draws`: local twins averaged for the reference forecast;
+    `fallback_sd` (hybrid): replies farther than that many SD of the local draws from their
+    mean fall back to the local draw (None: keep every validated value).
 
     `settings` (an `LLMSettings`) or `secrets` (e.g. `dict(st.secrets)`) may be given; the API
     key stays in them and is never part of `get_params()` or the manifest.
@@ -233,6 +105,7 @@ class LLMGenerator(TwinGenerator):
                  max_retries: int | None = None, model: str | None = None,
                  allow_remote: bool = False, use_cache: bool = True,
                  min_visit_subjects: int = 10, reference_draws: int = 10,
+                 fallback_sd: float | None = 3.0,
                  settings: LLMSettings | None = None, secrets: Mapping[str, Any] | None = None,
                  cache_dir: str | None = None,
                  retriever_factory: Callable[[Trial], object] | None = None):
@@ -251,6 +124,9 @@ class LLMGenerator(TwinGenerator):
         self.use_cache = bool(use_cache)
         self.min_visit_subjects = int(min_visit_subjects)
         self.reference_draws = int(reference_draws)
+        if fallback_sd is not None and not float(fallback_sd) > 0:
+            raise GeneratorError("fallback_sd must be > 0 (or None)")
+        self.fallback_sd = None if fallback_sd is None else float(fallback_sd)
         overrides = {"model": self.model, "temperature": self.temperature,
                      "concurrency": self.concurrency, "timeout_s": self.timeout,
                      "max_retries": self.max_retries}
@@ -266,8 +142,7 @@ class LLMGenerator(TwinGenerator):
         self._retriever_factory = retriever_factory
         self._kb: Trial | None = None
         self._local = None
-        self._lock = threading.Lock()
-        self._visits: dict[str, dict[str, list]] = {}
+        self._facts: TrialFacts | None = None
 
     # -- settings ------------------------------------------------------------------------
     def get_params(self) -> dict:
@@ -277,7 +152,7 @@ class LLMGenerator(TwinGenerator):
                 "timeout": self.timeout, "max_retries": self.max_retries, "model": self.model,
                 "allow_remote": self.allow_remote, "use_cache": self.use_cache,
                 "min_visit_subjects": self.min_visit_subjects,
-                "reference_draws": self.reference_draws}
+                "reference_draws": self.reference_draws, "fallback_sd": self.fallback_sd}
 
     def available(self) -> bool:
         """An endpoint is configured (an API key or a base URL), or the embedded model is
@@ -330,52 +205,10 @@ class LLMGenerator(TwinGenerator):
         if self.hybrid:
             from services.generation.local import LocalGenerator
 
-            self._local = LocalGenerator().fit(kb, retriever=retriever)
-        self._visits = {}
-
-        # observed values per parameter (baseline + scheduled visits), with their owners
-        base = kb.baseline_long
-        vv = kb.visit_values
-        self._extremes: dict[str, _Extremes] = {}
-        self._integer: dict[str, bool] = {}
-        for p in kb.parameters:
-            vals = np.concatenate([base.loc[base["PARAMCD"] == p, "AVAL"].to_numpy(float),
-                                   vv.loc[vv["PARAMCD"] == p, "AVAL"].to_numpy(float)])
-            owners = np.concatenate([base.loc[base["PARAMCD"] == p, "USUBJID"].to_numpy(object),
-                                     vv.loc[vv["PARAMCD"] == p, "USUBJID"].to_numpy(object)])
-            self._extremes[p] = _Extremes(vals, owners)
-            fin = vals[np.isfinite(vals)]
-            self._integer[p] = bool(len(fin)) and bool(np.all(np.abs(fin - np.round(fin)) < 1e-9))
-        self._tte_extremes: dict[str, _Extremes] = {}
-        self._tte_labels = {q: kb.tte_label(q) for q in kb.tte_parameters}
-        self._tte_integer = True
-        if kb.tte is not None:
-            for q in kb.tte_parameters:
-                g = kb.tte[kb.tte["PARAMCD"] == q]
-                self._tte_extremes[q] = _Extremes(g["AVAL"].to_numpy(float),
-                                                  g["USUBJID"].to_numpy(object))
-            t = kb.tte["AVAL"].to_numpy(float)
-            t = t[np.isfinite(t)]
-            self._tte_integer = bool(np.all(np.abs(t - np.round(t)) < 1e-9))
-
-        # covariates that may be shown to the model (no identifiers, no dates)
-        subj = kb.subjects
-        ids = set(subj["USUBJID"].astype(str))
-        self._covariates: list[str] = []
-        self._skipped_covariates: dict[str, str] = {}
-        for c, kind in kb.covariates.items():
-            if c not in subj.columns:
-                continue
-            col = subj[c].dropna()
-            text = col.astype(str)
-            if kind == "categorical" and len(col) >= 20 and text.nunique() > 0.9 * len(col):
-                self._skipped_covariates[c] = "almost one value per patient (an identifier?)"
-            elif text.isin(ids).any():
-                self._skipped_covariates[c] = "contains subject identifiers"
-            elif kind == "categorical" and any(_is_date_like(v) for v in text.unique()[:500]):
-                self._skipped_covariates[c] = "contains calendar dates"
-            else:
-                self._covariates.append(c)
+            # the model writes every scheduled visit: the reference (and the fallback) covers
+            # them all, not only those before a local twin's simulated end of follow-up
+            self._local = LocalGenerator(truncate_at_followup=False).fit(kb, retriever=retriever)
+        self._facts = TrialFacts(kb, self.min_visit_subjects)
 
     @property
     def retriever(self):
@@ -388,64 +221,35 @@ class LLMGenerator(TwinGenerator):
         _ = self.knowledge_base  # raises when not fitted
         return self._local
 
+    @property
+    def facts(self) -> TrialFacts:
+        """What the prompts say about the knowledge base (`prompting.TrialFacts`)."""
+        _ = self.knowledge_base  # raises when not fitted
+        return self._facts
+
     def visits(self, target_arm: str) -> dict[str, list]:
         """Scheduled post-baseline visits generated under `target_arm`: {PARAMCD: [Visit]},
         the visits where at least `min_visit_subjects` target-arm patients have a value."""
-        kb = self.knowledge_base
-        with self._lock:
-            if target_arm not in self._visits:
-                vv = kb.visit_values[kb.visit_values["ARM"] == target_arm]
-                out = {}
-                for p in kb.longitudinal_parameters:
-                    counts = vv[vv["PARAMCD"] == p].groupby("AVISITN")["USUBJID"].nunique()
-                    keep = [v for v in kb.schedule(p)
-                            if int(counts.get(v.avisitn, 0)) >= self.min_visit_subjects]
-                    if keep:
-                        out[p] = keep
-                self._visits[target_arm] = out
-            return self._visits[target_arm]
+        return self.facts.visits(target_arm)
 
     def data_dictionary(self, target_arm: str, without: str | None = None) -> list[dict]:
         """The data dictionary of the prompt: `[{paramcd, label, unit, min, max, visits}]`
         (observed range over the knowledge base, without the subject `without`)."""
-        kb = self.knowledge_base
-        out = []
-        for p, visits in self.visits(target_arm).items():
-            info = kb.parameters[p]
-            lo, hi = self._extremes[p].range(without)
-            entry = {"paramcd": p, "label": info.label, "unit": info.unit or None,
-                     "min": None if lo is None else _round(lo),
-                     "max": None if hi is None else _round(hi),
-                     "visits": [{"avisitn": v.avisitn, "avisit": v.avisit,
-                                 "ady": None if not math.isfinite(v.ady) else round(v.ady)}
-                                for v in visits]}
-            out.append(entry)
-        return out
+        return self.facts.data_dictionary(target_arm, without)
 
     def plausible_ranges(self, target_arm: str, without: str | None = None) -> dict[str, tuple]:
         """{PARAMCD: (lo, hi)} a reply must respect: the observed range (without `without`)
         widened by half its span each side, never below 0 for non-negative quantities."""
-        out = {}
-        for p in self.visits(target_arm):
-            lo, hi = _widen(*self._extremes[p].range(without))
-            if lo is not None and hi is not None:
-                out[p] = (_round(lo), _round(hi))
-        return out
+        return self.facts.plausible_ranges(target_arm, without)
 
     def tte_spec(self, without: str | None = None) -> list[dict]:
         """Time-to-event outcomes of the prompt: `[{paramcd, label, max_days}]`."""
-        _ = self.knowledge_base  # raises when not fitted
-        out = []
-        for q, ext in self._tte_extremes.items():
-            _, hi = ext.range(without)
-            out.append({"paramcd": q, "label": self._tte_labels.get(q, q),
-                        "max_days": None if hi is None else _round(hi)})
-        return out
+        return self.facts.tte_spec(without)
 
     # -- generate ------------------------------------------------------------------------
     def _generate(self, src: Trial, target_arm: str, k: int, seed: int, manifest: dict,
                   progress: ProgressFn | None, cancel: CancelLike) -> TwinRun:
-        kb = self.knowledge_base
+        facts = self.facts
         settings, embedded = self._endpoint_settings()
         manifest["model"] = settings.model
         manifest["prompt_version"] = PROMPT_VERSION
@@ -455,11 +259,11 @@ class LLMGenerator(TwinGenerator):
         if embedded is not None:
             manifest["llm"]["embedded"] = embedded
         notes = manifest["notes"]
-        for c, why in self._skipped_covariates.items():
+        for c, why in facts.skipped_covariates.items():
             notes.append(f"covariate {c} is not sent to the model: {why}")
 
         visits = self.visits(target_arm)
-        if not visits and not self._tte_extremes:
+        if not visits and not facts.tte_extremes:
             raise GeneratorError(f"nothing to generate under '{target_arm}': no parameter has a "
                                  f"scheduled visit with at least {self.min_visit_subjects} patients "
                                  "of that arm and there is no time-to-event outcome")
@@ -472,66 +276,33 @@ class LLMGenerator(TwinGenerator):
         neigh: dict[str, list] = {}
         for s in ids:
             neigh[s] = [h for h in hits.get(s, []) if str(h.usubjid) != s][: self.neighbors]
-        blocks = self._neighbour_blocks({str(h.usubjid) for hs in neigh.values() for h in hs},
+        blocks = facts.neighbour_blocks({str(h.usubjid) for hs in neigh.values() for h in hs},
                                         visits)
         retrieval_s = time.perf_counter() - t_ret
 
         # reference forecast of the local generator (hybrid)
         reference: dict[str, dict[str, list]] = {}
+        local_draws: dict | None = None
         reference_s = 0.0
         if self._local is not None and visits and not is_cancelled(cancel):
             t_ref = time.perf_counter()
-            reference = self._reference(src, target_arm, seed, cancel)
+            reference, local_draws = local_reference(self._local, src, target_arm,
+                                                     self.reference_draws, seed, cancel)
             reference_s = time.perf_counter() - t_ref
             manifest["reference"] = {"generator": "local", "draws": self.reference_draws,
                                      "settings": self._local.get_params()}
 
         # one request per twin
-        trial_info = self._trial_info(target_arm)
-        baseline = src.baseline
-        subj = src.subjects.set_index("USUBJID")
-        in_kb = set(kb.subjects["USUBJID"].astype(str))
-        requests: list[TwinRequest] = []
-        owners: list[tuple[str, int]] = []
-        for s in ids:
-            without = s if s in in_kb else None
-            dd = self.data_dictionary(target_arm, without)
-            ranges = self.plausible_ranges(target_arm, without)
-            tte = self.tte_spec(without)
-            covs = {}
-            for c in self._covariates:
-                v = subj.at[s, c] if c in subj.columns else None
-                if v is None or (isinstance(v, float) and not math.isfinite(v)) or pd.isna(v):
-                    continue
-                if isinstance(v, str) and _is_date_like(v):
-                    continue
-                covs[c] = v
-            values = {p: _round(float(baseline.at[s, p])) for p in kb.parameters
-                      if p in baseline.columns and pd.notna(baseline.at[s, p])}
-            nbs = []
-            for j, h in enumerate(neigh[s]):
-                block = dict(blocks[str(h.usubjid)])
-                nbs.append({"key": f"N{j + 1}", "similarity": round(float(h.similarity), 3),
-                            **block})
-            for t in range(1, k + 1):
-                requests.append(TwinRequest(
-                    source_key=keys[s], twin_index=t, target_arm=target_arm, trial=trial_info,
-                    data_dictionary=dd, plausible_ranges=ranges,
-                    baseline={"covariates": covs, "values": values}, neighbours=nbs, tte=tte,
-                    reference_forecast=reference.get(s), seed=_twin_seed(seed, keys[s], t)))
-                owners.append((s, t))
-                manifest["neighbours"][twin_id(s, t)] = [str(h.usubjid) for h in neigh[s]]
-        manifest["neighbour_similarity"] = {
-            s: [round(float(h.similarity), 4) for h in neigh[s]] for s in ids}
+        requests, owners = build_requests(facts, src, ids, keys, k, target_arm, seed, neigh,
+                                          blocks, reference, manifest)
 
         # the model writes the twins
-        from services.generation.llm.writer import LLMTwinWriter, RemoteEndpointError
-        from services.generation.llm.writer import LLMUnavailableError as _Unavailable
+        from services.generation.llm.writer import LLMTwinWriter
 
         try:
             writer = LLMTwinWriter(settings, cache_dir=self._cache_dir,
                                    allow_remote=self.allow_remote, use_cache=self.use_cache)
-        except _Unavailable:
+        except LLMUnavailableError:
             raise LLMUnavailableError(UNAVAILABLE_MESSAGE) from None
         except RemoteEndpointError:
             raise ConsentRequiredError(consent_message(settings)) from None
@@ -550,7 +321,8 @@ class LLMGenerator(TwinGenerator):
         if stopped:
             notes.append(f"the run stopped early: {stopped}")
 
-        run = self._assemble(src, kb, ids, k, target_arm, results, owners, visits, manifest)
+        run = assemble_replies(src, facts, ids, k, target_arm, results, owners, visits, manifest,
+                               fallback=local_draws, fallback_sd=self.fallback_sd)
         manifest["llm"]["usage"] = usage.to_dict() if usage is not None else None
         manifest["llm"]["structured"] = structured
         manifest["estimated_cost_usd"] = usage.to_dict()["estimated_cost_usd"] if usage else 0.0
@@ -578,169 +350,6 @@ class LLMGenerator(TwinGenerator):
                                   structured="json_mode")
         return settings, {"model": server.alias, "file": server.model.name,
                           "server": "llama_cpp.server"}
-
-    # -- pieces of generate -----------------------------------------------------------------
-    def _trial_info(self, target_arm: str) -> dict:
-        kb = self.knowledge_base
-        info = {"title": kb.title, "indication": kb.meta.indication,
-                "target_arm_description": kb.meta.arm_descriptions.get(target_arm, "")}
-        return {k: v for k, v in info.items() if v and not _is_date_like(str(v))}
-
-    def _neighbour_blocks(self, nids: set[str], visits: dict[str, list]) -> dict[str, dict]:
-        """Prompt block of each neighbour (without its key): covariates, baseline values,
-        trajectory at the generated visits, time-to-event outcomes."""
-        kb = self.knowledge_base
-        if not nids:
-            return {}
-        order = [u for u in kb.subjects["USUBJID"].astype(str) if u in nids]
-        sub = kb.subjects.set_index("USUBJID").loc[order]
-        base = kb.baseline.reindex(index=order)
-        vv = kb.visit_values
-        vv = vv[vv["USUBJID"].isin(nids)]
-        wanted = {(p, float(v.avisitn)) for p, vs in visits.items() for v in vs}
-        traj: dict[str, dict[str, list]] = {u: {} for u in order}
-        for u, p, a, val in zip(vv["USUBJID"], vv["PARAMCD"], vv["AVISITN"], vv["AVAL"]):
-            if (p, float(a)) in wanted and pd.notna(val):
-                traj[u].setdefault(p, []).append([float(a), _round(float(val))])
-        events: dict[str, dict] = {u: {} for u in order}
-        if kb.tte is not None:
-            tt = kb.tte[kb.tte["USUBJID"].isin(nids)]
-            for u, q, a, c in zip(tt["USUBJID"], tt["PARAMCD"], tt["AVAL"], tt["CNSR"]):
-                if pd.notna(a):
-                    events[u][q] = [_round(float(a)), int(c)]
-        out = {}
-        for u in order:
-            covs = {}
-            for c in self._covariates:
-                v = sub.at[u, c] if c in sub.columns else None
-                if v is None or pd.isna(v) or (isinstance(v, str) and _is_date_like(v)):
-                    continue
-                covs[c] = v
-            bl = {p: _round(float(base.at[u, p])) for p in base.columns if pd.notna(base.at[u, p])}
-            tr = {p: sorted(v) for p, v in traj[u].items()}
-            out[u] = {"covariates": covs, "baseline": bl, "trajectory": tr, "events": events[u]}
-        return out
-
-    def _reference(self, src: Trial, target_arm: str, seed: int, cancel) -> dict:
-        """{source: {PARAMCD: [[avisitn, mean], ...]}}: the mean of `reference_draws` local
-        twins per source at each generated visit."""
-        ref_run = self._local.generate(src, target_arm, twins_per_patient=self.reference_draws,
-                                       seed=seed, cancel=cancel)
-        vals = ref_run.values()
-        if vals.empty:
-            return {}
-        means = vals.groupby(["SRCSUBJID", "PARAMCD", "AVISITN"], sort=False)["AVAL"].mean()
-        out: dict[str, dict[str, list]] = {}
-        for (s, p, a), m in means.items():
-            if pd.notna(m) and pd.notna(a):
-                out.setdefault(str(s), {}).setdefault(p, []).append([float(a), _round(float(m))])
-        for per in out.values():
-            for p in per:
-                per[p].sort()
-        return out
-
-    def _assemble(self, src: Trial, kb: Trial, ids: list[str], k: int, target_arm: str,
-                  results: list, owners: list[tuple[str, int]], visits: dict[str, list],
-                  manifest: dict) -> TwinRun:
-        """The contract's frames from the validated replies; failed or cancelled twins are
-        left out (failures listed with their reasons)."""
-        labels = manifest["trial"]["labels"]
-        ok: dict[tuple[str, int], Any] = {}
-        cancelled = 0
-        for (s, t), res in zip(owners, results):
-            if res.ok and res.reply is not None:
-                ok[(s, t)] = res.reply
-            elif res.reason == "cancelled":
-                cancelled += 1
-            else:
-                manifest["failures"].append({
-                    "source": s, "twin_index": t, "reason": res.reason or "error",
-                    "errors": [str(e)[:500] for e in res.errors][:5],
-                    "attempts": res.attempts})
-        done_ids = [s for s in ids if any((s, t) in ok for t in range(1, k + 1))]
-        order = {s: i for i, s in enumerate(done_ids)}
-
-        covs = [c for c in src.subjects.columns if c in kb.covariates or c in src.covariates]
-        adsl = twin_adsl(src, done_ids, k, target_arm, covs)
-        keep = [(s, int(i)) in ok for s, i in zip(adsl["SRCSUBJID"], adsl["TWINIDX"])]
-        adsl = adsl[keep].reset_index(drop=True)
-
-        datasets: dict[str, list[str]] = {}
-        for p, info in kb.parameters.items():
-            datasets.setdefault(info.dataset, []).append(p)
-        base = baseline_records(src, done_ids, k, datasets, labels)
-        for name, frame in base.items():
-            if len(frame):
-                base[name] = frame[[(s, int(i)) in ok for s, i in
-                                    zip(frame["SRCSUBJID"], frame["_TW"])]]
-
-        visit_info = {(p, float(v.avisitn)): v for p, vs in visits.items() for v in vs}
-        rows: dict[str, list[tuple]] = {}
-        tte_rows: list[tuple] = []
-        for (s, t), reply in ok.items():
-            tid = twin_id(s, t)
-            for vv in reply.visits:
-                v = visit_info.get((vv.paramcd, float(vv.avisitn)))
-                if v is None:
-                    continue
-                aval = float(vv.aval)
-                if self._integer.get(vv.paramcd):
-                    aval = float(round(aval))
-                ds = kb.parameters[vv.paramcd].dataset
-                rows.setdefault(ds, []).append(
-                    (tid, s, vv.paramcd, aval, float(v.ady), float(v.avisitn), v.avisit,
-                     order[s], t))
-            for ev in reply.events:
-                aval = float(ev.aval)
-                if self._tte_integer:
-                    aval = float(max(1.0, math.ceil(aval - 1e-9)))
-                tte_rows.append((tid, s, ev.paramcd, aval, int(ev.cnsr), order[s], t))
-        gen = {}
-        cols = ["USUBJID", "SRCSUBJID", "PARAMCD", "AVAL", "ADY", "AVISITN", "AVISIT", "_SRC", "_TW"]
-        for name, rs in rows.items():
-            g = pd.DataFrame(rs, columns=cols)
-            g["PARAM"] = g["PARAMCD"].map(labels).fillna(g["PARAMCD"])
-            g["ABLFL"] = ""
-            gen[name] = g
-        bds = assemble_bds(base, gen, done_ids)
-        bds = {name: bds.get(name, pd.DataFrame(columns=BDS_COLUMNS)) for name in kb.bds}
-
-        tte = None
-        if kb.tte is not None:
-            tte = pd.DataFrame(tte_rows, columns=["USUBJID", "SRCSUBJID", "PARAMCD", "AVAL", "CNSR",
-                                                  "_SRC", "_TW"])
-            qorder = {q: i for i, q in enumerate(kb.tte_parameters)}
-            tte["_Q"] = tte["PARAMCD"].map(qorder)
-            tte = tte.sort_values(["_SRC", "_TW", "_Q"], kind="stable")
-            tte["PARAM"] = tte["PARAMCD"].map(labels).fillna(tte["PARAMCD"])
-            tte = tte[TTE_COLUMNS].reset_index(drop=True)
-            tte["CNSR"] = tte["CNSR"].astype(int)
-
-        manifest["cancelled"] = cancelled > 0
-        if cancelled:
-            manifest["notes"].append(f"cancelled: {cancelled} of {len(owners)} twins were not "
-                                     "written; the finished twins are kept")
-        manifest["counts"] = {
-            "sources": len(done_ids), "sources_requested": len(ids), "twins": len(adsl),
-            "twins_requested": len(owners), "cancelled_twins": cancelled,
-            "records": {name: len(f) for name, f in bds.items()},
-            "generated_records": {name: int((f["ABLFL"] != "Y").sum()) for name, f in bds.items()},
-            "tte_records": 0 if tte is None else len(tte),
-            "failures": len(manifest["failures"]),
-        }
-        return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest)
-
-
-def check_endpoint(settings: LLMSettings) -> dict[str, Any]:
-    """`{"ok", "models", "message"}` from the endpoint's model list (GET /models: no patient
-    data is sent, so no consent is needed); never raises."""
-    from services.generation.llm.writer import LLMTwinWriter
-
-    try:
-        with LLMTwinWriter(settings, allow_remote=True, use_cache=False) as writer:
-            return writer.check_endpoint()
-    except Exception as exc:  # noqa: BLE001 - any failure is the answer, shown to the user
-        return {"ok": False, "models": [], "message": f"{type(exc).__name__}: {exc}"}
 
 
 def _default_retriever(kb: Trial):

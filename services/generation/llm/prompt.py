@@ -102,7 +102,7 @@ class TwinRequest:
             return (_num_or_none(lo), _num_or_none(hi))
         for entry in self.data_dictionary:
             if entry.get("paramcd") == paramcd:
-                return _widen(_num_or_none(entry.get("min")), _num_or_none(entry.get("max")))
+                return widen_range(_num_or_none(entry.get("min")), _num_or_none(entry.get("max")))
         return (None, None)
 
     def required(self) -> dict[str, Any]:
@@ -205,7 +205,9 @@ def _num_or_none(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _widen(lo: float | None, hi: float | None) -> tuple[float | None, float | None]:
+def widen_range(lo: float | None, hi: float | None) -> tuple[float | None, float | None]:
+    """The plausible range told to the model: the observed range widened by half its span on
+    each side, not below 0 for a quantity never observed below 0."""
     if lo is None or hi is None:
         return (lo, hi)
     span = hi - lo

@@ -20,21 +20,19 @@ One :class:`TwinRequest` -> one chat completion -> one validated :class:`TwinRep
   Validated replies are cached on disk.
 - ``progress`` and ``cancel`` are called from the calling thread only (safe for Streamlit).
 - The API key is never logged, never put in results or usage summaries.
+
+The parts: :mod:`.results` (what a twin and a run produce), :mod:`.pacing` (rate limit, calls
+in flight, timeouts), :mod:`.structured` (structured-output negotiation), :mod:`.attempts`
+(one twin's retry loop, circuit breaker), :mod:`.lanes` (scheduling), :mod:`.errors`.
 """
+
 
 from __future__ import annotations
 
-import email.utils
-import gc
 import logging
-import queue
-import re
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -42,371 +40,48 @@ import httpx
 import openai
 from langchain_openai import ChatOpenAI
 
-from .cache import ReplyCache, cache_key
-from .prompt import PROMPT_VERSION, PrivacyError, TwinRequest, build_messages
-from .schema import (
-    TWIN_REPLY_JSON_SCHEMA,
-    TwinReply,
-    reply_token_budget,
-    response_format_json_mode,
-    response_format_json_schema,
-    validate_reply,
+from services.generation.llm.attempts import TwinAttempts
+from services.generation.llm.cache import ReplyCache, cache_key
+from services.generation.llm.errors import LLMUnavailableError, RemoteEndpointError, status_message
+from services.generation.llm.lanes import cancel_checker, run_lanes
+from services.generation.llm.pacing import (
+    FIRST_CALL_S_PER_TOKEN,
+    FIRST_CALL_TIMEOUT_S,
+    Pacer,
+    RateLimiter,
+    Tripped,
 )
-from .settings import LLMSettings, redact_url
+from services.generation.llm.prompt import PROMPT_VERSION, TwinRequest, build_messages
+from services.generation.llm.results import (
+    CACHED,
+    CANCELLED,
+    ERROR,
+    INVALID,
+    OK,
+    RATE_LIMITED,
+    REFUSED,
+    REJECTED,
+    TIMEOUT,
+    UNREACHABLE,
+    Prepared,
+    RunUsage,
+    TwinResult,
+)
+from services.generation.llm.schema import TWIN_REPLY_JSON_SCHEMA, validate_reply
+from services.generation.llm.settings import LLMSettings, redact_url
+from services.generation.llm.structured import StructuredMode, content_text
+from services.generation.llm.structured import max_tokens as reply_max_tokens
 
 log = logging.getLogger("twinarm.llm")
 
-# reasons (TwinResult.reason)
-OK, CACHED = "ok", "cached"
-TIMEOUT, RATE_LIMITED, INVALID = "timeout", "rate limited", "invalid reply"
-CANCELLED, REFUSED, REJECTED, ERROR = "cancelled", "refused", "rejected", "error"
-UNREACHABLE = "endpoint unreachable"
-
-# before any reply, a call to a local endpoint may take this long (a small model on a small
-# CPU: about a minute per twin), or longer when the reply may be long (seconds per token)
-FIRST_CALL_TIMEOUT_S = 300.0
-FIRST_CALL_S_PER_TOKEN = 0.35
-# OpenAI reasoning models: their hidden reasoning counts against max_completion_tokens
-_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
-
-# structured-output ladder used in "auto" mode
-_MODES = ("json_schema", "json_mode", "plain")
+__all__ = [
+    "CACHED", "CANCELLED", "ERROR", "FIRST_CALL_S_PER_TOKEN", "FIRST_CALL_TIMEOUT_S", "INVALID",
+    "OK", "RATE_LIMITED", "REFUSED", "REJECTED", "TIMEOUT", "UNREACHABLE", "LLMTwinWriter",
+    "LLMUnavailableError", "RemoteEndpointError", "RunUsage", "TwinResult",
+]
 
 
-class LLMUnavailableError(RuntimeError):
-    """No endpoint is configured."""
-
-
-class RemoteEndpointError(PermissionError):
-    """Patient data would leave this machine and the user has not agreed."""
-
-
-@dataclass
-class TwinResult:
-    """Outcome of one twin.
-
-    ``attempts``: HTTP calls made for it in this run (0 when cached). Tokens are those spent in
-    this run (0 when cached). ``errors``: why it failed (empty when ``ok``); ``notes``: problems
-    of earlier attempts that a retry fixed. ``seconds`` = ``http_seconds`` (waiting on the
-    endpoint, including the client library) + ``wait_seconds`` (rate limit, Retry-After) + own
-    overhead.
-    """
-
-    request: TwinRequest
-    ok: bool
-    reply: TwinReply | None = None
-    errors: list[str] = field(default_factory=list)
-    attempts: int = 0
-    cached: bool = False
-    input_tokens: int = 0
-    output_tokens: int = 0
-    seconds: float = 0.0
-    reason: str = ""
-    http_seconds: float = 0.0
-    wait_seconds: float = 0.0
-    structured: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def overhead_seconds(self) -> float:
-        return max(0.0, self.seconds - self.http_seconds - self.wait_seconds)
-
-    def to_manifest(self) -> dict[str, Any]:
-        """Summary for a manifest (no reply values, no identifiers beyond the pseudonym)."""
-        return {
-            "source_key": self.request.source_key,
-            "twin_index": self.request.twin_index,
-            "ok": self.ok,
-            "reason": self.reason,
-            "errors": list(self.errors),
-            "attempts": self.attempts,
-            "cached": self.cached,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "seconds": round(self.seconds, 3),
-            "structured": self.structured,
-        }
-
-
-@dataclass
-class RunUsage:
-    """Summary of one :meth:`LLMTwinWriter.write_many` run."""
-
-    model: str
-    base_url: str | None
-    prompt_version: str
-    structured: str
-    twins: int = 0
-    ok: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    calls: int = 0
-    cache_hits: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    estimated_cost_usd: float = 0.0
-    wall_seconds: float = 0.0
-    http_seconds: float = 0.0
-    wait_seconds: float = 0.0
-    overhead_seconds: float = 0.0
-    reasons: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def from_results(
-        cls, results: list[TwinResult], settings: LLMSettings, structured: str,
-        wall_seconds: float, scheduling_seconds: float = 0.0,
-    ) -> RunUsage:
-        u = cls(
-            model=settings.model,
-            base_url=redact_url(settings.base_url),
-            prompt_version=PROMPT_VERSION,
-            structured=structured,
-            twins=len(results),
-            wall_seconds=wall_seconds,
-        )
-        for r in results:
-            u.ok += r.ok
-            u.cancelled += r.reason == CANCELLED
-            u.calls += r.attempts
-            u.cache_hits += r.cached
-            u.input_tokens += r.input_tokens
-            u.output_tokens += r.output_tokens
-            u.http_seconds += r.http_seconds
-            u.wait_seconds += r.wait_seconds
-            u.overhead_seconds += r.overhead_seconds
-        u.overhead_seconds += scheduling_seconds
-        u.failed = u.twins - u.ok - u.cancelled
-        u.reasons = dict(Counter(r.reason for r in results))
-        u.estimated_cost_usd = settings.estimate_cost(u.input_tokens, u.output_tokens)
-        return u
-
-    @property
-    def overhead_ms_per_twin(self) -> float:
-        return 1000 * self.overhead_seconds / self.twins if self.twins else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["overhead_ms_per_twin"] = round(self.overhead_ms_per_twin, 3)
-        for k in ("wall_seconds", "http_seconds", "wait_seconds", "overhead_seconds"):
-            d[k] = round(d[k], 4)
-        d["estimated_cost_usd"] = round(d["estimated_cost_usd"], 6)
-        return d
-
-
-class _Cancelled(Exception):
-    pass
-
-
-class _Tripped(Exception):
-    """The circuit breaker tripped: no more calls in this run."""
-
-
-@dataclass
-class _Prepared:
-    """What a twin needs before its first call (see :meth:`LLMTwinWriter._prepare`)."""
-
-    messages: list[tuple[str, str]]
-    key: str
-    cached: TwinReply | None = None
-
-
-class _RateLimiter:
-    """Token bucket (requests per minute, ~1 s of burst) plus a shared pause after a 429."""
-
-    def __init__(self, rpm: float | None) -> None:
-        self.rate = rpm / 60.0 if rpm else None
-        self.capacity = max(1.0, self.rate) if self.rate else 0.0
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-        self.pause_until = 0.0
-        self.lock = threading.Lock()
-
-    def pause(self, seconds: float) -> None:
-        with self.lock:
-            self.pause_until = max(self.pause_until, time.monotonic() + seconds)
-
-    def acquire(self, stop: threading.Event) -> float:
-        """Block until a call may start; returns seconds waited. Raises _Cancelled."""
-        waited = 0.0
-        while True:
-            with self.lock:
-                now = time.monotonic()
-                if now < self.pause_until:
-                    delay = self.pause_until - now
-                elif self.rate is None:
-                    return waited
-                else:
-                    self.tokens = min(
-                        self.capacity, self.tokens + (now - self.updated) * self.rate
-                    )
-                    self.updated = now
-                    if self.tokens >= 1.0:
-                        self.tokens -= 1.0
-                        return waited
-                    delay = (1.0 - self.tokens) / self.rate
-            t = time.perf_counter()
-            if stop.wait(delay):
-                raise _Cancelled
-            waited += time.perf_counter() - t
-
-
-class _Pacer:
-    """How many calls may be in flight and how long one may take, learned from the endpoint.
-
-    - The first call to a local endpoint runs alone: it negotiates the structured-output mode
-      and measures the server. While it runs, ``GET /models`` is asked once: a server that
-      answers it only after the completion (llama-cpp-python holds one lock for both) serves
-      one request at a time, and the run keeps one call in flight. Otherwise (and for remote
-      endpoints from the start) up to ``concurrency`` calls are in flight.
-    - Timeouts follow the observed latency: before any reply, a local endpoint gets
-      ``max(timeout_s, first_call_timeout_s)`` (a small CPU model takes a minute per twin);
-      then ``max(timeout_s, 3 x the slowest seconds per call and slot x slots in use)``. Each
-      timeout doubles that (the server was slower than measured) and drops to one call in
-      flight.
-    - ``max_connection_failures`` connection failures in a row (no HTTP answer at all) trip
-      the breaker: the run stops with one message naming the endpoint.
-    """
-
-    def __init__(self, settings: LLMSettings, first_call_timeout_s: float) -> None:
-        self.settings = settings
-        self.max_limit = max(1, settings.concurrency)
-        self.limit = 1 if settings.is_local else self.max_limit
-        self.warmed = not settings.is_local  # local: wait for the first reply
-        self.one_slot: bool | None = None
-        self.in_flight = 0
-        self.cond = threading.Condition()
-        self.first_timeout = max(settings.timeout_s, first_call_timeout_s
-                                 if settings.is_local else settings.timeout_s)
-        self.per_slot_s: float | None = None  # slowest observed seconds per call per slot
-        self.first_latency_s: float | None = None
-        self.slow_factor = 1.0
-        self.conn_failures = 0
-        self.timeouts_in_a_row = 0
-
-    # -- slots ------------------------------------------------------------------------------
-    def acquire(self, stop: threading.Event) -> int:
-        """Wait for a free slot; returns the number of calls in flight including this one."""
-        with self.cond:
-            while self.in_flight >= self.limit:
-                if stop.is_set():
-                    raise _Cancelled
-                self.cond.wait(0.1)
-            if stop.is_set():
-                raise _Cancelled
-            self.in_flight += 1
-            return self.in_flight
-
-    def release(self) -> None:
-        with self.cond:
-            self.in_flight -= 1
-            self.cond.notify_all()
-
-    def timeout(self) -> float:
-        with self.cond:
-            if self.per_slot_s is None:
-                t = self.first_timeout
-            else:
-                t = max(self.settings.timeout_s, 3.0 * self.per_slot_s * self.limit)
-            return min(t * self.slow_factor, 3600.0)
-
-    # -- what the endpoint showed -----------------------------------------------------------
-    def answered(self, seconds: float, in_flight: int, completed: bool = True) -> None:
-        """An HTTP answer came back after ``seconds`` with ``in_flight`` calls in flight;
-        ``completed``: a chat completion (not an error status, which says nothing of speed)."""
-        with self.cond:
-            self.conn_failures = 0
-            if not completed:
-                return
-            self.timeouts_in_a_row = 0
-            per = seconds / max(1, in_flight)
-            if self.first_latency_s is None:
-                self.first_latency_s = seconds
-            self.per_slot_s = per if self.per_slot_s is None else max(self.per_slot_s, per)
-            if not self.warmed:
-                self.warmed = True
-                self.limit = 1 if self.one_slot else self.max_limit
-            self.cond.notify_all()
-
-    def saw_one_slot(self, one_slot: bool) -> None:
-        with self.cond:
-            if self.one_slot is None:
-                self.one_slot = one_slot
-                if one_slot:
-                    self.limit = 1
-                    self.max_limit = 1
-                    log.info("the endpoint serves one request at a time: one call in flight")
-
-    def timed_out(self) -> int:
-        with self.cond:
-            self.slow_factor = min(self.slow_factor * 2.0, 16.0)
-            self.limit = 1
-            self.timeouts_in_a_row += 1
-            return self.timeouts_in_a_row
-
-    def connection_failed(self) -> int:
-        with self.cond:
-            self.conn_failures += 1
-            return self.conn_failures
-
-
-def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
-    headers = getattr(getattr(exc, "response", None), "headers", None)
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        return max(0.0, float(ra))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(ra)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _status_message(exc: openai.APIStatusError) -> str:
-    msg = getattr(exc, "message", None) or str(exc)
-    msg = " ".join(str(msg).split())
-    return msg[:300]
-
-
-def _is_response_format_rejection(exc: Exception) -> bool:
-    """A 4xx/5xx whose message names the structured-output request. Servers differ in the
-    status: OpenAI-style 400, FastAPI's 422, llama-cpp-python's 500 (its request validation
-    error is wrapped as an internal error)."""
-    if not isinstance(exc, openai.APIStatusError) or exc.status_code in (401, 403, 404, 429):
-        return False
-    text = f"{getattr(exc, 'message', '')} {getattr(exc, 'body', '')} {getattr(exc, 'param', '')}"
-    text = text.lower()
-    return any(s in text for s in ("response_format", "json_schema", "json_object",
-                                   "structured output", "response format"))
-
-
-def _content_text(message: Any) -> str:
-    content = getattr(message, "content", message)
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict) and isinstance(block.get("text"), str):
-                parts.append(block["text"])
-        return "".join(parts)
-    return str(content)
-
-
-class LLMTwinWriter:
+class LLMTwinWriter(TwinAttempts):
     """Generates twins from :class:`TwinRequest` objects with bounded concurrency.
 
     ``cache_dir``: where the reply cache lives (default ``TWINARM_HOME/llm_cache``);
@@ -437,11 +112,11 @@ class LLMTwinWriter:
         self.settings = settings
         self.allow_remote = allow_remote
         self.cache = ReplyCache(cache_dir) if use_cache else None
-        self._mode_lock = threading.Lock()
-        self._mode = "json_mode" if settings.structured == "json_mode" else "json_schema"
-        self._limiter = _RateLimiter(settings.requests_per_minute)
+        self._structured = StructuredMode(settings)
+        self._fatal_lock = threading.Lock()
+        self._limiter = RateLimiter(settings.requests_per_minute)
         self._fatal: str | None = None
-        self._pacer = _Pacer(settings, FIRST_CALL_TIMEOUT_S)
+        self._pacer = Pacer(settings, FIRST_CALL_TIMEOUT_S)
         self._http_client: httpx.Client | None = None
         kwargs: dict[str, Any] = {}
         if settings.is_local:
@@ -475,7 +150,11 @@ class LLMTwinWriter:
     @property
     def structured_mode(self) -> str:
         """The structured-output mode currently used: json_schema, json_mode or plain."""
-        return self._mode
+        return self._structured.current
+
+    @property
+    def _mode(self) -> str:
+        return self._structured.current
 
     def __repr__(self) -> str:
         return f"LLMTwinWriter({self.settings!r}, allow_remote={self.allow_remote})"
@@ -499,7 +178,7 @@ class LLMTwinWriter:
             models = [m.id for m in page.data]
         except openai.APIStatusError as exc:
             return {"ok": False, "models": [],
-                    "message": f"HTTP {exc.status_code}: {_status_message(exc)}"}
+                    "message": f"HTTP {exc.status_code}: {status_message(exc)}"}
         except openai.APIError as exc:
             return {"ok": False, "models": [], "message": f"{type(exc).__name__}: {exc}"}
         msg = "ok"
@@ -520,116 +199,20 @@ class LLMTwinWriter:
         reqs = list(requests)
         n = len(reqs)
         t0 = time.perf_counter()
-        results: list[TwinResult | None] = [None] * n
         stop = threading.Event()
-        is_cancelled = _cancel_checker(cancel)
+        is_cancelled = cancel_checker(cancel)
         log.info(
             "LLM run: %d twins, model=%s, endpoint=%s, concurrency=%d",
             n, self.settings.model, redact_url(self.settings.effective_base_url),
             self.settings.concurrency,
         )
-        sched = 0.0  # own time in this thread outside waits
-        done = 0  # twins written (failed twins are not progress)
         if reqs and not self._pacer.warmed:
             budget = max((self._max_tokens(r) or 0) for r in reqs)
             self._pacer.first_timeout = max(self._pacer.first_timeout,
                                             FIRST_CALL_S_PER_TOKEN * budget)
-        if progress is not None and n:
-            progress(0, n)
         workers = max(1, min(self.settings.concurrency, n))
-        # Each worker is a lane that takes the next twin itself as soon as its previous one
-        # is done: no hand-off through this thread between two calls, whose wake-ups would
-        # wait on the interpreter lock. This thread reports progress, watches cancel and, in
-        # the time the lanes wait on the endpoint, prepares the prompts of the next twins
-        # (`_prepare`) so that a lane sends its next request as soon as a reply is in.
-        claim = threading.Lock()
-        next_i = 0
-        prepared: list[_Prepared | None] = [None] * n
-        finished: queue.SimpleQueue[tuple[int, TwinResult]] = queue.SimpleQueue()
-
-        def lane() -> None:
-            nonlocal next_i
-            while not stop.is_set():
-                with claim:
-                    i = next_i
-                    if i >= n:
-                        return
-                    next_i += 1
-                    ready, prepared[i] = prepared[i], None
-                try:
-                    res = self._run_one(reqs[i], stop, ready)
-                except Exception as exc:  # noqa: BLE001  (_run_one catches already)
-                    res = TwinResult(reqs[i], ok=False, reason=ERROR,
-                                     errors=[f"{type(exc).__name__}: {exc}"])
-                finished.put((i, res))
-
-        def prepare_ahead() -> bool:
-            """Prepare one twin that no lane has taken yet, at most `workers` ahead."""
-            nonlocal ahead
-            with claim:
-                ahead = max(ahead, next_i)
-                if ahead >= min(n, next_i + workers):
-                    return False
-                i = ahead
-                ahead += 1
-            try:
-                ready = self._prepare(reqs[i])
-            except Exception:  # noqa: BLE001  (the lane redoes it and reports the error)
-                return True
-            with claim:
-                if i >= next_i:  # a lane that took it meanwhile prepared it itself
-                    prepared[i] = ready
-            return True
-
-        ahead = 0
-        if is_cancelled():
-            stop.set()
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="twinarm-llm")
-        lanes = [pool.submit(lane) for _ in range(workers if n else 0)]
-        completed = not lanes
-        # A full collection of the whole heap (the trial, the libraries: ~10^5 objects in the
-        # app) stops every lane for ~0.15 s; during the run only new objects are collected.
-        gc.freeze()
-        try:
-            while not completed:
-                ts = time.perf_counter()
-                if not stop.is_set() and is_cancelled():
-                    stop.set()
-                try:
-                    item: tuple[int, TwinResult] | None = finished.get_nowait()
-                except queue.Empty:
-                    item = None
-                    if not stop.is_set() and prepare_ahead():
-                        sched += time.perf_counter() - ts
-                        continue
-                    sched += time.perf_counter() - ts
-                    try:
-                        item = finished.get(timeout=0.1)
-                    except queue.Empty:
-                        item = None
-                    ts = time.perf_counter()
-                got = 0
-                while item is not None:
-                    results[item[0]] = item[1]
-                    got += 1
-                    done += bool(item[1].ok)
-                    try:
-                        item = finished.get_nowait()
-                    except queue.Empty:
-                        item = None
-                # a lane queues its results before it ends: all ended + queue empty = complete
-                completed = all(f.done() for f in lanes) and finished.empty()
-                sched += time.perf_counter() - ts
-                if got and progress is not None:
-                    progress(done, n)
-        finally:
-            if not completed:  # progress or cancel raised: stop, keep what is done
-                stop.set()
-            pool.shutdown(wait=True)
-            gc.unfreeze()
-            while not finished.empty():
-                i, res = finished.get_nowait()
-                results[i] = res
+        results, sched = run_lanes(reqs, workers, self._run_one, self._prepare, stop,
+                                   is_cancelled, progress)
         out: list[TwinResult] = []
         for i, r in enumerate(results):
             if r is None:
@@ -648,39 +231,9 @@ class LLMTwinWriter:
         )
         return out
 
-    # -- one twin -----------------------------------------------------------------------------
-    def _response_format(self, mode: str, request: TwinRequest | None = None
-                         ) -> dict[str, Any] | None:
-        if mode == "json_schema":
-            return response_format_json_schema()
-        if mode == "json_mode":
-            # with the request's own schema for servers that turn it into a grammar
-            # (llama.cpp, llama-cpp-python); the OpenAI cloud gets plain JSON mode
-            return response_format_json_mode(None if self.settings.is_openai_cloud else request)
-        return None
-
+    # -- one call -----------------------------------------------------------------------------
     def _max_tokens(self, request: TwinRequest) -> int | None:
-        s = self.settings
-        if s.max_tokens is not None:
-            return s.max_tokens
-        if s.is_openai_cloud and _REASONING_MODEL.match(s.model.lower()):
-            return None  # reasoning tokens count against the bound: leave it to the service
-        return reply_token_budget(request)
-
-    def _downgrade(self, used: str) -> bool:
-        """After a rejection of ``used``: move down the ladder (auto mode only)."""
-        if self.settings.structured != "auto":
-            return False
-        with self._mode_lock:
-            if self._mode != used:  # another thread already moved on
-                return True
-            i = _MODES.index(used)
-            if i + 1 >= len(_MODES):
-                return False
-            self._mode = _MODES[i + 1]
-            log.info("endpoint %s rejected response_format %s; using %s for this run",
-                     redact_url(self.settings.effective_base_url), used, self._mode)
-            return True
+        return reply_max_tokens(self.settings, request)
 
     def _call(self, messages: list[tuple[str, str]], seed: int | None, mode: str,
               request: TwinRequest | None = None, max_tokens: int | None = None,
@@ -689,7 +242,7 @@ class LLMTwinWriter:
         extra: dict[str, Any] = {}
         if seed is not None:
             kwargs["seed"] = int(seed)
-        rf = self._response_format(mode, request)
+        rf = self._structured.response_format(mode, request)
         if rf is not None:
             # The same JSON on the wire as `response_format=rf`, but passed through untouched:
             # given as a parameter, the OpenAI client walks the whole schema with its type
@@ -708,7 +261,7 @@ class LLMTwinWriter:
             kwargs["timeout"] = float(timeout)
         msg = self._llm.invoke(messages, **kwargs)
         refusal = (getattr(msg, "additional_kwargs", None) or {}).get("refusal")
-        text = _content_text(msg)
+        text = content_text(msg)
         usage = getattr(msg, "usage_metadata", None) or {}
         finish = (getattr(msg, "response_metadata", None) or {}).get("finish_reason")
         return text, refusal, int(usage.get("input_tokens") or 0), int(
@@ -729,7 +282,7 @@ class LLMTwinWriter:
 
     def _probe_slots(self, call_done: threading.Event, call_end: list[float]) -> None:
         """While the first call is in flight: does ``GET /models`` wait for it? (see
-        :class:`_Pacer`)."""
+        :class:`Pacer`)."""
         if call_done.wait(0.3):
             return  # a fast call: nothing to learn, nothing to fear
         t0 = time.monotonic()
@@ -756,7 +309,7 @@ class LLMTwinWriter:
         in_flight = pacer.acquire(stop)
         if self._fatal:  # the breaker tripped while this call waited for its slot
             pacer.release()
-            raise _Tripped
+            raise Tripped
         meta["mode"] = mode = self._mode
         probe = None
         call_done, call_end = threading.Event(), []
@@ -777,29 +330,7 @@ class LLMTwinWriter:
                 probe.join(5.0)
             pacer.release()
 
-    def _run_one(self, request: TwinRequest, stop: threading.Event,
-                 prepared: _Prepared | None = None) -> TwinResult:
-        t0 = time.perf_counter()
-        res = TwinResult(request, ok=False)
-        try:
-            self._attempts(request, stop, res, prepared)
-        except _Cancelled:
-            res.ok, res.reason = False, CANCELLED
-            res.errors = ["cancelled"] + res.notes
-        except PrivacyError as exc:
-            res.reason, res.errors = REFUSED, [str(exc)]
-        except Exception as exc:  # a twin never takes the run down
-            log.exception("twin %s/%s failed unexpectedly", request.source_key,
-                          request.twin_index)
-            res.reason, res.errors = ERROR, [f"{type(exc).__name__}: {exc}"]
-        res.seconds = time.perf_counter() - t0
-        if not res.ok and res.reason != CANCELLED and not (
-                self._fatal and res.errors[:1] == [self._fatal]):
-            log.warning("twin %s#%s failed (%s): %s", request.source_key, request.twin_index,
-                        res.reason, "; ".join(res.errors)[:500])
-        return res
-
-    def _prepare(self, request: TwinRequest) -> _Prepared:
+    def _prepare(self, request: TwinRequest) -> Prepared:
         """Messages, cache key and a valid cached reply (if any) of one twin. Raises
         :class:`PrivacyError` for a payload that is not pseudonymous."""
         s = self.settings
@@ -813,217 +344,4 @@ class LLMTwinWriter:
             hit = self.cache.get(key)
             if hit is not None:
                 cached, _ = validate_reply(hit["reply"], request)
-        return _Prepared(messages, key, cached)
-
-    def _attempts(self, request: TwinRequest, stop: threading.Event, res: TwinResult,
-                  prepared: _Prepared | None = None) -> None:
-        s = self.settings
-        pacer = self._pacer
-        if prepared is None:
-            prepared = self._prepare(request)
-        base_messages, key = prepared.messages, prepared.key
-        if prepared.cached is not None:
-            res.ok, res.reply, res.cached, res.reason = True, prepared.cached, True, CACHED
-            return
-        messages = base_messages
-        max_tokens = self._max_tokens(request)
-        invalid = transport = limited = 0
-        endpoint = redact_url(s.effective_base_url)
-        while True:
-            if stop.is_set():
-                raise _Cancelled
-            if self._fatal:
-                res.reason, res.errors = UNREACHABLE, [self._fatal]
-                return
-            res.wait_seconds += self._limiter.acquire(stop)
-            res.attempts += 1
-            meta: dict[str, Any] = {}
-            try:
-                try:
-                    text, refusal, tin, tout, finish = self._http(messages, request,
-                                                                  max_tokens, stop, meta)
-                finally:
-                    mode = res.structured = meta.get("mode", self._mode)
-            except _Cancelled:
-                res.attempts -= 1
-                raise
-            except _Tripped:
-                res.attempts -= 1
-                continue
-            except openai.RateLimitError as exc:
-                res.http_seconds += meta.get("seconds", 0.0)
-                pacer.answered(meta.get("seconds", 0.0), meta.get("in_flight", 1), False)
-                limited += 1
-                after = _retry_after_seconds(exc)
-                note = f"HTTP 429 rate limited (attempt {res.attempts})"
-                if limited > s.max_rate_limit_retries:
-                    res.reason = RATE_LIMITED
-                    res.errors = [(f"rate limited: HTTP 429 after {limited} attempts "
-                                   f"({_status_message(exc)})")]
-                    return
-                if after is None:
-                    after = min(2.0 ** (limited - 1), s.max_retry_after_s)
-                if after > s.max_retry_after_s:
-                    res.reason = RATE_LIMITED
-                    res.errors = [(f"rate limited: the endpoint asks to wait {after:.0f} s "
-                                   f"(more than {s.max_retry_after_s:.0f} s)")]
-                    return
-                res.notes.append(note)
-                self._limiter.pause(after)
-                continue
-            except openai.APITimeoutError:
-                res.http_seconds += meta.get("seconds", 0.0)
-                transport += 1
-                in_a_row = pacer.timed_out()
-                msg = f"timeout: no reply within {meta.get('timeout', s.timeout_s):.0f} s"
-                if in_a_row >= s.max_connection_failures:
-                    self._trip(f"the LLM endpoint {endpoint} did not answer {in_a_row} calls "
-                               f"in a row (last: no reply within "
-                               f"{meta.get('timeout', s.timeout_s):.0f} s)")
-                    res.reason, res.errors = TIMEOUT, [self._fatal or msg]
-                    return
-                if transport > s.max_retries:
-                    res.reason, res.errors = TIMEOUT, [f"{msg} ({res.attempts} attempts)"]
-                    return
-                res.notes.append(msg)
-                # the server may still be computing the abandoned call: do not queue the same
-                # work behind it
-                self._wait_until_idle(pacer.timeout(), stop)
-                continue
-            except openai.APIConnectionError as exc:
-                res.http_seconds += meta.get("seconds", 0.0)
-                transport += 1
-                failures = pacer.connection_failed()
-                msg = f"connection error: {_connection_reason(exc)}"
-                if failures >= s.max_connection_failures:
-                    self._trip(f"cannot reach the LLM endpoint {endpoint}: "
-                               f"{_connection_reason(exc)} ({failures} attempts in a row); "
-                               "is the server running?")
-                    res.reason, res.errors = UNREACHABLE, [self._fatal or msg]
-                    return
-                if transport > s.max_retries:
-                    res.reason, res.errors = ERROR, [f"{msg} ({res.attempts} attempts)"]
-                    return
-                res.notes.append(msg)
-                if stop.wait(min(0.5 * transport, 5.0)):
-                    raise _Cancelled
-                continue
-            except (openai.AuthenticationError, openai.PermissionDeniedError,
-                    openai.NotFoundError) as exc:
-                res.http_seconds += meta.get("seconds", 0.0)
-                what = {401: "authentication failed", 403: "permission denied",
-                        404: "model or endpoint not found"}.get(exc.status_code, "refused")
-                self._trip(f"{what} (HTTP {exc.status_code}) at {endpoint}: "
-                           f"{_status_message(exc)}")
-                res.reason, res.errors = ERROR, [self._fatal]
-                return
-            except openai.APIStatusError as exc:
-                res.http_seconds += meta.get("seconds", 0.0)
-                pacer.answered(meta.get("seconds", 0.0), meta.get("in_flight", 1), False)
-                if _is_response_format_rejection(exc):
-                    res.notes.append(f"response_format {mode} rejected: {_status_message(exc)}")
-                    if self._downgrade(mode):  # not counted as a retry
-                        continue
-                    res.reason = REJECTED
-                    res.errors = [
-                        f"the endpoint rejected response_format {mode} (HTTP "
-                        f"{exc.status_code}): {_status_message(exc)}"
-                        + ("; set structured='auto' to fall back to JSON mode"
-                           if s.structured != "auto" else "")
-                    ]
-                    return
-                if exc.status_code >= 500 or exc.status_code == 408:
-                    transport += 1
-                    msg = f"HTTP {exc.status_code}: {_status_message(exc)}"
-                    if transport > s.max_retries:
-                        res.reason, res.errors = ERROR, [f"{msg} ({res.attempts} attempts)"]
-                        return
-                    res.notes.append(msg)
-                    if stop.wait(min(0.5 * transport, 5.0)):
-                        raise _Cancelled
-                    continue
-                res.reason = REJECTED
-                res.errors = [f"HTTP {exc.status_code}: {_status_message(exc)}"]
-                return
-            except openai.LengthFinishReasonError:
-                res.http_seconds += meta.get("seconds", 0.0)
-                text, refusal, tin, tout, finish = None, None, 0, 0, "length"
-                errs = ["The reply was cut off (length limit); answer more concisely."]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                # not an OpenAI chat completion (an HTML page, a missing "choices"...)
-                res.http_seconds += meta.get("seconds", 0.0)
-                pacer.answered(meta.get("seconds", 0.0), meta.get("in_flight", 1), False)
-                transport += 1
-                msg = ("unexpected response from the endpoint (not an OpenAI chat "
-                       f"completion): {str(exc)[:200]}")
-                if transport > s.max_retries:
-                    res.reason, res.errors = ERROR, [f"{msg} ({res.attempts} attempts)"]
-                    return
-                res.notes.append(msg)
-                continue
-            else:
-                res.http_seconds += meta["seconds"]
-                pacer.answered(meta["seconds"], meta["in_flight"], True)
-                res.input_tokens += tin
-                res.output_tokens += tout
-                if refusal:
-                    errs = [f"The model refused: {str(refusal)[:200]}"]
-                else:
-                    reply, errs = validate_reply(text, request)
-                    if reply is not None:
-                        res.ok, res.reply, res.reason, res.errors = True, reply, OK, []
-                        if self.cache is not None:
-                            self.cache.put(
-                                key, reply.model_dump(), model=s.model,
-                                prompt_version=PROMPT_VERSION,
-                                input_tokens=res.input_tokens,
-                                output_tokens=res.output_tokens,
-                            )
-                        return
-                    if finish == "length" and max_tokens is not None:
-                        errs = [(f"The reply was cut off at {max_tokens} tokens: give only "
-                                 "the JSON object, each value once, a one-sentence rationale.")]
-            # invalid reply: feed the errors back
-            invalid += 1
-            if invalid > s.max_retries:
-                res.reason, res.errors = INVALID, list(errs)
-                return
-            res.notes.append(f"attempt {res.attempts}: " + " ".join(errs)[:300])
-            messages = build_messages(request, feedback_errors=errs, previous_reply=text)
-
-    def _trip(self, message: str) -> None:
-        """Stop the run (circuit breaker): every twin not finished fails with ``message``."""
-        with self._mode_lock:
-            if self._fatal is None:
-                self._fatal = message
-                log.info("LLM run stopped: %s", message)
-
-
-def _connection_reason(exc: Exception) -> str:
-    """The root cause of a connection error in a few words (connection refused, name not
-    resolved...), without the URL (the caller names the redacted endpoint)."""
-    cause = exc
-    seen = 0
-    while getattr(cause, "__cause__", None) is not None and seen < 5:
-        cause = cause.__cause__
-        seen += 1
-    text = " ".join(str(cause).split()) or type(cause).__name__
-    low = text.lower()
-    if "refused" in low:
-        return "connection refused"
-    if "name or service not known" in low or "nodename nor servname" in low or \
-            "temporary failure in name resolution" in low:
-        return "host name not resolved"
-    if "timed out" in low:
-        return "connection timed out"
-    return text[:160]
-
-
-def _cancel_checker(cancel: threading.Event | Callable[[], bool] | None) -> Callable[[], bool]:
-    if cancel is None:
-        return lambda: False
-    if hasattr(cancel, "is_set"):
-        return cancel.is_set
-    if callable(cancel):
-        return lambda: bool(cancel())
-    raise TypeError("cancel must be a threading.Event or a callable returning bool")
+        return Prepared(messages, key, cached)
