@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from components.data_table import data_table
+
 from services.evaluation.metrics import metrics_table
 
 
@@ -37,7 +39,7 @@ def headline_table(headline: pd.DataFrame) -> None:
         "95 % interval": [_interval(lo, hi) for lo, hi in zip(headline["ci_low"], headline["ci_high"])],
         "ideal": headline["ideal"], "threshold": headline["threshold"], "meaning": headline["meaning"],
         "detail": headline["detail"]})
-    st.dataframe(shown, hide_index=True, width="stretch")
+    data_table(shown)
     st.caption("Verdict: met when the value (or its whole interval) meets the threshold, not met when it "
                "(or the whole interval) does not, inconclusive when the interval crosses the threshold.")
 
@@ -46,4 +48,4 @@ def metric_definitions() -> None:
     with st.expander("What the metrics mean"):
         table = metrics_table()
         cols = [c for c in ("group", "name", "definition", "ideal", "reference") if c in table.columns]
-        st.dataframe(table[cols], hide_index=True, width="stretch")
+        data_table(table[cols], labels={"name": "metric"})

@@ -4,6 +4,7 @@ the PROCOVA sample size it supports, and a hold-out privacy audit."""
 import streamlit as st
 
 from components.state import cohort_ids_or_all, get_run, get_trial
+from components.data_table import code_labels
 from components.metric_cards import headline_table
 from components.validate_widgets import procova_inputs, validation_card
 from services.evaluation import validation as val
@@ -48,7 +49,8 @@ if result is None:
     st.info("Choose the settings and press **Run backtest** (a few seconds for the local generator).")
     st.stop()
 card = val.bootstrap_card(result, seed=int(seed))
-validation_card(result, card)
+validation_card(result, card, code_labels({p: i.label for p, i in trial.parameters.items()}
+                                          | {p: trial.tte_label(p) for p in trial.tte_parameters}))
 
 st.header("PROCOVA: how many patients would twins save?")
 st.caption("The mean of each patient's twins is a prognostic score. Adjusting the primary analysis for it "

@@ -75,6 +75,15 @@ def test_validate_page_runs_on_the_default_demo():
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Patients, PROCOVA"]) <= int(metrics["Patients, baseline ANCOVA"]) <= \
         int(metrics["Patients, unadjusted"])
+    # the time-to-event table: every column, under its label, parameters spelled out
+    frames = [d.value for d in at.dataframe]
+    tte = next(f for f in frames if "C-index, Cox model" in f.columns)
+    assert list(tte.columns) == ["parameter", "patients", "events", "KM distance, twins vs held-out",
+                                 "KM distance, knowledge-base arm vs held-out",
+                                 "KM distance ratio (twins / knowledge base; ≤ 1 met)", "C-index, twins",
+                                 "C-index, Cox model", "KM ratio ≤ 1 met", "C-index ≥ Cox met"]
+    assert all(v.endswith("]") and "[" in v for v in tte["parameter"])            # "label [PARAMCD]"
+    assert not any("_" in c for f in frames for c in f.columns)                   # no raw names anywhere
     at.button(key="run_privacy_audit").click().run()
     assert not at.exception
     audit = next(d.value for d in at.dataframe if "threshold" in d.value.columns)
