@@ -49,7 +49,7 @@ def render_sidebar() -> None:
             for msg in errors:
                 st.error(msg)
             if errors:
-                st.caption(f"The previously loaded trial ({get_trial().title}) is kept.")
+                st.caption(f"The previously loaded trial is kept: {get_trial().title}.")
 
         trial = get_trial()
         st.markdown(f"**{trial.title}**")
