@@ -73,12 +73,13 @@ def _initial(key: str, scope: str, initial: CohortSpec | None) -> CohortSpec:
 
 def cohort_filters(filters: list[FilterColumn], arms: list[str], *, scope: str,
                    check_expression: Callable[[str], str | None], initial: CohortSpec | None = None,
-                   key: str = "cohort") -> CohortSpec:
-    """Render the filter widgets; return the spec they describe.
+                   key: str = "cohort") -> tuple[CohortSpec, str | None]:
+    """Render the filter widgets; return the spec they describe and the expression's error.
 
     `scope` identifies the trial (e.g. its content hash) so widgets and draft reset when the
     trial changes. An expression that does not parse or fit the trial is shown with its error
-    inline and left out of the returned spec until it is fixed.
+    inline and left out of the returned spec until it is fixed; the error (None when the
+    expression is empty or valid) is returned so that the page can refuse to save the cohort.
     """
     start = _initial(key, scope, initial)
     prefix = f"{key}_{scope[:12]}_"
@@ -117,6 +118,7 @@ def cohort_filters(filters: list[FilterColumn], arms: list[str], *, scope: str,
         placeholder='e.g. AGE between 50 and 80 and SEX == "F" and BILI is not missing',
         help=EXPRESSION_HELP, label_visibility="collapsed")
     valid_expression = expression
+    error = None
     if expression.strip():
         error = check_expression(expression)
         if error:
@@ -130,7 +132,7 @@ def cohort_filters(filters: list[FilterColumn], arms: list[str], *, scope: str,
     draft = CohortSpec(arms=list(chosen_arms), ranges=ranges, categories=categories,
                        expression=expression, name=start.name)
     st.session_state[_draft_key(key, scope)] = draft.to_dict()
-    return spec
+    return spec, error
 
 
 def _range_slider(info: FilterColumn, current, prefix: str):

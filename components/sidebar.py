@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components.state import cached_demo, get_trial, set_trial, trial_source
+from components.state import cached_demo, get_trial, set_trial, set_upload_errors, trial_source, upload_errors
 from services.data.demo import demo_names
 from services.data.loading import load_trial_files
 from services.data.readers import RawFile
@@ -24,8 +24,9 @@ def render_sidebar() -> None:
         source = trial_source()
         current = source.removeprefix("demo: ") if source.startswith("demo: ") else None
         st.selectbox(
-            "Bundled public trial", names, index=names.index(current) if current in names else 0,
+            "Bundled public trial", names, index=names.index(current) if current in names else None,
             key="demo_choice", on_change=_load_chosen_demo,
+            placeholder=f"Uploaded: {get_trial().name}" if source == "upload" else "Choose a trial",
             help="Real public trials shipped with TwinArm (see their provenance notes).",
         )
 
@@ -37,17 +38,18 @@ def render_sidebar() -> None:
             if st.button("Load uploaded files", disabled=not files, key="load_uploads"):
                 raws = [RawFile(f.name, f.getvalue()) for f in files]
                 try:
-                    loaded = load_trial_files(raws, name="uploaded: " + ", ".join(sorted(f.name for f in files))[:60])
+                    loaded = load_trial_files(raws)          # named by its STUDYID (or file names)
                 except TrialValidationError as exc:
-                    st.session_state["upload_errors"] = exc.messages
+                    set_upload_errors(exc.messages)
                 else:
-                    st.session_state["upload_errors"] = []
                     set_trial(loaded, "upload")
+                    st.session_state.pop("demo_choice", None)   # the selectbox shows "Uploaded: <name>"
                     st.rerun()
-            for msg in st.session_state.get("upload_errors", []):
+            errors = upload_errors()
+            for msg in errors:
                 st.error(msg)
-            if st.session_state.get("upload_errors"):
-                st.caption("The previously loaded trial is kept.")
+            if errors:
+                st.caption(f"The previously loaded trial is kept: {get_trial().title}.")
 
         trial = get_trial()
         st.markdown(f"**{trial.title}**")

@@ -15,6 +15,7 @@ COHORT_SPEC = "cohort_spec"
 COHORT_IDS = "cohort_ids"
 RUN = "twin_run"
 RUN_DIR = "twin_run_dir"
+UPLOAD_ERRORS = "upload_errors"
 
 
 @st.cache_resource(show_spinner="Loading the bundled trial...")
@@ -31,10 +32,12 @@ def get_trial():
 
 
 def set_trial(trial, source: str) -> None:
-    """Switch trial; the cohort and run of the previous trial no longer apply."""
+    """Switch trial; the cohort and run of the previous trial no longer apply, nor do the
+    errors of an earlier upload."""
     previous = st.session_state.get(TRIAL)
     st.session_state[TRIAL] = trial
     st.session_state[TRIAL_SOURCE] = source
+    st.session_state.pop(UPLOAD_ERRORS, None)
     if previous is not None and previous.content_hash != trial.content_hash:
         for key in (COHORT_SPEC, COHORT_IDS, RUN, RUN_DIR):
             st.session_state.pop(key, None)
@@ -42,6 +45,15 @@ def set_trial(trial, source: str) -> None:
 
 def trial_source() -> str:
     return st.session_state.get(TRIAL_SOURCE, "")
+
+
+def set_upload_errors(messages: list[str]) -> None:
+    st.session_state[UPLOAD_ERRORS] = list(messages)
+
+
+def upload_errors() -> list[str]:
+    """Errors of the last upload attempt (the previously loaded trial is kept); cleared by a switch."""
+    return list(st.session_state.get(UPLOAD_ERRORS, []))
 
 
 def set_cohort(spec, usubjids: list[str]) -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from components.data_table import data_table
 
-def validation_card(result, card: pd.DataFrame) -> None:
-    """Plain-language verdicts first, then per-parameter figures with 95 % bootstrap intervals."""
+
+def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str] | None = None) -> None:
+    """Plain-language verdicts first, then per-parameter figures with 95 % bootstrap intervals.
+    `parameter_labels` (PARAMCD -> shown label) spell out the parameter codes of the tables."""
+    codes = {"PARAMCD": parameter_labels or {}}
     s = result.summary
     st.subheader("Validation card")
     held = s.get("held_out_twinned")
@@ -41,22 +45,22 @@ def validation_card(result, card: pd.DataFrame) -> None:
             st.info(verdict)
     if len(card):
         shown = pd.DataFrame({
-            "parameter": card["PARAMCD"], "patients": card["patients"],
+            "parameter": card["PARAMCD"].map(lambda p: codes["PARAMCD"].get(p, p)), "patients": card["patients"],
             "RMSE ratio [95 % CI]": [f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
                                      zip(card["rmse_ratio"], card["rmse_ratio_lo"], card["rmse_ratio_hi"])],
             "coverage [95 % CI]": [f"{c:.0%} [{lo:.0%}, {hi:.0%}]" for c, lo, hi in
                                    zip(card["coverage"], card["coverage_lo"], card["coverage_hi"])],
             "accuracy": card["accuracy"], "calibration": card["calibration"],
         })
-        st.dataframe(shown, hide_index=True, width="stretch")
+        data_table(shown, key="validate_card")
         st.caption("Intervals are 95 % percentile bootstrap intervals over held-out patients; "
                    "'not conclusively' means the interval contains the target.")
     if len(result.tte):
-        st.dataframe(result.tte.round(3), hide_index=True, width="stretch")
+        data_table(result.tte, codes=codes, key="validate_tte")
         st.caption("Time to event: KM sup distance of the pooled twins to the held-out patients vs that of the "
                    "knowledge base's control arm (ratio <= 1 met), and C-index of the twins vs a Cox model.")
     with st.expander("Per visit"):
-        st.dataframe(result.visits.round(3), hide_index=True, width="stretch")
+        data_table(result.visits, codes=codes, key="validate_visits")
 
 
 def procova_inputs(endpoint) -> dict | None:

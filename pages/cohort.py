@@ -32,7 +32,7 @@ kinds = table1_kinds(trial)
 
 left, right = st.columns([2, 3], gap="large")
 with left:
-    spec = cw.cohort_filters(filters, trial.arms, scope=scope, initial=saved_spec,
+    spec, expression_error = cw.cohort_filters(filters, trial.arms, scope=scope, initial=saved_spec,
                              check_expression=lambda text: check_expression(trial, text))
     st.button("Reset filters", on_click=cw.reset_filters, args=("cohort", scope), key="cohort_reset")
 
@@ -62,7 +62,11 @@ with right:
 
     st.markdown("**Use this cohort**")
     name = cw.cohort_name_input(saved_spec.name if saved_spec else "", key=f"cohort_name_{scope[:12]}")
-    if st.button("Use this cohort", type="primary", disabled=cohort.n == 0, key="cohort_use"):
+    if expression_error:
+        st.error(f"**Cannot use this cohort:** the filter expression has an error ({expression_error}). "
+                 "Fix or clear the expression first; the N above leaves it out.")
+    if st.button("Use this cohort", type="primary", disabled=cohort.n == 0 or bool(expression_error),
+                 key="cohort_use"):
         chosen = CohortSpec(arms=spec.arms, ranges=spec.ranges, categories=spec.categories,
                             expression=spec.expression, name=name.strip())
         set_cohort(chosen, cohort.usubjids)

@@ -13,8 +13,8 @@ st.caption(f"Run {run.run_id}: {run.n_twins} twins under {run.target_arm}.")
 
 
 @st.cache_data(show_spinner="Packing the twin arm...", max_entries=8)
-def _zip(run_id: str, fmt: str, _run, _labels) -> bytes:
-    return export_zip(_run, fmt, _labels)
+def _zip(run_id: str, kb_hash: str, fmt: str, _run, _labels, _kb) -> bytes:
+    return export_zip(_run, fmt, _labels, knowledge_base=_kb)
 
 
 @st.cache_data(show_spinner="Writing the report (metrics, backtest, figures)...", max_entries=4)
@@ -26,11 +26,12 @@ def _report(kb_hash: str, run_id: str, cohort: str, _kb, _run) -> str:
 st.header("Twin arm files")
 fmt = st.radio("Format", ["csv", "xpt", "parquet"], horizontal=True, key="export_format",
                format_func={"csv": "CSV", "xpt": "SAS XPORT v5 (with labels)", "parquet": "Parquet"}.get)
-st.download_button("Download twin arm (zip)", _zip(run.run_id, fmt, run, kb.labels),
+st.download_button("Download twin arm (zip)", _zip(run.run_id, kb.content_hash, fmt, run, kb.labels, kb),
                    file_name=f"twinarm-{run.run_id}-{fmt}.zip", mime="application/zip", key="download_zip")
 st.caption("ADaM-lite: adsl (one row per twin, with SRCSUBJID and TWINIDX), one file per BDS dataset, adtte when "
            "the trial has time-to-event data, trial.toml and manifest.json. XPORT v5 limits names to 8 characters: "
-           "SRCSUBJID becomes SRCSUBJ, as the manifest records.")
+           "SRCSUBJID becomes SRCSUBJ, as the manifest records. Every dataset starts with STUDYID (the knowledge "
+           "base's); generated values are rounded to the decimals the knowledge base records for each parameter.")
 
 st.header("Report")
 spec, ids = get_cohort()

@@ -4,8 +4,11 @@ the PROCOVA sample size it supports, and a hold-out privacy audit."""
 import streamlit as st
 
 from components.state import cohort_ids_or_all, get_run, get_trial
+from components.data_table import code_labels
+from components.metric_cards import headline_table
 from components.validate_widgets import procova_inputs, validation_card
 from services.evaluation import validation as val
+from services.evaluation.comparison import headline
 from services.reporting.figures import compare as fig
 
 trial = get_trial()
@@ -46,7 +49,8 @@ if result is None:
     st.info("Choose the settings and press **Run backtest** (a few seconds for the local generator).")
     st.stop()
 card = val.bootstrap_card(result, seed=int(seed))
-validation_card(result, card)
+validation_card(result, card, code_labels({p: i.label for p, i in trial.parameters.items()}
+                                          | {p: trial.tte_label(p) for p in trial.tte_parameters}))
 
 st.header("PROCOVA: how many patients would twins save?")
 st.caption("The mean of each patient's twins is a prognostic score. Adjusting the primary analysis for it "
@@ -99,10 +103,5 @@ if audit:
     else:
         st.caption(f"{audit['generator']} twins, K = {audit['twins_per_patient']}, {audit['withheld']} "
                    f"{target} patients withheld.")
-        cols = st.columns(4)
-        cols[0].metric("DCR ratio", f"{audit['dcr']['ratio_median']:.2f}", help=">= 1: twins are no closer to "
-                       "training patients than to withheld ones.")
-        cols[1].metric("Membership advantage", f"{audit['membership']['advantage']:.2f}",
-                       help="Sensitivity minus false-positive rate of the attack; 0 is ideal.")
-        cols[2].metric("NNAA", f"{audit['nnaa']['nnaa']:.2f}", help="0.5 ideal; near 0 means copies.")
-        cols[3].metric("Exact copies", audit["exact_copies"]["n_copies"])
+        rows = headline({"privacy": audit})
+        headline_table(rows[rows["group"] == "privacy"].reset_index(drop=True))

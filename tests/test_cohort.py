@@ -211,8 +211,15 @@ def test_cohort_page_apptest():
     box.input("AGEE > 50").run()
     assert any("unknown column 'AGEE'" in e.value for e in at.error)
     assert not at.exception
+    # ... and the cohort cannot be saved while the expression is wrong: the button is disabled
+    # and the error beside it names what is wrong
+    assert at.button(key="cohort_use").disabled
+    assert any(e.value.startswith("**Cannot use this cohort:**") and "unknown column 'AGEE'" in e.value
+               for e in at.error)
+    assert "cohort_ids" not in at.session_state
     at.text_area[0].input("AGE > 50").run()
     assert not at.error
+    assert not at.button(key="cohort_use").disabled
     n_filtered = int({m.label: m.value for m in at.metric}["N"])
 
     # use this cohort: kept in session state for the later pages

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from services.cli import main
 from services.data.loading import load_trial_files
 from services.generation.run import write_run
-from services.reporting.export import export_files, export_zip, xpt_names
+from services.reporting.export import MAX_DECIMALS, export_files, export_zip, source_precision, study_id, xpt_names
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -49,6 +49,44 @@ def test_xpt_carries_variable_labels_and_records_renames(pbc_twins, tmp_path):
     assert labels["USUBJID"].startswith("Unique Subject Identifier") and labels["AGE"] == "Age at randomization"
     manifest = json.loads(files["manifest.json"].data)
     assert manifest["export"]["xpt_renamed"]["adsl"] == {"SRCSUBJID": "SRCSUBJ"}
+
+
+def test_source_precision_is_the_most_decimals_per_parameter_capped(pbc):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    kb = SimpleNamespace(bds={"adlb": pd.DataFrame({"PARAMCD": ["A", "A", "B", "B", "C", "D"],
+                                                     "AVAL": [2.6, 2.94, 1718.0, 12.0, 0.123456789, None]})},
+                         tte=pd.DataFrame({"PARAMCD": ["OS", "OS"], "AVAL": [400.0, 1200.5]}))
+    assert source_precision(kb) == {"A": 2, "B": 0, "C": MAX_DECIMALS, "D": 0, "OS": 1}
+    assert source_precision(pbc)["ALB"] == 2 and source_precision(pbc)["PLAT"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xpt"])
+def test_export_rounds_to_the_source_and_stamps_studyid(pbc, pbc_twins, fmt):
+    files = export_files(pbc_twins, fmt, knowledge_base=pbc)
+    trial = load_trial_files([f for f in files if f.name != "manifest.json"], name="exported")
+    assert study_id(pbc) == "PBC" == pbc.subjects["STUDYID"].iloc[0]
+    frames = {"adsl": trial.subjects, "adtte": trial.tte, **trial.bds}
+    for name, frame in frames.items():                      # STUDYID in every dataset, the source's
+        assert "STUDYID" in frame.columns and set(frame["STUDYID"]) == {"PBC"}, name
+    digits = source_precision(pbc)
+    values = trial.bds["adlb"]
+    for paramcd, d in digits.items():
+        aval = values.loc[values["PARAMCD"] == paramcd, "AVAL"].dropna()
+        if len(aval):
+            assert (aval.round(d) - aval).abs().max() < 1e-9, paramcd
+    twins = pbc_twins.bds["adlb"]
+    assert (twins["AVAL"].round(digits["ALB"]) != twins["AVAL"]).any()     # the run had more decimals
+    assert "STUDYID" not in pbc_twins.adsl.columns                          # the run itself is unchanged
+    manifest = json.loads(next(f for f in files if f.name == "manifest.json").data)
+    assert manifest["export"]["studyid"] == "PBC" and manifest["export"]["decimals"]["ALB"] == 2
+
+
+def test_without_the_knowledge_base_studyid_is_its_name(pbc_twins):
+    files = {f.name: f for f in export_files(pbc_twins, "csv")}
+    assert files["adsl.csv"].data.decode().splitlines()[1].startswith("pbc,")
 
 
 @pytest.mark.slow

@@ -30,6 +30,11 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     frames = [d.value for d in at.dataframe]
     headline = next(f for f in frames if "verdict" in f.columns)
     assert {"fidelity", "privacy", "utility", "survival"} <= set(headline["group"])
+    assert list(headline.columns) == ["verdict", "group", "metric", "value", "95 % interval", "ideal",
+                                      "threshold", "meaning", "detail"]
+    dcr = headline.set_index("metric").loc["DCR ratio (twins / real)"]
+    assert dcr["threshold"] == "≥ 1" and dcr["95 % interval"] != "–"
+    assert dcr["verdict"] != "✅ met" or float(dcr["value"]) >= 1                 # never green below 1
     at.radio(key="cmp_method").set_value("t-SNE").run()
     assert not at.exception
     at.selectbox(key="cmp_param").set_value("ALB").run()

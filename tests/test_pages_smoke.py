@@ -81,3 +81,30 @@ def test_pages_on_the_cdisc_pilot(pilot):
         at.switch_page(page).run()
         assert not at.exception, f"pilot {page}: {at.exception}"
     assert {m.label: m.value for m in at.metric}["Subjects"] == "254"
+
+
+def test_an_upload_shows_its_name_and_its_errors_go_with_a_switch():
+    from services.data.loading import load_trial_files
+    from services.data.readers import RawFile
+
+    folder = ROOT / "services" / "data" / "demo_data" / "epilepsy"
+    uploaded = load_trial_files([RawFile(p.name, p.read_bytes()) for p in sorted(folder.glob("*.csv"))])
+    studyid = str(uploaded.subjects["STUDYID"].iloc[0])
+    assert uploaded.name == studyid
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["trial"] = uploaded
+    at.session_state["trial_source"] = "upload"
+    at.session_state["upload_errors"] = ["adsl.csv: no USUBJID column"]
+    at.run()
+    assert not at.exception
+    # the sidebar names the uploaded trial (its STUDYID), not the files nor a bundled trial
+    choice = at.sidebar.selectbox(key="demo_choice")
+    assert choice.value is None and choice.placeholder == f"Uploaded: {studyid}"
+    assert f"**{studyid}**" in [m.value for m in at.sidebar.markdown]
+    assert [e.value for e in at.sidebar.error] == ["adsl.csv: no USUBJID column"]
+    assert f"The previously loaded trial is kept: {studyid}." in [c.value for c in at.sidebar.caption]
+    # switching to a bundled trial forgets the errors of the upload
+    choice.set_value("pbc").run()
+    assert not at.exception
+    assert at.session_state["trial"].name == "pbc"
+    assert "upload_errors" not in at.session_state

@@ -229,3 +229,13 @@ def test_a_twinarm_run_folder_loads_back_with_its_manifest_and_notes():
                               RawFile("README.md", b"# notes")])
     assert len(trial.subjects) == 4
     assert any("manifest.json: ignored" in w for w in trial.warnings)
+
+
+def test_an_upload_is_named_by_its_studyid_else_its_folder_else_the_adsl_stem():
+    with_id = load_trial_files([csv("adsl.csv", ADSL.assign(STUDYID="CDISCPILOT01")), csv("adlb.csv", ADLB)])
+    assert with_id.name == with_id.title == "CDISCPILOT01"
+    in_folder = load_trial_files([csv("mytrial/adsl.csv", ADSL), csv("mytrial/adlb.csv", ADLB)])
+    assert in_folder.name == "mytrial"
+    plain = load_trial_files([csv("ADSL.csv", ADSL), csv("adlb.csv", ADLB)])
+    assert plain.name == "ADSL"
+    assert load_trial_files([csv("adsl.csv", ADSL)], name="given").name == "given"

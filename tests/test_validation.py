@@ -75,7 +75,25 @@ def test_validate_page_runs_on_the_default_demo():
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Patients, PROCOVA"]) <= int(metrics["Patients, baseline ANCOVA"]) <= \
         int(metrics["Patients, unadjusted"])
+    # the time-to-event table: every column, under its label, parameters spelled out
+    frames = [d.value for d in at.dataframe]
+    tte = next(f for f in frames if "C-index, Cox model" in f.columns)
+    assert list(tte.columns) == ["parameter", "patients", "events", "KM distance, twins vs held-out",
+                                 "KM distance, knowledge-base arm vs held-out",
+                                 "KM distance ratio (twins / knowledge base; ≤ 1 met)", "C-index, twins",
+                                 "C-index, Cox model", "KM ratio ≤ 1 met", "C-index ≥ Cox met"]
+    assert all(v.endswith("]") and "[" in v for v in tte["parameter"])            # "label [PARAMCD]"
+    assert not any("_" in c for f in frames for c in f.columns)                   # no raw names anywhere
     at.button(key="run_privacy_audit").click().run()
     assert not at.exception
-    assert "Membership advantage" in [m.label for m in at.metric]
+    audit = next(d.value for d in at.dataframe if "threshold" in d.value.columns)
+    rows = audit.set_index("metric")
+    assert set(rows.index) == {"DCR ratio (twins / real)", "NN adversarial accuracy",
+                               "exact copies of real patients", "membership-inference advantage"}
+    assert rows.loc["exact copies of real patients", "threshold"] == "≤ 0"
+    assert rows.loc["exact copies of real patients", "verdict"] == "✅ met"      # 0 copies (as above)
+    assert rows.loc["membership-inference advantage", "threshold"] == "≤ 0.1"
+    assert rows.loc["membership-inference advantage", "95 % interval"] != "–"
+    assert rows.loc["NN adversarial accuracy", "threshold"] == "0.35 to 0.8"
+    assert all(v.split(" ", 1)[1] in {"met", "not met", "inconclusive"} for v in rows["verdict"])
     assert any("local twins, K = 5" in c.value for c in at.caption)

@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("--run", required=True, metavar="DIR", help="a folder written by `twinarm generate`")
     p.add_argument("--format", choices=("csv", "xpt", "parquet"), default="csv")
     p.add_argument("--out", required=True, metavar="PATH", help="a folder, or a file ending in .zip")
+    p.add_argument("--trial", metavar="PATH_OR_DEMO", help="the knowledge base, for its STUDYID and the decimals "
+                   "of each parameter (default: the one named in the run's manifest, when it is a bundled trial)")
     p.set_defaults(func=run_export)
 
     p = sub.add_parser("report", help="write the self-contained HTML report of a twin arm")
@@ -35,28 +37,13 @@ def _read(run_dir: str):
         raise CliError(f"--run {run_dir}: {exc}") from None
 
 
-def run_export(args) -> int:
-    from services.reporting.export import export_folder, export_zip
-
-    run = _read(args.run)
-    out = Path(args.out)
-    if out.suffix.lower() == ".zip":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(export_zip(run, args.format))
-    else:
-        export_folder(run, out, args.format)
-    print(f"{run.n_twins} twins exported as {args.format} to {out}")
-    return 0
-
-
-def run_report(args) -> int:
+def _knowledge_base(run, trial: str | None):
+    """The run's knowledge base (`--trial`, else the bundled trial its manifest names)."""
     from services.data.demo import resolve_trial
     from services.data.trial import TrialValidationError
-    from services.reporting.report import build_report
 
-    run = _read(args.run)
     kb_info = run.manifest.get("knowledge_base") or {}
-    source = args.trial or kb_info.get("name")
+    source = trial or kb_info.get("name")
     if not source:
         raise CliError("the run's manifest names no knowledge base: pass --trial PATH_OR_DEMO")
     try:
@@ -66,6 +53,35 @@ def run_report(args) -> int:
     if kb_info.get("content_hash") and kb_info["content_hash"] != kb.content_hash:
         raise CliError(f"knowledge base {source} is not the data this run was generated from "
                        "(content hash differs): pass the right --trial")
+    return kb
+
+
+def run_export(args) -> int:
+    from services.reporting.export import export_folder, export_zip
+
+    run = _read(args.run)
+    try:
+        kb = _knowledge_base(run, args.trial)
+    except CliError as exc:
+        if args.trial:
+            raise
+        kb = None
+        print(f"note: {exc}; values are exported unrounded, STUDYID is the manifest's knowledge-base name")
+    out = Path(args.out)
+    if out.suffix.lower() == ".zip":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(export_zip(run, args.format, knowledge_base=kb))
+    else:
+        export_folder(run, out, args.format, knowledge_base=kb)
+    print(f"{run.n_twins} twins exported as {args.format} to {out}")
+    return 0
+
+
+def run_report(args) -> int:
+    from services.reporting.report import build_report
+
+    run = _read(args.run)
+    kb = _knowledge_base(run, args.trial)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from services.evaluation.effects import cached_run_effects

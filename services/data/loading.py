@@ -37,8 +37,23 @@ def load_trial(path: str | Path, name: str | None = None) -> Trial:
     return load_trial_files(files, name=name or path.name)
 
 
-def load_trial_files(files: list[RawFile], name: str = "uploaded trial") -> Trial:
-    """Load a trial from files as received (folder or upload)."""
+def upload_name(files: list[RawFile], subjects: pd.DataFrame | None) -> str:
+    """The name of an uploaded trial: ADSL's STUDYID when present, else the folder the files
+    came from (when their names carry one), else the ADSL file's stem."""
+    if subjects is not None and "STUDYID" in subjects.columns:
+        ids = [str(v).strip() for v in subjects["STUDYID"].dropna().unique() if str(v).strip()]
+        if ids:
+            return " / ".join(ids[:3]) + (f" (+{len(ids) - 3} more)" if len(ids) > 3 else "")
+    folders = {Path(f.name).parent.name for f in files}
+    if len(folders) == 1 and (folder := folders.pop()):
+        return folder
+    adsl = next((f for f in files if f.stem == "adsl"), files[0] if files else None)
+    return Path(adsl.name).name.split(".")[0] if adsl is not None else "uploaded trial"
+
+
+def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
+    """Load a trial from files as received (folder or upload). Without a `name`, the trial is
+    named by `upload_name` (STUDYID, else folder, else the ADSL file's stem)."""
     errors: list[str] = []
     warnings: list[str] = []
     if not files:
@@ -116,7 +131,7 @@ def load_trial_files(files: list[RawFile], name: str = "uploaded trial") -> Tria
     digest = hashlib.sha256()
     for raw in sorted(files, key=lambda f: f.name.lower()):
         digest.update(raw.name.lower().encode() + b"\0" + raw.sha256.encode() + b"\0")
-    return Trial(name=name, subjects=subjects, bds=bds, tte=tte, ae=ae, meta=meta,
+    return Trial(name=name or upload_name(files, subjects), subjects=subjects, bds=bds, tte=tte, ae=ae, meta=meta,
                  content_hash=digest.hexdigest(), warnings=warnings, labels=labels)
 
 

@@ -23,6 +23,7 @@ from scipy import stats
 
 from services.data.trial import Trial
 from services.evaluation import metrics as M
+from services.evaluation.metrics import verdicts as V
 from services.evaluation.estimators import cox_binary
 from services.jsonable import jsonable
 from services.retrieval.knn import exact_knn
@@ -309,11 +310,13 @@ def privacy(comp: Comparison, holdout: Trial | None = None, seed: int = 0) -> di
         return {**out, "error": "fewer than 5 patients observed at half of the visits"}
     if holdout is not None and len(holdout.subjects):
         hold = _mostly_observed(space.matrix(holdout, cols)[1])
-        out["dcr"] = _strip(M.distance_to_closest_record(twins, train, hold).as_dict())
+        dcr = M.distance_to_closest_record(twins, train, hold)
+        low, high = M.median_ratio_interval(dcr.twin_distances, dcr.holdout_distances, seed=seed)
+        out["dcr"] = _strip(dcr.as_dict()) | {"ratio_ci_low": low, "ratio_ci_high": high}
         out["membership"] = M.membership_inference(twins, train, hold).as_dict()
         out["nnaa"] = M.nn_adversarial_accuracy(train, twins, hold, seed=seed).as_dict()
     else:
-        out["dcr"] = _dcr_leave_one_out(twins, train)
+        out["dcr"] = _dcr_leave_one_out(twins, train, seed)
         out["nnaa"] = M.nn_adversarial_accuracy(train, twins, seed=seed).as_dict()
         out["membership"] = {"skipped": "needs held-out real patients: see the Validate page backtest"}
     out["exact_copies"] = M.exact_copies(twins, train).as_dict()
@@ -328,7 +331,7 @@ def _strip(d: dict) -> dict:
     return {k: v for k, v in d.items() if not isinstance(v, np.ndarray)}
 
 
-def _dcr_leave_one_out(twins: np.ndarray, train: np.ndarray) -> dict:
+def _dcr_leave_one_out(twins: np.ndarray, train: np.ndarray, seed: int = 0) -> dict:
     """DCR of twins to the training patients vs each training patient's distance to its
     nearest other training patient (leave-one-out yardstick)."""
     train_i, twins_i = M.impute_means(train, twins)
@@ -336,8 +339,10 @@ def _dcr_leave_one_out(twins: np.ndarray, train: np.ndarray) -> dict:
     d_real = exact_knn(train_i, train_i, 2)[1][:, 1]
     tm, rm = float(np.median(d_twin)), float(np.median(d_real))
     t5, r5 = float(np.percentile(d_twin, 5)), float(np.percentile(d_real, 5))
+    low, high = M.median_ratio_interval(d_twin, d_real, seed=seed)
     return {"twin_median": tm, "twin_p5": t5, "holdout_median": rm, "holdout_p5": r5,
             "ratio_median": tm / rm if rm > 0 else float("inf"), "ratio_p5": t5 / r5 if r5 > 0 else float("inf"),
+            "ratio_ci_low": low, "ratio_ci_high": high,
             "n_twin": len(twins), "n_train": len(train), "yardstick": "leave-one-out real-to-real"}
 
 
@@ -415,52 +420,70 @@ def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Tri
 
 
 def headline(result: dict) -> pd.DataFrame:
-    """The metrics summary shown on the Compare page and in the report: one row per metric
-    with its value, the ideal and a plain-language verdict (ok: True/False/None)."""
+    """The metrics summary shown on the Compare page and in the report: one row per metric with
+    its value, its 95 % interval where it has one, the ideal (metrics registry), the threshold
+    and the verdict that follows from threshold and interval (`metrics.verdicts`): "met",
+    "not met", "inconclusive" (the interval crosses the threshold) or "n/a"; `meaning` says it
+    in words and `detail` gives what the number is made of."""
     f, p, u = result.get("fidelity", {}), result.get("privacy", {}), result.get("utility", {})
     rows = []
 
-    def add(group, metric, value, ideal, ok, good, bad):
-        verdict = "n/a" if value is None else (good if ok else bad)
-        rows.append({"group": group, "metric": metric, "value": value, "ideal": ideal,
-                     "ok": None if value is None else bool(ok), "verdict": verdict})
+    def add(group, key, metric, value, good, bad, interval=None, detail=""):
+        threshold = V.THRESHOLDS[key]
+        verdict = V.FAMILY_VERDICTS[group](key, value, interval)
+        meaning = {V.MET: good, V.NOT_MET: bad, V.NA: "not computed",
+                   V.INCONCLUSIVE: "the interval crosses the threshold: too few patients to tell"}[verdict]
+        lo, hi = interval if interval is not None else (None, None)
+        rows.append({"group": group, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi,
+                     "ideal": M.METRICS[key].ideal if key in M.METRICS else "1",
+                     "threshold": threshold.text(), "verdict": verdict, "meaning": meaning, "detail": detail})
 
-    share = f.get("share_abs_smd_below_0_1")
-    add("fidelity", "parameter-visits with |SMD| < 0.1", share, "1", share is not None and share >= 0.8,
+    add("fidelity", "share_abs_smd_below_0_1", "parameter-visits with |SMD| < 0.1",
+        f.get("share_abs_smd_below_0_1"),
         "twin means match the real arm at most visits", "twin means differ from the real arm at many visits")
-    cd = (f.get("correlation_distance") or {}).get("mean_abs_diff")
-    add("fidelity", "correlation distance", cd, "0", cd is not None and cd <= 0.1,
+    add("fidelity", "correlation_mad", "correlation distance", (f.get("correlation_distance") or {}).get("mean_abs_diff"),
         "correlations across visits and parameters preserved", "correlation structure differs")
-    dw = (f.get("dimension_wise_mean_correlation") or {}).get("correlation")
-    add("fidelity", "dimension-wise mean correlation", dw, "1", dw is not None and dw >= 0.9,
+    add("fidelity", "dimension_wise_mean_correlation", "dimension-wise mean correlation",
+        (f.get("dimension_wise_mean_correlation") or {}).get("correlation"),
         "per-visit means track the real ones", "per-visit means drift from the real ones")
-    det = (f.get("detection") or {}).get("auroc")
-    add("fidelity", "detection AUROC", det, "0.5", det is not None and det <= 0.7,
-        "a classifier can hardly tell twins from real patients", "a classifier tells twins from real patients")
-    dcr = (p.get("dcr") or {}).get("ratio_median")
-    add("privacy", "DCR ratio (twins / real)", dcr, ">= 1", dcr is not None and dcr >= 0.8,
+    det = f.get("detection") or {}
+    add("fidelity", "detection_auroc", "detection AUROC", det.get("auroc"),
+        "a classifier can hardly tell twins from real patients", "a classifier tells twins from real patients",
+        interval=(det.get("ci_low"), det.get("ci_high")) if "ci_low" in det else None,
+        detail="95 % t-interval over the cross-validation folds")
+    dcr = p.get("dcr") or {}
+    add("privacy", "dcr_ratio", "DCR ratio (twins / real)", dcr.get("ratio_median"),
         "twins are no closer to real patients than real patients are to each other",
-        "twins sit unusually close to real patients")
-    nnaa = (p.get("nnaa") or {}).get("nnaa")
-    add("privacy", "NN adversarial accuracy", nnaa, "0.5", nnaa is not None and 0.35 <= nnaa <= 0.8,
-        "neither copies nor outliers", "twins are copies (low) or unlike real patients (high)")
-    copies = (p.get("exact_copies") or {}).get("n_copies")
-    add("privacy", "exact copies of real patients", copies, "0", copies == 0,
+        "twins sit closer to real patients than real patients are to each other",
+        interval=(dcr.get("ratio_ci_low"), dcr.get("ratio_ci_high")) if "ratio_ci_low" in dcr else None,
+        detail="median twin distance / median real distance to the closest training patient; bootstrap interval")
+    nnaa = p.get("nnaa") or {}
+    add("privacy", "nnaa", "NN adversarial accuracy", nnaa.get("nnaa"),
+        "neither copies nor outliers", "twins are copies (low) or unlike real patients (high)",
+        detail="acceptable band around the ideal 0.5: below it twins copy, above it they stand apart")
+    add("privacy", "exact_copies", "exact copies of real patients", (p.get("exact_copies") or {}).get("n_copies"),
         "no twin copies a real patient", "some twins copy real patients")
     mi = p.get("membership") or {}
-    adv = mi.get("advantage")
-    if adv is not None:
-        add("privacy", "membership-inference advantage", adv, "0", adv <= 0.1,
-            "an attacker cannot tell who was in the training data", "training membership is disclosed")
-    ratio = (u.get("tstr") or {}).get("ratio")
-    add("utility", "TSTR / TRTR AUROC", ratio, "1", ratio is not None and ratio >= 0.9,
+    if mi.get("advantage") is not None:
+        add("privacy", "mia_advantage", "membership-inference advantage", mi["advantage"],
+            "an attacker cannot tell who was in the training data", "training membership is disclosed",
+            interval=V.advantage_interval(mi), detail="sensitivity − false-positive rate; 95 % Wald interval")
+    tstr = u.get("tstr") or {}
+    ratio = tstr.get("ratio")
+    detail = ""
+    if ratio is not None and tstr.get("trtr") is not None:
+        detail = (f"TSTR AUROC {tstr['tstr']:.2f} / TRTR AUROC {tstr['trtr']:.2f} on {tstr.get('n_test')} "
+                  "real test patients")
+        if ratio > 1:
+            detail += ("; above 1: the model trained on twins scored better than the one trained on real "
+                       "patients, which on a small test set is noise around 1, not a gain")
+    add("utility", "tstr_ratio", "TSTR / TRTR AUROC", ratio,
         "a model trained on twins predicts real outcomes as well as one trained on real data",
-        "models trained on twins predict real outcomes worse")
-    gain = (u.get("augmentation") or {}).get("gain")
-    add("utility", "augmentation AUROC gain", gain, ">= 0", gain is not None and gain >= -0.02,
+        "models trained on twins predict real outcomes worse", detail=detail)
+    add("utility", "augmentation_gain", "augmentation AUROC gain", (u.get("augmentation") or {}).get("gain"),
         "adding twins does not hurt prediction", "adding twins hurts prediction")
     for paramcd, s in (result.get("survival") or {}).items():
-        km = (s.get("km_distance_twins_vs_real_target") or {}).get("sup")
-        add("survival", f"{paramcd}: KM sup distance twins vs real", km, "0", km is not None and km <= 0.1,
+        add("survival", "km_sup_distance", f"{paramcd}: KM sup distance twins vs real",
+            (s.get("km_distance_twins_vs_real_target") or {}).get("sup"),
             "twin survival matches the real arm", "twin survival differs from the real arm")
     return pd.DataFrame(rows)

@@ -1,5 +1,10 @@
 """Export a twin arm as ADaM-lite files (CSV, SAS XPORT v5 with variable labels, Parquet).
 
+Every exported dataset starts with STUDYID: the knowledge base's STUDYID (ADSL) when it has
+one, else the knowledge base's name. Given the knowledge base, generated values (AVAL of the
+BDS datasets and ADTTE) are rounded to the source's precision per parameter: the most decimals
+any AVAL of that PARAMCD has in the knowledge base, capped at `MAX_DECIMALS`.
+
 XPORT v5 (what regulators accept) limits variable names to 8 characters and labels to 40:
 longer names (e.g. `SRCSUBJID`) are shortened uniquely (`SRCSUBJ`) and the original name is kept
 in the variable label and in `manifest.json` under `export.xpt_renamed`.
@@ -13,9 +18,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import dataclasses
+
+import numpy as np
 import pandas as pd
 
 from services.data.readers import RawFile, write_table
+
+MAX_DECIMALS = 4
 
 EXPORT_FORMATS = ("csv", "xpt", "parquet")
 
@@ -79,11 +89,78 @@ def _xpt_bytes(frame: pd.DataFrame, dataset: str, labels: dict[str, str]) -> tup
         return path.read_bytes(), renamed
 
 
-def export_files(run, fmt: str = "csv", labels: dict[str, str] | None = None) -> list[RawFile]:
-    """The twin arm's files in one format, plus trial.toml and manifest.json."""
+def _decimals(value: float) -> int:
+    text = np.format_float_positional(float(value), trim="-")
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def source_precision(knowledge_base) -> dict[str, int]:
+    """PARAMCD -> the most decimals of any AVAL of that parameter in the knowledge base (BDS and
+    ADTTE), capped at MAX_DECIMALS."""
+    frames = list(knowledge_base.bds.values()) + ([knowledge_base.tte] if knowledge_base.tte is not None else [])
+    out: dict[str, int] = {}
+    for frame in frames:
+        for paramcd, values in frame.groupby("PARAMCD", sort=False)["AVAL"]:
+            finite = pd.to_numeric(values, errors="coerce").dropna().unique()
+            finite = finite[np.isfinite(finite)]
+            digits = 0
+            for v in finite:
+                digits = max(digits, _decimals(v))
+                if digits >= MAX_DECIMALS:
+                    break
+            out[str(paramcd)] = max(out.get(str(paramcd), 0), min(digits, MAX_DECIMALS))
+    return out
+
+
+def study_id(knowledge_base=None, manifest: dict | None = None) -> str:
+    """The knowledge base's STUDYID (ADSL) when present, else its name (from the run's manifest
+    when the knowledge base is not given)."""
+    if knowledge_base is not None:
+        subjects = knowledge_base.subjects
+        if "STUDYID" in subjects.columns:
+            ids = [str(v).strip() for v in subjects["STUDYID"].dropna() if str(v).strip()]
+            if ids:
+                return ids[0]
+        return str(knowledge_base.name)
+    return str(((manifest or {}).get("knowledge_base") or {}).get("name") or "")
+
+
+def _with_studyid(frame: pd.DataFrame, studyid: str) -> pd.DataFrame:
+    out = frame.drop(columns=[c for c in frame.columns if str(c).upper() == "STUDYID"])
+    out.insert(0, "STUDYID", studyid)
+    return out
+
+
+def _rounded(frame: pd.DataFrame, precision: dict[str, int]) -> pd.DataFrame:
+    if not precision or "AVAL" not in frame.columns or "PARAMCD" not in frame.columns:
+        return frame
+    out = frame.copy()
+    digits = out["PARAMCD"].astype(str).map(precision)
+    for d in digits.dropna().unique():
+        rows = digits == d
+        out.loc[rows, "AVAL"] = out.loc[rows, "AVAL"].astype(float).round(int(d))
+    return out
+
+
+def prepare_run(run, knowledge_base=None):
+    """The run as exported: STUDYID first in every dataset and, with the knowledge base, AVAL
+    rounded to the source's precision per PARAMCD (the run itself is left unchanged)."""
+    sid = study_id(knowledge_base, run.manifest)
+    precision = source_precision(knowledge_base) if knowledge_base is not None else {}
+    tte = None if run.tte is None else _with_studyid(_rounded(run.tte, precision), sid)
+    ae = None if getattr(run, "ae", None) is None else _with_studyid(run.ae, sid)
+    return dataclasses.replace(run, adsl=_with_studyid(run.adsl, sid), tte=tte, ae=ae,
+                               bds={k: _with_studyid(_rounded(v, precision), sid) for k, v in run.bds.items()})
+
+
+def export_files(run, fmt: str = "csv", labels: dict[str, str] | None = None,
+                 knowledge_base=None) -> list[RawFile]:
+    """The twin arm's files in one format, plus trial.toml and manifest.json. With the
+    knowledge base the run came from, values take the source's precision (see `prepare_run`)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format '{fmt}': use one of {', '.join(EXPORT_FORMATS)}")
     manifest = dict(run.manifest)
+    run = prepare_run(run, knowledge_base)
     if fmt in ("csv", "parquet"):
         files = run.files(fmt)
     else:
@@ -99,23 +176,26 @@ def export_files(run, fmt: str = "csv", labels: dict[str, str] | None = None) ->
         files += [f for f in run.files("csv") if f.name == "trial.toml"]
         manifest["export"] = {"format": "xpt", "xpt_version": 5, "xpt_renamed": renames}
     manifest.setdefault("export", {"format": fmt})
+    manifest["export"] = {**manifest["export"], "studyid": study_id(knowledge_base, manifest),
+                           "decimals": source_precision(knowledge_base) if knowledge_base is not None else None}
     files.append(RawFile("manifest.json", (json.dumps(manifest, indent=1, default=str) + "\n").encode()))
     return files
 
 
-def export_zip(run, fmt: str = "csv", labels: dict[str, str] | None = None) -> bytes:
+def export_zip(run, fmt: str = "csv", labels: dict[str, str] | None = None, knowledge_base=None) -> bytes:
     """A zip of the twin arm (one folder named after the run) for download."""
     folder = f"twinarm-{run.run_id or 'run'}"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for raw in export_files(run, fmt, labels):
+        for raw in export_files(run, fmt, labels, knowledge_base):
             zf.writestr(f"{folder}/{raw.name}", raw.data)
     return buf.getvalue()
 
 
-def export_folder(run, out_dir, fmt: str = "csv", labels: dict[str, str] | None = None) -> Path:
+def export_folder(run, out_dir, fmt: str = "csv", labels: dict[str, str] | None = None,
+                  knowledge_base=None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for raw in export_files(run, fmt, labels):
+    for raw in export_files(run, fmt, labels, knowledge_base):
         (out / raw.name).write_bytes(raw.data)
     return out

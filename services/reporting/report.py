@@ -188,8 +188,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     # metrics
     parts.append("<h2>Fidelity, privacy and utility</h2>")
     head = ev.headline(result)
-    head = head.assign(status=head["ok"].map({True: "ok", False: "check"}).fillna("-"))
-    parts.append(_table(head[["status", "group", "metric", "value", "ideal", "verdict"]]))
+    parts.append(_table(head[["verdict", "group", "metric", "value", "ci_low", "ci_high", "ideal", "threshold",
+                              "meaning", "detail"]]))
     marginal = pd.DataFrame(result["fidelity"]["marginal"])
     if len(marginal):
         parts.append(fig(figs.smd_dot_plot(marginal, "Standardized mean difference, twins vs real target arm"),

@@ -25,6 +25,7 @@ from .privacy import (
     NNAAResult,
     distance_to_closest_record,
     exact_copies,
+    median_ratio_interval,
     membership_inference,
     nn_adversarial_accuracy,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "logrank",
     "long_to_wide",
     "marginal_fidelity",
+    "median_ratio_interval",
     "membership_inference",
     "metric_info",
     "metrics_in_group",
