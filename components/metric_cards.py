@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from components.data_table import data_table
-
 from services.evaluation.metrics import metrics_table
 
 

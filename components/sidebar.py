@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components.state import cached_demo, get_trial, set_trial, set_upload_errors, trial_source, upload_errors
+from components.state import (
+    cached_demo,
+    get_trial,
+    set_trial,
+    set_upload_errors,
+    trial_source,
+    upload_errors,
+)
 from services.data.demo import demo_names
 from services.data.loading import load_trial_files
 from services.data.readers import RawFile

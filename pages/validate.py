@@ -3,9 +3,9 @@ the PROCOVA sample size it supports, and a hold-out privacy audit."""
 
 import streamlit as st
 
-from components.state import cohort_ids_or_all, get_run, get_trial
 from components.data_table import code_labels
 from components.metric_cards import headline_table
+from components.state import cohort_ids_or_all, get_run, get_trial
 from components.validate_widgets import procova_inputs, validation_card
 from services.evaluation import validation as val
 from services.evaluation.comparison import headline

@@ -16,7 +16,14 @@ from streamlit.testing.v1 import AppTest
 from services.cli import main
 from services.data.loading import load_trial_files
 from services.generation.run import write_run
-from services.reporting.export import MAX_DECIMALS, export_files, export_zip, source_precision, study_id, xpt_names
+from services.reporting.export import (
+    MAX_DECIMALS,
+    export_files,
+    export_zip,
+    source_precision,
+    study_id,
+    xpt_names,
+)
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

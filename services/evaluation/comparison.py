@@ -23,8 +23,8 @@ from scipy import stats
 
 from services.data.trial import Trial
 from services.evaluation import metrics as M
-from services.evaluation.metrics import verdicts as V
 from services.evaluation.estimators import cox_binary
+from services.evaluation.metrics import verdicts as V
 from services.jsonable import jsonable
 from services.retrieval.knn import exact_knn
 

@@ -12,13 +12,12 @@ in the variable label and in `manifest.json` under `export.xpt_renamed`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tempfile
 import zipfile
 from pathlib import Path
-
-import dataclasses
 
 import numpy as np
 import pandas as pd
