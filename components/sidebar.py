@@ -17,10 +17,13 @@ from services.data.loading import load_trial_files
 from services.data.readers import RawFile
 from services.data.trial import TrialValidationError
 
+CLEAR_DEMO_CHOICE = "sidebar_clear_demo_choice"
+
 
 def _load_chosen_demo() -> None:
     name = st.session_state["demo_choice"]
-    set_trial(cached_demo(name), f"demo: {name}")
+    if name is not None:
+        set_trial(cached_demo(name), f"demo: {name}")
 
 
 def render_sidebar() -> None:
@@ -30,6 +33,10 @@ def render_sidebar() -> None:
         names = demo_names()
         source = trial_source()
         current = source.removeprefix("demo: ") if source.startswith("demo: ") else None
+        if st.session_state.pop(CLEAR_DEMO_CHOICE, False):
+            # after an upload the box shows no demo; set through its state (before it is drawn) so
+            # the browser drops its last value instead of sending it back on the next rerun
+            st.session_state["demo_choice"] = None
         st.selectbox(
             "Bundled public trial", names, index=names.index(current) if current in names else None,
             key="demo_choice", on_change=_load_chosen_demo,
@@ -50,13 +57,13 @@ def render_sidebar() -> None:
                     set_upload_errors(exc.messages)
                 else:
                     set_trial(loaded, "upload")
-                    st.session_state.pop("demo_choice", None)   # the selectbox shows "Uploaded: <name>"
+                    st.session_state[CLEAR_DEMO_CHOICE] = True  # the box shows "Uploaded: <name>"
                     st.rerun()
             errors = upload_errors()
             for msg in errors:
                 st.error(msg)
             if errors:
-                st.caption(f"The previously loaded trial is kept: {get_trial().title}.")
+                st.caption(f"The previously loaded trial is kept. Current trial: {get_trial().title}.")
 
         trial = get_trial()
         st.markdown(f"**{trial.title}**")

@@ -102,7 +102,7 @@ def test_an_upload_shows_its_name_and_its_errors_go_with_a_switch():
     assert choice.value is None and choice.placeholder == f"Uploaded: {studyid}"
     assert f"**{studyid}**" in [m.value for m in at.sidebar.markdown]
     assert [e.value for e in at.sidebar.error] == ["adsl.csv: no USUBJID column"]
-    assert f"The previously loaded trial is kept: {studyid}." in [c.value for c in at.sidebar.caption]
+    assert f"The previously loaded trial is kept. Current trial: {studyid}." in [c.value for c in at.sidebar.caption]
     # switching to a bundled trial forgets the errors of the upload
     choice.set_value("pbc").run()
     assert not at.exception
