@@ -23,7 +23,7 @@ from scipy import stats
 
 from services.data.trial import Trial
 from services.evaluation import metrics as M
-from services.evaluation.estimators import cox_binary
+from services.evaluation.effects import patient_weighted_cox
 from services.evaluation.metrics import verdicts as V
 from services.jsonable import jsonable
 from services.retrieval.knn import exact_knn
@@ -188,33 +188,24 @@ def survival_summary(comp: Comparison, paramcd: str) -> dict:
             twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"], tgt["CNSR"].eq(0)).as_dict()
     if src is not None and len(src) and len(twn) and "SRCSUBJID" in comp.groups[TWIN].subjects:
         out["hr_source_vs_twins"] = _hr_against_twins(src, twn, comp.groups[TWIN].subjects)
-    if src is not None and len(src):
-        for name, control in (("hr_source_vs_real_target", tgt),):
-            if len(control):
-                times = np.r_[src["AVAL"], control["AVAL"]]
-                events = np.r_[src["CNSR"].eq(0), control["CNSR"].eq(0)]
-                group = np.r_[np.ones(len(src)), np.zeros(len(control))]
-                try:
-                    out[name] = M.cox_hazard_ratio(times, events, group).as_dict()
-                except Exception as exc:  # noqa: BLE001  # lifelines convergence problems: report, don't crash
-                    out[name] = {"error": str(exc).splitlines()[0]}
+    if src is not None and len(src) and len(tgt):
+        times = np.r_[src["AVAL"], tgt["AVAL"]]
+        events = np.r_[src["CNSR"].eq(0), tgt["CNSR"].eq(0)]
+        group = np.r_[np.ones(len(src)), np.zeros(len(tgt))]
+        try:
+            out["hr_source_vs_real_target"] = M.cox_hazard_ratio(times, events, group).as_dict()
+        except Exception as exc:  # noqa: BLE001  # lifelines convergence problems: report, don't crash
+            out["hr_source_vs_real_target"] = {"error": str(exc).splitlines()[0]}
     return out
 
 
 def _hr_against_twins(src: pd.DataFrame, twn: pd.DataFrame, twin_subjects: pd.DataFrame) -> dict:
-    """HR of the real source patients vs their twins with the patient as the unit: each twin
-    weighs 1/K, a patient and its twins form one cluster (robust variance). The generator's own
-    uncertainty is not in this interval: the effects (`services.evaluation.effects`) add it."""
-    owner = twin_subjects.set_index("USUBJID")["SRCSUBJID"]
-    t_src = twn["USUBJID"].map(owner)
-    k = t_src.map(t_src.value_counts()).to_numpy(float)
-    time_ = np.r_[src["AVAL"].to_numpy(float), twn["AVAL"].to_numpy(float)]
-    event = np.r_[src["CNSR"].eq(0), twn["CNSR"].eq(0)].astype(float)
-    group = np.r_[np.ones(len(src)), np.zeros(len(twn))]
-    weights = np.r_[np.ones(len(src)), 1.0 / k]
-    clusters = np.r_[src["USUBJID"].astype(str).to_numpy(), t_src.astype(str).to_numpy()]
+    """HR of the real source patients vs their twins with the patient as the unit
+    (`effects.patient_weighted_cox`). The generator's own uncertainty is not in this interval:
+    the effects (`services.evaluation.effects`) add it."""
+    twins = twn.assign(SRCSUBJID=twn["USUBJID"].map(twin_subjects.set_index("USUBJID")["SRCSUBJID"]))
     try:
-        fit = cox_binary(time_, event, group, weights=weights, clusters=clusters)
+        fit, _ = patient_weighted_cox(src, twins)
     except Exception as exc:  # noqa: BLE001 - a model that does not converge is reported, not raised
         return {"error": str(exc).splitlines()[0]}
     z = stats.norm.ppf(0.975)

@@ -170,6 +170,19 @@ def _md_stats(real_vv: pd.DataFrame, twins: pd.DataFrame) -> pd.DataFrame:
     return out[out["n"] >= MIN_PATIENTS]
 
 
+def patient_weighted_cox(real: pd.DataFrame, twins: pd.DataFrame):
+    """Cox model of real patients (USUBJID, AVAL, CNSR) vs their twins (SRCSUBJID, AVAL, CNSR):
+    each twin weighs 1/K of its patient, a patient and its twins form one cluster. Returns the
+    fit and each twin's K."""
+    k_i = twins.groupby("SRCSUBJID")["AVAL"].transform("count").to_numpy(dtype=float)
+    time_ = np.concatenate([real["AVAL"].to_numpy(float), twins["AVAL"].to_numpy(float)])
+    event = np.concatenate([1 - real["CNSR"].to_numpy(float), 1 - twins["CNSR"].to_numpy(float)])
+    group = np.concatenate([np.ones(len(real)), np.zeros(len(twins))])
+    weights = np.concatenate([np.ones(len(real)), 1.0 / k_i])
+    clusters = np.concatenate([real["USUBJID"].to_numpy(object), twins["SRCSUBJID"].to_numpy(object)])
+    return cox_binary(time_, event, group, weights, clusters), k_i
+
+
 def _tte_stats(real_tte: pd.DataFrame, twins_tte: pd.DataFrame, taus: dict[str, float]) -> dict:
     """Per TTE PARAMCD: {('HR', p): (log_hr, var), ('RMST', p): (diff, var)} with clusters =
     source patients and each twin weighted 1/(number of that patient's twins)."""
@@ -181,13 +194,7 @@ def _tte_stats(real_tte: pd.DataFrame, twins_tte: pd.DataFrame, taus: dict[str, 
         r = r[r["USUBJID"].isin(set(tw["SRCSUBJID"]))]
         if len(r) < MIN_PATIENTS:
             continue
-        k_i = tw.groupby("SRCSUBJID")["TWINIDX"].transform("count").to_numpy(dtype=float)
-        time_ = np.concatenate([r["AVAL"].to_numpy(float), tw["AVAL"].to_numpy(float)])
-        event = np.concatenate([1 - r["CNSR"].to_numpy(float), 1 - tw["CNSR"].to_numpy(float)])
-        group = np.concatenate([np.ones(len(r)), np.zeros(len(tw))])
-        weights = np.concatenate([np.ones(len(r)), 1.0 / k_i])
-        clusters = np.concatenate([r["USUBJID"].to_numpy(object), tw["SRCSUBJID"].to_numpy(object)])
-        cox = cox_binary(time_, event, group, weights, clusters)
+        cox, k_i = patient_weighted_cox(r, tw)
         if math.isfinite(cox.log_hr):
             out[("hazard_ratio", p)] = (cox.log_hr, cox.se_robust**2, len(r))
         fr = rmst_km(r["AVAL"], 1 - r["CNSR"], tau)
@@ -437,9 +444,8 @@ def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, 
     name = (run.manifest or {}).get("generator") or "local"
     cls = GENERATORS.get(name)
     cheap = cls is not None and not cls.capabilities.needs_network
-    b = (20 if cheap else 0) if refits is None else int(refits)
+    b = (20 if refits is None else int(refits)) if cheap else 0
     if not cheap:
-        b = 0
         out["note"] = (f"the {name} generator is not refitted (each refit would call the model per twin): "
                        "the intervals hold the patient-level variance only")
     real = knowledge_base.subset(sources, name=f"{knowledge_base.name} sources")

@@ -146,8 +146,6 @@ def validate_run(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
     name, settings, k = run_generator(run)
     if twins_per_patient is not None:
         k = int(twins_per_patient)
-    if run is None:
-        settings, k = {}, twins_per_patient or 20
     arm = arm or (run.target_arm if run is not None and run.target_arm in trial.arms else trial.control_arm)
     if max_held_out is None and capabilities(name).needs_network:
         max_held_out = 4
