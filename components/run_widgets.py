@@ -178,7 +178,7 @@ def job_panel(on_finished, first_run: bool = False) -> None:
                   disabled=j.cancel_event.is_set(),
                   help="Stops the generation; the twins finished so far are saved as a run.")
         caps = j.generator.capabilities
-        budget = min(INLINE_WAIT_S, 5.0 if caps.needs_network else INLINE_WAIT_S) if first_run else 0.0
+        budget = (5.0 if caps.needs_network else INLINE_WAIT_S) if first_run else 0.0
         deadline = time.time() + budget
         while j.running and time.time() < deadline:
             j.wait(0.25)
