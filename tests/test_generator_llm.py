@@ -302,9 +302,10 @@ def test_hybrid_falls_back_to_the_local_draw_where_a_reply_is_implausible(pbc, h
     sources = treated(pbc, 2)
     server.default = far_albumin
     gen = hybrid_gen.with_endpoint(settings_for(server))
+    gen.calibration = 0  # the model's values as written (no weight learned): the fallback alone
     run = gen.generate(pbc.subset(sources), "Placebo", twins_per_patient=2, seed=4)
     kept = hybrid_gen.with_endpoint(settings_for(server))
-    kept.fallback_sd = None
+    kept.fallback_sd, kept.calibration = None, 0
     raw = kept.generate(pbc.subset(sources), "Placebo", twins_per_patient=2, seed=4)
 
     ranges = gen.plausible_ranges("Placebo")

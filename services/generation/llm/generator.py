@@ -14,7 +14,9 @@ receives one JSON request (`services.generation.llm.TwinRequest`) with
 - with `hybrid=True`, a reference forecast: the mean of `reference_draws` twins of the offline
   `local` generator for this patient (the model adds individual variability around it); a
   reply value more than `fallback_sd` SD of those draws from their mean is implausible and
-  replaced by the twin's local draw (`replies`), so hybrid twins are not worse than local.
+  replaced by the twin's local draw (`replies`); and the weight of the model's values against
+  the local forecast is learned first on knowledge-base patients of the target arm whose real
+  values are known (`calibration`), so hybrid twins are not worse than local.
 
 It answers with a value at every scheduled visit of every longitudinal parameter and one
 (time, censoring) per time-to-event outcome. Replies are validated (complete, in range) and
@@ -67,6 +69,15 @@ from services.generation.llm.errors import (
     LLMUnavailableError,
     RemoteEndpointError,
 )
+from services.generation.llm.calibration import (
+    KEY_PREFIX,
+    Calibration,
+    auto_size,
+    calibration_patients,
+    calibration_rows,
+    estimate_weight,
+    no_calibration,
+)
 from services.generation.llm.prompt import PROMPT_VERSION
 from services.generation.llm.prompting import TrialFacts, build_requests, local_reference
 from services.generation.llm.replies import assemble_replies
@@ -86,7 +97,9 @@ class LLMGenerator(TwinGenerator):
     visit is generated when at least that many target-arm patients have a value there (as the
     local generator); `reference_draws`: local twins averaged for the reference forecast;
     `fallback_sd` (hybrid): replies farther than that many SD of the local draws from their
-    mean fall back to the local draw (None: keep every validated value).
+    mean fall back to the local draw (None: keep every validated value); `calibration`
+    (hybrid): knowledge-base patients the model forecasts first to earn its weight against the
+    local forecast (`calibration` module; None = auto, 0 = none: the model's values as written).
 
     `settings` (an `LLMSettings`) or `secrets` (e.g. `dict(st.secrets)`) may be given; the API
     key stays in them and is never part of `get_params()` or the manifest.
@@ -105,7 +118,7 @@ class LLMGenerator(TwinGenerator):
                  max_retries: int | None = None, model: str | None = None,
                  allow_remote: bool = False, use_cache: bool = True,
                  min_visit_subjects: int = 10, reference_draws: int = 10,
-                 fallback_sd: float | None = 3.0,
+                 fallback_sd: float | None = 3.0, calibration: int | None = None,
                  settings: LLMSettings | None = None, secrets: Mapping[str, Any] | None = None,
                  cache_dir: str | None = None,
                  retriever_factory: Callable[[Trial], object] | None = None):
@@ -127,6 +140,9 @@ class LLMGenerator(TwinGenerator):
         if fallback_sd is not None and not float(fallback_sd) > 0:
             raise GeneratorError("fallback_sd must be > 0 (or None)")
         self.fallback_sd = None if fallback_sd is None else float(fallback_sd)
+        if calibration is not None and int(calibration) < 0:
+            raise GeneratorError("calibration must be >= 0 (or None: auto)")
+        self.calibration = None if calibration is None else int(calibration)
         overrides = {"model": self.model, "temperature": self.temperature,
                      "concurrency": self.concurrency, "timeout_s": self.timeout,
                      "max_retries": self.max_retries}
@@ -152,7 +168,8 @@ class LLMGenerator(TwinGenerator):
                 "timeout": self.timeout, "max_retries": self.max_retries, "model": self.model,
                 "allow_remote": self.allow_remote, "use_cache": self.use_cache,
                 "min_visit_subjects": self.min_visit_subjects,
-                "reference_draws": self.reference_draws, "fallback_sd": self.fallback_sd}
+                "reference_draws": self.reference_draws, "fallback_sd": self.fallback_sd,
+                "calibration": self.calibration}
 
     def available(self) -> bool:
         """An endpoint is configured (an API key or a base URL), or the embedded model is
@@ -253,8 +270,7 @@ class LLMGenerator(TwinGenerator):
         settings, embedded = self._endpoint_settings()
         manifest["model"] = settings.model
         manifest["prompt_version"] = PROMPT_VERSION
-        retr = self.retriever
-        manifest["retriever"] = retriever_manifest(retr, self.neighbors)
+        manifest["retriever"] = retriever_manifest(self.retriever, self.neighbors)
         manifest["llm"] = {"settings": settings.public_dict(), "usage": None}
         if embedded is not None:
             manifest["llm"]["embedded"] = embedded
@@ -269,33 +285,26 @@ class LLMGenerator(TwinGenerator):
                                  "of that arm and there is no time-to-event outcome")
         ids = [str(u) for u in src.subjects["USUBJID"]]
         keys = {s: f"P{i + 1}" for i, s in enumerate(ids)}
-
-        # neighbours of the target arm (never the source itself)
-        t_ret = time.perf_counter()
-        hits = retr.neighbours_many(src, arm=target_arm, k=self.neighbors + 1)
-        neigh: dict[str, list] = {}
-        for s in ids:
-            neigh[s] = [h for h in hits.get(s, []) if str(h.usubjid) != s][: self.neighbors]
-        blocks = facts.neighbour_blocks({str(h.usubjid) for hs in neigh.values() for h in hs},
-                                        visits)
-        retrieval_s = time.perf_counter() - t_ret
-
-        # reference forecast of the local generator (hybrid)
-        reference: dict[str, dict[str, list]] = {}
-        local_draws: dict | None = None
-        reference_s = 0.0
-        if self._local is not None and visits and not is_cancelled(cancel):
-            t_ref = time.perf_counter()
-            reference, local_draws = local_reference(self._local, src, target_arm,
-                                                     self.reference_draws, seed, cancel)
-            reference_s = time.perf_counter() - t_ref
+        requests, owners, local_draws, timing = self._requests(
+            src, ids, keys, k, target_arm, seed, visits, manifest, cancel)
+        if local_draws is not None:
             manifest["reference"] = {"generator": "local", "draws": self.reference_draws,
                                      "settings": self._local.get_params()}
 
-        # one request per twin
-        requests, owners = build_requests(facts, src, ids, keys, k, target_arm, seed, neigh,
-                                          blocks, reference, manifest)
-
+        # hybrid: knowledge-base patients whose real values are known, written first
+        n_cal = 0
+        if local_draws is not None and self.calibration != 0:
+            n_cal = (auto_size(len(requests)) if self.calibration is None
+                     else self.calibration)
+        cal_ids = calibration_patients(self.knowledge_base, target_arm, set(ids), n_cal, seed)
+        cal_draws: dict = {}
+        if cal_ids:
+            cal_keys = {s: f"{KEY_PREFIX}{i + 1}" for i, s in enumerate(cal_ids)}
+            scratch = {"neighbours": {}}
+            cal_requests, _, cal_draws, _ = self._requests(
+                self.knowledge_base.subset(cal_ids), cal_ids, cal_keys, 1, target_arm, seed,
+                visits, scratch, cancel)
+            requests = cal_requests + requests
         # the model writes the twins
         from services.generation.llm.writer import LLMTwinWriter
 
@@ -315,24 +324,72 @@ class LLMGenerator(TwinGenerator):
         finally:
             writer.close()
         llm_s = time.perf_counter() - t_llm
+        cal_results, results = results[:len(cal_ids)], results[len(cal_ids):]
         if stopped and not any(r.ok for r in results):
             # the endpoint is down or refuses us: one message, not one per twin
             raise LLMEndpointError(stopped)
         if stopped:
             notes.append(f"the run stopped early: {stopped}")
 
+        weight = None
+        if local_draws is not None and self.calibration != 0:
+            cal = self._calibrate(cal_ids, cal_results, cal_draws, n_cal)
+            weight = cal.weight
+            manifest["llm"]["calibration"] = {**cal.to_manifest(), "knowledge_base_patients":
+                                              cal_ids}
+            notes.append(cal.note())
         run = assemble_replies(src, facts, ids, k, target_arm, results, owners, visits, manifest,
-                               fallback=local_draws, fallback_sd=self.fallback_sd)
+                               fallback=local_draws, fallback_sd=self.fallback_sd,
+                               weight=weight)
         manifest["llm"]["usage"] = usage.to_dict() if usage is not None else None
         manifest["llm"]["structured"] = structured
         manifest["estimated_cost_usd"] = usage.to_dict()["estimated_cost_usd"] if usage else 0.0
         if usage is not None and usage.ok:
             manifest["llm"]["seconds_per_twin"] = round(llm_s / usage.ok, 2)
         manifest["timings"] = {
-            "retrieval_s": round(retrieval_s, 4), "reference_s": round(reference_s, 4),
+            "retrieval_s": round(timing[0], 4), "reference_s": round(timing[1], 4),
             "llm_s": round(llm_s, 4),
             "twins_per_s": round(run.n_twins / llm_s, 2) if llm_s > 0 else None}
         return run
+
+    def _requests(self, src: Trial, ids: list[str], keys: dict[str, str], k: int,
+                  target_arm: str, seed: int, visits: dict, manifest: dict, cancel: CancelLike):
+        """The requests of `ids` (of `src`) with their owners, the local draws (hybrid; None
+        otherwise) and the (retrieval, reference) seconds."""
+        facts, retr = self.facts, self.retriever
+        # neighbours of the target arm (never the source itself)
+        t_ret = time.perf_counter()
+        hits = retr.neighbours_many(src, arm=target_arm, k=self.neighbors + 1)
+        neigh: dict[str, list] = {}
+        for s in ids:
+            neigh[s] = [h for h in hits.get(s, []) if str(h.usubjid) != s][: self.neighbors]
+        blocks = facts.neighbour_blocks({str(h.usubjid) for hs in neigh.values() for h in hs},
+                                        visits)
+        retrieval_s = time.perf_counter() - t_ret
+        # reference forecast of the local generator (hybrid)
+        reference: dict[str, dict[str, list]] = {}
+        local_draws = None
+        t_ref = time.perf_counter()
+        if self._local is not None and visits and not is_cancelled(cancel):
+            reference, local_draws = local_reference(self._local, src, target_arm,
+                                                     self.reference_draws, seed, cancel)
+        reference_s = time.perf_counter() - t_ref
+        requests, owners = build_requests(facts, src, ids, keys, k, target_arm, seed, neigh,
+                                          blocks, reference, manifest)
+        return requests, owners, local_draws, (retrieval_s, reference_s)
+
+    def _calibrate(self, cal_ids: list[str], results: list, draws: dict,
+                   wanted: int) -> Calibration:
+        """The model's weight from the calibration patients' replies (`calibration`)."""
+        if not wanted:
+            return no_calibration("the run has fewer than 15 twins, too few to test the model "
+                                  "on knowledge-base patients first (set calibration=N to do "
+                                  "it anyway)")
+        if not cal_ids:
+            return no_calibration("the knowledge base has no other target-arm patient to test "
+                                  "the model on")
+        replies = {u: r.reply for u, r in zip(cal_ids, results) if r.ok and r.reply is not None}
+        return estimate_weight(calibration_rows(self.knowledge_base, replies, draws))
 
     def _endpoint_settings(self) -> tuple[LLMSettings, dict | None]:
         """The settings of this run's endpoint: the configured one, else the embedded model's

@@ -6,7 +6,11 @@ Hybrid mode falls back to the local generator where a reply is implausible: a va
 than `fallback_sd` standard deviations of the local draws away from their mean (the local
 model's predictive spread for this patient and visit) is replaced by the twin's own local
 draw (draw t of twin t), so a confused model cannot make the twins worse than local alone.
-Values outside the plausible range never get here (validation rejects the reply)."""
+Values outside the plausible range never get here (validation rejects the reply).
+
+With a calibration `weight` w (`calibration`), a twin's value is its own local draw plus
+w x (model value - local mean): w = 0 keeps the local draws, w = 1 moves them to the model's
+forecast; an implausible value counts as the local mean (so it falls back to the draw)."""
 
 from __future__ import annotations
 
@@ -24,15 +28,21 @@ from services.generation.run import TTE_COLUMNS, TwinRun, twin_id
 _GENERATED = ["USUBJID", "SRCSUBJID", "PARAMCD", "AVAL", "ADY", "AVISITN", "AVISIT", "_TW"]
 
 
+def own_draw(draws: np.ndarray, t: int) -> float:
+    """Twin t's own local draw (draw t, cycling when there are fewer draws than twins)."""
+    return float(draws[(t - 1) % len(draws)])
+
+
 def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, target_arm: str,
                      results: list, owners: list[tuple[str, int]], visits: dict[str, list],
                      manifest: dict, fallback: dict[tuple[str, str, float], np.ndarray] | None = None,
-                     fallback_sd: float | None = None) -> TwinRun:
+                     fallback_sd: float | None = None, weight: float | None = None) -> TwinRun:
     """The contract's frames of the twins whose reply is valid (`results[i]` belongs to
     `owners[i]` = (source, twin index)); fills the manifest's `failures`, `cancelled`,
     `notes` and `counts`. Integer-valued parameters and event times stay whole numbers.
     `fallback` (hybrid): the local draws per (source, PARAMCD, avisitn), see the module
-    docstring; the manifest's `llm.fallback` counts the values replaced."""
+    docstring; the manifest's `llm.fallback` counts the values replaced. `weight`: the
+    calibration weight of the model's values (None: the model's values as written)."""
     kb = facts.kb
     labels = manifest["trial"]["labels"]
     ok: dict[tuple[str, int], Any] = {}
@@ -58,6 +68,8 @@ def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, targ
     checked = replaced = 0
     replaced_twins: set[tuple[str, int]] = set()
     limits: dict[tuple[str, str, float], tuple[float, float]] = {}
+    ranges: dict[str, dict] = {}
+    in_kb = set(kb.subjects["USUBJID"].astype(str))
     if fallback and fallback_sd is not None:
         for key, draws in fallback.items():
             if len(draws) >= 2 and np.isfinite(draws).all():
@@ -76,10 +88,17 @@ def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, targ
                 checked += 1
                 mean, width = limits[key]
                 if abs(aval - mean) > width:
-                    draws = fallback[key]
-                    aval = float(draws[(t - 1) % len(draws)])
+                    aval = mean if weight is not None else own_draw(fallback[key], t)
                     replaced += 1
                     replaced_twins.add((s, t))
+            if weight is not None and fallback and key in fallback:
+                draws = fallback[key]
+                aval = own_draw(draws, t) + weight * (aval - float(np.mean(draws)))
+                if weight > 0:  # the moved draw stays on the scale the replies must respect
+                    lo, hi = ranges.setdefault(s, facts.plausible_ranges(
+                        target_arm, s if s in in_kb else None)).get(vv.paramcd, (None, None))
+                    aval = min(max(aval, -math.inf if lo is None else lo),
+                               math.inf if hi is None else hi)
             if facts.integer.get(vv.paramcd):
                 aval = float(round(aval))
             ds = kb.parameters[vv.paramcd].dataset
