@@ -97,6 +97,18 @@ def held_out_limited(name: str, n: int | None) -> str:
     return key
 
 
+def parse_settings(items: list[str]) -> dict:
+    """NAME=VALUE items as settings (VALUE read as JSON, else as text)."""
+    settings = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        try:
+            settings[name] = json.loads(text)
+        except ValueError:
+            settings[name] = text
+    return settings
+
+
 def run_trial(trial, seeds, folds, k, settings, generator="local", pairs_out=None):
     params, ttes, summaries = [], [], []
     t0 = time.perf_counter()
@@ -222,6 +234,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                     help="a local generator setting (VALUE read as JSON), e.g. tte_neighbors=40")
+    ap.add_argument("--gen-setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting of the --generator compared with local only, e.g. "
+                         "calibration=5 for llm")
     ap.add_argument("--generator", default="local", choices=sorted(GENERATORS),
                     help="generator to backtest (default local); another one is compared with "
                          "local on the same held-out patients")
@@ -231,13 +246,7 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     seeds = list(range(2 if args.quick else args.seeds))
     k = 10 if args.quick else args.k
-    settings = {}
-    for item in args.setting:
-        name, _, text = item.partition("=")
-        try:
-            settings[name] = json.loads(text)
-        except ValueError:
-            settings[name] = text
+    settings = parse_settings(args.setting)
     if not args.chroma:
         from services.retrieval.retriever import ExactRetriever
         settings["retriever_factory"] = ExactRetriever
@@ -252,6 +261,7 @@ def main(argv=None) -> int:
     gen_settings = dict(settings)
     if args.generator == "llm":
         gen_settings["use_cache"] = False  # measure the model, not the cache
+    gen_settings.update(parse_settings(args.gen_setting))
     compare = args.generator != "local"
     local_settings = dict(settings)
     if args.held_out:  # backtest() sets this for "local" only, by name
@@ -284,6 +294,13 @@ def main(argv=None) -> int:
                 print(f"   {args.generator}: {twins} of {wanted} twins written in {elapsed:.0f} s "
                       f"({elapsed / max(twins, 1):.1f} s per twin, fits included); hybrid "
                       f"fallback replaced {replaced} of {checked} values")
+                cals = [(m.get("llm") or {}).get("calibration") for m in manifests]
+                cals = [c for c in cals if c]
+                if cals:
+                    print("   hybrid calibration per run: " + "; ".join(
+                        f"weight {c['weight']:.2f} on {c['patients']} patients "
+                        f"({c['values']} values, p = {c['p_value']})" for c in cals))
+                    result[f"{name}_calibration_weight_max"] = max(c["weight"] for c in cals)
                 lp, lt, _, l_elapsed = run_trial(trial, seeds, args.folds, k, local_settings,
                                                  local_name, local_pairs)
                 print("\nlocal on the same held-out patients, splits and K:")
