@@ -24,7 +24,7 @@ from services.generation.llm.calibration import (
     estimate_weight,
 )
 from services.generation.llm.generator import LLMGenerator
-from services.generation.llm.prompting import local_reference
+from services.generation.llm.prompting import local_twins
 
 
 def rows_for(rng, n_pat, per, signal):
@@ -96,7 +96,7 @@ def treated(trial, n):
 
 def test_a_noisy_model_leaves_the_local_draws(pbc, hybrid):
     """The scripted model writes the local forecast plus noise: no better than local, so its
-    weight is 0 and every twin value is the twin's own local draw."""
+    weight is 0 and the twins' values are exactly those of the local generator (same seed, K)."""
     sources, k, seed = treated(pbc, 8), 2, 5
     with ScriptedOpenAIServer() as srv:
         gen = hybrid.with_endpoint(settings_for(srv))
@@ -107,13 +107,13 @@ def test_a_noisy_model_leaves_the_local_draws(pbc, hybrid):
     assert sum(key.startswith("C") for key in keys) == 3   # written before the twins
     assert cal["weight"] == 0 and run.n_twins == 16
     assert any("hybrid calibration" in n for n in run.manifest["notes"])
-    _, draws = local_reference(gen.local_generator, pbc.subset(sources), "Placebo",
-                               gen.reference_draws, seed, None)
+    local = gen.local_generator.generate(pbc.subset(sources), "Placebo", twins_per_patient=k,
+                                         seed=seed).values().dropna(subset=["AVISITN"])
     vals = run.values().dropna(subset=["AVISITN"])
-    own = [draws[(s, p, float(a))][t - 1] for s, p, a, t in
-           zip(vals["SRCSUBJID"], vals["PARAMCD"], vals["AVISITN"],
-               vals["USUBJID"].str.extract(r"-T(\d+)$")[0].astype(int))]
-    assert np.allclose(vals["AVAL"], own)
+    key = ["USUBJID", "PARAMCD", "AVISITN"]
+    both = vals.merge(local, on=key, suffixes=("", "_local"))
+    assert len(both) == len(vals) == len(local)
+    assert np.array_equal(both["AVAL"], both["AVAL_local"])
     # calibration patients are not twins and not in the manifest's neighbours of twins
     assert not set(cal["knowledge_base_patients"]) & set(run.adsl["SRCSUBJID"])
 
@@ -150,11 +150,10 @@ def test_a_model_that_knows_the_truth_earns_full_weight(pbc, hybrid):
     assert cal["knowledge_base_patients"] == cal_ids
     assert cal["weight"] == 1.0 and cal["p_value"] < 0.05, cal
     assert cal["standardised_rmse_model"] < 0.01 < cal["standardised_rmse_local"]
-    _, draws = local_reference(gen.local_generator, pbc.subset(sources), "Placebo",
-                               gen.reference_draws, seed, None)
+    own = local_twins(gen.local_generator, pbc.subset(sources), "Placebo", k, seed, None)
     vals = run.values().dropna(subset=["AVISITN"]).query("PARAMCD == 'ALB'")
     t = vals["USUBJID"].str.extract(r"-T(\d+)$")[0].astype(int)
-    moved = [draws[(s, "ALB", float(a))][i - 1] + 1.0
+    moved = [own[(s, "ALB", float(a))][i - 1] + 1.0
              for s, a, i in zip(vals["SRCSUBJID"], vals["AVISITN"], t)]
-    # draw + 1 x ((reference mean + 1) - draws' mean); the reference is the rounded mean
+    # own local draw + 1 x ((reference mean + 1) - reference mean); the reference is rounded
     assert np.allclose(vals["AVAL"], moved, atol=1e-4)

@@ -79,7 +79,12 @@ from services.generation.llm.calibration import (
     no_calibration,
 )
 from services.generation.llm.prompt import PROMPT_VERSION
-from services.generation.llm.prompting import TrialFacts, build_requests, local_reference
+from services.generation.llm.prompting import (
+    TrialFacts,
+    build_requests,
+    local_reference,
+    local_twins,
+)
 from services.generation.llm.replies import assemble_replies
 from services.generation.llm.settings import LLMConfigError, LLMSettings
 from services.generation.run import TwinRun
@@ -287,9 +292,11 @@ class LLMGenerator(TwinGenerator):
         keys = {s: f"P{i + 1}" for i, s in enumerate(ids)}
         requests, owners, local_draws, timing = self._requests(
             src, ids, keys, k, target_arm, seed, visits, manifest, cancel)
+        own = None
         if local_draws is not None:
             manifest["reference"] = {"generator": "local", "draws": self.reference_draws,
                                      "settings": self._local.get_params()}
+            own = local_twins(self._local, src, target_arm, k, seed, cancel)
 
         # hybrid: knowledge-base patients whose real values are known, written first
         n_cal = 0
@@ -340,7 +347,7 @@ class LLMGenerator(TwinGenerator):
             notes.append(cal.note())
         run = assemble_replies(src, facts, ids, k, target_arm, results, owners, visits, manifest,
                                fallback=local_draws, fallback_sd=self.fallback_sd,
-                               weight=weight)
+                               weight=weight, own=own)
         manifest["llm"]["usage"] = usage.to_dict() if usage is not None else None
         manifest["llm"]["structured"] = structured
         manifest["estimated_cost_usd"] = usage.to_dict()["estimated_cost_usd"] if usage else 0.0

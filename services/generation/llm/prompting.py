@@ -226,11 +226,22 @@ class TrialFacts:
         return out
 
 
+def local_samples(run) -> dict[tuple[str, str, float], np.ndarray]:
+    """{(source, PARAMCD, avisitn): the values of a local run's twins in twin order}."""
+    vals = run.values()
+    if vals.empty:
+        return {}
+    # the run's records are in twin order within a (source, parameter, visit)
+    return {(str(s), str(p), float(a)): g.to_numpy(float) for (s, p, a), g in
+            vals.dropna(subset=["AVISITN"]).groupby(["SRCSUBJID", "PARAMCD", "AVISITN"],
+                                                    sort=False)["AVAL"]}
+
+
 def local_reference(local, src: Trial, target_arm: str, draws: int, seed: int, cancel
                     ) -> tuple[dict, dict[tuple[str, str, float], np.ndarray]]:
     """The hybrid mode's forecast from the fitted local generator `local`: `draws` twins per
     source. Returns ({source: {PARAMCD: [[avisitn, mean], ...]}}, the prompt's reference) and
-    {(source, PARAMCD, avisitn): the draws' values in twin order} (the fallback of implausible
+    {(source, PARAMCD, avisitn): the draws' values in twin order} (their mean and SD judge the
     replies, see `replies.assemble_replies`)."""
     ref_run = local.generate(src, target_arm, twins_per_patient=draws, seed=seed, cancel=cancel)
     vals = ref_run.values()
@@ -244,11 +255,17 @@ def local_reference(local, src: Trial, target_arm: str, draws: int, seed: int, c
     for per in out.values():
         for p in per:
             per[p].sort()
-    # the run's records are in twin order within a (source, parameter, visit)
-    samples = {(str(s), str(p), float(a)): g.to_numpy(float) for (s, p, a), g in
-               vals.dropna(subset=["AVISITN"]).groupby(["SRCSUBJID", "PARAMCD", "AVISITN"],
-                                                       sort=False)["AVAL"]}
-    return out, samples
+    return out, local_samples(ref_run)
+
+
+def local_twins(local, src: Trial, target_arm: str, k: int, seed: int, cancel
+                ) -> dict[tuple[str, str, float], np.ndarray]:
+    """The values of the local twins of the same seed and K (`local_samples`): the draws a
+    hybrid twin falls back to, so that where the model gets no weight its twins are exactly
+    those of `local` (balanced residuals make twin t depend on K, so the reference's draws
+    would not be)."""
+    return local_samples(local.generate(src, target_arm, twins_per_patient=k, seed=seed,
+                                        cancel=cancel))
 
 
 def build_requests(facts: TrialFacts, src: Trial, ids: list[str], keys: dict[str, str], k: int,

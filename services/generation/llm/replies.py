@@ -36,13 +36,16 @@ def own_draw(draws: np.ndarray, t: int) -> float:
 def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, target_arm: str,
                      results: list, owners: list[tuple[str, int]], visits: dict[str, list],
                      manifest: dict, fallback: dict[tuple[str, str, float], np.ndarray] | None = None,
-                     fallback_sd: float | None = None, weight: float | None = None) -> TwinRun:
+                     fallback_sd: float | None = None, weight: float | None = None,
+                     own: dict[tuple[str, str, float], np.ndarray] | None = None) -> TwinRun:
     """The contract's frames of the twins whose reply is valid (`results[i]` belongs to
     `owners[i]` = (source, twin index)); fills the manifest's `failures`, `cancelled`,
     `notes` and `counts`. Integer-valued parameters and event times stay whole numbers.
     `fallback` (hybrid): the local draws per (source, PARAMCD, avisitn), see the module
     docstring; the manifest's `llm.fallback` counts the values replaced. `weight`: the
-    calibration weight of the model's values (None: the model's values as written)."""
+    calibration weight of the model's values (None: the model's values as written); `own`:
+    the local twins of the run's seed and K, twin t's own draw (default: draw t of
+    `fallback`)."""
     kb = facts.kb
     labels = manifest["trial"]["labels"]
     ok: dict[tuple[str, int], Any] = {}
@@ -88,12 +91,14 @@ def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, targ
                 checked += 1
                 mean, width = limits[key]
                 if abs(aval - mean) > width:
-                    aval = mean if weight is not None else own_draw(fallback[key], t)
+                    aval = mean if weight is not None else own_draw((own or fallback).get(
+                        key, fallback[key]), t)
                     replaced += 1
                     replaced_twins.add((s, t))
             if weight is not None and fallback and key in fallback:
                 draws = fallback[key]
-                aval = own_draw(draws, t) + weight * (aval - float(np.mean(draws)))
+                aval = (own_draw((own or fallback).get(key, draws), t)
+                        + weight * (aval - float(np.mean(draws))))
                 if weight > 0:  # the moved draw stays on the scale the replies must respect
                     lo, hi = ranges.setdefault(s, facts.plausible_ranges(
                         target_arm, s if s in in_kb else None)).get(vv.paramcd, (None, None))
