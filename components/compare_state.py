@@ -8,6 +8,7 @@ import streamlit as st
 from components.state import get_run, get_run_dir, get_trial
 from services.evaluation import comparison as ev
 from services.evaluation.effects import cached_run_effects
+from services.evaluation.precompute import precompute_for
 
 
 def require_run():
@@ -36,14 +37,28 @@ def cached_comparison(kb, run) -> ev.Comparison:
     return _comparison(kb.content_hash, run.run_id, kb, run)
 
 
+def wait_for_background(step: str) -> None:
+    """When the run's background evaluation (`precompute`) is computing `step`, show its
+    progress and wait for it rather than computing the same thing beside it."""
+    job = precompute_for(get_run_dir())
+    if job is None or job.wait_for(step, 0):
+        return
+    bar = st.progress(job.fraction(), text=job.text())
+    while not job.wait_for(step, 0.5):
+        bar.progress(job.fraction(), text=job.text())
+    bar.empty()
+
+
 @st.cache_data(show_spinner="Computing fidelity, privacy and utility metrics...", max_entries=8)
-def _evaluation(kb_hash: str, run_id: str, _kb, _run) -> dict:
-    comp = cached_comparison(_kb, _run)
-    return ev.evaluate(comp.kb, comp.twins, comp.manifest)
+def _evaluation(kb_hash: str, run_id: str, _kb, _run, _run_dir) -> dict:
+    return ev.cached_run_evaluation(_kb, _run, _run_dir)
 
 
 def cached_evaluation(kb, run) -> dict:
-    return _evaluation(kb.content_hash, run.run_id, kb, run)
+    """The run's Compare metrics: computed once per run (in the background after generation),
+    kept in its folder (evaluation.json) for the report and later sessions."""
+    wait_for_background("evaluation")
+    return _evaluation(kb.content_hash, run.run_id, kb, run, get_run_dir())
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -54,4 +69,5 @@ def _effects(kb_hash: str, run_id: str, _kb, _run, _run_dir) -> dict:
 def cached_effects(kb, run) -> dict:
     """The run's effects (patient as unit, generator refits): computed once per run, kept in its
     folder (effects.json) for the report and later sessions."""
+    wait_for_background("effects")
     return _effects(kb.content_hash, run.run_id, kb, run, get_run_dir())

@@ -73,6 +73,7 @@ class GenerationJob:
     def _work(self) -> None:
         from services.generation import GeneratorError
         from services.generation.saved_runs import save_run
+        from services.evaluation.precompute import start_precompute
 
         try:
             run = self.generator.generate(self.sources, target_arm=self.target_arm,
@@ -81,6 +82,8 @@ class GenerationJob:
             run.manifest["cohort"] = {"label": self.label, **self.note}
             if run.n_twins:
                 self.run_dir = str(save_run(run))
+                # Compare's metrics and the effects, computed while the user looks at the run
+                start_precompute(self.generator.knowledge_base, run, self.run_dir)
             self.run = run
         except GeneratorError as exc:
             self.error = str(exc)

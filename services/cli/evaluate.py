@@ -28,8 +28,8 @@ def run(args) -> int:
     from services.data.demo import resolve_trial
     from services.data.loading import load_trial
     from services.data.trial import TrialValidationError
-    from services.evaluation.comparison import evaluate
-    from services.evaluation.effects import run_effects
+    from services.evaluation.comparison import cached_run_evaluation, evaluate
+    from services.evaluation.effects import cached_run_effects
     from services.generation.run import read_run
 
     try:
@@ -53,8 +53,12 @@ def run(args) -> int:
     if args.refits is not None and args.refits < 0:
         raise CliError(f"--refits must be >= 0, got {args.refits}")
     try:
-        result = evaluate(kb, twins, run.manifest, holdout=holdout, seed=args.seed)
-        result["effects"] = run_effects(kb, run, refits=args.refits, seed=args.seed)
+        if holdout is None:  # the run's own evaluation, kept in its folder (the app's too)
+            result = dict(cached_run_evaluation(kb, run, args.twins, seed=args.seed))
+        else:
+            result = evaluate(kb, twins, run.manifest, holdout=holdout, seed=args.seed)
+        result["effects"] = cached_run_effects(kb, run, args.twins, refits=args.refits,
+                                               seed=args.seed)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     print_summary(result)

@@ -84,9 +84,13 @@ def run_report(args) -> int:
     kb = _knowledge_base(run, args.trial)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from services.evaluation.comparison import cached_run_evaluation
     from services.evaluation.effects import cached_run_effects
 
-    effects = cached_run_effects(kb, run, args.run, seed=args.seed)      # kept in the run's folder
-    out.write_text(build_report(kb, run, seed=args.seed, effects=effects), encoding="utf-8")
+    # both kept in the run's folder: the app's, when it computed them first
+    effects = cached_run_effects(kb, run, args.run, seed=args.seed)
+    evaluation = cached_run_evaluation(kb, run, args.run, seed=args.seed)
+    out.write_text(build_report(kb, run, seed=args.seed, effects=effects, evaluation=evaluation),
+                   encoding="utf-8")
     print(f"report written to {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -25,6 +25,7 @@ from services.data.trial import Trial
 from services.evaluation import metrics as M
 from services.evaluation.effects import patient_weighted_cox
 from services.evaluation.metrics import verdicts as V
+from services.evaluation.run_store import cached_in_run
 from services.jsonable import jsonable
 from services.retrieval.knn import exact_knn
 
@@ -389,6 +390,9 @@ def utility(comp: Comparison, seed: int = 0) -> dict:
             "augmentation": M.augmentation_auroc(*args, seed=seed).as_dict()}
 
 
+EVALUATION_VERSION = 1  # bump when `evaluate` changes what it returns: stored results are redone
+
+
 def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Trial | None = None,
              seed: int = 0) -> dict:
     """Every metric of the Compare page, JSON-able (frames as lists of records)."""
@@ -408,6 +412,13 @@ def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Tri
     return jsonable(out, arrays="drop")
 
 
+def cached_run_evaluation(kb: Trial, run, run_dir=None, seed: int = 0) -> dict:
+    """`evaluate` of a run (no holdout), kept as `evaluation.json` in its folder for the app,
+    the report and `twinarm evaluate` (`run_store`)."""
+    key = {"knowledge_base": kb.content_hash, "run_id": run.run_id, "seed": seed,
+           "metrics": EVALUATION_VERSION}
+    return cached_in_run(run_dir, "evaluation", key,
+                         lambda: evaluate(kb, run.as_trial(), run.manifest, seed=seed))
 
 
 def headline(result: dict) -> pd.DataFrame:

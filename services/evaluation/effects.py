@@ -74,6 +74,7 @@ from scipy import stats
 
 from services.data.trial import Trial
 from services.evaluation.estimators import cox_binary, rmst_km
+from services.evaluation.run_store import cached_in_run
 from services.generation.run import TwinRun
 
 UNIT = "patients"
@@ -462,23 +463,7 @@ def cached_run_effects(knowledge_base: Trial, run: TwinRun, run_dir=None, refits
     """`run_effects`, kept as `effects.json` in the run's folder (when it has one) for the app,
     the report and later sessions; recomputed when the knowledge base, the run or the
     settings differ from the stored ones."""
-    import json
-    from pathlib import Path
-
     key = {"knowledge_base": knowledge_base.content_hash, "run_id": run.run_id, "refits": refits,
            "seed": seed}
-    path = Path(run_dir) / "effects.json" if run_dir else None
-    if path is not None and path.is_file():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            if stored.get("key") == key:
-                return stored["result"]
-        except (OSError, ValueError, KeyError):
-            pass
-    result = run_effects(knowledge_base, run, refits=refits, seed=seed, progress=progress)
-    if path is not None:
-        try:
-            path.write_text(json.dumps({"key": key, "result": result}, indent=1), encoding="utf-8")
-        except OSError:
-            pass                                   # a read-only run folder: computed, not kept
-    return result
+    return cached_in_run(run_dir, "effects", key, lambda: run_effects(
+        knowledge_base, run, refits=refits, seed=seed, progress=progress))

@@ -80,17 +80,20 @@ def _effects_section(effects: dict | None) -> str:
 
 
 def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, procova: dict | None = None,
-                 embedding_method: str = "tsne", seed: int = 0, effects: dict | None = None) -> str:
+                 embedding_method: str = "tsne", seed: int = 0, effects: dict | None = None,
+                 evaluation: dict | None = None) -> str:
     """The report as one HTML string. `backtest` (a BacktestResult of the run's own generator,
     settings and K), `procova` (services.evaluation.validation.procova) and `effects`
-    (services.evaluation.effects.run_effects) are computed here when not given."""
+    (services.evaluation.effects.run_effects) and `evaluation` (comparison.evaluate of the run,
+    e.g. the one kept in its folder) are computed here when not given."""
     from services.evaluation.effects import run_effects
     from services.evaluation.validation import bootstrap_card, validate_run
     from services.evaluation.validation import procova as procova_plan
 
     twins = run.as_trial()
     comp = ev.compare(kb, twins, run.manifest)
-    result = ev.evaluate(kb, twins, run.manifest, seed=seed)
+    result = evaluation if evaluation is not None else ev.evaluate(kb, twins, run.manifest,
+                                                                    seed=seed)
     if backtest is None and kb.longitudinal_parameters:
         backtest = validate_run(kb, run, arm=comp.target_arm if comp.target_arm in kb.arms else None,
                                 folds=2, seed=seed)

@@ -1,0 +1,64 @@
+"""A run's evaluation is computed once and kept in its folder: the background job after
+generation, the Compare page, the report and `twinarm evaluate` share it (PBC demo, real
+generator, real files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from services.cli.main import main as cli
+from services.evaluation.comparison import EVALUATION_VERSION, cached_run_evaluation
+from services.evaluation.precompute import precompute_for, start_precompute
+from services.evaluation.run_store import cached_in_run, is_cached
+from services.generation.run import write_run
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def test_a_result_is_reused_only_under_its_own_key(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    key = {"knowledge_base": "abc", "run_id": "r1"}
+    assert cached_in_run(tmp_path, "thing", key, compute) == {"value": 1}
+    assert cached_in_run(tmp_path, "thing", key, compute) == {"value": 1}   # read back
+    assert is_cached(tmp_path, "thing", key) and len(calls) == 1
+    assert cached_in_run(tmp_path, "thing", {**key, "run_id": "r2"}, compute) == {"value": 2}
+    (tmp_path / "thing.json").write_text("{not json")                      # a damaged file
+    assert cached_in_run(tmp_path, "thing", key, compute) == {"value": 3}
+    assert cached_in_run(None, "thing", key, compute) == {"value": 4}      # no folder: computed
+
+
+def test_background_evaluation_is_what_the_cli_and_the_page_show(pbc, pbc_twins, tmp_path,
+                                                                  capsys):
+    run_dir = write_run(pbc_twins, tmp_path / "run")
+    job = start_precompute(pbc, pbc_twins, run_dir)
+    assert start_precompute(pbc, pbc_twins, run_dir) is job and precompute_for(run_dir) is job
+    assert job.wait_for("evaluation", 600) and job.wait_for("effects", 900)
+    assert not job.errors and job.done == ["evaluation", "effects"] and job.fraction() == 1.0
+    stored = json.loads((Path(run_dir) / "evaluation.json").read_text())
+    assert stored["key"] == {"knowledge_base": pbc.content_hash, "run_id": pbc_twins.run_id,
+                             "seed": 0, "metrics": EVALUATION_VERSION}
+    assert (Path(run_dir) / "effects.json").is_file()
+    # the stored result is the one served (mark it to see it come back)
+    stored["result"]["fidelity"]["share_abs_smd_below_0_1"] = 0.123456
+    (Path(run_dir) / "evaluation.json").write_text(json.dumps(stored))
+    assert cached_run_evaluation(pbc, pbc_twins, run_dir)["fidelity"]["share_abs_smd_below_0_1"] == 0.123456
+    out = tmp_path / "metrics.json"
+    assert cli(["evaluate", "--real", "pbc", "--twins", str(run_dir), "--json", str(out)]) == 0
+    capsys.readouterr()
+    assert json.loads(out.read_text())["fidelity"]["share_abs_smd_below_0_1"] == 0.123456
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.session_state["twin_run"] = pbc_twins
+    at.session_state["twin_run_dir"] = str(run_dir)
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    headline = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    smd = headline.set_index("metric").loc["parameter-visits with |SMD| < 0.1", "value"]
+    assert str(smd).startswith("0.123"), smd
