@@ -10,6 +10,7 @@ from components.compare_state import (
     require_run,
 )
 from components.effects import effects_view
+from components.state import get_run_dir
 from components.metric_cards import headline_table, metric_definitions
 from components.safety_panel import safety_tab
 from services.data.adverse import has_ae
@@ -92,7 +93,7 @@ with tab_emb:
                 "t-SNE is ready now, or try again in a few seconds.")
     else:
         with st.spinner(f"Computing the {method} embedding..."):
-            points = ps.embedding_points(comp, method=key)
+            points = ps.cached_embedding_points(comp, get_run_dir(), method=key)
         st.plotly_chart(fig.embedding_scatter(points, f"{method} of real patients and twins"), width="stretch")
         st.caption("Each point is a patient vector (baseline and follow-up): twins (crosses) should mix with "
                    "the real target arm, not form an island of their own.")

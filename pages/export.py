@@ -3,7 +3,7 @@
 import streamlit as st
 
 from components.compare_state import cached_effects, cached_evaluation, require_run
-from components.state import get_cohort
+from components.state import get_cohort, get_run_dir
 from services.reporting.export import export_zip
 from services.reporting.report import build_report
 
@@ -21,7 +21,7 @@ def _zip(run_id: str, kb_hash: str, fmt: str, _run, _labels, _kb) -> bytes:
 def _report(kb_hash: str, run_id: str, cohort: str, _kb, _run) -> str:
     # the effects are the Compare tab's (kept with the run): the report says what the screen says
     return build_report(_kb, _run, cohort_description=cohort, effects=cached_effects(_kb, _run),
-                        evaluation=cached_evaluation(_kb, _run))
+                        evaluation=cached_evaluation(_kb, _run), run_dir=get_run_dir())
 
 
 st.header("Twin arm files")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from streamlit.testing.v1 import AppTest
 
 from services.cli.main import main as cli
@@ -41,11 +43,13 @@ def test_background_evaluation_is_what_the_cli_and_the_page_show(pbc, pbc_twins,
     job = start_precompute(pbc, pbc_twins, run_dir)
     assert start_precompute(pbc, pbc_twins, run_dir) is job and precompute_for(run_dir) is job
     assert job.wait_for("evaluation", 600) and job.wait_for("effects", 900)
-    assert not job.errors and job.done == ["evaluation", "effects"] and job.fraction() == 1.0
+    assert not job.errors and job.fraction() == 1.0
+    assert job.done == ["evaluation", "embedding", "validation", "effects"]
+    for name in ("evaluation", "embedding_tsne", "validation", "effects"):
+        assert (Path(run_dir) / f"{name}.json").is_file(), name
     stored = json.loads((Path(run_dir) / "evaluation.json").read_text())
     assert stored["key"] == {"knowledge_base": pbc.content_hash, "run_id": pbc_twins.run_id,
                              "seed": 0, "metrics": EVALUATION_VERSION}
-    assert (Path(run_dir) / "effects.json").is_file()
     # the stored result is the one served (mark it to see it come back)
     stored["result"]["fidelity"]["share_abs_smd_below_0_1"] = 0.123456
     (Path(run_dir) / "evaluation.json").write_text(json.dumps(stored))
@@ -62,3 +66,19 @@ def test_background_evaluation_is_what_the_cli_and_the_page_show(pbc, pbc_twins,
     headline = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
     smd = headline.set_index("metric").loc["parameter-visits with |SMD| < 0.1", "value"]
     assert str(smd).startswith("0.123"), smd
+
+
+def test_the_kept_backtest_gives_the_report_the_same_card(pbc, pbc_twins, tmp_path):
+    """The validation kept as JSON reads back into the same BacktestResult figures."""
+    from services.evaluation.validation import bootstrap_card, cached_validate_run, validate_run
+
+    fresh = validate_run(pbc, pbc_twins, folds=2, seed=0)
+    kept = cached_validate_run(pbc, pbc_twins, tmp_path, folds=2, seed=0)
+    again = cached_validate_run(pbc, pbc_twins, tmp_path, folds=2, seed=0)   # read back
+    assert (tmp_path / "validation.json").is_file()
+    for res in (kept, again):
+        assert res.summary["verdicts"] == fresh.summary["verdicts"]
+        a, b = bootstrap_card(fresh, seed=0), bootstrap_card(res, seed=0)
+        assert list(a.columns) == list(b.columns)
+        num = a.select_dtypes("number").columns
+        assert np.allclose(a[num].to_numpy(float), b[num].to_numpy(float), equal_nan=True)

@@ -90,7 +90,7 @@ def run_report(args) -> int:
     # both kept in the run's folder: the app's, when it computed them first
     effects = cached_run_effects(kb, run, args.run, seed=args.seed)
     evaluation = cached_run_evaluation(kb, run, args.run, seed=args.seed)
-    out.write_text(build_report(kb, run, seed=args.seed, effects=effects, evaluation=evaluation),
-                   encoding="utf-8")
+    out.write_text(build_report(kb, run, seed=args.seed, effects=effects, evaluation=evaluation,
+                                run_dir=args.run), encoding="utf-8")
     print(f"report written to {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from services.evaluation.comparison import TARGET, Comparison
+from services.evaluation.run_store import cached_in_run
 
 
 def patient_vectors(comp: Comparison, space: str = "full"):
@@ -34,6 +35,17 @@ def embedding_points(comp: Comparison, method: str = "umap", seed: int = 0, max_
         frame, X = frame.iloc[keep].reset_index(drop=True), X[keep]
     coords = embed_2d(X, method=method, seed=seed)
     return frame.assign(x=coords[:, 0], y=coords[:, 1])
+
+
+def cached_embedding_points(comp: Comparison, run_dir=None, method: str = "umap",
+                            seed: int = 0) -> pd.DataFrame:
+    """`embedding_points`, kept as `embedding_<method>.json` in the run's folder (`run_store`):
+    t-SNE of a 790-twin run takes ~10 s, the report and Compare show the same points."""
+    key = {"knowledge_base": comp.kb.content_hash, "run_id": comp.manifest.get("run_id"),
+           "method": method, "seed": seed}
+    points = cached_in_run(run_dir, f"embedding_{method}", key, lambda: embedding_points(
+        comp, method=method, seed=seed).to_dict(orient="list"))
+    return pd.DataFrame(points)
 
 
 def similarity(comp: Comparison, space: str = "full", seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,7 +1,9 @@
 """A run's heavy evaluation computed once, in the background, right after it is generated:
-the Compare metrics (`comparison.cached_run_evaluation`) then the effect estimates
+the Compare metrics (`comparison.cached_run_evaluation`), the t-SNE embedding of Compare and
+the report (`patient_space.cached_embedding_points`), the report's backtest of the run's
+generator (`validation.cached_validate_run`) and the effect estimates
 (`effects.cached_run_effects`), kept in the run's folder for the app, the report and
-`twinarm evaluate`.
+`twinarm evaluate` / `export`.
 
 One job per run folder and process: a page that needs a result while the job computes it
 waits for the job (`wait_for`) instead of computing it a second time beside it."""
@@ -13,12 +15,15 @@ import time
 from dataclasses import dataclass, field
 
 from services.data.trial import Trial
-from services.evaluation.comparison import cached_run_evaluation
+from services.evaluation.comparison import cached_run_evaluation, compare
 from services.evaluation.effects import cached_run_effects
+from services.evaluation.patient_space import cached_embedding_points
+from services.evaluation.validation import cached_validate_run
 from services.generation.run import TwinRun
 
-STEPS = ("evaluation", "effects")
+STEPS = ("evaluation", "embedding", "validation", "effects")
 LABELS = {"evaluation": "fidelity, privacy and utility metrics",
+          "embedding": "t-SNE embedding", "validation": "backtest of its generator",
           "effects": "effect estimates (generator refits)"}
 
 
@@ -45,7 +50,8 @@ class Precompute:
     def fraction(self) -> float:
         """Share of the work done (the effects step counted by its refits)."""
         eff = self.effects_done / self.effects_total if self.effects_total else 0.0
-        return min(1.0, (("evaluation" in self.done) + ("effects" in self.done or eff)) / 2)
+        done = sum(s in self.done for s in STEPS if s != "effects")
+        return min(1.0, (done + (1.0 if "effects" in self.done else eff)) / len(STEPS))
 
     def text(self) -> str:
         if not self.running:
@@ -69,6 +75,12 @@ class Precompute:
                 try:
                     if step == "evaluation":
                         cached_run_evaluation(kb, run, self.run_dir)
+                    elif step == "embedding":
+                        cached_embedding_points(compare(kb, run.as_trial(), run.manifest),
+                                                self.run_dir, method="tsne")
+                    elif step == "validation":
+                        if kb.longitudinal_parameters:
+                            cached_validate_run(kb, run, self.run_dir)
                     else:
                         cached_run_effects(kb, run, self.run_dir, progress=self._progress)
                     self.done.append(step)

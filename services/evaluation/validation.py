@@ -17,6 +17,7 @@ from services.evaluation.backtest import (
     endpoint_visit,
 )
 from services.evaluation.metrics.procova import estimate_adjustment
+from services.jsonable import jsonable
 
 
 def _per_patient(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -151,6 +152,41 @@ def validate_run(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
         max_held_out = 4
     return backtest(trial, arm=arm, folds=folds, twins_per_patient=k, seed=seed, generator=name,
                     generator_settings=settings, max_held_out=max_held_out)
+
+
+def cached_validate_run(trial: Trial, run, run_dir=None, folds: int = 2,
+                        seed: int = 0) -> BacktestResult:
+    """`validate_run` of the report (the run's target arm), kept as `validation.json` in the
+    run's folder (`run_store`) for the report, the app and later sessions."""
+    from dataclasses import asdict, fields
+
+    from services.evaluation.run_store import cached_in_run
+
+    frames = {f.name for f in fields(BacktestResult) if f.type in ("pd.DataFrame", pd.DataFrame)}
+
+    def compute() -> dict:
+        out = asdict(validate_run(trial, run, folds=folds, seed=seed))
+        for name in frames:
+            out[name] = out[name].to_dict(orient="split")
+        return jsonable(out)
+
+    key = {"knowledge_base": trial.content_hash, "run_id": run.run_id, "folds": folds, "seed": seed}
+    stored = dict(cached_in_run(run_dir, "validation", key, compute))
+    for name in frames:
+        stored[name] = _frame(stored[name])
+    return BacktestResult(**stored)
+
+
+def _frame(split: dict) -> pd.DataFrame:
+    """A frame from its JSON `split` form, numeric columns numeric again (JSON null = NaN)."""
+    frame = pd.DataFrame(split["data"], columns=split["columns"])
+    for c in frame.columns:
+        if frame[c].dtype == object:
+            vals = frame[c].dropna()
+            if len(vals) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 for v in vals):
+                frame[c] = pd.to_numeric(frame[c])
+    return frame
 
 
 def privacy_audit(trial: Trial, target_arm: str, source_ids: list[str], generator: str = "local",

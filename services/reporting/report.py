@@ -81,13 +81,14 @@ def _effects_section(effects: dict | None) -> str:
 
 def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, procova: dict | None = None,
                  embedding_method: str = "tsne", seed: int = 0, effects: dict | None = None,
-                 evaluation: dict | None = None) -> str:
+                 evaluation: dict | None = None, run_dir=None) -> str:
     """The report as one HTML string. `backtest` (a BacktestResult of the run's own generator,
     settings and K), `procova` (services.evaluation.validation.procova) and `effects`
     (services.evaluation.effects.run_effects) and `evaluation` (comparison.evaluate of the run,
-    e.g. the one kept in its folder) are computed here when not given."""
+    e.g. the one kept in its folder) are computed here when not given; with the run's folder
+    `run_dir`, the backtest and the embedding are those kept there (computed once per run)."""
     from services.evaluation.effects import run_effects
-    from services.evaluation.validation import bootstrap_card, validate_run
+    from services.evaluation.validation import bootstrap_card, cached_validate_run
     from services.evaluation.validation import procova as procova_plan
 
     twins = run.as_trial()
@@ -95,8 +96,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     result = evaluation if evaluation is not None else ev.evaluate(kb, twins, run.manifest,
                                                                     seed=seed)
     if backtest is None and kb.longitudinal_parameters:
-        backtest = validate_run(kb, run, arm=comp.target_arm if comp.target_arm in kb.arms else None,
-                                folds=2, seed=seed)
+        backtest = cached_validate_run(kb, run, run_dir, folds=2, seed=seed)
     if effects is None:
         effects = run_effects(kb, run, seed=seed)
     if procova is None and backtest is not None:
@@ -178,7 +178,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     parts.append(_effects_section(effects))
     parts.append("<h2>Embedding</h2>")
     try:
-        points = ps.embedding_points(comp, method=embedding_method, seed=seed)
+        points = ps.cached_embedding_points(comp, run_dir, method=embedding_method, seed=seed)
         parts.append(fig(figs.embedding_scatter(points, f"{'t-SNE' if embedding_method == 'tsne' else 'UMAP'} of "
                                                 "patient vectors"),
                          "Twins (crosses) should mix with the real target arm rather than form an island."))
