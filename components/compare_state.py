@@ -49,25 +49,31 @@ def wait_for_background(step: str) -> None:
     bar.empty()
 
 
+def _dir_key() -> str | None:
+    run_dir = get_run_dir()
+    return None if run_dir is None else str(run_dir)
+
+
 @st.cache_data(show_spinner="Computing fidelity, privacy and utility metrics...", max_entries=8)
-def _evaluation(kb_hash: str, run_id: str, _kb, _run, _run_dir) -> dict:
-    return ev.cached_run_evaluation(_kb, _run, _run_dir)
+def _evaluation(kb_hash: str, run_id: str, run_dir: str | None, _kb, _run) -> dict:
+    # run_dir is part of the key: the same run id saved elsewhere has its own stored result
+    return ev.cached_run_evaluation(_kb, _run, run_dir)
 
 
 def cached_evaluation(kb, run) -> dict:
     """The run's Compare metrics: computed once per run (in the background after generation),
     kept in its folder (evaluation.json) for the report and later sessions."""
     wait_for_background("evaluation")
-    return _evaluation(kb.content_hash, run.run_id, kb, run, get_run_dir())
+    return _evaluation(kb.content_hash, run.run_id, _dir_key(), kb, run)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _effects(kb_hash: str, run_id: str, _kb, _run, _run_dir) -> dict:
-    return cached_run_effects(_kb, _run, _run_dir)
+def _effects(kb_hash: str, run_id: str, run_dir: str | None, _kb, _run) -> dict:
+    return cached_run_effects(_kb, _run, run_dir)
 
 
 def cached_effects(kb, run) -> dict:
     """The run's effects (patient as unit, generator refits): computed once per run, kept in its
     folder (effects.json) for the report and later sessions."""
     wait_for_background("effects")
-    return _effects(kb.content_hash, run.run_id, kb, run, get_run_dir())
+    return _effects(kb.content_hash, run.run_id, _dir_key(), kb, run)
