@@ -23,10 +23,16 @@ treatment-emergent record, whole arm):
   arm's incidence against the held-out patients' real one) vs |r_f - mean y_i| (the knowledge
   base's own rate against it). Pooling the folds first would be wrong: with two halves, the
   pooled knowledge-base rates average exactly to the pooled real incidence.
+
+`max_held_out` twins only that many held-out patients per fold (the first of a random fold, so
+a random subset), for a generator whose twins cost a model call; the knowledge base still
+excludes the whole fold. `safety_card` is the table a safety physician reads, `safety_verdict`
+the summary in plain words.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +41,7 @@ import pandas as pd
 
 from services.data.trial import Trial
 from services.evaluation.safety import ANY, indicators, top_terms, twin_probabilities
-from services.generation import get_generator
+from services.generation import GENERATORS, get_generator
 
 
 @dataclass
@@ -49,6 +55,7 @@ class SafetyBacktest:
     patients: pd.DataFrame     # one row per held-out patient x term: FOLD, USUBJID, PT, p, y, rate
     summary: dict
     timings: dict = field(default_factory=dict)
+    generator: str = "local"
 
 
 def auroc(score, label, strata=None) -> float:
@@ -82,30 +89,37 @@ def _boot(stat, strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> tu
 
 def safety_backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_per_patient: int = 20,
                     seed: int = 0, top: int = 10, n_boot: int = 1000, generator: str = "local",
-                    generator_settings: dict | None = None) -> SafetyBacktest:
-    """Cross-fitted safety backtest of `generator` on `arm` (default: control) of `trial`."""
+                    generator_settings: dict | None = None,
+                    max_held_out: int | None = None) -> SafetyBacktest:
+    """Cross-fitted safety backtest of `generator` on `arm` (default: control) of `trial`;
+    `max_held_out` held-out patients twinned per fold (default all)."""
     from services.retrieval.retriever import ExactRetriever
 
     arm = arm or trial.control_arm
     if trial.ae is None or trial.ae.empty:
         raise ValueError(f"{trial.name} has no adverse-event data")
     settings = dict(generator_settings or {})
-    settings.setdefault("retriever_factory", ExactRetriever)
+    cls = GENERATORS.get(generator)
+    if cls is None or "retriever_factory" in inspect.signature(cls).parameters:
+        settings.setdefault("retriever_factory", ExactRetriever)
     ids = trial.subjects.loc[trial.subjects["ARM"] == arm, "USUBJID"].to_numpy(dtype=object)
     if folds < 2 or len(ids) < 2 * folds:
         raise ValueError(f"need folds >= 2 and at least 2 patients per fold ({len(ids)} in {arm})")
     terms = top_terms(trial, top, arm=arm)
     split = np.array_split(np.random.default_rng(seed).permutation(ids), folds)
     rows = []
+    ae_records = 0
     t0 = time.perf_counter()
     for f, held in enumerate(split):
         held_set = set(held)
         kb = trial.subset([u for u in trial.subjects["USUBJID"] if u not in held_set])
-        sources = trial.subset(list(held)).baseline_only()
+        held = list(held) if max_held_out is None else list(held)[:int(max_held_out)]
+        sources = trial.subset(held).baseline_only()
         run = get_generator(generator, **settings).fit(kb).generate(
             sources, target_arm=arm, twins_per_patient=twins_per_patient, seed=seed)
-        probs = twin_probabilities(run.as_trial(), "PT").reindex(list(held))
-        real = indicators(trial, "PT", list(held))
+        ae_records += 0 if run.ae is None else len(run.ae)
+        probs = twin_probabilities(run.as_trial(), "PT").reindex(held)
+        real = indicators(trial, "PT", held)
         kb_arm = kb.subjects.loc[kb.subjects["ARM"] == arm, "USUBJID"]
         rate = indicators(kb, "PT", list(kb_arm)).mean()
         for term in terms + [ANY]:
@@ -148,5 +162,55 @@ def safety_backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_
         "terms_auroc_above_half": int((body["auroc_lo"] > 0.5).sum()),
     }
     summary["mae_ok"] = bool(summary["mae_twins"] <= summary["mae_kb"])
+    summary["held_out"] = len(ids)
+    summary["held_out_twinned"] = int(sum(min(len(h), max_held_out or len(h)) for h in split))
+    summary["twin_ae_records"] = int(ae_records)
     return SafetyBacktest(trial.name, arm, folds, twins_per_patient, seed, table, patients, summary,
-                          {"total_s": round(time.perf_counter() - t0, 2)})
+                          {"total_s": round(time.perf_counter() - t0, 2)}, generator)
+
+
+def _ci(value: float, lo: float, hi: float, fmt: str) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    ci = "" if not (np.isfinite(lo) and np.isfinite(hi)) else f" [{lo:{fmt}}, {hi:{fmt}}]"
+    return f"{value:{fmt}}{ci}"
+
+
+def safety_card(result: SafetyBacktest) -> pd.DataFrame:
+    """The table a safety physician reads: "Any adverse event" first, then the preferred terms
+    by frequency; cases / held-out patients, real incidence, the twins' and the knowledge
+    base's rate, AUROC and Brier skill with their 95 % bootstrap intervals (as text)."""
+    t = result.terms
+    t = pd.concat([t[t["PT"] == ANY], t[t["PT"] != ANY]], ignore_index=True)
+    return pd.DataFrame({
+        "preferred term": ["Any adverse event" if pt == ANY else pt for pt in t["PT"]],
+        "cases / patients": [f"{c} / {n}" for c, n in zip(t["cases"], t["patients"])],
+        "real incidence": [f"{100 * v:.1f} %" for v in t["real_incidence"]],
+        "twins' incidence": [f"{100 * v:.1f} %" for v in t["twin_incidence"]],
+        "knowledge-base rate": [f"{100 * v:.1f} %" for v in t["kb_rate"]],
+        "AUROC [95 % CI]": [_ci(*v, ".2f") for v in zip(t["auroc"], t["auroc_lo"], t["auroc_hi"])],
+        "Brier skill [95 % CI]": [_ci(*v, "+.2f") for v in
+                                  zip(t["brier_skill"], t["brier_skill_lo"], t["brier_skill_hi"])],
+    })
+
+
+def safety_verdict(result: SafetyBacktest) -> list[str]:
+    """The summary in plain words: the incidence error of the twins against that of the
+    knowledge base's own rates over the top terms, then what the AUROC says."""
+    s = result.summary
+    diff = 100 * (s["mae_twins"] - s["mae_kb"])
+    lines = [f"Over the {s['terms']} most frequent preferred terms, the twins' incidence is off the "
+             f"held-out patients' real incidence by {100 * s['mae_twins']:.1f} percentage points on "
+             f"average, the knowledge base's own rates by {100 * s['mae_kb']:.1f}: the twins are "
+             + ("**no worse** than the knowledge base's rates" if s["mae_ok"] else
+                f"**worse** than the knowledge base's rates (by {diff:.1f} points)") + "."]
+    auc = s["mean_auroc"]
+    if np.isfinite(auc):
+        above = s["terms_auroc_above_half"]
+        lines.append(f"Mean AUROC {auc:.2f} (0.5 = chance): the twins rank who has which adverse event " + (
+            "no better than chance" if auc <= 0.55 else "a little better than chance" if auc < 0.65
+            else "better than chance") +
+            f"; for {above} of {s['terms']} terms the 95 % interval lies above 0.5.")
+    else:
+        lines.append("AUROC not available: too few held-out cases and non-cases within a fold.")
+    return lines

@@ -154,6 +154,26 @@ def validate_run(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
                     generator_settings=settings, max_held_out=max_held_out)
 
 
+def validate_safety(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
+                    twins_per_patient: int | None = None, seed: int = 0, top: int = 10,
+                    n_boot: int = 500, max_held_out: int | None = None):
+    """Safety backtest (`safety_backtest`) of the generator, settings and K of `run`, bounded
+    like `validate_run`: a generator that calls a model per twin twins at most `max_held_out`
+    held-out patients per fold (default 4)."""
+    from services.evaluation.safety_backtest import safety_backtest
+    from services.generation import capabilities
+
+    name, settings, k = run_generator(run)
+    if twins_per_patient is not None:
+        k = int(twins_per_patient)
+    arm = arm or (run.target_arm if run is not None and run.target_arm in trial.arms else trial.control_arm)
+    if max_held_out is None and capabilities(name).needs_network:
+        max_held_out = 4
+    return safety_backtest(trial, arm=arm, folds=folds, twins_per_patient=k, seed=seed, top=top,
+                           n_boot=n_boot, generator=name, generator_settings=settings,
+                           max_held_out=max_held_out)
+
+
 def cached_validate_run(trial: Trial, run, run_dir=None, folds: int = 2,
                         seed: int = 0) -> BacktestResult:
     """`validate_run` of the report (the run's target arm), kept as `validation.json` in the
