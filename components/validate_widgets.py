@@ -93,3 +93,54 @@ def procova_inputs(endpoint) -> dict | None:
     return {"effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio,
             "conservative": conservative, "deflation": deflation,
             "sd_treatment": sd_t or None, "rho_treatment": rho_t or None}
+
+
+def safety_settings(arms: list[str], default_arm: int, default_k: int, source: str,
+                    bounded: int | None) -> tuple[bool, dict]:
+    """The safety backtest's own small form: (pressed, {arm, folds, k, seed, top, n_boot}).
+    `source` says which generator and settings are used; `bounded` the held-out patients
+    twinned per fold for a generator that calls a model per twin (None: all)."""
+    with st.form("safety_backtest_settings"):
+        st.caption(source + ("" if bounded is None else
+                             f" Each twin costs a model call: {bounded} held-out patients per fold are twinned."))
+        c1, c2, c3, c4, c5, c6 = st.columns(6)
+        out = {
+            "arm": c1.selectbox("Arm", arms, index=default_arm, key="safety_arm"),
+            "folds": c2.slider("Folds (k)", 2, 10, 2, key="safety_folds"),
+            "k": c3.slider("Twins per held-out patient", 1, 50, default_k, key="safety_k",
+                           help="The probability of a term is the share of a patient's K twins with it."),
+            "seed": int(c4.number_input("Seed", 0, 10_000, 0, key="safety_seed")),
+            "top": c5.slider("Terms", 3, 20, 10, key="safety_top", help="The most frequent preferred terms."),
+            "n_boot": c6.select_slider("Bootstrap resamples", [100, 200, 500, 1000], value=500,
+                                       key="safety_boot"),
+        }
+        return st.form_submit_button("Run safety backtest"), out
+
+
+def safety_backtest_card(result, card: pd.DataFrame, verdict: list[str]) -> None:
+    """The safety backtest: what was run, the summary in plain words, the per-term table."""
+    s = result.summary
+    held = s.get("held_out_twinned")
+    subset = "" if held is None or held == s.get("held_out") else \
+        f" on {held} of the {s.get('held_out')} held-out patients (each twin costs a model call)"
+    st.markdown(f"Generator **{result.generator}**, {result.twins_per_patient} twins per held-out patient, "
+                f"{result.folds}-fold cross-fitting of **{result.arm}**{subset}.")
+    if not s.get("twin_ae_records"):
+        st.warning(f"The {result.generator} generator wrote no adverse-event twins: every probability is 0, "
+                   "so the figures below only say what predicting no event is worth.")
+    cols = st.columns(3)
+    cols[0].metric("Mean abs. incidence error, twins", f"{100 * s['mae_twins']:.1f} pp",
+                   help=f"Over the {s['terms']} most frequent terms, per fold then averaged (percentage points).")
+    cols[1].metric("Mean abs. incidence error, KB rates", f"{100 * s['mae_kb']:.1f} pp",
+                   help="The knowledge base's own rate of the term in the arm (no personalisation).")
+    cols[2].metric("Mean AUROC", "n/a" if s["mean_auroc"] != s["mean_auroc"] else f"{s['mean_auroc']:.2f}",
+                   help="0.5 = chance; within-fold pairs of a case and a non-case.")
+    (st.success if s.get("mae_ok") else st.warning)(verdict[0])
+    for line in verdict[1:]:
+        st.info(line)
+    data_table(card, key="validate_safety_card")
+    st.caption("A held-out patient's probability of a term is the share of its twins with a treatment-emergent "
+               "record of it. AUROC: do patients who had the term get higher probabilities than those who did "
+               "not (0.5 = chance)? Brier skill: 1 - Brier(twins) / Brier(knowledge-base rate); > 0 means the "
+               "twins personalise usefully, < 0 that their probabilities (multiples of 1/K) are noisier than the "
+               "flat rate. Intervals are 95 % percentile bootstrap intervals over patients, within folds.")

@@ -3,13 +3,19 @@ the page on the CDISC pilot (AppTest), with and without longitudinal parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from services.evaluation import safety
 from services.evaluation.safety_backtest import safety_card, safety_verdict
 from services.evaluation.validation import validate_safety
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 def _value(cell: str) -> float:
@@ -48,3 +54,50 @@ def test_safety_backtest_twins_at_most_max_held_out_per_fold(pilot):
     assert bt.summary["held_out_twinned"] == 10 and bt.summary["held_out"] == 86
     assert (bt.terms["patients"] == 10).all() and bt.generator == "local"
 
+
+def _page(trial) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.session_state["trial"] = trial
+    at.session_state["trial_source"] = "cdiscpilot01"
+    at.switch_page("pages/validate.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _run_safety(at: AppTest) -> None:
+    at.slider(key="safety_k").set_value(3)
+    at.select_slider(key="safety_boot").set_value(100)
+    next(b for b in at.button if b.label == "Run safety backtest").click().run()
+    assert not at.exception, at.exception
+
+
+def test_validate_page_safety_backtest_on_the_pilot(pilot):
+    at = _page(pilot)
+    assert any(h.value == "Adverse events: do twins predict who has which AE?" for h in at.header)
+    assert any("Run safety backtest" in i.value for i in at.info)            # nothing runs unasked
+    _run_safety(at)
+    table = next(d.value for d in at.dataframe if "AUROC [95 % CI]" in d.value.columns)
+    terms = safety.top_terms(pilot, 10, arm="Placebo")
+    assert list(table["preferred term"]) == ["Any adverse event"] + terms
+    aurocs = np.array([_value(v) for v in table["AUROC [95 % CI]"]])
+    assert np.isfinite(aurocs).all() and ((aurocs >= 0) & (aurocs <= 1)).all()
+    assert any("Generator **local**, 3 twins per held-out patient" in m.value for m in at.markdown)
+    assert {"Mean abs. incidence error, twins", "Mean abs. incidence error, KB rates", "Mean AUROC"} <= \
+        {m.label for m in at.metric}
+    verdicts = [e.value for e in list(at.success) + list(at.warning)]
+    assert any("most frequent preferred terms" in v and "worse**" in v for v in verdicts)
+    # the result is kept: another rerun (e.g. the longitudinal form) does not lose it
+    at.run()
+    assert any("AUROC [95 % CI]" in d.value.columns for d in at.dataframe)
+
+
+def test_validate_page_safety_without_longitudinal_parameters(pilot):
+    no_visits = dataclasses.replace(pilot, bds=pilot.baseline_only().bds,
+                                    content_hash="baseline-only " + pilot.content_hash)
+    assert not no_visits.longitudinal_parameters and safety.has_ae(no_visits)
+    at = _page(no_visits)
+    assert any("nothing to backtest" in i.value for i in at.info)
+    assert not [b for b in at.button if b.label == "Run backtest"]
+    _run_safety(at)
+    table = next(d.value for d in at.dataframe if "AUROC [95 % CI]" in d.value.columns)
+    assert table["preferred term"].iloc[0] == "Any adverse event" and len(table) == 11
