@@ -17,7 +17,7 @@ from services.data.readers import RawFile
 from services.evaluation import comparison as ev
 from services.evaluation import safety
 from services.generation import get_generator
-from services.generation.local.adverse_events import twin_followup_end
+from services.generation.local.adverse_events import choose_donor_pool, twin_followup_end
 from services.generation.run import TwinRun, read_run, write_run
 from services.reporting.export import export_files
 from services.retrieval.retriever import ExactRetriever
@@ -160,10 +160,32 @@ def test_twins_have_only_known_terms_within_their_follow_up(pilot, placebo_twins
     teae = adverse.emergent(pilot)
     arm = pilot.subjects.set_index("USUBJID")["ARM"]
     for twin, grp in list(ae.groupby("USUBJID"))[:40]:
-        donor = run.manifest["donors"][twin]
+        donor = run.manifest["ae"]["donors"][twin]
         assert arm[donor] == "Placebo" and donor != grp["SRCSUBJID"].iloc[0]
         mine = teae[(teae["USUBJID"] == donor) & (teae["ASTDY"] <= end[twin])]
         assert sorted(zip(mine["AEDECOD"], mine["ASTDY"])) == sorted(zip(grp["AEDECOD"], grp["ASTDY"]))
+
+
+def test_ae_donor_pool_is_chosen_by_cross_validation(pilot, pilot_gen, placebo_twins):
+    """On the pilot the neighbourhood does not predict a placebo patient's AEs better than the
+    arm's rate (leave-one-out Brier), so the AE donors are the whole arm, balanced: every
+    placebo patient donates as often as the others and the twin arm's incidence is the arm's."""
+    pool = placebo_twins.manifest["ae"]["pool"]
+    assert pool["pool"] == "arm" and pool["brier_neighbours"] >= pool["brier_arm_rate"]
+    donors = pd.Series(placebo_twins.manifest["ae"]["donors"])
+    counts = donors.value_counts()
+    placebo = set(pilot.subjects.loc[pilot.subjects["ARM"] == "Placebo", "USUBJID"])
+    assert set(counts.index) == placebo and counts.max() - counts.min() <= 1
+    # a signal the neighbours do carry: one term in exactly the older half of the arm
+    subj = pilot.subjects[pilot.subjects["ARM"] == "Placebo"]
+    old = subj.loc[subj["AGE"] >= subj["AGE"].median(), "USUBJID"]
+    ae = pd.DataFrame({"USUBJID": old, "AEDECOD": "TEST TERM", "AEBODSYS": "TEST SOC", "ASTDY": 10.0,
+                       "TRTEMFL": "Y"})
+    signal = dataclasses.replace(pilot, ae=ae)
+    chosen = choose_donor_pool(signal, "Placebo", ExactRetriever(signal), neighbours=20)
+    assert chosen["pool"] == "neighbours" and chosen["brier_neighbours"] < chosen["brier_arm_rate"]
+    gen = get_generator("local", retriever_factory=ExactRetriever, ae_donors="neighbours").fit(pilot)
+    assert gen.ae_pool("Placebo") == {"pool": "neighbours", "reason": "set by ae_donors"}
 
 
 def test_ae_twins_leave_the_bds_twins_of_a_seed_unchanged(pilot, pilot_gen, placebo_twins):

@@ -21,7 +21,8 @@ from services.generation.base import (
     is_cancelled,
     retriever_manifest,
 )
-from services.generation.local.adverse_events import adverse_event_twins
+from services.data.adverse import has_ae
+from services.generation.local.adverse_events import adverse_event_twins, choose_donor_pool
 from services.generation.local.events import EventDrawing
 from services.generation.local.mean_models import CANDIDATES
 from services.generation.local.model import ArmFitting, _ArmModel
@@ -59,7 +60,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                  tte_space: str = "prognostic", tte_draw: str = "history", cox_penalizer: float = 0.1,
                  fill: str = "complete", truncate_at_followup: bool = True,
                  mean_model: str = "auto", balance: bool = True, tte_rescale: bool = True,
-                 chunk_size: int = 256,
+                 ae_donors: str = "auto", chunk_size: int = 256,
                  retriever_factory: Callable[[Trial], object] | None = None):
         if visits not in VISIT_MODES:
             raise GeneratorError(f"visits must be one of {', '.join(VISIT_MODES)}, got {visits!r}")
@@ -101,7 +102,11 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
         self.balance = bool(balance)
         self.tte_rescale = bool(tte_rescale)
         self.truncate_at_followup = bool(truncate_at_followup)
+        if ae_donors not in ("auto", "neighbours", "arm"):
+            raise GeneratorError(f"ae_donors must be 'auto', 'neighbours' or 'arm', got {ae_donors!r}")
+        self.ae_donors = ae_donors
         self.chunk_size = int(chunk_size)
+        self._ae_pools: dict[str, dict] = {}
         self._retriever_factory = retriever_factory
         self._kb: Trial | None = None
         self._models: dict[str, _ArmModel] = {}
@@ -130,9 +135,21 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                 self._fit_seconds += time.perf_counter() - t0
             return self._models[arm]
 
+    def ae_pool(self, arm: str) -> dict:
+        """Where the AE twins of `arm` take their donors (`adverse_events.choose_donor_pool`:
+        cross-validated once per arm unless `ae_donors` fixes it)."""
+        if self.ae_donors != "auto":
+            return {"pool": self.ae_donors, "reason": "set by ae_donors"}
+        with self._lock:
+            if arm not in self._ae_pools:
+                self._ae_pools[arm] = choose_donor_pool(self.knowledge_base, arm, self.retriever,
+                                                        self.neighbors)
+            return self._ae_pools[arm]
+
     def _fit(self, knowledge_base: Trial, retriever) -> None:
         """Only the retriever: the model of a target arm is fitted on first use (`arm_model`)."""
         self._models = {}
+        self._ae_pools = {}
         factory = self._retriever_factory or default_retriever_factory
         self._retriever = retriever if retriever is not None else factory(knowledge_base)
 
@@ -199,7 +216,8 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                     f"{dropped} generated records after their twin's end of follow-up (death, transplant "
                     "or censoring in the twin's event history) were left out, as real patients have none")
 
-        ae = adverse_event_twins(kb, adsl, bds, tte, manifest, seed)   # None without ADAE
+        pool = self.ae_pool(target_arm) if has_ae(kb) else None
+        ae = adverse_event_twins(kb, adsl, bds, tte, manifest, seed, pool)   # None without ADAE
 
         manifest["cancelled"] = cancelled
         if cancelled:
