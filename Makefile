@@ -6,8 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
+# llama-cpp-python is built for portable x86-64 (AVX2), not -march=native: a native build on a
+# CPU with AMX faults in virtual machines that do not allow AMX (see services/generation/llm/embedded.py)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_SPEC := llama-cpp-python[server]>=0.3.36,<0.4
 
-.PHONY: run test test-fast venv browser bench screenshots clean
+.PHONY: run test test-fast venv browser bench screenshots clean llama-rebuild
 
 venv: $(STAMP)
 
@@ -15,8 +19,17 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "Installing (the extra local-llm builds llama-cpp-python once: ~7-10 min on 2 cores)..."
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install --quiet -e '.[dev,local-llm]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install --quiet -e '.[dev,local-llm]'
+	@# a wheel cached from an earlier (native) build may not run here: rebuild it once if so
+	@$(BIN)/python -m services.generation.llm.embedded --self-check || $(MAKE) --no-print-directory llama-rebuild
 	@touch $(STAMP)
+
+# Rebuild llama-cpp-python portably (~10 min on 2 cores) and replace the cached wheel.
+llama-rebuild:
+	@echo "Rebuilding llama-cpp-python for this machine (portable, ~10 min on 2 cores)..."
+	$(BIN)/python -m pip cache remove 'llama_cpp_python*' >/dev/null 2>&1 || true
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install --quiet --force-reinstall --no-deps '$(LLAMA_SPEC)'
+	$(BIN)/python -m services.generation.llm.embedded --self-check
 
 run: venv
 	$(BIN)/streamlit run app.py --server.port $(PORT) --server.address 0.0.0.0

@@ -169,6 +169,7 @@ class LlamaServer:
                                   alias=alias)
         self.log_file = Path(log_file) if log_file else models_dir() / "llama_server.log"
         self.proc: subprocess.Popen | None = None
+        self.last_proc: subprocess.Popen | None = None   # kept to tell why it ended
         self.start_seconds: float | None = None
 
     @property
@@ -187,9 +188,9 @@ class LlamaServer:
         env = {k: v for k, v in os.environ.items()
                if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
         try:
-            self.proc = subprocess.Popen(guarded(self.cmd), stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, start_new_session=True)
+            self.proc = self.last_proc = subprocess.Popen(
+                guarded(self.cmd), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         finally:
             out.close()
         deadline = time.monotonic() + timeout
@@ -240,6 +241,49 @@ class LlamaServer:
         self.stop()
 
 
+# `make venv` builds llama-cpp-python for portable x86-64 (AVX2; LLAMA_CMAKE_ARGS in the
+# Makefile) and runs `self_check`: a native build on a CPU with AMX runs AMX tile instructions
+# that some virtual machines do not allow (general protection fault in
+# ggml_backend_amx_mul_mat on the first completion), and pip may reuse such a cached wheel.
+_CHECK = ("import sys\n"
+          "from llama_cpp import Llama\n"
+          "m = Llama(sys.argv[1], n_ctx=256, n_threads=1, verbose=False)\n"
+          "m.create_completion('Hello', max_tokens=2)\n")
+
+
+def self_check(timeout: float = 180.0) -> None:
+    """Load the model and write two tokens in a child process; raise `EmbeddedModelError`
+    naming the cause when llama-cpp-python crashes there (a build for another CPU)."""
+    if not embedded_available():
+        raise EmbeddedModelError(f"llama-cpp-python's server is not installed: {INSTALL_HINT}")
+    path = model_path()
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHECK, str(path)], capture_output=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise EmbeddedModelError(f"the embedded model wrote nothing within {timeout:.0f} s") from None
+    if done.returncode != 0:
+        raise EmbeddedModelError(crash_reason(done.returncode,
+                                              done.stderr.decode(errors="replace")))
+
+
+def crash_reason(returncode: int | None, detail: str = "") -> str:
+    """A sentence on why the llama.cpp process ended (`returncode` < 0: killed by a signal)."""
+    if returncode is not None and returncode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        why = (f"llama-cpp-python crashed ({name}): its build uses instructions this machine "
+               "does not allow; rebuild it portably with `make llama-rebuild`")
+    else:
+        why = f"llama-cpp-python exited with code {returncode}"
+    tail = " | ".join(detail.strip().splitlines()[-2:])[-300:]
+    return why + (f" ({tail})" if tail else "")
+
+
 _shared: LlamaServer | None = None
 _shared_lock = threading.Lock()
 
@@ -257,9 +301,37 @@ def shared_server() -> LlamaServer:
         return _shared
 
 
+def shared_server_crash() -> str | None:
+    """Why the shared embedded server died, when it did (None while it runs or never ran)."""
+    proc = _shared.last_proc if _shared is not None else None
+    if proc is None or proc.poll() is None:
+        return None
+    return crash_reason(proc.returncode)
+
+
 def _stop_shared() -> None:
     if _shared is not None:
         _shared.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m services.generation.llm.embedded --self-check`: exit 0 when the embedded
+    model runs on this machine, else 1 with the reason (used by `make venv`)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["--self-check"]:
+        print("usage: python -m services.generation.llm.embedded --self-check", file=sys.stderr)
+        return 2
+    try:
+        self_check()
+    except EmbeddedModelError as exc:
+        print(f"embedded model: {exc}", file=sys.stderr)
+        return 1
+    print("embedded model: runs on this machine")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 
 __all__ = [
@@ -272,5 +344,7 @@ __all__ = [
     "embedded_enabled",
     "free_port",
     "model_path",
+    "self_check",
     "shared_server",
+    "shared_server_crash",
 ]
