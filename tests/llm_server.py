@@ -129,7 +129,20 @@ def good_reply(body: dict) -> dict:
             aval, cnsr = 0.6 * max_days, 0
         aval = min(float(max_days), max(1.0, aval * (1 + 0.1 * _noise(*tag, pcd))))
         events.append({"paramcd": pcd, "aval": round(aval, 1), "cnsr": int(cnsr)})
-    return {"visits": visits, "events": events, "rationale": "Scripted test twin."}
+    aes = []
+    spec = req.get("adverse_events") or {}
+    if spec.get("terms") and neighbours:
+        # the history of one neighbour (by twin index), within the reply's follow-up
+        donor = neighbours[(int(patient.get("twin_index") or 1) - 1) % len(neighbours)]
+        end = min(spec.get("max_day") or float("inf"),
+                  max((e["aval"] for e in events), default=float("inf")))
+        for entry in donor.get("adverse_events") or []:
+            day = entry[1] if len(entry) > 1 else None
+            if entry[0] in spec["terms"] and (day is None or 1 <= day <= end):
+                aes.append({"term": entry[0], "day": day if spec.get("max_day") else None})
+        aes = aes[: int(spec.get("max_count") or 15)]
+    return {"visits": visits, "events": events, "adverse_events": aes,
+            "rationale": "Scripted test twin."}
 
 
 class ScriptedOpenAIServer:

@@ -150,7 +150,7 @@ def test_a_model_that_knows_the_truth_earns_full_weight(pbc, hybrid):
     assert cal["knowledge_base_patients"] == cal_ids
     assert cal["weight"] == 1.0 and cal["p_value"] < 0.05, cal
     assert cal["standardised_rmse_model"] < 0.01 < cal["standardised_rmse_local"]
-    own = local_twins(gen.local_generator, pbc.subset(sources), "Placebo", k, seed, None)
+    own, _ = local_twins(gen.local_generator, pbc.subset(sources), "Placebo", k, seed, None)
     vals = run.values().dropna(subset=["AVISITN"]).query("PARAMCD == 'ALB'")
     t = vals["USUBJID"].str.extract(r"-T(\d+)$")[0].astype(int)
     moved = [own[(s, "ALB", float(a))][i - 1] + 1.0

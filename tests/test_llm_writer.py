@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import logging
 import sys
 import threading
@@ -474,3 +475,24 @@ def test_timeout_waits_for_the_server_then_resends_with_a_longer_timeout(server,
     assert results[1].attempts == 2 and "timeout" in results[1].notes[0]
     # the re-send came only after the abandoned call was done (the server is never asked twice)
     assert server.max_in_flight == 1
+
+
+def test_number_pattern_bounds_both_ends_of_the_integer_part():
+    """The digits a grammar allows: integer part within [floor(lo), floor(hi)] (a small model
+    wrote 7 for a body temperature of range [32.4, 40.0] and 0.14 for a diastolic pressure)."""
+    import re
+
+    from services.generation.llm.schema import number_pattern
+
+    def allowed(n, lo, hi):   # the integer part as written: "-3.7" has integer part 3
+        if n >= 0:
+            return hi >= 0 and max(0, math.floor(lo)) <= n <= math.floor(hi)
+        return lo < 0 and -math.floor(-lo) <= n <= (-math.floor(-hi) if hi < 0 else 0)
+
+    for lo, hi in [(0, 70), (11.33, 139.33), (32.39, 39.95), (95, 1005), (-3.5, 2.0), (-10.0, -2.5)]:
+        rx = re.compile(number_pattern(lo, hi))
+        for n in range(-1200, 1200):
+            assert bool(rx.match(str(n))) == allowed(n, lo, hi), (lo, hi, n)
+        assert not rx.match("007") and not rx.match("1e3")
+    temp = re.compile(number_pattern(32.39, 39.95))
+    assert temp.match("36.85") and not temp.match("7") and not temp.match("36.855")

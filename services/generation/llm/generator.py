@@ -104,7 +104,11 @@ class LLMGenerator(TwinGenerator):
     `fallback_sd` (hybrid): replies farther than that many SD of the local draws from their
     mean fall back to the local draw (None: keep every validated value); `calibration`
     (hybrid): knowledge-base patients the model forecasts first to earn its weight against the
-    local forecast (`calibration` module; None = auto, 0 = none: the model's values as written).
+    local forecast (`calibration` module; None = auto, 0 = none: the model's values as written);
+    `adverse_events` (trials with ADAE): "model" = the model lists each twin's AEs from the
+    trial's terms (`adverse`), "local" = each twin copies the AE history of its local twin's
+    donor (hybrid only), None = auto: "local" in hybrid mode (the model's AEs, unlike its
+    values, have not been tested on knowledge-base patients), else "model".
 
     `settings` (an `LLMSettings`) or `secrets` (e.g. `dict(st.secrets)`) may be given; the API
     key stays in them and is never part of `get_params()` or the manifest.
@@ -124,6 +128,7 @@ class LLMGenerator(TwinGenerator):
                  allow_remote: bool = False, use_cache: bool = True,
                  min_visit_subjects: int = 10, reference_draws: int = 10,
                  fallback_sd: float | None = 3.0, calibration: int | None = None,
+                 adverse_events: str | None = None,
                  settings: LLMSettings | None = None, secrets: Mapping[str, Any] | None = None,
                  cache_dir: str | None = None,
                  retriever_factory: Callable[[Trial], object] | None = None):
@@ -148,6 +153,11 @@ class LLMGenerator(TwinGenerator):
         if calibration is not None and int(calibration) < 0:
             raise GeneratorError("calibration must be >= 0 (or None: auto)")
         self.calibration = None if calibration is None else int(calibration)
+        if adverse_events not in (None, "auto", "model", "local"):
+            raise GeneratorError("adverse_events must be 'model', 'local' or None (auto)")
+        self.adverse_events = None if adverse_events == "auto" else adverse_events
+        if self.adverse_events == "local" and not self.hybrid:
+            raise GeneratorError("adverse_events='local' needs hybrid=True (the local twins' donors)")
         overrides = {"model": self.model, "temperature": self.temperature,
                      "concurrency": self.concurrency, "timeout_s": self.timeout,
                      "max_retries": self.max_retries}
@@ -174,7 +184,7 @@ class LLMGenerator(TwinGenerator):
                 "allow_remote": self.allow_remote, "use_cache": self.use_cache,
                 "min_visit_subjects": self.min_visit_subjects,
                 "reference_draws": self.reference_draws, "fallback_sd": self.fallback_sd,
-                "calibration": self.calibration}
+                "calibration": self.calibration, "adverse_events": self.adverse_events}
 
     def available(self) -> bool:
         """An endpoint is configured (an API key or a base URL), or the embedded model is
@@ -290,13 +300,17 @@ class LLMGenerator(TwinGenerator):
                                  "of that arm and there is no time-to-event outcome")
         ids = [str(u) for u in src.subjects["USUBJID"]]
         keys = {s: f"P{i + 1}" for i, s in enumerate(ids)}
+        ae_source = self._ae_source()
+        if ae_source == "local" and not visits:
+            ae_source = "model"   # no local twins to take donors from (nothing longitudinal)
         requests, owners, local_draws, timing = self._requests(
-            src, ids, keys, k, target_arm, seed, visits, manifest, cancel)
-        own = None
+            src, ids, keys, k, target_arm, seed, visits, manifest, cancel,
+            ask_ae=ae_source == "model")
+        own = own_manifest = None
         if local_draws is not None:
             manifest["reference"] = {"generator": "local", "draws": self.reference_draws,
                                      "settings": self._local.get_params()}
-            own = local_twins(self._local, src, target_arm, k, seed, cancel)
+            own, own_manifest = local_twins(self._local, src, target_arm, k, seed, cancel)
 
         # hybrid: knowledge-base patients whose real values are known, written first
         n_cal = 0
@@ -332,6 +346,11 @@ class LLMGenerator(TwinGenerator):
             writer.close()
         llm_s = time.perf_counter() - t_llm
         cal_results, results = results[:len(cal_ids)], results[len(cal_ids):]
+        if stopped and embedded is not None:
+            from services.generation.llm.embedded import shared_server_crash
+
+            crash = shared_server_crash()
+            stopped = f"the embedded model's server died: {crash}" if crash else stopped
         if stopped and not any(r.ok for r in results):
             # the endpoint is down or refuses us: one message, not one per twin
             raise LLMEndpointError(stopped)
@@ -347,7 +366,9 @@ class LLMGenerator(TwinGenerator):
             notes.append(cal.note())
         run = assemble_replies(src, facts, ids, k, target_arm, results, owners, visits, manifest,
                                fallback=local_draws, fallback_sd=self.fallback_sd,
-                               weight=weight, own=own)
+                               weight=weight, own=own, ae_from_replies=ae_source == "model")
+        if ae_source == "local" and own_manifest is not None:
+            self._local_adverse_events(run, own_manifest, seed)
         manifest["llm"]["usage"] = usage.to_dict() if usage is not None else None
         manifest["llm"]["structured"] = structured
         manifest["estimated_cost_usd"] = usage.to_dict()["estimated_cost_usd"] if usage else 0.0
@@ -359,10 +380,30 @@ class LLMGenerator(TwinGenerator):
             "twins_per_s": round(run.n_twins / llm_s, 2) if llm_s > 0 else None}
         return run
 
+    def _ae_source(self) -> str | None:
+        """Who writes the twins' adverse events: "model", "local" or None (no ADAE)."""
+        if self.facts.ae is None:
+            return None
+        return self.adverse_events or ("local" if self.hybrid else "model")
+
+    def _local_adverse_events(self, run: TwinRun, own_manifest: dict, seed: int) -> None:
+        """Hybrid twins' AEs: each copies the AE history of its local twin's donor (the local
+        generator's rule), cut at this twin's own end of follow-up."""
+        from services.generation.local.adverse_events import adverse_event_twins
+
+        donors = {k: own_manifest.get(k) for k in ("donors", "tte_donors", "neighbours")}
+        donors["notes"] = run.manifest["notes"]
+        donors["target_arm"] = run.target_arm
+        run.ae = adverse_event_twins(self.knowledge_base, run.adsl, run.bds, run.tte, donors, seed,
+                                     (own_manifest.get("ae") or {}).get("pool"))
+        run.manifest["ae"] = {"source": "local", **donors.get("ae", {})}
+
     def _requests(self, src: Trial, ids: list[str], keys: dict[str, str], k: int,
-                  target_arm: str, seed: int, visits: dict, manifest: dict, cancel: CancelLike):
+                  target_arm: str, seed: int, visits: dict, manifest: dict, cancel: CancelLike,
+                  ask_ae: bool = False):
         """The requests of `ids` (of `src`) with their owners, the local draws (hybrid; None
-        otherwise) and the (retrieval, reference) seconds."""
+        otherwise) and the (retrieval, reference) seconds; with `ask_ae` the model lists the
+        twins' adverse events."""
         facts, retr = self.facts, self.retriever
         # neighbours of the target arm (never the source itself)
         t_ret = time.perf_counter()
@@ -382,7 +423,7 @@ class LLMGenerator(TwinGenerator):
                                                      self.reference_draws, seed, cancel)
         reference_s = time.perf_counter() - t_ref
         requests, owners = build_requests(facts, src, ids, keys, k, target_arm, seed, neigh,
-                                          blocks, reference, manifest)
+                                          blocks, reference, manifest, ask_ae=ask_ae)
         return requests, owners, local_draws, (retrieval_s, reference_s)
 
     def _calibrate(self, cal_ids: list[str], results: list, draws: dict,

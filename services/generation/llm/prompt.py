@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-PROMPT_VERSION = "twin-gpt-v1"
+PROMPT_VERSION = "twin-gpt-v2"  # v2: adverse events
 
 SYSTEM_PROMPT = """\
 You are a clinical trial simulation engine that generates digital twins (TWIN-GPT method).
@@ -40,11 +40,16 @@ the expected value and add individual variability around it.
 - Fill every entry of "required": each (paramcd, avisitn) exactly once; each time-to-event \
 parameter exactly once with aval = days from randomisation (0 < aval <= max_days) and \
 cnsr = 0 if the event occurs at aval or 1 if the patient is censored at aval.
+- If "required" has "adverse_events": list the twin's adverse events after randomisation, \
+each as {"term": one of required.adverse_events.terms spelt exactly, "day": study day of onset, \
+1 <= day <= max_day}, at most max_count; an empty list when the twin has none. The neighbours' \
+"adverse_events" ([term, onset day]) show what similar patients had under the target arm.
 - "twin_index" numbers independent twins of the same patient: each is an independent draw.
 - rationale: one or two short sentences, no identifiers.
 Answer with one JSON object only, no prose and no markdown:
 {"visits":[{"paramcd":str,"avisitn":number,"aval":number}],\
-"events":[{"paramcd":str,"aval":number,"cnsr":0|1}],"rationale":str}"""
+"events":[{"paramcd":str,"aval":number,"cnsr":0|1}],\
+"adverse_events":[{"term":str,"day":number}],"rationale":str}"""
 
 FEEDBACK_TEMPLATE = """\
 Your previous reply was rejected:
@@ -82,6 +87,8 @@ class TwinRequest:
       [[avisitn, aval], ...]}, events: {paramcd: [aval, cnsr]}}]``.
     - ``tte``: ``[{paramcd, label, max_days}]``.
     - ``reference_forecast``: optional ``{paramcd: [[avisitn, aval], ...]}`` (hybrid mode).
+    - ``adverse_events``: optional ``{terms: [...], max_day, max_count}``: the twin lists its
+      AEs from these terms (`services.generation.llm.adverse`).
     """
 
     source_key: str
@@ -94,6 +101,7 @@ class TwinRequest:
     neighbours: list[dict[str, Any]] = field(default_factory=list)
     tte: list[dict[str, Any]] = field(default_factory=list)
     reference_forecast: dict[str, list[Sequence[float]]] | None = None
+    adverse_events: dict[str, Any] | None = None
     seed: int | None = None
 
     def plausible_range(self, paramcd: str) -> tuple[float | None, float | None]:
@@ -132,7 +140,10 @@ class TwinRequest:
              "max_days": _compact_number(float(t["max_days"])) if t.get("max_days") else None}
             for t in self.tte
         ]
-        return {"visits": visits, "events": events}
+        out = {"visits": visits, "events": events}
+        if self.adverse_events:
+            out["adverse_events"] = dict(self.adverse_events)
+        return out
 
     def payload(self) -> dict[str, Any]:
         """The JSON context sent as the user message (before sanitising)."""

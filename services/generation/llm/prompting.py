@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from services.data.trial import Trial
+from services.generation.llm.adverse import AEFacts, has_ae
 from services.generation.llm.prompt import PrivacyError, TwinRequest, check_no_dates, widen_range
 from services.generation.run import twin_id
 
@@ -111,6 +112,9 @@ class TrialFacts:
             t = kb.tte["AVAL"].to_numpy(float)
             t = t[np.isfinite(t)]
             self.tte_integer = bool(np.all(np.abs(t - np.round(t)) < 1e-9))
+
+        # adverse events: the terms and histories the prompts may show (None without ADAE)
+        self.ae = AEFacts(kb) if has_ae(kb) else None
 
         # covariates that may be shown to the model (no identifiers, no dates)
         subj = kb.subjects
@@ -223,6 +227,8 @@ class TrialFacts:
             bl = {p: round6(float(base.at[u, p])) for p in base.columns if pd.notna(base.at[u, p])}
             tr = {p: sorted(v) for p, v in traj[u].items()}
             out[u] = {"covariates": covs, "baseline": bl, "trajectory": tr, "events": events[u]}
+            if self.ae is not None:
+                out[u]["adverse_events"] = self.ae.history.get(u, [])
         return out
 
 
@@ -259,21 +265,22 @@ def local_reference(local, src: Trial, target_arm: str, draws: int, seed: int, c
 
 
 def local_twins(local, src: Trial, target_arm: str, k: int, seed: int, cancel
-                ) -> dict[tuple[str, str, float], np.ndarray]:
+                ) -> tuple[dict[tuple[str, str, float], np.ndarray], dict]:
     """The values of the local twins of the same seed and K (`local_samples`): the draws a
     hybrid twin falls back to, so that where the model gets no weight its twins are exactly
     those of `local` (balanced residuals make twin t depend on K, so the reference's draws
-    would not be)."""
-    return local_samples(local.generate(src, target_arm, twins_per_patient=k, seed=seed,
-                                        cancel=cancel))
+    would not be); and that run's manifest (its donors give hybrid twins their AEs)."""
+    run = local.generate(src, target_arm, twins_per_patient=k, seed=seed, cancel=cancel)
+    return local_samples(run), run.manifest
 
 
 def build_requests(facts: TrialFacts, src: Trial, ids: list[str], keys: dict[str, str], k: int,
                    target_arm: str, seed: int, neigh: dict[str, list], blocks: dict[str, dict],
-                   reference: dict, manifest: dict) -> tuple[list[TwinRequest], list[tuple[str, int]]]:
+                   reference: dict, manifest: dict, ask_ae: bool = False
+                   ) -> tuple[list[TwinRequest], list[tuple[str, int]]]:
     """One request per (source, twin index), in source order then twin index, and its owner
     (source, twin index). A source of the knowledge base is left out of the ranges shown to
-    it. Fills `manifest["neighbours"]` (real neighbours of each twin) and
+    it. With `ask_ae` (and AE data) the model lists each twin's adverse events. Fills `manifest["neighbours"]` (real neighbours of each twin) and
     `manifest["neighbour_similarity"]`."""
     kb = facts.kb
     trial_info = facts.trial_info(target_arm)
@@ -297,9 +304,13 @@ def build_requests(facts: TrialFacts, src: Trial, ids: list[str], keys: dict[str
             covs[c] = v
         values = {p: round6(float(baseline.at[s, p])) for p in kb.parameters
                   if p in baseline.columns and pd.notna(baseline.at[s, p])}
+        aes = (facts.ae.spec(target_arm, [str(h.usubjid) for h in neigh[s]], without)
+               if ask_ae and facts.ae is not None else None)
         nbs = []
         for j, h in enumerate(neigh[s]):
             block = dict(blocks[str(h.usubjid)])
+            if aes is None:
+                block.pop("adverse_events", None)
             nbs.append({"key": f"N{j + 1}", "similarity": round(float(h.similarity), 3),
                         **block})
         for t in range(1, k + 1):
@@ -307,7 +318,8 @@ def build_requests(facts: TrialFacts, src: Trial, ids: list[str], keys: dict[str
                 source_key=keys[s], twin_index=t, target_arm=target_arm, trial=trial_info,
                 data_dictionary=dd, plausible_ranges=ranges,
                 baseline={"covariates": covs, "values": values}, neighbours=nbs, tte=tte,
-                reference_forecast=reference.get(s), seed=twin_seed(seed, keys[s], t)))
+                reference_forecast=reference.get(s), adverse_events=aes,
+                seed=twin_seed(seed, keys[s], t)))
             owners.append((s, t))
             manifest["neighbours"][twin_id(s, t)] = [str(h.usubjid) for h in neigh[s]]
     manifest["neighbour_similarity"] = {

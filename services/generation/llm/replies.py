@@ -22,6 +22,7 @@ import pandas as pd
 
 from services.data.trial import Trial
 from services.generation.assembly import assemble_run, run_counts
+from services.generation.llm.adverse import model_ae_frame
 from services.generation.llm.prompting import TrialFacts
 from services.generation.run import TTE_COLUMNS, TwinRun, twin_id
 
@@ -37,7 +38,8 @@ def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, targ
                      results: list, owners: list[tuple[str, int]], visits: dict[str, list],
                      manifest: dict, fallback: dict[tuple[str, str, float], np.ndarray] | None = None,
                      fallback_sd: float | None = None, weight: float | None = None,
-                     own: dict[tuple[str, str, float], np.ndarray] | None = None) -> TwinRun:
+                     own: dict[tuple[str, str, float], np.ndarray] | None = None,
+                     ae_from_replies: bool = False) -> TwinRun:
     """The contract's frames of the twins whose reply is valid (`results[i]` belongs to
     `owners[i]` = (source, twin index)); fills the manifest's `failures`, `cancelled`,
     `notes` and `counts`. Integer-valued parameters and event times stay whole numbers.
@@ -45,7 +47,8 @@ def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, targ
     docstring; the manifest's `llm.fallback` counts the values replaced. `weight`: the
     calibration weight of the model's values (None: the model's values as written); `own`:
     the local twins of the run's seed and K, twin t's own draw (default: draw t of
-    `fallback`)."""
+    `fallback`). `ae_from_replies`: the twins' ADAE are the replies' adverse events
+    (`adverse.model_ae_frame`)."""
     kb = facts.kb
     labels = manifest["trial"]["labels"]
     ok: dict[tuple[str, int], Any] = {}
@@ -144,4 +147,20 @@ def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, targ
                                  "written; the finished twins are kept")
     manifest["counts"] = run_counts(done_ids, len(ids), adsl, bds, tte, manifest["failures"],
                                     twins_requested=len(owners), cancelled_twins=cancelled)
-    return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest)
+    ae = None
+    if ae_from_replies and facts.ae is not None:
+        from services.generation.local.adverse_events import twin_followup_end
+
+        listed = [(twin_id(s, t), s, [(a.term, a.day) for a in ok[(s, t)].adverse_events])
+                  for s in done_ids for t in range(1, k + 1) if (s, t) in ok]
+        ae, dropped = model_ae_frame(facts.ae, listed, twin_followup_end(adsl, bds, tte),
+                                     target_arm)
+        manifest["ae"] = {"source": "model", "records": len(ae),
+                          "dropped_after_followup": int(dropped),
+                          "twins_with_ae": int(ae["USUBJID"].nunique()),
+                          "terms": int(ae["AEDECOD"].nunique())}
+        manifest["notes"].append(
+            f"adverse events: listed by the model from the trial's terms ({len(ae)} records); "
+            f"{dropped} after their twin's end of follow-up were left out; severity and "
+            "seriousness are each term's most frequent values in the target arm")
+    return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest, ae=ae)

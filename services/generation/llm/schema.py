@@ -40,13 +40,26 @@ class EventValue(BaseModel):
     cnsr: int = Field(description="0 = event observed, 1 = censored at aval")
 
 
+class AEValue(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    term: str
+    day: float | None = Field(default=None, description="study day of onset")
+
+
 class TwinReply(BaseModel):
-    """One generated twin: post-baseline visit values and time-to-event outcomes."""
+    """One generated twin: post-baseline visit values, time-to-event outcomes and adverse
+    events."""
 
     model_config = ConfigDict(extra="ignore")
     visits: list[VisitValue] = Field(default_factory=list)
     events: list[EventValue] = Field(default_factory=list)
+    adverse_events: list[AEValue] = Field(default_factory=list)
     rationale: str = ""
+
+    @field_validator("adverse_events", mode="before")
+    @classmethod
+    def _no_null_list(cls, v: Any) -> Any:
+        return [] if v is None else v
 
     @field_validator("rationale", mode="before")
     @classmethod
@@ -97,6 +110,15 @@ TWIN_REPLY_JSON_SCHEMA: dict[str, Any] = _strict_object(
                 }
             ),
         },
+        "adverse_events": {
+            "type": "array",
+            "items": _strict_object(
+                {
+                    "term": {"type": "string"},
+                    "day": {"type": ["number", "null"], "description": "study day of onset"},
+                }
+            ),
+        },
         "rationale": {"type": "string", "description": "one or two short sentences"},
     }
 )
@@ -119,38 +141,66 @@ RESPONSE_FORMAT_JSON_MODE: dict[str, Any] = {"type": "json_object"}
 CONSTRAINED_RATIONALE_MAX_CHARS = 120
 
 
-def _integers_up_to(n: int) -> str:
-    """A regular expression of the integers 0..n (no leading zeros)."""
-    digits = str(max(0, int(n)))
-    d = len(digits)
-    alts = ["[0-9]"] if d > 1 else [f"[0-{digits}]"]
-    alts += [f"[1-9][0-9]{{{k - 1}}}" if k > 2 else "[1-9][0-9]" for k in range(2, d)]
-    for i in range(d if d > 1 else 0):
-        prefix, digit = digits[:i], int(digits[i])
-        low = 1 if i == 0 else 0
-        rest = d - i - 1
-        if i < d - 1:
-            if digit > low:
-                tail = "" if not rest else ("[0-9]" if rest == 1 else f"[0-9]{{{rest}}}")
-                alts.append(f"{prefix}[{low}-{digit - 1}]{tail}")
+def _nines(n: int, count: int) -> int:
+    text = str(n)
+    return int(text[:-count] + "9" * count) if count < len(text) else int("9" * count)
+
+
+def _range_stops(a: int, b: int) -> list[int]:
+    """Upper ends of the sub-ranges of [a, b] that one digit pattern each can express."""
+    stops = {b}
+    count = 1
+    stop = _nines(a, count)
+    while a <= stop < b:
+        stops.add(stop)
+        count += 1
+        stop = _nines(a, count)
+    count = 1
+    stop = (b + 1) - (b + 1) % 10 ** count - 1
+    while a < stop <= b:
+        stops.add(stop)
+        count += 1
+        stop = (b + 1) - (b + 1) % 10 ** count - 1
+    return sorted(stops)
+
+
+def _same_length_pattern(a: int, b: int) -> str:
+    out, free = "", 0
+    for x, y in zip(str(a), str(b)):
+        if x == y:
+            out += x
+        elif x != "0" or y != "9":
+            out += f"[{x}-{y}]"
         else:
-            alts.append(f"{prefix}[{low}-{digit}]")
-    return "(" + "|".join(alts) + ")"
+            free += 1
+    if free:
+        out += "[0-9]" + (f"{{{free}}}" if free > 1 else "")
+    return out
+
+
+def _integers_between(a: int, b: int) -> str:
+    """A regular expression of the integers a..b (0 <= a <= b; no leading zeros)."""
+    parts, start = [], a
+    for stop in _range_stops(a, b):
+        parts.append(_same_length_pattern(start, stop))
+        start = stop + 1
+    return "(" + "|".join(parts) + ")"
 
 
 def number_pattern(lo: float | None, hi: float | None, decimals: int = 2) -> str | None:
-    """A regular expression of the decimal numbers whose integer part lies within [lo, hi]
-    (at most ``decimals`` decimals), or None without finite bounds. A grammar built from it
-    keeps a small model from writing 1000000000000000 where 12 is meant; the exact range is
-    still checked by :func:`validate_reply`."""
+    """A regular expression of the decimal numbers whose integer part lies within
+    [floor(lo), floor(hi)] (at most ``decimals`` decimals), or None without finite bounds. A
+    grammar built from it keeps a small model from writing 1000000000000000 where 12 is meant,
+    or 7 for a body temperature; the exact range is still checked by :func:`validate_reply`."""
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         return None
     frac = f"([.][0-9]{{1,{decimals}}})?" if decimals > 0 else ""
     parts = []
     if hi >= 0:
-        parts.append(_integers_up_to(math.floor(hi)))
+        parts.append(_integers_between(max(0, math.floor(lo)), math.floor(hi)))
     if lo < 0:
-        parts.append("-" + _integers_up_to(math.floor(-lo)))
+        parts.append("-" + _integers_between(max(0, math.floor(-hi)) if hi < 0 else 0,
+                                             math.floor(-lo)))
     return "^(" + "|".join(parts) + ")" + frac + "$"
 
 
@@ -181,11 +231,19 @@ def request_json_schema(request: Any) -> dict[str, Any]:
                               "aval": _bounded_number(0, spec.get("max_days")),
                               "cnsr": {"enum": [0, 1]}})
               for spec in req.get("events", []) or []]
+    aes = req.get("adverse_events") or None
+    if aes and aes.get("terms"):
+        day = (_bounded_number(1, aes["max_day"]) if aes.get("max_day") else {"type": "null"})
+        ae_schema = {"type": "array", "maxItems": int(aes.get("max_count") or 15),
+                     "items": _strict_object({"term": {"enum": list(aes["terms"])}, "day": day})}
+    else:
+        ae_schema = {"type": "array", "maxItems": 0}
     return _strict_object({
         "visits": {"type": "array", "prefixItems": visits,
                    "minItems": len(visits), "maxItems": len(visits)},
         "events": {"type": "array", "prefixItems": events,
                    "minItems": len(events), "maxItems": len(events)},
+        "adverse_events": ae_schema,
         "rationale": {"type": "string", "maxLength": CONSTRAINED_RATIONALE_MAX_CHARS},
     })
 
@@ -214,6 +272,9 @@ def reply_token_budget(request: Any) -> int:
         len(s["avisitn"]) if isinstance(s["avisitn"], (list, tuple)) else 1
         for s in req.get("visits", []) or []
     ) + len(req.get("events", []) or [])
+    aes = req.get("adverse_events") or {}
+    if aes.get("terms"):
+        entries += int(aes.get("max_count") or 15)  # an AE entry is no longer than a visit's
     return int(64 + _TOKENS_RATIONALE + _TOKENS_PER_ENTRY * entries)
 
 
@@ -365,9 +426,51 @@ def validate_reply(obj: Any, request: Any) -> tuple[TwinReply | None, list[str]]
         if not bad:
             kept_events.append(EventValue(paramcd=pcd, aval=e.aval, cnsr=e.cnsr))
 
+    kept_aes = _check_adverse_events(reply, req, kept_events, errors)
+
     if errors:
         if len(errors) > MAX_ERRORS:
             extra = len(errors) - MAX_ERRORS
             errors = errors[:MAX_ERRORS] + [f"... and {extra} more problems."]
         return None, errors
-    return TwinReply(visits=kept_visits, events=kept_events, rationale=reply.rationale), []
+    return TwinReply(visits=kept_visits, events=kept_events, adverse_events=kept_aes,
+                     rationale=reply.rationale), []
+
+
+def _check_adverse_events(reply: TwinReply, req: Mapping[str, Any], events: list[EventValue],
+                          errors: list[str]) -> list[AEValue]:
+    """The reply's adverse events when the request asks for them (else none): terms of the
+    request's list only (spelling as listed, case aside), onset days in [1, max_day] and not
+    after the twin's own last event or censoring time, at most max_count. Appends errors."""
+    spec = req.get("adverse_events") or None
+    if not spec:
+        return []
+    canonical = {str(t).strip().upper(): str(t) for t in spec.get("terms") or []}
+    max_day, max_count = spec.get("max_day"), int(spec.get("max_count") or 15)
+    end = max((e.aval for e in events), default=None)
+    if len(reply.adverse_events) > max_count:
+        errors.append(f"{len(reply.adverse_events)} adverse events listed; give at most "
+                      f"{max_count} (the first onset of each term).")
+        return []
+    kept: list[AEValue] = []
+    for ae in reply.adverse_events:
+        term = canonical.get(ae.term.strip().upper())
+        if term is None:
+            errors.append(f"Adverse event {ae.term!r:.60} is not a term of this trial; use one of "
+                          "required.adverse_events.terms exactly.")
+            continue
+        day = ae.day
+        if max_day is not None:
+            if day is None or not math.isfinite(day) or day < 1 or day > float(max_day):
+                errors.append(f"Adverse event {term}: onset day {_fmt(day) if day is not None else 'null'} "
+                              f"must be in [1, {_fmt(float(max_day))}].")
+                continue
+            if end is not None and day > end:
+                errors.append(f"Adverse event {term}: onset day {_fmt(day)} is after the twin's end of "
+                              f"follow-up (day {_fmt(float(end))}, its last event or censoring time).")
+                continue
+            day = float(round(day))
+        else:
+            day = None
+        kept.append(AEValue(term=term, day=day))
+    return kept
