@@ -20,9 +20,11 @@ Ends with one `RESULT ...` line.
 Last run (5 splits, K 20; full log in bench/results/safety.log): 10/10 PTs inside the real
 arm's 95 % CI for placebo twins of treated patients, 10/10 for high-dose and 10/10 for
 low-dose twins of placebo patients. Backtest, mean absolute incidence error over the 10 most
-frequent PTs, twins vs the knowledge base's rate: placebo 0.0456 vs 0.0447, high dose 0.0661
-vs 0.0652, low dose 0.0594 vs 0.0595 (parity; split-to-split differences -0.007 to +0.005).
-Mean AUROC 0.518 / 0.527 / 0.561: baseline similarity carries little per-patient AE signal.
+frequent PTs, twins vs the knowledge base's rate: placebo 0.0447 vs 0.0447, high dose 0.0643
+vs 0.0652, low dose 0.0595 vs 0.0595 (no worse in every arm: the cross-validated donor pool
+is the balanced whole arm on the pilot; with personalised donors 0.0456 / 0.0661 / 0.0594 vs
+0.0447 / 0.0652 / 0.0595). Mean AUROC 0.531 / 0.507 / 0.488: baseline similarity carries no
+per-patient AE signal here.
 """
 
 from __future__ import annotations
