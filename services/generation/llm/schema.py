@@ -188,13 +188,19 @@ def _integers_between(a: int, b: int) -> str:
 
 
 def number_pattern(lo: float | None, hi: float | None, decimals: int = 2) -> str | None:
-    """A regular expression of the decimal numbers whose integer part lies within
-    [floor(lo), floor(hi)] (at most ``decimals`` decimals), or None without finite bounds. A
-    grammar built from it keeps a small model from writing 1000000000000000 where 12 is meant,
-    or 7 for a body temperature; the exact range is still checked by :func:`validate_reply`."""
+    """A regular expression of decimal numbers (at most ``decimals`` decimals) within [lo, hi],
+    or None without finite bounds. A grammar built from it keeps a small model from writing
+    1000000000000000 where 12 is meant, or 7 for a body temperature. For 0 <= lo and a range of
+    at least 2, every number it allows lies in [ceil(lo), floor(hi)] (the integer part in
+    ceil(lo)..floor(hi) - 1 with decimals, or floor(hi) itself), so a reply always passes
+    :func:`validate_reply`'s range check; otherwise (negative or narrow ranges) only the integer
+    part is bounded and the check stays with :func:`validate_reply`."""
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         return None
     frac = f"([.][0-9]{{1,{decimals}}})?" if decimals > 0 else ""
+    a, b = math.ceil(lo), math.floor(hi)
+    if lo >= 0 and b - a >= 1:
+        return "^(" + _integers_between(a, b - 1) + frac + "|" + str(b) + ")$"
     parts = []
     if hi >= 0:
         parts.append(_integers_between(max(0, math.floor(lo)), math.floor(hi)))
@@ -228,7 +234,7 @@ def request_json_schema(request: Any) -> dict[str, Any]:
                                           "aval": _bounded_number(spec.get("min"),
                                                                   spec.get("max"))}))
     events = [_strict_object({"paramcd": {"const": str(spec["paramcd"])},
-                              "aval": _bounded_number(0, spec.get("max_days")),
+                              "aval": _bounded_number(1, spec.get("max_days")),
                               "cnsr": {"enum": [0, 1]}})
               for spec in req.get("events", []) or []]
     aes = req.get("adverse_events") or None
