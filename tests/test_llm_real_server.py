@@ -157,3 +157,35 @@ def test_dead_endpoint_exits_fast_with_one_line(tmp_path):
     assert "3 attempts in a row" in lines[0]  # the breaker stopped the run, no retry storm
     print(f"dead endpoint: exit {proc.returncode} after {seconds:.1f} s")
     assert not (out / "adsl.csv").exists()
+
+
+@pytest.mark.slow
+@needs_model
+def test_embedded_model_lists_adverse_events_from_the_pilots_terms(pilot, tmp_path):
+    """The real model writes pilot twins' AEs (one parameter kept: 3 twins in ~1.5 min; with
+    every vital sign a twin takes 5-10 minutes): the grammar allows only the trial's terms and onset days within follow-up, so
+    the reply validates and the twin's ADAE holds only known terms inside its follow-up."""
+    import dataclasses
+
+    from services.data.adverse import emergent
+    from services.generation.llm.generator import LLMGenerator
+    from services.generation.local.adverse_events import twin_followup_end
+
+    advs = pilot.bds["advs"]
+    weight = dataclasses.replace(pilot, bds={"advs": advs[advs["PARAMCD"] == "WEIGHT"]},
+                                 content_hash="weight-only " + pilot.content_hash)
+    assert weight.longitudinal_parameters == ["WEIGHT"]
+    gen = LLMGenerator(hybrid=False, neighbors=3, settings=LLMSettings(), use_cache=False,
+                       cache_dir=str(tmp_path)).fit(weight)
+    treated = list(weight.subjects.loc[weight.subjects["ARM"] == "Xanomeline High Dose", "USUBJID"][:3])
+    t0 = time.perf_counter()
+    run = gen.generate(weight.subset(treated), "Placebo", twins_per_patient=1, seed=0)
+    seconds = time.perf_counter() - t0
+    assert run.n_twins >= 2, run.manifest["failures"]
+    assert run.manifest["ae"]["source"] == "model"
+    ae = run.ae
+    assert len(ae) > 0, "the model wrote no adverse event for any of 3 twins"
+    assert set(ae["AEDECOD"]) <= set(emergent(weight)["AEDECOD"])
+    end = twin_followup_end(run.adsl, run.bds, run.tte)
+    assert ae["ASTDY"].between(1, end.max()).all()
+    print(f"embedded AE twins: {len(ae)} AE records ({ae['AEDECOD'].nunique()} terms) in {seconds:.0f} s")

@@ -280,3 +280,12 @@ def test_info_for_run_manifests(pilot, pilot_r, pilot_exact):
     assert info["patients"] == len(pilot.subjects) and info["dim"] == pilot_r.embeddings.shape[1]
     assert pilot_exact.info()["store"] == "numpy (exact)"
     assert pilot_exact.info()["fingerprint"] == info["fingerprint"]
+
+
+def test_collection_names_of_derived_trials_are_valid_and_distinct():
+    from services.retrieval.index import collection_name
+
+    a = collection_name("baseline-only 727c5e", "baseline", "ab12cd34")
+    b = collection_name("baseline-only 727c5f", "baseline", "ab12cd34")
+    assert a != b and all(ch.isalnum() or ch in "._-" for ch in a)
+    assert collection_name("3f2a" * 16, "baseline", "ab12cd34").split("_")[2] == ("3f2a" * 4)

@@ -136,7 +136,14 @@ class BuildReport:
 
 
 def collection_name(trial_hash: str, space: str, fingerprint: str, version: str = VECTOR_VERSION) -> str:
+    """Chroma's name of a trial's index. A hash that is not hex (a derived trial's own label)
+    is hashed first: Chroma allows only [a-zA-Z0-9._-], and two labels with the same first 16
+    characters must not share an index."""
     tag = SPACE_TAG.get(space, "".join(ch for ch in space if ch.isalnum())[:8] or "x")
+    if not all(ch in "0123456789abcdef" for ch in trial_hash):
+        import hashlib
+
+        trial_hash = hashlib.sha256(trial_hash.encode()).hexdigest()
     return f"{version}_{tag}_{trial_hash[:16]}_{fingerprint[:8]}"
 
 
