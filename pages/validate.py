@@ -33,7 +33,7 @@ gen_name, _, run_k = val.run_generator(run)
 
 
 def longitudinal_sections() -> None:
-    """Backtest card, PROCOVA and privacy audit (each needs the longitudinal backtest)."""
+    """Backtest card and PROCOVA (both need the longitudinal backtest)."""
     with st.form("backtest_settings"):
         st.caption(f"Generator: **{gen_name}**" + (f" with the settings and K of run {run.run_id}" if run is not None
                                                   else " with its default settings (no twin arm yet)") + ".")
@@ -93,18 +93,21 @@ def longitudinal_sections() -> None:
                        f"{plan['alpha']}, power {plan['power']:.0%}, allocation {plan['ratio']:g}:1 "
                        f"(treatment:control). rho from {plan['generator']} twins (K = {plan['twins_per_patient']}).")
 
+
+def privacy_section() -> None:
+    """The hold-out privacy audit (needs no backtest), kept per (trial, run, cohort)."""
     st.header("Privacy audit with a hold-out")
     st.caption("Half of the real target arm is withheld; the generator learns from the other half and twins the "
                "cohort; an attacker then tries to tell training patients from withheld ones by how close twins come.")
     target = run.target_arm if run is not None else trial.control_arm
-    audit_key = (trial.content_hash, run.run_id if run is not None else None)
+    sources = [u for u in cohort_ids_or_all() if u in set(trial.subjects["USUBJID"])]
+    audit_key = (trial.content_hash, run.run_id if run is not None else None, hash(tuple(sorted(sources))))
     if st.button("Run privacy audit", key="run_privacy_audit"):
-        sources = [u for u in cohort_ids_or_all() if u in set(trial.subjects["USUBJID"])]
         name, settings, k_run = val.run_generator(run)
         with st.spinner(f"Generating {name} twins from half of {target} and attacking them..."):
             st.session_state["privacy_audit"] = (audit_key, val.privacy_audit(
                 trial, target, sources, generator=name, settings=settings,
-                twins_per_patient=k_run if run is not None else 5, seed=int(seed)))
+                twins_per_patient=k_run if run is not None else 5, seed=0))
     stored = st.session_state.get("privacy_audit")
     audit = stored[1] if stored and stored[0] == audit_key else None
     if audit:
@@ -148,6 +151,7 @@ def safety_section() -> None:
 
 if trial.longitudinal_parameters:
     longitudinal_sections()
+    privacy_section()
 else:
     st.info("This trial has no parameter with scheduled follow-up visits: nothing to backtest.")
 if has_ae(trial):
