@@ -79,7 +79,10 @@ class Precompute:
                         cached_embedding_points(compare(kb, run.as_trial(), run.manifest),
                                                 self.run_dir, method="tsne")
                     elif step == "validation":
-                        if kb.longitudinal_parameters:
+                        # a generator that calls a model per twin is backtested when asked
+                        # (Validate, the report): in the background it would spend the user's
+                        # endpoint (or minutes of the embedded model) unasked
+                        if kb.longitudinal_parameters and not _calls_a_model(run):
                             cached_validate_run(kb, run, self.run_dir)
                     else:
                         cached_run_effects(kb, run, self.run_dir, progress=self._progress)
@@ -91,6 +94,15 @@ class Precompute:
         finally:
             self.current = None
             self.finished = time.time()
+
+
+def _calls_a_model(run: TwinRun) -> bool:
+    from services.generation import capabilities
+
+    try:
+        return capabilities((run.manifest or {}).get("generator") or "local").needs_network
+    except Exception:  # noqa: BLE001 - an unknown generator: do not call it in the background
+        return True
 
 
 _JOBS: dict[str, Precompute] = {}
