@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	@echo "Installing (the extra local-llm builds llama-cpp-python once: ~7-10 min on 2 cores)..."
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install --quiet -e '.[dev,local-llm]'
 	@# a wheel cached from an earlier (native) build may not run here: rebuild it once if so
-	@$(BIN)/python -m services.generation.llm.embedded --self-check || $(MAKE) --no-print-directory llama-rebuild
+	@$(BIN)/python -m services.generation.llm.embedded --self-check; rc=$$?; \
+	  if [ $$rc = 3 ]; then $(MAKE) --no-print-directory llama-rebuild; elif [ $$rc != 0 ]; then exit $$rc; fi
 	@touch $(STAMP)
 
 # Rebuild llama-cpp-python portably (~10 min on 2 cores) and replace the cached wheel.

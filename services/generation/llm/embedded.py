@@ -60,8 +60,11 @@ def embedded_enabled(environ=None) -> bool:
 def embedded_available() -> bool:
     """The extra is installed (llama-cpp-python with its server, and the model package) and
     not turned off (:func:`embedded_enabled`)."""
-    if not embedded_enabled():
-        return False
+    return embedded_enabled() and embedded_installed()
+
+
+def embedded_installed() -> bool:
+    """llama-cpp-python with its server and the model package are importable."""
     try:
         return all(importlib.util.find_spec(m) is not None
                    for m in ("llama_cpp", "uvicorn", "fastapi", MODEL_PACKAGE))
@@ -224,7 +227,7 @@ class LlamaServer:
         return " | ".join(lines[-3:])[-400:]
 
     def stop(self) -> None:
-        proc, self.proc = self.proc, None
+        proc, self.proc, self.last_proc = self.proc, None, None   # a stop is not a crash
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()
@@ -254,7 +257,7 @@ _CHECK = ("import sys\n"
 def self_check(timeout: float = 180.0) -> None:
     """Load the model and write two tokens in a child process; raise `EmbeddedModelError`
     naming the cause when llama-cpp-python crashes there (a build for another CPU)."""
-    if not embedded_available():
+    if not embedded_installed():   # installed is what matters here, even when turned off
         raise EmbeddedModelError(f"llama-cpp-python's server is not installed: {INSTALL_HINT}")
     path = model_path()
     try:
@@ -267,6 +270,9 @@ def self_check(timeout: float = 180.0) -> None:
                                               done.stderr.decode(errors="replace")))
 
 
+BUILD_SIGNALS = ("SIGSEGV", "SIGILL", "SIGBUS")   # what a build for another CPU dies of
+
+
 def crash_reason(returncode: int | None, detail: str = "") -> str:
     """A sentence on why the llama.cpp process ended (`returncode` < 0: killed by a signal)."""
     if returncode is not None and returncode < 0:
@@ -276,8 +282,11 @@ def crash_reason(returncode: int | None, detail: str = "") -> str:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        why = (f"llama-cpp-python crashed ({name}): its build uses instructions this machine "
-               "does not allow; rebuild it portably with `make llama-rebuild`")
+        if name in BUILD_SIGNALS:
+            why = (f"llama-cpp-python crashed ({name}): its build may use instructions this "
+                   "machine does not allow; rebuild it portably with `make llama-rebuild`")
+        else:   # SIGKILL (e.g. out of memory), SIGTERM: stopped from outside, not a build problem
+            why = f"the llama.cpp process was stopped ({name})"
     else:
         why = f"llama-cpp-python exited with code {returncode}"
     tail = " | ".join(detail.strip().splitlines()[-2:])[-300:]
@@ -316,7 +325,8 @@ def _stop_shared() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m services.generation.llm.embedded --self-check`: exit 0 when the embedded
-    model runs on this machine, else 1 with the reason (used by `make venv`)."""
+    model runs on this machine, 3 when llama-cpp-python crashes (a rebuild may help: `make
+    venv` then rebuilds it), else 1 with the reason."""
     args = sys.argv[1:] if argv is None else argv
     if args != ["--self-check"]:
         print("usage: python -m services.generation.llm.embedded --self-check", file=sys.stderr)
@@ -325,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         self_check()
     except EmbeddedModelError as exc:
         print(f"embedded model: {exc}", file=sys.stderr)
-        return 1
+        return 3 if "llama-rebuild" in str(exc) else 1
     print("embedded model: runs on this machine")
     return 0
 
