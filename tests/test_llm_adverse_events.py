@@ -89,6 +89,12 @@ def test_an_invented_term_or_a_day_outside_follow_up_is_sent_back(pilot):
     many = {"events": [{"paramcd": "TTDE", "aval": 200, "cnsr": 1}],
             "adverse_events": [{"term": term, "day": 3}] * (spec["max_count"] + 1)}
     assert "give at most" in validate_reply(many, req)[1][0]
+    # a forgotten field is an error (it would count as "no AE"); a term twice keeps its first onset
+    missing = validate_reply({"events": [{"paramcd": "TTDE", "aval": 200, "cnsr": 1}]}, req)
+    assert missing[0] is None and "Missing adverse_events" in missing[1][0]
+    twice, errors = validate_reply({"events": [{"paramcd": "TTDE", "aval": half, "cnsr": 1}],
+                                    "adverse_events": [{"term": term, "day": 30}, {"term": term, "day": 4}]}, req)
+    assert errors == [] and [(a.term, a.day) for a in twice.adverse_events] == [(term, 4)]
     # a server that turns the schema into a grammar can only write the trial's terms
     schema = request_json_schema(req)["properties"]["adverse_events"]
     assert schema["items"]["properties"]["term"]["enum"] == spec["terms"]

@@ -151,7 +151,7 @@ def assemble_replies(src: Trial, facts: TrialFacts, ids: list[str], k: int, targ
     if ae_from_replies and facts.ae is not None:
         from services.generation.local.adverse_events import twin_followup_end
 
-        listed = [(twin_id(s, t), s, [(a.term, a.day) for a in ok[(s, t)].adverse_events])
+        listed = [(twin_id(s, t), s, [(a.term, a.day) for a in ok[(s, t)].adverse_events or []])
                   for s in done_ids for t in range(1, k + 1) if (s, t) in ok]
         ae, dropped = model_ae_frame(facts.ae, listed, twin_followup_end(adsl, bds, tte),
                                      target_arm)

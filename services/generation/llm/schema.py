@@ -53,13 +53,8 @@ class TwinReply(BaseModel):
     model_config = ConfigDict(extra="ignore")
     visits: list[VisitValue] = Field(default_factory=list)
     events: list[EventValue] = Field(default_factory=list)
-    adverse_events: list[AEValue] = Field(default_factory=list)
+    adverse_events: list[AEValue] | None = None   # None: the reply has no such field
     rationale: str = ""
-
-    @field_validator("adverse_events", mode="before")
-    @classmethod
-    def _no_null_list(cls, v: Any) -> Any:
-        return [] if v is None else v
 
     @field_validator("rationale", mode="before")
     @classmethod
@@ -454,6 +449,9 @@ def _check_adverse_events(reply: TwinReply, req: Mapping[str, Any], events: list
     canonical = {str(t).strip().upper(): str(t) for t in spec.get("terms") or []}
     max_day, max_count = spec.get("max_day"), int(spec.get("max_count") or 15)
     end = max((e.aval for e in events), default=None)
+    if reply.adverse_events is None:   # a forgotten field would count as "no AE" silently
+        errors.append("Missing adverse_events: list the twin's adverse events ([] when it has none).")
+        return []
     if len(reply.adverse_events) > max_count:
         errors.append(f"{len(reply.adverse_events)} adverse events listed; give at most "
                       f"{max_count} (the first onset of each term).")
@@ -479,4 +477,8 @@ def _check_adverse_events(reply: TwinReply, req: Mapping[str, Any], events: list
         else:
             day = None
         kept.append(AEValue(term=term, day=day))
-    return kept
+    # the first onset of each term (as the neighbours' histories show them)
+    first: dict[str, AEValue] = {}
+    for ae in sorted(kept, key=lambda a: (a.day is None, a.day or 0.0)):
+        first.setdefault(ae.term, ae)
+    return list(first.values())
