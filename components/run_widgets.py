@@ -20,6 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from services.generation.llm import LLMSettings
+from services.evaluation.trajectories import SCALES, can_use_log, suggested_scale
 from services.reporting.figures.compare import mean_trajectories
 
 JOB = "whatif_job"
@@ -317,6 +318,18 @@ def group_counts(comp) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def scale_choice(comp, paramcd: str, key: str) -> str:
+    """"raw" or "log" for a parameter's charts: log by default for a positive, right-skewed
+    one (`trajectories.suggested_scale`); no choice where the log is undefined."""
+    if not can_use_log(comp, paramcd):
+        return "raw"
+    default = suggested_scale(comp, paramcd)
+    return st.radio("Scale", list(SCALES), index=SCALES.index(default), horizontal=True,
+                    key=f"{key}_{paramcd}",
+                    help="Log: geometric means and a log axis, which a few extreme patients do not "
+                         "dominate (the default for positive, right-skewed parameters such as bilirubin).")
+
+
 def trajectory_chart(comp, summary_fn, key: str) -> None:
     """Mean trajectory of one chosen parameter: twin arm vs the real arms."""
     params = comp.parameters
@@ -329,10 +342,13 @@ def trajectory_chart(comp, summary_fn, key: str) -> None:
     p = st.selectbox("Parameter", params, index=default, key=key,
                      format_func=lambda x: f"{x} — {kb.parameters[x].label}")
     info = kb.parameters[p]
-    summary = summary_fn(comp, p)
-    st.plotly_chart(mean_trajectories(summary, f"{info.label}: mean by visit", info.unit),
+    scale = scale_choice(comp, p, f"{key}_scale")
+    summary = summary_fn(comp, p, scale)
+    what = "Geometric mean" if scale == "log" else "Mean"
+    st.plotly_chart(mean_trajectories(summary, f"{info.label}: {what.lower()} by visit", info.unit,
+                                      log=scale == "log"),
                     width="stretch", key=f"{key}_chart")
-    st.caption(f"Mean {info.label} at each visit with its 95 % confidence band: the twins (under "
+    st.caption(f"{what} {info.label} at each visit with its 95 % confidence band: the twins (under "
                f"{comp.target_arm}) should follow the real {comp.target_arm} patients, while the "
                "real source cohort shows what the sources did under their own arm.")
 

@@ -10,6 +10,7 @@ from components.compare_state import (
     require_run,
 )
 from components.effects import effects_view
+from components.run_widgets import scale_choice
 from components.state import get_run_dir
 from components.metric_cards import headline_table, metric_definitions
 from components.safety_panel import safety_tab
@@ -17,6 +18,7 @@ from services.data.adverse import has_ae
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps
 from services.evaluation.projection import is_umap_warm
+from services.evaluation.trajectories import patient_and_twins, spaghetti_values, trajectory_summary
 from services.reporting.figures import compare as fig
 
 kb, run = require_run()
@@ -39,23 +41,31 @@ with tab_traj:
         labels = {p: f"{p}: {kb.parameters[p].label}" for p in comp.parameters}
         paramcd = st.selectbox("Parameter", comp.parameters, format_func=labels.get, key="cmp_param")
         unit = kb.parameters[paramcd].unit
-        st.plotly_chart(fig.mean_trajectories(ev.trajectory_summary(comp, paramcd),
-                                              f"Mean {labels[paramcd]} with 95 % CI", unit), width="stretch")
-        st.caption("Mean per visit with its 95 % confidence interval (twins: over source patients, each the "
+        scale = scale_choice(comp, paramcd, "cmp_scale")
+        log, what = scale == "log", "Geometric mean" if scale == "log" else "Mean"
+        st.plotly_chart(fig.mean_trajectories(trajectory_summary(comp, paramcd, scale),
+                                              f"{what} {labels[paramcd]} with 95 % CI", unit, log=log),
+                        width="stretch")
+        st.caption(f"{what} per visit with its 95 % confidence interval (twins: over source patients, each the "
                    "mean of its twins). Twins should follow the real target arm. The gap to the real source "
                    "cohort is not an effect estimate by itself: the Effect tab estimates it with the patient "
                    "as the unit and the generator's own uncertainty.")
-        st.plotly_chart(fig.spaghetti(ev.spaghetti_values(comp, paramcd, per_group=12),
-                                      f"{labels[paramcd]}: a sample of individual patients", unit), width="stretch")
+        st.plotly_chart(fig.spaghetti(spaghetti_values(comp, paramcd, per_group=12),
+                                      f"{labels[paramcd]}: a sample of individual patients", unit, log=log),
+                        width="stretch")
         st.caption("Twelve random patients per group: twins should show the same spread and shapes as real "
                    "patients, not smooth averages.")
         if comp.source_ids:
             source = st.selectbox("Source patient", comp.source_ids, key="cmp_source")
-            real, twins = ev.patient_and_twins(comp, source, paramcd)
-            st.plotly_chart(fig.patient_band(real, twins, f"{source}: real trajectory vs its twins", unit),
+            real, twins = patient_and_twins(comp, source, paramcd)
+            st.plotly_chart(fig.patient_band(real, twins, f"{source}: real trajectory vs its twins", unit, log=log),
                             width="stretch")
-            st.caption("The black line is what happened to this patient on their own arm; the band is where "
-                       f"their {comp.target_arm} twins go (10th-90th percentile).")
+            k = twins["USUBJID"].nunique()
+            spread = (f"the band is where their {k} {comp.target_arm} twins go (10th-90th percentile)"
+                      if k >= fig.MIN_BAND_TWINS else
+                      f"the orange lines are their {k} {comp.target_arm} twins (fewer than "
+                      f"{fig.MIN_BAND_TWINS}: too few for a 10-90 % band), dashed their median")
+            st.caption(f"The black line is what happened to this patient on their own arm; {spread}.")
 
 with tab_surv:
     if not comp.tte_parameters:

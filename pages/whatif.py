@@ -6,7 +6,8 @@ import streamlit as st
 from components import llm_widgets as lw
 from components import run_widgets as rw
 from components.state import get_cohort, get_run, get_run_dir, get_trial, set_run
-from services.evaluation.comparison import compare, trajectory_summary
+from services.evaluation.comparison import compare
+from services.evaluation.trajectories import trajectory_summary
 from services.generation import GENERATORS, GeneratorError
 from services.generation.saved_runs import list_runs, load_run
 

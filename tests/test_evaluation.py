@@ -11,13 +11,13 @@ import pytest
 from services.cli import main
 from services.data.loading import load_trial_files
 from services.data.readers import RawFile
+from services.evaluation.trajectories import trajectory_summary
 from services.evaluation.comparison import (
     TARGET,
     TWIN,
     compare,
     evaluate,
     km_curves,
-    trajectory_summary,
 )
 
 

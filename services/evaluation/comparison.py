@@ -96,52 +96,6 @@ def _with_baseline(trial: Trial, paramcd: str) -> pd.DataFrame:
     return pd.concat([base[cols], post[cols]], ignore_index=True)
 
 
-def trajectory_summary(comp: Comparison, paramcd: str) -> pd.DataFrame:
-    """Mean and 95 % t-interval per group and visit (baseline included at day 1); for the twins,
-    over source patients (each the mean of its twins), n = patients."""
-    rows = []
-    for group, trial in comp.groups.items():
-        data = _with_baseline(trial, paramcd)
-        if group == TWIN and "SRCSUBJID" in trial.subjects:
-            # the patient is the unit: a source's K twins are averaged first, so n counts
-            # patients and more twins do not narrow the interval by themselves
-            src = trial.subjects.set_index("USUBJID")["SRCSUBJID"]
-            data = data.assign(USUBJID=data["USUBJID"].map(src))
-            data = data.groupby(["AVISITN", "USUBJID"], as_index=False).agg(
-                AVAL=("AVAL", "mean"), AVISIT=("AVISIT", "first"), ADY=("ADY", "median"))
-        for avisitn, grp in data.groupby("AVISITN"):
-            values = grp["AVAL"].dropna().to_numpy(float)
-            n = len(values)
-            if n == 0:
-                continue
-            mean = float(values.mean())
-            half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
-            rows.append({"GROUP": group, "AVISITN": float(avisitn), "AVISIT": grp["AVISIT"].iloc[0],
-                         "ADY": float(grp["ADY"].median()), "n": n, "mean": mean,
-                         "lo": mean - half, "hi": mean + half})
-    return pd.DataFrame(rows, columns=["GROUP", "AVISITN", "AVISIT", "ADY", "n", "mean", "lo", "hi"])
-
-
-def spaghetti_values(comp: Comparison, paramcd: str, per_group: int = 15, seed: int = 0) -> pd.DataFrame:
-    """A random sample of patients' trajectories per group (GROUP, USUBJID, ADY, AVAL)."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for group, trial in comp.groups.items():
-        data = _with_baseline(trial, paramcd)
-        ids = data["USUBJID"].unique()
-        pick = set(rng.choice(ids, size=min(per_group, len(ids)), replace=False)) if len(ids) else set()
-        frames.append(data[data["USUBJID"].isin(pick)].assign(GROUP=group))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def patient_and_twins(comp: Comparison, source_id: str, paramcd: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A source patient's real trajectory and its twins' values (both with baseline)."""
-    real = _with_baseline(comp.kb.subset([source_id]), paramcd)
-    twin_ids = comp.twins.subjects.loc[comp.twins.subjects["SRCSUBJID"].astype(str) == source_id, "USUBJID"]
-    twins = _with_baseline(comp.twins.subset(twin_ids), paramcd)
-    return real, twins
-
-
 # ----- survival ----------------------------------------------------------------------------
 
 def _tte(trial: Trial, paramcd: str) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from services import __version__
 from services.data.trial import Trial
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps
+from services.evaluation.trajectories import suggested_scale, trajectory_summary
 from services.reporting.figures import compare as figs
 from services.reporting.safety_section import safety_section
 
@@ -153,7 +154,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     parts.append("<h2>Trajectories</h2>")
     for paramcd in comp.parameters[:4]:
         p = kb.parameters[paramcd]
-        parts.append(fig(figs.mean_trajectories(ev.trajectory_summary(comp, paramcd), f"{p.label}: mean with 95 % CI",
+        parts.append(fig(figs.mean_trajectories(trajectory_summary(comp, paramcd, suggested_scale(comp, paramcd)), f"{p.label}: mean with 95 % CI",
                                                 p.unit),
                          "Twins (over source patients, each the mean of its twins) should follow the real target "
                          "arm. The gap to the real source cohort is not an effect estimate by itself: see "

@@ -33,9 +33,17 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 420) -> go
     return fig
 
 
-def mean_trajectories(summary: pd.DataFrame, title: str, unit: str = "") -> go.Figure:
-    """Mean with 95 % CI per visit; `summary` has GROUP, AVISITN, AVISIT, ADY, n, mean, lo, hi."""
+def _log_axis(fig: go.Figure, log: bool) -> go.Figure:
+    if log:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def mean_trajectories(summary: pd.DataFrame, title: str, unit: str = "", log: bool = False) -> go.Figure:
+    """Mean with 95 % CI per visit; `summary` has GROUP, AVISITN, AVISIT, ADY, n, mean, lo, hi
+    (`log`: a geometric-mean summary, drawn on a log axis)."""
     fig = go.Figure()
+    what = "geometric mean" if log else "mean"
     for i, (group, grp) in enumerate(summary.groupby("GROUP", sort=False)):
         grp = grp.sort_values("ADY")
         c = colour(group, i)
@@ -46,42 +54,62 @@ def mean_trajectories(summary: pd.DataFrame, title: str, unit: str = "") -> go.F
         fig.add_trace(go.Scatter(x=grp["ADY"], y=grp["mean"], mode="lines+markers", name=group,
                                  line={"color": c, "width": 2}, legendgroup=group,
                                  customdata=np.c_[grp["AVISIT"].astype(str), grp["n"]],
-                                 hovertemplate="%{customdata[0]}: mean %{y:.3g} (n=%{customdata[1]})<extra>"
+                                 hovertemplate="%{customdata[0]}: " + what + " %{y:.3g} (n=%{customdata[1]})<extra>"
                                                + group + "</extra>"))
-    return _layout(fig, title, "study day", f"mean ({unit})" if unit else "mean")
+    fig = _layout(fig, title, "study day", f"{what} ({unit})" if unit else what)
+    return _log_axis(fig, log)
 
 
-def spaghetti(values: pd.DataFrame, title: str, unit: str = "") -> go.Figure:
-    """One thin line per patient; `values` has GROUP, USUBJID, ADY, AVAL (already sampled)."""
+def spaghetti(values: pd.DataFrame, title: str, unit: str = "", log: bool = False) -> go.Figure:
+    """One line per patient; `values` has GROUP, USUBJID, ADY, AVAL (already sampled)."""
     fig = go.Figure()
     for i, (group, grp) in enumerate(values.groupby("GROUP", sort=False)):
         c = colour(group, i)
         first = True
         for _, pat in grp.sort_values("ADY").groupby("USUBJID", sort=False):
-            fig.add_trace(go.Scatter(x=pat["ADY"], y=pat["AVAL"], mode="lines", name=group,
-                                     line={"color": _rgba(c, 0.45), "width": 1}, legendgroup=group,
+            fig.add_trace(go.Scatter(x=pat["ADY"], y=pat["AVAL"], mode="lines+markers", name=group,
+                                     line={"color": _rgba(c, 0.75), "width": 1.6},
+                                     marker={"size": 4, "color": _rgba(c, 0.75)}, legendgroup=group,
                                      showlegend=first, hovertemplate=f"{pat['USUBJID'].iloc[0]}<extra>{group}</extra>"))
             first = False
-    return _layout(fig, title, "study day", unit or "value")
+    return _log_axis(_layout(fig, title, "study day", unit or "value"), log)
 
 
-def patient_band(real: pd.DataFrame, twins: pd.DataFrame, title: str, unit: str = "") -> go.Figure:
-    """One patient's real trajectory (ADY, AVAL) against the 10-90 % band and median of its twins
-    (`twins` has ADY, AVAL, one row per twin and visit)."""
+MIN_BAND_TWINS = 10   # a 10-90 % band from fewer twins is one or two twins at each edge
+
+
+def patient_band(real: pd.DataFrame, twins: pd.DataFrame, title: str, unit: str = "",
+                 log: bool = False) -> go.Figure:
+    """One patient's real trajectory (ADY, AVAL) against its twins (`twins` has USUBJID, ADY,
+    AVAL, one row per twin and visit): the 10-90 % band and median at visits with at least
+    `MIN_BAND_TWINS` twins; with fewer, each twin's own line and their median."""
     fig = go.Figure()
     if len(twins):
-        band = twins.groupby("ADY")["AVAL"].quantile([0.1, 0.5, 0.9]).unstack().sort_index()
         c = colour("twin arm")
-        fig.add_trace(go.Scatter(x=list(band.index) + list(band.index[::-1]),
-                                 y=list(band[0.9]) + list(band[0.1][::-1]), fill="toself",
-                                 fillcolor=_rgba(c, 0.2), line={"width": 0}, name="twins 10-90 %"))
-        fig.add_trace(go.Scatter(x=band.index, y=band[0.5], mode="lines", name="twins median",
-                                 line={"color": c, "dash": "dash"}))
+        per_visit = twins.groupby("ADY")["AVAL"]
+        n = per_visit.count()
+        if n.min() >= MIN_BAND_TWINS:
+            band = per_visit.quantile([0.1, 0.5, 0.9]).unstack().sort_index()
+            fig.add_trace(go.Scatter(x=list(band.index) + list(band.index[::-1]),
+                                     y=list(band[0.9]) + list(band[0.1][::-1]), fill="toself",
+                                     fillcolor=_rgba(c, 0.2), line={"width": 0},
+                                     name=f"twins 10-90 % ({int(n.min())} twins)"))
+        else:
+            first = True
+            for _, twin in twins.sort_values("ADY").groupby("USUBJID", sort=False):
+                fig.add_trace(go.Scatter(x=twin["ADY"], y=twin["AVAL"], mode="lines+markers",
+                                         line={"color": _rgba(c, 0.6), "width": 1.2}, marker={"size": 4},
+                                         name=f"twins ({twins['USUBJID'].nunique()}: too few for a band)",
+                                         legendgroup="twins", showlegend=first))
+                first = False
+        median = per_visit.median().sort_index()
+        fig.add_trace(go.Scatter(x=median.index, y=median.values, mode="lines", name="twins median",
+                                 line={"color": c, "dash": "dash", "width": 2}))
     if len(real):
         real = real.sort_values("ADY")
         fig.add_trace(go.Scatter(x=real["ADY"], y=real["AVAL"], mode="lines+markers", name="real patient",
-                                 line={"color": "#222222", "width": 2}))
-    return _layout(fig, title, "study day", unit or "value")
+                                 line={"color": "#222222", "width": 2.5}))
+    return _log_axis(_layout(fig, title, "study day", unit or "value"), log)
 
 
 def kaplan_meier(curves: pd.DataFrame, at_risk: pd.DataFrame | None, title: str) -> go.Figure:

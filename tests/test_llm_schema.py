@@ -1,0 +1,32 @@
+"""The reply grammar's number patterns (services/generation/llm/schema.py)."""
+
+from __future__ import annotations
+
+import math
+
+
+def test_number_pattern_keeps_numbers_within_the_plausible_range():
+    """What a grammar lets a model write: for non-negative ranges only numbers inside [lo, hi]
+    (a small model wrote 7 for a body temperature of range [32.4, 40.0], 0.14 and then 11.16
+    for a diastolic pressure of range [11.33, 139.33]); elsewhere a bounded integer part."""
+    import re
+
+    from services.generation.llm.schema import number_pattern
+
+    values = [n / 100 for n in range(-120_000, 120_000, 7)] + list(range(-1200, 1200))
+    for lo, hi in [(0, 70), (11.33, 139.33), (32.39, 39.95), (95, 1005), (0.2, 0.9)]:
+        rx = re.compile(number_pattern(lo, hi))
+        allowed = [v for v in values if rx.match(f"{v:g}")]
+        assert allowed and all(lo <= v <= hi for v in allowed) or hi - lo < 2, (lo, hi)
+        assert rx.match(str(math.floor(hi))) and not rx.match(str(math.floor(hi) + 1))
+        assert not rx.match("007") and not rx.match("1e3")
+    temp = re.compile(number_pattern(32.39, 39.95))
+    assert temp.match("36.85") and temp.match("33") and not temp.match("7") and not temp.match("36.855")
+    assert not temp.match("32.2") and not temp.match("39.99")
+    # negative ranges: the integer part as written ("-3.7" has integer part 3) is bounded
+    for lo, hi in [(-3.5, 2.0), (-10.0, -2.5)]:
+        rx = re.compile(number_pattern(lo, hi))
+        for n in range(-1200, 1200):
+            ok = (hi >= 0 and 0 <= n <= math.floor(hi)) if n >= 0 else \
+                (-math.floor(-lo) <= n <= (-math.floor(-hi) if hi < 0 else 0))
+            assert bool(rx.match(str(n))) == ok, (lo, hi, n)
