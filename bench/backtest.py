@@ -235,6 +235,12 @@ def report_safety(runs, label: str, elapsed: float) -> dict:
           f"{mae_kb.mean():.4f} (difference {np.mean(mae_tw - mae_kb):+.4f}, range over splits "
           f"{np.min(mae_tw - mae_kb):+.4f} to {np.max(mae_tw - mae_kb):+.4f}: twins "
           f"{'no worse' if mae_tw.mean() <= mae_kb.mean() else 'worse'}); mean AUROC {np.nanmean(auc):.3f}")
+    shares = [v for r in runs for v in r.summary.get("neighbour_shares", []) if v is not None]
+    if shares:
+        print(f"   share of personalised AE donors chosen by cross-validation, per fold: "
+              f"{', '.join(f'{v:g}' for v in shares)}"
+              + ("  (0 everywhere: the twins' incidence is the knowledge base's rate by construction)"
+                 if all(v == 0 for v in shares) else ""))
     return {"mae_twins": float(mae_tw.mean()), "mae_kb": float(mae_kb.mean()),
             "mean_auroc": float(np.nanmean(auc))}
 

@@ -129,3 +129,19 @@ def test_hybrid_twins_copy_the_history_of_their_local_twins_donor(pilot, tmp_pat
         assert (records["ASTDY"] <= end[twin]).all()
     with pytest.raises(GeneratorError, match="hybrid=True"):
         LLMGenerator(hybrid=False, adverse_events="local", settings=LLMSettings())
+
+
+def test_a_source_of_the_knowledge_base_is_not_offered_its_own_terms(pilot):
+    """A placebo patient twinned under placebo: a term only it had in the arm is not in its
+    list, and its own records do not set the severity its twin gets."""
+    facts = AEFacts(pilot, max_terms=10_000)
+    teae = emergent(pilot)
+    placebo = teae[teae["USUBJID"].isin(pilot.subjects.loc[pilot.subjects["ARM"] == "Placebo", "USUBJID"])]
+    per_term = placebo.groupby("AEDECOD")["USUBJID"].nunique()
+    single = placebo[placebo["AEDECOD"].isin(per_term.index[per_term == 1])]
+    who, term = str(single["USUBJID"].iloc[0]), str(single["AEDECOD"].iloc[0])
+    assert term in facts.arm_terms("Placebo") and term not in facts.arm_terms("Placebo", who)
+    assert term not in facts.spec("Placebo", [], without=who)["terms"]
+    others = teae[(teae["AEDECOD"] == term) & (teae["USUBJID"] != who)]
+    assert facts.attribute(term, "AESEV", "Placebo", who) == (
+        others["AESEV"].value_counts().index[0] if len(others) else None)

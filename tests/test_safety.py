@@ -3,6 +3,7 @@ behaviour on the CDISC pilot (xanomeline: application-site and skin reactions)."
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -17,7 +18,7 @@ from services.data.readers import RawFile
 from services.evaluation import comparison as ev
 from services.evaluation import safety
 from services.generation import get_generator
-from services.generation.local.adverse_events import choose_donor_pool, twin_followup_end
+from services.generation.local.adverse_events import adverse_event_twins, choose_donor_pool, twin_followup_end
 from services.generation.run import TwinRun, read_run, write_run
 from services.reporting.export import export_files
 from services.retrieval.retriever import ExactRetriever
@@ -171,7 +172,8 @@ def test_ae_donor_pool_is_chosen_by_cross_validation(pilot, pilot_gen, placebo_t
     arm's rate (leave-one-out Brier), so the AE donors are the whole arm, balanced: every
     placebo patient donates as often as the others and the twin arm's incidence is the arm's."""
     pool = placebo_twins.manifest["ae"]["pool"]
-    assert pool["pool"] == "arm" and pool["brier_neighbours"] >= pool["brier_arm_rate"]
+    assert pool["pool"] == "arm" and pool["neighbour_share"] == 0.0
+    assert pool["brier"]["0.0"] == min(pool["brier"].values())
     donors = pd.Series(placebo_twins.manifest["ae"]["donors"])
     counts = donors.value_counts()
     placebo = set(pilot.subjects.loc[pilot.subjects["ARM"] == "Placebo", "USUBJID"])
@@ -183,7 +185,24 @@ def test_ae_donor_pool_is_chosen_by_cross_validation(pilot, pilot_gen, placebo_t
                        "TRTEMFL": "Y"})
     signal = dataclasses.replace(pilot, ae=ae)
     chosen = choose_donor_pool(signal, "Placebo", ExactRetriever(signal), neighbours=20)
-    assert chosen["pool"] == "neighbours" and chosen["brier_neighbours"] < chosen["brier_arm_rate"]
+    assert chosen["neighbour_share"] >= 0.75 and chosen["brier_neighbours"] < chosen["brier_arm_rate"]
+    # a weaker signal (the term in a random 70 % of the older half, 30 % of the younger):
+    # shrinking toward the rate keeps part of it where the raw neighbourhood mean would lose
+    rng = np.random.default_rng(0)
+    young = subj.loc[subj["AGE"] < subj["AGE"].median(), "USUBJID"]
+    weak_ids = [u for u in old if rng.random() < 0.7] + [u for u in young if rng.random() < 0.3]
+    weak = dataclasses.replace(pilot, ae=ae.iloc[:0].reindex(range(len(weak_ids))).assign(
+        USUBJID=weak_ids, AEDECOD="TEST TERM", AEBODSYS="TEST SOC", ASTDY=10.0, TRTEMFL="Y"))
+    mixed = choose_donor_pool(weak, "Placebo", ExactRetriever(weak), neighbours=20)
+    assert min(mixed["brier"].values()) == mixed["brier"][str(mixed["neighbour_share"])]
+    # a share of 0.5: about half the twins keep their personalised donor, the rest an arm donor
+    manifest = copy.deepcopy(placebo_twins.manifest)
+    run = placebo_twins
+    adverse_event_twins(pilot, run.adsl, run.bds, run.tte, manifest, 3,
+                        {"pool": "mixture", "neighbour_share": 0.5})
+    personal = placebo_twins.manifest.get("tte_donors") or placebo_twins.manifest["donors"]
+    same = np.mean([manifest["ae"]["donors"][t] == personal[t] for t in manifest["ae"]["donors"]])
+    assert 0.45 < same < 0.6, same   # 0.5 personalised + the arm donors that happen to coincide
     gen = get_generator("local", retriever_factory=ExactRetriever, ae_donors="neighbours").fit(pilot)
     assert gen.ae_pool("Placebo") == {"pool": "neighbours", "reason": "set by ae_donors"}
 

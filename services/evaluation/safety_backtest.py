@@ -110,6 +110,7 @@ def safety_backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_
     rows = []
     ae_records = 0
     t0 = time.perf_counter()
+    shares: list[float | None] = []   # each fold's share of personalised AE donors (local)
     for f, held in enumerate(split):
         held_set = set(held)
         kb = trial.subset([u for u in trial.subjects["USUBJID"] if u not in held_set])
@@ -118,6 +119,8 @@ def safety_backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_
         run = get_generator(generator, **settings).fit(kb).generate(
             sources, target_arm=arm, twins_per_patient=twins_per_patient, seed=seed)
         ae_records += 0 if run.ae is None else len(run.ae)
+        share = ((run.manifest.get("ae") or {}).get("pool") or {}).get("neighbour_share")
+        shares.append(None if share is None else float(share))
         probs = twin_probabilities(run.as_trial(), "PT").reindex(held)
         real = indicators(trial, "PT", held)
         kb_arm = kb.subjects.loc[kb.subjects["ARM"] == arm, "USUBJID"]
@@ -165,6 +168,10 @@ def safety_backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_
     summary["held_out"] = len(ids)
     summary["held_out_twinned"] = int(sum(min(len(h), max_held_out or len(h)) for h in split))
     summary["twin_ae_records"] = int(ae_records)
+    summary["neighbour_shares"] = shares
+    # with no personalised donor the twin arm's incidence is the knowledge base's rate by
+    # construction: a tie on incidence error is then no evidence of skill
+    summary["rate_by_construction"] = bool(shares) and all(v == 0.0 for v in shares)
     return SafetyBacktest(trial.name, arm, folds, twins_per_patient, seed, table, patients, summary,
                           {"total_s": round(time.perf_counter() - t0, 2)}, generator)
 
@@ -204,6 +211,11 @@ def safety_verdict(result: SafetyBacktest) -> list[str]:
              f"average, the knowledge base's own rates by {100 * s['mae_kb']:.1f}: the twins are "
              + ("**no worse** than the knowledge base's rates" if s["mae_ok"] else
                 f"**worse** than the knowledge base's rates (by {diff:.1f} points)") + "."]
+    if s.get("rate_by_construction"):
+        lines.append("In every fold the cross-validation inside the knowledge base found that retrieved "
+                     "neighbours predict a patient's AEs no better than the arm's rate, so every twin's AE "
+                     "history comes from a patient of the whole arm: the twins' incidence equals the knowledge "
+                     "base's rate **by construction**, and the tie above is not evidence of skill.")
     auc = s["mean_auroc"]
     if np.isfinite(auc):
         above = s["terms_auroc_above_half"]

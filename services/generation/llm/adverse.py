@@ -3,8 +3,8 @@
 What the model is told (`AEFacts.spec`, `AEFacts.histories`):
 
 - a **dictionary of terms** it may use: the `max_terms` preferred terms most often reported
-  (patients with a treatment-emergent record) in the target arm, plus every term of the
-  prompt's neighbours, each with its system organ class. The reply's terms must be from this
+  (patients with a treatment-emergent record) in the target arm, counted without the source
+  itself when it is in the knowledge base, plus every term of the prompt's neighbours. The reply's terms must be from this
   list, spelt as given (case aside); the validation rejects an invented term and tells the
   model so (`schema.validate_reply`), and a grammar-constrained server cannot write one;
 - the **longest follow-up** of the target arm (`max_day`, without the source's own), onset
@@ -49,7 +49,7 @@ class AEFacts:
         self.has_days = "ASTDY" in self.teae and self.teae["ASTDY"].notna().any()
         self.end = followup_end(kb)
         self.arm_of = kb.subjects.set_index("USUBJID")["ARM"]
-        self._terms: dict[str, list[str]] = {}
+        self._terms: dict[str, pd.Series] = {}
         first = self.teae.sort_values("ASTDY", kind="stable") if self.has_days else self.teae
         first = first.drop_duplicates(["USUBJID", "AEDECOD"])
         self.history: dict[str, list[list]] = {}
@@ -58,13 +58,21 @@ class AEFacts:
             self.history.setdefault(str(u), []).append(
                 [str(term)] + ([] if day is None or pd.isna(day) else [int(day)]))
 
-    def arm_terms(self, target_arm: str) -> list[str]:
-        """The `max_terms` most frequent terms (by patients) of the target arm."""
+    def arm_terms(self, target_arm: str, without: str | None = None) -> list[str]:
+        """The `max_terms` most frequent terms (by patients) of the target arm, counted without
+        the subject `without` (a source in the knowledge base is not offered a term only it
+        had)."""
         if target_arm not in self._terms:
             arm = self.teae[self.teae["ARM"] == target_arm]
-            counts = arm.groupby("AEDECOD")["USUBJID"].nunique().sort_values(ascending=False, kind="stable")
-            self._terms[target_arm] = [str(t) for t in counts.index[: self.max_terms]]
-        return self._terms[target_arm]
+            self._terms[target_arm] = arm.groupby("AEDECOD")["USUBJID"].nunique()
+        counts = self._terms[target_arm]
+        own = {e[0] for e in self.history.get(str(without), [])} if without is not None \
+            and self.arm_of.get(without) == target_arm else set()
+        if own:
+            counts = counts.sub(pd.Series(1, index=sorted(own)), fill_value=0)
+            counts = counts[counts > 0]
+        counts = counts.sort_values(ascending=False, kind="stable")
+        return [str(t) for t in counts.index[: self.max_terms]]
 
     def max_day(self, target_arm: str, without: str | None = None) -> int | None:
         """The longest follow-up (study days) of the target arm, without the subject `without`."""
@@ -80,7 +88,7 @@ class AEFacts:
     def spec(self, target_arm: str, neighbour_ids, without: str | None = None) -> dict:
         """The request's AE block: `{"terms": [...], "max_day": n, "max_count": m}` (the
         terms the reply may use; `max_day` None when the trial has no onset days)."""
-        terms = list(self.arm_terms(target_arm))
+        terms = list(self.arm_terms(target_arm, without))
         for u in neighbour_ids:
             for entry in self.history.get(str(u), []):
                 if entry[0] not in terms:
@@ -88,12 +96,12 @@ class AEFacts:
         return {"terms": terms, "max_day": self.max_day(target_arm, without) if self.has_days else None,
                 "max_count": MAX_AES_PER_TWIN}
 
-    def attribute(self, term: str, column: str, target_arm: str) -> object:
+    def attribute(self, term: str, column: str, target_arm: str, without: str | None = None) -> object:
         """Severity / seriousness of a term in a twin: the most frequent value of that term in
-        the target arm, else in the trial."""
+        the target arm, else in the trial (the source `without` left out)."""
         if column not in self.teae:
             return None
-        rows = self.teae[self.teae["AEDECOD"] == term]
+        rows = self.teae[(self.teae["AEDECOD"] == term) & (self.teae["USUBJID"].astype(str) != str(without))]
         arm = rows[rows["ARM"] == target_arm]
         value = _mode(arm[column]) if len(arm) else None
         return value if value is not None else _mode(rows[column])
@@ -115,11 +123,12 @@ def model_ae_frame(facts: AEFacts, twins: list[tuple[str, str, list]], end: pd.S
                 continue
             row = {"USUBJID": tid, "SRCSUBJID": src, "AEDECOD": term,
                    "AEBODSYS": facts.soc.get(term) or "", "ASTDY": day}
+            own = src if src in facts.arm_of.index else None   # a source of the knowledge base
             for c in ("AESEV", "AESER"):
                 if c in cols:
-                    if (term, c) not in attrs:
-                        attrs[(term, c)] = facts.attribute(term, c, target_arm)
-                    row[c] = attrs[(term, c)]
+                    if (term, c, own) not in attrs:
+                        attrs[(term, c, own)] = facts.attribute(term, c, target_arm, own)
+                    row[c] = attrs[(term, c, own)]
             rows.append(row)
     frame = pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
     if "ASTDY" in frame:
