@@ -182,20 +182,41 @@ def _integers_between(a: int, b: int) -> str:
     return "(" + "|".join(parts) + ")"
 
 
+def _inside(lo: float, hi: float, decimals: int) -> str | None:
+    """Alternatives of decimal numbers that all lie in [lo, hi] (0 <= lo, different integer
+    parts), covering the range up to the first decimal at each end; None otherwise."""
+    a0, b = math.floor(lo), math.floor(hi)
+    if lo < 0 or a0 == b:
+        return None
+    frac = f"([.][0-9]{{1,{decimals}}})?" if decimals > 0 else ""
+    parts, start = [], a0
+    if lo > a0:                                  # the bottom integer part: only its upper decimals
+        start = a0 + 1
+        e = math.ceil(round((lo - a0) * 10, 9))
+        if e <= 9 and decimals > 0:
+            parts.append(f"{a0}[.][{e}-9][0-9]?" if decimals > 1 else f"{a0}[.][{e}-9]")
+    if start <= b - 1:
+        parts.append(_integers_between(start, b - 1) + frac)
+    d = math.floor(round((hi - b) * 10, 9))      # the top integer part: up to hi's first decimal
+    parts.append(f"{b}([.][0-{d}])?" if d >= 1 and decimals > 0 else f"{b}([.]0)?")
+    return "^(" + "|".join(parts) + ")$"
+
+
 def number_pattern(lo: float | None, hi: float | None, decimals: int = 2) -> str | None:
     """A regular expression of decimal numbers (at most ``decimals`` decimals) within [lo, hi],
     or None without finite bounds. A grammar built from it keeps a small model from writing
-    1000000000000000 where 12 is meant, or 7 for a body temperature. For 0 <= lo and a range of
-    at least 2, every number it allows lies in [ceil(lo), floor(hi)] (the integer part in
-    ceil(lo)..floor(hi) - 1 with decimals, or floor(hi) itself), so a reply always passes
-    :func:`validate_reply`'s range check; otherwise (negative or narrow ranges) only the integer
-    part is bounded and the check stays with :func:`validate_reply`."""
+    1000000000000000 where 12 is meant, or 7 for a body temperature. For 0 <= lo and ranges
+    that span an integer, every number it allows lies in [lo, hi] and it covers the range up to
+    the first decimal at each end (32.4 but not 32.39 for lo = 32.39), so a reply always passes
+    :func:`validate_reply`'s range check; otherwise (negative ranges, or both ends with the same
+    integer part) only the integer part is bounded and the check stays with
+    :func:`validate_reply`."""
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         return None
+    inside = _inside(lo, hi, decimals)
+    if inside is not None:
+        return inside
     frac = f"([.][0-9]{{1,{decimals}}})?" if decimals > 0 else ""
-    a, b = math.ceil(lo), math.floor(hi)
-    if lo >= 0 and b - a >= 1:
-        return "^(" + _integers_between(a, b - 1) + frac + "|" + str(b) + ")$"
     parts = []
     if hi >= 0:
         parts.append(_integers_between(max(0, math.floor(lo)), math.floor(hi)))
