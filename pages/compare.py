@@ -124,7 +124,9 @@ with tab_metrics:
         st.plotly_chart(fig.smd_dot_plot(frame, "Standardized mean difference, twins vs real target arm"),
                         width="stretch")
         st.caption("Each dot is a parameter at a visit; inside the green band (|SMD| < 0.1) the twin mean "
-                   "is practically the real one.")
+                   "is practically the real one. Open circles: the raw SMD; filled: net of what the sources' "
+                   "own baseline difference from the real arm carries to that visit (twins inherit their "
+                   "sources' baselines, so that part is not twin error).")
         st.dataframe(frame.round(3), hide_index=True, width="stretch")
     metric_definitions()
 

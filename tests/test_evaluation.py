@@ -106,3 +106,28 @@ def test_cli_evaluate_bad_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["evaluate", "--real", "pbc", "--twins", str(tmp_path / "empty")]) == 1
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_smd_net_of_the_sources_baseline_imbalance_matches_an_ols_hand_computation(pbc, pbc_twins):
+    """Twins inherit their sources' baselines: the SMD a perfect generator would show at a visit
+    is the real arm's OLS slope of that visit on baseline (statsmodels) x the baseline gap
+    sources - target, over the visit's pooled SD; the headline counts the SMD net of it."""
+    import statsmodels.api as sm
+
+    from services.evaluation.comparison import SOURCE, TARGET, compare, fidelity
+
+    comp = compare(pbc, pbc_twins.as_trial(), pbc_twins.manifest)
+    f = fidelity(comp)
+    marginal = f["marginal"]
+    row = marginal[(marginal["PARAMCD"] == "BILI")].iloc[1]
+    tgt, src = comp.groups[TARGET], comp.groups[SOURCE]
+    vv = tgt.visit_values
+    y = vv[(vv["PARAMCD"] == "BILI") & (vv["AVISITN"] == row["AVISITN"])].set_index("USUBJID")["AVAL"]
+    pairs = pd.concat([tgt.baseline["BILI"].rename("x"), y.rename("y")], axis=1, join="inner").dropna()
+    slope = sm.OLS(pairs["y"], sm.add_constant(pairs["x"])).fit().params["x"]
+    gap = src.baseline["BILI"].mean() - tgt.baseline["BILI"].mean()
+    pooled = np.sqrt((row["sd_real"] ** 2 + row["sd_twin"] ** 2) / 2)
+    assert row["smd_expected"] == pytest.approx(slope * gap / pooled, rel=1e-9)
+    assert row["smd_net"] == pytest.approx(row["smd"] - row["smd_expected"], rel=1e-12)
+    assert f["share_abs_net_smd_below_0_1"] == pytest.approx((marginal["smd_net"].abs() < 0.1).mean())
+    print(f"pbc: raw |SMD| < 0.1 at {f['share_abs_smd_below_0_1']:.2f}, net {f['share_abs_net_smd_below_0_1']:.2f}")

@@ -51,20 +51,20 @@ def test_background_evaluation_is_what_the_cli_and_the_page_show(pbc, pbc_twins,
     assert stored["key"] == {"knowledge_base": pbc.content_hash, "run_id": pbc_twins.run_id,
                              "seed": 0, "metrics": EVALUATION_VERSION}
     # the stored result is the one served (mark it to see it come back)
-    stored["result"]["fidelity"]["share_abs_smd_below_0_1"] = 0.123456
+    stored["result"]["fidelity"]["share_abs_net_smd_below_0_1"] = 0.123456
     (Path(run_dir) / "evaluation.json").write_text(json.dumps(stored))
-    assert cached_run_evaluation(pbc, pbc_twins, run_dir)["fidelity"]["share_abs_smd_below_0_1"] == 0.123456
+    assert cached_run_evaluation(pbc, pbc_twins, run_dir)["fidelity"]["share_abs_net_smd_below_0_1"] == 0.123456
     out = tmp_path / "metrics.json"
     assert cli(["evaluate", "--real", "pbc", "--twins", str(run_dir), "--json", str(out)]) == 0
     capsys.readouterr()
-    assert json.loads(out.read_text())["fidelity"]["share_abs_smd_below_0_1"] == 0.123456
+    assert json.loads(out.read_text())["fidelity"]["share_abs_net_smd_below_0_1"] == 0.123456
     at = AppTest.from_file(APP, default_timeout=180).run()
     at.session_state["twin_run"] = pbc_twins
     at.session_state["twin_run_dir"] = str(run_dir)
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
     headline = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
-    smd = headline.set_index("metric").loc["parameter-visits with |SMD| < 0.1", "value"]
+    smd = headline.set_index("metric").loc["parameter-visits with |SMD| < 0.1 (net of the sources' baseline imbalance)", "value"]
     assert str(smd).startswith("0.123"), smd
 
 

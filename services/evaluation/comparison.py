@@ -213,10 +213,37 @@ def _long(trial: Trial, params: list[str]) -> pd.DataFrame:
 
 # ----- metric groups ---------------------------------------------------------------------------
 
+def _net_of_sources(comp: Comparison, marginal: pd.DataFrame) -> pd.DataFrame:
+    """`marginal` with `smd_expected`: the SMD a perfect generator would show at each visit
+    because the sources differ from the real target arm at baseline (the target arm's slope of
+    the visit value on its own baseline value x the baseline mean difference sources - target,
+    over the visit's pooled SD), and `smd_net` = smd - smd_expected: the twins' own error. Twins
+    inherit their sources' baselines, so that imbalance is not theirs."""
+    out = marginal.assign(smd_expected=0.0)
+    src, tgt = comp.groups.get(SOURCE), comp.groups[TARGET]
+    if src is not None and len(out):
+        tb, sb = tgt.baseline, src.baseline
+        vv = tgt.visit_values
+        for i, row in out.iterrows():
+            p = row["PARAMCD"]
+            if p not in tb.columns or p not in sb.columns:
+                continue
+            y = vv[(vv["PARAMCD"] == p) & (vv["AVISITN"] == row["AVISITN"])].set_index("USUBJID")["AVAL"]
+            pairs = pd.concat([tb[p].rename("x"), y.rename("y")], axis=1, join="inner").dropna()
+            pooled = np.sqrt((row["sd_real"] ** 2 + row["sd_twin"] ** 2) / 2)
+            if len(pairs) < 3 or pairs["x"].var() <= 0 or not np.isfinite(pooled) or pooled <= 0:
+                out.at[i, "smd_expected"] = np.nan
+                continue
+            slope = float(np.polyfit(pairs["x"], pairs["y"], 1)[0])
+            gap = float(sb[p].dropna().mean() - tb[p].dropna().mean())
+            out.at[i, "smd_expected"] = slope * gap / pooled
+    return out.assign(smd_net=out["smd"] - out["smd_expected"])
+
+
 def fidelity(comp: Comparison, seed: int = 0) -> dict:
     """Marginals per parameter/visit (SMD, KS), correlation structure, detection AUROC."""
     real_long, twin_long = _long(comp.groups[TARGET], comp.parameters), _long(comp.twins, comp.parameters)
-    marginal = M.marginal_fidelity(real_long, twin_long)
+    marginal = _net_of_sources(comp, M.marginal_fidelity(real_long, twin_long))
     space = feature_space(comp)
     _, R = space.matrix(comp.groups[TARGET])
     _, T = space.matrix(comp.twins)
@@ -226,6 +253,8 @@ def fidelity(comp: Comparison, seed: int = 0) -> dict:
     out = {
         "marginal": marginal,
         "share_abs_smd_below_0_1": float((marginal["smd"].abs() < 0.1).mean()) if len(marginal) else np.nan,
+        "share_abs_net_smd_below_0_1": (float((marginal["smd_net"].dropna().abs() < 0.1).mean())
+                                        if marginal["smd_net"].notna().any() else np.nan),
         "median_abs_smd": float(marginal["smd"].abs().median()) if len(marginal) else np.nan,
         "median_ks": float(marginal["ks"].median()) if len(marginal) else np.nan,
         "correlation_distance": M.correlation_distance(real_wide, twin_wide).as_dict(),
@@ -344,7 +373,7 @@ def utility(comp: Comparison, seed: int = 0) -> dict:
             "augmentation": M.augmentation_auroc(*args, seed=seed).as_dict()}
 
 
-EVALUATION_VERSION = 1  # bump when `evaluate` changes what it returns: stored results are redone
+EVALUATION_VERSION = 2  # 2: SMD net of the sources' baseline imbalance; bump when `evaluate` changes what it returns: stored results are redone
 
 
 def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Trial | None = None,
@@ -394,9 +423,14 @@ def headline(result: dict) -> pd.DataFrame:
                      "ideal": M.METRICS[key].ideal if key in M.METRICS else "1",
                      "threshold": threshold.text(), "verdict": verdict, "meaning": meaning, "detail": detail})
 
-    add("fidelity", "share_abs_smd_below_0_1", "parameter-visits with |SMD| < 0.1",
-        f.get("share_abs_smd_below_0_1"),
-        "twin means match the real arm at most visits", "twin means differ from the real arm at many visits")
+    add("fidelity", "share_abs_net_smd_below_0_1",
+        "parameter-visits with |SMD| < 0.1 (net of the sources' baseline imbalance)",
+        f.get("share_abs_net_smd_below_0_1"),
+        "twin means match the real arm at most visits", "twin means differ from the real arm at many visits",
+        detail=(f"raw |SMD| < 0.1 at {f['share_abs_smd_below_0_1']:.0%} of parameter-visits; the net SMD "
+                "subtracts what the sources' own baseline difference from the real arm carries to each "
+                "visit (the real arm's slope on baseline)") if f.get("share_abs_smd_below_0_1") is not None
+        and np.isfinite(f.get("share_abs_smd_below_0_1")) else "")
     add("fidelity", "correlation_mad", "correlation distance", (f.get("correlation_distance") or {}).get("mean_abs_diff"),
         "correlations across visits and parameters preserved", "correlation structure differs")
     add("fidelity", "dimension_wise_mean_correlation", "dimension-wise mean correlation",

@@ -197,7 +197,9 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     marginal = pd.DataFrame(result["fidelity"]["marginal"])
     if len(marginal):
         parts.append(fig(figs.smd_dot_plot(marginal, "Standardized mean difference, twins vs real target arm"),
-                         "Inside the green band (|SMD| < 0.1) twin means are practically the real ones."))
+                         "Inside the green band (|SMD| < 0.1) twin means are practically the real ones. Open "
+                         "circles: raw SMD; filled: net of the sources' own baseline imbalance, which twins "
+                         "inherit."))
 
     parts.append(safety_section(comp, fig))   # empty without adverse-event data
 

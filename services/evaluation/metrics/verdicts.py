@@ -86,6 +86,7 @@ def verdict(value, threshold: Threshold, interval: tuple | None = None) -> str:
 THRESHOLDS: dict[str, Threshold] = {
     # fidelity
     "share_abs_smd_below_0_1": Threshold("at_least", low=0.8),
+    "share_abs_net_smd_below_0_1": Threshold("at_least", low=0.8),
     "correlation_mad": Threshold("at_most", high=0.1),
     "dimension_wise_mean_correlation": Threshold("at_least", low=0.9),
     "detection_auroc": Threshold("at_most", high=0.7),
@@ -101,7 +102,7 @@ THRESHOLDS: dict[str, Threshold] = {
     "km_sup_distance": Threshold("at_most", high=0.1),
 }
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "fidelity": ("share_abs_smd_below_0_1", "correlation_mad", "dimension_wise_mean_correlation",
+    "fidelity": ("share_abs_net_smd_below_0_1", "correlation_mad", "dimension_wise_mean_correlation",
                  "detection_auroc"),
     "privacy": ("dcr_ratio", "nnaa", "exact_copies", "mia_advantage"),
     "utility": ("tstr_ratio", "augmentation_gain"),

@@ -173,15 +173,22 @@ def similarity_histogram(distributions: dict[str, np.ndarray], title: str) -> go
 
 def smd_dot_plot(marginal: pd.DataFrame, title: str) -> go.Figure:
     """Standardized mean difference of twins vs real per parameter and visit, with the usual
-    |SMD| < 0.1 band; `marginal` has PARAMCD, AVISITN, smd."""
+    |SMD| < 0.1 band; `marginal` has PARAMCD, AVISITN, smd and, when known, smd_net (net of
+    the sources' baseline imbalance: filled dots) beside the raw SMD (open circles)."""
     fig = go.Figure()
     fig.add_vrect(x0=-0.1, x1=0.1, fillcolor="rgba(27,158,119,0.12)", line_width=0)
     labels = marginal["PARAMCD"].astype(str) + " @ " + marginal["AVISITN"].map(lambda v: f"{v:g}")
-    fig.add_trace(go.Scatter(x=marginal["smd"], y=labels, mode="markers", marker={"color": colour("twin arm")},
-                             name="SMD"))
+    c = colour("twin arm")
+    net = bool("smd_net" in marginal and marginal["smd_net"].notna().any())
+    fig.add_trace(go.Scatter(x=marginal["smd"], y=labels, mode="markers",
+                             marker={"color": c, "symbol": "circle-open" if net else "circle", "size": 8},
+                             name="SMD, raw"))
+    if net:
+        fig.add_trace(go.Scatter(x=marginal["smd_net"], y=labels, mode="markers", marker={"color": c, "size": 8},
+                                 name="SMD net of the sources' baseline imbalance"))
     fig = _layout(fig, title, "standardized mean difference (twins - real)", "",
                   height=max(300, 18 * len(marginal) + 120))
-    fig.update_layout(showlegend=False)
+    fig.update_layout(showlegend=net)
     return fig
 
 
