@@ -72,10 +72,12 @@ def test_bds_and_trial_toml(trial):
 
     meta = tomllib.loads((DEMO_DIR / trial / "trial.toml").read_text(encoding="utf-8"))
     assert set(meta) == {"title", "indication", "description", "source", "control_arm", "arms",
-                         "units", "endpoint"}
+                         "units", "endpoint", "labels"}
+    # every ADSL covariate has a readable label (no raw codes such as ASCITEFL on screen)
+    assert set(adsl.columns) - {"STUDYID", "USUBJID", "ARM"} <= set(meta["labels"])
     assert set(meta["arms"]) == set(adsl["ARM"])
     assert meta["control_arm"] in meta["arms"]
-    assert set(meta["units"]) == set(bds["PARAMCD"])
+    assert set(meta["units"]) - set(adsl.columns) == set(bds["PARAMCD"])   # parameters, and ADSL ones (AGE)
     endpoint = meta["endpoint"]
     cell = bds[(bds["PARAMCD"] == endpoint["paramcd"]) & (bds["AVISITN"] == endpoint["avisitn"])]
     assert cell["USUBJID"].nunique() >= 50

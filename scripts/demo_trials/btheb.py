@@ -68,6 +68,7 @@ def build_btheb(out: Path) -> dict:
                  "Beat the Blues": "Computerised CBT program (eight sessions) plus usual care"},
         "units": {"BDI": "points"},
         "endpoint": {"paramcd": "BDI", "avisitn": 2},
+        "labels": {"DRUGFL": "Taking antidepressants at baseline", "DURGR": "Length of the current episode"},
     }, out / "trial.toml")
 
     facts = {"arms": arm_counts(adsl), "subjects": len(adsl), "records": len(adqs)}

@@ -60,8 +60,9 @@ def build_epilepsy(out: Path) -> dict:
         "control_arm": "Placebo",
         "arms": {"Placebo": "Placebo added to standard antiepileptic therapy",
                  "Progabide": "Progabide added to standard antiepileptic therapy"},
-        "units": {"SEIZ": "count/2 weeks"},
+        "units": {"AGE": "years", "SEIZ": "count/2 weeks"},
         "endpoint": {"paramcd": "SEIZ", "avisitn": 4},
+        "labels": {"AGE": "Age"},
     }, out / "trial.toml")
 
     facts = {"arms": arm_counts(adsl), "subjects": len(adsl), "records": len(adeff)}

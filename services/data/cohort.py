@@ -246,12 +246,21 @@ def table1_kinds(trial: Trial) -> dict[str, str]:
     return kinds
 
 
+def _adsl_unit(trial: Trial, col: str) -> str | None:
+    """The unit ADSL itself records for a variable: AGEU for AGE (CDISC), e.g. "YEARS"."""
+    unit_col = {"AGE": "AGEU"}.get(col)
+    if unit_col is None or unit_col not in trial.subjects.columns:
+        return None
+    units = trial.subjects[unit_col].dropna().astype(str).str.lower().unique()
+    return units[0] if len(units) == 1 else None
+
+
 def variable_labels(trial: Trial) -> dict[str, str]:
     """Display labels: ADSL variable labels, parameter labels with their unit."""
     labels: dict[str, str] = {}
     for col in trial.subjects.columns:
         label = trial.labels.get(col) or trial.meta.labels.get(col)
-        unit = trial.meta.units.get(col)
+        unit = trial.meta.units.get(col) or _adsl_unit(trial, col)
         if label and unit and unit not in label:
             label = f"{label} ({unit})"
         if label:
