@@ -12,6 +12,9 @@ first Compare <= 5 s, and each user of the pair within 2x of the user alone.
     .venv/bin/python bench/browser_users.py            # needs Debian's chromium (make browser)
 
 Ends with one `RESULT ...` line.
+
+Last run: alone, generate 4.27 s, background results 32.5 s later, first Compare 3.17 s; two
+users at once, generate 6.84 / 2.01 s (1.60x), first Compare 5.17 / 5.70 s (1.80x).
 """
 
 from __future__ import annotations
