@@ -165,21 +165,20 @@ def request_json_schema(request: Any) -> dict[str, Any]:
                               "aval": _bounded_number(1, spec.get("max_days")),
                               "cnsr": {"enum": [0, 1]}})
               for spec in req.get("events", []) or []]
-    aes = req.get("adverse_events") or None
-    if aes and aes.get("terms"):
-        day = (_bounded_number(1, aes["max_day"]) if aes.get("max_day") else {"type": "null"})
-        ae_schema = {"type": "array", "maxItems": int(aes.get("max_count") or 15),
-                     "items": _strict_object({"term": {"enum": list(aes["terms"])}, "day": day})}
-    else:
-        ae_schema = {"type": "array", "maxItems": 0}
-    return _strict_object({
+    properties: dict[str, Any] = {
         "visits": {"type": "array", "prefixItems": visits,
                    "minItems": len(visits), "maxItems": len(visits)},
         "events": {"type": "array", "prefixItems": events,
                    "minItems": len(events), "maxItems": len(events)},
-        "adverse_events": ae_schema,
-        "rationale": {"type": "string", "maxLength": CONSTRAINED_RATIONALE_MAX_CHARS},
-    })
+    }
+    aes = req.get("adverse_events") or None
+    if aes and aes.get("terms"):   # only when asked: llama.cpp's grammar of an empty array
+        day = (_bounded_number(1, aes["max_day"]) if aes.get("max_day") else {"type": "null"})
+        properties["adverse_events"] = {   # without items let Gemma write ["-", "-", ...]
+            "type": "array", "maxItems": int(aes.get("max_count") or 15),
+            "items": _strict_object({"term": {"enum": list(aes["terms"])}, "day": day})}
+    properties["rationale"] = {"type": "string", "maxLength": CONSTRAINED_RATIONALE_MAX_CHARS}
+    return _strict_object(properties)
 
 
 def response_format_json_mode(request: Any | None = None) -> dict[str, Any]:
@@ -282,6 +281,9 @@ def validate_reply(obj: Any, request: Any) -> tuple[TwinReply | None, list[str]]
                 return None, [msg[:1].upper() + msg[1:] + "."]
         if not isinstance(data, Mapping):
             return None, [f"The reply must be a JSON object, got {type(data).__name__}."]
+        if not req.get("adverse_events") and "adverse_events" in data:
+            # not asked for: whatever the model wrote there is ignored, not an error
+            data = {k: v for k, v in data.items() if k != "adverse_events"}
         try:
             reply = TwinReply.model_validate(data)
         except ValidationError as exc:
