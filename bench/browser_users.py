@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from e2e import streamlit_ui as ui  # noqa: E402
+from e2e import streamlit_ui as ui
 
 
 def wait_background(home: Path, timeout: float = 600) -> float:

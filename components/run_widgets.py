@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
-from services.generation.llm import LLMSettings
 from services.evaluation.trajectories import SCALES, can_use_log, suggested_scale
+from services.generation.llm import LLMSettings
 from services.reporting.figures.compare import mean_trajectories
 
 JOB = "whatif_job"
@@ -72,9 +72,9 @@ class GenerationJob:
         self.done, self.total = int(done), int(total)
 
     def _work(self) -> None:
+        from services.evaluation.precompute import start_precompute
         from services.generation import GeneratorError
         from services.generation.saved_runs import save_run
-        from services.evaluation.precompute import start_precompute
 
         try:
             run = self.generator.generate(self.sources, target_arm=self.target_arm,

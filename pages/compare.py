@@ -10,10 +10,10 @@ from components.compare_state import (
     require_run,
 )
 from components.effects import effects_view
-from components.run_widgets import scale_choice
-from components.state import get_run_dir
 from components.metric_cards import headline_table, metric_definitions
+from components.run_widgets import scale_choice
 from components.safety_panel import safety_tab
+from components.state import get_run_dir
 from services.data.adverse import has_ae
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps

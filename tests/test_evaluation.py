@@ -11,7 +11,6 @@ import pytest
 from services.cli import main
 from services.data.loading import load_trial_files
 from services.data.readers import RawFile
-from services.evaluation.trajectories import trajectory_summary
 from services.evaluation.comparison import (
     TARGET,
     TWIN,
@@ -19,6 +18,7 @@ from services.evaluation.comparison import (
     evaluate,
     km_curves,
 )
+from services.evaluation.trajectories import trajectory_summary
 
 
 def copied_arm(kb, sources, donors):

@@ -36,7 +36,7 @@ def _settings(srv) -> LLMSettings:
 
 
 def _treated(pilot, n):
-    arm = [a for a in pilot.arms if a != pilot.control_arm][0]
+    arm = next(a for a in pilot.arms if a != pilot.control_arm)
     return list(pilot.subjects.loc[pilot.subjects["ARM"] == arm, "USUBJID"])[:n]
 
 

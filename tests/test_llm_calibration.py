@@ -130,7 +130,7 @@ def test_a_model_that_knows_the_truth_earns_full_weight(pbc, hybrid):
         reply = good_reply(body)
         payload = find_payload(body)
         key = payload["patient"]["key"]
-        ref = {p: dict((float(a), v) for a, v in series)
+        ref = {p: {float(a): v for a, v in series}
                for p, series in (payload.get("reference_forecast") or {}).items()}
         for v in reply["visits"]:
             if key.startswith("C"):

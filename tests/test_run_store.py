@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from streamlit.testing.v1 import AppTest
 
 from services.cli.main import main as cli

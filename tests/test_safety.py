@@ -18,7 +18,11 @@ from services.data.readers import RawFile
 from services.evaluation import comparison as ev
 from services.evaluation import safety
 from services.generation import get_generator
-from services.generation.local.adverse_events import adverse_event_twins, choose_donor_pool, twin_followup_end
+from services.generation.local.adverse_events import (
+    adverse_event_twins,
+    choose_donor_pool,
+    twin_followup_end,
+)
 from services.generation.run import TwinRun, read_run, write_run
 from services.reporting.export import export_files
 from services.retrieval.retriever import ExactRetriever

@@ -136,4 +136,4 @@ def model_ae_frame(facts: AEFacts, twins: list[tuple[str, str, list]], end: pd.S
     return frame.reset_index(drop=True), dropped
 
 
-__all__ = ["AEFacts", "MAX_AES_PER_TWIN", "MAX_TERMS", "has_ae", "model_ae_frame"]
+__all__ = ["MAX_AES_PER_TWIN", "MAX_TERMS", "AEFacts", "has_ae", "model_ae_frame"]

@@ -118,7 +118,7 @@ def estimate_weight(rows: list[tuple[str, float, float, float, float]]) -> Calib
             by.setdefault(u, []).append(((L - m) / s, (y - m) / s))
     n_pat = len(by)
     n_val = sum(len(v) for v in by.values())
-    base = dict(patients=n_pat, values=n_val)
+    base = {"patients": n_pat, "values": n_val}
     if n_pat < MIN_PATIENTS or n_val < MIN_VALUES:
         return Calibration(weight=0.0, reason=f"{n_pat} calibration patients with {n_val} "
                            f"comparable values (at least {MIN_PATIENTS} and {MIN_VALUES} are "

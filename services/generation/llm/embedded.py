@@ -262,7 +262,7 @@ def self_check(timeout: float = 180.0) -> None:
     path = model_path()
     try:
         done = subprocess.run([sys.executable, "-c", _CHECK, str(path)], capture_output=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
         raise EmbeddedModelError(f"the embedded model wrote nothing within {timeout:.0f} s") from None
     if done.returncode != 0:

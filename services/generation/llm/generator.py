@@ -63,12 +63,6 @@ from services.generation.llm.availability import (
     consent_message,
     llm_status,
 )
-from services.generation.llm.errors import (
-    ConsentRequiredError,
-    LLMEndpointError,
-    LLMUnavailableError,
-    RemoteEndpointError,
-)
 from services.generation.llm.calibration import (
     KEY_PREFIX,
     Calibration,
@@ -77,6 +71,12 @@ from services.generation.llm.calibration import (
     calibration_rows,
     estimate_weight,
     no_calibration,
+)
+from services.generation.llm.errors import (
+    ConsentRequiredError,
+    LLMEndpointError,
+    LLMUnavailableError,
+    RemoteEndpointError,
 )
 from services.generation.llm.prompt import PROMPT_VERSION
 from services.generation.llm.prompting import (

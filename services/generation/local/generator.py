@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from services.data.adverse import has_ae
 from services.data.trial import Trial
 from services.generation.assembly import assemble_run, run_counts, truncate_at_followup
 from services.generation.base import (
@@ -21,7 +22,6 @@ from services.generation.base import (
     is_cancelled,
     retriever_manifest,
 )
-from services.data.adverse import has_ae
 from services.generation.local.adverse_events import adverse_event_twins, choose_donor_pool
 from services.generation.local.events import EventDrawing
 from services.generation.local.mean_models import CANDIDATES
