@@ -17,7 +17,6 @@ from services.data.adverse import has_ae
 from services.evaluation import validation as val
 from services.evaluation.comparison import headline
 from services.evaluation.safety_backtest import safety_card, safety_verdict
-from services.generation import capabilities
 from services.reporting.figures import compare as fig
 
 trial = get_trial()
@@ -127,7 +126,7 @@ def safety_section() -> None:
                "twins with it; it is scored against what the patient really had, and against the knowledge "
                "base's own rate of the term (the forecast without personalisation).")
     arms = trial.arms
-    bounded = 4 if capabilities(gen_name).needs_network else None
+    bounded = val.held_out_bound(gen_name)
     source = f"Generator: **{gen_name}**" + (f" with the settings of run {run.run_id}." if run is not None
                                             else " with its default settings (no twin arm yet).")
     asked, opts = safety_settings(arms, arms.index(run.target_arm) if run is not None and run.target_arm in arms

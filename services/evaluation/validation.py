@@ -134,6 +134,30 @@ def run_generator(run) -> tuple[str, dict, int]:
             int(m.get("twins_per_patient") or 0) or 20)
 
 
+MODEL_HELD_OUT = 4   # held-out patients per fold twinned by a generator that calls a model
+
+
+def held_out_bound(generator: str, max_held_out: int | None = None) -> int | None:
+    """`max_held_out`, else `MODEL_HELD_OUT` for a generator that calls a model per twin (so
+    the cost of its backtest is stated and bounded), else None (every held-out patient)."""
+    from services.generation import capabilities
+
+    if max_held_out is None and capabilities(generator).needs_network:
+        return MODEL_HELD_OUT
+    return max_held_out
+
+
+def _backtest_plan(trial: Trial, run, arm: str | None, twins_per_patient: int | None,
+                   max_held_out: int | None) -> tuple[str, dict, int, str, int | None]:
+    """(generator, settings, K, arm, held-out bound) a backtest of `run` uses: the run's own
+    generator, settings and K unless K is given; its target arm, else the control arm."""
+    name, settings, k = run_generator(run)
+    if twins_per_patient is not None:
+        k = int(twins_per_patient)
+    arm = arm or (run.target_arm if run is not None and run.target_arm in trial.arms else trial.control_arm)
+    return name, settings, k, arm, held_out_bound(name, max_held_out)
+
+
 def validate_run(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
                  twins_per_patient: int | None = None, seed: int = 0,
                  max_held_out: int | None = None) -> BacktestResult:
@@ -142,16 +166,10 @@ def validate_run(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
     per twin is backtested on at most `max_held_out` held-out patients per fold (default 4),
     so the cost is stated and bounded."""
     from services.evaluation.backtest import backtest
-    from services.generation import capabilities
 
-    name, settings, k = run_generator(run)
-    if twins_per_patient is not None:
-        k = int(twins_per_patient)
-    arm = arm or (run.target_arm if run is not None and run.target_arm in trial.arms else trial.control_arm)
-    if max_held_out is None and capabilities(name).needs_network:
-        max_held_out = 4
+    name, settings, k, arm, bound = _backtest_plan(trial, run, arm, twins_per_patient, max_held_out)
     return backtest(trial, arm=arm, folds=folds, twins_per_patient=k, seed=seed, generator=name,
-                    generator_settings=settings, max_held_out=max_held_out)
+                    generator_settings=settings, max_held_out=bound)
 
 
 def validate_safety(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
@@ -161,17 +179,11 @@ def validate_safety(trial: Trial, run=None, arm: str | None = None, folds: int =
     like `validate_run`: a generator that calls a model per twin twins at most `max_held_out`
     held-out patients per fold (default 4)."""
     from services.evaluation.safety_backtest import safety_backtest
-    from services.generation import capabilities
 
-    name, settings, k = run_generator(run)
-    if twins_per_patient is not None:
-        k = int(twins_per_patient)
-    arm = arm or (run.target_arm if run is not None and run.target_arm in trial.arms else trial.control_arm)
-    if max_held_out is None and capabilities(name).needs_network:
-        max_held_out = 4
+    name, settings, k, arm, bound = _backtest_plan(trial, run, arm, twins_per_patient, max_held_out)
     return safety_backtest(trial, arm=arm, folds=folds, twins_per_patient=k, seed=seed, top=top,
                            n_boot=n_boot, generator=name, generator_settings=settings,
-                           max_held_out=max_held_out)
+                           max_held_out=bound)
 
 
 def cached_validate_run(trial: Trial, run, run_dir=None, folds: int = 2,
