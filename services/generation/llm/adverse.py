@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from services.data.adverse import ae_columns, dictionary, emergent, followup_end, has_ae
+from services.data.adverse import ae_columns, dictionary, emergent, followup_end
 
 MAX_TERMS = 40          # most frequent target-arm terms offered to the model
 MAX_AES_PER_TWIN = 15   # a reply listing more is rejected (a looping small model)
@@ -81,10 +81,6 @@ class AEFacts:
         end = end[np.isfinite(end)]
         return int(end.max()) if len(end) else None
 
-    def histories(self, ids) -> dict[str, list[list]]:
-        """{subject: [[term, onset day], ...]} (first onset of each term, in onset order)."""
-        return {str(u): self.history.get(str(u), []) for u in ids}
-
     def spec(self, target_arm: str, neighbour_ids, without: str | None = None) -> dict:
         """The request's AE block: `{"terms": [...], "max_day": n, "max_count": m}` (the
         terms the reply may use; `max_day` None when the trial has no onset days)."""
@@ -136,4 +132,4 @@ def model_ae_frame(facts: AEFacts, twins: list[tuple[str, str, list]], end: pd.S
     return frame.reset_index(drop=True), dropped
 
 
-__all__ = ["MAX_AES_PER_TWIN", "MAX_TERMS", "AEFacts", "has_ae", "model_ae_frame"]
+__all__ = ["MAX_AES_PER_TWIN", "MAX_TERMS", "AEFacts", "model_ae_frame"]

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from services.data.adverse import has_ae
 from services.data.trial import Trial
-from services.generation.llm.adverse import AEFacts, has_ae
+from services.generation.llm.adverse import AEFacts
 from services.generation.llm.prompt import PrivacyError, TwinRequest, check_no_dates, widen_range
 from services.generation.run import twin_id
 
@@ -280,8 +281,8 @@ def build_requests(facts: TrialFacts, src: Trial, ids: list[str], keys: dict[str
                    ) -> tuple[list[TwinRequest], list[tuple[str, int]]]:
     """One request per (source, twin index), in source order then twin index, and its owner
     (source, twin index). A source of the knowledge base is left out of the ranges shown to
-    it. With `ask_ae` (and AE data) the model lists each twin's adverse events. Fills `manifest["neighbours"]` (real neighbours of each twin) and
-    `manifest["neighbour_similarity"]`."""
+    it. With `ask_ae` (and AE data) the model lists each twin's adverse events. Fills
+    `manifest["neighbours"]` (real neighbours of each twin) and `manifest["neighbour_similarity"]`."""
     kb = facts.kb
     trial_info = facts.trial_info(target_arm)
     baseline = src.baseline
