@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from backtest import report_safety
 
 from services.data.loading import load_trial
 from services.evaluation import comparison as ev
@@ -92,22 +95,11 @@ def main(argv=None) -> int:
 
     print(f"\nBacktest (split in half, {args.seeds} splits, K {args.twins}; means over splits)")
     for a in trial.arms:
+        t0 = time.perf_counter()
         runs = [safety_backtest(trial, arm=a, folds=2, twins_per_patient=args.twins, seed=s, n_boot=args.boot)
                 for s in range(args.seeds)]
-        tab = pd.concat([r.terms.assign(seed=i) for i, r in enumerate(runs)])
-        mean = tab.groupby("PT", sort=False)[["cases", "real_incidence", "twin_incidence", "auroc", "auroc_lo",
-                                              "auroc_hi", "brier_skill", "abs_error_twins", "abs_error_kb"]].mean()
         print(f"\n {a}: {runs[0].terms['patients'].iloc[0]} patients")
-        print(f"   {'preferred term':<34} {'real':>6} {'twins':>6} {'AUROC [95% CI]':>20} {'Brier skill':>11}")
-        for term, r in mean.iterrows():
-            print(f"   {term[:34]:<34} {100 * r['real_incidence']:5.1f}% {100 * r['twin_incidence']:5.1f}% "
-                  f"{r['auroc']:6.3f} [{r['auroc_lo']:.2f}, {r['auroc_hi']:.2f}] {r['brier_skill']:+10.3f}")
-        mae_tw = np.array([r.summary["mae_twins"] for r in runs])
-        mae_kb = np.array([r.summary["mae_kb"] for r in runs])
-        auc = np.array([r.summary["mean_auroc"] for r in runs])
-        print(f"   mean abs incidence error, 10 PTs: twins {mae_tw.mean():.4f} vs knowledge base {mae_kb.mean():.4f} "
-              f"(difference {np.mean(mae_tw - mae_kb):+.4f}, range over splits {np.min(mae_tw - mae_kb):+.4f} to "
-              f"{np.max(mae_tw - mae_kb):+.4f}); mean AUROC {auc.mean():.3f}")
+        figures = report_safety(runs, "local", time.perf_counter() - t0)
         shares = sorted({v for r in runs for v in r.summary["neighbour_shares"]})
         # the personalised donors the cross-validation turned down, for comparison
         forced = [safety_backtest(trial, arm=a, folds=2, twins_per_patient=args.twins, seed=s,
@@ -115,18 +107,15 @@ def main(argv=None) -> int:
                   for s in range(args.seeds)]
         mae_nb = np.array([r.summary["mae_twins"] for r in forced])
         auc_nb = np.array([r.summary["mean_auroc"] for r in forced])
-        print(f"   share of personalised donors chosen per fold: {shares}"
-              + (" (0: incidence = the knowledge base's rate by construction; skill shows in AUROC only)"
-                 if shares == [0.0] else ""))
         print(f"   personalised donors (ae_donors='neighbours'): error {mae_nb.mean():.4f}, mean AUROC "
               f"{np.nanmean(auc_nb):.3f}")
         key = "placebo" if a == "Placebo" else ("high" if "High" in a else "low")
         result[f"{key}_neighbour_share_max"] = float(max(shares))
         result[f"{key}_mae_personalised"] = float(mae_nb.mean())
         result[f"{key}_auroc_personalised"] = float(np.nanmean(auc_nb))
-        result[f"{key}_mae_twins"] = float(mae_tw.mean())
-        result[f"{key}_mae_kb"] = float(mae_kb.mean())
-        result[f"{key}_auroc"] = float(auc.mean())
+        result[f"{key}_mae_twins"] = figures["mae_twins"]
+        result[f"{key}_mae_kb"] = figures["mae_kb"]
+        result[f"{key}_auroc"] = figures["mean_auroc"]
     print()
     print("RESULT " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     return 0
