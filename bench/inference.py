@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
+import multiprocessing
 import sys
 import time
 import warnings
@@ -151,7 +153,7 @@ def naive_tests(real: Trial, run, paramcd: str, avisitn: float, tte_p: str | Non
 # 1. synthetic control
 
 
-def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r: int,
+def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r: int, *,
                  refits: int, boot_twins: int, factor: float, truth_md: float) -> list[dict]:
     rng = np.random.default_rng([r, 17])
     ids = pool.subjects["USUBJID"].to_numpy(object)
@@ -259,6 +261,9 @@ def main(argv=None) -> int:
     ap.add_argument("--refits", type=int, default=10)
     ap.add_argument("--boot-twins", type=int, default=10)
     ap.add_argument("--procova-reps", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=1, help="processes for the synthetic-control replicates")
+    ap.add_argument("--rows-out", type=Path, default=None,
+                    help="folder for one CSV of per-replicate rows per trial")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     reps_by = {"pbc": 120, "btheb": 200, "epilepsy": 150, "cdiscpilot01": 100}
@@ -286,12 +291,23 @@ def main(argv=None) -> int:
               f"{paramcd} visit {avisitn:g}" + (f", TTE {tte_p}" if tte_p else "") +
               f"; {n_rep} null replicates, B={args.refits} refits x {args.boot_twins} twins", flush=True)
         t0 = time.perf_counter()
+        job = functools.partial(sc_replicate, pool, paramcd, avisitn, tte_p, refits=args.refits,
+                                boot_twins=args.boot_twins, factor=factor, truth_md=truth_md)
         rows = []
-        for r in range(n_rep):
-            rows += sc_replicate(pool, paramcd, avisitn, tte_p, r, args.refits, args.boot_twins, factor, truth_md)
-            if r == 0:
-                print(f"   first replicate {time.perf_counter() - t0:.1f}s", flush=True)
+        if args.jobs > 1:
+            # replicate r is seeded by r alone: the same rows whatever the number of processes
+            with multiprocessing.get_context("fork").Pool(args.jobs) as workers:
+                for part in workers.imap(job, range(n_rep)):
+                    rows += part
+        else:
+            for r in range(n_rep):
+                rows += job(r)
+                if r == 0:
+                    print(f"   first replicate {time.perf_counter() - t0:.1f}s", flush=True)
         res = pd.DataFrame(rows)
+        if args.rows_out:
+            args.rows_out.mkdir(parents=True, exist_ok=True)
+            res.to_csv(args.rows_out / f"{trial.name}.csv", index=False)
         dt = time.perf_counter() - t0
         print(f"   {dt:.0f}s ({dt / max(n_rep, 1):.2f}s per replicate)")
         print(f"   {'measure':16s} {'K':>3s} {'naive':>7s} {'reject':>7s} {'95% CI of rate':>16s} "
