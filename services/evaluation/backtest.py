@@ -14,14 +14,16 @@ Protocol (`backtest(trial, ...)`), k-fold cross-fitting on the control arm:
      baseline; ratio <= 1: the twins predict at least as well as the standard covariate
      adjustment); `rmse_ratio_carry` divides by the RMSE of carrying the baseline forward;
    - **calibration**: share of real values inside their twins' 10th-90th percentile range
-     (target 75-85%; 80% is perfect);
+     (target 75-85%; 80% is perfect), ties with the twins split at random (`pit_coverage`:
+     on an integer scale a plain count is above 80% even for a perfect generator; the plain
+     count is kept as `coverage_interval` / the `coverage` column of the tables);
    - **spread**: SD of the twins' values vs SD of the real values, same patients and visit;
    - **time to event**: sup distance between the Kaplan-Meier curve of the pooled twins and
      that of the held-out patients, vs the same distance for the knowledge base's control-arm
      curve (ratio <= 1: twins reproduce the held-out survival at least as well as the
-     knowledge base does), and the C-index of the twins' median event time (patients whose
-     twins' curve never reaches 50% rank above, by their twins' restricted mean) against that
-     of a Cox model (lifelines, penalizer 0.1) fitted on the knowledge base's control arm.
+     knowledge base does), and the C-index of the twins' restricted mean event time (area
+     under each patient's twins' Kaplan-Meier curve up to the held-out patients' last
+     follow-up) against that of a Cox model (lifelines, penalizer 0.1) fitted on the knowledge base's control arm.
    Results of all folds are pooled (each held-out patient is predicted exactly once).
 4. `pairs`: the (predicted = mean of twins, observed) pairs at every visit, for PROCOVA;
    `rho` is their correlation at the endpoint visit (trial.toml `endpoint` paramcd/avisitn,
@@ -47,7 +49,7 @@ from services.generation.local import BaselineFeatures
 RATIO_TARGET = 1.0
 COVERAGE_TARGET = (0.75, 0.85)
 KM_RATIO_TARGET = 1.0
-CINDEX_MARGIN = 0.02          # twins' C-index within this of the Cox model's counts as met
+CINDEX_MARGIN = 0.01          # twins' C-index within this of the Cox model's counts as met
 COX_PENALIZER = 0.1
 
 
@@ -162,6 +164,8 @@ def _fold_pairs(trial: Trial, kb: Trial, arm: str, held, run) -> pd.DataFrame:
     tw = tw.rename(columns={"SRCSUBJID": "SRC"})
     stats = twin_quantiles(tw, ["SRC", "PARAMCD", "AVISITN"]).rename(columns={"SRC": "USUBJID"})
     out = real.merge(stats, on=["USUBJID", "PARAMCD", "AVISITN"], how="inner")
+    out["PIT_COVER"] = pit_coverage(tw.drop(columns="USUBJID").rename(columns={"SRC": "USUBJID"}), out,
+                                    ["USUBJID", "PARAMCD", "AVISITN"])
 
     # reference: per-visit OLS value ~ baseline value on the knowledge base's control arm
     kb_vv = kb.visit_values[kb.visit_values["ARM"] == arm]
@@ -210,9 +214,29 @@ def twin_quantiles(tw: pd.DataFrame, keys: list[str], value: str = "AVAL") -> pd
     return out.reset_index()
 
 
+def pit_coverage(tw: pd.DataFrame, obs: pd.DataFrame, keys: list[str], lo: float = 0.10,
+                 hi: float = 0.90) -> np.ndarray:
+    """Per row of `obs` (keys + OBSERVED): the probability that its randomized rank PIT among
+    its twins falls in [lo, hi]. With K twins, a below and b tied with the observed value, the
+    PIT is uniform on [a, a + b + 1] / (K + 1) (ties broken at random: Hamill 2001; Czado,
+    Gneiting & Held 2009 for counts); it is exactly uniform on [0, 1] when the twins and the
+    patient are exchangeable, so a calibrated generator scores 0.80 on an integer scale too,
+    where the share of values inside the 10-90% range counts every tie at its ends as inside."""
+    m = tw[keys + ["AVAL"]].merge(obs[keys + ["OBSERVED"]], on=keys, how="inner")
+    v, y = m["AVAL"].to_numpy(float), m["OBSERVED"].to_numpy(float)
+    tol = 1e-9 * np.maximum(1.0, np.abs(y))
+    m["_LT"], m["_EQ"] = (v < y - tol).astype(int), (np.abs(v - y) <= tol).astype(int)
+    g = m.groupby(keys, sort=False).agg(a=("_LT", "sum"), b=("_EQ", "sum"), k=("AVAL", "size"))
+    g = obs[keys].merge(g.reset_index(), on=keys, how="left")
+    a, b, k = (g[c].to_numpy(float) for c in ("a", "b", "k"))
+    left, right = a / (k + 1), (a + b + 1) / (k + 1)
+    inside = np.clip(np.minimum(right, hi) - np.maximum(left, lo), 0.0, None)
+    return inside / (right - left)
+
+
 def _visit_table(pairs: pd.DataFrame) -> pd.DataFrame:
     cols = ["PARAMCD", "AVISITN", "AVISIT", "ADY", "n", "rmse_twins", "rmse_reference", "rmse_ratio",
-            "coverage", "sd_real", "sd_twins", "sd_ratio", "corr"]
+            "coverage", "coverage_pit", "sd_real", "sd_twins", "sd_ratio", "corr"]
     if pairs.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -226,6 +250,7 @@ def _visit_table(pairs: pd.DataFrame) -> pd.DataFrame:
         rmse_t = float(np.sqrt(np.mean(e_t ** 2)))
         rmse_r = float(np.sqrt(np.mean(e_r ** 2)))
         cover = float(np.mean((obs >= g["Q10"].to_numpy(float)) & (obs <= g["Q90"].to_numpy(float))))
+        cover_pit = float(g["PIT_COVER"].mean()) if "PIT_COVER" in g else cover
         # spread: SD across patients of one twin each vs SD of the real values (same patients)
         sd_real = float(np.std(obs, ddof=1))
         total_var = np.var(g["PREDICTED"].to_numpy(float), ddof=1) + np.mean(g["TWIN_SD"].fillna(0) ** 2)
@@ -235,7 +260,7 @@ def _visit_table(pairs: pd.DataFrame) -> pd.DataFrame:
         rows.append({"PARAMCD": p, "AVISITN": v, "AVISIT": g["AVISIT"].iloc[0], "ADY": float(g["ADY"].median()),
                      "n": len(g), "rmse_twins": rmse_t, "rmse_reference": rmse_r,
                      "rmse_ratio": rmse_t / rmse_r if rmse_r > 0 else float("nan"), "coverage": cover,
-                     "sd_real": sd_real, "sd_twins": sd_twins,
+                     "coverage_pit": cover_pit, "sd_real": sd_real, "sd_twins": sd_twins,
                      "sd_ratio": sd_twins / sd_real if sd_real > 0 else float("nan"), "corr": corr})
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["PARAMCD", "AVISITN"], kind="stable").reset_index(drop=True) if len(out) else out
@@ -243,7 +268,7 @@ def _visit_table(pairs: pd.DataFrame) -> pd.DataFrame:
 
 def _parameter_table(pairs: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
     cols = ["PARAMCD", "visits", "n", "rmse_ratio", "rmse_ratio_carry", "rmse_ratio_median", "coverage",
-            "sd_ratio_median", "accuracy_met", "calibration_met"]
+            "coverage_pit", "sd_ratio_median", "accuracy_met", "calibration_met"]
     if visits.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -259,11 +284,12 @@ def _parameter_table(pairs: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
         sse_tc = float(((c["PREDICTED"] - c["OBSERVED"]) ** 2).sum())
         ratio_carry = float(np.sqrt(sse_tc / sse_c)) if sse_c > 0 else float("nan")
         cover = float(((g["OBSERVED"] >= g["Q10"]) & (g["OBSERVED"] <= g["Q90"])).mean())
+        cover_pit = float(g["PIT_COVER"].mean()) if "PIT_COVER" in g else cover
         rows.append({"PARAMCD": p, "visits": len(v), "n": len(g), "rmse_ratio": ratio,
                      "rmse_ratio_carry": ratio_carry, "rmse_ratio_median": float(v["rmse_ratio"].median()), "coverage": cover,
-                     "sd_ratio_median": float(v["sd_ratio"].median()),
+                     "coverage_pit": cover_pit, "sd_ratio_median": float(v["sd_ratio"].median()),
                      "accuracy_met": bool(ratio <= RATIO_TARGET),
-                     "calibration_met": bool(COVERAGE_TARGET[0] <= cover <= COVERAGE_TARGET[1])})
+                     "calibration_met": bool(COVERAGE_TARGET[0] <= cover_pit <= COVERAGE_TARGET[1])})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -271,21 +297,18 @@ def _parameter_table(pairs: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
 # time to event
 
 
-def _twin_scores(tw: pd.DataFrame) -> pd.Series:
-    """Per source: median event time of its twins' Kaplan-Meier curve; sources whose curve
-    never reaches 50% rank above all others, ordered by their restricted mean."""
-    tau = float(tw["AVAL"].max()) if len(tw) else 0.0
+def _twin_scores(tw: pd.DataFrame, tau: float) -> pd.Series:
+    """Per source: restricted mean event time of its twins' Kaplan-Meier curve up to `tau`
+    (the same `tau` for every source). It uses the whole curve: on the development trials it
+    ranked patients better than the curve's median (C-index +0.004 to +0.016 on all 4 event
+    types), which rests on the few twins near 50 % and ties sources whose curves never get there."""
     out = {}
     for src, g in tw.groupby("SRCSUBJID"):
         t, s = km_curve(g["AVAL"].to_numpy(float), g["CNSR"].to_numpy() == 0)
-        below = np.flatnonzero(s <= 0.5)
-        if len(below):
-            out[src] = float(t[below[0]])
-        else:
-            steps = np.concatenate([[0.0], t, [tau]])
-            levels = np.concatenate([[1.0], s])
-            rmst = float(np.sum(np.diff(steps) * levels))
-            out[src] = tau + rmst
+        keep = t < tau
+        steps = np.concatenate([[0.0], t[keep], [tau]])
+        levels = np.concatenate([[1.0], s[keep]])
+        out[src] = float(np.sum(np.diff(steps) * levels))
     return pd.Series(out)
 
 
@@ -328,7 +351,7 @@ def _fold_tte(trial: Trial, kb: Trial, arm: str, held, run, fold: int) -> pd.Dat
         t_truth, e_truth = truth["AVAL"], truth["CNSR"] == 0
         d_twins = km_sup_distance(tw["AVAL"], tw["CNSR"] == 0, t_truth, e_truth, tau).sup
         d_ref = km_sup_distance(ref["AVAL"], ref["CNSR"] == 0, t_truth, e_truth, tau).sup
-        scores = _twin_scores(tw)
+        scores = _twin_scores(tw, tau)
         try:
             cox = _cox_scores(kb, arm, sources, q)
         except Exception:  # noqa: BLE001 - a Cox model that does not converge is reported as NaN
@@ -407,12 +430,15 @@ def _summary(trial, arm, pairs, visits, parameters, tte) -> dict:
         if n_ep >= 3 and g["PREDICTED"].std() > 0 and g["OBSERVED"].std() > 0:
             rho = float(np.corrcoef(g["PREDICTED"], g["OBSERVED"])[0, 1])
     ratio_med = float(parameters["rmse_ratio"].median()) if len(parameters) else None
-    cov_all = None
+    cov_all = cov_pit = None
     if len(pairs):
         ok = pairs.dropna(subset=["Q10", "Q90", "REFERENCE"])
         ok = ok[ok["AVISITN"].isin(visits["AVISITN"])] if len(visits) else ok
         cov_all = float(((ok["OBSERVED"] >= ok["Q10"]) & (ok["OBSERVED"] <= ok["Q90"])).mean()) if len(ok) else None
-    cov_med = float(parameters["coverage"].median()) if len(parameters) else None
+        if len(ok) and "PIT_COVER" in ok:
+            cov_pit = float(ok["PIT_COVER"].mean())
+    cov_pit = cov_all if cov_pit is None else cov_pit
+    cov_med = float(parameters["coverage_pit"].median()) if len(parameters) else None
     share_acc = float(parameters["accuracy_met"].mean()) if len(parameters) else None
     share_cal = float(parameters["calibration_met"].mean()) if len(parameters) else None
     share_cells = float((visits["rmse_ratio"] <= RATIO_TARGET).mean()) if len(visits) else None
@@ -425,18 +451,22 @@ def _summary(trial, arm, pairs, visits, parameters, tte) -> dict:
             f"value with {100 * abs(1 - ratio_med):.0f}% {'less' if good else 'more'} error than a regression "
             f"on the baseline value (median RMSE ratio {ratio_med:.2f}; target <= {RATIO_TARGET:.2f}; "
             f"{share_acc:.0%} of parameters meet it).")
-    if cov_all is not None:
+    if cov_pit is not None:
         lo, hi = COVERAGE_TARGET
-        state = "met" if lo <= cov_all <= hi else ("too narrow: twins are overconfident" if cov_all < lo
+        state = "met" if lo <= cov_pit <= hi else ("too narrow: twins are overconfident" if cov_pit < lo
                                                     else "too wide: twins are more spread than needed")
-        verdicts.append(f"Calibration: {state}. {cov_all:.0%} of real values fall inside their twins' "
-                        f"10-90% range (target {lo:.0%}-{hi:.0%}).")
+        ties = ""
+        if cov_all is not None and abs(cov_all - cov_pit) >= 0.005:
+            ties = (f"; counting values tied with the range's ends as inside, as on an integer scale they "
+                    f"must be, {cov_all:.0%}")
+        verdicts.append(f"Calibration: {state}. {cov_pit:.0%} of real values fall inside their twins' "
+                        f"10-90% range, ties split at random (target {lo:.0%}-{hi:.0%}{ties}).")
     for _, r in tte.iterrows():
         km_ok = r["km_met"]
         verdicts.append(
             f"Time to event {r['PARAMCD']}: the twins' Kaplan-Meier curve is {r['km_sup_twins']:.2f} from the "
             f"held-out patients' at most, vs {r['km_sup_reference']:.2f} for the knowledge base's control arm "
-            f"({'met' if km_ok else 'not met'}); C-index of the twins' median event time "
+            f"({'met' if km_ok else 'not met'}); C-index of the twins' restricted mean event time "
             f"{r['cindex_twins']:.2f} vs {r['cindex_cox']:.2f} for a Cox model "
             f"({'met' if r['cindex_met'] else 'not met'}).")
     if rho is not None:
@@ -444,7 +474,8 @@ def _summary(trial, arm, pairs, visits, parameters, tte) -> dict:
                         f"{rho:.2f} (n={n_ep}); variance reduction of an adjusted analysis ~ {rho ** 2:.0%}.")
     return {
         "trial": trial.name, "arm": arm,
-        "rmse_ratio_median": ratio_med, "coverage": cov_all, "coverage_median": cov_med,
+        "rmse_ratio_median": ratio_med, "coverage": cov_pit, "coverage_interval": cov_all,
+        "coverage_median": cov_med,
         "share_params_accuracy_met": share_acc, "share_params_calibration_met": share_cal,
         "share_visits_ratio_met": share_cells,
         "km_ratio_median": float(tte["km_ratio"].median()) if len(tte) else None,
@@ -452,7 +483,7 @@ def _summary(trial, arm, pairs, visits, parameters, tte) -> dict:
         "cindex_cox": float(tte["cindex_cox"].mean()) if len(tte) else None,
         "endpoint": {"paramcd": p_ep, "avisitn": v_ep, "n": n_ep}, "rho": rho,
         "accuracy_met": bool(ratio_med is not None and ratio_med <= RATIO_TARGET),
-        "calibration_met": bool(cov_all is not None and COVERAGE_TARGET[0] <= cov_all <= COVERAGE_TARGET[1]),
+        "calibration_met": bool(cov_pit is not None and COVERAGE_TARGET[0] <= cov_pit <= COVERAGE_TARGET[1]),
         "tte_met": bool(len(tte) and tte["km_met"].all() and tte["cindex_met"].all()) if len(tte) else None,
         "verdicts": verdicts,
     }
