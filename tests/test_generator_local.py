@@ -218,7 +218,14 @@ def test_source_is_never_its_own_neighbour_nor_donor(pbc, pbc_gen):
         assert src_of[tid] not in nbrs and len(nbrs) == pbc_gen.neighbors
     for tid, donor in run.manifest["donors"].items():
         assert donor is not None and donor != src_of[tid] and donor in run.manifest["neighbours"][tid]
-    assert all(d is not None and d != src_of[t] for t, d in run.manifest["tte_donors"].items())
+    # event histories are copied from donors only by tte_draw="history" (the default draws from
+    # the source's own curve and has none)
+    assert run.manifest["tte_donors"] == {}
+    hist = LocalGenerator(retriever_factory=ExactRetriever, tte_draw="history").fit(pbc)
+    hrun = hist.generate(pbc.subset(ids), "Placebo", twins_per_patient=2, seed=0)
+    h_src = dict(zip(hrun.adsl["USUBJID"], hrun.adsl["SRCSUBJID"]))
+    assert len(hrun.manifest["tte_donors"]) == len(hrun.adsl)
+    assert all(d is not None and d != h_src[t] for t, d in hrun.manifest["tte_donors"].items())
     # the time-to-event neighbourhoods (prognostic) exclude the source too
     model = pbc_gen.arm_model("Placebo")
     rows = np.array([model.index[s] for s in ids[:20]])
@@ -288,13 +295,47 @@ def test_time_to_event_twins(pbc, pbc_gen):
         rate_real = 1 - real.loc[real["PARAMCD"] == q, "CNSR"].mean()
         assert abs(rate_twin - rate_real) < 0.1, (q, rate_twin, rate_real)
         assert tte.loc[tte["PARAMCD"] == q, "AVAL"].max() <= real["AVAL"].max() * 1.01
-    # event histories are copied whole: as in the real data, both event types of a twin end at
-    # the same day, and a death is an event of both
+    # as in the real data (death censored at a transplant: one clock), both event types of a
+    # twin end at the same day, and a death is an event of both
     wide = tte.pivot(index="USUBJID", columns="PARAMCD", values="AVAL")
     assert (wide["DEATH"] == wide["DTHTX"]).all()
     cn = tte.pivot(index="USUBJID", columns="PARAMCD", values="CNSR")
     assert not ((cn["DEATH"] == 0) & (cn["DTHTX"] == 1)).any()
     assert (tte.groupby("SRCSUBJID")["AVAL"].nunique() > 1).mean() > 0.9   # twins differ
+
+
+def test_event_twins_follow_their_sources_model_curve(pbc, pbc_gen):
+    """tte_draw="model": the twins' restricted mean follows the Cox model's risk order, twin t
+    is the same draw whatever K, and pbc's nesting (DTHTX contains DEATH, one clock) is read
+    from the knowledge base."""
+    from scipy.stats import spearmanr
+
+    from services.evaluation.backtest import _twin_scores
+    from services.generation.local.events import nested_pairs
+
+    treated = pbc.subset(_treated(pbc)).baseline_only()
+    run = pbc_gen.generate(treated, "Placebo", twins_per_patient=20, seed=5)
+    model = pbc_gen.arm_model("Placebo")
+    ids = list(treated.subjects["USUBJID"])
+    lp = model.features.transform(treated, ids) @ model.tte_beta["DTHTX"][-1]
+    tw = run.tte[run.tte["PARAMCD"] == "DTHTX"]
+    rmst = _twin_scores(tw, float(pbc.tte["AVAL"].max())).reindex(ids)
+    assert spearmanr(rmst, -lp).statistic > 0.9
+    five = pbc_gen.generate(treated, "Placebo", twins_per_patient=5, seed=5).tte
+    first5 = run.tte[run.tte["USUBJID"].isin(set(five["USUBJID"]))]
+    pd.testing.assert_frame_equal(first5.reset_index(drop=True), five.reset_index(drop=True))
+    assert nested_pairs(model.tte) == [("DTHTX", "DEATH", True)]
+
+
+def test_event_time_helpers_by_hand():
+    from services.generation.local.events import _censoring_times, event_times, hazards
+
+    h_t, h_v = np.array([2.0, 4.0]), np.array([0.5, 1.5])        # H0 = 0.25 t to 2, then 0.5 / day
+    assert event_times(np.array([0.25, 0.5, 1.0, 1.5, 2.0]), h_t, h_v) == pytest.approx([1, 2, 3, 4, np.inf])
+    assert hazards(np.array([1.0, 3.0, 5.0]), h_t, h_v) == pytest.approx([0.25, 0.5, 0.0])
+    # reverse KM of censorings at 1 and 3, events at 2 and 4: G = 3/4 after 1, 3/8 after 3
+    t, c = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 0])
+    assert _censoring_times(t, c, np.array([0.9, 0.5, 0.2])) == pytest.approx([1.0, 3.0, 4.0])
 
 
 def test_counts_stay_whole_and_non_negative(demo_trials):

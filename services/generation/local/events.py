@@ -162,6 +162,136 @@ class EventDrawing:
         return _tte_frame(frames, chunk)
 
 
+    def _tte_model(self, chunk, keys, model: _ArmModel, k: int, seed: int, X_src: np.ndarray,
+                   which: np.ndarray) -> pd.DataFrame:
+        """Event times from each source's own survival curve under the fold's ridge Cox model
+        (S(t) = exp(-H0(t) exp(lp)), Breslow H0 interpolated; beyond the knowledge base's last
+        event: no event), censoring times from the arm's reverse Kaplan-Meier (beyond it: its
+        last follow-up). The twins' (event, censoring) quantiles are Roberts' R2 sequence with a
+        random start per source (u_t = frac(start + t alpha), a randomized quasi-Monte Carlo
+        rotation): each pair is uniform on the square, twin t is the same whatever K, and any
+        K twins of a source spread over its curve, so their Kaplan-Meier follows the model's
+        risk order instead of the luck of K draws. Event types share the quantiles (nested
+        endpoints stay ordered)."""
+        S = len(chunk)
+        start = uniforms(seed, keys, 1, _S_EVENT, 2)[:, 0, :]                             # (S, 2)
+        steps = np.arange(1, k + 1)[None, :]
+        u_ev = np.mod(start[:, :1] + steps * _R2[0], 1.0)                                    # (S, k)
+        u_cn = np.mod(start[:, 1:] + steps * _R2[1], 1.0)
+        C = None
+        drawn, risk = {}, {}
+        for q, (t_arm, c_arm) in model.tte.items():
+            has = np.isfinite(t_arm)
+            if not has.any() or q not in model.tte_beta:
+                continue
+            if C is None:
+                C = _censoring_times(t_arm[has], c_arm[has], u_cn)
+            lp = np.exp(np.clip(np.einsum("sf,sf->s", X_src, model.tte_beta[q][which]), -30, 30))
+            T = np.full((S, k), np.inf)
+            for i in range(S):
+                h_t, h_v = model.tte_h0[q][which[i]]
+                T[i] = event_times(-np.log(u_ev[i]) / lp[i], h_t, h_v)
+            drawn[q], risk[q] = T, lp
+        # a composite endpoint (death or transplant) happens no later than the event it
+        # contains (death). When the knowledge base follows both on one clock (death censored
+        # at a transplant: a cause-specific hazard), the twin's composite event is a death with
+        # probability h_death / h_composite at its time, else the death endpoint is censored
+        # there; otherwise (progression-free vs overall survival) the composite is the earlier.
+        ends = {q: C for q in drawn}
+        u_cause = uniforms(seed, keys, k, _S_CAUSE, 1)[:, :, 0]
+        for a, b, one_clock in nested_pairs(model.tte):
+            if a not in drawn or b not in drawn:
+                continue
+            if one_clock:
+                Ta = drawn[a]
+                share = np.ones_like(Ta)
+                for i in range(S):
+                    ha = hazards(Ta[i], *model.tte_h0[a][which[i]]) * risk[a][i]
+                    hb = hazards(Ta[i], *model.tte_h0[b][which[i]]) * risk[b][i]
+                    share[i] = np.clip(np.divide(hb, ha, out=np.ones_like(ha), where=ha > 0), 0, 1)
+                drawn[b] = np.where(np.isfinite(Ta) & (u_cause < share), Ta, np.inf)
+                ends[b] = np.minimum(ends[b], Ta)
+            else:
+                drawn[a] = np.minimum(drawn[a], drawn[b])
+        frames = []
+        src_arr = np.asarray(chunk, dtype=object)
+        for qi, q in enumerate(model.tte):
+            if q not in drawn:
+                continue
+            T, end = drawn[q], ends[q]
+            aval = np.minimum(T, end)
+            cnsr = (T > end).astype(int)
+            if model.tte_integer:
+                aval = np.maximum(np.ceil(aval), 1.0)
+            si, ti = np.nonzero(np.isfinite(aval))
+            frames.append(pd.DataFrame({"SRCSUBJID": src_arr[si], "_TW": ti + 1, "PARAMCD": q,
+                                        "AVAL": aval[si, ti], "CNSR": cnsr[si, ti], "_Q": qi}))
+        return _tte_frame(frames, chunk)
+
+
+def nested_pairs(tte: dict) -> list[tuple[str, str, bool]]:
+    """(a, b, one_clock): event type a contains b in every patient of the arm with both (a's
+    time <= b's, and b's event is an event of a by then), e.g. death-or-transplant contains
+    death; one_clock when their times are equal in every such patient (b censored at a)."""
+    pairs = []
+    for a, (ta, ca) in tte.items():
+        for b, (tb, cb) in tte.items():
+            both = np.isfinite(ta) & np.isfinite(tb)
+            if a == b or both.sum() < 2 or not ((cb[both] == 0).any()):
+                continue
+            ta_, tb_, ea, eb = ta[both], tb[both], ca[both] == 0, cb[both] == 0
+            if np.all(ta_ <= tb_ + 1e-9) and np.all(~eb | ea) and np.any(ta_ < tb_ - 1e-9) | np.any(ea & ~eb):
+                pairs.append((a, b, bool(np.all(np.abs(ta_ - tb_) <= 1e-9))))
+    return pairs
+
+
+_S_CAUSE = 7                        # random stream: which cause a composite event is
+_PLASTIC = 1.324717957244746        # x^3 = x + 1: Roberts' R2 sequence, well spread in 2-D
+_R2 = (1.0 / _PLASTIC, 1.0 / _PLASTIC ** 2)
+
+
+def event_times(target: np.ndarray, h_times: np.ndarray, h_vals: np.ndarray) -> np.ndarray:
+    """The t with H0(t) = target (H0 linear between the Breslow event times and from 0); inf
+    where target is beyond H0 at the last event time (no event within what was observed)."""
+    target = np.asarray(target, float)
+    if len(h_times) == 0 or h_vals[-1] <= 0:
+        return np.full(target.shape, np.inf)
+    xs = np.concatenate([[0.0], h_times])
+    ys = np.concatenate([[0.0], h_vals])
+    keep = np.concatenate([[True], np.diff(ys) > 0])
+    xs, ys = xs[keep], ys[keep]
+    return np.where(target <= ys[-1], np.interp(target, ys, xs), np.inf)
+
+
+def hazards(times: np.ndarray, h_times: np.ndarray, h_vals: np.ndarray) -> np.ndarray:
+    """Baseline hazard at `times`: the slope of H0 (linear between the Breslow event times) on
+    the segment holding each time; 0 past the last event time or without events."""
+    t = np.asarray(times, float)
+    if len(h_times) == 0 or h_vals[-1] <= 0:
+        return np.zeros(t.shape)
+    xs = np.concatenate([[0.0], h_times])
+    ys = np.concatenate([[0.0], h_vals])
+    slope = np.diff(ys) / np.maximum(np.diff(xs), 1e-12)
+    seg = np.clip(np.searchsorted(xs, np.where(np.isfinite(t), t, xs[-1]), side="left") - 1, 0, len(slope) - 1)
+    return np.where(np.isfinite(t) & (t <= xs[-1]), slope[seg], 0.0)
+
+
+def _censoring_times(t: np.ndarray, c: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Censoring times drawn from the reverse Kaplan-Meier of (t, censored = c == 1): the
+    inverse at u; beyond the curve's last step, the last follow-up (administrative end)."""
+    order = np.lexsort((1 - c, t))          # at ties, events leave the risk set first
+    t, c = t[order], c[order]
+    n = len(t)
+    at_risk = n - np.arange(n)
+    surv = np.cumprod(1.0 - (c == 1) / at_risk)
+    steps = c == 1
+    if not steps.any():
+        return np.full(u.shape, float(t.max()))
+    ts, ss = t[steps], surv[steps]
+    pos = np.searchsorted(-ss, -u, side="left")       # first step with surv <= u
+    return np.where(pos < len(ts), ts[np.minimum(pos, len(ts) - 1)], float(t.max()))
+
+
 def _tte_frame(frames: list[pd.DataFrame], chunk: list[str]) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     out["USUBJID"] = twin_ids(out["SRCSUBJID"].to_numpy(), out["_TW"].to_numpy())

@@ -33,7 +33,7 @@ from services.retrieval.retriever import Retriever
 TRANSFORMS = ("auto", "log", "features", "none")
 VISIT_MODES = ("all", "neighbour")
 TTE_SPACES = ("prognostic", "retrieval")
-TTE_DRAWS = ("history", "km")
+TTE_DRAWS = ("history", "km", "model")
 FILLS = ("observed", "complete")
 
 
@@ -57,7 +57,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                  visits: str = "all", min_visit_subjects: int = 10, smoothing: float = 0.0,
                  transform: str = "auto", clip_margin: float = 0.1, alpha: float | None = None,
                  center: str | float = "auto", pool_visits: bool = True,
-                 tte_space: str = "prognostic", tte_draw: str = "history", cox_penalizer: float = 0.1,
+                 tte_space: str = "prognostic", tte_draw: str = "model", cox_penalizer: float = 0.1,
                  fill: str = "complete", truncate_at_followup: bool = True,
                  mean_model: str = "auto", balance: bool = True, tte_rescale: bool = True,
                  ae_donors: str = "auto", chunk_size: int = 256,
@@ -91,6 +91,8 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
         self.cox_penalizer = float(cox_penalizer)
         if tte_draw not in TTE_DRAWS:
             raise GeneratorError(f"tte_draw must be one of {', '.join(TTE_DRAWS)}, got {tte_draw!r}")
+        if tte_draw == "model" and tte_space != "prognostic":
+            raise GeneratorError('tte_draw="model" needs tte_space="prognostic" (the Cox model it draws from)')
         self.tte_draw = tte_draw
         if fill not in FILLS:
             raise GeneratorError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")

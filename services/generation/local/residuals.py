@@ -203,6 +203,8 @@ class TrajectoryDrawing:
             if self.tte_draw == "history":
                 tte_out = self._tte_history(chunk, keys, model, k, seed, nb_idx, weights(k_ret), X_src,
                                             which_t, self_row, manifest)
+            elif self.tte_draw == "model":
+                tte_out = self._tte_model(chunk, keys, model, k, seed, X_src, which_t)
             else:
                 tte_out = self._tte_chunk(chunk, keys, model, k, seed, nb_idx, weights(k_ret), X_src,
                                           which_t, self_row)
