@@ -22,10 +22,11 @@ COLUMN_LABELS: dict[str, str] = {
     "km_sup_reference": "KM distance, knowledge-base arm vs held-out",
     "km_ratio": "KM distance ratio (twins / knowledge base; ≤ 1 met)",
     "cindex_twins": "C-index, twins", "cindex_cox": "C-index, Cox model",
-    "km_met": "KM ratio ≤ 1 met", "cindex_met": "C-index ≥ Cox met",
+    "km_met": "KM ratio ≤ 1 met", "cindex_met": "C-index ≥ Cox − 0.01 met",
     # per-visit backtest
     "rmse_twins": "RMSE, twins' mean", "rmse_reference": "RMSE, baseline ANCOVA",
-    "rmse_ratio": "RMSE ratio (twins / ANCOVA)", "coverage": "10-90 % coverage",
+    "rmse_ratio": "RMSE ratio (twins / ANCOVA)", "coverage": "10-90 % coverage (ties inside)",
+    "coverage_pit": "10-90 % coverage (ties split)",
     "sd_real": "SD, real", "sd_twins": "SD, twins", "sd_ratio": "SD ratio (twins / real)",
     "corr": "correlation, twins' mean vs observed",
     # metric summaries

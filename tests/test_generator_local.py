@@ -328,14 +328,33 @@ def test_event_twins_follow_their_sources_model_curve(pbc, pbc_gen):
 
 
 def test_event_time_helpers_by_hand():
-    from services.generation.local.events import _censoring_times, event_times, hazards
+    from services.generation.local.events import _censoring_times, event_times
 
-    h_t, h_v = np.array([2.0, 4.0]), np.array([0.5, 1.5])        # H0 = 0.25 t to 2, then 0.5 / day
-    assert event_times(np.array([0.25, 0.5, 1.0, 1.5, 2.0]), h_t, h_v) == pytest.approx([1, 2, 3, 4, np.inf])
-    assert hazards(np.array([1.0, 3.0, 5.0]), h_t, h_v) == pytest.approx([0.25, 0.5, 0.0])
-    # reverse KM of censorings at 1 and 3, events at 2 and 4: G = 3/4 after 1, 3/8 after 3
+    # Breslow H0 steps to 0.5 at day 2 and to 1.5 at day 4: the step's day, jittered by +-10 %
+    # of the gap to the previous step by the target's position within the step
+    h_t, h_v = np.array([2.0, 4.0]), np.array([0.5, 1.5])
+    got = event_times(np.array([0.0, 0.25, 0.5, 1.0, 1.5, 2.0]), h_t, h_v)
+    assert got == pytest.approx([1.8, 2.0, 2.2, 4.0, 4.2, np.inf])
+    # reverse KM of censorings at 1 and 3, events at 2 and 4: P(C <= 1) = 1/4, P(C <= 3) = 5/8;
+    # beyond, the last follow-up (day 4)
     t, c = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 0])
-    assert _censoring_times(t, c, np.array([0.9, 0.5, 0.2])) == pytest.approx([1.0, 3.0, 4.0])
+    assert _censoring_times(t, c, np.array([0.9, 0.5, 0.2])) == pytest.approx([0.98, 3.0 + 0.2 * 2 / 6, 4.0])
+    # a censoring tied with an event: the event stays at risk (censorings leave first), so
+    # P(C <= 1) = 1/3 of the three at risk, not 1/2
+    t2, c2 = np.array([1.0, 1.0, 2.0]), np.array([0, 1, 0])
+    assert _censoring_times(t2, c2, np.array([0.7, 0.6])) == pytest.approx([1.0 + 0.4 * 0.2, 2.0])
+
+
+def test_event_twins_of_a_composite_endpoint_keep_the_real_event_rates(pbc, pbc_gen):
+    # pbc: death censored at a transplant (one clock); death and the other causes are competing
+    # risks with their own models, so the twins' rates match the arm's
+    ids = _placebo(pbc)
+    run = pbc_gen.generate(pbc.subset(_treated(pbc)).baseline_only(), "Placebo", twins_per_patient=20, seed=2)
+    real = pbc.tte[pbc.tte["USUBJID"].isin(ids)]
+    for q in ("DEATH", "DTHTX"):
+        rate_twin = 1 - run.tte.loc[run.tte["PARAMCD"] == q, "CNSR"].mean()
+        rate_real = 1 - real.loc[real["PARAMCD"] == q, "CNSR"].mean()
+        assert abs(rate_twin - rate_real) < 0.04, (q, rate_twin, rate_real)
 
 
 def test_counts_stay_whole_and_non_negative(demo_trials):

@@ -19,6 +19,8 @@ from services.evaluation.backtest import (
 from services.evaluation.metrics.procova import estimate_adjustment
 from services.jsonable import jsonable
 
+VALIDATION_VERSION = 2   # bump when the backtest's figures change meaning: stored validations are redone
+
 
 def _per_patient(pairs: pd.DataFrame) -> pd.DataFrame:
     """Per patient: squared errors of the twins' mean and of the reference regression, and
@@ -204,7 +206,9 @@ def cached_validate_run(trial: Trial, run, run_dir=None, folds: int = 2,
             out[name] = out[name].to_dict(orient="split")
         return jsonable(out)
 
-    key = {"knowledge_base": trial.content_hash, "run_id": run.run_id, "folds": folds, "seed": seed}
+    # "version" 2: calibration splits ties (PIT_COVER); C-index by the twins' restricted mean
+    key = {"knowledge_base": trial.content_hash, "run_id": run.run_id, "folds": folds, "seed": seed,
+           "version": VALIDATION_VERSION}
     stored = dict(cached_in_run(run_dir, "validation", key, compute))
     for name in frames:
         stored[name] = _frame(stored[name])

@@ -83,7 +83,8 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
    first; event types share random numbers.
 
 7. **Adverse events** (when the knowledge base has ADAE): each twin copies the
-   treatment-emergent AE history of its donor (event-history donor, else trajectory donor),
+   treatment-emergent AE history of its donor (event-history donor with
+   `tte_draw="history"`, else trajectory donor, else a retrieved neighbour),
    cut at the twin's own end of follow-up (`local/adverse_events.py`).
 
 Randomness is counter-based (`base.uniforms`): each draw is a pure function of (seed, source

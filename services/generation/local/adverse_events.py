@@ -3,8 +3,9 @@ history of one real donor of the target arm, cut at the twin's own end of follow
 
 Design (issue 15; the simplest honest model consistent with the rest of the generator):
 
-- **Donor.** The twin's event-history donor when the run has time-to-event twins (its AE
-  history then spans the same follow-up as the twin's event history), else the donor of its
+- **Donor.** The twin's event-history donor when the run copies event histories
+  (`tte_draw="history"`; its AE history then spans the same follow-up as the twin's event
+  history), else the donor of its
   residual trajectory (`manifest["donors"]`), else (a trial with neither longitudinal
   parameters nor ADTTE) a donor drawn from the source's retrieved neighbours in a random
   order of their own stream (`_S_AE`), twin t taking the t-th. A donor is always a real

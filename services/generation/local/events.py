@@ -1,5 +1,6 @@
 """Time-to-event twins of the local generator (`EventDrawing`, a mixin of
-`LocalGenerator`): donors in prognosis (ridge Cox index) and either their whole event
+`LocalGenerator`): draws from each source's own ridge-Cox survival curve (the default,
+`_tte_model`), or donors in prognosis (ridge Cox index) and either their whole event
 histories or draws from the neighbourhood's weighted Kaplan-Meier curves."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from services.generation.local.model import _ArmModel
+from services.generation.local.model import _ArmModel, nested_pairs, other_causes
 from services.generation.local.residuals import _S_CENSOR, _S_EVENT
 from services.generation.local.ridge import rescale_times
 from services.generation.run import twin_id, twin_ids
@@ -165,52 +166,48 @@ class EventDrawing:
     def _tte_model(self, chunk, keys, model: _ArmModel, k: int, seed: int, X_src: np.ndarray,
                    which: np.ndarray) -> pd.DataFrame:
         """Event times from each source's own survival curve under the fold's ridge Cox model
-        (S(t) = exp(-H0(t) exp(lp)), Breslow H0 interpolated; beyond the knowledge base's last
-        event: no event), censoring times from the arm's reverse Kaplan-Meier (beyond it: its
-        last follow-up). The twins' (event, censoring) quantiles are Roberts' R2 sequence with a
-        random start per source (u_t = frac(start + t alpha), a randomized quasi-Monte Carlo
-        rotation): each pair is uniform on the square, twin t is the same whatever K, and any
-        K twins of a source spread over its curve, so their Kaplan-Meier follows the model's
-        risk order instead of the luck of K draws. Event types share the quantiles (nested
-        endpoints stay ordered)."""
+        (S(t) = exp(-H0(t) exp(lp)), the Breslow step curve inverted at the step and jittered
+        +-_JITTER/2 of the gap to the previous event time; beyond the knowledge base's last
+        event: no event), censoring times from the event type's reverse Kaplan-Meier in the arm
+        (beyond it: its last follow-up). A source's twins take their (event, censoring, other
+        cause) quantiles from Roberts' R3 sequence with a random start (u_t = frac(start + t
+        alpha), a randomized quasi-Monte Carlo rotation): each twin's quantiles are uniform,
+        twin t is the same whatever K, and any K twins of a source spread over its curve, so
+        their Kaplan-Meier follows the model's risk order instead of the luck of K draws. Event
+        types share the quantiles. A composite endpoint contains its part (death or
+        transplant contains death); when the knowledge base follows both on one clock (death
+        censored at a transplant) the part and the composite's other causes are competing
+        risks, each from its own cause-specific model: the twin's composite time is the
+        earlier, a death when the part comes first."""
         S = len(chunk)
-        start = uniforms(seed, keys, 1, _S_EVENT, 2)[:, 0, :]                             # (S, 2)
+        start = uniforms(seed, keys, 1, _S_EVENT, 3)[:, 0, :]                             # (S, 3)
         steps = np.arange(1, k + 1)[None, :]
-        u_ev = np.mod(start[:, :1] + steps * _R2[0], 1.0)                                    # (S, k)
-        u_cn = np.mod(start[:, 1:] + steps * _R2[1], 1.0)
-        C = None
-        drawn, risk = {}, {}
-        for q, (t_arm, c_arm) in model.tte.items():
-            has = np.isfinite(t_arm)
-            if not has.any() or q not in model.tte_beta:
-                continue
-            if C is None:
-                C = _censoring_times(t_arm[has], c_arm[has], u_cn)
+        u_ev, u_cn, u_other = (np.mod(start[:, d:d + 1] + steps * _R3[d], 1.0) for d in range(3))
+        pairs = nested_pairs(model.tte)
+        clock_of = {b: a for a, b, one in pairs if one}           # part -> composite, one clock
+
+        def curve(q, u):
             lp = np.exp(np.clip(np.einsum("sf,sf->s", X_src, model.tte_beta[q][which]), -30, 30))
-            T = np.full((S, k), np.inf)
+            out = np.full((S, k), np.inf)
             for i in range(S):
                 h_t, h_v = model.tte_h0[q][which[i]]
-                T[i] = event_times(-np.log(u_ev[i]) / lp[i], h_t, h_v)
-            drawn[q], risk[q] = T, lp
-        # a composite endpoint (death or transplant) happens no later than the event it
-        # contains (death). When the knowledge base follows both on one clock (death censored
-        # at a transplant: a cause-specific hazard), the twin's composite event is a death with
-        # probability h_death / h_composite at its time, else the death endpoint is censored
-        # there; otherwise (progression-free vs overall survival) the composite is the earlier.
-        ends = {q: C for q in drawn}
-        u_cause = uniforms(seed, keys, k, _S_CAUSE, 1)[:, :, 0]
-        for a, b, one_clock in nested_pairs(model.tte):
+                out[i] = event_times(-np.log(u[i]) / lp[i], h_t, h_v)
+            return out
+
+        drawn, ends = {}, {}
+        for q, (t_arm, _) in model.tte.items():
+            if np.isfinite(t_arm).any() and q in model.tte_beta:
+                drawn[q] = curve(q, u_ev)
+                t_ref, c_ref = model.tte[clock_of.get(q, q)]
+                ok = np.isfinite(t_ref)
+                ends[q] = _censoring_times(t_ref[ok], c_ref[ok], u_cn)
+        for a, b, one_clock in pairs:
             if a not in drawn or b not in drawn:
                 continue
-            if one_clock:
-                Ta = drawn[a]
-                share = np.ones_like(Ta)
-                for i in range(S):
-                    ha = hazards(Ta[i], *model.tte_h0[a][which[i]]) * risk[a][i]
-                    hb = hazards(Ta[i], *model.tte_h0[b][which[i]]) * risk[b][i]
-                    share[i] = np.clip(np.divide(hb, ha, out=np.ones_like(ha), where=ha > 0), 0, 1)
-                drawn[b] = np.where(np.isfinite(Ta) & (u_cause < share), Ta, np.inf)
-                ends[b] = np.minimum(ends[b], Ta)
+            if one_clock and other_causes(a, b) in model.tte_beta:
+                other = curve(other_causes(a, b), u_other)
+                drawn[a] = np.minimum(drawn[b], other)
+                ends[b] = np.minimum(ends[a], other)           # another cause ends the part's follow-up
             else:
                 drawn[a] = np.minimum(drawn[a], drawn[b])
         frames = []
@@ -229,70 +226,54 @@ class EventDrawing:
         return _tte_frame(frames, chunk)
 
 
-def nested_pairs(tte: dict) -> list[tuple[str, str, bool]]:
-    """(a, b, one_clock): event type a contains b in every patient of the arm with both (a's
-    time <= b's, and b's event is an event of a by then), e.g. death-or-transplant contains
-    death; one_clock when their times are equal in every such patient (b censored at a)."""
-    pairs = []
-    for a, (ta, ca) in tte.items():
-        for b, (tb, cb) in tte.items():
-            both = np.isfinite(ta) & np.isfinite(tb)
-            if a == b or both.sum() < 2 or not ((cb[both] == 0).any()):
-                continue
-            ta_, tb_, ea, eb = ta[both], tb[both], ca[both] == 0, cb[both] == 0
-            if np.all(ta_ <= tb_ + 1e-9) and np.all(~eb | ea) and np.any(ta_ < tb_ - 1e-9) | np.any(ea & ~eb):
-                pairs.append((a, b, bool(np.all(np.abs(ta_ - tb_) <= 1e-9))))
-    return pairs
+_PLASTIC3 = 1.2207440846057596      # x^4 = x + 1: Roberts' R3 sequence, well spread in 3-D
+_R3 = tuple(1.0 / _PLASTIC3 ** d for d in (1, 2, 3))
 
 
-_S_CAUSE = 7                        # random stream: which cause a composite event is
-_PLASTIC = 1.324717957244746        # x^3 = x + 1: Roberts' R2 sequence, well spread in 2-D
-_R2 = (1.0 / _PLASTIC, 1.0 / _PLASTIC ** 2)
+def _step_inverse(x: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Inverse of the step function that rises to y[j] at x[j] (y increasing, 0 before x[0]):
+    x[j] of the first step reaching `target`, jittered by +-_JITTER/2 of the gap to the previous
+    step (or 0) using the target's position within the step; inf beyond the last step."""
+    target = np.asarray(target, float)
+    pos = np.searchsorted(y, target, side="left")
+    inside = pos < len(y)
+    p = np.minimum(pos, len(y) - 1)
+    x_prev = np.where(p > 0, x[np.maximum(p - 1, 0)], 0.0)
+    y_prev = np.where(p > 0, y[np.maximum(p - 1, 0)], 0.0)
+    span = y[p] - y_prev
+    frac = np.clip(np.divide(target - y_prev, span, out=np.full(target.shape, 0.5), where=span > 0), 0, 1)
+    return np.where(inside, x[p] + (frac - 0.5) * _JITTER * (x[p] - x_prev), np.inf)
 
 
 def event_times(target: np.ndarray, h_times: np.ndarray, h_vals: np.ndarray) -> np.ndarray:
-    """The t with H0(t) = target (H0 linear between the Breslow event times and from 0); inf
-    where target is beyond H0 at the last event time (no event within what was observed)."""
+    """The time at which the Breslow cumulative hazard H0 (a step at each event time) reaches
+    `target`, jittered within the step (`_step_inverse`); inf where target is beyond H0 at the
+    last event time (no event within what was observed)."""
     target = np.asarray(target, float)
     if len(h_times) == 0 or h_vals[-1] <= 0:
         return np.full(target.shape, np.inf)
-    xs = np.concatenate([[0.0], h_times])
-    ys = np.concatenate([[0.0], h_vals])
-    keep = np.concatenate([[True], np.diff(ys) > 0])
-    xs, ys = xs[keep], ys[keep]
-    return np.where(target <= ys[-1], np.interp(target, ys, xs), np.inf)
-
-
-def hazards(times: np.ndarray, h_times: np.ndarray, h_vals: np.ndarray) -> np.ndarray:
-    """Baseline hazard at `times`: the slope of H0 (linear between the Breslow event times) on
-    the segment holding each time; 0 past the last event time or without events."""
-    t = np.asarray(times, float)
-    if len(h_times) == 0 or h_vals[-1] <= 0:
-        return np.zeros(t.shape)
-    xs = np.concatenate([[0.0], h_times])
-    ys = np.concatenate([[0.0], h_vals])
-    slope = np.diff(ys) / np.maximum(np.diff(xs), 1e-12)
-    seg = np.clip(np.searchsorted(xs, np.where(np.isfinite(t), t, xs[-1]), side="left") - 1, 0, len(slope) - 1)
-    return np.where(np.isfinite(t) & (t <= xs[-1]), slope[seg], 0.0)
+    return _step_inverse(np.asarray(h_times, float), np.asarray(h_vals, float), target)
 
 
 def _censoring_times(t: np.ndarray, c: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Censoring times drawn from the reverse Kaplan-Meier of (t, censored = c == 1): the
-    inverse at u; beyond the curve's last step, the last follow-up (administrative end)."""
-    order = np.lexsort((1 - c, t))          # at ties, events leave the risk set first
+    """Censoring times drawn from the reverse Kaplan-Meier of (t, censored = c == 1), inverted at
+    1 - u (`_step_inverse`, so jittered within the step); beyond the curve's last step, the last
+    follow-up (administrative end)."""
+    order = np.lexsort((1 - c, t))          # at ties, censorings first: tied events stay at risk
     t, c = t[order], c[order]
     n = len(t)
-    at_risk = n - np.arange(n)
-    surv = np.cumprod(1.0 - (c == 1) / at_risk)
+    surv = np.cumprod(1.0 - (c == 1) / (n - np.arange(n)))
     steps = c == 1
+    last = float(t.max())
     if not steps.any():
-        return np.full(u.shape, float(t.max()))
-    ts, ss = t[steps], surv[steps]
-    pos = np.searchsorted(-ss, -u, side="left")       # first step with surv <= u
-    return np.where(pos < len(ts), ts[np.minimum(pos, len(ts) - 1)], float(t.max()))
+        return np.full(np.shape(u), last)
+    out = _step_inverse(t[steps], 1.0 - surv[steps], 1.0 - np.asarray(u, float))
+    return np.where(np.isfinite(out), np.minimum(out, last), last)
 
 
 def _tte_frame(frames: list[pd.DataFrame], chunk: list[str]) -> pd.DataFrame:
+    if not frames:          # no event type with data in the target arm
+        return pd.DataFrame(columns=["USUBJID", "SRCSUBJID", "PARAMCD", "AVAL", "CNSR"])
     out = pd.concat(frames, ignore_index=True)
     out["USUBJID"] = twin_ids(out["SRCSUBJID"].to_numpy(), out["_TW"].to_numpy())
     order = {s: i for i, s in enumerate(chunk)}

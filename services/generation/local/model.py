@@ -295,16 +295,27 @@ class ArmFitting:
                 t[rows] = g["AVAL"].to_numpy(float)
                 c[rows] = g["CNSR"].to_numpy(float)
                 tte[q] = (t, c)
+
+            def cox_folds(t, event):
                 has = np.isfinite(t)
                 betas = np.zeros((folds + 1, F))
                 if self.tte_space == "prognostic":
                     for f in range(folds + 1):
                         rows = has & ((fold != f) if f < folds else True)
-                        betas[f] = cox_ridge(X[rows], t[rows], c[rows] == 0, self.cox_penalizer)
-                tte_beta[q] = betas
-                tte_h0[q] = [breslow(t[r_], c[r_] == 0, X[r_] @ betas[f])
-                             for f in range(folds + 1)
-                             for r_ in [has & ((fold != f) if f < folds else True)]]
+                        betas[f] = cox_ridge(X[rows], t[rows], event[rows], self.cox_penalizer)
+                h0 = [breslow(t[r_], event[r_], X[r_] @ betas[f])
+                      for f in range(folds + 1) for r_ in [has & ((fold != f) if f < folds else True)]]
+                return betas, h0
+
+            for q, (t, c) in tte.items():
+                tte_beta[q], tte_h0[q] = cox_folds(t, c == 0)
+            # a composite followed on one clock with its part (death or transplant, death censored
+            # at a transplant): the other causes get their own cause-specific model, so that twins
+            # draw the part and the other causes as competing risks
+            for a, b, one_clock in nested_pairs(tte):
+                if one_clock:
+                    (ta, ca), (_, cb) = tte[a], tte[b]
+                    tte_beta[other_causes(a, b)], tte_h0[other_causes(a, b)] = cox_folds(ta, (ca == 0) & (cb != 0))
             events = {q: int(((c == 0) & np.isfinite(t)).sum()) for q, (t, c) in tte.items()}
             tte_primary = max(events, key=lambda q: (events[q], -list(events).index(q))) if events else ""
             vals = kb.tte["AVAL"].to_numpy(float)
@@ -420,3 +431,24 @@ def kb_folds(kb, folds: int) -> dict[str, int]:
         f[order] = np.arange(len(ids)) % folds
         out.update(zip(ids, f.tolist()))
     return out
+
+
+def other_causes(composite: str, part: str) -> str:
+    """Key of the cause-specific model of a composite's events that are not its part."""
+    return f"{composite}|not {part}"
+
+
+def nested_pairs(tte: dict) -> list[tuple[str, str, bool]]:
+    """(a, b, one_clock): event type a contains b in every patient of the arm with both (a's
+    time <= b's, and b's event is an event of a by then), e.g. death-or-transplant contains
+    death; one_clock when their times are equal in every such patient (b censored at a)."""
+    pairs = []
+    for a, (ta, ca) in tte.items():
+        for b, (tb, cb) in tte.items():
+            both = np.isfinite(ta) & np.isfinite(tb)
+            if a == b or both.sum() < 2 or not ((cb[both] == 0).any()):
+                continue
+            ta_, tb_, ea, eb = ta[both], tb[both], ca[both] == 0, cb[both] == 0
+            if np.all(ta_ <= tb_ + 1e-9) and np.all(~eb | ea) and np.any(ta_ < tb_ - 1e-9) | np.any(ea & ~eb):
+                pairs.append((a, b, bool(np.all(np.abs(ta_ - tb_) <= 1e-9))))
+    return pairs
