@@ -162,7 +162,6 @@ class EventDrawing:
             frames.append(frame)
         return _tte_frame(frames, chunk)
 
-
     def _tte_model(self, chunk, keys, model: _ArmModel, k: int, seed: int, X_src: np.ndarray,
                    which: np.ndarray) -> pd.DataFrame:
         """Event times from each source's own survival curve under the fold's ridge Cox model
