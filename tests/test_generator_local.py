@@ -311,7 +311,7 @@ def test_event_twins_follow_their_sources_model_curve(pbc, pbc_gen):
     from scipy.stats import spearmanr
 
     from services.evaluation.backtest import _twin_scores
-    from services.generation.local.events import nested_pairs
+    from services.generation.local.model import nested_pairs
 
     treated = pbc.subset(_treated(pbc)).baseline_only()
     run = pbc_gen.generate(treated, "Placebo", twins_per_patient=20, seed=5)
@@ -324,7 +324,7 @@ def test_event_twins_follow_their_sources_model_curve(pbc, pbc_gen):
     five = pbc_gen.generate(treated, "Placebo", twins_per_patient=5, seed=5).tte
     first5 = run.tte[run.tte["USUBJID"].isin(set(five["USUBJID"]))]
     pd.testing.assert_frame_equal(first5.reset_index(drop=True), five.reset_index(drop=True))
-    assert nested_pairs(model.tte) == [("DTHTX", "DEATH", True)]
+    assert nested_pairs(model.tte) == [("DTHTX", "DEATH", True)] == model.tte_pairs
 
 
 def test_event_time_helpers_by_hand():

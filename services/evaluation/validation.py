@@ -26,9 +26,7 @@ def _per_patient(pairs: pd.DataFrame) -> pd.DataFrame:
     """Per patient: squared errors of the twins' mean and of the reference regression, and
     interval hits, so that bootstrap resamples of patients are weighted sums."""
     ok = pairs.dropna(subset=["PREDICTED", "OBSERVED", "REFERENCE"])
-    # ties with the range's ends split at random (backtest.pit_coverage); older pairs count them in
-    inside = ok["PIT_COVER"].astype(float) if "PIT_COVER" in ok else \
-        ((ok["OBSERVED"] >= ok["Q10"]) & (ok["OBSERVED"] <= ok["Q90"])).astype(float)
+    inside = ok["PIT_COVER"].astype(float)    # ties with the range's ends split (backtest.pit_coverage)
     return pd.DataFrame({
         "USUBJID": ok["USUBJID"], "se_twin": (ok["PREDICTED"] - ok["OBSERVED"]) ** 2,
         "se_ref": (ok["REFERENCE"] - ok["OBSERVED"]) ** 2, "inside": inside, "n": 1.0,

@@ -60,10 +60,10 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
    event type with the most events; Gaussian kernel weights on the predictor difference
    (`tte_space="prognostic"`; `"retrieval"` uses the retriever's neighbours: C-index 0.75 vs
    0.80 on pbc). `tte_draw="model"` (default): each event type's time drawn from the
-   source's own survival curve under that Cox model (Breslow baseline, linear between event
-   times; past the knowledge base's last event: no event), censoring from the arm's reverse
-   Kaplan-Meier of the event type (past it: the last follow-up); the Breslow step curve is
-   inverted at the step, jittered +-10 % of the gap to the previous event time; the (event,
+   source's own survival curve under that Cox model (the Breslow step curve inverted at the
+   step, jittered +-10 % of the gap to the previous event time; past the knowledge base's
+   last event: no event), censoring from the arm's reverse Kaplan-Meier of the event type
+   (past it: the last follow-up); the (event,
    censoring, other cause) quantiles of a source's twins are Roberts' R3 sequence from a
    random start (each twin uniform, twin t the same whatever K, any K twins spread over the
    curve); event types share the quantiles; a composite endpoint contains its parts, and
@@ -72,7 +72,8 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
    cause-specific model (pbc twins' event rates 0.402 / 0.461 vs real 0.401 / 0.462). Every
    twin gets every event type. Development trials, 5 half splits, K 20, against `"history"`
    (both scored by the twins' restricted mean): KM distance ratio median 0.84 vs 0.88 (max
-   0.94 vs 0.96), C-index minus Cox median -0.004 vs -0.003 (min -0.022 vs -0.023). `tte_draw="history"`: twin t copies the event history of donor t
+   0.94 vs 0.96), C-index minus Cox median -0.004 vs -0.003 (min -0.022 vs -0.023).
+   `tte_draw="history"`: twin t copies the event history of donor t
    of a weighted random order of these neighbours (every event type at once: time and
    censoring, so the censoring pattern is real and nested endpoints stay coherent, e.g. death
    censored at a transplant), moved to the source's risk under the Cox model (same survival

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from services.generation.local.model import _ArmModel, nested_pairs, other_causes
+from services.generation.local.model import _ArmModel, other_causes
 from services.generation.local.residuals import _S_CENSOR, _S_EVENT
 from services.generation.local.ridge import rescale_times
 from services.generation.run import twin_id, twin_ids
@@ -182,7 +182,7 @@ class EventDrawing:
         start = uniforms(seed, keys, 1, _S_EVENT, 3)[:, 0, :]                             # (S, 3)
         steps = np.arange(1, k + 1)[None, :]
         u_ev, u_cn, u_other = (np.mod(start[:, d:d + 1] + steps * _R3[d], 1.0) for d in range(3))
-        pairs = nested_pairs(model.tte)
+        pairs = model.tte_pairs
         clock_of = {b: a for a, b, one in pairs if one}           # part -> composite, one clock
 
         def curve(q, u):

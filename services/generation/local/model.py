@@ -64,6 +64,7 @@ class _ArmModel:
     borrowed: np.ndarray | None = None             # (D,) mean fitted on every arm (`borrow`)
     mean_models: dict = field(default_factory=dict)  # parameter -> chosen mean model
     tte_h0: dict = field(default_factory=dict)     # q -> per fold (event times, Breslow H0)
+    tte_pairs: list = field(default_factory=list)  # `nested_pairs(tte)`: (composite, part, one clock)
 
     @property
     def index(self) -> dict[str, int]:
@@ -284,6 +285,7 @@ class ArmFitting:
         tte_beta = {}
         tte_h0 = {}
         tte_primary = ""
+        tte_pairs = []
         tte_integer = True
         if kb.tte is not None:
             arm_tte = kb.tte[kb.tte["USUBJID"].isin(pos)]
@@ -312,7 +314,8 @@ class ArmFitting:
             # a composite followed on one clock with its part (death or transplant, death censored
             # at a transplant): the other causes get their own cause-specific model, so that twins
             # draw the part and the other causes as competing risks
-            for a, b, one_clock in nested_pairs(tte):
+            tte_pairs = nested_pairs(tte)
+            for a, b, one_clock in tte_pairs:
                 if one_clock:
                     (ta, ca), (_, cb) = tte[a], tte[b]
                     tte_beta[other_causes(a, b)], tte_h0[other_causes(a, b)] = cox_folds(ta, (ca == 0) & (cb != 0))
@@ -336,7 +339,8 @@ class ArmFitting:
                          mean_lo=mlo, mean_hi=mhi,
                          lo=lo, hi=hi, integer=integer, tte=tte, tte_integer=tte_integer, notes=notes,
                          X=X, tte_beta=tte_beta, tte_primary=tte_primary, fold_of=fold_of,
-                         borrowed=borrowed, mean_models=mean_models, tte_h0=tte_h0)
+                         borrowed=borrowed, mean_models=mean_models, tte_h0=tte_h0,
+                         tte_pairs=tte_pairs)
 
     def _other_arms(self, kb, arm, features, outcomes, fold_of):
         """(X, Y, fold, arm indicators) of every patient of the knowledge base at the target
