@@ -16,7 +16,7 @@ seeds): RMSE ratio (mean of twins vs per-visit regression on the baseline value;
 <= 1), coverage of the twins' 10-90% range (target 75-85%), SD ratio (twins vs real, same
 patients and visits), and per event type: Kaplan-Meier sup-distance ratio (pooled twins vs
 the knowledge base's control arm, both against the held-out truth; target <= 1), C-index of
-the twins' restricted mean event time vs a Cox model. Then throughput of `generate` (twins per
+the twins' risk (expected over observed events of each patient's twins) vs a Cox model. Then throughput of `generate` (twins per
 second, whole run including the output frames). Ends with one `RESULT ...` line.
 
 The retriever is the exact k-NN (`ExactRetriever`, same neighbours as Chroma on these
@@ -24,7 +24,8 @@ trial sizes, much faster to rebuild for every split); `--chroma` uses the app's 
 
 Calibration splits a real value tied with an end of its twins' 10-90% range by the share of
 the tie inside (services/evaluation/backtest.py `pit_coverage`); the plain count is printed as
-"ties inside". The twins' C-index ranks patients by their twins' restricted mean event time.
+"ties inside". The twins' C-index ranks patients by their twins' expected over observed events (the pooled
+twins' Nelson-Aalen hazard at each twin's time, summed per patient).
 Last run: the README's "Benchmarks" table (test and development trials separately).
 
 `--generator llm` backtests the LLM generator the same way (hybrid mode, no reply cache) on

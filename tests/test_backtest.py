@@ -161,13 +161,24 @@ def test_pit_coverage_of_a_perfect_generator_is_080_on_an_integer_scale():
     assert plain == pytest.approx(0.80, abs=0.015)
 
 
-def test_twin_score_is_the_restricted_mean_of_the_twins_km():
-    # source a: events at 2 and 4 of 2 twins -> S = 1 on [0, 2), 0.5 on [2, 4), 0 after: RMST(5) = 3
-    # source b: one censored twin at 3, one event at 1 -> S = 0.5 on [1, 5): RMST(5) = 1 + 2 = 3
+def test_twin_score_is_the_log_expected_over_observed_events_by_hand():
+    # pooled twins at 1 (event), 2 (event), 3 (censored), 4 (event): Nelson-Aalen 1/4 at 1,
+    # 1/4 + 1/3 at 2, unchanged at 3, + 1 at 4.
+    # source a (2 and 4, both events): expected 7/12 + 19/12 = 13/6, observed 2
+    # source b (3 censored, 1 event): expected 7/12 + 1/4 = 5/6, observed 1
     tw = pd.DataFrame({"SRCSUBJID": ["a", "a", "b", "b"], "AVAL": [2.0, 4.0, 3.0, 1.0], "CNSR": [0, 0, 1, 0]})
-    got = _twin_scores(tw, tau=5.0)
-    assert got["a"] == pytest.approx(3.0) and got["b"] == pytest.approx(3.0)
-    assert _twin_scores(tw, tau=3.0)["a"] == pytest.approx(2.5)
+    got = _twin_scores(tw)
+    assert got["a"] == pytest.approx(np.log((13 / 6 + 0.5) / 2.5))
+    assert got["b"] == pytest.approx(np.log((5 / 6 + 0.5) / 1.5))
+    # expected events sum to the observed ones (Nelson-Aalen's martingale identity), ties included
+    tied = pd.DataFrame({"SRCSUBJID": list("aabbcc"), "AVAL": [1.0, 2, 2, 2, 5, 3], "CNSR": [0, 1, 0, 0, 1, 0]})
+    e = tied["CNSR"].to_numpy() == 0
+    expected = np.exp(_twin_scores(tied)) * (tied.groupby("SRCSUBJID")["CNSR"].apply(lambda c: (c == 0).sum()) + 0.5) - 0.5
+    assert expected.sum() == pytest.approx(e.sum())
+    # a source whose twins all die early ranks below one whose twins live long
+    far = pd.DataFrame({"SRCSUBJID": list("aaabbb"), "AVAL": [1.0, 2, 3, 7, 8, 9], "CNSR": [0, 0, 0, 1, 0, 1]})
+    s = _twin_scores(far)
+    assert s["a"] < s["b"]
 
 
 def test_backtest_leaves_nothing_in_the_patient_index(demo_trials):

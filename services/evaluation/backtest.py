@@ -21,9 +21,8 @@ Protocol (`backtest(trial, ...)`), k-fold cross-fitting on the control arm:
    - **time to event**: sup distance between the Kaplan-Meier curve of the pooled twins and
      that of the held-out patients, vs the same distance for the knowledge base's control-arm
      curve (ratio <= 1: twins reproduce the held-out survival at least as well as the
-     knowledge base does), and the C-index of the twins' restricted mean event time (area
-     under each patient's twins' Kaplan-Meier curve up to the held-out patients' last
-     follow-up) against that of a Cox model (lifelines, penalizer 0.1) fitted on the knowledge base's control arm.
+     knowledge base does), and the C-index of the twins' risk (each patient's twins' expected
+     over observed events under the pooled twins' Nelson-Aalen hazard, `_twin_scores`) against that of a Cox model (lifelines, penalizer 0.1) fitted on the knowledge base's control arm.
    Results of all folds are pooled (each held-out patient is predicted exactly once).
 4. `pairs`: the (predicted = mean of twins, observed) pairs at every visit, for PROCOVA;
    `rho` is their correlation at the endpoint visit (trial.toml `endpoint` paramcd/avisitn,
@@ -42,7 +41,6 @@ import numpy as np
 import pandas as pd
 
 from services.data.trial import Trial
-from services.evaluation.estimators import rmst_km
 from services.evaluation.metrics.survival import concordance, km_sup_distance
 from services.generation import GENERATORS, get_generator
 from services.generation.local import BaselineFeatures
@@ -298,13 +296,25 @@ def _parameter_table(pairs: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
 # time to event
 
 
-def _twin_scores(tw: pd.DataFrame, tau: float) -> pd.Series:
-    """Per source: restricted mean event time of its twins' Kaplan-Meier curve up to `tau`
-    (the same `tau` for every source). It uses the whole curve: on the development trials it
-    ranked patients better than the curve's median (C-index +0.004 to +0.016 on all 4 event
-    types), which rests on the few twins near 50 % and ties sources whose curves never get there."""
-    return pd.Series({src: rmst_km(g["AVAL"].to_numpy(float), g["CNSR"].to_numpy() == 0, tau).rmst
-                      for src, g in tw.groupby("SRCSUBJID")})
+def _twin_scores(tw: pd.DataFrame) -> pd.Series:
+    """Per source: log of its twins' expected over observed events (higher: longer survival).
+    Expected is the sum, over the source's twins, of the pooled twins' Nelson-Aalen cumulative
+    hazard at each twin's own time (the one-step estimate of the source's hazard ratio against
+    everybody's, as a standardized mortality ratio is); half an event is added to both so that
+    a source without events still ranks. Under proportional hazards this uses every twin's
+    follow-up, where the twins' Kaplan-Meier restricted mean (the earlier score) rests on the
+    few twins left at risk late: on the 4 development event types the C-index rose by 0.004 to
+    0.010 at K 20 and by 0 to 0.013 at K 5, never fell."""
+    t = tw["AVAL"].to_numpy(float)
+    e = (tw["CNSR"].to_numpy() == 0).astype(float)
+    order = np.argsort(t, kind="stable")
+    ts = t[order]
+    times, first = np.unique(ts, return_index=True)
+    at_risk = len(ts) - first
+    cumhaz = np.cumsum(np.add.reduceat(e[order], first) / at_risk)
+    expected = cumhaz[np.searchsorted(times, t)]
+    per = pd.DataFrame({"s": tw["SRCSUBJID"].to_numpy(), "e": e, "x": expected}).groupby("s", sort=False)
+    return np.log((per["x"].sum() + 0.5) / (per["e"].sum() + 0.5))
 
 
 def _cox_scores(kb: Trial, arm: str, sources: Trial, paramcd: str) -> pd.Series:
@@ -346,7 +356,7 @@ def _fold_tte(trial: Trial, kb: Trial, arm: str, held, run, fold: int) -> pd.Dat
         t_truth, e_truth = truth["AVAL"], truth["CNSR"] == 0
         d_twins = km_sup_distance(tw["AVAL"], tw["CNSR"] == 0, t_truth, e_truth, tau).sup
         d_ref = km_sup_distance(ref["AVAL"], ref["CNSR"] == 0, t_truth, e_truth, tau).sup
-        scores = _twin_scores(tw, tau)
+        scores = _twin_scores(tw)
         try:
             cox = _cox_scores(kb, arm, sources, q)
         except Exception:  # noqa: BLE001 - a Cox model that does not converge is reported as NaN
@@ -459,7 +469,7 @@ def _summary(trial, arm, pairs, visits, parameters, tte) -> dict:
         verdicts.append(
             f"Time to event {r['PARAMCD']}: the twins' Kaplan-Meier curve is {r['km_sup_twins']:.2f} from the "
             f"held-out patients' at most, vs {r['km_sup_reference']:.2f} for the knowledge base's control arm "
-            f"({'met' if km_ok else 'not met'}); C-index of the twins' restricted mean event time "
+            f"({'met' if km_ok else 'not met'}); C-index of the twins' event ratio "
             f"{r['cindex_twins']:.2f} vs {r['cindex_cox']:.2f} for a Cox model "
             f"({'met' if r['cindex_met'] else 'not met'}).")
     if rho is not None:

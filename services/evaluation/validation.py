@@ -19,7 +19,7 @@ from services.evaluation.backtest import (
 from services.evaluation.metrics.procova import estimate_adjustment
 from services.jsonable import jsonable
 
-VALIDATION_VERSION = 2   # bump when the backtest's figures change meaning: stored validations are redone
+VALIDATION_VERSION = 3   # bump when the backtest's figures change meaning: stored validations are redone
 
 
 def _per_patient(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -204,7 +204,7 @@ def cached_validate_run(trial: Trial, run, run_dir=None, folds: int = 2,
             out[name] = out[name].to_dict(orient="split")
         return jsonable(out)
 
-    # "version" 2: calibration splits ties (PIT_COVER); C-index by the twins' restricted mean
+    # "version" 2: calibration splits ties (PIT_COVER); 3: C-index by the twins' event ratio
     key = {"knowledge_base": trial.content_hash, "run_id": run.run_id, "folds": folds, "seed": seed,
            "version": VALIDATION_VERSION}
     stored = dict(cached_in_run(run_dir, "validation", key, compute))
