@@ -170,8 +170,8 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     taus = {}
     if tte_p is not None:
         taus = {tte_p: E.default_tau(real, run20, tte_p)}
-    boot = E.generator_bootstrap(real, kb, pool.control_arm, refits=refits, boot_twins=boot_twins,
-                                 seed=r, taus=taus, params=[paramcd])
+    boot = E.generator_bootstrap(real, kb, pool.control_arm, settings=E.bootstrap_settings(run20, "local", {}),
+                                 refits=refits, boot_twins=boot_twins, seed=r, taus=taus, params=[paramcd])
     alt = scale_outcomes(real, paramcd, factor)
     # the scaled cohort's theta_b differ from boot's by (factor - 1) x mean(Y), the same for
     # every refit (same patients), so the generator variance of `boot` applies unchanged

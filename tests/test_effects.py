@@ -221,3 +221,17 @@ def test_generator_term_does_not_shrink_with_k(btheb_sc):
         assert a.var_patients <= b.var_patients * 1.2  # the patient term falls (noise) with K
         assert a.se**2 >= a.var_generator  # ... but never below the generator term
         assert "refits" in a.method
+
+
+def test_generator_refits_hold_the_runs_structure(btheb_sc):
+    """The bootstrap refits re-estimate the run's model (scales and mean models as its fit chose
+    them) instead of re-choosing it on every resampled knowledge base; other generators and an
+    explicit structure are left alone."""
+    trial, real, run = btheb_sc
+    held = run.manifest["model_details"]["structure"]
+    assert E.bootstrap_settings(run, "local", {"neighbors": 10}) == {"neighbors": 10, "structure": held}
+    assert "structure" not in E.bootstrap_settings(run, "llm", {})
+    mine = {"BDI": {"scale": "identity", "mean_model": "ancova"}}
+    assert E.bootstrap_settings(run, "local", {"structure": mine})["structure"] == mine
+    eff = E.synthetic_control_effects(real, run, trial, refits=2, boot_twins=2, params=["BDI"])
+    assert eff and all("structure held" in e.method and e.B == 2 for e in eff)

@@ -28,6 +28,36 @@ def test_the_chosen_mean_model_is_recorded_and_forcing_one_is_honoured(pbc):
         LocalGenerator(mean_model="lasso")
 
 
+def test_a_held_structure_refits_without_choosing(pbc):
+    """`structure` (what a fit chose: scales and mean models) reproduces that fit's twins on the
+    same knowledge base, and on a resampled one keeps the choice instead of re-making it."""
+    from services.evaluation.effects import resample_knowledge_base
+
+    treated = pbc.subset(list(pbc.subjects.loc[pbc.subjects["ARM"] == "D-penicillamine", "USUBJID"][:15]))
+    run = _gen().fit(pbc).generate(treated, "Placebo", twins_per_patient=3, seed=4)
+    held = run.manifest["model_details"]["structure"]
+    assert {p: h["mean_model"] for p, h in held.items() if "mean_model" in h} == \
+        run.manifest["model_details"]["mean_models"]
+    again = _gen(structure=held).fit(pbc).generate(treated, "Placebo", twins_per_patient=3, seed=4)
+    for name, frame in run.bds.items():
+        assert frame.equals(again.bds[name])
+    assert run.tte.equals(again.tte)
+    rechosen, kept = 0, 0
+    for b in range(4):
+        kb = resample_knowledge_base(pbc, "Placebo", np.random.default_rng(b))
+        free = _gen().fit(kb).arm_model("Placebo")
+        fixed = _gen(structure=held).fit(kb).arm_model("Placebo")
+        kept += fixed.mean_models == run.manifest["model_details"]["mean_models"]
+        rechosen += free.mean_models != run.manifest["model_details"]["mean_models"]
+        assert {p: fixed.transforms[p] for p in fixed.mean_models} == \
+            {p: h["scale"] for p, h in held.items() if "scale" in h}
+    assert kept == 4 and rechosen >= 1
+    for bad in ({"BILI": {"mean_model": "carry"}}, {"BILI": {"scale": "sqrt", "mean_model": "carry"}},
+                {"BILI": {"scale": "log", "mean_model": "lasso"}}, {"BILI": {"colour": "red"}}):
+        with pytest.raises(GeneratorError, match="structure of BILI"):
+            LocalGenerator(structure=bad)
+
+
 def test_ancova_candidate_is_the_per_visit_regression_on_the_own_baseline(pbc):
     # one visit of ALB (raw scale): the fitted full-data model is OLS of ALB on its baseline
     gen = _gen(mean_model="ancova", transform="none").fit(pbc)

@@ -31,6 +31,7 @@ from services.generation.run import TTE_COLUMNS, TwinRun
 from services.retrieval.retriever import Retriever
 
 TRANSFORMS = ("auto", "log", "features", "none")
+SCALES = ("identity", "log", "log1p")      # outcome scales a parameter is modelled on
 VISIT_MODES = ("all", "neighbour")
 TTE_SPACES = ("prognostic", "retrieval")
 TTE_DRAWS = ("history", "km", "model")
@@ -60,7 +61,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                  tte_space: str = "prognostic", tte_draw: str = "model", cox_penalizer: float = 0.1,
                  fill: str = "complete", truncate_at_followup: bool = True,
                  mean_model: str = "auto", balance: bool = True, tte_rescale: bool = True,
-                 ae_donors: str = "auto", chunk_size: int = 256,
+                 ae_donors: str = "auto", chunk_size: int = 256, structure: dict | None = None,
                  retriever_factory: Callable[[Trial], object] | None = None):
         if visits not in VISIT_MODES:
             raise GeneratorError(f"visits must be one of {', '.join(VISIT_MODES)}, got {visits!r}")
@@ -101,6 +102,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
             raise GeneratorError(f"mean_model must be 'auto' or one of {', '.join(CANDIDATES)}, "
                                  f"got {mean_model!r}")
         self.mean_model = mean_model
+        self.structure = _checked_structure(structure)
         self.balance = bool(balance)
         self.tte_rescale = bool(tte_rescale)
         self.truncate_at_followup = bool(truncate_at_followup)
@@ -169,7 +171,8 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
             "center_lambda": {} if model.lam is None else {
                 o.paramcd: round(float(v), 3) for o, v in zip(model.outcomes, model.lam)},
             "tte_primary": model.tte_primary or None,
-            "mean_models": dict(model.mean_models)}
+            "mean_models": dict(model.mean_models),
+            "structure": fitted_structure(model)}
 
         ids = list(src.subjects["USUBJID"])
         total = len(ids)
@@ -229,3 +232,43 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
         manifest["timings"] = {"generate_s": round(gen_seconds, 4),
                                "twins_per_s": round(len(adsl) / gen_seconds, 1) if gen_seconds > 0 else None}
         return TwinRun(adsl=adsl, bds=bds, tte=tte, manifest=manifest, ae=ae)
+
+
+def _checked_structure(structure: dict | None) -> dict | None:
+    """`structure` = {PARAMCD: {"scale", "mean_model", "baseline_scale"}} (any of them): per
+    parameter the outcome scale and mean model (given together) and the scale of its baseline
+    feature to refit instead of choosing them on the data. `held_structure` reads the ones a
+    run's fit chose, so that refits on bootstrap knowledge bases vary what a new knowledge base
+    would vary: duplicated patients make the cross-validated choice itself unstable in a way
+    real knowledge bases are not (epilepsy: half knowledge bases chose `carry` 30 times of 30,
+    their bootstrap copies 122 of 150)."""
+    if structure is None:
+        return None
+    out = {}
+    for p, s in dict(structure).items():
+        s = dict(s or {})
+        bad = (set(s) - {"scale", "mean_model", "baseline_scale"}
+               or ("mean_model" in s) != ("scale" in s)
+               or any(s[k] not in SCALES for k in ("scale", "baseline_scale") if k in s)
+               or ("mean_model" in s and s["mean_model"] not in CANDIDATES))
+        if bad:
+            raise GeneratorError(f"structure of {p}: scale and mean_model together (scale and "
+                                 f"baseline_scale in {', '.join(SCALES)}, mean_model in "
+                                 f"{', '.join(CANDIDATES)}), got {s!r}")
+        out[str(p)] = s
+    return out
+
+
+def fitted_structure(model: _ArmModel) -> dict:
+    """The structure an arm model's fit chose (for `structure`): every parameter's baseline
+    scale, and for the modelled parameters their outcome scale and mean model."""
+    out = {p: {"baseline_scale": t} for p, t in model.features.transforms.items()}
+    for p, m in model.mean_models.items():
+        out.setdefault(p, {}).update(scale=model.transforms.get(p, "identity"), mean_model=m)
+    return out
+
+
+def held_structure(manifest: dict) -> dict | None:
+    """The `structure` setting that refits what a local run's fit chose (its manifest's
+    `model_details.structure`); None for a run without one."""
+    return ((manifest or {}).get("model_details") or {}).get("structure")

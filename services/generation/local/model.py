@@ -101,7 +101,8 @@ class ArmFitting:
             lam[cols] = float(np.clip((r[ok] * b[ok]).sum() / den, 0.0, 1.0)) if den > 0 else 0.0
         return lam
 
-    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale, own=None, carry=None, borrow=None):
+    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale, own=None, carry=None, borrow=None,
+                   wanted=CANDIDATES):
         """Models of one parameter's visits on one outcome scale: the candidate mean models
         (`mean_models`; `carry` = (mean, sd) of the own baseline column when it is on this
         scale, `borrow` = (X_all, Y_all, fold_all, arm indicators) of every arm) fitted per
@@ -115,7 +116,6 @@ class ArmFitting:
             ymin, ymax = np.nanmin(Yt, axis=0), np.nanmax(Yt, axis=0)
         span = np.where(np.isfinite(ymax - ymin), ymax - ymin, 0.0)
         lo, hi = ymin - 0.25 * span, ymax + 0.25 * span     # the mean stays near observed values
-        wanted = CANDIDATES if self.mean_model == "auto" else (self.mean_model,)
         best = None
         for name in wanted:
             if name == "ridge":
@@ -187,6 +187,8 @@ class ArmFitting:
             vals = np.concatenate([base_long.loc[base_long["PARAMCD"] == p, "AVAL"].to_numpy(float),
                                    vv.loc[vv["PARAMCD"] == p, "AVAL"].to_numpy(float)])
             transforms[p] = choose_transform(vals) if self.transform != "none" else "identity"
+            held = (self.structure or {}).get(p, {})
+            transforms[p] = held.get("baseline_scale", transforms[p])
 
         outcomes: list[_Outcome] = []
         for p in kb.longitudinal_parameters:
@@ -230,13 +232,18 @@ class ArmFitting:
                 pen[own] = _OWN_PENALTY
             scales = ["identity"] if transforms[p] == "identity" or self.transform == "features" \
                 else ([transforms[p]] if self.transform == "log" else [transforms[p], "identity"])
+            wanted = CANDIDATES if self.mean_model == "auto" else (self.mean_model,)
+            held = (self.structure or {}).get(p, {})
+            if "mean_model" in held:      # the structure chosen on another fit: refit, not choose
+                scales, wanted = [held["scale"]], (held["mean_model"],)
             best = None
             for scale in scales:
                 carry = None
                 if own is not None and scale == transforms[p]:
                     carry = (features.mean_[own], features.sd_[own])
                 borrow = None if others is None else (others[0], others[1][:, cols], others[2], others[3])
-                fitted = self._fit_scale(X, Y[:, cols], fold, folds, pen, alphas, scale, own, carry, borrow)
+                fitted = self._fit_scale(X, Y[:, cols], fold, folds, pen, alphas, scale, own, carry, borrow,
+                                         wanted)
                 if best is None or fitted[5] < best[1][5]:
                     best = (scale, fitted)
             scale, (p_b0, p_beta, p_resid, p_lo, p_hi, _, name) = best
