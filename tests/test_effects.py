@@ -223,15 +223,36 @@ def test_generator_term_does_not_shrink_with_k(btheb_sc):
         assert "refits" in a.method
 
 
-def test_generator_refits_hold_the_runs_structure(btheb_sc):
+def test_generator_refits_hold_the_runs_structure(btheb_sc, monkeypatch):
     """The bootstrap refits re-estimate the run's model (scales and mean models as its fit chose
-    them) instead of re-choosing it on every resampled knowledge base; other generators and an
-    explicit structure are left alone."""
+    them) instead of re-choosing it on every resampled knowledge base, also from the run's own
+    settings (which record `structure=None`); other generators and an explicit structure are
+    left alone; the method says which."""
     trial, real, run = btheb_sc
     held = run.manifest["model_details"]["structure"]
+    assert run.manifest["settings"]["structure"] is None
+    assert E.bootstrap_settings(run, "local", run.manifest["settings"])["structure"] == held
     assert E.bootstrap_settings(run, "local", {"neighbors": 10}) == {"neighbors": 10, "structure": held}
     assert "structure" not in E.bootstrap_settings(run, "llm", {})
     mine = {"BDI": {"scale": "identity", "mean_model": "ancova"}}
     assert E.bootstrap_settings(run, "local", {"structure": mine})["structure"] == mine
+    seen = []
+    make = E._make_generator
+    monkeypatch.setattr(E, "_make_generator", lambda g, s: seen.append(s.get("structure")) or make(g, s))
     eff = E.synthetic_control_effects(real, run, trial, refits=2, boot_twins=2, params=["BDI"])
+    assert seen == [held, held]
     assert eff and all("structure held" in e.method and e.B == 2 for e in eff)
+    boot = E.generator_bootstrap(real, trial, run.target_arm, refits=2, boot_twins=2, params=["BDI"])
+    free = E.synthetic_control_effects(real, run, trial, bootstrap=boot, params=["BDI"])
+    assert not boot.structure_held and all("structure held" not in e.method for e in free)
+
+
+def test_a_backtest_of_a_run_chooses_its_own_structure_per_fold(btheb_sc):
+    # the run's structure was chosen on the whole knowledge base, held-out folds included
+    from services.evaluation.validation import run_generator
+
+    _, _, run = btheb_sc
+    man = dict(run.manifest, settings=dict(run.manifest["settings"], structure={"BDI": {"scale": "identity",
+                                                                                        "mean_model": "carry"}}))
+    name, settings, k = run_generator(E.TwinRun(run.adsl, run.bds, run.tte, man))
+    assert name == "local" and k == 20 and "structure" not in settings

@@ -53,9 +53,30 @@ def test_a_held_structure_refits_without_choosing(pbc):
             {p: h["scale"] for p, h in held.items() if "scale" in h}
     assert kept == 4 and rechosen >= 1
     for bad in ({"BILI": {"mean_model": "carry"}}, {"BILI": {"scale": "sqrt", "mean_model": "carry"}},
-                {"BILI": {"scale": "log", "mean_model": "lasso"}}, {"BILI": {"colour": "red"}}):
+                {"BILI": {"scale": "log", "mean_model": "lasso"}}, {"BILI": {"colour": "red"}},
+                {"BILI": "carry"}, {"BILI": {"scale": "log", "mean_model": "carry", "baseline_scale": "identity"}}):
         with pytest.raises(GeneratorError, match="structure of BILI"):
             LocalGenerator(structure=bad)
+    with pytest.raises(GeneratorError, match="mapping"):
+        LocalGenerator(structure=[("BILI", {})])
+    # a mean model the knowledge base cannot take (borrow: no other arm) is replaced, with a note
+    placebo = pbc.subset(list(pbc.subjects.loc[pbc.subjects["ARM"] == "Placebo", "USUBJID"]))
+    model = _gen(structure={"BILI": {"scale": "log", "mean_model": "borrow"}}).fit(placebo).arm_model("Placebo")
+    assert model.mean_models["BILI"] == "ridge"
+    assert any("BILI" in n and "borrow" in n for n in model.notes)
+
+
+def test_bootstrap_copies_share_their_originals_fold(pbc):
+    from services.evaluation.effects import resample_knowledge_base
+    from services.generation.local.model import kb_folds
+
+    plain = kb_folds(pbc, 5)
+    kb = resample_knowledge_base(pbc, "Placebo", np.random.default_rng(0))
+    folds = kb_folds(kb, 5)
+    copies = [u for u in folds if "#" in u]
+    assert copies and all(folds[u] == folds[u.rsplit("#", 1)[0]] for u in copies)
+    other_arm = pbc.subjects.loc[pbc.subjects["ARM"] != "Placebo", "USUBJID"]
+    assert all(folds[u] == plain[u] for u in other_arm)      # no copies: the same folds as before
 
 
 def test_ancova_candidate_is_the_per_visit_regression_on_the_own_baseline(pbc):

@@ -35,9 +35,12 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   a source can never borrow from a copy of itself) and regenerates ``boot_twins`` twins of the
   *same* sources. For the local generator the refits hold the structure the run's fit chose
   (per parameter its outcome scale, mean model and baseline scale: `bootstrap_settings`) and
-  re-estimate everything else: a knowledge base with duplicated patients re-chooses far more
-  often than a new real one would, which overstated this term (epilepsy: type I 0.7-2.5 %).
-  Then V = Var_b(theta_b) - MC, where MC, the Monte-Carlo variance of theta_b
+  re-estimate everything else, so the term is the variance *given the chosen structure* (the
+  uncertainty of the choice itself is not counted): a knowledge base with duplicated patients
+  re-chooses far more often than a new real one would (epilepsy's half knowledge bases chose
+  `carry` 30 of 30 times, their bootstrap copies 122 of 150; pbc `ridge` 24 of 30 vs 68 of
+  150), and re-choosing doubled this term on epilepsy (1.33 vs 0.63 held, against a true
+  generator share near 0; pbc 0.21 vs 0.22 against 0.18). Then V = Var_b(theta_b) - MC, where MC, the Monte-Carlo variance of theta_b
   given g_b, is estimated from the two halves of each refit's twins:
   MC = mean_b (theta_b(first half) - theta_b(second half))^2 / 4; floored at 0. This term
   does not fall with K: more twins never buy more certainty than the knowledge base holds.
@@ -82,7 +85,7 @@ from services.evaluation.run_store import cached_in_run
 from services.generation.run import TwinRun
 
 UNIT = "patients"
-EFFECTS_VERSION = 2   # bump when the figures change meaning (2: refits hold the run's structure)
+EFFECTS_VERSION = 3   # bump when the figures change meaning (3: refits hold the run's structure)
 MIN_PATIENTS = 5
 
 
@@ -279,16 +282,13 @@ def resample_knowledge_base(kb: Trial, arm: str, rng: np.random.Generator,
 def bootstrap_settings(run: TwinRun, generator: str, settings: dict) -> dict:
     """Settings of the generator refits: the run's, and for the local generator the structure
     its fit chose held (`structure`: per parameter outcome scale, mean model, baseline scale),
-    so that a refit re-estimates the model rather than re-choosing it. On bootstrap knowledge
-    bases the choice is far less stable than on real ones (duplicated patients: epilepsy's half
-    knowledge bases chose `carry` 30 of 30 times, their bootstrap copies 122 of 150; pbc
-    `ridge` 24 of 30 vs 68 of 150), and re-choosing inflated the generator term: in the null
-    simulation epilepsy's treatment-effect variance was 1.46, the patient term 1.53 and the
-    re-choosing bootstrap's generator term another 1.33 (type I error 0.7-2.5 %)."""
+    so that a refit re-estimates the model rather than re-choosing it (the module docstring
+    says why and what it leaves out). A run saved before `model_details.structure` existed
+    re-chooses."""
     from services.generation.local.generator import held_structure
 
     out = dict(settings)
-    if generator == "local" and "structure" not in out:
+    if generator == "local" and not out.get("structure"):      # a run's settings say None
         held = held_structure(run.manifest or {})
         if held:
             out["structure"] = held
@@ -317,6 +317,7 @@ class GeneratorBootstrap:
     full: list[dict]
     half1: list[dict]
     half2: list[dict]
+    structure_held: bool = False     # the refits kept a fitted structure (`bootstrap_settings`)
 
     def variance(self, key) -> tuple[float, float, int]:
         """(generator variance, raw between-refit variance, refits with this key)."""
@@ -356,7 +357,8 @@ def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, gen
             store.append(_stats_all(real, v, t, taus or {}, params))
         if progress is not None:
             progress(b + 1, int(refits))
-    return GeneratorBootstrap(int(refits), int(boot_twins), full, h1, h2)
+    return GeneratorBootstrap(int(refits), int(boot_twins), full, h1, h2,
+                              structure_held=bool((settings or {}).get("structure")))
 
 
 # ==========================================================================================
@@ -426,7 +428,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
         v_g = bootstrap.variance(key)[0] if bootstrap is not None else float("nan")
         se, lo, hi, pval, df = _combine(theta, v_p, v_g, n, b, alpha)
         if bootstrap is not None:
-            held = " with the run's model structure held" if "structure" in settings else ""
+            held = (" with the run's model structure held (variance given that structure)"
+                    if bootstrap.structure_held else "")
             how = (f"patient-level cluster-robust variance + generator variance from {b} refits on "
                    f"bootstrap knowledge bases{held} ({bootstrap.boot_twins} twins each, Monte-Carlo "
                    "corrected); Satterthwaite t")

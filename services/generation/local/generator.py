@@ -33,6 +33,7 @@ from services.retrieval.retriever import Retriever
 TRANSFORMS = ("auto", "log", "features", "none")
 SCALES = ("identity", "log", "log1p")      # outcome scales a parameter is modelled on
 VISIT_MODES = ("all", "neighbour")
+ROUNDINGS = ("nearest", "random")   # whole-number parameters: nearest, or floor + Bernoulli(fraction)
 TTE_SPACES = ("prognostic", "retrieval")
 TTE_DRAWS = ("history", "km", "model")
 FILLS = ("observed", "complete")
@@ -62,6 +63,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                  fill: str = "complete", truncate_at_followup: bool = True,
                  mean_model: str = "auto", balance: bool = True, tte_rescale: bool = True,
                  ae_donors: str = "auto", chunk_size: int = 256, structure: dict | None = None,
+                 rounding: str = "random",
                  retriever_factory: Callable[[Trial], object] | None = None):
         if visits not in VISIT_MODES:
             raise GeneratorError(f"visits must be one of {', '.join(VISIT_MODES)}, got {visits!r}")
@@ -103,6 +105,9 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                                  f"got {mean_model!r}")
         self.mean_model = mean_model
         self.structure = _checked_structure(structure)
+        if rounding not in ROUNDINGS:
+            raise GeneratorError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+        self.rounding = rounding
         self.balance = bool(balance)
         self.tte_rescale = bool(tte_rescale)
         self.truncate_at_followup = bool(truncate_at_followup)
@@ -238,23 +243,29 @@ def _checked_structure(structure: dict | None) -> dict | None:
     """`structure` = {PARAMCD: {"scale", "mean_model", "baseline_scale"}} (any of them): per
     parameter the outcome scale and mean model (given together) and the scale of its baseline
     feature to refit instead of choosing them on the data. `held_structure` reads the ones a
-    run's fit chose, so that refits on bootstrap knowledge bases vary what a new knowledge base
-    would vary: duplicated patients make the cross-validated choice itself unstable in a way
-    real knowledge bases are not (epilepsy: half knowledge bases chose `carry` 30 times of 30,
-    their bootstrap copies 122 of 150)."""
+    run's fit chose, for refits on bootstrap knowledge bases: duplicated patients make the
+    cross-validated choice itself unstable in a way real knowledge bases are not (epilepsy: half
+    knowledge bases chose `carry` 30 times of 30, their bootstrap copies 122 of 150). It holds
+    for every arm fitted; a mean model that does not apply to a knowledge base (`borrow`
+    without other arms) is replaced by ridge, with a note in the manifest."""
     if structure is None:
         return None
+    if not isinstance(structure, dict):
+        raise GeneratorError(f"structure must be a mapping PARAMCD -> {{scale, mean_model, baseline_scale}}, "
+                             f"got {type(structure).__name__}")
     out = {}
-    for p, s in dict(structure).items():
-        s = dict(s or {})
+    for p, s in structure.items():
+        if not isinstance(s, dict):
+            raise GeneratorError(f"structure of {p}: a mapping with scale, mean_model, baseline_scale, got {s!r}")
         bad = (set(s) - {"scale", "mean_model", "baseline_scale"}
                or ("mean_model" in s) != ("scale" in s)
                or any(s[k] not in SCALES for k in ("scale", "baseline_scale") if k in s)
-               or ("mean_model" in s and s["mean_model"] not in CANDIDATES))
+               or ("mean_model" in s and s["mean_model"] not in CANDIDATES)
+               or (s.get("mean_model") == "carry" and s.get("baseline_scale", s["scale"]) != s["scale"]))
         if bad:
             raise GeneratorError(f"structure of {p}: scale and mean_model together (scale and "
                                  f"baseline_scale in {', '.join(SCALES)}, mean_model in "
-                                 f"{', '.join(CANDIDATES)}), got {s!r}")
+                                 f"{', '.join(CANDIDATES)}; carry on its baseline's scale), got {s!r}")
         out[str(p)] = s
     return out
 

@@ -224,6 +224,7 @@ class ArmFitting:
         alphas = _ALPHAS if self.alpha is None else np.array([float(self.alpha)])
         others = self._other_arms(kb, arm, features, outcomes, fold_of)
         mean_models: dict[str, str] = {}
+        unheld: list[str] = []
         for p in dict.fromkeys(o.paramcd for o in outcomes):
             cols = [j for j, o in enumerate(outcomes) if o.paramcd == p]
             pen = np.ones(F)
@@ -251,6 +252,9 @@ class ArmFitting:
             mlo[cols], mhi[cols] = p_lo, p_hi
             out_transforms[p] = scale
             mean_models[p] = name
+            if "mean_model" in held and name != held["mean_model"]:
+                unheld.append(f"{p}: the structure's mean model {held['mean_model']} does not apply "
+                              f"to this knowledge base; {name} was fitted instead")
         transforms = {p: out_transforms.get(p, t) for p, t in transforms.items()}
 
         # residual covariance per fold (pairwise complete, shrunk towards its diagonal, made
@@ -331,7 +335,7 @@ class ArmFitting:
             vals = kb.tte["AVAL"].to_numpy(float)
             tte_integer = bool(np.all(np.abs(vals - np.round(vals)) < 1e-9))
 
-        notes = []
+        notes = list(unheld)
         dropped = [(p, a) for p in kb.longitudinal_parameters
                    for a, cnt in vv[vv["PARAMCD"] == p].groupby("AVISITN")["USUBJID"].nunique().items()
                    if cnt < self.min_visit_subjects]
@@ -433,15 +437,28 @@ def neighbour_rows(hits: dict, ids: list[str], index: dict[str, int], m: int):
 
 def kb_folds(kb, folds: int) -> dict[str, int]:
     """Cross-fitting folds of every knowledge-base patient: within each arm, patients in a
-    fixed pseudo-random order (by a hash of their id) are dealt to the folds in turn."""
+    fixed pseudo-random order (by a hash of their id) are dealt to the folds in turn, bootstrap
+    copies with their original (`copy_of`)."""
     out: dict[str, int] = {}
     for _, group in kb.subjects.groupby("ARM", sort=False):
         ids = group["USUBJID"].to_numpy(dtype=object)
-        order = np.argsort([stable_key(f"fold|{u}") for u in ids], kind="stable")
-        f = np.empty(len(ids), dtype=int)
-        f[order] = np.arange(len(ids)) % folds
-        out.update(zip(ids, f.tolist()))
+        present = set(ids)
+        base = np.array([copy_of(u, present) for u in ids], dtype=object)
+        uniq = np.array(list(dict.fromkeys(base)), dtype=object)
+        order = np.argsort([stable_key(f"fold|{u}") for u in uniq], kind="stable")
+        f = np.empty(len(uniq), dtype=int)
+        f[order] = np.arange(len(uniq)) % folds
+        fold_of = dict(zip(uniq, f.tolist()))
+        out.update((u, fold_of[b]) for u, b in zip(ids, base))
     return out
+
+
+def copy_of(usubjid: str, ids: set) -> str:
+    """The patient a bootstrap copy `X#j` (services.evaluation.effects.resample_knowledge_base)
+    copies when X is in `ids`, else the id itself: a copy shares its original's fold, so a
+    fold's model never predicts a patient it was fitted on."""
+    head, sep, tail = str(usubjid).rpartition("#")
+    return head if sep and tail.isdigit() and head in ids else usubjid
 
 
 def other_causes(composite: str, part: str) -> str:

@@ -15,6 +15,7 @@ from services.generation.run import twin_id, twin_ids
 from services.generation.seeding import stable_key, uniforms
 
 _S_DONOR, _S_COMPLETE, _S_EVENT, _S_CENSOR, _S_NOISE = 1, 2, 3, 4, 5   # random streams
+_S_ROUND = 7          # (6: adverse-event donors)
 
 
 class TrajectoryDrawing:
@@ -178,7 +179,15 @@ class TrajectoryDrawing:
             for j, o in enumerate(model.outcomes):
                 values[:, :, j] = inverse(values[:, :, j], model.transforms[o.paramcd])
             values = np.clip(values, lo, hi)
-            values = np.where(model.integer[None, None, :], np.round(values), values)
+            if self.rounding == "random":
+                # whole-number parameters: floor + Bernoulli(fraction), so that each twin's
+                # expected value is the unrounded one (rounding to the nearest pulls a binary or
+                # 1-5 item's twins toward their donors' values and off the model's mean)
+                ints = np.clip(values, np.ceil(lo), np.floor(hi))
+                up = uniforms(seed, keys, k, _S_ROUND, D) < ints - np.floor(ints)
+                values = np.where(model.integer[None, None, :], np.floor(ints) + up, values)
+            else:
+                values = np.where(model.integer[None, None, :], np.round(values), values)
 
             si, ti, dj = np.nonzero(keep)
             src_arr = np.asarray(chunk, dtype=object)
