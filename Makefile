@@ -53,6 +53,7 @@ test-fast: venv
 bench: venv
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/backtest.py
+	$(BIN)/python bench/discrete.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/embedding.py
 
