@@ -22,7 +22,9 @@ Protocol (`backtest(trial, ...)`), k-fold cross-fitting on the control arm:
      that of the held-out patients, vs the same distance for the knowledge base's control-arm
      curve (ratio <= 1: twins reproduce the held-out survival at least as well as the
      knowledge base does), and the C-index of the twins' risk (each patient's twins' expected
-     over observed events under the pooled twins' Nelson-Aalen hazard, `_twin_scores`) against that of a Cox model (lifelines, penalizer 0.1) fitted on the knowledge base's control arm.
+     over observed events under the pooled twins' Nelson-Aalen hazard, `_twin_scores`)
+     against that of a Cox model (lifelines, penalizer 0.1) fitted on the knowledge base's
+     control arm.
    Results of all folds are pooled (each held-out patient is predicted exactly once).
 4. `pairs`: the (predicted = mean of twins, observed) pairs at every visit, for PROCOVA;
    `rho` is their correlation at the endpoint visit (trial.toml `endpoint` paramcd/avisitn,

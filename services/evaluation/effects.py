@@ -40,8 +40,9 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   re-chooses far more often than a new real one would (epilepsy's half knowledge bases chose
   `carry` 30 of 30 times, their bootstrap copies 122 of 150; pbc `ridge` 24 of 30 vs 68 of
   150), and re-choosing doubled this term on epilepsy (1.33 vs 0.63 held, against a true
-  generator share near 0; pbc 0.21 vs 0.22 against 0.18). Then V = Var_b(theta_b) - MC, where MC, the Monte-Carlo variance of theta_b
-  given g_b, is estimated from the two halves of each refit's twins:
+  generator share near 0; pbc 0.21 vs 0.22 against 0.18). Then V = Var_b(theta_b) - MC,
+  where MC, the Monte-Carlo variance of theta_b given g_b, is estimated from the two halves of
+  each refit's twins:
   MC = mean_b (theta_b(first half) - theta_b(second half))^2 / 4; floored at 0. This term
   does not fall with K: more twins never buy more certainty than the knowledge base holds.
 

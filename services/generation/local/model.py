@@ -101,10 +101,9 @@ class ArmFitting:
             lam[cols] = float(np.clip((r[ok] * b[ok]).sum() / den, 0.0, 1.0)) if den > 0 else 0.0
         return lam
 
-    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale, own=None, carry=None, borrow=None,
-                   wanted=CANDIDATES):
-        """Models of one parameter's visits on one outcome scale: the candidate mean models
-        (`mean_models`; `carry` = (mean, sd) of the own baseline column when it is on this
+    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale, own, carry, borrow, wanted):
+        """Models of one parameter's visits on one outcome scale: the `wanted` candidate mean
+        models (`mean_models`; `carry` = (mean, sd) of the own baseline column when it is on this
         scale, `borrow` = (X_all, Y_all, fold_all, arm indicators) of every arm) fitted per
         fold (+ full), and the one with the smallest out-of-fold squared error of the mean on
         the raw scale (log scale: smearing estimate exp(mu) x mean exp(r)). Returns its
