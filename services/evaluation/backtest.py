@@ -46,6 +46,7 @@ from services.data.trial import Trial
 from services.evaluation.metrics.survival import concordance, km_sup_distance
 from services.generation import GENERATORS, get_generator
 from services.generation.local import BaselineFeatures
+from services.generation.local.ridge import breslow
 
 RATIO_TARGET = 1.0
 COVERAGE_TARGET = (0.75, 0.85)
@@ -310,12 +311,9 @@ def _twin_scores(tw: pd.DataFrame) -> pd.Series:
     tw = tw[np.isfinite(pd.to_numeric(tw["AVAL"], errors="coerce")) & tw["CNSR"].isin([0, 1])]
     t = tw["AVAL"].to_numpy(float)
     e = (tw["CNSR"].to_numpy() == 0).astype(float)
-    order = np.argsort(t, kind="stable")
-    ts = t[order]
-    times, first = np.unique(ts, return_index=True)
-    at_risk = len(ts) - first
-    cumhaz = np.cumsum(np.add.reduceat(e[order], first) / at_risk)
-    expected = cumhaz[np.searchsorted(times, t)]
+    times, cumhaz = breslow(t, e > 0, np.zeros(len(t)))      # no covariates: Nelson-Aalen
+    at = np.searchsorted(times, t, side="right") - 1            # last event time <= t
+    expected = np.where(at >= 0, cumhaz[np.maximum(at, 0)], 0.0) if len(times) else np.zeros(len(t))
     per = pd.DataFrame({"s": tw["SRCSUBJID"].to_numpy(), "e": e, "x": expected}).groupby("s", sort=False)
     return np.log((per["x"].sum() + 0.5) / (per["e"].sum() + 0.5))
 

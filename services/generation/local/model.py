@@ -452,6 +452,11 @@ def kb_folds(kb, folds: int) -> dict[str, int]:
     return out
 
 
+def copy_id(usubjid: str, j: int) -> str:
+    """Id of the j-th extra bootstrap copy of a patient (`copy_of` reads it back)."""
+    return f"{usubjid}#{int(j)}"
+
+
 def copy_of(usubjid: str, ids: set) -> str:
     """The patient a bootstrap copy `X#j` (services.evaluation.effects.resample_knowledge_base)
     copies when X is in `ids`, else the id itself: a copy shares its original's fold, so a
