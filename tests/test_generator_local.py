@@ -405,9 +405,9 @@ def test_progress_and_cancel_keep_what_is_done(pbc):
     assert none.n_twins == 0 and none.manifest["cancelled"]
 
 
-def _binary_trial(n: int = 80, seed: int = 3):
-    """Two arms, one 0/1 item at baseline and 2 visits from a logistic latent variable (patient
-    effect, age): a simulated truth, as bench/discrete.py uses."""
+def _binary_trial(n: int = 80, seed: int = 3, cuts=(0.0,)):
+    """Two arms, one 0/1 item (or with more `cuts` a 1-5 score) at baseline and 2 visits from a
+    logistic latent variable (patient effect, age): a simulated truth, as bench/discrete.py uses."""
     from services.data.loading import load_trial_files
     from services.data.readers import RawFile
 
@@ -418,7 +418,8 @@ def _binary_trial(n: int = 80, seed: int = 3):
     rows = [{"USUBJID": s, "PARAMCD": "GOOD", "PARAM": "Status good", "AVISITN": v,
              "AVISIT": "Baseline" if v == 0 else f"Visit {v}", "ADY": 1.0 + 14 * v,
              "ABLFL": "Y" if v == 0 else "",
-             "AVAL": float(0.05 * (age[i] - 50) + u[i] + rng.logistic() > 0)}
+             "AVAL": float(np.sum(0.05 * (age[i] - 50) + u[i] + rng.logistic() > np.asarray(cuts))
+                           + (len(cuts) > 1))}
             for i, s in enumerate(ids) for v in range(3)]
     adsl = pd.DataFrame({"USUBJID": ids, "ARM": ["Placebo"] * n + ["Active"] * n, "AGE": age.round()})
     files = [RawFile("adsl.csv", adsl.to_csv(index=False).encode()),
@@ -434,9 +435,11 @@ def test_whole_number_items_are_rounded_at_random():
     the draws are seeded."""
     trial = _binary_trial()
     src = trial.subset(_treated(trial)).baseline_only()
-    assert LocalGenerator().rounding == "random"
+    assert LocalGenerator().rounding == "matched"
     runs = {r: LocalGenerator(retriever_factory=ExactRetriever, rounding=r).fit(trial)
-            .generate(src, "Placebo", twins_per_patient=40, seed=2) for r in ("nearest", "random")}
+            .generate(src, "Placebo", twins_per_patient=40, seed=2) for r in ("nearest", "random", "matched")}
+    # a 0/1 item is left alone by the variance matching (its spread is set by its mean)
+    pd.testing.assert_frame_equal(runs["matched"].bds["adqs"], runs["random"].bds["adqs"])
     means = {}
     for r, run in runs.items():
         vals = run.values()
@@ -447,6 +450,49 @@ def test_whole_number_items_are_rounded_at_random():
     real_rate = trial.visit_values.query("ARM == 'Placebo'")["AVAL"].mean()
     assert means["random"].mean() == pytest.approx(real_rate, abs=0.08)
     again = LocalGenerator(retriever_factory=ExactRetriever).fit(trial).generate(src, "Placebo", twins_per_patient=40, seed=2)
-    pd.testing.assert_frame_equal(again.bds["adqs"], runs["random"].bds["adqs"])     # seeded
+    pd.testing.assert_frame_equal(again.bds["adqs"], runs["matched"].bds["adqs"])    # seeded
     with pytest.raises(GeneratorError, match="rounding"):
         LocalGenerator(rounding="up")
+
+
+def test_matched_rounding_keeps_the_unrounded_mean_and_variance():
+    """Known answer: values of a 1-5 score drawn from a clipped normal (the model's predictive
+    distribution). Rounding at random keeps their mean but adds the fraction's variance
+    f(1 - f); shrinking them first (`rounding="matched"`) keeps both mean and variance."""
+    from types import SimpleNamespace
+
+    from services.generation.local.residuals import _variance_matched
+
+    rng = np.random.default_rng(0)
+    mu, sd, k = np.array([1.7, 3.2, 4.6]), 0.8, 40_000
+    lo, hi = np.full((3, 1, 1), 1.0), np.full((3, 1, 1), 5.0)
+    latent = np.clip(mu[:, None, None] + sd * rng.standard_normal((3, k, 1)), 1.0, 5.0)
+    model = SimpleNamespace(integer=np.array([True]), sigma=np.full((1, 1, 1), sd ** 2),
+                            transforms={"S": "identity"}, outcomes=[SimpleNamespace(paramcd="S")])
+
+    def rounded(v):
+        return np.floor(v) + (rng.uniform(size=v.shape) < v - np.floor(v))
+
+    shrunk = _variance_matched(latent, mu[:, None], model, np.zeros(3, dtype=int), lo, hi)
+    np.testing.assert_allclose(shrunk.mean(axis=1), latent.mean(axis=1), atol=1e-9)   # mean kept
+    plain, matched = rounded(latent), rounded(shrunk)
+    assert set(np.unique(matched)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    np.testing.assert_allclose(matched.mean(axis=1), latent.mean(axis=1), atol=0.02)
+    v_latent, v_plain, v_matched = latent.var(axis=1), plain.var(axis=1), matched.var(axis=1)
+    np.testing.assert_allclose(v_matched, v_latent, rtol=0.04)
+    assert np.all(v_plain > v_latent * 1.15)       # random rounding alone: too wide
+
+
+def test_a_scores_twins_keep_their_spread_with_matched_rounding():
+    """A 1-5 score: with the default (matched) rounding a source's twins spread less than when
+    rounded at random without matching, with the same mean, and stay on the scale."""
+    trial = _binary_trial(cuts=(-1.5, -0.5, 0.5, 1.5))
+    src = trial.subset(_treated(trial)).baseline_only()
+    out = {}
+    for r in ("random", "matched"):
+        v = (LocalGenerator(retriever_factory=ExactRetriever, rounding=r).fit(trial)
+             .generate(src, "Placebo", twins_per_patient=40, seed=2).values())
+        assert set(v["AVAL"].unique()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+        out[r] = v.groupby(["SRCSUBJID", "AVISITN"])["AVAL"].agg(["mean", "var"])
+    assert out["matched"]["var"].mean() < 0.95 * out["random"]["var"].mean()
+    assert (out["matched"]["mean"] - out["random"]["mean"]).abs().mean() < 0.1

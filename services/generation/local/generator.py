@@ -33,7 +33,7 @@ from services.retrieval.retriever import Retriever
 TRANSFORMS = ("auto", "log", "features", "none")
 SCALES = ("identity", "log", "log1p")      # outcome scales a parameter is modelled on
 VISIT_MODES = ("all", "neighbour")
-ROUNDINGS = ("nearest", "random")   # whole-number parameters: nearest, or floor + Bernoulli(fraction)
+ROUNDINGS = ("nearest", "random", "matched")   # whole numbers: nearest; floor + Bernoulli(fraction); that, variance kept
 TTE_SPACES = ("prognostic", "retrieval")
 TTE_DRAWS = ("history", "km", "model")
 FILLS = ("observed", "complete")
@@ -63,7 +63,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                  fill: str = "complete", truncate_at_followup: bool = True,
                  mean_model: str = "auto", balance: bool = True, tte_rescale: bool = True,
                  ae_donors: str = "auto", chunk_size: int = 256, structure: dict | None = None,
-                 rounding: str = "random",
+                 rounding: str = "matched",
                  retriever_factory: Callable[[Trial], object] | None = None):
         if visits not in VISIT_MODES:
             raise GeneratorError(f"visits must be one of {', '.join(VISIT_MODES)}, got {visits!r}")

@@ -457,12 +457,40 @@ def copy_id(usubjid: str, j: int) -> str:
     return f"{usubjid}#{int(j)}"
 
 
+def copy_ids(draw, taken=()) -> list[str]:
+    """Ids of the patients `draw` (drawn with replacement): a patient's first draw keeps its
+    id, each further one is a new `copy_id` that is neither in `taken` nor drawn (a knowledge
+    base that is itself a bootstrap sample already holds copies `X#j`)."""
+    draw = [str(u) for u in draw]
+    used = set(map(str, taken)) | set(draw)
+    seen: set[str] = set()
+    out = []
+    for u in draw:
+        if u not in seen:
+            seen.add(u)
+            out.append(u)
+            continue
+        j = 1
+        while copy_id(u, j) in used:
+            j += 1
+        used.add(copy_id(u, j))
+        out.append(copy_id(u, j))
+    return out
+
+
 def copy_of(usubjid: str, ids: set) -> str:
     """The patient a bootstrap copy `X#j` (services.evaluation.effects.resample_knowledge_base)
-    copies when X is in `ids`, else the id itself: a copy shares its original's fold, so a
-    fold's model never predicts a patient it was fitted on."""
-    head, sep, tail = str(usubjid).rpartition("#")
-    return head if sep and tail.isdigit() and head in ids else usubjid
+    copies when X is in `ids` (a copy of a copy, `X#1#1`: the first such ancestor in `ids`),
+    else the id itself: a copy shares its original's fold, so a fold's model never predicts a
+    patient it was fitted on."""
+    out = cur = str(usubjid)
+    while True:
+        head, sep, tail = cur.rpartition("#")
+        if not (sep and tail.isdigit()):
+            return out
+        cur = head
+        if cur in ids:
+            out = cur
 
 
 def other_causes(composite: str, part: str) -> str:

@@ -179,11 +179,13 @@ class TrajectoryDrawing:
             for j, o in enumerate(model.outcomes):
                 values[:, :, j] = inverse(values[:, :, j], model.transforms[o.paramcd])
             values = np.clip(values, lo, hi)
-            if self.rounding == "random":
+            if self.rounding in ("random", "matched"):
                 # whole-number parameters: floor + Bernoulli(fraction), so that each twin's
                 # expected value is the unrounded one (rounding to the nearest pulls a binary or
                 # 1-5 item's twins toward their donors' values and off the model's mean)
                 ints = np.clip(values, np.ceil(lo), np.floor(hi))
+                if self.rounding == "matched" and model.integer.any():
+                    ints = _variance_matched(ints, mu, model, which, np.ceil(lo), np.floor(hi))
                 up = uniforms(seed, keys, k, _S_ROUND, D) < ints - np.floor(ints)
                 values = np.where(model.integer[None, None, :], np.floor(ints) + up, values)
             else:
@@ -218,6 +220,42 @@ class TrajectoryDrawing:
                 tte_out = self._tte_chunk(chunk, keys, model, k, seed, nb_idx, weights(k_ret), X_src,
                                           which_t, self_row)
         return {"bds": bds_out, "tte": tte_out}
+
+
+def _variance_matched(values: np.ndarray, mu: np.ndarray, model: _ArmModel, which: np.ndarray,
+                      lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Shrink the whole-number parameters' unrounded twin values (S, K, D) towards each source's
+    twin mean by c, so that after rounding at random (which adds the variance f(1 - f) of the
+    fraction f) their variance is the model's: c^2 V + E f_c(1 - f_c) = V, V and E from the
+    model's predictive distribution of the source (Gauss-Hermite over its residual SD on the
+    outcome scale, back-transformed and clipped). A 0/1 item is left as it is: each of its
+    twins is Bernoulli of its unrounded value, whose variance is set by the mean anyway, and
+    shrinking would only add Monte-Carlo noise to the twins' mean. The twins' mean is kept."""
+    z, wq = np.polynomial.hermite_e.hermegauss(41)
+    wq = wq / wq.sum()
+    out = values.copy()
+    lo2, hi2 = lo[:, 0, :], hi[:, 0, :]                                    # (S, D)
+    many = (hi2 - lo2 >= 2).all(axis=0)                     # a 0/1 item keeps its spread
+    for j in np.flatnonzero(model.integer & many):
+        sd = np.sqrt(np.maximum(model.sigma[which, j, j], 0.0))             # (S,)
+        how = model.transforms[model.outcomes[j].paramcd]
+        lat = inverse(mu[:, j, None] + sd[:, None] * z[None, :], how)       # (S, Q)
+        lat = np.clip(lat, lo2[:, j, None], hi2[:, j, None])
+        m = lat @ wq
+        dev = lat - m[:, None]
+        V = (dev ** 2) @ wq
+        c = np.ones(len(m))
+        for _ in range(6):
+            x = m[:, None] + c[:, None] * dev
+            f = x - np.floor(x)
+            Q = (f * (1 - f)) @ wq
+            c = np.sqrt(np.clip(1 - Q / np.where(V > 0, V, 1.0), 0.0, 1.0))
+        c = np.where(V > 1e-12, c, 1.0)
+        v = values[:, :, j]
+        k = v.shape[1]
+        centre = np.nanmean(v, axis=1) if k >= 2 else np.clip(m, lo2[:, j], hi2[:, j])
+        out[:, :, j] = centre[:, None] + c[:, None] * (v - centre[:, None])
+    return out
 
 
 def complete_residuals(resid: np.ndarray, sigma: np.ndarray, z: np.ndarray) -> np.ndarray:
