@@ -8,7 +8,14 @@ epilepsy) and of the CDISC pilot (when ../shared/data/cdiscpilot01 exists), so t
 known: every "treated" patient is a real control patient.
 
 1. **Synthetic control, null** (no effect). Per replicate the control arm is split at random
-   into a knowledge base (half) and a "treated" cohort (the other half, real outcomes kept);
+   into a knowledge base (half) and a "treated" cohort (the other half, real outcomes kept)
+   (`--design split`), or both are drawn from it independently with replacement
+   (`--design bootstrap`: the arm's empirical distribution is the population; see
+   `null_cohorts` for why the split is conservative for whatever the generator does not
+   learn from the knowledge base). Two reference tests on the real patients alone check the
+   design itself: `oracle_ancova` (the knowledge base as real controls: two-sample baseline
+   ANCOVA) and `oracle_carry` (the cohort's mean change against the pool's, known: a test with
+   no knowledge-base part);
    the local generator is fitted on the knowledge base and twins each treated patient K = 20
    times under control; K = 1 and 5 use the first 1 and 5 twins (twin t of a source is the
    same draw whatever K). Tests at nominal 5 %:
@@ -71,6 +78,7 @@ from services.evaluation import estimators as est
 from services.evaluation import procova_analysis as PA
 from services.evaluation.metrics.procova import estimate_adjustment, procova_plan
 from services.generation import get_generator
+from services.generation.local.model import copy_ids
 from services.retrieval.retriever import ExactRetriever
 
 PILOT = ROOT.parent / "shared" / "data" / "cdiscpilot01"
@@ -157,14 +165,80 @@ def naive_tests(real: Trial, run, paramcd: str, avisitn: float, tte_p: str | Non
 # 1. synthetic control
 
 
-def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r: int, *,
-                 refits: int, boot_twins: int, factor: float, truth_md: float) -> list[dict]:
-    rng = np.random.default_rng([r, 17])
+def draw_patients(pool: Trial, draw, name: str, tag: str | None = None) -> Trial:
+    """The pool's patients `draw` (with repeats) as a trial. Knowledge base (`tag` None): the
+    first copy keeps its id, the j-th extra one is `X#j` (copies share a cross-fitting fold, as
+    in the effects' bootstrap); a cohort (`tag`): every patient is `{tag}{j}:X`, never a
+    knowledge-base id, so a copy of a knowledge-base patient is a new patient to the generator."""
+    draw = pd.Series(np.asarray(draw, dtype=object))
+    if tag is None:
+        new = copy_ids(draw)
+    else:
+        new = [f"{tag}{c}:{u}" for u, c in zip(draw, draw.groupby(draw).cumcount())]
+    mapping = pd.DataFrame({"USUBJID": draw.to_numpy(object), "_NEW": np.asarray(new, dtype=object)})
+
+    def remap(df):
+        if df is None:
+            return None
+        m = df.merge(mapping, on="USUBJID", how="inner", sort=False)
+        return m.assign(USUBJID=m["_NEW"]).drop(columns="_NEW").reset_index(drop=True)
+
+    digest = hashlib.sha256(f"{pool.content_hash}|{name}|{'|'.join(new)}".encode()).hexdigest()
+    return dataclasses.replace(pool, name=name, subjects=remap(pool.subjects),
+                               bds={k: remap(v) for k, v in pool.bds.items()}, tte=remap(pool.tte),
+                               ae=remap(pool.ae), content_hash=digest)
+
+
+def null_cohorts(pool: Trial, rng: np.random.Generator, design: str) -> tuple[Trial, Trial]:
+    """(knowledge base, treated cohort) of one null replicate.
+
+    - `split`: the control arm split in half (finite population). A component of the effect
+      that the generator does not learn from the knowledge base (e.g. a carried-forward
+      baseline) then varies less than in a new sample (finite-population factor ~1/2): a test
+      that is right for new patients is conservative here (`oracle_carry`).
+    - `bootstrap`: knowledge base and cohort drawn independently with replacement from the
+      control arm, whose empirical distribution is then the population (no finite-population
+      factor; a cohort patient may have a copy in the knowledge base, as a new patient of that
+      discrete population would)."""
     ids = pool.subjects["USUBJID"].to_numpy(object)
-    perm = rng.permutation(ids)
     half = len(ids) // 2
-    kb = pool.subset(perm[:half], name="kb")
-    real = pool.subset(perm[half:], name="treated")
+    if design == "split":
+        perm = rng.permutation(ids)
+        return pool.subset(perm[:half], name="kb"), pool.subset(perm[half:], name="treated")
+    kb = draw_patients(pool, rng.choice(ids, half), "kb")
+    return kb, draw_patients(pool, rng.choice(ids, len(ids) - half), "treated", tag="T")
+
+
+def oracle_rows(kb: Trial, real: Trial, paramcd: str, avisitn: float, pool_change: float, r: int) -> list[dict]:
+    """Reference tests of the design itself, from the real patients only (no twins): what a
+    trial with the knowledge base as real controls would find (`oracle_ancova`: two-sample
+    baseline ANCOVA, classical OLS t), and a test with no knowledge-base part at all
+    (`oracle_carry`: the cohort's mean change from baseline against the pool's, known)."""
+    def yb(t: Trial):
+        vv = t.visit_values
+        y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)].set_index("USUBJID")["AVAL"]
+        b = t.baseline[paramcd].reindex(y.index)
+        ok = np.isfinite(y.to_numpy(float)) & np.isfinite(b.to_numpy(float))
+        return y.to_numpy(float)[ok], b.to_numpy(float)[ok]
+
+    (ya, ba), (yt, bt) = yb(kb), yb(real)
+    X = np.column_stack([np.ones(len(ya) + len(yt)), np.r_[np.zeros(len(ya)), np.ones(len(yt))], np.r_[ba, bt]])
+    fit = est.ols(np.r_[ya, yt], X)
+    p_anc = float(2 * stats.t.sf(abs(fit.coef[1] / fit.se[1]), fit.df))
+    d = yt - bt
+    t_c = (d.mean() - pool_change) / (d.std(ddof=1) / np.sqrt(len(d)))
+    p_car = float(2 * stats.t.sf(abs(t_c), len(d) - 1))
+    return [{"rep": r, "K": 0, "measure": m, "estimate": np.nan, "lo": np.nan, "hi": np.nan, "p": pv,
+             "naive_p": np.nan, "reject": pv < ALPHA, "cover": pv >= ALPHA, "width": np.nan,
+             "v_pat": np.nan, "v_gen": np.nan, "n": len(yt)}
+            for m, pv in (("oracle_ancova", p_anc), ("oracle_carry", p_car))]
+
+
+def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r: int, *,
+                 refits: int, boot_twins: int, factor: float, truth_md: float, design: str = "split",
+                 pool_change: float = 0.0) -> list[dict]:
+    rng = np.random.default_rng([r, 17])
+    kb, real = null_cohorts(pool, rng, design)
     run20 = generator().fit(kb).generate(real.baseline_only(), target_arm=pool.control_arm,
                                          twins_per_patient=max(KS), seed=r)
     taus = {}
@@ -175,7 +249,7 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     alt = scale_outcomes(real, paramcd, factor)
     # the scaled cohort's theta_b differ from boot's by (factor - 1) x mean(Y), the same for
     # every refit (same patients), so the generator variance of `boot` applies unchanged
-    rows = []
+    rows = oracle_rows(kb, real, paramcd, avisitn, pool_change, r)
     for k in KS:
         run = subset_run(run20, k)
         naive = naive_tests(real, run, paramcd, avisitn, tte_p)
@@ -266,6 +340,9 @@ def main(argv=None) -> int:
     ap.add_argument("--boot-twins", type=int, default=10)
     ap.add_argument("--procova-reps", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=1, help="processes for the synthetic-control replicates")
+    ap.add_argument("--design", choices=("split", "bootstrap"), default="split",
+                    help="null design: the control arm split in half (finite population) or knowledge "
+                         "base and cohort drawn with replacement from it (see null_cohorts)")
     ap.add_argument("--rows-out", type=Path, default=None,
                     help="folder for one CSV of per-replicate rows per trial")
     args = ap.parse_args(argv)
@@ -290,13 +367,17 @@ def main(argv=None) -> int:
         ypool = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)]["AVAL"]
         factor = 1.2
         truth_md = (factor - 1) * float(ypool.mean())
+        ep = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)].set_index("USUBJID")["AVAL"]
+        pool_change = float((ep - pool.baseline[paramcd].reindex(ep.index)).mean())
         n_rep = reps_by.get(trial.name, 100)
         print(f"\n== {trial.name}: control arm {pool.control_arm!r} N={len(pool.subjects)}, endpoint "
               f"{paramcd} visit {avisitn:g}" + (f", TTE {tte_p}" if tte_p else "") +
-              f"; {n_rep} null replicates, B={args.refits} refits x {args.boot_twins} twins", flush=True)
+              f"; {n_rep} null replicates ({args.design} design), B={args.refits} refits x "
+              f"{args.boot_twins} twins", flush=True)
         t0 = time.perf_counter()
         job = functools.partial(sc_replicate, pool, paramcd, avisitn, tte_p, refits=args.refits,
-                                boot_twins=args.boot_twins, factor=factor, truth_md=truth_md)
+                                boot_twins=args.boot_twins, factor=factor, truth_md=truth_md,
+                                design=args.design, pool_change=pool_change)
         rows = []
         if args.jobs > 1:
             # replicate r is seeded by r alone: the same rows whatever the number of processes
@@ -366,6 +447,8 @@ def main(argv=None) -> int:
         print(f"   PROCOVA part {time.perf_counter() - t0:.0f}s", flush=True)
 
     s = pd.DataFrame(summary)
+    oracle = s[s["measure"].str.startswith("oracle_")]
+    s = s[~s["measure"].str.startswith("oracle_")]
     null = s[s["measure"] != "md_x1.2"]
     naive = null.dropna(subset=["naive"])
     alt = s[s["measure"] == "md_x1.2"]
@@ -380,6 +463,9 @@ def main(argv=None) -> int:
         "coverage_min": min(null["cover"].min(), alt["cover"].min()),
         "coverage_effect_min": alt["cover"].min(),
         "ci_width_k20_over_k1_min": width_ratio,
+        "oracle_ancova_t1e_min": oracle.loc[oracle["measure"] == "oracle_ancova", "reject"].min(),
+        "oracle_ancova_t1e_max": oracle.loc[oracle["measure"] == "oracle_ancova", "reject"].max(),
+        "oracle_carry_t1e_min": oracle.loc[oracle["measure"] == "oracle_carry", "reject"].min(),
         "procova_t1e_min": min(procova_t1e), "procova_t1e_max": max(procova_t1e),
         "procova_coverage_min": min(procova_cov),
         "procova_power_gap_maxabs": max(abs(g) for g in pw_gaps),

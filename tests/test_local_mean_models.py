@@ -77,6 +77,21 @@ def test_bootstrap_copies_share_their_originals_fold(pbc):
     assert copies and all(folds[u] == folds[u.rsplit("#", 1)[0]] for u in copies)
     other_arm = pbc.subjects.loc[pbc.subjects["ARM"] != "Placebo", "USUBJID"]
     assert all(folds[u] == plain[u] for u in other_arm)      # no copies: the same folds as before
+    # a bootstrap of a bootstrap (the effects' refits of a knowledge base that is itself a
+    # resample): ids stay unique, and a copy of a copy shares the fold of its first ancestor
+    again = resample_knowledge_base(kb, "Placebo", np.random.default_rng(1))
+    ids = again.subjects["USUBJID"]
+    assert ids.is_unique and len(ids) == len(kb.subjects)
+    f2 = kb_folds(again, 5)
+    present = set(ids)
+
+    def root(u):
+        while "#" in u and u.rsplit("#", 1)[0] in present:
+            u = u.rsplit("#", 1)[0]
+        return u
+
+    nested = [u for u in ids if u.count("#") >= 2]
+    assert nested and all(f2[u] == f2[root(u)] for u in ids)
 
 
 def test_ancova_candidate_is_the_per_visit_regression_on_the_own_baseline(pbc):

@@ -83,7 +83,7 @@ from scipy import stats
 from services.data.trial import Trial
 from services.evaluation.estimators import cox_binary, rmst_km
 from services.evaluation.run_store import cached_in_run
-from services.generation.local.model import copy_id
+from services.generation.local.model import copy_ids
 from services.generation.run import TwinRun
 
 UNIT = "patients"
@@ -263,9 +263,7 @@ def resample_knowledge_base(kb: Trial, arm: str, rng: np.random.Generator,
     pool = subj.loc[(subj["ARM"] == arm) & ~subj["USUBJID"].isin(keep), "USUBJID"].to_numpy(object)
     draw = rng.choice(pool, size=pool.size, replace=True)
     others = subj.loc[(subj["ARM"] != arm) | subj["USUBJID"].isin(keep), "USUBJID"].to_numpy(object)
-    ids = pd.Series(draw)
-    copy_no = ids.groupby(ids).cumcount().to_numpy()
-    new = np.array([u if c == 0 else copy_id(u, c) for u, c in zip(draw, copy_no)], dtype=object)
+    new = np.array(copy_ids(draw, taken=others), dtype=object)
     mapping = pd.DataFrame({"USUBJID": np.concatenate([others, draw]),
                             "_NEW": np.concatenate([others, new])})
 
