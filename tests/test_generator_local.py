@@ -455,32 +455,43 @@ def test_whole_number_items_are_rounded_at_random():
         LocalGenerator(rounding="up")
 
 
-def test_matched_rounding_keeps_the_unrounded_mean_and_variance():
-    """Known answer: values of a 1-5 score drawn from a clipped normal (the model's predictive
-    distribution). Rounding at random keeps their mean but adds the fraction's variance
-    f(1 - f); shrinking them first (`rounding="matched"`) keeps both mean and variance."""
-    from types import SimpleNamespace
+def _rounded_at_random(v, rng):
+    return np.floor(v) + (rng.uniform(size=v.shape) < v - np.floor(v))
 
+
+@pytest.mark.parametrize("mu, sd, scale", [
+    ((1.7, 3.2, 4.6), 0.8, "identity"),
+    ((1.97, 3.03, 4.0), 0.35, "identity"),       # small spread, means near whole numbers
+    ((np.log1p(2.0), np.log1p(6.0)), 0.5, "log1p"),   # a count modelled on the log scale
+])
+@pytest.mark.parametrize("k", [1, 40_000])
+def test_matched_rounding_keeps_the_unrounded_mean_and_variance(mu, sd, scale, k):
+    """Known answer: a score's unrounded values drawn from the model's predictive distribution
+    (normal on the outcome scale, back-transformed, clipped). Rounding at random keeps their
+    mean but adds the fraction's variance f(1 - f); shrinking them first (`rounding="matched"`)
+    keeps both. K = 1: many sources with one twin each (the spread is across sources)."""
+    from services.generation.local.features import inverse
     from services.generation.local.residuals import _variance_matched
 
     rng = np.random.default_rng(0)
-    mu, sd, k = np.array([1.7, 3.2, 4.6]), 0.8, 40_000
-    lo, hi = np.full((3, 1, 1), 1.0), np.full((3, 1, 1), 5.0)
-    latent = np.clip(mu[:, None, None] + sd * rng.standard_normal((3, k, 1)), 1.0, 5.0)
-    model = SimpleNamespace(integer=np.array([True]), sigma=np.full((1, 1, 1), sd ** 2),
-                            transforms={"S": "identity"}, outcomes=[SimpleNamespace(paramcd="S")])
-
-    def rounded(v):
-        return np.floor(v) + (rng.uniform(size=v.shape) < v - np.floor(v))
-
-    shrunk = _variance_matched(latent, mu[:, None], model, np.zeros(3, dtype=int), lo, hi)
-    np.testing.assert_allclose(shrunk.mean(axis=1), latent.mean(axis=1), atol=1e-9)   # mean kept
-    plain, matched = rounded(latent), rounded(shrunk)
-    assert set(np.unique(matched)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
-    np.testing.assert_allclose(matched.mean(axis=1), latent.mean(axis=1), atol=0.02)
-    v_latent, v_plain, v_matched = latent.var(axis=1), plain.var(axis=1), matched.var(axis=1)
-    np.testing.assert_allclose(v_matched, v_latent, rtol=0.04)
-    assert np.all(v_plain > v_latent * 1.15)       # random rounding alone: too wide
+    mu = np.asarray(mu, dtype=float)
+    reps = 1 if k > 1 else 40_000
+    S = len(mu) * reps
+    mean_t = np.repeat(mu, reps)[:, None]
+    top = 5.0 if scale == "identity" else 30.0
+    lo, hi = np.full((S, 1, 1), 1.0 if scale == "identity" else 0.0), np.full((S, 1, 1), top)
+    latent = np.clip(inverse(mean_t[:, :, None] + sd * rng.standard_normal((S, k, 1)), scale), lo, hi)
+    shrunk = _variance_matched(latent, mean_t, np.full((S, 1), sd ** 2), [scale], np.array([True]), lo, hi)
+    assert np.all((shrunk >= lo) & (shrunk <= hi))
+    plain, matched = _rounded_at_random(latent, rng), _rounded_at_random(shrunk, rng)
+    # per distinct source: its twins (K large) or its copies' single twins (K = 1)
+    per = (lambda a: a.reshape(len(mu), -1))
+    if k > 1:
+        np.testing.assert_allclose(shrunk.mean(axis=1), latent.mean(axis=1), atol=1e-9)   # mean kept
+    np.testing.assert_allclose(per(matched).mean(axis=1), per(latent).mean(axis=1), atol=0.03)
+    v_latent, v_plain, v_matched = per(latent).var(axis=1), per(plain).var(axis=1), per(matched).var(axis=1)
+    np.testing.assert_allclose(v_matched, v_latent, rtol=0.06)
+    assert np.all(v_plain - v_latent > 0.05)       # random rounding alone: too wide
 
 
 def test_a_scores_twins_keep_their_spread_with_matched_rounding():

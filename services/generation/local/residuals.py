@@ -185,7 +185,12 @@ class TrajectoryDrawing:
                 # 1-5 item's twins toward their donors' values and off the model's mean)
                 ints = np.clip(values, np.ceil(lo), np.floor(hi))
                 if self.rounding == "matched" and model.integer.any():
-                    ints = _variance_matched(ints, mu, model, which, np.ceil(lo), np.floor(hi))
+                    # the twins' predictive distribution: model mean + the neighbourhood's
+                    # shift, residual variance of the fold model that predicted the source
+                    var_t = model.sigma[W, np.arange(D)[None, :], np.arange(D)[None, :]]   # (S, D)
+                    scales = [model.transforms[o.paramcd] for o in model.outcomes]
+                    ints = _variance_matched(ints, mu + shift.mean(axis=1), var_t, scales, model.integer,
+                                             np.ceil(lo), np.floor(hi))
                 up = uniforms(seed, keys, k, _S_ROUND, D) < ints - np.floor(ints)
                 values = np.where(model.integer[None, None, :], np.floor(ints) + up, values)
             else:
@@ -222,39 +227,53 @@ class TrajectoryDrawing:
         return {"bds": bds_out, "tte": tte_out}
 
 
-def _variance_matched(values: np.ndarray, mu: np.ndarray, model: _ArmModel, which: np.ndarray,
-                      lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _variance_matched(values: np.ndarray, mean_t: np.ndarray, var_t: np.ndarray, scales: list[str],
+                      integer: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Shrink the whole-number parameters' unrounded twin values (S, K, D) towards each source's
     twin mean by c, so that after rounding at random (which adds the variance f(1 - f) of the
-    fraction f) their variance is the model's: c^2 V + E f_c(1 - f_c) = V, V and E from the
-    model's predictive distribution of the source (Gauss-Hermite over its residual SD on the
-    outcome scale, back-transformed and clipped). A 0/1 item is left as it is: each of its
-    twins is Bernoulli of its unrounded value, whose variance is set by the mean anyway, and
-    shrinking would only add Monte-Carlo noise to the twins' mean. The twins' mean is kept."""
+    fraction f) their variance is the model's: g(c) = c^2 V + E f_c(1 - f_c) - V = 0, V and E
+    over the source's predictive distribution (`mean_t`, `var_t` (S, D) on the outcome scale
+    `scales[j]`, by Gauss-Hermite, back-transformed and clipped to [lo, hi] (S, 1, D)); c found
+    by bisection (g(1) >= 0; c = 0 when g(0) >= 0: rounding alone gives at least V). A source
+    whose range holds only two whole numbers (a 0/1 item) is left as it is: each of its twins
+    is Bernoulli of its unrounded value, a variance set by the mean anyway, and shrinking would
+    only add Monte-Carlo noise to the twins' mean. The twins' mean is kept (K >= 2; K = 1: the
+    twin moves towards the predictive mean). Correlations between visits fall by c_j c_k where
+    random rounding alone divides them by about 1 + E f(1 - f) / V."""
     z, wq = np.polynomial.hermite_e.hermegauss(41)
     wq = wq / wq.sum()
     out = values.copy()
     lo2, hi2 = lo[:, 0, :], hi[:, 0, :]                                    # (S, D)
-    many = (hi2 - lo2 >= 2).all(axis=0)                     # a 0/1 item keeps its spread
-    for j in np.flatnonzero(model.integer & many):
-        sd = np.sqrt(np.maximum(model.sigma[which, j, j], 0.0))             # (S,)
-        how = model.transforms[model.outcomes[j].paramcd]
-        lat = inverse(mu[:, j, None] + sd[:, None] * z[None, :], how)       # (S, Q)
+    k = values.shape[1]
+    for j in np.flatnonzero(integer):
+        many = hi2[:, j] - lo2[:, j] >= 2                                  # (S,) more than 0/1
+        if not many.any():
+            continue
+        sd = np.sqrt(np.maximum(np.nan_to_num(var_t[:, j]), 0.0))
+        lat = inverse(mean_t[:, j, None] + sd[:, None] * z[None, :], scales[j])    # (S, Q)
         lat = np.clip(lat, lo2[:, j, None], hi2[:, j, None])
         m = lat @ wq
         dev = lat - m[:, None]
         V = (dev ** 2) @ wq
-        c = np.ones(len(m))
-        for _ in range(6):
+
+        def g(c, m=m, dev=dev, V=V):
             x = m[:, None] + c[:, None] * dev
             f = x - np.floor(x)
-            Q = (f * (1 - f)) @ wq
-            c = np.sqrt(np.clip(1 - Q / np.where(V > 0, V, 1.0), 0.0, 1.0))
-        c = np.where(V > 1e-12, c, 1.0)
+            return c * c * V + (f * (1 - f)) @ wq - V
+
+        a, b = np.zeros(len(m)), np.ones(len(m))
+        for _ in range(30):                                   # g(a) < 0 <= g(b)
+            mid = 0.5 * (a + b)
+            neg = g(mid) < 0
+            a, b = np.where(neg, mid, a), np.where(neg, b, mid)
+        c = np.where(g(np.zeros(len(m))) >= 0, 0.0, b)
+        c = np.where(many & np.isfinite(V) & (V > 1e-12), c, 1.0)
         v = values[:, :, j]
-        k = v.shape[1]
-        centre = np.nanmean(v, axis=1) if k >= 2 else np.clip(m, lo2[:, j], hi2[:, j])
-        out[:, :, j] = centre[:, None] + c[:, None] * (v - centre[:, None])
+        seen = np.isfinite(v).sum(axis=1)
+        centre = np.nansum(v, axis=1) / np.maximum(seen, 1) if k >= 2 else m
+        centre = np.where((seen > 0) & np.isfinite(centre), centre, m)
+        shrunk = centre[:, None] + c[:, None] * (v - centre[:, None])
+        out[:, :, j] = np.clip(shrunk, lo2[:, j, None], hi2[:, j, None])
     return out
 
 
