@@ -3,6 +3,8 @@ balanced residuals and risk-rescaled event histories, on the bundled trials."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -78,20 +80,44 @@ def test_bootstrap_copies_share_their_originals_fold(pbc):
     other_arm = pbc.subjects.loc[pbc.subjects["ARM"] != "Placebo", "USUBJID"]
     assert all(folds[u] == plain[u] for u in other_arm)      # no copies: the same folds as before
     # a bootstrap of a bootstrap (the effects' refits of a knowledge base that is itself a
-    # resample): ids stay unique, and a copy of a copy shares the fold of its first ancestor
+    # resample): ids stay unique, and every copy of one patient (X, X#1, X#1#1, ...) shares a
+    # fold, also when X itself was not drawn again
     again = resample_knowledge_base(kb, "Placebo", np.random.default_rng(1))
     ids = again.subjects["USUBJID"]
     assert ids.is_unique and len(ids) == len(kb.subjects)
     f2 = kb_folds(again, 5)
-    present = set(ids)
+    by_patient = {}
+    for u in ids:
+        by_patient.setdefault(re.sub(r"(#\d+)+$", "", u), set()).add(f2[u])
+    assert any(u.count("#") >= 2 for u in ids)
+    assert all(len(f) == 1 for f in by_patient.values())
+    orphans = [u for u in ids if "#" in u and re.sub(r"(#\d+)+$", "", u) not in set(ids)]
+    assert orphans          # copies whose original was not drawn: still one fold per patient
 
-    def root(u):
-        while "#" in u and u.rsplit("#", 1)[0] in present:
-            u = u.rsplit("#", 1)[0]
-        return u
 
-    nested = [u for u in ids if u.count("#") >= 2]
-    assert nested and all(f2[u] == f2[root(u)] for u in ids)
+def test_ridge_penalties_count_patients_not_copies():
+    """Known answer: a knowledge base in which every patient appears twice holds no more
+    information than the patients once. With the copies grouped, the ridge's penalties (GCV of
+    the per-visit fits, grouped inner CV of the shared slopes) and so its coefficients are
+    exactly those of the patients once; counting rows, GCV is smaller (it under-penalises)."""
+    from services.generation.local.ridge import _ALPHAS, fit_parameter, ridge_path
+
+    rng = np.random.default_rng(4)
+    n, F, J = 40, 12, 3
+    X = rng.standard_normal((n, F))
+    Y = X[:, :1] + 0.3 * X[:, 1:2] + rng.standard_normal((n, J))
+    Y[rng.uniform(size=Y.shape) < 0.1] = np.nan
+    pen = np.ones(F)
+    pen[0] = 1e-4
+    X2, Y2, group = np.vstack([X, X]), np.vstack([Y, Y]), np.r_[np.arange(n), np.arange(n)]
+    y = np.nan_to_num(Y[:, 0])
+    g_once = ridge_path(X, y, pen)[2]
+    np.testing.assert_allclose(ridge_path(X2, np.r_[y, y], pen, n_eff=n)[2], g_once, rtol=1e-10)
+    assert np.all(ridge_path(X2, np.r_[y, y], pen)[2] < g_once)
+    once = fit_parameter(X, Y, pen, _ALPHAS)
+    twice = fit_parameter(X2, Y2, pen, _ALPHAS, group=group)
+    for a, b in zip(once, twice):
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-10)
 
 
 def test_ancova_candidate_is_the_per_visit_regression_on_the_own_baseline(pbc):

@@ -33,11 +33,12 @@ def _fold_rows(fold: np.ndarray, folds: int):
         yield f, (fold != f) if f < folds else np.ones(len(fold), dtype=bool)
 
 
-def ridge_models(X, Yt, fold, folds, pen, alphas, pool):
+def ridge_models(X, Yt, fold, folds, pen, alphas, pool, group=None):
     J, F = Yt.shape[1], X.shape[1]
     b0, beta = np.zeros((folds + 1, J)), np.zeros((folds + 1, J, F))
     for f, rows in _fold_rows(fold, folds):
-        b0[f], beta[f] = fit_parameter(X[rows], Yt[rows], pen, alphas, pool)
+        b0[f], beta[f] = fit_parameter(X[rows], Yt[rows], pen, alphas, pool,
+                                       None if group is None else group[rows])
     return b0, beta
 
 
@@ -69,7 +70,7 @@ def carry_models(J, F, folds, own: int, mean: float, sd: float):
     return b0, beta
 
 
-def borrow_models(X_all, Yt_all, fold_all, folds, arms, pen, alphas, pool):
+def borrow_models(X_all, Yt_all, fold_all, folds, arms, pen, alphas, pool, group_all=None):
     """Ridge on every arm's patients with per-visit arm offsets (one indicator column per
     other arm, penalised like the own baseline: shared by the visits, then per-visit
     deviations); the intercept is the target arm's (its indicators are all 0)."""
@@ -79,7 +80,8 @@ def borrow_models(X_all, Yt_all, fold_all, folds, arms, pen, alphas, pool):
     pen_a = np.concatenate([pen, np.full(A, ARM_PENALTY)])
     b0, beta = np.zeros((folds + 1, J)), np.zeros((folds + 1, J, F))
     for f, rows in _fold_rows(fold_all, folds):
-        bf, betaf = fit_parameter(Xa[rows], Yt_all[rows], pen_a, alphas, pool)
+        bf, betaf = fit_parameter(Xa[rows], Yt_all[rows], pen_a, alphas, pool,
+                                  None if group_all is None else group_all[rows])
         b0[f], beta[f] = bf, betaf[:, :F]
     return b0, beta
 

@@ -4,6 +4,7 @@ covariance, clip bounds and the ridge Cox models of the event types."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,11 +102,12 @@ class ArmFitting:
             lam[cols] = float(np.clip((r[ok] * b[ok]).sum() / den, 0.0, 1.0)) if den > 0 else 0.0
         return lam
 
-    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale, own, carry, borrow, wanted):
+    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale, own, carry, borrow, wanted, group=None):
         """Models of one parameter's visits on one outcome scale: the `wanted` candidate mean
         models (`mean_models`; `carry` = (mean, sd) of the own baseline column when it is on this
         scale, `borrow` = (X_all, Y_all, fold_all, arm indicators) of every arm) fitted per
-        fold (+ full), and the one with the smallest out-of-fold squared error of the mean on
+        fold (+ full; `group`: the patient of each row, copies of a bootstrap sample sharing one,
+        for the ridges' penalties), and the one with the smallest out-of-fold squared error of the mean on
         the raw scale (log scale: smearing estimate exp(mu) x mean exp(r)). Returns its
         intercepts, slopes, out-of-fold residuals, bounds of the mean, error and name."""
         J = Y.shape[1]
@@ -118,15 +120,15 @@ class ArmFitting:
         best = None
         for name in wanted:
             if name == "ridge":
-                b0, beta = ridge_models(X, Yt, fold, folds, pen, alphas, self.pool_visits)
+                b0, beta = ridge_models(X, Yt, fold, folds, pen, alphas, self.pool_visits, group)
             elif name == "ancova" and own is not None:
                 b0, beta = ancova_models(X, Yt, fold, folds, own)
             elif name == "carry" and own is not None and carry is not None:
                 b0, beta = carry_models(J, F, folds, own, *carry)
             elif name == "borrow" and borrow is not None:
-                X_all, Y_all, fold_all, arms = borrow
+                X_all, Y_all, fold_all, arms, group_all = borrow
                 b0, beta = borrow_models(X_all, forward(Y_all, scale), fold_all, folds, arms, pen,
-                                         alphas, self.pool_visits)
+                                         alphas, self.pool_visits, group_all)
             else:
                 continue
             pred = out_of_fold(X, b0, beta, fold, folds, lo, hi)
@@ -135,7 +137,7 @@ class ArmFitting:
             if best is None or err < best[5]:
                 best = (b0, beta, resid, lo, hi, err, name)
         if best is None:                                   # a forced candidate that does not apply
-            b0, beta = ridge_models(X, Yt, fold, folds, pen, alphas, self.pool_visits)
+            b0, beta = ridge_models(X, Yt, fold, folds, pen, alphas, self.pool_visits, group)
             pred = out_of_fold(X, b0, beta, fold, folds, lo, hi)
             resid = Yt - pred
             best = (b0, beta, resid, lo, hi, self._raw_error(Y, pred, resid, scale), "ridge")
@@ -176,6 +178,7 @@ class ArmFitting:
         folds = min(self.cv_folds, max(n, 2))
         fold_of = kb_folds(kb, folds)          # every patient of the knowledge base, by arm
         fold = np.array([fold_of[u] for u in ids], dtype=int)
+        group = copy_groups(ids)               # None unless bootstrap copies repeat patients
 
         vv = kb.visit_values[kb.visit_values["ARM"] == arm]
         params = list(kb.parameters)
@@ -241,9 +244,9 @@ class ArmFitting:
                 carry = None
                 if own is not None and scale == transforms[p]:
                     carry = (features.mean_[own], features.sd_[own])
-                borrow = None if others is None else (others[0], others[1][:, cols], others[2], others[3])
+                borrow = None if others is None else (others[0], others[1][:, cols], *others[2:])
                 fitted = self._fit_scale(X, Y[:, cols], fold, folds, pen, alphas, scale, own, carry, borrow,
-                                         wanted)
+                                         wanted, group)
                 if best is None or fitted[5] < best[1][5]:
                     best = (scale, fitted)
             scale, (p_b0, p_beta, p_resid, p_lo, p_hi, _, name) = best
@@ -353,9 +356,9 @@ class ArmFitting:
                          tte_pairs=tte_pairs)
 
     def _other_arms(self, kb, arm, features, outcomes, fold_of):
-        """(X, Y, fold, arm indicators) of every patient of the knowledge base at the target
-        arm's outcome visits, for the `borrow` candidate; None without other arms or when that
-        candidate is not wanted."""
+        """(X, Y, fold, arm indicators, patient groups or None) of every patient of the
+        knowledge base at the target arm's outcome visits, for the `borrow` candidate; None
+        without other arms or when that candidate is not wanted."""
         others = [a for a in kb.arms if a != arm]
         if not outcomes or not others or self.mean_model not in ("auto", "borrow"):
             return None
@@ -371,7 +374,7 @@ class ArmFitting:
         arm_of = kb.subjects["ARM"].to_numpy(dtype=object)
         indicators = np.column_stack([(arm_of == a).astype(float) for a in others])
         fold_all = np.array([fold_of[u] for u in all_ids], dtype=int)
-        return X_all, Y_all, fold_all, indicators
+        return X_all, Y_all, fold_all, indicators, copy_groups(all_ids)
 
 
 def _covariance(resid: np.ndarray, shrink: float = 0.1) -> np.ndarray:
@@ -437,12 +440,11 @@ def neighbour_rows(hits: dict, ids: list[str], index: dict[str, int], m: int):
 def kb_folds(kb, folds: int) -> dict[str, int]:
     """Cross-fitting folds of every knowledge-base patient: within each arm, patients in a
     fixed pseudo-random order (by a hash of their id) are dealt to the folds in turn, bootstrap
-    copies with their original (`copy_of`)."""
+    copies with their original (`copy_roots`)."""
     out: dict[str, int] = {}
     for _, group in kb.subjects.groupby("ARM", sort=False):
         ids = group["USUBJID"].to_numpy(dtype=object)
-        present = set(ids)
-        base = np.array([copy_of(u, present) for u in ids], dtype=object)
+        base = np.array(copy_roots(ids), dtype=object)
         uniq = np.array(list(dict.fromkeys(base)), dtype=object)
         order = np.argsort([stable_key(f"fold|{u}") for u in uniq], kind="stable")
         f = np.empty(len(uniq), dtype=int)
@@ -453,7 +455,7 @@ def kb_folds(kb, folds: int) -> dict[str, int]:
 
 
 def copy_id(usubjid: str, j: int) -> str:
-    """Id of the j-th extra bootstrap copy of a patient (`copy_of` reads it back)."""
+    """Id of the j-th extra bootstrap copy of a patient (`copy_roots` reads it back)."""
     return f"{usubjid}#{int(j)}"
 
 
@@ -478,19 +480,26 @@ def copy_ids(draw, taken=()) -> list[str]:
     return out
 
 
-def copy_of(usubjid: str, ids: set) -> str:
-    """The patient a bootstrap copy `X#j` (services.evaluation.effects.resample_knowledge_base)
-    copies when X is in `ids` (a copy of a copy, `X#1#1`: the first such ancestor in `ids`),
-    else the id itself: a copy shares its original's fold, so a fold's model never predicts a
-    patient it was fitted on."""
-    out = cur = str(usubjid)
-    while True:
-        head, sep, tail = cur.rpartition("#")
-        if not (sep and tail.isdigit()):
-            return out
-        cur = head
-        if cur in ids:
-            out = cur
+def copy_groups(ids) -> np.ndarray | None:
+    """Each patient's original (`copy_roots`) when some are bootstrap copies of others, else
+    None (the fits are then exactly those of distinct patients)."""
+    roots = np.array(copy_roots(ids), dtype=object)
+    return None if len(set(roots)) == len(roots) else roots
+
+
+def copy_roots(ids) -> list[str]:
+    """The patient each id stands for: a bootstrap copy `X#j` (`copy_id`; of a copy: `X#j#k`)
+    stands for X when X is among `ids` or another id is a copy of X too (a resample may hold
+    X#1 and X#2 but not X); any other id stands for itself. Copies share their original's
+    fold, so a fold's model never predicts a patient it was fitted on. (Distinct patients
+    whose ids happen to read `P#1`, `P#2` are then grouped too: one fold, which is harmless.)"""
+    ids = [str(u) for u in ids]
+    stripped = [re.sub(r"(#\d+)+$", "", u) for u in ids]
+    present = set(ids)
+    count: dict[str, int] = {}
+    for r in stripped:
+        count[r] = count.get(r, 0) + 1
+    return [r if r != u and (r in present or count[r] > 1) else u for u, r in zip(ids, stripped)]
 
 
 def other_causes(composite: str, part: str) -> str:

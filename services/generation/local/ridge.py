@@ -8,11 +8,15 @@ import numpy as np
 _ALPHAS = np.logspace(-3, 2.5, 12)  # ridge penalties, relative to the number of patients
 
 
-def ridge_path(X: np.ndarray, y: np.ndarray, penalty: np.ndarray, alphas: np.ndarray | None = None):
+def ridge_path(X: np.ndarray, y: np.ndarray, penalty: np.ndarray, alphas: np.ndarray | None = None,
+               n_eff: int | None = None):
     """Ridge regressions of y on X over a grid of penalties (intercept unpenalised; column j
     penalised with weight penalty[j]; penalties relative to the number of rows).
     Returns (b0 (A,), beta (A, F), gcv (A,)): gcv is the generalised cross-validation
-    estimate of the mean squared prediction error (inf where the fit has no residual df)."""
+    estimate of the mean squared prediction error (inf where the fit has no residual df).
+    `n_eff`: the number of distinct patients when rows repeat some (a bootstrap sample): GCV's
+    degrees-of-freedom correction then counts patients, not rows, as leaving a patient out
+    leaves all its copies out (with repeated rows it under-penalises)."""
     alphas = _ALPHAS if alphas is None else np.asarray(alphas, dtype=float)
     n, f = X.shape
     A = len(alphas)
@@ -32,7 +36,8 @@ def ridge_path(X: np.ndarray, y: np.ndarray, penalty: np.ndarray, alphas: np.nda
     shrink = s2[None, :] / (s2[None, :] + a[:, None])                  # (A, r)
     rss = resid_perp + (((1 - shrink) * uty[None, :]) ** 2).sum(axis=1)
     df = shrink.sum(axis=1) + 1.0
-    gcv = np.where(df < n - 1, rss / n / np.maximum(1 - df / n, 1e-9) ** 2, np.inf)
+    m = n if n_eff is None else min(int(n_eff), n)
+    gcv = np.where(df < m - 1, rss / n / np.maximum(1 - df / m, 1e-9) ** 2, np.inf)
     coef = (s[None, :] / (s2[None, :] + a[:, None])) * uty[None, :]     # (A, r)
     beta = (coef @ Vt) * scale[None, :]
     return ym - beta @ xm, beta, gcv
@@ -114,20 +119,29 @@ def _stack(X: np.ndarray, Y: np.ndarray, rows: np.ndarray):
     return np.vstack(xs), np.concatenate(ys), means
 
 
+def patient_groups(group: np.ndarray | None, n: int) -> np.ndarray:
+    """Row -> patient index 0.. (copies of a patient share one; None: every row its own)."""
+    if group is None:
+        return np.arange(n)
+    _, first, inv = np.unique(np.asarray(group), return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inv]          # numbered in order of first appearance
+
+
 def _shared_slopes(X: np.ndarray, Y: np.ndarray, pen: np.ndarray, alphas: np.ndarray,
-                   inner: int = 5) -> np.ndarray:
+                   inner: int = 5, group: np.ndarray | None = None) -> np.ndarray:
     """Slopes shared by all visits of a parameter: ridge on the stacked visit-centred data,
     penalty chosen by cross-validation over patients (rows of one patient are correlated, so
-    GCV over stacked rows would under-penalise)."""
+    GCV over stacked rows would under-penalise; copies of a patient, `group`, share a fold)."""
     n, F = X.shape
     everyone = np.ones(n, dtype=bool)
     Xs, ys, _ = _stack(X, Y, everyone)
     if Xs is None:
         return np.zeros(F)
-    if len(alphas) == 1 or n < 2 * inner:
+    patient = patient_groups(group, n)
+    if len(alphas) == 1 or patient.max(initial=-1) + 1 < 2 * inner:
         _, bt, gcv = ridge_path(Xs, ys, pen, alphas)
         return bt[choose_penalty(gcv)]
-    group = np.arange(n) % inner
+    group = patient % inner
     sse = np.zeros((inner, len(alphas)))
     for g in range(inner):
         train = group != g
@@ -151,15 +165,18 @@ def _shared_slopes(X: np.ndarray, Y: np.ndarray, pen: np.ndarray, alphas: np.nda
 
 
 def fit_parameter(X: np.ndarray, Y: np.ndarray, pen: np.ndarray, alphas: np.ndarray,
-                   pool: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   pool: bool = True, group: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Ridge models of the visits (columns of Y, NaN = missing) of one parameter on X.
     pool=True: stage 1 fits slopes shared by all visits on the stacked, visit-centred data;
     stage 2 fits per-visit deviations from them (all columns penalised). pool=False:
-    separate ridges. Penalties are chosen by GCV pooled over the visits.
+    separate ridges. Penalties are chosen by GCV pooled over the visits. `group`: the patient
+    of each row when rows repeat patients (a bootstrap knowledge base: copies share a group),
+    so that the penalties are chosen as if leaving a patient out (see `ridge_path`).
     Returns intercepts (J,) and slopes (J, F)."""
     J, F = Y.shape[1], X.shape[1]
     obs = [np.isfinite(Y[:, j]) for j in range(J)]
-    shared = _shared_slopes(X, Y, pen, alphas) if pool else np.zeros(F)
+    patient = patient_groups(group, len(X))
+    shared = _shared_slopes(X, Y, pen, alphas, group=group) if pool else np.zeros(F)
     A = len(alphas)
     b0s = np.zeros((J, A))
     betas = np.zeros((J, A, F))
@@ -172,7 +189,8 @@ def fit_parameter(X: np.ndarray, Y: np.ndarray, pen: np.ndarray, alphas: np.ndar
         if not obs[j].any():
             continue
         xj, yj = X[obs[j]], Y[obs[j], j] - X[obs[j]] @ shared
-        b, bt_sub, gcv = ridge_path(xj[:, cols], yj, base_pen[cols], alphas)
+        n_eff = None if group is None else len(np.unique(patient[obs[j]]))
+        b, bt_sub, gcv = ridge_path(xj[:, cols], yj, base_pen[cols], alphas, n_eff)
         bt = np.zeros((len(alphas), F))
         bt[:, cols] = bt_sub
         b0s[j], betas[j] = b, bt + shared[None, :]
