@@ -23,8 +23,8 @@ least disturbed run.
 
 Last run (2 cores, K 10, 5 LLM runs):
 
-    local CDISC pilot vitals: 168 x 10 = 1,680 twins (85,680 records) in 0.29 s -> 5,778 twins/s
-    local synthetic 10k: 5,000 x 10 = 50,000 twins (764,316 records) in 5.4 s -> 9,271 twins/s
+    local CDISC pilot vitals: 168 x 10 = 1,680 twins (85,680 records) in 0.31 s -> 5,429 twins/s
+    local synthetic 10k: 5,000 x 10 = 50,000 twins (764,160 records) in 3.28 s -> 15,257 twins/s
     llm: 64 twins, concurrency 8, latency 0.2 s: 1.70-1.73 s vs ideal 1.60 s -> efficiency
          0.927-0.942 (median 0.937); own overhead 2-3 ms/twin
 
