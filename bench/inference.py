@@ -11,7 +11,7 @@ known: every "treated" patient is a real control patient.
    into a knowledge base (half) and a "treated" cohort (the other half, real outcomes kept)
    (`--design split`), or both are drawn from it independently with replacement
    (`--design bootstrap`: the arm's empirical distribution is the population; see
-   `null_cohorts` for why the split is conservative for whatever the generator does not
+   `null_designs.null_cohorts` for why the split is conservative for whatever the generator does not
    learn from the knowledge base). Two reference tests on the real patients alone check the
    design itself: `oracle_ancova` (the knowledge base as real controls: two-sample baseline
    ANCOVA) and `oracle_carry` (the cohort's mean change against the pool's, known: a test with
@@ -91,12 +91,13 @@ from services.evaluation import estimators as est
 from services.evaluation import procova_analysis as PA
 from services.evaluation.metrics.procova import estimate_adjustment, procova_plan
 from services.generation import get_generator
-from services.generation.local.model import copy_ids
 from services.retrieval.retriever import ExactRetriever
+
+sys.path.insert(0, str(ROOT / "bench"))
+from null_designs import ALPHA, calibration, null_cohorts, oracle_rows
 
 PILOT = ROOT.parent / "shared" / "data" / "cdiscpilot01"
 KS = (1, 5, 20)
-ALPHA = 0.05
 
 
 # ------------------------------------------------------------------------------------------
@@ -178,75 +179,6 @@ def naive_tests(real: Trial, run, paramcd: str, avisitn: float, tte_p: str | Non
 # 1. synthetic control
 
 
-def draw_patients(pool: Trial, draw, name: str, tag: str | None = None) -> Trial:
-    """The pool's patients `draw` (with repeats) as a trial. Knowledge base (`tag` None): the
-    first copy keeps its id, the j-th extra one is `X#j` (copies share a cross-fitting fold, as
-    in the effects' bootstrap); a cohort (`tag`): every patient is `{tag}{j}:X`, never a
-    knowledge-base id, so a copy of a knowledge-base patient is a new patient to the generator."""
-    draw = pd.Series(np.asarray(draw, dtype=object))
-    if tag is None:
-        new = copy_ids(draw)
-    else:
-        new = [f"{tag}{c}:{u}" for u, c in zip(draw, draw.groupby(draw).cumcount())]
-    mapping = pd.DataFrame({"USUBJID": draw.to_numpy(object), "_NEW": np.asarray(new, dtype=object)})
-
-    def remap(df):
-        if df is None:
-            return None
-        m = df.merge(mapping, on="USUBJID", how="inner", sort=False)
-        return m.assign(USUBJID=m["_NEW"]).drop(columns="_NEW").reset_index(drop=True)
-
-    digest = hashlib.sha256(f"{pool.content_hash}|{name}|{'|'.join(new)}".encode()).hexdigest()
-    return dataclasses.replace(pool, name=name, subjects=remap(pool.subjects),
-                               bds={k: remap(v) for k, v in pool.bds.items()}, tte=remap(pool.tte),
-                               ae=remap(pool.ae), content_hash=digest)
-
-
-def null_cohorts(pool: Trial, rng: np.random.Generator, design: str) -> tuple[Trial, Trial]:
-    """(knowledge base, treated cohort) of one null replicate.
-
-    - `split`: the control arm split in half (finite population). A component of the effect
-      that the generator does not learn from the knowledge base (e.g. a carried-forward
-      baseline) then varies less than in a new sample (finite-population factor ~1/2): a test
-      that is right for new patients is conservative here (`oracle_carry`).
-    - `bootstrap`: knowledge base and cohort drawn independently with replacement from the
-      control arm, whose empirical distribution is then the population (no finite-population
-      factor; a cohort patient may have a copy in the knowledge base, as a new patient of that
-      discrete population would)."""
-    ids = pool.subjects["USUBJID"].to_numpy(object)
-    half = len(ids) // 2
-    if design == "split":
-        perm = rng.permutation(ids)
-        return pool.subset(perm[:half], name="kb"), pool.subset(perm[half:], name="treated")
-    kb = draw_patients(pool, rng.choice(ids, half), "kb")
-    return kb, draw_patients(pool, rng.choice(ids, len(ids) - half), "treated", tag="T")
-
-
-def oracle_rows(kb: Trial, real: Trial, paramcd: str, avisitn: float, pool_change: float, r: int) -> list[dict]:
-    """Reference tests of the design itself, from the real patients only (no twins): what a
-    trial with the knowledge base as real controls would find (`oracle_ancova`: two-sample
-    baseline ANCOVA, classical OLS t), and a test with no knowledge-base part at all
-    (`oracle_carry`: the cohort's mean change from baseline against the pool's, known)."""
-    def yb(t: Trial):
-        vv = t.visit_values
-        y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)].set_index("USUBJID")["AVAL"]
-        b = t.baseline[paramcd].reindex(y.index)
-        ok = np.isfinite(y.to_numpy(float)) & np.isfinite(b.to_numpy(float))
-        return y.to_numpy(float)[ok], b.to_numpy(float)[ok]
-
-    (ya, ba), (yt, bt) = yb(kb), yb(real)
-    X = np.column_stack([np.ones(len(ya) + len(yt)), np.r_[np.zeros(len(ya)), np.ones(len(yt))], np.r_[ba, bt]])
-    fit = est.ols(np.r_[ya, yt], X)
-    p_anc = float(2 * stats.t.sf(abs(fit.coef[1] / fit.se[1]), fit.df))
-    d = yt - bt
-    t_c = (d.mean() - pool_change) / (d.std(ddof=1) / np.sqrt(len(d)))
-    p_car = float(2 * stats.t.sf(abs(t_c), len(d) - 1))
-    return [{"rep": r, "K": 0, "measure": m, "estimate": np.nan, "lo": np.nan, "hi": np.nan, "p": pv,
-             "naive_p": np.nan, "reject": pv < ALPHA, "cover": pv >= ALPHA, "width": np.nan,
-             "v_pat": np.nan, "v_gen": np.nan, "n": len(yt)}
-            for m, pv in (("oracle_ancova", p_anc), ("oracle_carry", p_car))]
-
-
 def oracle_replicate(pool: Trial, paramcd: str, avisitn: float, r: int, *, design: str,
                      pool_change: float) -> list[dict]:
     """The reference tests alone, on the same cohorts as `sc_replicate`'s replicate r."""
@@ -293,18 +225,6 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
                              "cover": e.ci_low <= truth_md <= e.ci_high, "width": e.ci_high - e.ci_low,
                              "v_pat": e.var_patients, "v_gen": e.var_generator, "n": e.n_patients})
     return rows
-
-
-def calibration(g: pd.DataFrame, measure: str) -> tuple[float, float]:
-    """(mean estimated variance / variance of the estimates over the replicates, mean error of
-    the estimates / their SD) of one cell: why a rejection rate is off (the log scale for the
-    hazard ratio; the error against the truth: 0, or 0.2 x the pool's mean for md_x1.2)."""
-    if measure.startswith("oracle_") or len(g) < 3:
-        return float("nan"), float("nan")
-    est = np.log(g["estimate"]) if measure == "hazard_ratio" else g["estimate"]
-    truth = float(g["truth"].iloc[0]) if "truth" in g else 0.0
-    sd = float(est.std(ddof=1))
-    return float((g["v_pat"] + g["v_gen"]).mean() / sd ** 2), float((est.mean() - truth) / sd)
 
 
 def binom_ci(x: int, n: int) -> tuple[float, float]:

@@ -70,7 +70,7 @@ def test_a_held_structure_refits_without_choosing(pbc):
 
 def test_bootstrap_copies_share_their_originals_fold(pbc):
     from services.evaluation.effects import resample_knowledge_base
-    from services.generation.local.model import kb_folds
+    from services.generation.local.copies import kb_folds
 
     plain = kb_folds(pbc, 5)
     kb = resample_knowledge_base(pbc, "Placebo", np.random.default_rng(0))

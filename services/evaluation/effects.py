@@ -83,11 +83,11 @@ from scipy import stats
 from services.data.trial import Trial
 from services.evaluation.estimators import cox_binary, rmst_km
 from services.evaluation.run_store import cached_in_run
-from services.generation.local.model import copy_ids
+from services.generation.local.copies import copy_ids
 from services.generation.run import TwinRun
 
 UNIT = "patients"
-EFFECTS_VERSION = 3   # bump when the figures change meaning (3: refits hold the run's structure)
+EFFECTS_VERSION = 4   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies)
 MIN_PATIENTS = 5
 
 

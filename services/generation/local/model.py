@@ -4,12 +4,12 @@ covariance, clip bounds and the ridge Cox models of the event types."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from services.generation.local.copies import copy_groups, kb_folds
 from services.generation.local.features import BaselineFeatures, choose_transform, forward
 from services.generation.local.mean_models import (
     CANDIDATES,
@@ -20,7 +20,6 @@ from services.generation.local.mean_models import (
     ridge_models,
 )
 from services.generation.local.ridge import _ALPHAS, breslow, cox_ridge
-from services.generation.seeding import stable_key
 
 _OWN_PENALTY = 1e-4          # relative ridge penalty on the parameter's own baseline
 _MAX_CLIPPED = 0.01  # a raw-scale model may clip at most 1% of values at the lower bound
@@ -435,71 +434,6 @@ def neighbour_rows(hits: dict, ids: list[str], index: dict[str, int], m: int):
         for j, (r, d) in enumerate(row):
             nbr[i, j], dist[i, j] = r, d
     return nbr, dist
-
-
-def kb_folds(kb, folds: int) -> dict[str, int]:
-    """Cross-fitting folds of every knowledge-base patient: within each arm, patients in a
-    fixed pseudo-random order (by a hash of their id) are dealt to the folds in turn, bootstrap
-    copies with their original (`copy_roots`)."""
-    out: dict[str, int] = {}
-    for _, group in kb.subjects.groupby("ARM", sort=False):
-        ids = group["USUBJID"].to_numpy(dtype=object)
-        base = np.array(copy_roots(ids), dtype=object)
-        uniq = np.array(list(dict.fromkeys(base)), dtype=object)
-        order = np.argsort([stable_key(f"fold|{u}") for u in uniq], kind="stable")
-        f = np.empty(len(uniq), dtype=int)
-        f[order] = np.arange(len(uniq)) % folds
-        fold_of = dict(zip(uniq, f.tolist()))
-        out.update((u, fold_of[b]) for u, b in zip(ids, base))
-    return out
-
-
-def copy_id(usubjid: str, j: int) -> str:
-    """Id of the j-th extra bootstrap copy of a patient (`copy_roots` reads it back)."""
-    return f"{usubjid}#{int(j)}"
-
-
-def copy_ids(draw, taken=()) -> list[str]:
-    """Ids of the patients `draw` (drawn with replacement): a patient's first draw keeps its
-    id, each further one is a new `copy_id` that is neither in `taken` nor drawn (a knowledge
-    base that is itself a bootstrap sample already holds copies `X#j`)."""
-    draw = [str(u) for u in draw]
-    used = set(map(str, taken)) | set(draw)
-    seen: set[str] = set()
-    out = []
-    for u in draw:
-        if u not in seen:
-            seen.add(u)
-            out.append(u)
-            continue
-        j = 1
-        while copy_id(u, j) in used:
-            j += 1
-        used.add(copy_id(u, j))
-        out.append(copy_id(u, j))
-    return out
-
-
-def copy_groups(ids) -> np.ndarray | None:
-    """Each patient's original (`copy_roots`) when some are bootstrap copies of others, else
-    None (the fits are then exactly those of distinct patients)."""
-    roots = np.array(copy_roots(ids), dtype=object)
-    return None if len(set(roots)) == len(roots) else roots
-
-
-def copy_roots(ids) -> list[str]:
-    """The patient each id stands for: a bootstrap copy `X#j` (`copy_id`; of a copy: `X#j#k`)
-    stands for X when X is among `ids` or another id is a copy of X too (a resample may hold
-    X#1 and X#2 but not X); any other id stands for itself. Copies share their original's
-    fold, so a fold's model never predicts a patient it was fitted on. (Distinct patients
-    whose ids happen to read `P#1`, `P#2` are then grouped too: one fold, which is harmless.)"""
-    ids = [str(u) for u in ids]
-    stripped = [re.sub(r"(#\d+)+$", "", u) for u in ids]
-    present = set(ids)
-    count: dict[str, int] = {}
-    for r in stripped:
-        count[r] = count.get(r, 0) + 1
-    return [r if r != u and (r in present or count[r] > 1) else u for u, r in zip(ids, stripped)]
 
 
 def other_causes(composite: str, part: str) -> str:
