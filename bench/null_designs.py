@@ -4,15 +4,13 @@ patients, drawn from a control arm by halving it or with replacement."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from services.data.trial import Trial
 from services.evaluation import estimators as est
+from services.evaluation.resampling import relabelled
 from services.generation.local.copies import copy_ids
 
 ALPHA = 0.05     # the nominal level of every test of the bench
@@ -28,18 +26,7 @@ def draw_patients(pool: Trial, draw, name: str, tag: str | None = None) -> Trial
         new = copy_ids(draw)
     else:
         new = [f"{tag}{c}:{u}" for u, c in zip(draw, draw.groupby(draw).cumcount())]
-    mapping = pd.DataFrame({"USUBJID": draw.to_numpy(object), "_NEW": np.asarray(new, dtype=object)})
-
-    def remap(df):
-        if df is None:
-            return None
-        m = df.merge(mapping, on="USUBJID", how="inner", sort=False)
-        return m.assign(USUBJID=m["_NEW"]).drop(columns="_NEW").reset_index(drop=True)
-
-    digest = hashlib.sha256(f"{pool.content_hash}|{name}|{'|'.join(new)}".encode()).hexdigest()
-    return dataclasses.replace(pool, name=name, subjects=remap(pool.subjects),
-                               bds={k: remap(v) for k, v in pool.bds.items()}, tte=remap(pool.tte),
-                               ae=remap(pool.ae), content_hash=digest)
+    return relabelled(pool, draw.to_numpy(object), new, name, salt=name)
 
 
 def null_cohorts(pool: Trial, rng: np.random.Generator, design: str) -> tuple[Trial, Trial]:

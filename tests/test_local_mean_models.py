@@ -33,7 +33,7 @@ def test_the_chosen_mean_model_is_recorded_and_forcing_one_is_honoured(pbc):
 def test_a_held_structure_refits_without_choosing(pbc):
     """`structure` (what a fit chose: scales and mean models) reproduces that fit's twins on the
     same knowledge base, and on a resampled one keeps the choice instead of re-making it."""
-    from services.evaluation.effects import resample_knowledge_base
+    from services.evaluation.resampling import resample_knowledge_base
 
     treated = pbc.subset(list(pbc.subjects.loc[pbc.subjects["ARM"] == "D-penicillamine", "USUBJID"][:15]))
     run = _gen().fit(pbc).generate(treated, "Placebo", twins_per_patient=3, seed=4)
@@ -69,7 +69,7 @@ def test_a_held_structure_refits_without_choosing(pbc):
 
 
 def test_bootstrap_copies_share_their_originals_fold(pbc):
-    from services.evaluation.effects import resample_knowledge_base
+    from services.evaluation.resampling import resample_knowledge_base
     from services.generation.local.copies import kb_folds
 
     plain = kb_folds(pbc, 5)

@@ -70,7 +70,6 @@ under the linear model whatever the quality of the twins (Schuler et al. 2022).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 from collections.abc import Callable, Iterable
@@ -82,8 +81,8 @@ from scipy import stats
 
 from services.data.trial import Trial
 from services.evaluation.estimators import cox_binary, rmst_km
+from services.evaluation.resampling import resample_knowledge_base
 from services.evaluation.run_store import cached_in_run
-from services.generation.local.copies import copy_ids
 from services.generation.run import TwinRun
 
 UNIT = "patients"
@@ -249,34 +248,6 @@ def default_tau(real: Trial, run: TwinRun, paramcd: str) -> float:
 
 # ==========================================================================================
 # generator refits
-
-
-def resample_knowledge_base(kb: Trial, arm: str, rng: np.random.Generator,
-                            keep: Iterable[str] = ()) -> Trial:
-    """The knowledge base with its ``arm`` patients resampled with replacement (same size).
-
-    Patients in ``keep`` (the sources) stay once and are never drawn, so a source cannot meet a
-    copy of itself; other arms are unchanged. The j-th extra copy of patient X is ``X#j``.
-    """
-    keep = set(keep)
-    subj = kb.subjects
-    pool = subj.loc[(subj["ARM"] == arm) & ~subj["USUBJID"].isin(keep), "USUBJID"].to_numpy(object)
-    draw = rng.choice(pool, size=pool.size, replace=True)
-    others = subj.loc[(subj["ARM"] != arm) | subj["USUBJID"].isin(keep), "USUBJID"].to_numpy(object)
-    new = np.array(copy_ids(draw, taken=others), dtype=object)
-    mapping = pd.DataFrame({"USUBJID": np.concatenate([others, draw]),
-                            "_NEW": np.concatenate([others, new])})
-
-    def remap(df: pd.DataFrame | None) -> pd.DataFrame | None:
-        if df is None:
-            return None
-        m = df.merge(mapping, on="USUBJID", how="inner", sort=False)
-        return m.assign(USUBJID=m["_NEW"]).drop(columns="_NEW").reset_index(drop=True)
-
-    digest = f"{kb.content_hash}|boot|{'|'.join(new)}"
-    return Trial(f"{kb.name} (bootstrap)", remap(subj), {k: remap(v) for k, v in kb.bds.items()},
-                 remap(kb.tte), remap(kb.ae), kb.meta, hashlib.sha256(digest.encode()).hexdigest(),
-                 list(kb.warnings), dict(kb.labels))
 
 
 def bootstrap_settings(run: TwinRun, generator: str, settings: dict) -> dict:
