@@ -78,6 +78,42 @@ def test_trajectory_and_km_tables_have_every_group(pbc, copies):
     assert at_risk[at_risk.time == 0].set_index("GROUP")["n"].to_dict()[TARGET] == 154
 
 
+def events_only(trial):
+    """The trial as a user with ADSL and ADTTE only (no BDS) would load it."""
+    return load_trial_files([RawFile("adsl.csv", trial.subjects.to_csv(index=False).encode()),
+                             RawFile("adtte.csv", trial.tte.to_csv(index=False).encode())],
+                            name=f"{trial.name} events only")
+
+
+def test_an_events_only_trial_is_compared_on_its_event_times_and_copies_are_flagged(pbc):
+    ev = events_only(pbc)
+    assert ev.longitudinal_parameters == [] and set(ev.tte_parameters) == {"DEATH", "DTHTX"}
+    placebo = list(ev.subjects.loc[ev.subjects.ARM == "Placebo", "USUBJID"])
+    treated = list(ev.subjects.loc[ev.subjects.ARM != "Placebo", "USUBJID"])[: len(placebo)]
+    result = evaluate(ev, copied_arm(ev, treated, placebo), {"target_arm": "Placebo"})
+    privacy = result["privacy"]
+    # log(1 + time) and the event indicator of each event type: copies sit at distance 0
+    assert privacy["columns"] == 4 and privacy["exact_copies"]["n_copies"] == privacy["n_twins"] == 154
+    assert privacy["dcr"]["ratio_median"] == pytest.approx(0, abs=1e-9)
+    assert result["fidelity"]["detection"]["auroc"] == pytest.approx(0.5, abs=0.05)
+    assert result["utility"] == {"error": "no baseline features"}
+
+
+def test_event_times_of_local_twins_are_not_the_real_patients_days(pbc):
+    """Twins' event and censoring times are spread over the gap between the real times, so few
+    twins carry a real patient's exact record (days and status of both event types)."""
+    from services.generation import get_generator
+
+    ev = events_only(pbc)
+    treated = ev.subjects.loc[ev.subjects.ARM == "D-penicillamine", "USUBJID"]
+    run = get_generator("local").fit(ev).generate(ev.subset(treated).baseline_only(), "Placebo",
+                                                  twins_per_patient=2, seed=1)
+    privacy = evaluate(ev, run.as_trial(), run.manifest)["privacy"]
+    assert privacy["n_twins"] == 316 and privacy["columns"] == 4
+    assert privacy["exact_copies"]["fraction"] < 0.15       # +-10 % of the gap: 0.24
+    assert privacy["dcr"]["ratio_median"] > 0.2              # +-10 % of the gap: 0.08
+
+
 @pytest.mark.slow
 def test_local_twin_arm_metrics_and_cli_evaluate(pbc, tmp_path, capsys):
     from services.generation import get_generator

@@ -330,19 +330,19 @@ def test_event_twins_follow_their_sources_model_curve(pbc, pbc_gen):
 def test_event_time_helpers_by_hand():
     from services.generation.local.events import _censoring_times, event_times
 
-    # Breslow H0 steps to 0.5 at day 2 and to 1.5 at day 4: the step's day, jittered by +-10 %
+    # Breslow H0 steps to 0.5 at day 2 and to 1.5 at day 4: the step's day, jittered by +-50 %
     # of the gap to the previous step by the target's position within the step
     h_t, h_v = np.array([2.0, 4.0]), np.array([0.5, 1.5])
     got = event_times(np.array([0.0, 0.25, 0.5, 1.0, 1.5, 2.0]), h_t, h_v)
-    assert got == pytest.approx([1.8, 2.0, 2.2, 4.0, 4.2, np.inf])
+    assert got == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, np.inf])
     # reverse KM of censorings at 1 and 3, events at 2 and 4: P(C <= 1) = 1/4, P(C <= 3) = 5/8;
     # beyond, the last follow-up (day 4)
     t, c = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 0])
-    assert _censoring_times(t, c, np.array([0.9, 0.5, 0.2])) == pytest.approx([0.98, 3.0 + 0.2 * 2 / 6, 4.0])
+    assert _censoring_times(t, c, np.array([0.9, 0.5, 0.2])) == pytest.approx([0.9, 3.0 + 2 / 6, 4.0])
     # a censoring tied with an event: the event stays at risk (censorings leave first), so
     # P(C <= 1) = 1/3 of the three at risk, not 1/2
     t2, c2 = np.array([1.0, 1.0, 2.0]), np.array([0, 1, 0])
-    assert _censoring_times(t2, c2, np.array([0.7, 0.6])) == pytest.approx([1.0 + 0.4 * 0.2, 2.0])
+    assert _censoring_times(t2, c2, np.array([0.7, 0.6])) == pytest.approx([1.0 + 0.4, 2.0])
 
 
 def test_event_twins_of_a_composite_endpoint_keep_the_real_event_rates(pbc, pbc_gen):

@@ -8,8 +8,10 @@ Three groups are compared (`GROUPS`):
 - **real source cohort**: the real patients the twins were made for, under their own arm.
 
 Feature space of the fidelity/privacy/utility metrics: one column per parameter at baseline and
-at each scheduled visit (`PARAMCD@AVISITN`), standardised by the real target arm. Privacy looks
-at the generated (post-baseline) columns only: baselines are copied from the sources by design.
+at each scheduled visit (`PARAMCD@AVISITN`) and, per event type, log(1 + time) and the event
+indicator (`PARAMCD@time`, `PARAMCD@event`), standardised by the real target arm. Privacy looks
+at the generated columns only (visits and events): baselines are copied from the sources by
+design. A trial with events only (ADSL + ADTTE) has a feature space of its event columns.
 """
 
 from __future__ import annotations
@@ -172,38 +174,56 @@ def _hr_against_twins(src: pd.DataFrame, twn: pd.DataFrame, twin_subjects: pd.Da
 
 # ----- feature space for metrics -------------------------------------------------------------
 
+def _wide(trial: Trial, params: list[str], events: list[str]) -> pd.DataFrame:
+    """Patients x feature columns: each parameter at baseline and at each visit
+    (`PARAMCD@AVISITN`), then per event type log(1 + time) and the event indicator
+    (`PARAMCD@time`, `PARAMCD@event`); a patient without a value is NaN there."""
+    parts = []
+    if params:
+        long = pd.concat([_with_baseline(trial, p).assign(PARAMCD=p) for p in params], ignore_index=True)
+        parts.append(M.long_to_wide(long[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]]))
+    if events and trial.tte is not None:
+        tte = trial.tte[trial.tte["PARAMCD"].isin(events)].drop_duplicates(["USUBJID", "PARAMCD"])
+        by = tte.set_index(["USUBJID", "PARAMCD"])
+        time_ = np.log1p(pd.to_numeric(by["AVAL"], errors="coerce").clip(lower=0)).unstack("PARAMCD")
+        event = (1 - pd.to_numeric(by["CNSR"], errors="coerce")).unstack("PARAMCD")
+        parts += [pd.DataFrame({f"{q}@time": time_[q], f"{q}@event": event[q]}) for q in events if q in time_]
+    if not parts:
+        return pd.DataFrame(index=pd.Index([], name="USUBJID", dtype=object))
+    return pd.concat(parts, axis=1, join="outer")
+
+
 @dataclass
 class FeatureSpace:
-    """Columns PARAMCD@AVISITN (AVISITN 0 = baseline), standardised by the real target arm."""
+    """Columns PARAMCD@AVISITN (AVISITN 0 = baseline) of `parameters` and PARAMCD@time /
+    PARAMCD@event of `events`, standardised by the real target arm."""
 
     columns: list[str]
     generated: list[str]
     mean: pd.Series
     sd: pd.Series
+    parameters: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
 
     def matrix(self, trial: Trial, columns: list[str] | None = None,
                standardise: bool = True) -> tuple[list[str], np.ndarray]:
-        long = pd.concat([_with_baseline(trial, p).assign(PARAMCD=p) for p in
-                          {c.split("@")[0] for c in self.columns}], ignore_index=True)
-        wide = M.long_to_wide(long[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]])
         cols = columns or self.columns
-        wide = wide.reindex(columns=cols)
+        wide = _wide(trial, self.parameters, self.events).reindex(columns=cols)
         X = ((wide - self.mean[cols]) / self.sd[cols] if standardise else wide).to_numpy(float)
         return list(wide.index.astype(str)), X
 
 
 def feature_space(comp: Comparison, min_fraction: float = 0.3) -> FeatureSpace:
-    """Baseline and visit columns observed in at least `min_fraction` of the real target arm."""
-    ref = comp.groups[TARGET]
-    long = pd.concat([_with_baseline(ref, p).assign(PARAMCD=p) for p in comp.parameters], ignore_index=True)
-    wide = M.long_to_wide(long[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]])
-    twin_long = pd.concat([_with_baseline(comp.twins, p).assign(PARAMCD=p) for p in comp.parameters],
-                          ignore_index=True)
-    twin_cols = set(M.long_to_wide(twin_long[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]]).columns)
+    """Baseline, visit and event columns observed in at least `min_fraction` of the real target
+    arm and present in the twins."""
+    params, events = comp.parameters, comp.tte_parameters
+    wide = _wide(comp.groups[TARGET], params, events)
+    twin_cols = set(_wide(comp.twins, params, events).columns)
     keep = [c for c in wide.columns if wide[c].notna().mean() >= min_fraction and c in twin_cols]
     sd = wide[keep].std(ddof=1).replace(0, 1.0).fillna(1.0)
     generated = [c for c in keep if not c.endswith("@0")]
-    return FeatureSpace(columns=keep, generated=generated, mean=wide[keep].mean(), sd=sd)
+    return FeatureSpace(columns=keep, generated=generated, mean=wide[keep].mean(), sd=sd,
+                        parameters=list(params), events=list(events))
 
 
 def _long(trial: Trial, params: list[str]) -> pd.DataFrame:
@@ -268,7 +288,8 @@ def fidelity(comp: Comparison, seed: int = 0) -> dict:
 
 
 def privacy(comp: Comparison, holdout: Trial | None = None, seed: int = 0) -> dict:
-    """Distances in the generated (post-baseline) columns between twins and the real patients
+    """Distances in the generated columns (post-baseline visits, event times and indicators)
+    between twins and the real patients
     the generator learned from (the real target arm). Without a held-out set the yardstick is
     the leave-one-out distance between real patients; membership inference needs held-out
     patients (the Validate page's backtest provides them)."""
@@ -373,7 +394,7 @@ def utility(comp: Comparison, seed: int = 0) -> dict:
             "augmentation": M.augmentation_auroc(*args, seed=seed).as_dict()}
 
 
-EVALUATION_VERSION = 2  # 2: SMD net of the sources' baseline imbalance; bump when `evaluate` changes what it returns: stored results are redone
+EVALUATION_VERSION = 3  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; bump when `evaluate` changes what it returns: stored results are redone
 
 
 def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Trial | None = None,

@@ -19,7 +19,7 @@ from services.evaluation.backtest import (
 from services.evaluation.metrics.procova import estimate_adjustment
 from services.jsonable import jsonable
 
-VALIDATION_VERSION = 4   # bump when the backtest's figures change meaning: stored validations are redone (4: matched rounding)
+VALIDATION_VERSION = 5   # bump when the backtest's figures change meaning: stored validations are redone (4: matched rounding; 5: event times jittered over the gap)
 
 
 def _per_patient(pairs: pd.DataFrame) -> pd.DataFrame:

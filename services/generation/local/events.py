@@ -15,7 +15,7 @@ from services.generation.local.ridge import rescale_times
 from services.generation.run import twin_id, twin_ids
 from services.generation.seeding import uniforms
 
-_JITTER = 0.2      # km draws: event-time jitter, +-10% of the gap to the previous event
+_JITTER = 1.0      # km and model draws: event-time jitter, +-50% of the gap to the previous event
 _TIME_JITTER = 0.05  # history draws: times x exp(0.05 z)
 
 
