@@ -1,77 +1,14 @@
-"""One table widget for the app: every column of the frame is shown (none is hidden or
-dropped), under a readable label instead of its raw name, with codes (PARAMCD, covariate
-names) spelled out when the page passes their labels.
-
-`table_for_display` builds the frame that is shown (testable without Streamlit running);
-`data_table` renders it.
-"""
+"""One table widget for the app: the frame as `services.reporting.tables.table_for_display`
+shows it (every column, labelled, codes spelled out), as the report shows it too."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-# Raw column names of service frames -> what a reader sees. Unknown names fall back to the
-# name with underscores as spaces (never hidden).
-COLUMN_LABELS: dict[str, str] = {
-    "PARAMCD": "parameter", "PARAM": "parameter name", "AVISITN": "visit number", "AVISIT": "visit",
-    "ADY": "study day (median)", "USUBJID": "subject", "ARM": "arm",
-    "n": "patients", "events": "events", "visits": "visits",
-    # time-to-event backtest
-    "km_sup_twins": "KM distance, twins vs held-out",
-    "km_sup_reference": "KM distance, knowledge-base arm vs held-out",
-    "km_ratio": "KM distance ratio (twins / knowledge base; ≤ 1 met)",
-    "cindex_twins": "C-index, twins", "cindex_cox": "C-index, Cox model",
-    "km_met": "KM ratio ≤ 1 met", "cindex_met": "C-index ≥ Cox − 0.01 met",
-    # per-visit backtest
-    "rmse_twins": "RMSE, twins' mean", "rmse_reference": "RMSE, baseline ANCOVA",
-    "rmse_ratio": "RMSE ratio (twins / ANCOVA)", "coverage": "10-90 % coverage (ties inside)",
-    "coverage_pit": "10-90 % coverage (ties split)",
-    "sd_real": "SD, real", "sd_twins": "SD, twins", "sd_ratio": "SD ratio (twins / real)",
-    "corr": "correlation, twins' mean vs observed",
-    # metric summaries
-    "ci_low": "95 % CI, low", "ci_high": "95 % CI, high",
-}
+from services.reporting.tables import COLUMN_LABELS, code_labels, label_of, table_for_display
 
-
-def label_of(name: str, labels: dict[str, str] | None = None) -> str:
-    """The label of a column: the page's own labels first, then COLUMN_LABELS, then the name
-    with underscores as spaces."""
-    name = str(name)
-    return (labels or {}).get(name) or COLUMN_LABELS.get(name) or name.replace("_", " ")
-
-
-def _round(series: pd.Series, digits: int) -> pd.Series:
-    if pd.api.types.is_float_dtype(series):
-        return series.map(lambda v: None if pd.isna(v) else float(f"{v:.{digits}g}"))
-    return series
-
-
-def table_for_display(frame: pd.DataFrame, *, labels: dict[str, str] | None = None,
-                      codes: dict[str, dict] | None = None, digits: int = 3) -> pd.DataFrame:
-    """Every column of `frame`, renamed by `label_of`, floats to `digits` significant digits,
-    and the values of each column named in `codes` replaced by their label (e.g. PARAMCD ->
-    "Bilirubin (mg/dl) [BILI]"); values without a label are kept as they are."""
-    out = frame.copy()
-    for column, mapping in (codes or {}).items():
-        if column in out.columns:
-            out[column] = out[column].map(lambda v, m=mapping: m.get(v, v))
-    for column in out.columns:
-        out[column] = _round(out[column], digits)
-    renamed = [label_of(c, labels) for c in out.columns]
-    seen: dict[str, int] = {}
-    unique = []
-    for raw, label in zip(out.columns, renamed):        # two raw names with one label: keep both
-        seen[label] = seen.get(label, 0) + 1
-        unique.append(label if seen[label] == 1 else f"{label} [{raw}]")
-    out.columns = unique
-    assert len(out.columns) == len(frame.columns)
-    return out
-
-
-def code_labels(labels: dict[str, str]) -> dict[str, str]:
-    """Code -> "label [code]" (the code kept so that it can be searched for)."""
-    return {code: (f"{label} [{code}]" if label and label != code else code) for code, label in labels.items()}
+__all__ = ["COLUMN_LABELS", "code_labels", "data_table", "label_of", "table_for_display"]
 
 
 def data_table(frame: pd.DataFrame, *, labels: dict[str, str] | None = None, codes: dict[str, dict] | None = None,

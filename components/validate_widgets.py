@@ -29,13 +29,14 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
             st.warning("Not better than a baseline ANCOVA for: " + ", ".join(worse["PARAMCD"]) +
                        " (the 95 % interval of the RMSE ratio reaches 1).")
     cols = st.columns(3)
-    cols[0].metric("Accuracy (median RMSE ratio)", "n/a" if s.get("rmse_ratio_median") is None
-                   else f"{s['rmse_ratio_median']:.2f}", help="Twins' mean vs a regression on the baseline "
-                   "value; <= 1 means twins predict at least as well.")
-    cols[1].metric("Calibration (10-90 % coverage)", "n/a" if s.get("coverage") is None
-                   else f"{s['coverage']:.0%}", help="Share of real values inside their twins' 10-90 % range, "
-                   "target 75-85 %. A value tied with an end of the range (on an integer scale) "
-                   "counts by the share of the tie that falls inside, so a perfect generator scores 80 %.")
+    if len(result.visits):           # a trial with events only has no visit figures
+        cols[0].metric("Accuracy (median RMSE ratio)", "n/a" if s.get("rmse_ratio_median") is None
+                       else f"{s['rmse_ratio_median']:.2f}", help="Twins' mean vs a regression on the baseline "
+                       "value; <= 1 means twins predict at least as well.")
+        cols[1].metric("Calibration (10-90 % coverage)", "n/a" if s.get("coverage") is None
+                       else f"{s['coverage']:.0%}", help="Share of real values inside their twins' 10-90 % range, "
+                       "target 75-85 %. A value tied with an end of the range (on an integer scale) "
+                       "counts by the share of the tie that falls inside, so a perfect generator scores 80 %.")
     if s.get("cindex_twins") is not None:
         cols[2].metric("C-index twins vs Cox", f"{s['cindex_twins']:.2f} vs {s['cindex_cox']:.2f}")
     for verdict in s.get("verdicts", []):
@@ -61,8 +62,9 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
         data_table(result.tte, codes=codes, key="validate_tte")
         st.caption("Time to event: KM sup distance of the pooled twins to the held-out patients vs that of the "
                    "knowledge base's control arm (ratio <= 1 met), and C-index of the twins vs a Cox model.")
-    with st.expander("Per visit"):
-        data_table(result.visits, codes=codes, key="validate_visits")
+    if len(result.visits):
+        with st.expander("Per visit"):
+            data_table(result.visits, codes=codes, key="validate_visits")
 
 
 def procova_inputs(endpoint) -> dict | None:

@@ -31,8 +31,9 @@ if run is not None and (run.manifest.get("knowledge_base") or {}).get("content_h
 gen_name, _, run_k = val.run_generator(run)
 
 
-def longitudinal_sections() -> None:
-    """Backtest card and PROCOVA (both need the longitudinal backtest)."""
+def backtest_sections() -> None:
+    """Backtest card (visits and events) and, for a trial with visits, PROCOVA (it needs the
+    longitudinal backtest)."""
     with st.form("backtest_settings"):
         st.caption(f"Generator: **{gen_name}**" + (f" with the settings and K of run {run.run_id}" if run is not None
                                                   else " with its default settings (no twin arm yet)") + ".")
@@ -59,6 +60,8 @@ def longitudinal_sections() -> None:
     card = val.bootstrap_card(result, seed=int(seed))
     validation_card(result, card, code_labels({p: i.label for p, i in trial.parameters.items()}
                                               | {p: trial.tte_label(p) for p in trial.tte_parameters}))
+    if not trial.longitudinal_parameters:
+        return
 
     st.header("PROCOVA: how many patients would twins save?")
     st.caption("The mean of each patient's twins is a prognostic score. Adjusting the primary analysis for it "
@@ -148,10 +151,11 @@ def safety_section() -> None:
     safety_backtest_card(result, safety_card(result), safety_verdict(result))
 
 
-if trial.longitudinal_parameters:
-    longitudinal_sections()
+if val.backtestable(trial):
+    backtest_sections()
     privacy_section()
 else:
-    st.info("This trial has no parameter with scheduled follow-up visits: nothing to backtest.")
+    st.info("This trial has no parameter with scheduled follow-up visits and no time-to-event data: "
+            "nothing to backtest.")
 if has_ae(trial):
     safety_section()

@@ -52,6 +52,17 @@ def pbc():
 
 
 @pytest.fixture(scope="session")
+def pbc_events(pbc):
+    """The PBC demo as a user with ADSL and ADTTE only (no BDS) would load it."""
+    from services.data.loading import load_trial_files
+    from services.data.readers import RawFile
+
+    return load_trial_files([RawFile("adsl.csv", pbc.subjects.to_csv(index=False).encode()),
+                             RawFile("adtte.csv", pbc.tte.to_csv(index=False).encode())],
+                            name="pbc events only")
+
+
+@pytest.fixture(scope="session")
 def pilot():
     from services.data.loading import load_trial
 

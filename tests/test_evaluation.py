@@ -78,15 +78,8 @@ def test_trajectory_and_km_tables_have_every_group(pbc, copies):
     assert at_risk[at_risk.time == 0].set_index("GROUP")["n"].to_dict()[TARGET] == 154
 
 
-def events_only(trial):
-    """The trial as a user with ADSL and ADTTE only (no BDS) would load it."""
-    return load_trial_files([RawFile("adsl.csv", trial.subjects.to_csv(index=False).encode()),
-                             RawFile("adtte.csv", trial.tte.to_csv(index=False).encode())],
-                            name=f"{trial.name} events only")
-
-
-def test_an_events_only_trial_is_compared_on_its_event_times_and_copies_are_flagged(pbc):
-    ev = events_only(pbc)
+def test_an_events_only_trial_is_compared_on_its_event_times_and_copies_are_flagged(pbc_events):
+    ev = pbc_events
     assert ev.longitudinal_parameters == [] and set(ev.tte_parameters) == {"DEATH", "DTHTX"}
     placebo = list(ev.subjects.loc[ev.subjects.ARM == "Placebo", "USUBJID"])
     treated = list(ev.subjects.loc[ev.subjects.ARM != "Placebo", "USUBJID"])[: len(placebo)]
@@ -99,12 +92,12 @@ def test_an_events_only_trial_is_compared_on_its_event_times_and_copies_are_flag
     assert result["utility"] == {"error": "no baseline features"}
 
 
-def test_event_times_of_local_twins_are_not_the_real_patients_days(pbc):
+def test_event_times_of_local_twins_are_not_the_real_patients_days(pbc_events):
     """Twins' event and censoring times are spread over the gap between the real times, so few
     twins carry a real patient's exact record (days and status of both event types)."""
     from services.generation import get_generator
 
-    ev = events_only(pbc)
+    ev = pbc_events
     treated = ev.subjects.loc[ev.subjects.ARM == "D-penicillamine", "USUBJID"]
     run = get_generator("local").fit(ev).generate(ev.subset(treated).baseline_only(), "Placebo",
                                                   twins_per_patient=2, seed=1)

@@ -159,3 +159,22 @@ def test_an_llm_runs_report_validates_the_llm_generator(tmp_path, monkeypatch):
     assert "Generator <b>llm</b> with the settings of this run, 1 twins per held-out patient on 8 of" in html
     assert "the llm generator is not refitted" in html
     assert "0 generator refits" in html
+
+
+def test_report_of_an_events_only_trial_validates_its_event_twins(pbc_events):
+    """ADSL + ADTTE only: the report's validation card is the event backtest (KM distance,
+    C-index) and PROCOVA says why it does not apply, instead of "nothing to backtest"."""
+    from services.generation import get_generator
+    from services.reporting.report import build_report
+
+    treated = pbc_events.subjects.loc[pbc_events.subjects.ARM == "D-penicillamine", "USUBJID"][:40]
+    run = get_generator("local").fit(pbc_events).generate(pbc_events.subset(treated), "Placebo",
+                                                           twins_per_patient=2, seed=5)
+    page = build_report(pbc_events, run)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", " ", page, flags=re.S)))
+    card = text[text.index("Validation card"):text.index("Trajectories")]
+    assert "nothing to backtest" not in card
+    assert "Time to event DEATH" in card and "Time to event DTHTX" in card
+    # the event table under the Validate page's labels, parameters spelled out
+    assert "C-index, Cox model" in card and "cindex_cox" not in card and "[DEATH]" in card
+    assert "PROCOVA adjusts a continuous endpoint; this trial has no parameter with follow-up visits." in text

@@ -97,3 +97,25 @@ def test_validate_page_runs_on_the_default_demo():
     assert rows.loc["NN adversarial accuracy", "threshold"] == "0.35 to 0.8"
     assert all(v.split(" ", 1)[1] in {"met", "not met", "inconclusive"} for v in rows["verdict"])
     assert any("local twins, K = 5" in c.value for c in at.caption)
+
+
+def test_validate_page_backtests_a_trial_with_events_only(pbc_events):
+    """ADSL + ADTTE only (an oncology-style upload): the backtest scores the event twins (KM
+    distance, C-index) and the privacy audit their event times; no visit figures, no PROCOVA."""
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["trial"] = pbc_events
+    at.session_state["trial_source"] = "upload"
+    at.run()
+    at.switch_page("pages/validate.py").run()
+    assert not at.exception, at.exception
+    next(b for b in at.button if b.label == "Run backtest").click().run()
+    assert not at.exception, at.exception
+    assert [m.label for m in at.metric] == ["C-index twins vs Cox"]
+    tte = next(d.value for d in at.dataframe if "C-index, Cox model" in d.value.columns)
+    assert len(tte) == 2 and tte["events"].min() > 10
+    assert not [h for h in at.header if "PROCOVA" in h.value]
+    assert any("Time to event DEATH" in s.value for s in list(at.success) + list(at.warning))
+    at.button(key="run_privacy_audit").click().run()
+    assert not at.exception, at.exception
+    audit = next(d.value for d in at.dataframe if "threshold" in d.value.columns).set_index("metric")
+    assert "DCR ratio (twins / real)" in audit.index and "exact copies of real patients" in audit.index

@@ -18,7 +18,7 @@ from services.data.trial import Trial
 from services.evaluation.comparison import cached_run_evaluation, compare
 from services.evaluation.effects import cached_run_effects
 from services.evaluation.patient_space import cached_embedding_points
-from services.evaluation.validation import cached_validate_run
+from services.evaluation.validation import backtestable, cached_validate_run
 from services.generation.run import TwinRun
 
 STEPS = ("evaluation", "embedding", "validation", "effects")
@@ -82,7 +82,7 @@ class Precompute:
                         # a generator that calls a model per twin is backtested when asked
                         # (Validate, the report): in the background it would spend the user's
                         # endpoint (or minutes of the embedded model) unasked
-                        if kb.longitudinal_parameters and not _calls_a_model(run):
+                        if backtestable(kb) and not _calls_a_model(run):
                             cached_validate_run(kb, run, self.run_dir)
                     else:
                         cached_run_effects(kb, run, self.run_dir, progress=self._progress)

@@ -129,6 +129,12 @@ def _visit_label(trial: Trial, paramcd: str, avisitn: float) -> str:
     return f"visit {avisitn:g}"
 
 
+def backtestable(trial: Trial) -> bool:
+    """The backtest scores visits (accuracy, calibration) and events (KM distance, C-index): a
+    trial with neither has nothing to score."""
+    return bool(trial.longitudinal_parameters or trial.tte_parameters)
+
+
 def run_generator(run) -> tuple[str, dict, int]:
     """The generator, settings and K a run was made with (what its validation must use)."""
     m = (run.manifest or {}) if run is not None else {}

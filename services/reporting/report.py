@@ -21,6 +21,7 @@ from services.evaluation import patient_space as ps
 from services.evaluation.trajectories import suggested_scale, trajectory_summary
 from services.reporting.figures import compare as figs
 from services.reporting.safety_section import safety_section
+from services.reporting.tables import code_labels, table_for_display
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2733;background:#f6f8fa}
@@ -33,14 +34,13 @@ figure{margin:0 0 8px}figcaption{color:#57606a;font-size:13px;margin:-4px 0 20px
 """
 
 
-def _table(frame: pd.DataFrame, digits: int = 3) -> str:
+def _table(frame: pd.DataFrame, digits: int = 3, codes: dict[str, dict] | None = None) -> str:
+    """The frame as the app's tables show it (`tables.table_for_display`: every column, labelled,
+    codes spelled out), as HTML."""
     if frame is None or len(frame) == 0:
         return '<p class="muted">None.</p>'
-    shown = frame.copy()
-    for col in shown.columns:
-        if pd.api.types.is_float_dtype(shown[col]):
-            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.{digits}g}")
-    return shown.to_html(index=False, escape=True, border=0)
+    shown = table_for_display(frame, codes=codes, digits=digits).astype(object)
+    return shown.where(shown.notna(), "").to_html(index=False, escape=True, border=0)
 
 
 def _kv(rows: dict) -> str:
@@ -89,19 +89,22 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     e.g. the one kept in its folder) are computed here when not given; with the run's folder
     `run_dir`, the backtest and the embedding are those kept there (computed once per run)."""
     from services.evaluation.effects import run_effects
-    from services.evaluation.validation import bootstrap_card, cached_validate_run
+    from services.evaluation.validation import backtestable, bootstrap_card, cached_validate_run
     from services.evaluation.validation import procova as procova_plan
 
     twins = run.as_trial()
     comp = ev.compare(kb, twins, run.manifest)
     result = evaluation if evaluation is not None else ev.evaluate(kb, twins, run.manifest,
                                                                     seed=seed)
-    if backtest is None and kb.longitudinal_parameters:
+    if backtest is None and backtestable(kb):
         backtest = cached_validate_run(kb, run, run_dir, folds=2, seed=seed)
     if effects is None:
         effects = run_effects(kb, run, seed=seed)
-    if procova is None and backtest is not None:
+    if procova is None and backtest is not None and kb.longitudinal_parameters:
         procova = procova_plan(kb, backtest)
+    if procova is None and not kb.longitudinal_parameters:
+        procova = {"error": "PROCOVA adjusts a continuous endpoint; this trial has no parameter with follow-up "
+                            "visits."}
     fig = _Figures()
     m = run.manifest
     parts = [f"<h1>TwinArm report: {html.escape(kb.title)}</h1>",
@@ -142,13 +145,23 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         for verdict in backtest.summary.get("verdicts", []):
             parts.append(f'<div class="card">{html.escape(verdict)}</div>')
         card = bootstrap_card(backtest, seed=seed)
-        parts.append(_table(card[["PARAMCD", "patients", "rmse_ratio", "rmse_ratio_lo", "rmse_ratio_hi",
-                                  "coverage", "coverage_lo", "coverage_hi", "accuracy", "calibration"]]))
+        codes = {"PARAMCD": code_labels({p: i.label for p, i in kb.parameters.items()}
+                                        | {p: kb.tte_label(p) for p in kb.tte_parameters})}
+        if len(card):
+            parts.append(_table(card[["PARAMCD", "patients", "rmse_ratio", "rmse_ratio_lo", "rmse_ratio_hi",
+                                      "coverage", "coverage_lo", "coverage_hi", "accuracy", "calibration"]],
+                                codes=codes))
+        if len(backtest.tte):
+            parts.append(_table(backtest.tte, codes=codes))
+            parts.append('<p class="muted">Time to event: Kaplan-Meier sup distance of the pooled twins to the '
+                         "held-out patients vs that of the knowledge base's arm (ratio <= 1 met), and C-index of "
+                         "the twins vs a Cox model (met when >= Cox - 0.01).</p>")
         parts.append(f'<p class="muted">{backtest.folds}-fold cross-fitting of the {html.escape(backtest.arm)} arm, '
-                     f"{backtest.twins_per_patient} twins per held-out patient; intervals are 95 % bootstrap "
-                     "intervals over patients.</p>")
+                     f"{backtest.twins_per_patient} twins per held-out patient"
+                     + ("; intervals are 95 % bootstrap intervals over patients." if len(card) else ".") + "</p>")
     else:
-        parts.append('<p class="muted">No longitudinal parameter: nothing to backtest.</p>')
+        parts.append('<p class="muted">No parameter with follow-up visits and no time-to-event data: '
+                     "nothing to backtest.</p>")
 
     # figures
     parts.append("<h2>Trajectories</h2>")
