@@ -171,7 +171,7 @@ def test_report_of_an_events_only_trial_validates_its_event_twins(pbc_events):
     run = get_generator("local").fit(pbc_events).generate(pbc_events.subset(treated), "Placebo",
                                                            twins_per_patient=2, seed=5)
     page = build_report(pbc_events, run)
-    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", " ", page, flags=re.S)))
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", " ", page, flags=re.DOTALL)))
     card = text[text.index("Validation card"):text.index("Trajectories")]
     assert "nothing to backtest" not in card
     assert "Time to event DEATH" in card and "Time to event DTHTX" in card
