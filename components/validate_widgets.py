@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from components.data_table import data_table
+from services.reporting.tables import validation_card_table
 
 
 def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str] | None = None) -> None:
@@ -29,7 +30,7 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
             st.warning("Not better than a baseline ANCOVA for: " + ", ".join(worse["PARAMCD"]) +
                        " (the 95 % interval of the RMSE ratio reaches 1).")
     cols = st.columns(3)
-    if len(result.visits):           # a trial with events only has no visit figures
+    if len(result.visits) or not len(result.tte):     # a trial with events only has no visit figures
         cols[0].metric("Accuracy (median RMSE ratio)", "n/a" if s.get("rmse_ratio_median") is None
                        else f"{s['rmse_ratio_median']:.2f}", help="Twins' mean vs a regression on the baseline "
                        "value; <= 1 means twins predict at least as well.")
@@ -47,15 +48,7 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
         else:
             st.info(verdict)
     if len(card):
-        shown = pd.DataFrame({
-            "parameter": card["PARAMCD"].map(lambda p: codes["PARAMCD"].get(p, p)), "patients": card["patients"],
-            "RMSE ratio [95 % CI]": [f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
-                                     zip(card["rmse_ratio"], card["rmse_ratio_lo"], card["rmse_ratio_hi"])],
-            "coverage [95 % CI]": [f"{c:.0%} [{lo:.0%}, {hi:.0%}]" for c, lo, hi in
-                                   zip(card["coverage"], card["coverage_lo"], card["coverage_hi"])],
-            "accuracy": card["accuracy"], "calibration": card["calibration"],
-        })
-        data_table(shown, key="validate_card")
+        data_table(validation_card_table(card, codes["PARAMCD"]), key="validate_card")
         st.caption("Intervals are 95 % percentile bootstrap intervals over held-out patients; "
                    "'not conclusively' means the interval contains the target.")
     if len(result.tte):

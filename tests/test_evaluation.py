@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -87,9 +88,24 @@ def test_an_events_only_trial_is_compared_on_its_event_times_and_copies_are_flag
     privacy = result["privacy"]
     # log(1 + time) and the event indicator of each event type: copies sit at distance 0
     assert privacy["columns"] == 4 and privacy["exact_copies"]["n_copies"] == privacy["n_twins"] == 154
+    assert privacy["exact_copies"]["by_part"] == {"events": 154} and privacy["exact_copies"]["compared"] == "events"
+    # on whole days and a 0/1 status, real placebo patients share a record by chance: 2 pairs
+    assert privacy["exact_copies"]["real_to_real"] == pytest.approx(4 / 154)
     assert privacy["dcr"]["ratio_median"] == pytest.approx(0, abs=1e-9)
     assert result["fidelity"]["detection"]["auroc"] == pytest.approx(0.5, abs=0.05)
-    assert result["utility"] == {"error": "no baseline features"}
+
+
+def test_a_copied_trajectory_is_a_copy_whatever_its_event_days(pbc):
+    """Visits and events are compared as separate parts: twins that copy real patients' visits
+    with their event days moved by one day are still exact copies (of the visits)."""
+    placebo = list(pbc.subjects.loc[pbc.subjects.ARM == "Placebo", "USUBJID"])
+    treated = list(pbc.subjects.loc[pbc.subjects.ARM != "Placebo", "USUBJID"])[: len(placebo)]
+    shifted = dataclasses.replace(pbc, tte=pbc.tte.assign(AVAL=pbc.tte["AVAL"] + 1))
+    twins = copied_arm(shifted, treated, placebo)
+    copies = evaluate(pbc, twins, {"target_arm": "Placebo"})["privacy"]["exact_copies"]
+    assert copies["n_twin"] == 87 and copies["compared"] == "visits"     # observed at half the columns
+    assert copies["n_copies"] == copies["by_part"]["visits"] == 87
+    assert copies["by_part"]["events"] <= 2             # a moved record meets another one by chance
 
 
 def test_event_times_of_local_twins_are_not_the_real_patients_days(pbc_events):
@@ -103,8 +119,10 @@ def test_event_times_of_local_twins_are_not_the_real_patients_days(pbc_events):
                                                   twins_per_patient=2, seed=1)
     privacy = evaluate(ev, run.as_trial(), run.manifest)["privacy"]
     assert privacy["n_twins"] == 316 and privacy["columns"] == 4
-    assert privacy["exact_copies"]["fraction"] < 0.15       # +-10 % of the gap: 0.24
-    assert privacy["dcr"]["ratio_median"] > 0.2              # +-10 % of the gap: 0.08
+    # spread +-10 % of the gap to the previous step: 24 % copies, DCR ratio 0.08
+    assert privacy["exact_copies"]["fraction"] < 0.08
+    assert privacy["exact_copies"]["fraction"] < 3 * privacy["exact_copies"]["real_to_real"]   # ~ chance
+    assert privacy["dcr"]["ratio_median"] > 0.5
 
 
 @pytest.mark.slow

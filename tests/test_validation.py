@@ -118,4 +118,5 @@ def test_validate_page_backtests_a_trial_with_events_only(pbc_events):
     at.button(key="run_privacy_audit").click().run()
     assert not at.exception, at.exception
     audit = next(d.value for d in at.dataframe if "threshold" in d.value.columns).set_index("metric")
-    assert "DCR ratio (twins / real)" in audit.index and "exact copies of real patients" in audit.index
+    assert 0 < float(audit.loc["DCR ratio (twins / real)", "value"]) < 10           # computed on event columns
+    assert "event day and status" in audit.loc["exact copies of real patients", "detail"]

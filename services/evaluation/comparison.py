@@ -26,6 +26,7 @@ from scipy import stats
 from services.data.trial import Trial
 from services.evaluation import metrics as M
 from services.evaluation.effects import patient_weighted_cox
+from services.evaluation.feature_space import FeatureSpace, build_feature_space, is_event_column
 from services.evaluation.metrics import verdicts as V
 from services.evaluation.run_store import cached_in_run
 from services.jsonable import jsonable
@@ -89,14 +90,6 @@ def compare(kb: Trial, twins: Trial, manifest: dict | None = None) -> Comparison
 
 
 # ----- trajectories ----------------------------------------------------------------------
-
-def _with_baseline(trial: Trial, paramcd: str) -> pd.DataFrame:
-    base = trial.baseline_long[trial.baseline_long["PARAMCD"] == paramcd]
-    base = base.assign(AVISITN=0.0, AVISIT="Baseline", ADY=1.0)
-    post = trial.visit_values[trial.visit_values["PARAMCD"] == paramcd]
-    cols = ["USUBJID", "AVISITN", "AVISIT", "ADY", "AVAL"]
-    return pd.concat([base[cols], post[cols]], ignore_index=True)
-
 
 # ----- survival ----------------------------------------------------------------------------
 
@@ -174,56 +167,11 @@ def _hr_against_twins(src: pd.DataFrame, twn: pd.DataFrame, twin_subjects: pd.Da
 
 # ----- feature space for metrics -------------------------------------------------------------
 
-def _wide(trial: Trial, params: list[str], events: list[str]) -> pd.DataFrame:
-    """Patients x feature columns: each parameter at baseline and at each visit
-    (`PARAMCD@AVISITN`), then per event type log(1 + time) and the event indicator
-    (`PARAMCD@time`, `PARAMCD@event`); a patient without a value is NaN there."""
-    parts = []
-    if params:
-        long = pd.concat([_with_baseline(trial, p).assign(PARAMCD=p) for p in params], ignore_index=True)
-        parts.append(M.long_to_wide(long[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]]))
-    if events and trial.tte is not None:
-        tte = trial.tte[trial.tte["PARAMCD"].isin(events)].drop_duplicates(["USUBJID", "PARAMCD"])
-        by = tte.set_index(["USUBJID", "PARAMCD"])
-        time_ = np.log1p(pd.to_numeric(by["AVAL"], errors="coerce").clip(lower=0)).unstack("PARAMCD")
-        event = (1 - pd.to_numeric(by["CNSR"], errors="coerce")).unstack("PARAMCD")
-        parts += [pd.DataFrame({f"{q}@time": time_[q], f"{q}@event": event[q]}) for q in events if q in time_]
-    if not parts:
-        return pd.DataFrame(index=pd.Index([], name="USUBJID", dtype=object))
-    return pd.concat(parts, axis=1, join="outer")
-
-
-@dataclass
-class FeatureSpace:
-    """Columns PARAMCD@AVISITN (AVISITN 0 = baseline) of `parameters` and PARAMCD@time /
-    PARAMCD@event of `events`, standardised by the real target arm."""
-
-    columns: list[str]
-    generated: list[str]
-    mean: pd.Series
-    sd: pd.Series
-    parameters: list[str] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)
-
-    def matrix(self, trial: Trial, columns: list[str] | None = None,
-               standardise: bool = True) -> tuple[list[str], np.ndarray]:
-        cols = columns or self.columns
-        wide = _wide(trial, self.parameters, self.events).reindex(columns=cols)
-        X = ((wide - self.mean[cols]) / self.sd[cols] if standardise else wide).to_numpy(float)
-        return list(wide.index.astype(str)), X
-
-
 def feature_space(comp: Comparison, min_fraction: float = 0.3) -> FeatureSpace:
     """Baseline, visit and event columns observed in at least `min_fraction` of the real target
-    arm and present in the twins."""
-    params, events = comp.parameters, comp.tte_parameters
-    wide = _wide(comp.groups[TARGET], params, events)
-    twin_cols = set(_wide(comp.twins, params, events).columns)
-    keep = [c for c in wide.columns if wide[c].notna().mean() >= min_fraction and c in twin_cols]
-    sd = wide[keep].std(ddof=1).replace(0, 1.0).fillna(1.0)
-    generated = [c for c in keep if not c.endswith("@0")]
-    return FeatureSpace(columns=keep, generated=generated, mean=wide[keep].mean(), sd=sd,
-                        parameters=list(params), events=list(events))
+    arm and present in the twins (`feature_space.build_feature_space`)."""
+    return build_feature_space(comp.groups[TARGET], comp.twins, comp.parameters, comp.tte_parameters,
+                               min_fraction)
 
 
 def _long(trial: Trial, params: list[str]) -> pd.DataFrame:
@@ -265,6 +213,11 @@ def fidelity(comp: Comparison, seed: int = 0) -> dict:
     real_long, twin_long = _long(comp.groups[TARGET], comp.parameters), _long(comp.twins, comp.parameters)
     marginal = _net_of_sources(comp, M.marginal_fidelity(real_long, twin_long))
     space = feature_space(comp)
+    if not space.columns:
+        missing = {"error": "no baseline, visit or event column is observed in both the real arm and the twins"}
+        return {"marginal": marginal, "share_abs_smd_below_0_1": np.nan, "share_abs_net_smd_below_0_1": np.nan,
+                "median_abs_smd": np.nan, "median_ks": np.nan, "correlation_distance": missing,
+                "dimension_wise_mean_correlation": missing, "detection": missing}
     _, R = space.matrix(comp.groups[TARGET])
     _, T = space.matrix(comp.twins)
     # correlation and per-dimension means on the original scale (standardised means are ~0)
@@ -289,10 +242,11 @@ def fidelity(comp: Comparison, seed: int = 0) -> dict:
 
 def privacy(comp: Comparison, holdout: Trial | None = None, seed: int = 0) -> dict:
     """Distances in the generated columns (post-baseline visits, event times and indicators)
-    between twins and the real patients
-    the generator learned from (the real target arm). Without a held-out set the yardstick is
-    the leave-one-out distance between real patients; membership inference needs held-out
-    patients (the Validate page's backtest provides them)."""
+    between twins and the real patients the generator learned from (the real target arm).
+    Without a held-out set the yardstick is the leave-one-out distance between real patients;
+    membership inference needs held-out patients (the Validate page's backtest provides them).
+    Exact copies: twins equal to a real patient on every visit column (every event column in a
+    trial with events only: `_copies`)."""
     space = feature_space(comp)
     cols = space.generated
     if not cols:
@@ -303,7 +257,7 @@ def privacy(comp: Comparison, holdout: Trial | None = None, seed: int = 0) -> di
     twins = _mostly_observed(space.matrix(comp.twins, cols)[1])
     out: dict = {"columns": len(cols), "n_train": len(train), "n_twins": len(twins)}
     if len(train) < 5 or len(twins) < 5:
-        return {**out, "error": "fewer than 5 patients observed at half of the visits"}
+        return {**out, "error": "fewer than 5 patients observed at half of the compared visits and events"}
     if holdout is not None and len(holdout.subjects):
         hold = _mostly_observed(space.matrix(holdout, cols)[1])
         dcr = M.distance_to_closest_record(twins, train, hold)
@@ -315,8 +269,18 @@ def privacy(comp: Comparison, holdout: Trial | None = None, seed: int = 0) -> di
         out["dcr"] = _dcr_leave_one_out(twins, train, seed)
         out["nnaa"] = M.nn_adversarial_accuracy(train, twins, seed=seed).as_dict()
         out["membership"] = {"skipped": "needs held-out real patients: see the Validate page backtest"}
-    out["exact_copies"] = M.exact_copies(twins, train).as_dict()
+    out["exact_copies"] = M.record_copies(twins, train, [is_event_column(c) for c in cols])
     return out
+
+
+def _copies_detail(copies: dict) -> str:
+    if copies.get("n_copies") is None:
+        return ""
+    part = {"visits": "every post-baseline visit value", "events": "every event day and status"}.get(
+        copies.get("compared", "visits"), "every generated value")
+    chance = copies.get("real_to_real")
+    return (f"equal to a real patient on {part}; real patients sharing such a record with another by chance: "
+            f"{chance:.1%}" if chance is not None and np.isfinite(chance) else f"equal to a real patient on {part}")
 
 
 def _mostly_observed(X: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
@@ -456,7 +420,7 @@ def headline(result: dict) -> pd.DataFrame:
         "correlations across visits and parameters preserved", "correlation structure differs")
     add("fidelity", "dimension_wise_mean_correlation", "dimension-wise mean correlation",
         (f.get("dimension_wise_mean_correlation") or {}).get("correlation"),
-        "per-visit means track the real ones", "per-visit means drift from the real ones")
+        "per-column means (visits, event times) track the real ones", "per-column means drift from the real ones")
     det = f.get("detection") or {}
     add("fidelity", "detection_auroc", "detection AUROC", det.get("auroc"),
         "a classifier can hardly tell twins from real patients", "a classifier tells twins from real patients",
@@ -472,8 +436,10 @@ def headline(result: dict) -> pd.DataFrame:
     add("privacy", "nnaa", "NN adversarial accuracy", nnaa.get("nnaa"),
         "neither copies nor outliers", "twins are copies (low) or unlike real patients (high)",
         detail="acceptable band around the ideal 0.5: below it twins copy, above it they stand apart")
-    add("privacy", "exact_copies", "exact copies of real patients", (p.get("exact_copies") or {}).get("n_copies"),
-        "no twin copies a real patient", "some twins copy real patients")
+    copies = p.get("exact_copies") or {}
+    add("privacy", "exact_copies", "exact copies of real patients", copies.get("n_copies"),
+        "no twin copies a real patient", "some twins copy real patients",
+        detail=_copies_detail(copies))
     mi = p.get("membership") or {}
     if mi.get("advantage") is not None:
         add("privacy", "mia_advantage", "membership-inference advantage", mi["advantage"],

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from services.evaluation.comparison import TWIN, Comparison, _with_baseline
+from services.evaluation.comparison import TWIN, Comparison
+from services.evaluation.feature_space import with_baseline as _with_baseline
 
 SCALES = ("raw", "log")
 SKEW_FOR_LOG = 1.0

@@ -21,7 +21,7 @@ from services.evaluation import patient_space as ps
 from services.evaluation.trajectories import suggested_scale, trajectory_summary
 from services.reporting.figures import compare as figs
 from services.reporting.safety_section import safety_section
-from services.reporting.tables import code_labels, table_for_display
+from services.reporting.tables import code_labels, table_for_display, validation_card_table
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2733;background:#f6f8fa}
@@ -148,9 +148,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         codes = {"PARAMCD": code_labels({p: i.label for p, i in kb.parameters.items()}
                                         | {p: kb.tte_label(p) for p in kb.tte_parameters})}
         if len(card):
-            parts.append(_table(card[["PARAMCD", "patients", "rmse_ratio", "rmse_ratio_lo", "rmse_ratio_hi",
-                                      "coverage", "coverage_lo", "coverage_hi", "accuracy", "calibration"]],
-                                codes=codes))
+            parts.append(_table(validation_card_table(card, codes["PARAMCD"])))
         if len(backtest.tte):
             parts.append(_table(backtest.tte, codes=codes))
             parts.append('<p class="muted">Time to event: Kaplan-Meier sup distance of the pooled twins to the '
@@ -164,7 +162,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                      "nothing to backtest.</p>")
 
     # figures
-    parts.append("<h2>Trajectories</h2>")
+    if comp.parameters:
+        parts.append("<h2>Trajectories</h2>")
     for paramcd in comp.parameters[:4]:
         p = kb.parameters[paramcd]
         parts.append(fig(figs.mean_trajectories(trajectory_summary(comp, paramcd, suggested_scale(comp, paramcd)), f"{p.label}: mean with 95 % CI",
@@ -243,13 +242,15 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     else:
         parts.append(f'<p class="muted">{html.escape((procova or {}).get("error", "Not computed."))}</p>')
 
+    validated = " and ".join(filter(None, ["accuracy and calibration of the visits" if kb.longitudinal_parameters
+                                           else "", "survival" if kb.tte_parameters else ""])) or "nothing"
     parts.append("<h2>Limitations</h2><ul>"
                  "<li>Correlation is not causation: twins reproduce associations in the knowledge base; a treatment "
                  "effect estimated against a synthetic control assumes no unmeasured differences between the "
                  "source patients and the real patients the generator learned from.</li>"
                  "<li>The twins are as good as the data: a small or unrepresentative target arm, missing "
                  "baseline covariates or informative dropout limit what any generator can learn.</li>"
-                 "<li>What was validated: accuracy, calibration and survival on held-out real patients of the "
+                 f"<li>What was validated: {validated} on held-out real patients of the "
                  "target arm of this trial (the validation card). What was not: transport to another trial, "
                  "population or era; subgroups smaller than the held-out folds; endpoints not in the data.</li>"
                  "<li>Privacy metrics are empirical tests on this data, not a formal guarantee such as "

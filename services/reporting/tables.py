@@ -68,3 +68,18 @@ def table_for_display(frame: pd.DataFrame, *, labels: dict[str, str] | None = No
 def code_labels(labels: dict[str, str]) -> dict[str, str]:
     """Code -> "label [code]" (the code kept so that it can be searched for)."""
     return {code: (f"{label} [{code}]" if label and label != code else code) for code, label in labels.items()}
+
+
+def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """The validation card per parameter as the Validate page and the report show it: RMSE
+    ratio and 10-90 % coverage (ties split) with their 95 % bootstrap intervals, and the
+    verdicts (`services.evaluation.validation.bootstrap_card`)."""
+    labels = parameter_labels or {}
+    return pd.DataFrame({
+        "parameter": card["PARAMCD"].map(lambda p: labels.get(p, p)), "patients": card["patients"],
+        "RMSE ratio [95 % CI]": [f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
+                                 zip(card["rmse_ratio"], card["rmse_ratio_lo"], card["rmse_ratio_hi"])],
+        "coverage [95 % CI]": [f"{c:.0%} [{lo:.0%}, {hi:.0%}]" for c, lo, hi in
+                               zip(card["coverage"], card["coverage_lo"], card["coverage_hi"])],
+        "accuracy": card["accuracy"], "calibration": card["calibration"],
+    })

@@ -28,6 +28,7 @@ from .privacy import (
     median_ratio_interval,
     membership_inference,
     nn_adversarial_accuracy,
+    record_copies,
 )
 from .procova import (
     ProcovaPlan,
@@ -101,6 +102,7 @@ __all__ = [
     "metrics_table",
     "nn_adversarial_accuracy",
     "procova_plan",
+    "record_copies",
     "sample_size",
     "standardized_mean_difference",
     "tstr_auroc",

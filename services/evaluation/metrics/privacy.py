@@ -269,3 +269,27 @@ def exact_copies(twin_X, train_X, tol: float = 1e-8) -> CopiesResult:
         tol=float(tol),
         twin_indices=tuple(int(i) for i in idx),
     )
+
+
+def record_copies(twins: np.ndarray, train: np.ndarray, event_column: list[bool], tol: float = 1e-8) -> dict:
+    """Twins that carry a real patient's whole post-baseline trajectory: equal to one on every
+    visit column, whatever their event days (so a copied trajectory is found even when the
+    event draws differ), or, in a trial with events only, on every event column (days and
+    status). `by_part`: the copies of each part on its own (in a trial with visits, a twin
+    whose event record alone equals a real patient's is counted there, not as a copy: on whole
+    days and a 0/1 status records meet by chance). `real_to_real`: the share of real patients
+    whose record of the copy's part equals another real patient's (that chance)."""
+    event_column = np.asarray(event_column, bool)
+    parts = {"visits": ~event_column, "events": event_column}
+    by_part, found = {}, {}
+    for part, cols in parts.items():
+        if cols.any():
+            res = exact_copies(twins[:, cols], train[:, cols], tol=tol)
+            by_part[part], found[part] = res.n_copies, res.twin_indices
+    main = "visits" if (~event_column).any() else "events"
+    (ref,) = impute_means(train[:, parts[main]])
+    _, inverse, counts = np.unique(np.round(ref, 10), axis=0, return_inverse=True, return_counts=True)
+    n = len(twins)
+    return {"n_copies": len(found[main]), "fraction": len(found[main]) / n if n else float("nan"), "n_twin": n,
+            "tol": tol, "compared": main, "by_part": by_part,
+            "real_to_real": float((counts[np.ravel(inverse)] > 1).mean()) if len(train) else float("nan")}

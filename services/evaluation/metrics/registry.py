@@ -179,14 +179,14 @@ _ENTRIES = [
     MetricInfo(
         "correlation_mad", "fidelity",
         "Mean absolute difference between the real and twin Pearson correlations over all "
-        "pairs of (parameter, visit) columns.",
+        "pairs of (parameter, visit) and event (time, status) columns.",
         "0", "lower", _SDM + " (CorrelationSimilarity); synthcity.",
         f"{_F}.correlation_distance",
     ),
     MetricInfo(
         "correlation_frobenius", "fidelity",
         "Frobenius norm of the difference between the real and twin Pearson correlation "
-        "matrices of the (parameter, visit) columns.",
+        "matrices of the (parameter, visit) and event (time, status) columns.",
         "0", "lower", "Standard matrix-distance summary of correlation structure.",
         f"{_F}.correlation_distance",
     ),

@@ -15,7 +15,7 @@ from services.generation.local.ridge import rescale_times
 from services.generation.run import twin_id, twin_ids
 from services.generation.seeding import uniforms
 
-_JITTER = 1.0      # km and model draws: event-time jitter, +-50% of the gap to the previous event
+_JITTER = 1.0      # km and model draws: a step's times spread between the midpoints with its neighbours
 _TIME_JITTER = 0.05  # history draws: times x exp(0.05 z)
 
 
@@ -165,8 +165,8 @@ class EventDrawing:
     def _tte_model(self, chunk, keys, model: _ArmModel, k: int, seed: int, X_src: np.ndarray,
                    which: np.ndarray) -> pd.DataFrame:
         """Event times from each source's own survival curve under the fold's ridge Cox model
-        (S(t) = exp(-H0(t) exp(lp)), the Breslow step curve inverted at the step and jittered
-        +-_JITTER/2 of the gap to the previous event time; beyond the knowledge base's last
+        (S(t) = exp(-H0(t) exp(lp)), the Breslow step curve inverted at the step and spread
+        between the midpoints with its neighbours (`_jittered`); beyond the knowledge base's last
         event: no event), censoring times from the event type's reverse Kaplan-Meier in the arm
         (beyond it: its last follow-up). A source's twins take their (event, censoring, other
         cause) quantiles from Roberts' R3 sequence with a random start (u_t = frac(start + t
@@ -229,19 +229,32 @@ _PLASTIC3 = 1.2207440846057596      # x^4 = x + 1: Roberts' R3 sequence, well sp
 _R3 = tuple(1.0 / _PLASTIC3 ** d for d in (1, 2, 3))
 
 
+def _jittered(x: np.ndarray, x_prev: np.ndarray, x_next: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """The step's time x spread by frac over [x - _JITTER/2 (x - x_prev), x + _JITTER/2 (x_next -
+    x)] (x_prev: the previous step or time 0; past the last step its gap mirrors the previous
+    one): with _JITTER 1, from the midpoint with the previous step to the midpoint with the
+    next. Neighbouring steps' spreads meet without overlapping, so the time rises with the
+    target (a twin's risk order and nested endpoints are kept), and integer days rarely fall
+    on the real patients' own days."""
+    below = x - x_prev
+    above = np.where(np.isfinite(x_next), x_next - x, below)
+    return x + _JITTER * (frac * (below + above) / 2 - below / 2)
+
+
 def _step_inverse(x: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Inverse of the step function that rises to y[j] at x[j] (y increasing, 0 before x[0]):
-    x[j] of the first step reaching `target`, jittered by +-_JITTER/2 of the gap to the previous
-    step (or 0) using the target's position within the step; inf beyond the last step."""
+    x[j] of the first step reaching `target`, jittered within its neighbourhood (`_jittered`) by
+    the target's position within the step; inf beyond the last step."""
     target = np.asarray(target, float)
     pos = np.searchsorted(y, target, side="left")
     inside = pos < len(y)
     p = np.minimum(pos, len(y) - 1)
     x_prev = np.where(p > 0, x[np.maximum(p - 1, 0)], 0.0)
+    x_next = np.where(p + 1 < len(x), x[np.minimum(p + 1, len(x) - 1)], np.inf)
     y_prev = np.where(p > 0, y[np.maximum(p - 1, 0)], 0.0)
     span = y[p] - y_prev
     frac = np.clip(np.divide(target - y_prev, span, out=np.full(target.shape, 0.5), where=span > 0), 0, 1)
-    return np.where(inside, x[p] + (frac - 0.5) * _JITTER * (x[p] - x_prev), np.inf)
+    return np.where(inside, _jittered(x[p], x_prev, x_next, frac), np.inf)
 
 
 def event_times(target: np.ndarray, h_times: np.ndarray, h_vals: np.ndarray) -> np.ndarray:
@@ -283,9 +296,10 @@ def _tte_frame(frames: list[pd.DataFrame], chunk: list[str]) -> pd.DataFrame:
 
 def _draw(t: np.ndarray, surv: np.ndarray, jump: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-transform draws from step curves `surv` (S, m) at sorted times `t` that drop at
-    `jump` positions: the time of the step u falls in, jittered by +-_JITTER/2 of the gap to
-    the previous drop (or time 0), using u's position within the step (no extra random
-    number). Returns (S, k): inf where u is below the curve's last value (no event)."""
+    `jump` positions: the time of the step u falls in, jittered within its neighbourhood
+    (`_jittered`: the gaps to the previous and next drops) by u's position within the step (no
+    extra random number). Returns (S, k): inf where u is below the curve's last value (no
+    event)."""
     S, m = surv.shape
     if m == 0:
         return np.full(u.shape, np.inf)
@@ -301,9 +315,13 @@ def _draw(t: np.ndarray, surv: np.ndarray, jump: np.ndarray, u: np.ndarray) -> n
     js = np.where(jump, surv, np.nan)
     prev_s = np.concatenate([np.ones((S, 1)), pd.DataFrame(js).ffill(axis=1).fillna(1.0).to_numpy()[:, :-1]],
                             axis=1)
+    # next drop: first jump position after p
+    jn = np.where(jump, np.nan_to_num(t, nan=np.inf), np.inf)
+    next_t = np.concatenate([np.minimum.accumulate(jn[:, ::-1], axis=1)[:, ::-1][:, 1:],
+                             np.full((S, 1), np.inf)], axis=1)
     t0 = np.take_along_axis(np.broadcast_to(prev_t[:, None, :], above.shape), p[..., None], axis=2)[..., 0]
+    t1 = np.take_along_axis(np.broadcast_to(next_t[:, None, :], above.shape), p[..., None], axis=2)[..., 0]
     s0 = np.take_along_axis(np.broadcast_to(prev_s[:, None, :], above.shape), p[..., None], axis=2)[..., 0]
     span = s0 - s_hit
     frac = np.clip(np.divide(s0 - u, span, out=np.ones_like(u), where=span > 0), 0, 1)
-    out = t_hit + (frac - 0.5) * _JITTER * (t_hit - t0)
-    return np.where(inside, out, np.inf)
+    return np.where(inside, _jittered(t_hit, t0, t1, frac), np.inf)
