@@ -117,12 +117,16 @@ def test_event_times_of_local_twins_are_not_the_real_patients_days(pbc_events):
     treated = ev.subjects.loc[ev.subjects.ARM == "D-penicillamine", "USUBJID"]
     run = get_generator("local").fit(ev).generate(ev.subset(treated).baseline_only(), "Placebo",
                                                   twins_per_patient=2, seed=1)
-    privacy = evaluate(ev, run.as_trial(), run.manifest)["privacy"]
+    result = evaluate(ev, run.as_trial(), run.manifest)
+    privacy = result["privacy"]
     assert privacy["n_twins"] == 316 and privacy["columns"] == 4
     # spread +-10 % of the gap to the previous step: 24 % copies, DCR ratio 0.08
     assert privacy["exact_copies"]["fraction"] < 0.08
     assert privacy["exact_copies"]["fraction"] < 3 * privacy["exact_copies"]["real_to_real"]   # ~ chance
     assert privacy["dcr"]["ratio_median"] > 0.5
+    # utility on the ADSL covariates: a model trained on twins predicts real deaths
+    assert result["utility"]["outcome"].startswith("DEATH event by day")
+    assert result["utility"]["tstr"]["tstr"] > 0.65
 
 
 @pytest.mark.slow

@@ -334,16 +334,20 @@ def outcome_labels(comp: Comparison, trial: Trial) -> tuple[pd.Series, str]:
 
 def utility(comp: Comparison, seed: int = 0) -> dict:
     """Train-on-twins-test-on-real vs train-on-real, and real+twin augmentation (AUROC), for
-    the outcome of `outcome_labels`, with baseline values as features."""
-    space = feature_space(comp)
-    base_cols = [c for c in space.columns if c.endswith("@0")]
-    if not base_cols:
-        return {"error": "no baseline features"}
+    the outcome of `outcome_labels`, with the baseline as features: the parameters' baseline
+    values and the ADSL covariates (`BaselineFeatures`, the generator's own design: one-hot
+    categories, missing indicators, standardised on the real target arm), so a trial with
+    events only is scored on its covariates."""
+    from services.generation.local.features import BaselineFeatures
+
     target = comp.groups[TARGET]
+    ids_r, ids_t = list(target.subjects["USUBJID"]), list(comp.twins.subjects["USUBJID"])
+    features = BaselineFeatures(comp.parameters, comp.kb.covariates).fit(target, ids_r)
+    if not features.columns:
+        return {"error": "no baseline features"}
     y_real, outcome = outcome_labels(comp, target)
     y_twin, _ = outcome_labels(comp, comp.twins)
-    ids_r, X_r = space.matrix(target, base_cols)
-    ids_t, X_t = space.matrix(comp.twins, base_cols)
+    X_r, X_t = features.transform(target, ids_r), features.transform(comp.twins, ids_t)
     real = pd.DataFrame(X_r, index=ids_r).join(y_real.rename("y"), how="inner")
     twin = pd.DataFrame(X_t, index=ids_t).join(y_twin.rename("y"), how="inner")
     if len(real) < 10 or len(twin) < 10:
