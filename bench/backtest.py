@@ -71,6 +71,7 @@ import corpus
 
 from services.data.adverse import has_ae
 from services.evaluation.backtest import COVERAGE_TARGET, RATIO_TARGET, backtest
+from services.evaluation.ceiling import CLASSES, ceiling_ratios
 from services.evaluation.safety_backtest import safety_backtest
 from services.generation import GENERATORS, get_generator, register
 
@@ -187,6 +188,20 @@ def report_trial(trial, p, t, k, n_seeds, folds, elapsed):
     return par.assign(trial=trial.name), ev.assign(trial=trial.name)
 
 
+def report_ceiling(trial, pairs: list) -> pd.DataFrame:
+    """The known-model ceiling (services/evaluation/ceiling.py) per parameter and split beside
+    the twins' RMSE ratio: its mean and range over the splits."""
+    tab = pd.concat([ceiling_ratios(trial, p) for p in pairs] or [pd.DataFrame()], ignore_index=True)
+    if not len(tab):
+        return pd.DataFrame()
+    print("   ceiling: RMSE ratio vs ANCOVA of the population-best predictor of each class, "
+          "estimated on the held-out patients (no predictor of the class goes below it in expectation)")
+    for pc, g in tab.groupby("PARAMCD", sort=False):
+        print(f"   {pc:<8} twins {interval(g['twins'])}  " + "  ".join(
+            f"{c} {interval(g[c])}" for c in CLASSES))
+    return tab.groupby("PARAMCD", sort=False)[list(CLASSES)].mean().reset_index().assign(trial=trial.name)
+
+
 def run_safety(trial, seeds, folds, k, settings, generator="local", n_boot=500, max_held_out=None):
     """Safety backtests of `generator` on the control arm, one per seed."""
     t0 = time.perf_counter()
@@ -230,8 +245,11 @@ def report_safety(runs, label: str, elapsed: float) -> dict:
             "mean_auroc": float(np.nanmean(auc))}
 
 
-def set_figures(label: str, params: list, events: list) -> dict:
+def set_figures(label: str, params: list, events: list, ceilings: list | None = None) -> dict:
     out = {}
+    ceil = [c for c in ceilings or [] if len(c)]
+    for c in CLASSES if ceil else ():
+        out[f"{label}_ceiling_{c}_median"] = float(pd.concat(ceil)[c].median())
     par = pd.concat(params) if params else pd.DataFrame()
     if len(par):
         r, c = par["rmse_ratio"], par["coverage"]
@@ -258,6 +276,9 @@ def print_set(label: str, figures: dict) -> None:
               f"{f['rmse_ratio_carry_median']:.3f}); 10-90% coverage median {f['coverage_median']:.3f} "
               f"(min {f['coverage_min']:.3f}, max {f['coverage_max']:.3f}; ties with the range's ends "
               f"split at random; counted inside: median {f['coverage_ties_inside_median']:.3f})")
+    if "ceiling_baseline_median" in f:
+        print(f"{label}: ceiling of the RMSE ratio (population-best predictor of the class), median over "
+              "parameters: " + ", ".join(f"{c} {f[f'ceiling_{c}_median']:.3f}" for c in CLASSES))
     if "events" in f:
         print(f"{label}: {f['events']} event types: KM distance ratio median {f['km_ratio_median']:.2f} "
               f"(max {f['km_ratio_max']:.2f}); C-index twins - Cox median {f['cindex_gap_median']:+.3f} "
@@ -314,7 +335,7 @@ def main(argv=None) -> int:
     if args.held_out:  # backtest() sets this for "local" only, by name
         local_settings["truncate_at_followup"] = False
     for label in chosen:
-        params, events = [], []
+        params, events, ceilings = [], [], []
         print(f"\n######## {label.upper()} trials")
         for name in sets[label]:
             if args.trials and name not in args.trials:
@@ -330,6 +351,7 @@ def main(argv=None) -> int:
             if compare or args.held_out:
                 print(f"\n{args.generator}: {args.held_out or 'all'} held-out patients per fold")
             par, ev = report_trial(trial, p, t, k, len(seeds), args.folds, elapsed)
+            ceilings.append(report_ceiling(trial, gen_pairs))
             if compare:
                 manifests = [m for pr in gen_pairs for m in pr.attrs.get("manifests", [])]
                 twins = sum(int((m.get("counts") or {}).get("twins", 0)) for m in manifests)
@@ -380,7 +402,7 @@ def main(argv=None) -> int:
                 speeds.append(n / dt)
                 print(f"   throughput: {n} twins in {dt:.2f}s = {n / dt:,.0f} twins/s (whole run, K=20)")
         figures = set_figures(label if not compare else f"{label}_{args.generator}", params,
-                              events)
+                              events, ceilings)
         print()
         print_set(label if not compare else f"{label}_{args.generator}", figures)
         result.update(figures)

@@ -57,7 +57,7 @@ def backtest_sections() -> None:
     if result is None:
         st.info("Choose the settings and press **Run backtest** (a few seconds for the local generator).")
         return
-    card = val.bootstrap_card(result, seed=int(seed))
+    card = val.bootstrap_card(result, seed=int(seed), trial=trial)
     validation_card(result, card, code_labels({p: i.label for p, i in trial.parameters.items()}
                                               | {p: trial.tte_label(p) for p in trial.tte_parameters}))
     if not trial.longitudinal_parameters:

@@ -16,6 +16,7 @@ from services.evaluation.backtest import (
     BacktestResult,
     endpoint_visit,
 )
+from services.evaluation.ceiling import ceiling_card
 from services.evaluation.metrics.procova import estimate_adjustment
 from services.jsonable import jsonable
 
@@ -43,10 +44,14 @@ def _ratio_and_coverage(agg: pd.DataFrame, weights: np.ndarray | None = None) ->
     return float(ratio), float(w @ agg["inside"].to_numpy()) / n
 
 
-def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0) -> pd.DataFrame:
+def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0,
+                   trial: Trial | None = None) -> pd.DataFrame:
     """Per parameter: RMSE ratio (twins vs baseline regression, pooled over visits) and 10-90 %
     interval coverage, each with a 95 % percentile bootstrap interval over patients, and a
-    plain-language verdict against the targets."""
+    plain-language verdict against the targets. With the backtested `trial`: also the ceiling
+    (`services.evaluation.ceiling`: the ratio of the population-best predictor from the
+    baseline and the ADSL covariates, with its interval), i.e. how far below the baseline
+    regression this trial lets any such generator go."""
     rng = np.random.default_rng(seed)
     rows = []
     for paramcd, grp in result.pairs.groupby("PARAMCD", sort=False):
@@ -69,7 +74,25 @@ def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0) -> 
             "calibration": "well calibrated" if cal_ok else (
                 "intervals too narrow (overconfident)" if coverage < COVERAGE_TARGET[0] else "intervals too wide"),
         })
-    return pd.DataFrame(rows)
+    card = pd.DataFrame(rows)
+    if trial is None or not len(card):
+        return card
+    card = card.merge(ceiling_card(trial, result.pairs, n_boot=min(n_boot, 200), seed=seed),
+                      on="PARAMCD", how="left")
+    card["room"] = [room_verdict(r, c, lo, hi) for r, c, lo, hi in
+                    zip(card["rmse_ratio"], card["ceiling"], card["ceiling_lo"], card["ceiling_hi"])]
+    return card
+
+
+def room_verdict(ratio: float, ceiling: float, ceiling_lo: float, ceiling_hi: float) -> str:
+    """What the ceiling says about this parameter, in words (its interval decides)."""
+    if not np.isfinite(ceiling):
+        return "not estimated"
+    if ceiling_lo >= 0.97:
+        return "little to gain: the baseline regression is already close to the best this trial allows"
+    if ratio <= ceiling_hi:
+        return "the twins are within the interval of the best achievable"
+    return f"room left: the best predictor from baseline and covariates would reach about {ceiling:.2f}"
 
 
 def endpoint_pairs(trial: Trial, result: BacktestResult) -> tuple[str | None, float | None, pd.DataFrame]:

@@ -21,7 +21,12 @@ from services.evaluation import patient_space as ps
 from services.evaluation.trajectories import suggested_scale, trajectory_summary
 from services.reporting.figures import compare as figs
 from services.reporting.safety_section import safety_section
-from services.reporting.tables import code_labels, table_for_display, validation_card_table
+from services.reporting.tables import (
+    CEILING_NOTE,
+    code_labels,
+    table_for_display,
+    validation_card_table,
+)
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2733;background:#f6f8fa}
@@ -144,7 +149,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                      f"{backtest.twins_per_patient} twins per held-out patient{subset}.</p>")
         for verdict in backtest.summary.get("verdicts", []):
             parts.append(f'<div class="card">{html.escape(verdict)}</div>')
-        card = bootstrap_card(backtest, seed=seed)
+        card = bootstrap_card(backtest, seed=seed, trial=kb)
         codes = {"PARAMCD": code_labels({p: i.label for p, i in kb.parameters.items()}
                                         | {p: kb.tte_label(p) for p in kb.tte_parameters})}
         if len(card):
@@ -157,6 +162,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         parts.append(f'<p class="muted">{backtest.folds}-fold cross-fitting of the {html.escape(backtest.arm)} arm, '
                      f"{backtest.twins_per_patient} twins per held-out patient"
                      + ("; intervals are 95 % bootstrap intervals over patients." if len(card) else ".") + "</p>")
+        if len(card) and "ceiling" in card:
+            parts.append(f'<p class="muted">{html.escape(CEILING_NOTE)}</p>')
     else:
         parts.append('<p class="muted">No parameter with follow-up visits and no time-to-event data: '
                      "nothing to backtest.</p>")

@@ -5,6 +5,7 @@ app's table widget (`components.data_table`) and the HTML report both build on i
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 # Raw column names of service frames -> what a reader sees. Unknown names fall back to the
@@ -70,12 +71,19 @@ def code_labels(labels: dict[str, str]) -> dict[str, str]:
     return {code: (f"{label} [{code}]" if label and label != code else code) for code, label in labels.items()}
 
 
+CEILING_NOTE = ("Best achievable ratio: the RMSE ratio (vs the baseline regression) of the population-best "
+                "predictor from the baseline value (any function of a baseline with at most 10 values, else a "
+                "cubic and its log) and the ADSL covariates, estimated on the held-out patients themselves "
+                "(residual mean square, SSE / (n - p)). No such predictor goes below it in expectation; near 1, "
+                "the baseline regression already uses what this trial's baseline data hold.")
+
+
 def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] | None = None) -> pd.DataFrame:
     """The validation card per parameter as the Validate page and the report show it: RMSE
     ratio and 10-90 % coverage (ties split) with their 95 % bootstrap intervals, and the
     verdicts (`services.evaluation.validation.bootstrap_card`)."""
     labels = parameter_labels or {}
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "parameter": card["PARAMCD"].map(lambda p: labels.get(p, p)), "patients": card["patients"],
         "RMSE ratio [95 % CI]": [f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
                                  zip(card["rmse_ratio"], card["rmse_ratio_lo"], card["rmse_ratio_hi"])],
@@ -83,3 +91,9 @@ def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] |
                                zip(card["coverage"], card["coverage_lo"], card["coverage_hi"])],
         "accuracy": card["accuracy"], "calibration": card["calibration"],
     })
+    if "ceiling" in card:
+        out["best achievable ratio [95 % CI]"] = [
+            "n/a" if not np.isfinite(c) else f"{c:.2f} [{lo:.2f}, {hi:.2f}]"
+            for c, lo, hi in zip(card["ceiling"], card["ceiling_lo"], card["ceiling_hi"])]
+        out["room"] = card["room"]
+    return out
