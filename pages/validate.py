@@ -57,7 +57,11 @@ def backtest_sections() -> None:
     if result is None:
         st.info("Choose the settings and press **Run backtest** (a few seconds for the local generator).")
         return
-    card = val.bootstrap_card(result, seed=int(seed), trial=trial)
+    cards = st.session_state.setdefault("validate_cards", {})
+    if key not in cards:                  # the card's bootstraps take seconds: once per backtest
+        cards.clear()
+        cards[key] = val.bootstrap_card(result, seed=int(seed), trial=trial)
+    card = cards[key]
     validation_card(result, card, code_labels({p: i.label for p, i in trial.parameters.items()}
                                               | {p: trial.tte_label(p) for p in trial.tte_parameters}))
     if not trial.longitudinal_parameters:

@@ -49,9 +49,10 @@ def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0,
     """Per parameter: RMSE ratio (twins vs baseline regression, pooled over visits) and 10-90 %
     interval coverage, each with a 95 % percentile bootstrap interval over patients, and a
     plain-language verdict against the targets. With the backtested `trial`: also the ceiling
-    (`services.evaluation.ceiling`: the ratio of the population-best predictor from the
-    baseline and the ADSL covariates, with its interval), i.e. how far below the baseline
-    regression this trial lets any such generator go."""
+    (`services.evaluation.ceiling`: the ratio that the population-best linear model of the
+    baseline data, the generator's information, would reach; with its interval and the paired
+    interval of the twins minus it), i.e. how far below the baseline regression this trial
+    lets such a model go, and a verdict on the room left."""
     rng = np.random.default_rng(seed)
     rows = []
     for paramcd, grp in result.pairs.groupby("PARAMCD", sort=False):
@@ -77,22 +78,24 @@ def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0,
     card = pd.DataFrame(rows)
     if trial is None or not len(card):
         return card
-    card = card.merge(ceiling_card(trial, result.pairs, n_boot=min(n_boot, 200), seed=seed),
-                      on="PARAMCD", how="left")
-    card["room"] = [room_verdict(r, c, lo, hi) for r, c, lo, hi in
-                    zip(card["rmse_ratio"], card["ceiling"], card["ceiling_lo"], card["ceiling_hi"])]
+    card = card.merge(ceiling_card(trial, result.pairs, n_boot=n_boot, seed=seed), on="PARAMCD", how="left")
+    card["room"] = [room_verdict(c, hi, glo, ghi) for c, hi, glo, ghi in
+                    zip(card["ceiling"], card["ceiling_hi"], card["gap_lo"], card["gap_hi"])]
     return card
 
 
-def room_verdict(ratio: float, ceiling: float, ceiling_lo: float, ceiling_hi: float) -> str:
-    """What the ceiling says about this parameter, in words (its interval decides)."""
-    if not np.isfinite(ceiling):
+def room_verdict(ceiling: float, ceiling_hi: float, gap_lo: float, gap_hi: float) -> str:
+    """What the ceiling says about one parameter, in words, from its interval and the paired
+    interval of the twins' ratio minus it (`services.evaluation.ceiling.ceiling_card`)."""
+    if not all(np.isfinite([ceiling, ceiling_hi, gap_lo, gap_hi])):
         return "not estimated"
-    if ceiling_lo >= 0.97:
-        return "little to gain: the baseline regression is already close to the best this trial allows"
-    if ratio <= ceiling_hi:
-        return "the twins are within the interval of the best achievable"
-    return f"room left: the best predictor from baseline and covariates would reach about {ceiling:.2f}"
+    if gap_lo > 0:
+        return f"room left: a model of the baseline data could reach about {ceiling:.2f}"
+    if ceiling_hi >= RATIO_TARGET:
+        return "no clear room: a model of the baseline data is not clearly better than the baseline regression"
+    if gap_hi < 0:
+        return "the twins do better than this model of the baseline data"
+    return "the twins are at the level of this model of the baseline data"
 
 
 def endpoint_pairs(trial: Trial, result: BacktestResult) -> tuple[str | None, float | None, pd.DataFrame]:

@@ -71,11 +71,12 @@ def code_labels(labels: dict[str, str]) -> dict[str, str]:
     return {code: (f"{label} [{code}]" if label and label != code else code) for code, label in labels.items()}
 
 
-CEILING_NOTE = ("Best achievable ratio: the RMSE ratio (vs the baseline regression) of the population-best "
-                "predictor from the baseline value (any function of a baseline with at most 10 values, else a "
-                "cubic and its log) and the ADSL covariates, estimated on the held-out patients themselves "
-                "(residual mean square, SSE / (n - p)). No such predictor goes below it in expectation; near 1, "
-                "the baseline regression already uses what this trial's baseline data hold.")
+CEILING_NOTE = ("Reachable from the baseline data: the RMSE ratio (vs the baseline regression) that a linear model "
+                "of the generator's information (every parameter's baseline, the ADSL covariates, and any shape of "
+                "the parameter's own baseline) would reach with unlimited training data, estimated on the "
+                "held-out patients themselves (leverage-corrected residual mean square). A generator using "
+                "interactions or other relations can go below it, and any result can by chance; near 1, the "
+                "baseline regression already uses what this trial's baseline data hold.")
 
 
 def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] | None = None) -> pd.DataFrame:
@@ -92,7 +93,7 @@ def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] |
         "accuracy": card["accuracy"], "calibration": card["calibration"],
     })
     if "ceiling" in card:
-        out["best achievable ratio [95 % CI]"] = [
+        out["reachable from the baseline data [95 % CI]"] = [
             "n/a" if not np.isfinite(c) else f"{c:.2f} [{lo:.2f}, {hi:.2f}]"
             for c, lo, hi in zip(card["ceiling"], card["ceiling_lo"], card["ceiling_hi"])]
         out["room"] = card["room"]
