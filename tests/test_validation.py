@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from services.evaluation import metrics as M
 from services.evaluation.backtest import backtest
-from services.evaluation.validation import bootstrap_card, endpoint_pairs, privacy_audit, procova
+from services.evaluation.validation import bootstrap_card, endpoint_pairs, privacy_audit, procova, validate_run
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -123,3 +123,14 @@ def test_validate_page_backtests_a_trial_with_events_only(pbc_events):
     audit = next(d.value for d in at.dataframe if "threshold" in d.value.columns).set_index("metric")
     assert 0 < float(audit.loc["DCR ratio (twins / real)", "value"]) < 10           # computed on event columns
     assert "event day and status" in audit.loc["exact copies of real patients", "detail"]
+
+
+def test_a_runs_backtest_compares_every_visit_its_held_out_patients_were_seen_at(pbc, pbc_twins):
+    # the run's settings cut twins at their simulated follow-up (truncate_at_followup=True);
+    # its backtest must not, or a late visit's mean rests on the few twins still followed
+    assert pbc_twins.manifest["settings"]["truncate_at_followup"] is True
+    of_run = validate_run(pbc, pbc_twins, folds=2, seed=3)
+    plain = validate_run(pbc, None, folds=2, twins_per_patient=2, seed=3)
+    assert of_run.settings["truncate_at_followup"] is False
+    assert of_run.parameters["rmse_ratio"].tolist() == pytest.approx(plain.parameters["rmse_ratio"].tolist())
+    assert of_run.parameters["n"].tolist() == plain.parameters["n"].tolist()
