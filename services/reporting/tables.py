@@ -81,20 +81,23 @@ CEILING_NOTE = ("Reachable from the baseline data: the RMSE ratio (vs the baseli
 
 def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] | None = None) -> pd.DataFrame:
     """The validation card per parameter as the Validate page and the report show it: RMSE
-    ratio and 10-90 % coverage (ties split) with their 95 % bootstrap intervals, and the
-    verdicts (`services.evaluation.validation.bootstrap_card`)."""
+    ratio, what the baseline data allow (when the card has the ceiling) and 10-90 % coverage
+    (ties split) with their 95 % bootstrap intervals, and the verdicts
+    (`services.evaluation.validation.bootstrap_card`)."""
     labels = parameter_labels or {}
     out = pd.DataFrame({
         "parameter": card["PARAMCD"].map(lambda p: labels.get(p, p)), "patients": card["patients"],
         "RMSE ratio [95 % CI]": [f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
                                  zip(card["rmse_ratio"], card["rmse_ratio_lo"], card["rmse_ratio_hi"])],
-        "coverage [95 % CI]": [f"{c:.0%} [{lo:.0%}, {hi:.0%}]" for c, lo, hi in
-                               zip(card["coverage"], card["coverage_lo"], card["coverage_hi"])],
-        "accuracy": card["accuracy"], "calibration": card["calibration"],
     })
-    if "ceiling" in card:
+    if "ceiling" in card:       # beside the twins' ratio: what the trial's baseline data allow
         out["reachable from the baseline data [95 % CI]"] = [
             "n/a" if not np.isfinite(c) else f"{c:.2f} [{lo:.2f}, {hi:.2f}]"
             for c, lo, hi in zip(card["ceiling"], card["ceiling_lo"], card["ceiling_hi"])]
+    out["coverage [95 % CI]"] = [f"{c:.0%} [{lo:.0%}, {hi:.0%}]" for c, lo, hi in
+                                 zip(card["coverage"], card["coverage_lo"], card["coverage_hi"])]
+    out["accuracy"] = card["accuracy"]
+    if "room" in card:
         out["room"] = card["room"]
+    out["calibration"] = card["calibration"]
     return out
