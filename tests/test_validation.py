@@ -10,7 +10,13 @@ from streamlit.testing.v1 import AppTest
 
 from services.evaluation import metrics as M
 from services.evaluation.backtest import backtest
-from services.evaluation.validation import bootstrap_card, endpoint_pairs, privacy_audit, procova, validate_run
+from services.evaluation.validation import (
+    bootstrap_card,
+    endpoint_pairs,
+    privacy_audit,
+    procova,
+    validate_run,
+)
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
