@@ -196,12 +196,13 @@ def report_ceiling(trial, pairs: list) -> pd.DataFrame:
     if not len(tab):
         return pd.DataFrame()
     # the classes nest but their estimates need not (a large class on few patients pays its
-    # leverages): the lowest one per split is the most generous ceiling
+    # leverages): the lowest one per split is the most generous ceiling (biased low: a minimum
+    # of noisy estimates)
     tab["best"] = tab[list(CLASSES)].min(axis=1)
     learnt = pd.concat([learnt_ratios(trial, p) for p in pairs], ignore_index=True)
-    print("   ceiling: RMSE ratio vs ANCOVA of the population-best predictor of each class, estimated on "
-          "the held-out patients (no predictor of the class goes below it in expectation); learnt: the "
-          "class fitted on the knowledge base's arm (ridge, leave-one-out penalty)")
+    print("   ceiling: RMSE ratio vs ANCOVA of the population-best predictor of each class (unlimited "
+          "training data), estimated on the held-out patients; learnt: the class fitted on the knowledge "
+          "base's arm (ridge, leave-one-out penalty)")
     for pc, g in tab.groupby("PARAMCD", sort=False):
         lg = learnt[learnt["PARAMCD"] == pc]
         print(f"   {pc:<8} twins {interval(g['twins'])}  ceiling " + "  ".join(

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from components.data_table import data_table
-from services.reporting.tables import CEILING_NOTE, validation_card_table
+from services.reporting.tables import INFORMATION_NOTE, validation_card_table
 
 
 def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str] | None = None) -> None:
@@ -51,7 +51,7 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
         data_table(validation_card_table(card, codes["PARAMCD"]), key="validate_card")
         st.caption("Intervals are 95 % percentile bootstrap intervals over held-out patients; "
                    "'not conclusively' means the interval contains the target."
-                   + (" " + CEILING_NOTE if "ceiling" in card else ""))
+                   + (" " + INFORMATION_NOTE if "gain" in card else ""))
     if len(result.tte):
         data_table(result.tte, codes=codes, key="validate_tte")
         st.caption("Time to event: KM sup distance of the pooled twins to the held-out patients vs that of the "

@@ -5,19 +5,20 @@ PBC demo."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
 
 from services.evaluation.backtest import backtest
 from services.evaluation.ceiling import (
     CLASSES,
-    ceiling_card,
     ceiling_ratios,
     designs,
+    information_card,
     known_model_mse,
     learnt_ratios,
 )
-from services.evaluation.validation import bootstrap_card, room_verdict
+from services.evaluation.validation import bootstrap_card, information_verdict
 from services.reporting.tables import validation_card_table
 
 
@@ -53,18 +54,16 @@ def test_estimate_is_the_mean_error_variance_under_a_known_truth():
 def test_flexible_class_expresses_any_function_of_a_few_valued_baseline():
     base = np.array([1, 2, 3, 4, 5] * 6, float)
     y = np.array([0.0, 3.0, -1.0, 2.0, 5.0] * 6)          # not linear in the baseline, no noise
-    X = designs(base, np.zeros((30, 0)))
+    X = designs(base, np.zeros((30, 0)), levels=np.unique(base))
     assert known_model_mse(y, X["flexible"]) == pytest.approx(0.0, abs=1e-12)
     assert known_model_mse(y, X["baseline"]) > 1.0
 
 
-def test_room_verdicts():
-    assert room_verdict(0.90, 0.95, 0.02, 0.08).startswith("room left: a model of the baseline data could reach "
-                                                          "about 0.90")
-    assert room_verdict(0.97, 1.01, -0.01, 0.03).startswith("no clear room")
-    assert room_verdict(0.90, 0.95, -0.08, -0.01) == "the twins do better than this model of the baseline data"
-    assert room_verdict(0.90, 0.95, -0.02, 0.03) == "the twins are at the level of this model of the baseline data"
-    assert room_verdict(0.90, float("nan"), -0.02, 0.03) == "not estimated"
+def test_information_verdicts():
+    assert information_verdict(0.86, 0.80, 0.93) == ("more than the own baseline: the other baselines and "
+                                                     "covariates could bring the error to 0.86 of its, at best")
+    assert information_verdict(0.97, 0.92, 1.01).startswith("nothing clear beyond the own baseline")
+    assert information_verdict(0.97, float("nan"), 1.01) == "not estimated"
 
 
 @pytest.fixture(scope="module")
@@ -85,20 +84,31 @@ def test_ceilings_on_pbc(pbc, result):
     assert tab.loc["ALP", "flexible"] < tab.loc["ALP", "facts"] - 0.05
 
 
-def test_card_shows_the_ceiling_and_the_paired_gap(pbc, result):
+def test_card_shows_the_information_gain_with_its_interval(pbc, result):
     card = bootstrap_card(result, n_boot=100, trial=pbc).set_index("PARAMCD")
     point = ceiling_ratios(pbc, result.pairs).set_index("PARAMCD")
-    lowest = point[list(CLASSES)].min(axis=1)
-    assert card["ceiling"].to_dict() == pytest.approx(lowest.to_dict())
-    assert card["gap"].to_dict() == pytest.approx((point["twins"] - lowest).to_dict())
-    assert (card["ceiling_class"] == point[list(CLASSES)].idxmin(axis=1)).all()
-    assert (card.ceiling_lo < card.ceiling_hi).all() and (card.gap_lo < card.gap_hi).all()
-    assert card["room"].to_dict() == {p: room_verdict(*card.loc[p, ["ceiling", "ceiling_hi", "gap_lo", "gap_hi"]])
-                                      for p in card.index}
+    assert card["gain"].to_dict() == pytest.approx((point["facts"] / point["baseline"]).to_dict())
+    assert (card.gain_lo < card.gain).all() and (card.gain < card.gain_hi).all()
+    # alkaline phosphatase: the other labs' baselines hold clear information (0.88 [0.82, 0.97]);
+    # bilirubin: none shown (1.04 [0.97, 1.14]); the verdicts say so
+    assert card.loc["ALP", "gain_hi"] < 1 and card.loc["ALP", "information"].startswith("more than the own")
+    assert card.loc["BILI", "gain_lo"] < 1 < card.loc["BILI", "gain_hi"]
+    assert card.loc["BILI", "information"].startswith("nothing clear beyond the own baseline")
     shown = validation_card_table(card.reset_index())
-    assert {"reachable from the baseline data [95 % CI]", "room"} <= set(shown.columns)
-    assert "ceiling" not in bootstrap_card(result, n_boot=50)       # without the trial: as before
-    assert ceiling_card(pbc, result.pairs.iloc[:0]).empty                # nothing to estimate
+    assert list(shown.columns[:4]) == ["parameter", "patients", "RMSE ratio [95 % CI]",
+                                       "information beyond the own baseline [95 % CI]"]
+    assert "baseline data" in shown.columns
+    assert "gain" not in bootstrap_card(result, n_boot=50)           # without the trial: as before
+    assert information_card(pbc, result.pairs.iloc[:0]).empty           # nothing to estimate
+
+
+def test_a_sparse_parameter_left_out_of_a_resample_gives_no_error(pbc, result):
+    # a parameter measured in a handful of patients is absent from many resamples: its interval
+    # comes from the others (NaN draws are skipped), and nothing raises
+    few = result.pairs[result.pairs.PARAMCD == "CHOL"]
+    sparse = few[few.USUBJID.isin(few.USUBJID.unique()[:6])].assign(PARAMCD="SPARSE")
+    card = information_card(pbc, pd.concat([result.pairs, sparse], ignore_index=True), n_boot=50)
+    assert "PT" in set(card.PARAMCD)
 
 
 def test_classes_learnt_from_the_knowledge_base_sit_above_their_ceiling(pbc, result):

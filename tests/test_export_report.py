@@ -112,7 +112,7 @@ def test_zip_and_cli_export_and_report(pbc_twins, tmp_path, capsys):
     assert report.count("<script") >= 3 and not re.search(r'<script[^>]+src=|<link[^>]+href=', report)
     assert "Mayo Clinic PBC trial" in report and pbc_twins.run_id in report
     # the card says how far below the baseline regression this trial lets a generator go
-    assert "reachable from the baseline data [95 % CI]" in report and "Reachable from the baseline data: the" in report
+    assert "information beyond the own baseline [95 % CI]" in report and "Information beyond the own baseline: the" in report
     capsys.readouterr()
     assert main(["report", "--run", str(folder), "--trial", "epilepsy", "--out", str(tmp_path / "bad.html")]) == 1
     assert "not the data this run was generated from" in capsys.readouterr().err

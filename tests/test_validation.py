@@ -84,8 +84,8 @@ def test_validate_page_runs_on_the_default_demo():
     # the time-to-event table: every column, under its label, parameters spelled out
     frames = [d.value for d in at.dataframe]
     card = next(f for f in frames if "RMSE ratio [95 % CI]" in f.columns)
-    assert card["reachable from the baseline data [95 % CI]"].str.match(r"^0\.\d\d \[").all()
-    assert any("Reachable from the baseline data" in c.value for c in at.caption)
+    assert card["information beyond the own baseline [95 % CI]"].str.match(r"^[01]\.\d\d \[").all()
+    assert any("Information beyond the own baseline" in c.value for c in at.caption)
     tte = next(f for f in frames if "C-index, Cox model" in f.columns)
     assert list(tte.columns) == ["parameter", "patients", "events", "KM distance, twins vs held-out",
                                  "KM distance, knowledge-base arm vs held-out",

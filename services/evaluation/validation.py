@@ -16,7 +16,7 @@ from services.evaluation.backtest import (
     BacktestResult,
     endpoint_visit,
 )
-from services.evaluation.ceiling import ceiling_card
+from services.evaluation.ceiling import information_card
 from services.evaluation.metrics.procova import estimate_adjustment
 from services.jsonable import jsonable
 
@@ -48,11 +48,11 @@ def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0,
                    trial: Trial | None = None) -> pd.DataFrame:
     """Per parameter: RMSE ratio (twins vs baseline regression, pooled over visits) and 10-90 %
     interval coverage, each with a 95 % percentile bootstrap interval over patients, and a
-    plain-language verdict against the targets. With the backtested `trial`: also the ceiling
-    (`services.evaluation.ceiling`: the ratio that the population-best linear model of the
-    baseline data, the generator's information, would reach; with its interval and the paired
-    interval of the twins minus it), i.e. how far below the baseline regression this trial
-    lets such a model go, and a verdict on the room left."""
+    plain-language verdict against the targets. With the backtested `trial`: also the
+    information gain (`services.evaluation.ceiling.information_card`: how much the other
+    baselines and the covariates could cut the own-baseline model's error with unlimited data),
+    with its interval and a verdict: where it is near 1, no generator can do much better than
+    the baseline regression on this trial."""
     rng = np.random.default_rng(seed)
     rows = []
     for paramcd, grp in result.pairs.groupby("PARAMCD", sort=False):
@@ -78,24 +78,21 @@ def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0,
     card = pd.DataFrame(rows)
     if trial is None or not len(card):
         return card
-    card = card.merge(ceiling_card(trial, result.pairs, n_boot=n_boot, seed=seed), on="PARAMCD", how="left")
-    card["room"] = [room_verdict(c, hi, glo, ghi) for c, hi, glo, ghi in
-                    zip(card["ceiling"], card["ceiling_hi"], card["gap_lo"], card["gap_hi"])]
+    card = card.merge(information_card(trial, result.pairs, n_boot=n_boot, seed=seed), on="PARAMCD", how="left")
+    card["information"] = [information_verdict(g, lo, hi) for g, lo, hi in
+                           zip(card["gain"], card["gain_lo"], card["gain_hi"])]
     return card
 
 
-def room_verdict(ceiling: float, ceiling_hi: float, gap_lo: float, gap_hi: float) -> str:
-    """What the ceiling says about one parameter, in words, from its interval and the paired
-    interval of the twins' ratio minus it (`services.evaluation.ceiling.ceiling_card`)."""
-    if not all(np.isfinite([ceiling, ceiling_hi, gap_lo, gap_hi])):
+def information_verdict(gain: float, gain_lo: float, gain_hi: float) -> str:
+    """What the information gain (`services.evaluation.ceiling.information_card`) says, in words."""
+    if not all(np.isfinite([gain, gain_lo, gain_hi])):
         return "not estimated"
-    if gap_lo > 0:
-        return f"room left: a model of the baseline data could reach about {ceiling:.2f}"
-    if ceiling_hi >= RATIO_TARGET:
-        return "no clear room: a model of the baseline data is not clearly better than the baseline regression"
-    if gap_hi < 0:
-        return "the twins do better than this model of the baseline data"
-    return "the twins are at the level of this model of the baseline data"
+    if gain_hi < 1:
+        return (f"more than the own baseline: the other baselines and covariates could bring the error to "
+                f"{gain:.2f} of its, at best")
+    return ("nothing clear beyond the own baseline: the twins can at best match the baseline regression, "
+            "up to its estimation error")
 
 
 def endpoint_pairs(trial: Trial, result: BacktestResult) -> tuple[str | None, float | None, pd.DataFrame]:

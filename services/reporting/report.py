@@ -22,7 +22,7 @@ from services.evaluation.trajectories import suggested_scale, trajectory_summary
 from services.reporting.figures import compare as figs
 from services.reporting.safety_section import safety_section
 from services.reporting.tables import (
-    CEILING_NOTE,
+    INFORMATION_NOTE,
     code_labels,
     table_for_display,
     validation_card_table,
@@ -162,8 +162,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         parts.append(f'<p class="muted">{backtest.folds}-fold cross-fitting of the {html.escape(backtest.arm)} arm, '
                      f"{backtest.twins_per_patient} twins per held-out patient"
                      + ("; intervals are 95 % bootstrap intervals over patients." if len(card) else ".") + "</p>")
-        if len(card) and "ceiling" in card:
-            parts.append(f'<p class="muted">{html.escape(CEILING_NOTE)}</p>')
+        if len(card) and "gain" in card:
+            parts.append(f'<p class="muted">{html.escape(INFORMATION_NOTE)}</p>')
     else:
         parts.append('<p class="muted">No parameter with follow-up visits and no time-to-event data: '
                      "nothing to backtest.</p>")

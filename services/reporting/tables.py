@@ -71,17 +71,17 @@ def code_labels(labels: dict[str, str]) -> dict[str, str]:
     return {code: (f"{label} [{code}]" if label and label != code else code) for code, label in labels.items()}
 
 
-CEILING_NOTE = ("Reachable from the baseline data: the RMSE ratio (vs the baseline regression) that a linear model "
-                "of the generator's information (every parameter's baseline, the ADSL covariates, and any shape of "
-                "the parameter's own baseline) would reach with unlimited training data, estimated on the "
-                "held-out patients themselves (leverage-corrected residual mean square). A generator using "
-                "interactions or other relations can go below it, and any result can by chance; near 1, the "
-                "baseline regression already uses what this trial's baseline data hold.")
+INFORMATION_NOTE = ("Information beyond the own baseline: the smallest error a linear model of every parameter's "
+                    "baseline and the ADSL covariates could reach, over the smallest error of a model of the "
+                    "parameter's own baseline alone, both as if learnt from unlimited data (leverage-corrected "
+                    "residual mean squares on the held-out patients). Below 1: information the twins can use beyond "
+                    "the baseline regression; near 1: on this trial no generator can do much better than it, "
+                    "whatever its method (interactions or other relations aside).")
 
 
 def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] | None = None) -> pd.DataFrame:
     """The validation card per parameter as the Validate page and the report show it: RMSE
-    ratio, what the baseline data allow (when the card has the ceiling) and 10-90 % coverage
+    ratio, the information beyond the own baseline (when the card has it) and 10-90 % coverage
     (ties split) with their 95 % bootstrap intervals, and the verdicts
     (`services.evaluation.validation.bootstrap_card`)."""
     labels = parameter_labels or {}
@@ -90,14 +90,14 @@ def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] |
         "RMSE ratio [95 % CI]": [f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
                                  zip(card["rmse_ratio"], card["rmse_ratio_lo"], card["rmse_ratio_hi"])],
     })
-    if "ceiling" in card:       # beside the twins' ratio: what the trial's baseline data allow
-        out["reachable from the baseline data [95 % CI]"] = [
-            "n/a" if not np.isfinite(c) else f"{c:.2f} [{lo:.2f}, {hi:.2f}]"
-            for c, lo, hi in zip(card["ceiling"], card["ceiling_lo"], card["ceiling_hi"])]
+    if "gain" in card:          # beside the twins' ratio: what the trial's baseline data allow
+        out["information beyond the own baseline [95 % CI]"] = [
+            "n/a" if not np.isfinite(g) else f"{g:.2f} [{lo:.2f}, {hi:.2f}]"
+            for g, lo, hi in zip(card["gain"], card["gain_lo"], card["gain_hi"])]
     out["coverage [95 % CI]"] = [f"{c:.0%} [{lo:.0%}, {hi:.0%}]" for c, lo, hi in
                                  zip(card["coverage"], card["coverage_lo"], card["coverage_hi"])]
     out["accuracy"] = card["accuracy"]
-    if "room" in card:
-        out["room"] = card["room"]
+    if "information" in card:
+        out["baseline data"] = card["information"]
     out["calibration"] = card["calibration"]
     return out
