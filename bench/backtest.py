@@ -202,7 +202,7 @@ def report_ceiling(trial, pairs: list) -> pd.DataFrame:
     learnt = pd.concat([learnt_ratios(trial, p) for p in pairs], ignore_index=True)
     print("   ceiling: RMSE ratio vs ANCOVA of the population-best predictor of each class (unlimited "
           "training data), estimated on the held-out patients; learnt: the class fitted on the knowledge "
-          "base's arm (ridge, leave-one-out penalty)")
+          "base's arm (ridge, GCV penalty)")
     for pc, g in tab.groupby("PARAMCD", sort=False):
         lg = learnt[learnt["PARAMCD"] == pc]
         print(f"   {pc:<8} twins {interval(g['twins'])}  ceiling " + "  ".join(

@@ -50,6 +50,7 @@ import pandas as pd
 from services.data.trial import Trial
 from services.generation.local import BaselineFeatures
 from services.generation.local.features import choose_transform
+from services.generation.local.ridge import choose_penalty, ridge_path
 
 CLASSES = ("baseline", "facts", "flexible")
 MAX_LEVELS = 10
@@ -206,32 +207,21 @@ def information_card(trial: Trial, pairs: pd.DataFrame, n_boot: int = 200, seed:
     return out.reindex(point.index).reset_index()[cols]
 
 
-def _ridge_loo(X: np.ndarray, y: np.ndarray, linear: int | None = None,
-               penalties=(0.1, 1.0, 10.0, 100.0, 1000.0)):
-    """Ridge on standardised columns (intercept free), the penalty chosen by its closed-form
-    leave-one-out error; returns a predict function. Columns from `linear` on (a cubic's
-    higher powers, covariates) are held to their training range when predicting, so that a
-    cubic does not explode beyond it; the first ones (the baseline itself) extrapolate."""
+def _ridge(X: np.ndarray, y: np.ndarray, linear: int):
+    """The local generator's ridge (`ridge_path`, penalty by GCV) on standardised columns; a
+    predict function that holds the columns from `linear` on (a cube's powers, the facts) to
+    their training range, so that a cube does not explode beyond it, while the first ones (the
+    own baseline) extrapolate."""
     mu, sd = X.mean(axis=0), X.std(axis=0)
     sd = np.where(sd > 0, sd, 1.0)
     lo, hi = X.min(axis=0), X.max(axis=0)
-    held = np.arange(X.shape[1]) >= (X.shape[1] if linear is None else linear)
-    A = np.column_stack([np.ones(len(y)), (X - mu) / sd])
-    best = None
-    for lam in penalties:
-        P = lam * np.eye(A.shape[1])
-        P[0, 0] = 0.0
-        M = np.linalg.pinv(A.T @ A + P)
-        beta = M @ A.T @ y
-        h = np.einsum("ij,jk,ik->i", A, M, A)
-        loo = np.mean(((y - A @ beta) / np.maximum(1 - h, 1e-6)) ** 2)
-        if best is None or loo < best[0]:
-            best = (loo, beta)
-    beta = best[1]
+    held = np.arange(X.shape[1]) >= linear
+    b0, beta, gcv = ridge_path((X - mu) / sd, y, np.ones(X.shape[1]))
+    a = choose_penalty(gcv)
 
     def predict(Z: np.ndarray) -> np.ndarray:
         Z = np.where(held, np.clip(Z, lo, hi), Z)
-        return np.column_stack([np.ones(len(Z)), (Z - mu) / sd]) @ beta
+        return b0[a] + ((Z - mu) / sd) @ beta[a]
 
     return predict
 
@@ -239,9 +229,8 @@ def _ridge_loo(X: np.ndarray, y: np.ndarray, linear: int | None = None,
 def learnt_ratios(trial: Trial, pairs: pd.DataFrame, classes=CLASSES) -> pd.DataFrame:
     """Per parameter of one k-fold backtest: the RMSE ratio of each class *learnt* the way a
     generator must, from the knowledge base's arm (the other folds' held-out patients: in a
-    k-fold backtest of one arm they are that arm's knowledge base), by ridge with a
-    leave-one-out penalty (every column but the own baseline held to its training range, so
-    that a cube does not explode beyond it). Beside the ceiling it tells estimation error
+    k-fold backtest of one arm they are that arm's knowledge base), by the generator's ridge
+    with its GCV penalty (`_ridge`). Beside the ceiling it tells estimation error
     (learnt well above the ceiling) from a relation the twins miss (learnt below the twins)."""
     sse: dict[str, dict[str, float]] = {}
     for paramcd, g, X in _visits(trial, pairs, ("FOLD",)):
@@ -253,7 +242,7 @@ def learnt_ratios(trial: Trial, pairs: pd.DataFrame, classes=CLASSES) -> pd.Data
                 continue
             acc["reference"] += float(np.sum((g["REFERENCE"].to_numpy(float)[test] - y[test]) ** 2))
             for c in classes:
-                fit = _ridge_loo(X[c][train], y[train], linear=1)
+                fit = _ridge(X[c][train], y[train], linear=1)
                 acc[c] += float(np.sum((fit(X[c][test]) - y[test]) ** 2))
     rows = [{"PARAMCD": k, **{c: float(np.sqrt(v[c] / v["reference"])) for c in classes}}
             for k, v in sse.items() if v["reference"] > 0]
