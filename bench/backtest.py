@@ -259,11 +259,12 @@ def report_safety(runs, label: str, elapsed: float) -> dict:
 def set_figures(label: str, params: list, events: list, ceilings: list | None = None) -> dict:
     out = {}
     ceil = [c for c in ceilings or [] if len(c)]
-    for c in CLASSES if ceil else ():
-        out[f"{label}_ceiling_{c}_median"] = float(pd.concat(ceil)[c].median())
-        out[f"{label}_learnt_{c}_median"] = float(pd.concat(ceil)[f"learnt_{c}"].median())
     if ceil:
-        out[f"{label}_ceiling_best_median"] = float(pd.concat(ceil)["best"].median())
+        tab = pd.concat(ceil)
+        for c in CLASSES:
+            out[f"{label}_ceiling_{c}_median"] = float(tab[c].median())
+            out[f"{label}_learnt_{c}_median"] = float(tab[f"learnt_{c}"].median())
+        out[f"{label}_ceiling_best_median"] = float(tab["best"].median())
     par = pd.concat(params) if params else pd.DataFrame()
     if len(par):
         r, c = par["rmse_ratio"], par["coverage"]
@@ -349,8 +350,6 @@ def main(argv=None) -> int:
     gen_settings.update(parse_settings(args.gen_setting))
     compare = args.generator != "local"
     local_settings = dict(settings)
-    if args.held_out:  # backtest() sets this for "local" only, by name
-        local_settings["truncate_at_followup"] = False
     for label in chosen:
         params, events, ceilings = [], [], []
         print(f"\n######## {label.upper()} trials")

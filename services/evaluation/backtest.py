@@ -99,12 +99,13 @@ def backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_per_pat
         from services.retrieval.retriever import ExactRetriever
 
         settings.setdefault("retriever_factory", ExactRetriever)
-    if generator == "local":
+    if cls is not None and "truncate_at_followup" in inspect.signature(cls).parameters:
         # Held-out patients are compared where they were observed: predict every scheduled visit
         # (conditional on being observed) rather than cutting twins at their simulated follow-up.
         # Forced, not defaulted: a run's own settings say True (its twins end with their
         # simulated follow-up), and with them a late visit's mean rested on the few twins still
-        # followed (pbc, K 5, the Validate page: RMSE ratios 1.03-1.09 for 0.97-0.99).
+        # followed (pbc, K 5, the Validate page: RMSE ratios 1.03-1.09 for 0.97-0.99). By the
+        # setting, not the name, so that a registered subclass is compared the same way.
         settings["truncate_at_followup"] = False
     ids = trial.subjects.loc[trial.subjects["ARM"] == arm, "USUBJID"].to_numpy(dtype=object)
     if folds < 2 or len(ids) < 2 * folds:

@@ -142,10 +142,14 @@ def _visit_terms(trial: Trial, pairs: pd.DataFrame, classes) -> tuple[np.ndarray
     """(patients, PARAMCD -> one dict of arrays per visit): squared errors of the twins and the
     reference, the classes' error terms and the patients' positions; visits where a class has
     no degree of freedom left are left out."""
-    ids = _usable_ids(pairs)
+    visits = list(_visits(trial, pairs))
+    # the patients in the order of the pairs (the bootstrap draws them by position)
+    seen = {str(u) for _, g, _ in visits for u in g["USUBJID"]}
+    ids = np.array([u for u in pairs["USUBJID"].astype(str).unique() if u in seen], dtype=object) \
+        if seen else np.array([], dtype=object)
     pos = {u: i for i, u in enumerate(ids)}
     out: dict[str, list] = {}
-    for paramcd, g, X in _visits(trial, pairs):
+    for paramcd, g, X in visits:
         y = g["OBSERVED"].to_numpy(float)
         terms = {c: error_terms(y, X[c]) for c in classes}
         if any(t is None for t in terms.values()):
@@ -155,13 +159,6 @@ def _visit_terms(trial: Trial, pairs: pd.DataFrame, classes) -> tuple[np.ndarray
             "reference": (g["REFERENCE"].to_numpy(float) - y) ** 2,
             "at": np.array([pos[str(u)] for u in g["USUBJID"]]), **terms})
     return ids, out
-
-
-def _usable_ids(pairs: pd.DataFrame) -> np.ndarray:
-    if not set(_NEED) <= set(pairs.columns):
-        return np.array([], dtype=object)
-    p = pairs.dropna(subset=list(_NEED))
-    return p["USUBJID"].astype(str).unique()
 
 
 def _ratios(groups: dict, classes, weights: np.ndarray | None = None) -> pd.DataFrame:
