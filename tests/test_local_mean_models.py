@@ -8,9 +8,15 @@ import re
 import numpy as np
 import pytest
 
+from services.evaluation.metrics.survival import km_sup_distance
 from services.generation import GeneratorError
 from services.generation.local import LocalGenerator
-from services.generation.local.ridge import breslow, cumulative_hazard, rescale_times
+from services.generation.local.ridge import (
+    breslow,
+    cumulative_hazard,
+    marginal_baseline,
+    rescale_times,
+)
 from services.retrieval.retriever import ExactRetriever
 
 
@@ -211,3 +217,34 @@ def test_breslow_and_rescaling_known_answers():
     np.testing.assert_allclose(rescale_times(np.array([0.5, 1.5, 2.5]), np.ones(3), t, h), [0.5, 1.5, 2.5])
     moved = rescale_times(np.array([2.0]), np.array([0.5]), t, h)
     assert moved[0] < 2.0 and np.isclose(cumulative_hazard(moved, t, h)[0], h[1] / 2)
+
+
+def test_marginal_baseline_puts_the_average_curve_on_the_kaplan_meier():
+    # equal indices: exp(-H0) is the Kaplan-Meier curve itself (3 at risk, events at 1 and 2)
+    t, h = marginal_baseline(np.array([1.0, 2.0, 3.0]), np.array([True, True, False]), np.zeros(3))
+    np.testing.assert_allclose(t, [1.0, 2.0])
+    np.testing.assert_allclose(np.exp(-h), [2 / 3, 1 / 3])
+    # any indices: the patients' average survival exp(-H0 exp(lp)) is their Kaplan-Meier curve
+    rng = np.random.default_rng(0)
+    time_ = rng.exponential(1.0, 200)
+    event = rng.random(200) < 0.7
+    lp = rng.normal(0, 1.2, 200)
+    t, h = marginal_baseline(time_, event, lp)
+    km = np.cumprod([1 - np.sum(event & (time_ == x)) / np.sum(time_ >= x) for x in t])
+    np.testing.assert_allclose(np.exp(-h[:, None] * np.exp(lp)[None, :]).mean(axis=1), km, atol=1e-9)
+    assert np.all(np.diff(h) >= 0)
+    # a shift of every index is absorbed by the baseline
+    _, h2 = marginal_baseline(time_, event, lp + 3.0)
+    np.testing.assert_allclose(h2 * np.exp(3.0), h, rtol=1e-9)
+
+
+def test_twins_of_the_arms_own_patients_follow_its_kaplan_meier(pbc):
+    """Cross-fitted twins of pbc's control patients, drawn from the shrunk ridge Cox index: with
+    the baseline fitted to the arm's Kaplan-Meier their curve stays within 0.037 of the real one
+    (seeds 1-3); with Breslow's baseline it drifted 0.050-0.058 away (hazard too high late)."""
+    ctrl = list(pbc.subjects.loc[pbc.subjects["ARM"] == "Placebo", "USUBJID"])
+    run = _gen().fit(pbc).generate(pbc.subset(ctrl), "Placebo", twins_per_patient=50, seed=3)
+    for q in ("DEATH", "DTHTX"):
+        tw = run.tte[run.tte["PARAMCD"] == q]
+        real = pbc.tte[(pbc.tte["PARAMCD"] == q) & pbc.tte["USUBJID"].isin(ctrl)]
+        assert km_sup_distance(tw["AVAL"], tw["CNSR"] == 0, real["AVAL"], real["CNSR"] == 0).sup < 0.045, q

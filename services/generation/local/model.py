@@ -19,7 +19,7 @@ from services.generation.local.mean_models import (
     out_of_fold,
     ridge_models,
 )
-from services.generation.local.ridge import _ALPHAS, breslow, cox_ridge
+from services.generation.local.ridge import _ALPHAS, breslow, cox_ridge, marginal_baseline
 
 _OWN_PENALTY = 1e-4          # relative ridge penalty on the parameter's own baseline
 _MAX_CLIPPED = 0.01  # a raw-scale model may clip at most 1% of values at the lower bound
@@ -317,8 +317,14 @@ class ArmFitting:
                     for f in range(folds + 1):
                         rows = has & ((fold != f) if f < folds else True)
                         betas[f] = cox_ridge(X[rows], t[rows], event[rows], self.cox_penalizer)
-                h0 = [breslow(t[r_], event[r_], X[r_] @ betas[f])
-                      for f in range(folds + 1) for r_ in [has & ((fold != f) if f < folds else True)]]
+                if folds > 1 and self.tte_space == "prognostic":
+                    # one baseline for every fold, fitted to the arm's Kaplan-Meier through the
+                    # patients' out-of-fold index (`marginal_baseline` says why)
+                    oof = np.einsum("nf,nf->n", X[has], betas[fold[has]])
+                    h0 = [marginal_baseline(t[has], event[has], oof)] * (folds + 1)
+                else:
+                    h0 = [breslow(t[r_], event[r_], X[r_] @ betas[f])
+                          for f in range(folds + 1) for r_ in [has & ((fold != f) if f < folds else True)]]
                 return betas, h0
 
             for q, (t, c) in tte.items():

@@ -224,6 +224,40 @@ def breslow(time_: np.ndarray, event: np.ndarray, lp: np.ndarray) -> tuple[np.nd
     return times, np.cumsum(hazard)
 
 
+def marginal_baseline(time_: np.ndarray, event: np.ndarray, lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline cumulative hazard H0 at the distinct event times that makes the model's average
+    survival over the patients, mean_i exp(-H0(t) exp(lp_i)), equal their Kaplan-Meier curve.
+
+    Why not Breslow: with a ridge-shrunk index (or on patients the model did not learn from),
+    Breslow's H0 is right for the risk sets the knowledge base happened to have, not for the
+    population the index describes, and twins drawn from S0(t)^exp(lp) then drift from the
+    arm's curve (pbc: their hazard of death ~8 % above the real patients'; log HR bias -0.39
+    SD over 200 null splits). Fitting H0 to the Kaplan-Meier curve keeps the index's risk
+    order and puts the twins' population curve on the arm's own, the nonparametric estimate
+    under the same independent-censoring assumption. `lp`: the index of patients it is to
+    hold for (out of fold: like a new patient's). Past a curve that reaches 0: H0 large."""
+    t = np.asarray(time_, float)
+    e = np.asarray(event, bool)
+    lp = np.asarray(lp, float)
+    times = np.unique(t[e])
+    if not len(times):
+        return times, times.copy()
+    n_risk = (t[None, :] >= times[:, None]).sum(axis=1)
+    deaths = np.array([np.sum(e & (t == x)) for x in times], dtype=float)
+    surv = np.cumprod(1.0 - deaths / np.maximum(n_risk, 1))
+    r = np.exp(lp - np.mean(lp))
+    top = 40.0 / max(float(r.min()), 1e-12)                    # exp(-40): no one left
+    lo = np.zeros(len(times))
+    hi = np.full(len(times), top)
+    target = np.clip(surv, np.exp(-40.0), 1.0)
+    for _ in range(80):                                        # bisection on every time at once
+        mid = (lo + hi) / 2
+        above = np.exp(-mid[:, None] * r[None, :]).mean(axis=1) > target
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    h = np.maximum.accumulate((lo + hi) / 2)
+    return times, h * np.exp(-np.mean(lp))
+
+
 def _knots(h_times, h_vals):
     xs = np.concatenate([[0.0], h_times])
     ys = np.concatenate([[0.0], h_vals])
