@@ -40,7 +40,12 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   re-chooses far more often than a new real one would (epilepsy's half knowledge bases chose
   `carry` 30 of 30 times, their bootstrap copies 122 of 150; pbc `ridge` 24 of 30 vs 68 of
   150), and re-choosing doubled this term on epilepsy (1.33 vs 0.63 held, against a true
-  generator share near 0; pbc 0.21 vs 0.22 against 0.18). Then V = Var_b(theta_b) - MC,
+  generator share near 0; pbc 0.21 vs 0.22 against 0.18). Copies sharing their original's
+  fold and penalties counting patients do not cure it (at 93ffc9a: epilepsy 20 of 20 half
+  knowledge bases `carry` on log1p, 83 of 100 bootstrap copies; btheb two half knowledge
+  bases disagree 18 % of the time, a bootstrap copy and its original 44 %), so neither
+  holding nor re-choosing counts the choice's variability right: holding leaves btheb's
+  variance 10-14 % short (its cells reject 6-8 %). Then V = Var_b(theta_b) - MC,
   where MC, the Monte-Carlo variance of theta_b given g_b, is estimated from the two halves of
   each refit's twins:
   MC = mean_b (theta_b(first half) - theta_b(second half))^2 / 4; floored at 0. This term
