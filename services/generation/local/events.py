@@ -91,7 +91,8 @@ class EventDrawing:
             t_don = t_arm[np.maximum(donor, 0)]
             if rescale:
                 # the donor's history moved to the source's risk (same survival quantile under
-                # the fold's Cox model of the primary event type): twins follow the model's risk
+                # the fold's Cox model of the primary event type, its baseline fitted to the arm's
+                # Kaplan-Meier): twins follow the model's risk
                 # order, and the map is monotone, so the history stays coherent
                 lp_don = np.einsum("skf,sf->sk", model.X[np.maximum(donor, 0)], beta0)
                 ratio = np.exp(np.clip(lp_don - lp_src[:, None], -30, 30))
@@ -165,7 +166,8 @@ class EventDrawing:
     def _tte_model(self, chunk, keys, model: _ArmModel, k: int, seed: int, X_src: np.ndarray,
                    which: np.ndarray) -> pd.DataFrame:
         """Event times from each source's own survival curve under the fold's ridge Cox model
-        (S(t) = exp(-H0(t) exp(lp)), the Breslow step curve inverted at the step and spread
+        (S(t) = exp(-H0(t) exp(lp)), H0 the step curve fitted to the arm's Kaplan-Meier
+        (`ridge.marginal_baseline`), inverted at the step and spread
         between the midpoints with its neighbours (`_jittered`); beyond the knowledge base's last
         event: no event), censoring times from the event type's reverse Kaplan-Meier in the arm
         (beyond it: its last follow-up). A source's twins take their (event, censoring, other
@@ -258,7 +260,7 @@ def _step_inverse(x: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarra
 
 
 def event_times(target: np.ndarray, h_times: np.ndarray, h_vals: np.ndarray) -> np.ndarray:
-    """The time at which the Breslow cumulative hazard H0 (a step at each event time) reaches
+    """The time at which the baseline cumulative hazard H0 (a step at each event time) reaches
     `target`, jittered within the step (`_step_inverse`); inf where target is beyond H0 at the
     last event time (no event within what was observed)."""
     target = np.asarray(target, float)

@@ -63,7 +63,7 @@ class _ArmModel:
     fold_of: dict = field(default_factory=dict)     # fold of every knowledge-base patient
     borrowed: np.ndarray | None = None             # (D,) mean fitted on every arm (`borrow`)
     mean_models: dict = field(default_factory=dict)  # parameter -> chosen mean model
-    tte_h0: dict = field(default_factory=dict)     # q -> per fold (event times, Breslow H0)
+    tte_h0: dict = field(default_factory=dict)     # q -> per fold (event times, H0 fitted to the KM)
     tte_pairs: list = field(default_factory=list)  # `nested_pairs(tte)`: (composite, part, one clock)
 
     @property
@@ -317,11 +317,10 @@ class ArmFitting:
                     for f in range(folds + 1):
                         rows = has & ((fold != f) if f < folds else True)
                         betas[f] = cox_ridge(X[rows], t[rows], event[rows], self.cox_penalizer)
-                if folds > 1 and self.tte_space == "prognostic":
-                    # one baseline for every fold, fitted to the arm's Kaplan-Meier through the
-                    # patients' out-of-fold index (`marginal_baseline` says why)
-                    oof = np.einsum("nf,nf->n", X[has], betas[fold[has]])
-                    h0 = [marginal_baseline(t[has], event[has], oof)] * (folds + 1)
+                if self.tte_space == "prognostic":
+                    # each model's baseline fitted to the arm's Kaplan-Meier through that model's
+                    # index of the arm's patients (`marginal_baseline` says why)
+                    h0 = [marginal_baseline(t[has], event[has], X[has] @ betas[f]) for f in range(folds + 1)]
                 else:
                     h0 = [breslow(t[r_], event[r_], X[r_] @ betas[f])
                           for f in range(folds + 1) for r_ in [has & ((fold != f) if f < folds else True)]]

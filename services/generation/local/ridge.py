@@ -228,14 +228,17 @@ def marginal_baseline(time_: np.ndarray, event: np.ndarray, lp: np.ndarray) -> t
     """Baseline cumulative hazard H0 at the distinct event times that makes the model's average
     survival over the patients, mean_i exp(-H0(t) exp(lp_i)), equal their Kaplan-Meier curve.
 
-    Why not Breslow: with a ridge-shrunk index (or on patients the model did not learn from),
-    Breslow's H0 is right for the risk sets the knowledge base happened to have, not for the
-    population the index describes, and twins drawn from S0(t)^exp(lp) then drift from the
-    arm's curve (pbc: their hazard of death ~8 % above the real patients'; log HR bias -0.39
-    SD over 200 null splits). Fitting H0 to the Kaplan-Meier curve keeps the index's risk
-    order and puts the twins' population curve on the arm's own, the nonparametric estimate
-    under the same independent-censoring assumption. `lp`: the index of patients it is to
-    hold for (out of fold: like a new patient's). Past a curve that reaches 0: H0 large."""
+    Why not Breslow: with a ridge-shrunk index, Breslow's H0 is right for the risk sets the
+    knowledge base happened to have, not for the population the index describes, and twins
+    drawn from S0(t)^exp(lp) drift from the arm's curve (pbc: their hazard of death ~8 % too
+    high late; null log HR bias -0.39 SD over 200 half splits). Fitting H0 to the Kaplan-Meier
+    curve keeps the index's risk order and puts the twins' population curve on the arm's own,
+    the nonparametric estimate under the same independent-censoring assumption. `lp`: the
+    index the twins are drawn with, over the patients of the curve (its spread is the one new
+    patients get: pbc SD 1.64 on the knowledge base, 1.62 on new patients). Solved per event
+    time by bisection on log H0 (precise whatever the index's spread). Where the curve reaches
+    0 (everyone at risk has the event) the step is Breslow's, d / sum of exp(lp) at risk,
+    rather than the infinite one that would make every twin still at risk die there."""
     t = np.asarray(time_, float)
     e = np.asarray(event, bool)
     lp = np.asarray(lp, float)
@@ -246,15 +249,18 @@ def marginal_baseline(time_: np.ndarray, event: np.ndarray, lp: np.ndarray) -> t
     deaths = np.array([np.sum(e & (t == x)) for x in times], dtype=float)
     surv = np.cumprod(1.0 - deaths / np.maximum(n_risk, 1))
     r = np.exp(lp - np.mean(lp))
-    top = 40.0 / max(float(r.min()), 1e-12)                    # exp(-40): no one left
-    lo = np.zeros(len(times))
-    hi = np.full(len(times), top)
-    target = np.clip(surv, np.exp(-40.0), 1.0)
-    for _ in range(80):                                        # bisection on every time at once
+    lo = np.full(len(times), np.log(1e-12 / float(r.max())))
+    hi = np.full(len(times), np.log(60.0 / max(float(r.min()), 1e-300)))
+    alive = surv > 0
+    for _ in range(100):                                       # bisection on every time at once
         mid = (lo + hi) / 2
-        above = np.exp(-mid[:, None] * r[None, :]).mean(axis=1) > target
+        above = np.exp(-np.exp(mid)[:, None] * r[None, :]).mean(axis=1) > np.where(alive, surv, 0.5)
         lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    h = np.maximum.accumulate((lo + hi) / 2)
+    h = np.exp((lo + hi) / 2)
+    for j in np.flatnonzero(~alive):                           # the curve's last step to 0
+        at_risk = float(r[t >= times[j]].sum())
+        h[j] = (h[j - 1] if j > 0 else 0.0) + deaths[j] / max(at_risk, 1e-300)
+    h = np.maximum.accumulate(h)
     return times, h * np.exp(-np.mean(lp))
 
 
@@ -266,7 +272,7 @@ def _knots(h_times, h_vals):
 
 
 def cumulative_hazard(times, h_times: np.ndarray, h_vals: np.ndarray) -> np.ndarray:
-    """H0 at `times`: linear between the Breslow event times (and from 0), extended past the
+    """H0 at `times`: linear between its event times (and from 0), extended past the
     last with its average slope."""
     t = np.asarray(times, float)
     if len(h_times) == 0 or h_vals[-1] <= 0:
