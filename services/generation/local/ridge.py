@@ -236,31 +236,38 @@ def marginal_baseline(time_: np.ndarray, event: np.ndarray, lp: np.ndarray) -> t
     the nonparametric estimate under the same independent-censoring assumption. `lp`: the
     index the twins are drawn with, over the patients of the curve (its spread is the one new
     patients get: pbc SD 1.64 on the knowledge base, 1.62 on new patients). Solved per event
-    time by bisection on log H0 (precise whatever the index's spread). Where the curve reaches
+    time by Newton's method from the previous time's H0 (a few steps each: 5,000 patients and
+    1,190 event times in well under a second). Where the curve reaches
     0 (everyone at risk has the event) the step is Breslow's, d / sum of exp(lp) at risk,
     rather than the infinite one that would make every twin still at risk die there."""
     t = np.asarray(time_, float)
     e = np.asarray(event, bool)
     lp = np.asarray(lp, float)
-    times = np.unique(t[e])
+    times, deaths = np.unique(t[e], return_counts=True)
     if not len(times):
         return times, times.copy()
-    n_risk = (t[None, :] >= times[:, None]).sum(axis=1)
-    deaths = np.array([np.sum(e & (t == x)) for x in times], dtype=float)
+    n_risk = len(t) - np.searchsorted(np.sort(t), times, side="left")
     surv = np.cumprod(1.0 - deaths / np.maximum(n_risk, 1))
     r = np.exp(lp - np.mean(lp))
-    lo = np.full(len(times), np.log(1e-12 / float(r.max())))
-    hi = np.full(len(times), np.log(60.0 / max(float(r.min()), 1e-300)))
-    alive = surv > 0
-    for _ in range(100):                                       # bisection on every time at once
-        mid = (lo + hi) / 2
-        above = np.exp(-np.exp(mid)[:, None] * r[None, :]).mean(axis=1) > np.where(alive, surv, 0.5)
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    h = np.exp((lo + hi) / 2)
-    for j in np.flatnonzero(~alive):                           # the curve's last step to 0
-        at_risk = float(r[t >= times[j]].sum())
-        h[j] = (h[j - 1] if j > 0 else 0.0) + deaths[j] / max(at_risk, 1e-300)
-    h = np.maximum.accumulate(h)
+    h = np.zeros(len(times))
+    current = 0.0
+    for j in range(len(times)):
+        if surv[j] <= 0:                                       # the curve's last step to 0
+            current += deaths[j] / max(float(r[t >= times[j]].sum()), 1e-300)
+        else:
+            # mean exp(-H r) - S is convex and decreasing in H, and H rises with t: Newton from
+            # the previous time's H (at or below the root) climbs to the root without overshoot
+            for _ in range(100):
+                w = np.exp(-current * r)
+                f = float(w.mean()) - surv[j]
+                slope = float((r * w).mean())
+                if f <= 0 or slope <= 0:
+                    break
+                step = f / slope
+                current += step
+                if step <= 1e-13 * max(current, 1e-300):
+                    break
+        h[j] = current
     return times, h * np.exp(-np.mean(lp))
 
 
