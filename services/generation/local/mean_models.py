@@ -12,13 +12,14 @@ choice is a nested cross-validation.
   Known limitation: its residuals carry the arm's drift, which re-centring a source's twins
   (`balance`) keeps only through the neighbourhood's shrunken shift; on pbc, where bilirubin
   rises on placebo, `carry` wins in 9 of 40 half knowledge bases (log scale, the smeared
-  criterion sees the drift) and those twins' log BILI at month 24 sits 0.25 below the
-  model's own visit mean: part of the synthetic-control mean difference's bias of +0.33 SD
+  criterion sees the drift) and those fits' mean log BILI at month 24 sits 0.25 below the
+  patients' own (in sample and on new patients): part of the synthetic-control mean difference's bias of +0.33 SD
   in `bench/inference.py`, not fixed. The change-from-baseline model (carry plus a per-visit
   mean change) in its place put the twins' log-scale mean on the real one and cut that bias
   to +0.21 SD (what remains is on the raw scale: twins ~0.2 mg/dL below the smeared log
   regression, cause not found) but cost SEIZ 0.916 -> 0.956, BDI 0.980 -> 0.997, WEIGHT 0.980 ->
-  1.001 on the development backtest; scoring carry without its drift made it win 27 of 40;
+  1.001 on the development backtest; scoring carry without its drift made it win 27 of 40
+  (bias +0.43 SD). Neither is adopted;
 - `borrow`: the ridge fitted on every arm of the knowledge base with per-visit arm offsets:
   the prognostic relation is shared by the arms, so a small target arm borrows strength from
   the others (as PROCOVA's prognostic models learn from historical patients); a source that is

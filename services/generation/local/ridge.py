@@ -237,9 +237,11 @@ def marginal_baseline(time_: np.ndarray, event: np.ndarray, lp: np.ndarray) -> t
     index the twins are drawn with, over the patients of the curve (its spread is the one new
     patients get: pbc SD 1.64 on the knowledge base, 1.62 on new patients). Solved per event
     time by Newton's method from the previous time's H0 (a few steps each: 5,000 patients and
-    1,190 event times in well under a second). Where the curve reaches
-    0 (everyone at risk has the event) the step is Breslow's, d / sum of exp(lp) at risk,
-    rather than the infinite one that would make every twin still at risk die there."""
+    1,190 event times in well under a second). Where the curve reaches 0 (everyone at risk
+    has the event) the step is Breslow's, d / sum of exp(lp) at risk, rather than the
+    infinite one that would make every twin still at risk die there. The Kaplan-Meier is
+    computed here, not by `evaluation.metrics.survival.km_curve`, so that the generator does
+    not import the evaluation layer (and lifelines) and keeps the death counts it needs."""
     t = np.asarray(time_, float)
     e = np.asarray(event, bool)
     lp = np.asarray(lp, float)
