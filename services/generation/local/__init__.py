@@ -42,7 +42,9 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
      weighted mean (x sqrt(n_eff / (n_eff - 1)) to keep the variance), lam per parameter =
      how much the neighbourhood mean residual predicts a patient's own residual in the arm
      (least squares, clipped to [0, 1]). So the twins' mean carries only the informative part
-     of the neighbours' mean, not its sampling noise (`center`).
+     of the neighbours' mean, not its sampling noise (`center`). For a carried-forward
+     baseline the residuals' mean is the arm's drift, part of the model's mean: it is kept
+     whole and lam shrinks only the neighbourhood's deviation from it.
    - `smoothing` h > 0: the residual is shrunk by sqrt(1 - h^2) and Gaussian noise with the
      residual covariance x h^2 is added (smoothed bootstrap: same variance and
      correlations). Applied with h >= 0.5 to a twin whose donor repeats (K > arm size - 1).

@@ -8,18 +8,19 @@ choice is a nested cross-validation.
   (practically) unpenalised, slopes shared by the visits (`ridge.fit_parameter`);
 - `ancova`: per visit, ordinary least squares on the parameter's own baseline only (the
   standard covariate adjustment a trial statistician would fit);
-- `carry`: the baseline carried forward (slope 1 on the own baseline, on the outcome scale).
-  Known limitation: its residuals carry the arm's drift, which re-centring a source's twins
-  (`balance`) keeps only through the neighbourhood's shrunken shift; on pbc, where bilirubin
-  rises on placebo, `carry` wins in 9 of 40 half knowledge bases (log scale, the smeared
-  criterion sees the drift) and those fits' mean log BILI at month 24 sits 0.25 below the
-  patients' own (in sample and on new patients): part of the synthetic-control mean difference's bias of +0.33 SD
-  in `bench/inference.py`, not fixed. The change-from-baseline model (carry plus a per-visit
-  mean change) in its place put the twins' log-scale mean on the real one and cut that bias
-  to +0.21 SD (what remains is on the raw scale: twins ~0.2 mg/dL below the smeared log
-  regression, cause not found) but cost SEIZ 0.916 -> 0.956, BDI 0.980 -> 0.997, WEIGHT 0.980 ->
-  1.001 on the development backtest; scoring carry without its drift made it win 27 of 40
-  (bias +0.43 SD). Neither is adopted;
+- `carry`: the baseline carried forward (slope 1 on the own baseline, on the outcome scale);
+  its residuals hold the arm's drift (placebo response, a marker rising on placebo), which
+  the twins keep whole (`model._carry_drift`: the residuals' mean per visit, cross-fitted; the
+  neighbourhood's shift is the deviation from it). Before, balancing a source's twins
+  re-centred those residuals and dropped part of the drift (all of it without centring): a
+  synthetic control then credited the placebo response to the treatment (null simulations of
+  `bench/inference.py`: btheb replicates that chose `carry` had a mean difference of -2.6 BDI
+  points, now -1.6; pbc's +0.19 mg/dL, now -0.13). The choice still scores the bare carried
+  baseline, without its drift: scoring the drift too (a change-from-baseline model) made
+  `carry` win more often and cost the development backtest (SEIZ 0.927 -> 0.954, BDI 0.974 ->
+  0.997, WEIGHT 0.996 -> 1.001). So `carry` wins more often where the knowledge base's drift
+  happens to be small, which leaves its twins part of a selection bias (the -1.6 above;
+  btheb's mean difference -0.11 SD overall);
 - `borrow`: the ridge fitted on every arm of the knowledge base with per-visit arm offsets:
   the prognostic relation is shared by the arms, so a small target arm borrows strength from
   the others (as PROCOVA's prognostic models learn from historical patients); a source that is

@@ -65,6 +65,7 @@ class _ArmModel:
     mean_models: dict = field(default_factory=dict)  # parameter -> chosen mean model
     tte_h0: dict = field(default_factory=dict)     # q -> per fold (event times, H0 fitted to the KM)
     tte_pairs: list = field(default_factory=list)  # `nested_pairs(tte)`: (composite, part, one clock)
+    drift: np.ndarray | None = None    # (folds + 1, D) mean residual of a carried-forward baseline, else 0
 
     @property
     def index(self) -> dict[str, int]:
@@ -91,11 +92,12 @@ class ArmFitting:
         nbr, dist = neighbour_rows(hits, ids, model.index, m)
         w = self._weights(dist, nbr >= 0)
         rbar, neff = neighbourhood_mean(model.resid, nbr, w)
+        m = model.drift[-1] if model.drift is not None else np.zeros(D)
         lam = np.zeros(D)
         for p in dict.fromkeys(o.paramcd for o in model.outcomes):
             cols = [j for j, o in enumerate(model.outcomes) if o.paramcd == p]
-            r = model.resid[:, cols]
-            b = rbar[:, cols]
+            r = model.resid[:, cols] - m[cols]
+            b = rbar[:, cols] - m[cols]
             ok = np.isfinite(r) & (neff[:, cols] >= 3)
             den = float((b[ok] ** 2).sum())
             lam[cols] = float(np.clip((r[ok] * b[ok]).sum() / den, 0.0, 1.0)) if den > 0 else 0.0
@@ -257,6 +259,7 @@ class ArmFitting:
                 unheld.append(f"{p}: the structure's mean model {held['mean_model']} does not apply "
                               f"to this knowledge base; {name} was fitted instead")
         transforms = {p: out_transforms.get(p, t) for p, t in transforms.items()}
+        drift = _carry_drift(resid, fold, folds, [mean_models[o.paramcd] == "carry" for o in outcomes])
 
         # residual covariance per fold (pairwise complete, shrunk towards its diagonal, made
         # positive definite): completes donors' missed visits and drives the smoothing noise
@@ -357,7 +360,7 @@ class ArmFitting:
                          lo=lo, hi=hi, integer=integer, tte=tte, tte_integer=tte_integer, notes=notes,
                          X=X, tte_beta=tte_beta, tte_primary=tte_primary, fold_of=fold_of,
                          borrowed=borrowed, mean_models=mean_models, tte_h0=tte_h0,
-                         tte_pairs=tte_pairs)
+                         tte_pairs=tte_pairs, drift=drift)
 
     def _other_arms(self, kb, arm, features, outcomes, fold_of):
         """(X, Y, fold, arm indicators, patient groups or None) of every patient of the
@@ -379,6 +382,21 @@ class ArmFitting:
         indicators = np.column_stack([(arm_of == a).astype(float) for a in others])
         fold_all = np.array([fold_of[u] for u in all_ids], dtype=int)
         return X_all, Y_all, fold_all, indicators, copy_groups(all_ids)
+
+
+def _carry_drift(resid: np.ndarray, fold: np.ndarray, folds: int, carried: list[bool]) -> np.ndarray | None:
+    """(folds + 1, D): per visit, the mean residual of a carried-forward baseline (its mean
+    change on the outcome scale) over the patients outside each fold, then over all; 0 for the
+    other mean models (their intercepts hold the visit mean). None when nothing is carried."""
+    cols = np.flatnonzero(carried)
+    if not len(cols):
+        return None
+    drift = np.zeros((folds + 1, resid.shape[1]))
+    with np.errstate(all="ignore"):
+        for f in range(folds + 1):
+            rows = fold != f if f < folds else np.ones(len(fold), dtype=bool)
+            drift[f, cols] = np.nan_to_num(np.nanmean(resid[rows][:, cols], axis=0))
+    return drift
 
 
 def _covariance(resid: np.ndarray, shrink: float = 0.1) -> np.ndarray:

@@ -128,6 +128,9 @@ class TrajectoryDrawing:
                                           axis=1).reshape(at.shape)
                 seen = model.resid[np.maximum(pick, 0), np.arange(D)[None, None, :]]
                 res = np.where(found, seen, res)
+            # a carried-forward baseline's drift (its residuals' mean) is the model's, kept
+            # whole; the neighbourhood's shift is its deviation from it (0 elsewhere)
+            drift = model.drift[W, d_idx] if model.drift is not None else np.zeros((len(chunk), D))
             if model.lam is not None:
                 # re-centre the neighbourhood's residuals on a shrunken neighbourhood mean: the
                 # twins' mean then carries only the informative part of the neighbours' mean
@@ -140,14 +143,15 @@ class TrajectoryDrawing:
                     rbar = np.einsum("sm,smd->sd", wn, np.nan_to_num(Rn))
                     neff_d = np.repeat((1.0 / np.maximum((wn ** 2).sum(axis=1), 1e-12))[:, None], D, axis=1)
                 factor = np.sqrt(neff_d / np.maximum(neff_d - 1, 1e-9))[:, None, :]
-                centred = (res - rbar[:, None, :]) * factor + model.lam[None, None, :] * rbar[:, None, :]
+                local = drift + model.lam[None, :] * (rbar - drift)                  # (S, D)
+                centred = (res - rbar[:, None, :]) * factor + local[:, None, :]
                 ok = (neff_d >= 3)[:, None, :] & (donor >= 0)[..., None]
                 if self.fill == "observed":
                     ok &= found
                 res = np.where(ok, centred, res)
-                shift = np.where(ok, model.lam[None, None, :] * rbar[:, None, :], 0.0)
+                shift = np.where(ok, local[:, None, :], drift[:, None, :])
             else:
-                shift = np.zeros_like(res)
+                shift = np.broadcast_to(drift[:, None, :], res.shape)
             for i, s in enumerate(chunk):
                 for t in range(k):
                     r = donor[i, t]
