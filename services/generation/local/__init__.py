@@ -33,7 +33,8 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
    patients when K is larger and the arm allows).
    - *Missed visits* of a donor are completed from its own observed residuals: a draw from the
      conditional normal given them (covariance: pairwise correlations of residuals winsorised
-     at 3 robust SDs, shrunk 10% towards the identity, times each visit's SD), seeded by (seed,
+     at 3 robust SDs, shrunk 10% towards the identity, times each visit's SD; around a
+     carried-forward baseline's drift, not around 0), seeded by (seed,
      donor). Each trajectory stays coherent (a donor doing badly early keeps doing badly)
      instead of splicing patients together; this measured better than borrowing the visit
      from the next neighbour who attended it (`fill="observed"`: coverage 70-78% vs 79-84%
@@ -44,7 +45,9 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
      (least squares, clipped to [0, 1]). So the twins' mean carries only the informative part
      of the neighbours' mean, not its sampling noise (`center`). For a carried-forward
      baseline the residuals' mean is the arm's drift, part of the model's mean: it is kept
-     whole and lam shrinks only the neighbourhood's deviation from it.
+     whole (also by the smoothing below) and lam shrinks only the neighbourhood's deviation
+     from it. Dropping it would credit the placebo response to the treatment in a synthetic
+     control.
    - `smoothing` h > 0: the residual is shrunk by sqrt(1 - h^2) and Gaussian noise with the
      residual covariance x h^2 is added (smoothed bootstrap: same variance and
      correlations). Applied with h >= 0.5 to a twin whose donor repeats (K > arm size - 1).

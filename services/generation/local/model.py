@@ -78,7 +78,9 @@ class ArmFitting:
     def _fit_lambda(self, model: _ArmModel) -> np.ndarray | None:
         """How much the neighbourhood's mean residual predicts a patient's own residual: per
         parameter, the least-squares slope (clipped to [0, 1]) of the arm patients' residuals
-        on their neighbourhood's mean residual. None when centring is off."""
+        on their neighbourhood's mean residual, both taken from a carried-forward baseline's
+        drift (the part every patient shares, kept whole: `_carry_drift`). None when centring
+        is off."""
         if self.center == "none" or not model.outcomes:
             return None
         D = len(model.outcomes)
@@ -92,12 +94,12 @@ class ArmFitting:
         nbr, dist = neighbour_rows(hits, ids, model.index, m)
         w = self._weights(dist, nbr >= 0)
         rbar, neff = neighbourhood_mean(model.resid, nbr, w)
-        m = model.drift[-1] if model.drift is not None else np.zeros(D)
+        drift = model.drift[-1] if model.drift is not None else np.zeros(D)
         lam = np.zeros(D)
         for p in dict.fromkeys(o.paramcd for o in model.outcomes):
             cols = [j for j, o in enumerate(model.outcomes) if o.paramcd == p]
-            r = model.resid[:, cols] - m[cols]
-            b = rbar[:, cols] - m[cols]
+            r = model.resid[:, cols] - drift[cols]
+            b = rbar[:, cols] - drift[cols]
             ok = np.isfinite(r) & (neff[:, cols] >= 3)
             den = float((b[ok] ** 2).sum())
             lam[cols] = float(np.clip((r[ok] * b[ok]).sum() / den, 0.0, 1.0)) if den > 0 else 0.0
@@ -386,8 +388,11 @@ class ArmFitting:
 
 def _carry_drift(resid: np.ndarray, fold: np.ndarray, folds: int, carried: list[bool]) -> np.ndarray | None:
     """(folds + 1, D): per visit, the mean residual of a carried-forward baseline (its mean
-    change on the outcome scale) over the patients outside each fold, then over all; 0 for the
-    other mean models (their intercepts hold the visit mean). None when nothing is carried."""
+    change on the outcome scale: the arm's drift, e.g. the placebo response) over the patients
+    outside each fold, then over all; 0 for the other mean models (their intercepts hold the
+    visit mean). Cross-fitted like the models, so that a source of the knowledge base never
+    gets its own outcomes back through it. The mean is over the patients seen at the visit (as
+    every model's fit is), not over the completed residuals. None when nothing is carried."""
     cols = np.flatnonzero(carried)
     if not len(cols):
         return None

@@ -43,7 +43,9 @@ class TrajectoryDrawing:
                 continue
             keys = np.array([stable_key(f"donor|{u}") for u in model.ids], dtype=np.uint64)
             z = ndtri(uniforms(seed, keys, 1, _S_COMPLETE, D)[:, 0, :]) if n else np.zeros((0, D))
-            data[f] = complete_residuals(model.resid, model.sigma[f], z)
+            # a carried-forward baseline's residuals are completed around its drift (their mean)
+            drift = model.drift[f] if model.drift is not None else 0.0
+            data[f] = complete_residuals(model.resid - drift, model.sigma[f], z) + drift
             cache["done"].add(f)
         return data
 
@@ -165,11 +167,13 @@ class TrajectoryDrawing:
             if (h > 0).any():
                 z = ndtri(uniforms(seed, keys, k, _S_NOISE, D))
                 noise = np.einsum("skd,ed->ske", z, model.sigma_root[-1])
-                res = np.sqrt(1 - h * h)[..., None] * res + h[..., None] * noise
+                # around the shift, so that shrinking a residual never shrinks the drift
+                res = shift + np.sqrt(1 - h * h)[..., None] * (res - shift) + h[..., None] * noise
             if self.balance and k >= 2:
-                # the source's K residuals re-centred on the neighbourhood's informative shift
-                # (0 without centring), spread kept: the twins' mean is the model's prediction
-                # plus that shift, with no Monte Carlo noise from which donors were drawn
+                # the source's K residuals re-centred on the shift (the neighbourhood's
+                # informative part and a carried baseline's drift; 0 for other models without
+                # centring), spread kept: the twins' mean is the model's prediction plus that
+                # shift, with no Monte Carlo noise from which donors were drawn
                 own_mean = np.nanmean(res, axis=1, keepdims=True)
                 balanced = (res - own_mean) * np.sqrt(k / (k - 1)) + shift.mean(axis=1, keepdims=True)
                 res = np.where(np.isfinite(res), balanced, res)
