@@ -10,17 +10,19 @@ choice is a nested cross-validation.
   standard covariate adjustment a trial statistician would fit);
 - `carry`: the baseline carried forward (slope 1 on the own baseline, on the outcome scale);
   its residuals hold the arm's drift (placebo response, a marker rising on placebo), which
-  the twins keep whole (`model._carry_drift`: the residuals' mean per visit, cross-fitted; the
-  neighbourhood's shift is the deviation from it). Before, balancing a source's twins
-  re-centred those residuals and dropped part of the drift (all of it without centring): a
-  synthetic control then credited the placebo response to the treatment (null simulations of
-  `bench/inference.py`: btheb replicates that chose `carry` had a mean difference of -2.6 BDI
-  points, now -1.6; pbc's +0.19 mg/dL, now -0.13). The choice still scores the bare carried
-  baseline, without its drift: scoring the drift too (a change-from-baseline model) made
-  `carry` win more often and cost the development backtest (SEIZ 0.927 -> 0.954, BDI 0.974 ->
-  0.997, WEIGHT 0.996 -> 1.001). So `carry` wins more often where the knowledge base's drift
-  happens to be small, which leaves its twins part of a selection bias (the -1.6 above;
-  btheb's mean difference -0.11 SD overall);
+  the twins keep whole (`model._carry_drift`: the residuals' mean per visit, cross-fitted;
+  missed visits are completed around it; the neighbourhood's shift is the deviation from it).
+  Before, balancing a source's twins re-centred those residuals and dropped part of the drift
+  (all of it without centring): a synthetic control then credited the placebo response to the
+  treatment (null simulations of `bench/inference.py`, replicates that chose `carry`: btheb's
+  mean difference -2.6 BDI points, now -1.8; pbc's +0.19 mg/dL, -0.13 after the first fix).
+  On the identity scale the choice scores the bare carried baseline, without its drift (on a
+  log scale the per-visit smearing factor holds it): scoring the drift there too (a
+  change-from-baseline model) made `carry` win more often and cost the development backtest
+  (SEIZ 0.927 -> 0.954, BDI 0.974 -> 0.997, WEIGHT 0.996 -> 1.001). So on btheb `carry` wins
+  more often where the knowledge base's drift happens to be small (a selection bias); with the
+  floor at 0 that clips a score's twins (24 % of btheb's twins at 0 by month 8 vs 16 % of its
+  patients) it leaves those replicates' -1.8;
 - `borrow`: the ridge fitted on every arm of the knowledge base with per-visit arm offsets:
   the prognostic relation is shared by the arms, so a small target arm borrows strength from
   the others (as PROCOVA's prognostic models learn from historical patients); a source that is
