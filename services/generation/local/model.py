@@ -78,7 +78,7 @@ class ArmFitting:
     def _fit_lambda(self, model: _ArmModel) -> np.ndarray | None:
         """How much the neighbourhood's mean residual predicts a patient's own residual: per
         parameter, the least-squares slope (clipped to [0, 1]) of the arm patients' residuals
-        on their neighbourhood's mean residual, both taken from a carried-forward baseline's
+        on their neighbourhood's mean residual, both measured from a carried-forward baseline's
         drift (the part every patient shares, kept whole: `_carry_drift`). None when centring
         is off."""
         if self.center == "none" or not model.outcomes:
