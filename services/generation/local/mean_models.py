@@ -42,7 +42,8 @@ CANDIDATES = ("ridge", "ancova", "carry", "borrow")
 ARM_PENALTY = 1e-4       # arm offsets are (practically) unpenalised, like the own baseline
 
 
-def _fold_rows(fold: np.ndarray, folds: int):
+def fold_rows(fold: np.ndarray, folds: int):
+    """(f, rows) for each fold model f (rows outside fold f), then the full model (every row)."""
     for f in range(folds + 1):
         yield f, (fold != f) if f < folds else np.ones(len(fold), dtype=bool)
 
@@ -50,7 +51,7 @@ def _fold_rows(fold: np.ndarray, folds: int):
 def ridge_models(X, Yt, fold, folds, pen, alphas, pool, group=None):
     J, F = Yt.shape[1], X.shape[1]
     b0, beta = np.zeros((folds + 1, J)), np.zeros((folds + 1, J, F))
-    for f, rows in _fold_rows(fold, folds):
+    for f, rows in fold_rows(fold, folds):
         b0[f], beta[f] = fit_parameter(X[rows], Yt[rows], pen, alphas, pool,
                                        None if group is None else group[rows])
     return b0, beta
@@ -62,7 +63,7 @@ def ancova_models(X, Yt, fold, folds, own: int):
     J, F = Yt.shape[1], X.shape[1]
     b0, beta = np.zeros((folds + 1, J)), np.zeros((folds + 1, J, F))
     x_all = X[:, own]
-    for f, rows in _fold_rows(fold, folds):
+    for f, rows in fold_rows(fold, folds):
         for j in range(J):
             ok = rows & np.isfinite(Yt[:, j])
             if not ok.any():
@@ -93,7 +94,7 @@ def borrow_models(X_all, Yt_all, fold_all, folds, arms, pen, alphas, pool, group
     Xa = np.hstack([X_all, arms])
     pen_a = np.concatenate([pen, np.full(A, ARM_PENALTY)])
     b0, beta = np.zeros((folds + 1, J)), np.zeros((folds + 1, J, F))
-    for f, rows in _fold_rows(fold_all, folds):
+    for f, rows in fold_rows(fold_all, folds):
         bf, betaf = fit_parameter(Xa[rows], Yt_all[rows], pen_a, alphas, pool,
                                   None if group_all is None else group_all[rows])
         b0[f], beta[f] = bf, betaf[:, :F]

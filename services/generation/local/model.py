@@ -16,6 +16,7 @@ from services.generation.local.mean_models import (
     ancova_models,
     borrow_models,
     carry_models,
+    fold_rows,
     out_of_fold,
     ridge_models,
 )
@@ -267,8 +268,7 @@ class ArmFitting:
         # positive definite): completes donors' missed visits and drives the smoothing noise
         sigma = np.zeros((folds + 1, D, D))
         sigma_root = np.zeros((folds + 1, D, D))
-        for f in range(folds + 1):
-            rows = fold != f if f < folds else np.ones(n, dtype=bool)
+        for f, rows in fold_rows(fold, folds):
             sigma[f] = _covariance(resid[rows])
             wv, V = np.linalg.eigh(sigma[f])
             sigma_root[f] = V * np.sqrt(np.clip(wv, 0, None))
@@ -284,8 +284,7 @@ class ArmFitting:
                                   if oo.paramcd == o.paramcd])
             b = base_wide[o.paramcd].to_numpy(float) if o.paramcd in base_wide else np.full(n, np.nan)
             subject_vals = np.column_stack([pv, b])
-            for f in range(folds + 1):
-                rows = fold != f if f < folds else np.ones(n, dtype=bool)
+            for f, rows in fold_rows(fold, folds):
                 v = subject_vals[rows]
                 v = v[np.isfinite(v)]
                 if len(v):
@@ -398,8 +397,7 @@ def _carry_drift(resid: np.ndarray, fold: np.ndarray, folds: int, carried: list[
         return None
     drift = np.zeros((folds + 1, resid.shape[1]))
     with np.errstate(all="ignore"):
-        for f in range(folds + 1):
-            rows = fold != f if f < folds else np.ones(len(fold), dtype=bool)
+        for f, rows in fold_rows(fold, folds):
             drift[f, cols] = np.nan_to_num(np.nanmean(resid[rows][:, cols], axis=0))
     return drift
 
