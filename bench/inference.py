@@ -214,7 +214,7 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
             rows.append({"rep": r, "K": k, "measure": e.measure, "truth": 0.0, "estimate": e.estimate, "lo": e.ci_low, "hi": e.ci_high,
                              "p": e.p_value, "naive_p": nv, "reject": e.p_value < ALPHA,
                              "cover": e.ci_low <= truth <= e.ci_high, "width": e.ci_high - e.ci_low,
-                             "v_pat": e.var_patients, "v_gen": e.var_generator, "n": e.n_patients})
+                             "v_pat": e.var_patients, "v_gen": e.var_generator, "n": e.n_patients, "df": e.df})
         for e in E.synthetic_control_effects(alt, run, kb, bootstrap=boot, tau=None, params=[paramcd],
                                              tte_params=[]):
             if e.avisitn != avisitn:
@@ -223,7 +223,7 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
                          "lo": e.ci_low, "hi": e.ci_high,
                              "p": e.p_value, "naive_p": np.nan, "reject": e.p_value < ALPHA,
                              "cover": e.ci_low <= truth_md <= e.ci_high, "width": e.ci_high - e.ci_low,
-                             "v_pat": e.var_patients, "v_gen": e.var_generator, "n": e.n_patients})
+                             "v_pat": e.var_patients, "v_gen": e.var_generator, "n": e.n_patients, "df": e.df})
     return rows
 
 

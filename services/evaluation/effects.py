@@ -52,9 +52,10 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   does not fall with K: more twins never buy more certainty than the knowledge base holds.
 
 The interval is theta +- t_{df, 1-alpha/2} * sqrt(patient + generator) with Satterthwaite
-degrees of freedom df = (v_p + v_g)^2 / (v_p^2 / (n - 1) + v_g^2 / (B - 1)) (the generator
-term rests on B refits only); log scale for the hazard ratio. The patient term is the one of
-the run being analysed (its K); the generator term does not depend on K.
+degrees of freedom df = (v_p + v_g)^2 / (v_p^2 / (n - 1) + between^2 / (B - 1) + MC^2 / B) (the
+generator term is a difference of two variances from B refits); log scale for the hazard ratio.
+The patient term is the one of the run being analysed (its K); the generator term does not
+depend on K.
 
 Assumptions (write them in the report): the knowledge base's target arm and the source cohort
 are different patients (true for a synthetic control of a treated arm; when sources are in the
@@ -79,6 +80,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -91,7 +93,7 @@ from services.evaluation.run_store import cached_in_run
 from services.generation.run import TwinRun
 
 UNIT = "patients"
-EFFECTS_VERSION = 7   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift)
+EFFECTS_VERSION = 8   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC)
 MIN_PATIENTS = 5
 
 
@@ -284,6 +286,25 @@ def _make_generator(generator: str, settings: dict):
     return get_generator(generator, **settings)
 
 
+class GeneratorTerm(NamedTuple):
+    """Generator variance = between-refit variance - Monte-Carlo part (floored at 0).
+
+    ``df_term``, its Satterthwaite denominator Var(estimate) / 2, is between^2 / (B - 1) +
+    MC^2 / B: variance^2 / (B - 1) understated how noisy the difference is (CDISC pilot,
+    bootstrap design, K 20: median df 31 where 25 is right)."""
+
+    variance: float
+    between: float
+    mc: float
+    refits: int
+
+    @property
+    def df_term(self) -> float:
+        if self.refits < 2 or not math.isfinite(self.between):
+            return 0.0
+        return self.between**2 / (self.refits - 1) + self.mc**2 / self.refits
+
+
 @dataclass
 class GeneratorBootstrap:
     """Per refit b: statistics with all twins and with each half of them."""
@@ -295,16 +316,16 @@ class GeneratorBootstrap:
     half2: list[dict]
     structure_held: bool = False     # the refits kept a fitted structure (`bootstrap_settings`)
 
-    def variance(self, key) -> tuple[float, float, int]:
-        """(generator variance, raw between-refit variance, refits with this key)."""
+    def variance(self, key) -> GeneratorTerm:
+        """The generator term of one statistic (NaN with fewer than 2 refits holding it)."""
         vals = [(f[key][0], h1[key][0], h2[key][0]) for f, h1, h2 in zip(self.full, self.half1, self.half2)
                 if key in f and key in h1 and key in h2]
         if len(vals) < 2:
-            return float("nan"), float("nan"), len(vals)
+            return GeneratorTerm(float("nan"), float("nan"), float("nan"), len(vals))
         a = np.array(vals)
         between = float(np.var(a[:, 0], ddof=1))
         mc = float(np.mean((a[:, 1] - a[:, 2]) ** 2) / 4)
-        return max(0.0, between - mc), between, len(vals)
+        return GeneratorTerm(max(0.0, between - mc), between, mc, len(vals))
 
 
 def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, generator: str = "local",
@@ -341,12 +362,13 @@ def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, gen
 # public: synthetic control
 
 
-def _combine(theta: float, v_p: float, v_g: float, n: int, b: int, alpha: float):
+def _combine(theta: float, v_p: float, gen: GeneratorTerm | None, n: int, alpha: float):
+    v_g = gen.variance if gen is not None else float("nan")
     var = v_p + (v_g if math.isfinite(v_g) else 0.0)
     if not (math.isfinite(var) and var > 0):
         return float("nan"), float("nan"), float("nan"), float("nan"), float("nan")
     se = math.sqrt(var)
-    den = v_p**2 / max(n - 1, 1) + ((v_g**2 / (b - 1)) if (math.isfinite(v_g) and b > 1) else 0.0)
+    den = v_p**2 / max(n - 1, 1) + (gen.df_term if gen is not None else 0.0)
     df = var**2 / den if den > 0 else float(n - 1)
     q = float(stats.t.ppf(1 - alpha / 2, df))
     p = float(2 * stats.t.sf(abs(theta) / se, df))
@@ -401,8 +423,9 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     out = []
     for key, (theta, v_p, n) in main.items():
         measure, p, v = key
-        v_g = bootstrap.variance(key)[0] if bootstrap is not None else float("nan")
-        se, lo, hi, pval, df = _combine(theta, v_p, v_g, n, b, alpha)
+        gen = bootstrap.variance(key) if bootstrap is not None else None
+        v_g = gen.variance if gen is not None else float("nan")
+        se, lo, hi, pval, df = _combine(theta, v_p, gen, n, alpha)
         if bootstrap is not None:
             held = (" with the run's model structure held (variance given that structure)"
                     if bootstrap.structure_held else "")
