@@ -221,12 +221,15 @@ def test_generator_term_does_not_shrink_with_k(btheb_sc):
         assert a.var_patients <= b.var_patients * 1.2  # the patient term falls (noise) with K
         assert a.se**2 >= a.var_generator  # ... but never below the generator term
         assert "refits" in a.method
-    # Satterthwaite by hand: the generator term is between - MC, each estimated from 6 refits
-    a = e20[("BDI", 2.0)]
-    g = boot.variance(("mean_difference", "BDI", 2.0))
-    assert a.var_generator == g.variance == max(0.0, g.between - g.mc) and g.between > 0
-    den = a.var_patients**2 / (a.n_patients - 1) + g.between**2 / 5 + g.mc**2 / 6
-    assert a.df == pytest.approx((a.var_patients + g.variance) ** 2 / den, rel=1e-12)
+    # by hand: generator term = between-refit variance - Monte-Carlo variance (from the two
+    # halves of each refit's twins); Satterthwaite df counts both (6 refits)
+    a, key = e20[("BDI", 2.0)], ("mean_difference", "BDI", 2.0)
+    th = np.array([(f[key][0], h1[key][0], h2[key][0]) for f, h1, h2 in zip(boot.full, boot.half1, boot.half2)])
+    between = th[:, 0].var(ddof=1)
+    mc = np.mean((th[:, 1] - th[:, 2]) ** 2) / 4
+    assert mc > 0 and a.var_generator == pytest.approx(max(0.0, between - mc), rel=1e-12)
+    den = a.var_patients**2 / (a.n_patients - 1) + between**2 / 5 + mc**2 / 6
+    assert a.df == pytest.approx((a.var_patients + a.var_generator) ** 2 / den, rel=1e-12)
 
 
 def test_generator_refits_hold_the_runs_structure(btheb_sc, monkeypatch):

@@ -44,11 +44,12 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   fold and penalties counting patients do not cure it (at 93ffc9a: epilepsy 20 of 20 half
   knowledge bases `carry` on log1p, 83 of 100 bootstrap copies; btheb two half knowledge
   bases disagree 18 % of the time, a bootstrap copy and its original 44 %), so neither
-  holding nor re-choosing counts the choice's variability right: holding leaves btheb's
-  variance 10-14 % short (its cells reject 6-8 %). Then V = Var_b(theta_b) - MC,
-  where MC, the Monte-Carlo variance of theta_b given g_b, is estimated from the two halves of
-  each refit's twins:
-  MC = mean_b (theta_b(first half) - theta_b(second half))^2 / 4; floored at 0. This term
+  holding nor re-choosing counts the choice's variability right (btheb's variance was 10-14 %
+  short mostly because carried-forward twins dropped the drift, fixed in c36b6d6; a
+  selection-variance term added 2-3 %). Then v_g = max(0, between - MC), between =
+  Var_b(theta_b) (ddof 1) over the refits holding the statistic, and MC, the Monte-Carlo
+  variance of theta_b given g_b, from the two halves of each refit's twins:
+  MC = mean_b (theta_b(first half) - theta_b(second half))^2 / 4. This term
   does not fall with K: more twins never buy more certainty than the knowledge base holds.
 
 The interval is theta +- t_{df, 1-alpha/2} * sqrt(patient + generator) with Satterthwaite
@@ -290,8 +291,10 @@ class GeneratorTerm(NamedTuple):
     """Generator variance = between-refit variance - Monte-Carlo part (floored at 0).
 
     ``df_term``, its Satterthwaite denominator Var(estimate) / 2, is between^2 / (B - 1) +
-    MC^2 / B: variance^2 / (B - 1) understated how noisy the difference is (CDISC pilot,
-    bootstrap design, K 20: median df 31 where 25 is right)."""
+    MC^2 / B (B: the refits holding the statistic; the halves' difference is independent of
+    their mean, so the two are nearly uncorrelated). The earlier variance^2 / (B - 1) left
+    out the Monte-Carlo part of between's noise (CDISC pilot, bootstrap design, K 20: median
+    df 31 vs 25). Where the floor at 0 applies, the noise still counts (conservative)."""
 
     variance: float
     between: float
