@@ -292,9 +292,8 @@ class GeneratorTerm(NamedTuple):
 
     ``df_term``, its Satterthwaite denominator Var(estimate) / 2, is between^2 / (B - 1) +
     MC^2 / B (B: the refits holding the statistic; the halves' difference is independent of
-    their mean, so the two are nearly uncorrelated). The earlier variance^2 / (B - 1) left
-    out the Monte-Carlo part of between's noise (CDISC pilot, bootstrap design, K 20: median
-    df 31 vs 25). Where the floor at 0 applies, the noise still counts (conservative)."""
+    their mean). The earlier variance^2 / (B - 1) left out MC's share of between's noise
+    (CDISC pilot, bootstrap, K 20: median df 31 vs 25). Under the floor at 0 it still counts."""
 
     variance: float
     between: float
@@ -306,6 +305,9 @@ class GeneratorTerm(NamedTuple):
         if self.refits < 2 or not math.isfinite(self.between):
             return 0.0
         return self.between**2 / (self.refits - 1) + self.mc**2 / self.refits
+
+
+NO_GENERATOR_TERM = GeneratorTerm(float("nan"), float("nan"), float("nan"), 0)   # no refits: patient term only
 
 
 @dataclass
@@ -365,13 +367,12 @@ def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, gen
 # public: synthetic control
 
 
-def _combine(theta: float, v_p: float, gen: GeneratorTerm | None, n: int, alpha: float):
-    v_g = gen.variance if gen is not None else float("nan")
-    var = v_p + (v_g if math.isfinite(v_g) else 0.0)
+def _combine(theta: float, v_p: float, gen: GeneratorTerm, n: int, alpha: float):
+    var = v_p + (gen.variance if math.isfinite(gen.variance) else 0.0)
     if not (math.isfinite(var) and var > 0):
         return float("nan"), float("nan"), float("nan"), float("nan"), float("nan")
     se = math.sqrt(var)
-    den = v_p**2 / max(n - 1, 1) + (gen.df_term if gen is not None else 0.0)
+    den = v_p**2 / max(n - 1, 1) + gen.df_term
     df = var**2 / den if den > 0 else float(n - 1)
     q = float(stats.t.ppf(1 - alpha / 2, df))
     p = float(2 * stats.t.sf(abs(theta) / se, df))
@@ -426,8 +427,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     out = []
     for key, (theta, v_p, n) in main.items():
         measure, p, v = key
-        gen = bootstrap.variance(key) if bootstrap is not None else None
-        v_g = gen.variance if gen is not None else float("nan")
+        gen = bootstrap.variance(key) if bootstrap is not None else NO_GENERATOR_TERM
         se, lo, hi, pval, df = _combine(theta, v_p, gen, n, alpha)
         if bootstrap is not None:
             held = (" with the run's model structure held (variance given that structure)"
@@ -451,7 +451,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
             avisit=str(labels.get((p, v), "")) if v is not None else "",
             estimate=float(est), se=float(se), ci_low=float(lo), ci_high=float(hi), p_value=pval,
             df=float(df), method=method, n_patients=int(n), n_treatment=int(n), n_control=int(n),
-            K=k, B=b, var_patients=float(v_p), var_generator=float(v_g),
+            K=k, B=b, var_patients=float(v_p), var_generator=float(gen.variance),
             tau=taus.get(p) if measure == "rmst_difference" else None, alpha=alpha,
         ))
     out.sort(key=lambda e: (e.measure != "mean_difference", e.paramcd, e.avisitn or 0, e.measure))
