@@ -5,7 +5,10 @@
 
 Trials are simulated by resampling the control arm of each bundled trial (pbc, btheb,
 epilepsy) and of the CDISC pilot (when ../shared/data/cdiscpilot01 exists), so the truth is
-known: every "treated" patient is a real control patient.
+known: every "treated" patient is a real control patient. The estimators were developed on
+those four; `--trials` also takes any trial of the backtest corpus (`bench/corpus.py`), whose
+test trials check the calibration where nobody tuned it (a trial with events only, e.g.
+veteran, gets the HR and RMST tests; no mean difference, reference tests or PROCOVA part).
 
 1. **Synthetic control, null** (no effect). Per replicate the control arm is split at random
    into a knowledge base (half) and a "treated" cohort (the other half, real outcomes kept)
@@ -94,6 +97,7 @@ from services.generation import get_generator
 from services.retrieval.retriever import ExactRetriever
 
 sys.path.insert(0, str(ROOT / "bench"))
+import corpus
 from null_designs import ALPHA, calibration, null_cohorts, oracle_rows
 
 PILOT = ROOT.parent / "shared" / "data" / "cdiscpilot01"
@@ -104,33 +108,41 @@ KS = (1, 5, 20)
 # trials
 
 
-def endpoint(trial: Trial) -> tuple[str, float]:
+def endpoint(trial: Trial) -> tuple[str | None, float | None]:
+    """(parameter, visit) of the mean difference; (None, None) for a trial with events only."""
     ep = trial.meta.endpoint or {}
     if ep.get("paramcd") and ep.get("avisitn") is not None:
         return str(ep["paramcd"]), float(ep["avisitn"])
+    if not len(trial.longitudinal_parameters):
+        return None, None
     p = trial.longitudinal_parameters[0]
     visits = trial.schedule(p)
     top = max(v.n_subjects for v in visits)
     return p, max(v.avisitn for v in visits if v.n_subjects >= 0.6 * top)
 
 
-def control_pool(trial: Trial, paramcd: str) -> Trial:
+def control_pool(trial: Trial, paramcd: str | None) -> Trial:
     """The control arm with its endpoint parameter only (cheaper generator fits)."""
     ids = trial.subjects.loc[trial.subjects["ARM"] == trial.control_arm, "USUBJID"]
     t = trial.subset(ids)
     bds = {k: v[v["PARAMCD"] == paramcd].reset_index(drop=True) for k, v in t.bds.items()}
     bds = {k: v for k, v in bds.items() if len(v)}
-    digest = hashlib.sha256((t.content_hash + "|" + paramcd).encode()).hexdigest()
+    digest = hashlib.sha256((t.content_hash + "|" + str(paramcd)).encode()).hexdigest()
     return dataclasses.replace(t, bds=bds, content_hash=digest)
 
 
 def load_trials(names):
+    """The default four (the trials the estimators were developed on), or any trial of the
+    backtest corpus by name: its test trials check the calibration on trials nobody tuned on."""
     out = []
     for name in ("pbc", "btheb", "epilepsy"):
         if not names or name in names:
             out.append(load_demo(name))
     if PILOT.exists() and (not names or "cdiscpilot01" in names):
         out.append(load_trial(PILOT, name="cdiscpilot01"))
+    for name in names or []:
+        if name not in ("pbc", "btheb", "epilepsy", "cdiscpilot01"):
+            out.append(corpus.load(name))
     return out
 
 
@@ -161,11 +173,12 @@ def scale_outcomes(real: Trial, paramcd: str, factor: float) -> Trial:
 
 def naive_tests(real: Trial, run, paramcd: str, avisitn: float, tte_p: str | None) -> dict:
     out = {}
-    vv = real.visit_values
-    y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)]["AVAL"].to_numpy(float)
-    tv = run.values()
-    tw = tv[(tv["PARAMCD"] == paramcd) & (tv["AVISITN"] == avisitn)]["AVAL"].to_numpy(float)
-    out["md"] = float(stats.ttest_ind(y, tw, equal_var=False).pvalue)
+    if paramcd is not None:
+        vv = real.visit_values
+        y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)]["AVAL"].to_numpy(float)
+        tv = run.values()
+        tw = tv[(tv["PARAMCD"] == paramcd) & (tv["AVISITN"] == avisitn)]["AVAL"].to_numpy(float)
+        out["md"] = float(stats.ttest_ind(y, tw, equal_var=False).pvalue)
     if tte_p is not None:
         r = real.tte[real.tte["PARAMCD"] == tte_p]
         t = run.tte[run.tte["PARAMCD"] == tte_p]
@@ -196,16 +209,17 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     taus = {}
     if tte_p is not None:
         taus = {tte_p: E.default_tau(real, run20, tte_p)}
+    params = [paramcd] if paramcd else []
     boot = E.generator_bootstrap(real, kb, pool.control_arm, settings=E.bootstrap_settings(run20, "local", {}),
-                                 refits=refits, boot_twins=boot_twins, seed=r, taus=taus, params=[paramcd])
-    alt = scale_outcomes(real, paramcd, factor)
+                                 refits=refits, boot_twins=boot_twins, seed=r, taus=taus, params=params)
     # the scaled cohort's theta_b differ from boot's by (factor - 1) x mean(Y), the same for
     # every refit (same patients), so the generator variance of `boot` applies unchanged
-    rows = oracle_rows(kb, real, paramcd, avisitn, pool_change, r)
+    alt = scale_outcomes(real, paramcd, factor) if paramcd else None
+    rows = oracle_rows(kb, real, paramcd, avisitn, pool_change, r) if paramcd else []
     for k in KS:
         run = subset_run(run20, k)
         naive = naive_tests(real, run, paramcd, avisitn, tte_p)
-        kw = {"tau": taus or None, "params": [paramcd], "tte_params": [tte_p] if tte_p else []}
+        kw = {"tau": taus or None, "params": params, "tte_params": [tte_p] if tte_p else []}
         for e in E.synthetic_control_effects(real, run, kb, bootstrap=boot, **kw):
             if e.measure == "mean_difference" and e.avisitn != avisitn:
                 continue
@@ -215,6 +229,8 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
                              "p": e.p_value, "naive_p": nv, "reject": e.p_value < ALPHA,
                              "cover": e.ci_low <= truth <= e.ci_high, "width": e.ci_high - e.ci_low,
                              "v_pat": e.var_patients, "v_gen": e.var_generator, "n": e.n_patients, "df": e.df})
+        if alt is None:
+            continue
         for e in E.synthetic_control_effects(alt, run, kb, bootstrap=boot, tau=None, params=[paramcd],
                                              tte_params=[]):
             if e.avisitn != avisitn:
@@ -318,15 +334,19 @@ def main(argv=None) -> int:
         tte_p = None
         if trial.tte is not None and trial.tte_parameters:
             tte_p = (trial.meta.endpoint or {}).get("tte_paramcd") or trial.tte_parameters[0]
-        vv = pool.visit_values
-        ypool = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)]["AVAL"]
-        factor = 1.2
-        truth_md = (factor - 1) * float(ypool.mean())
-        ep = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)].set_index("USUBJID")["AVAL"]
-        pool_change = float((ep - pool.baseline[paramcd].reindex(ep.index)).mean())
-        n_rep = reps_by.get(trial.name, 100)
+        factor, truth_md, pool_change = 1.2, float("nan"), float("nan")
+        if paramcd is not None:
+            vv = pool.visit_values
+            ep = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)].set_index("USUBJID")["AVAL"]
+            truth_md = (factor - 1) * float(ep.mean())
+            pool_change = float((ep - pool.baseline[paramcd].reindex(ep.index)).mean())
+        elif args.oracle_only or tte_p is None:
+            print(f"\n== {trial.name}: no endpoint for this bench part, skipped")
+            continue
+        n_rep = reps_by.get(trial.name, args.reps or 100)
         print(f"\n== {trial.name}: control arm {pool.control_arm!r} N={len(pool.subjects)}, endpoint "
-              f"{paramcd} visit {avisitn:g}" + (f", TTE {tte_p}" if tte_p else "") +
+              + (f"{paramcd} visit {avisitn:g}" if paramcd else "none (events only)") +
+              (f", TTE {tte_p}" if tte_p else "") +
               f"; {n_rep} null replicates ({args.design} design), B={args.refits} refits x "
               f"{args.boot_twins} twins", flush=True)
         t0 = time.perf_counter()
@@ -354,7 +374,7 @@ def main(argv=None) -> int:
             res.to_csv(args.rows_out / f"{trial.name}.csv", index=False)
         dt = time.perf_counter() - t0
         print(f"   {dt:.0f}s ({dt / max(n_rep, 1):.2f}s per replicate)")
-        print(f"   {'measure':16s} {'K':>3s} {'naive':>7s} {'reject':>7s} {'95% CI of rate':>16s} "
+        print(f"   {'measure':16s} {'K':>3s} {'n':>5s} {'naive':>7s} {'reject':>7s} {'95% CI of rate':>16s} "
               f"{'cover':>6s} {'CI width':>9s} {'v_gen/v':>8s} {'var est/emp':>11s} {'bias/sd':>8s}")
         for (measure, k), g in res.groupby(["measure", "K"], sort=False):
             rej = int(g["reject"].sum())
@@ -362,17 +382,23 @@ def main(argv=None) -> int:
             naive = g["naive_p"].lt(ALPHA).mean() if g["naive_p"].notna().any() else float("nan")
             share = float((g["v_gen"] / (g["v_gen"] + g["v_pat"])).mean())
             var_ratio, bias_sd = calibration(g, measure)
-            print(f"   {measure:16s} {k:3d} {naive:7.3f} {rej / len(g):7.3f}   [{lo:.3f}, {hi:.3f}] "
+            print(f"   {measure:16s} {k:3d} {len(g):5d} {naive:7.3f} {rej / len(g):7.3f}   [{lo:.3f}, {hi:.3f}] "
                   f"{g['cover'].mean():6.3f} {g['width'].median():9.3g} {share:8.2f} {var_ratio:11.2f} "
                   f"{bias_sd:8.2f}")
             summary.append({"trial": trial.name, "measure": measure, "K": k, "reps": len(g), "naive": naive,
                                 "reject": rej / len(g), "cover": g["cover"].mean(), "width": g["width"].median()})
-        if args.oracle_only:
+        if args.oracle_only or paramcd is None:
             continue
         # ----- PROCOVA
         t0 = time.perf_counter()
         rng = np.random.default_rng(2024)
         pops = [procova_population(pool, paramcd, avisitn, s) for s in range(3 if args.quick else 5)]
+        # a historical half with fewer than 10 patients at the endpoint visit gets no twins there
+        # (the generator's rule): that split gives no population
+        pops = [df for df in pops if len(df) >= 10] or pops[:0]
+        if not pops:
+            print("   PROCOVA: no population split with twins at the endpoint visit, skipped")
+            continue
         print(f"   PROCOVA ({p_reps} simulated trials per K and scenario, population = "
               f"{len(pops)} historical/population splits)")
         for k in KS:
@@ -423,20 +449,22 @@ def main(argv=None) -> int:
     alt = s[s["measure"] == "md_x1.2"]
     w = s[s["measure"] == "mean_difference"].pivot_table(index="trial", columns="K", values="width")
     width_ratio = float((w[max(KS)] / w[min(KS)]).min()) if len(w) else float("nan")
+    nan = float("nan")
     fields = {
         "trials": s["trial"].nunique(),
         "null_reps_min": int(null["reps"].min()),
         "naive_t1e_k1": naive.loc[naive["K"] == 1, "naive"].max(),
         "naive_t1e_k20": naive.loc[naive["K"] == 20, "naive"].max(),
         "t1e_min": null["reject"].min(), "t1e_max": null["reject"].max(),
-        "coverage_min": min(null["cover"].min(), alt["cover"].min()),
+        "coverage_min": float(pd.concat([null["cover"], alt["cover"]]).min()),
         "coverage_effect_min": alt["cover"].min(),
         "ci_width_k20_over_k1_min": width_ratio,
         "oracle_ancova_t1e_min": anc.min(), "oracle_ancova_t1e_max": anc.max(),
         "oracle_carry_t1e_min": car.min(), "oracle_carry_t1e_max": car.max(),
-        "procova_t1e_min": min(procova_t1e), "procova_t1e_max": max(procova_t1e),
-        "procova_coverage_min": min(procova_cov),
-        "procova_power_gap_maxabs": max(abs(g) for g in pw_gaps),
+        # (NaN for a run of event-only trials: no PROCOVA part)
+        "procova_t1e_min": min(procova_t1e, default=nan), "procova_t1e_max": max(procova_t1e, default=nan),
+        "procova_coverage_min": min(procova_cov, default=nan),
+        "procova_power_gap_maxabs": max((abs(g) for g in pw_gaps), default=nan),
         "minutes": (time.perf_counter() - t_start) / 60,
     }
     print("\nRESULT " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
