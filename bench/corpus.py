@@ -339,23 +339,29 @@ def veteran() -> Trial:
 def bladder() -> Trial:
     """survival::bladder1: superficial bladder cancer, 118 patients randomized to placebo,
     pyridoxine or thiotepa (Byar 1980); time to the first recurrence (deaths censored), with the
-    number and size of the initial tumours."""
+    number and size of the initial tumours. The 2 patients with no follow-up (stop 0) are left
+    out, as survival::bladder leaves them out; months are converted to days (x 30.4375) like the
+    other trials' times."""
     d = _rd("survival", "bladder1")
-    first = d[d["enum"] == 1].reset_index(drop=True)
+    first = d[(d["enum"] == 1) & (d["stop"] > 0)].reset_index(drop=True)
     ids = _ids("BLA", first["id"])
     adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["treatment"].str.capitalize(),
                          "NUMBER": first["number"], "SIZE": first["size"]})
-    tte = _tte(ids, first["stop"], (first["status"] == 1).astype(int), "RECUR", "Time to first recurrence")
+    tte = _tte(ids, first["stop"] * 30.4375, (first["status"] == 1).astype(int), "RECUR",
+               "Time to first recurrence")
     return as_trial("bladder", adsl, tte=tte, meta={"title": "Bladder cancer: placebo vs pyridoxine vs thiotepa",
                                                     "control_arm": "Placebo"})
 
 
 def rhdnase() -> Trial:
-    """survival::rhDNase: cystic fibrosis, 647 patients randomized to rhDNase or placebo (Fuchs
-    et al. 1994, NEJM); time to the first exacerbation treated with IV antibiotics after entry
-    (episodes under way at entry do not count), with the baseline FEV1 (% predicted)."""
+    """survival::rhDNase: cystic fibrosis, the 647 patients of the placebo and once-daily arms
+    of the rhDNase trial (Fuchs et al. 1994, NEJM; 968 patients in 3 arms); time to the first
+    exacerbation treated with IV antibiotics after entry, with the baseline FEV1 (% predicted).
+    The 6 patients already on IV antibiotics at entry are left out: they were not at risk of a
+    new episode from entry (2 of them never, their episode lasting to the end of follow-up)."""
     d = _rd("survival", "rhDNase")
     follow = (pd.to_datetime(d["end.dt"]) - pd.to_datetime(d["entry.dt"])).dt.days
+    d = d[~d["id"].isin(d.loc[d["ivstart"] <= 0, "id"])]
     d = d.assign(follow=follow, new=d["ivstart"].where(d["ivstart"] > 0))
     per = d.groupby("id").agg(trt=("trt", "first"), fev=("fev", "first"), follow=("follow", "first"),
                               first=("new", "min")).reset_index()

@@ -343,7 +343,7 @@ def main(argv=None) -> int:
         elif args.oracle_only or tte_p is None:
             print(f"\n== {trial.name}: no endpoint for this bench part, skipped")
             continue
-        n_rep = reps_by.get(trial.name, args.reps or 100)
+        n_rep = reps_by.get(trial.name, args.reps or (12 if args.quick else 100))
         print(f"\n== {trial.name}: control arm {pool.control_arm!r} N={len(pool.subjects)}, endpoint "
               + (f"{paramcd} visit {avisitn:g}" if paramcd else "none (events only)") +
               (f", TTE {tte_p}" if tte_p else "") +
@@ -393,11 +393,14 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         rng = np.random.default_rng(2024)
         pops = [procova_population(pool, paramcd, avisitn, s) for s in range(3 if args.quick else 5)]
-        # a historical half with fewer than 10 patients at the endpoint visit gets no twins there
-        # (the generator's rule): that split gives no population
-        pops = [df for df in pops if len(df) >= 10] or pops[:0]
+        # a split whose historical half has fewer than 10 patients at the endpoint visit has no
+        # twins there (the generator does not generate such a visit): no scores, no population
+        n_pops = len(pops)
+        pops = [df for df in pops if len(df) >= 10]
+        if len(pops) < n_pops:
+            print(f"   PROCOVA: {n_pops - len(pops)} of {n_pops} population splits without twins at the "
+                  "endpoint visit, left out")
         if not pops:
-            print("   PROCOVA: no population split with twins at the endpoint visit, skipped")
             continue
         print(f"   PROCOVA ({p_reps} simulated trials per K and scenario, population = "
               f"{len(pops)} historical/population splits)")
@@ -435,6 +438,9 @@ def main(argv=None) -> int:
             procova_cov += [np.mean(v) for v in cov.values()]
         print(f"   PROCOVA part {time.perf_counter() - t0:.0f}s", flush=True)
 
+    if not summary:
+        print("\nRESULT trials=0 (no trial with a part of this run)")
+        return 1
     s = pd.DataFrame(summary)
     oracle = s[s["measure"].str.startswith("oracle_")]
     anc, car = (oracle.loc[oracle["measure"] == m, "reject"] for m in ("oracle_ancova", "oracle_carry"))
