@@ -86,8 +86,6 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.data.demo import load_demo
-from services.data.loading import load_trial
 from services.data.trial import Trial
 from services.evaluation import effects as E
 from services.evaluation import estimators as est
@@ -100,7 +98,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 import corpus
 from null_designs import ALPHA, calibration, null_cohorts, oracle_rows
 
-PILOT = ROOT.parent / "shared" / "data" / "cdiscpilot01"
 KS = (1, 5, 20)
 
 
@@ -131,19 +128,14 @@ def control_pool(trial: Trial, paramcd: str | None) -> Trial:
     return dataclasses.replace(t, bds=bds, content_hash=digest)
 
 
+DEVELOPED_ON = ("pbc", "btheb", "epilepsy", "cdiscpilot01")   # the default trials, in this order
+
+
 def load_trials(names):
-    """The default four (the trials the estimators were developed on), or any trial of the
-    backtest corpus by name: its test trials check the calibration on trials nobody tuned on."""
-    out = []
-    for name in ("pbc", "btheb", "epilepsy"):
-        if not names or name in names:
-            out.append(load_demo(name))
-    if PILOT.exists() and (not names or "cdiscpilot01" in names):
-        out.append(load_trial(PILOT, name="cdiscpilot01"))
-    for name in names or []:
-        if name not in ("pbc", "btheb", "epilepsy", "cdiscpilot01"):
-            out.append(corpus.load(name))
-    return out
+    """The trials the estimators were developed on (default), or any trials of the backtest
+    corpus by name: its test trials check the calibration on trials nobody tuned on. The CDISC
+    pilot only where ../shared/data/cdiscpilot01 exists."""
+    return [corpus.load(n) for n in (names or DEVELOPED_ON) if corpus.available(n)]
 
 
 def generator():
