@@ -19,9 +19,10 @@ veteran, gets the HR and RMST tests; no mean difference, reference tests or PROC
    design itself: `oracle_ancova` (the knowledge base as real controls: two-sample baseline
    ANCOVA) and `oracle_carry` (the cohort's mean change against the pool's, known: a test with
    no knowledge-base part);
-   the local generator is fitted on the knowledge base and twins each treated patient K = 20
-   times under control; K = 1 and 5 use the first 1 and 5 twins (twin t of a source is the
-   same draw whatever K). Tests at nominal 5 %:
+   the local generator is fitted on the knowledge base and twins each treated patient K = 1, 5
+   and 20 times under control, one run per K as a user would make it (the first K twins of a
+   20-twin run are not a K-twin run: a run's twins are balanced over all its K). Tests at
+   nominal 5 %:
    - *naive* (the issue's reproduction): Welch t-test and Cox model treating the N x K twins as
      independent patients, generator fitted once and taken as known;
    - *effects*: :func:`services.evaluation.effects.synthetic_control_effects` (patient as unit + the
@@ -142,12 +143,9 @@ def generator():
     return get_generator("local", retriever_factory=ExactRetriever)
 
 
-def subset_run(run, k: int):
-    keep = run.adsl["TWINIDX"] <= k
-    ids = set(run.adsl.loc[keep, "USUBJID"])
-    tte = None if run.tte is None else run.tte[run.tte["USUBJID"].isin(ids)]
-    return E.TwinRun(run.adsl[keep], {n: f[f["USUBJID"].isin(ids)] for n, f in run.bds.items()}, tte,
-                     run.manifest)
+def runs_per_k(gen, sources: Trial, arm: str, seed: int) -> dict:
+    """{K: the fitted generator's run of K twins per source} for K in KS (same seed)."""
+    return {k: gen.generate(sources, target_arm=arm, twins_per_patient=k, seed=seed) for k in KS}
 
 
 def scale_outcomes(real: Trial, paramcd: str, factor: float) -> Trial:
@@ -196,8 +194,8 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
                  pool_change: float = 0.0) -> list[dict]:
     rng = np.random.default_rng([r, 17])
     kb, real = null_cohorts(pool, rng, design)
-    run20 = generator().fit(kb).generate(real.baseline_only(), target_arm=pool.control_arm,
-                                         twins_per_patient=max(KS), seed=r)
+    runs = runs_per_k(generator().fit(kb), real.baseline_only(), pool.control_arm, r)
+    run20 = runs[max(KS)]
     taus = {}
     if tte_p is not None:
         taus = {tte_p: E.default_tau(real, run20, tte_p)}
@@ -209,7 +207,7 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     alt = scale_outcomes(real, paramcd, factor) if paramcd else None
     rows = oracle_rows(kb, real, paramcd, avisitn, pool_change, r) if paramcd else []
     for k in KS:
-        run = subset_run(run20, k)
+        run = runs[k]
         naive = naive_tests(real, run, paramcd, avisitn, tte_p)
         kw = {"tau": taus or None, "params": params, "tte_params": [tte_p] if tte_p else []}
         for e in E.synthetic_control_effects(real, run, kb, bootstrap=boot, **kw):
@@ -256,13 +254,12 @@ def procova_population(pool: Trial, paramcd: str, avisitn: float, seed: int):
     half = len(ids) // 2
     kb = pool.subset(perm[:half])
     popu = pool.subset(perm[half:])
-    run = generator().fit(kb).generate(popu.baseline_only(), target_arm=pool.control_arm,
-                                       twins_per_patient=max(KS), seed=seed)
+    runs = runs_per_k(generator().fit(kb), popu.baseline_only(), pool.control_arm, seed)
     vv = popu.visit_values
     y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)].set_index("USUBJID")["AVAL"]
     df = pd.DataFrame({"Y": y, "BASE": popu.baseline[paramcd].reindex(y.index)})
     for k in KS:
-        df[f"S{k}"] = PA.prognostic_scores(subset_run(run, k), paramcd, avisitn).reindex(df.index)
+        df[f"S{k}"] = PA.prognostic_scores(runs[k], paramcd, avisitn).reindex(df.index)
     return df.dropna()
 
 

@@ -15,7 +15,9 @@ from lifelines.utils import restricted_mean_survival_time
 from services.data.demo import load_demo
 from services.evaluation import effects as E
 from services.evaluation import estimators as est
+from services.evaluation import generator_term as GT
 from services.evaluation import procova_analysis as PA
+from services.evaluation.resampling import resample_knowledge_base
 from services.generation import get_generator
 from services.retrieval.retriever import ExactRetriever
 
@@ -163,7 +165,7 @@ def test_resample_knowledge_base_keeps_sources_once():
     trial = load_demo("btheb")
     ctrl = trial.control_arm
     sources = list(trial.subjects.loc[trial.subjects["ARM"] == ctrl, "USUBJID"][:5])
-    kb = E.resample_knowledge_base(trial, ctrl, np.random.default_rng(1), keep=sources)
+    kb = resample_knowledge_base(trial, ctrl, np.random.default_rng(1), keep=sources)
     assert kb.subjects["USUBJID"].is_unique
     assert kb.arm_counts() == trial.arm_counts()
     for s in sources:  # never duplicated
@@ -221,15 +223,49 @@ def test_generator_term_does_not_shrink_with_k(btheb_sc):
         assert a.var_patients <= b.var_patients * 1.2  # the patient term falls (noise) with K
         assert a.se**2 >= a.var_generator  # ... but never below the generator term
         assert "refits" in a.method
-    # by hand: generator term = between-refit variance - Monte-Carlo variance (from the two
-    # halves of each refit's twins); Satterthwaite df counts both (6 refits)
+    # by hand: generator term = between-refit variance - interaction mean square / n of the
+    # refits' d_i = Y_i - mean of i's twins (patients x refits); Satterthwaite df counts both
     a, key = e20[("BDI", 2.0)], ("mean_difference", "BDI", 2.0)
-    th = np.array([(f[key][0], h1[key][0], h2[key][0]) for f, h1, h2 in zip(boot.full, boot.half1, boot.half2)])
-    between = th[:, 0].var(ddof=1)
-    mc = np.mean((th[:, 1] - th[:, 2]) ** 2) / 4
-    assert mc > 0 and a.var_generator == pytest.approx(max(0.0, between - mc), rel=1e-12)
-    den = a.var_patients**2 / (a.n_patients - 1) + between**2 / 5 + mc**2 / 6
+    vv = real.visit_values
+    y = vv[(vv["PARAMCD"] == "BDI") & (vv["AVISITN"] == 2.0)].set_index("USUBJID")["AVAL"]
+    th, cols = [], []
+    for f in boot.refits:
+        theta, d = f[key]
+        assert theta == pytest.approx(d.mean(), rel=1e-12) and set(d.index) == set(y.dropna().index)
+        th.append(theta)
+        cols.append(d)
+    P = pd.concat(cols, axis=1, join="inner").to_numpy()
+    n, b = P.shape
+    assert n == a.n_patients and b == 6
+    between = np.var(th, ddof=1)
+    r = P - P.mean(0) - P.mean(1)[:, None] + P.mean()
+    inter = (r**2).sum() / ((n - 1) * (b - 1)) / n
+    assert 0 < inter < between and a.var_generator == pytest.approx(between - inter, rel=1e-12)
+    den = a.var_patients**2 / (n - 1) + between**2 / 5 + inter**2 / ((n - 1) * 5)
     assert a.df == pytest.approx((a.var_patients + a.var_generator) ** 2 / den, rel=1e-12)
+
+
+def test_two_way_generator_term_matches_statsmodels_and_removes_the_joint_part():
+    """MS_int is the residual mean square of the additive two-way OLS (statsmodels); on tables
+    built with a known refit variance and a large patient x refit part, v_g finds the refit
+    variance where the between-refit variance alone also counts the joint part / n."""
+    rng = np.random.default_rng(5)
+    n, b = 30, 12
+    P = rng.normal(size=(n, 1)) + rng.normal(size=(1, b)) * 0.5 + rng.normal(size=(n, b)) * 2.0
+    df = pd.DataFrame({"y": P.ravel(), "i": np.repeat(np.arange(n), b), "b": np.tile(np.arange(b), n)})
+    fit = sm.OLS.from_formula("y ~ C(i) + C(b)", df).fit()
+    term = GT.two_way_term(P.mean(axis=0), pd.DataFrame(P))
+    assert term.interaction * n == pytest.approx(fit.mse_resid, rel=1e-10)
+    assert term.between == pytest.approx(np.var(P.mean(axis=0), ddof=1), rel=1e-12)
+    assert term.patients == n and term.refits == b
+    v, between = [], []
+    for _ in range(2000):
+        P = rng.normal(size=(n, 1)) + rng.normal(size=(1, b)) * 0.5 + rng.normal(size=(n, b)) * 2.0
+        t = GT.two_way_term(P.mean(axis=0), pd.DataFrame(P))
+        v.append(t.between - t.interaction)             # unfloored: the estimator's mean
+        between.append(t.between)
+    assert np.mean(v) == pytest.approx(0.25, abs=0.015)             # Var(g) = 0.5^2
+    assert np.mean(between) == pytest.approx(0.25 + 4.0 / n, abs=0.02)
 
 
 def test_generator_refits_hold_the_runs_structure(btheb_sc, monkeypatch):
@@ -246,8 +282,8 @@ def test_generator_refits_hold_the_runs_structure(btheb_sc, monkeypatch):
     mine = {"BDI": {"scale": "identity", "mean_model": "ancova"}}
     assert E.bootstrap_settings(run, "local", {"structure": mine})["structure"] == mine
     seen = []
-    make = E._make_generator
-    monkeypatch.setattr(E, "_make_generator", lambda g, s: seen.append(s.get("structure")) or make(g, s))
+    make = GT.make_generator
+    monkeypatch.setattr(GT, "make_generator", lambda g, s: seen.append(s.get("structure")) or make(g, s))
     eff = E.synthetic_control_effects(real, run, trial, refits=2, boot_twins=2, params=["BDI"])
     assert seen == [held, held]
     assert eff and all("structure held" in e.method and e.B == 2 for e in eff)

@@ -25,7 +25,7 @@ from scipy import stats
 
 from services.data.trial import Trial
 from services.evaluation import metrics as M
-from services.evaluation.effects import patient_weighted_cox
+from services.evaluation.effect_stats import patient_weighted_cox
 from services.evaluation.feature_space import FeatureSpace, build_feature_space, is_event_column
 from services.evaluation.metrics import verdicts as V
 from services.evaluation.run_store import cached_in_run
@@ -151,7 +151,7 @@ def survival_summary(comp: Comparison, paramcd: str) -> dict:
 
 def _hr_against_twins(src: pd.DataFrame, twn: pd.DataFrame, twin_subjects: pd.DataFrame) -> dict:
     """HR of the real source patients vs their twins with the patient as the unit
-    (`effects.patient_weighted_cox`). The generator's own uncertainty is not in this interval:
+    (`effect_stats.patient_weighted_cox`). The generator's own uncertainty is not in this interval:
     the effects (`services.evaluation.effects`) add it."""
     twins = twn.assign(SRCSUBJID=twn["USUBJID"].map(twin_subjects.set_index("USUBJID")["SRCSUBJID"]))
     try:

@@ -46,17 +46,18 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   bases disagree 18 % of the time, a bootstrap copy and its original 44 %), so neither
   holding nor re-choosing counts the choice's variability right (btheb's variance was 10-14 %
   short mostly because carried-forward twins dropped the drift, fixed in c36b6d6; a
-  selection-variance term added 2-3 %). Then v_g = max(0, between - MC), between =
-  Var_b(theta_b) (ddof 1) over the refits holding the statistic, and MC, the Monte-Carlo
-  variance of theta_b given g_b, from the two halves of each refit's twins:
-  MC = mean_b (theta_b(first half) - theta_b(second half))^2 / 4. This term
-  does not fall with K: more twins never buy more certainty than the knowledge base holds.
+  selection-variance term added 2-3 %). Then v_g = max(0, between - MS_int / n), between =
+  Var_b(theta_b) (ddof 1) over the refits holding the statistic and MS_int the interaction
+  mean square of the refits' pseudo-values (patients x refits): the part of a refit's twins
+  that moves with patient and knowledge base jointly, and their Monte-Carlo noise, which the
+  patient term already counts (`services.evaluation.generator_term` says how and why). This
+  term does not fall with K: more twins never buy more certainty than the knowledge base holds.
 
 The interval is theta +- t_{df, 1-alpha/2} * sqrt(patient + generator) with Satterthwaite
-degrees of freedom df = (v_p + v_g)^2 / (v_p^2 / (n - 1) + between^2 / (B - 1) + MC^2 / B) (the
-generator term is a difference of two variances from B refits); log scale for the hazard ratio.
-The patient term is the one of the run being analysed (its K); the generator term does not
-depend on K.
+degrees of freedom df = (v_p + v_g)^2 / (v_p^2 / (n - 1) + between^2 / (B - 1) +
+(MS_int / n)^2 / ((n - 1)(B - 1))) (the generator term is a difference of two mean squares);
+log scale for the hazard ratio. The patient term is the one of the run being analysed (its K);
+the generator term does not depend on K.
 
 Assumptions (write them in the report): the knowledge base's target arm and the source cohort
 are different patients (true for a synthetic control of a treated arm; when sources are in the
@@ -77,25 +78,34 @@ under the linear model whatever the quality of the twins (Schuler et al. 2022).
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from services.data.trial import Trial
-from services.evaluation.estimators import cox_binary, rmst_km
-from services.evaluation.resampling import resample_knowledge_base
+from services.evaluation.effect_stats import (
+    MIN_PATIENTS,
+    default_tau,
+    statistics,
+    twin_tte,
+    twin_values,
+)
+from services.evaluation.generator_term import (
+    NO_GENERATOR_TERM,
+    GeneratorBootstrap,
+    GeneratorTerm,
+    bootstrap_settings,
+    generator_bootstrap,
+)
 from services.evaluation.run_store import cached_in_run
 from services.generation.run import TwinRun
 
 UNIT = "patients"
-EFFECTS_VERSION = 8   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC)
-MIN_PATIENTS = 5
+EFFECTS_VERSION = 9   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term)
 
 
 @dataclass(frozen=True)
@@ -150,220 +160,6 @@ def effects_json(effects: Iterable[Effect]) -> list[dict]:
 
 
 # ==========================================================================================
-# building blocks: weighted Cox (one binary covariate), weighted KM RMST with influence functions
-
-
-
-
-# ==========================================================================================
-# data preparation
-
-
-def _twin_index(run: TwinRun) -> pd.Series:
-    return run.adsl.set_index("USUBJID")["TWINIDX"].astype(int)
-
-
-def _twin_values(run: TwinRun) -> pd.DataFrame:
-    vals = run.values()
-    vals = vals[vals["AVISITN"].notna()]
-    vals = vals.assign(TWINIDX=vals["USUBJID"].map(_twin_index(run)).to_numpy())
-    return vals[["SRCSUBJID", "TWINIDX", "PARAMCD", "AVISITN", "AVAL"]]
-
-
-def _twin_tte(run: TwinRun) -> pd.DataFrame | None:
-    if run.tte is None or run.tte.empty:
-        return None
-    tte = run.tte.assign(TWINIDX=run.tte["USUBJID"].map(_twin_index(run)).to_numpy())
-    return tte[["SRCSUBJID", "TWINIDX", "PARAMCD", "AVAL", "CNSR"]]
-
-
-def _md_stats(real_vv: pd.DataFrame, twins: pd.DataFrame) -> pd.DataFrame:
-    """Per (PARAMCD, AVISITN): mean of d_i = Y_i - mean of i's twins, var(d)/n, n."""
-    tm = twins.groupby(["SRCSUBJID", "PARAMCD", "AVISITN"], as_index=False)["AVAL"].mean()
-    m = real_vv.merge(tm.rename(columns={"SRCSUBJID": "USUBJID", "AVAL": "TWIN"}),
-                      on=["USUBJID", "PARAMCD", "AVISITN"], how="inner")
-    m["D"] = m["AVAL"] - m["TWIN"]
-    g = m.groupby(["PARAMCD", "AVISITN"])["D"]
-    out = pd.DataFrame({"theta": g.mean(), "var": g.var(ddof=1) / g.count(), "n": g.count()})
-    return out[out["n"] >= MIN_PATIENTS]
-
-
-def patient_weighted_cox(real: pd.DataFrame, twins: pd.DataFrame):
-    """Cox model of real patients (USUBJID, AVAL, CNSR) vs their twins (SRCSUBJID, AVAL, CNSR):
-    each twin weighs 1/K of its patient, a patient and its twins form one cluster. Returns the
-    fit and each twin's K."""
-    k_i = twins.groupby("SRCSUBJID")["AVAL"].transform("count").to_numpy(dtype=float)
-    time_ = np.concatenate([real["AVAL"].to_numpy(float), twins["AVAL"].to_numpy(float)])
-    event = np.concatenate([1 - real["CNSR"].to_numpy(float), 1 - twins["CNSR"].to_numpy(float)])
-    group = np.concatenate([np.ones(len(real)), np.zeros(len(twins))])
-    weights = np.concatenate([np.ones(len(real)), 1.0 / k_i])
-    clusters = np.concatenate([real["USUBJID"].to_numpy(object), twins["SRCSUBJID"].to_numpy(object)])
-    return cox_binary(time_, event, group, weights, clusters), k_i
-
-
-def _tte_stats(real_tte: pd.DataFrame, twins_tte: pd.DataFrame, taus: dict[str, float]) -> dict:
-    """Per TTE PARAMCD: {('HR', p): (log_hr, var), ('RMST', p): (diff, var)} with clusters =
-    source patients and each twin weighted 1/(number of that patient's twins)."""
-    out = {}
-    for p, tau in taus.items():
-        r = real_tte[real_tte["PARAMCD"] == p]
-        tw = twins_tte[twins_tte["PARAMCD"] == p]
-        tw = tw[tw["SRCSUBJID"].isin(set(r["USUBJID"]))]
-        r = r[r["USUBJID"].isin(set(tw["SRCSUBJID"]))]
-        if len(r) < MIN_PATIENTS:
-            continue
-        cox, k_i = patient_weighted_cox(r, tw)
-        if math.isfinite(cox.log_hr):
-            out[("hazard_ratio", p)] = (cox.log_hr, cox.se_robust**2, len(r))
-        fr = rmst_km(r["AVAL"], 1 - r["CNSR"], tau)
-        ft = rmst_km(tw["AVAL"], 1 - tw["CNSR"], tau, weights=1.0 / k_i)
-        # per-cluster influence: the real patient's minus its twins' (weighted) contributions
-        n_r = float(len(r))
-        infl = pd.concat([
-            pd.Series(fr.influence, index=r["USUBJID"].to_numpy(object)),
-            pd.Series(-ft.influence, index=tw["SRCSUBJID"].to_numpy(object)),
-        ]).groupby(level=0).sum()
-        out[("rmst_difference", p)] = (fr.rmst - ft.rmst, float(np.sum(infl.to_numpy() ** 2)), int(n_r))
-    return out
-
-
-def _stats_all(real: Trial, twins_vals: pd.DataFrame, twins_tte: pd.DataFrame | None,
-               taus: dict[str, float], params: list[str] | None) -> dict:
-    """{(measure, paramcd, avisitn): (theta, var_patients, n)} of one set of twins."""
-    out = {}
-    vv = real.visit_values
-    if params is not None:
-        vv = vv[vv["PARAMCD"].isin(params)]
-        twins_vals = twins_vals[twins_vals["PARAMCD"].isin(params)]
-    if len(vv) and len(twins_vals):
-        md = _md_stats(vv[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]], twins_vals)
-        for (p, v), row in md.iterrows():
-            out[("mean_difference", p, float(v))] = (float(row["theta"]), float(row["var"]), int(row["n"]))
-    if twins_tte is not None and real.tte is not None and taus:
-        for (measure, p), val in _tte_stats(real.tte, twins_tte, taus).items():
-            out[(measure, p, None)] = val
-    return out
-
-
-def default_tau(real: Trial, run: TwinRun, paramcd: str) -> float:
-    """The shorter of the two arms' longest follow-up (real cohort vs twins)."""
-    r = real.tte[real.tte["PARAMCD"] == paramcd]["AVAL"] if real.tte is not None else pd.Series(dtype=float)
-    t = run.tte[run.tte["PARAMCD"] == paramcd]["AVAL"] if run.tte is not None else pd.Series(dtype=float)
-    if r.empty or t.empty:
-        return float("nan")
-    return float(min(r.max(), t.max()))
-
-
-# ==========================================================================================
-# generator refits
-
-
-def bootstrap_settings(run: TwinRun, generator: str, settings: dict) -> dict:
-    """Settings of the generator refits: the run's, and for the local generator the structure
-    its fit chose held (`structure`: per parameter outcome scale, mean model, baseline scale),
-    so that a refit re-estimates the model rather than re-choosing it (the module docstring
-    says why and what it leaves out). A run saved before `model_details.structure` existed
-    re-chooses."""
-    from services.generation.local.generator import held_structure
-
-    out = dict(settings)
-    if generator == "local" and not out.get("structure"):      # a run's settings say None
-        held = held_structure(run.manifest or {})
-        if held:
-            out["structure"] = held
-    return out
-
-
-def _make_generator(generator: str, settings: dict):
-    from services.generation import GENERATORS, get_generator
-
-    settings = dict(settings)
-    cls = GENERATORS.get(generator)
-    if cls is not None and "retriever_factory" in inspect.signature(cls).parameters:
-        # transient knowledge bases: exact k-NN in memory, no Chroma collection per refit
-        from services.retrieval.retriever import ExactRetriever
-
-        settings.setdefault("retriever_factory", ExactRetriever)
-    return get_generator(generator, **settings)
-
-
-class GeneratorTerm(NamedTuple):
-    """Generator variance = between-refit variance - Monte-Carlo part (floored at 0).
-
-    ``df_term``, its Satterthwaite denominator Var(estimate) / 2, is between^2 / (B - 1) +
-    MC^2 / B (B: the refits holding the statistic; the halves' difference is independent of
-    their mean). The earlier variance^2 / (B - 1) left out MC's share of between's noise
-    (CDISC pilot, bootstrap, K 20: median df 31 vs 25). Under the floor at 0 it still counts."""
-
-    variance: float
-    between: float
-    mc: float
-    refits: int
-
-    @property
-    def df_term(self) -> float:
-        if self.refits < 2 or not math.isfinite(self.between):
-            return 0.0
-        return self.between**2 / (self.refits - 1) + self.mc**2 / self.refits
-
-
-NO_GENERATOR_TERM = GeneratorTerm(float("nan"), float("nan"), float("nan"), 0)   # no refits: patient term only
-
-
-@dataclass
-class GeneratorBootstrap:
-    """Per refit b: statistics with all twins and with each half of them."""
-
-    B: int
-    boot_twins: int
-    full: list[dict]
-    half1: list[dict]
-    half2: list[dict]
-    structure_held: bool = False     # the refits kept a fitted structure (`bootstrap_settings`)
-
-    def variance(self, key) -> GeneratorTerm:
-        """The generator term of one statistic (NaN with fewer than 2 refits holding it)."""
-        vals = [(f[key][0], h1[key][0], h2[key][0]) for f, h1, h2 in zip(self.full, self.half1, self.half2)
-                if key in f and key in h1 and key in h2]
-        if len(vals) < 2:
-            return GeneratorTerm(float("nan"), float("nan"), float("nan"), len(vals))
-        a = np.array(vals)
-        between = float(np.var(a[:, 0], ddof=1))
-        mc = float(np.mean((a[:, 1] - a[:, 2]) ** 2) / 4)
-        return GeneratorTerm(max(0.0, between - mc), between, mc, len(vals))
-
-
-def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, generator: str = "local",
-                        settings: dict | None = None, refits: int = 20, boot_twins: int = 20,
-                        seed: int = 0, taus: dict[str, float] | None = None,
-                        params: list[str] | None = None,
-                        progress: Callable[[int, int], object] | None = None) -> GeneratorBootstrap:
-    """Refit the generator on ``refits`` resampled knowledge bases and twin the same sources
-    (``real``'s subjects, baseline only) ``boot_twins`` times each (even number)."""
-    if boot_twins < 2 or boot_twins % 2:
-        raise ValueError("boot_twins must be an even number >= 2")
-    rng = np.random.default_rng([int(seed), 0xB007])
-    sources = real.baseline_only()
-    src_ids = list(real.subjects["USUBJID"])
-    full, h1, h2 = [], [], []
-    half = boot_twins // 2
-    for b in range(int(refits)):
-        kb_b = resample_knowledge_base(knowledge_base, target_arm, rng, keep=src_ids)
-        gen = _make_generator(generator, settings or {}).fit(kb_b)
-        run_b = gen.generate(sources, target_arm=target_arm, twins_per_patient=boot_twins,
-                             seed=int(seed) * 7919 + b + 1)
-        vals, tte = _twin_values(run_b), _twin_tte(run_b)
-        for store, sel in ((full, None), (h1, lambda s: s <= half), (h2, lambda s: s > half)):
-            v = vals if sel is None else vals[sel(vals["TWINIDX"])]
-            t = tte if (tte is None or sel is None) else tte[sel(tte["TWINIDX"])]
-            store.append(_stats_all(real, v, t, taus or {}, params))
-        if progress is not None:
-            progress(b + 1, int(refits))
-    return GeneratorBootstrap(int(refits), int(boot_twins), full, h1, h2,
-                              structure_held=bool((settings or {}).get("structure")))
-
-
-# ==========================================================================================
 # public: synthetic control
 
 
@@ -415,7 +211,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     else:
         taus = {p: (float(tau) if tau is not None else default_tau(real, run, p)) for p in tte_ps}
     taus = {p: t for p, t in taus.items() if math.isfinite(t)}
-    main = _stats_all(real, _twin_values(run), _twin_tte(run), taus, params)
+    main = statistics(real, twin_values(run), twin_tte(run), taus, params)
     if bootstrap is None and refits > 1:
         bootstrap = generator_bootstrap(real, knowledge_base, target_arm, generator, settings, refits,
                                         boot_twins, seed, taus, params, progress)
@@ -425,7 +221,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     if len(vv):
         labels = vv.drop_duplicates(["PARAMCD", "AVISITN"]).set_index(["PARAMCD", "AVISITN"])["AVISIT"].to_dict()
     out = []
-    for key, (theta, v_p, n) in main.items():
+    for key, (theta, v_p, n, _) in main.items():
         measure, p, v = key
         gen = bootstrap.variance(key) if bootstrap is not None else NO_GENERATOR_TERM
         se, lo, hi, pval, df = _combine(theta, v_p, gen, n, alpha)
@@ -433,8 +229,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
             held = (" with the run's model structure held (variance given that structure)"
                     if bootstrap.structure_held else "")
             how = (f"patient-level cluster-robust variance + generator variance from {b} refits on "
-                   f"bootstrap knowledge bases{held} ({bootstrap.boot_twins} twins each, Monte-Carlo "
-                   "corrected); Satterthwaite t")
+                   f"bootstrap knowledge bases{held} ({bootstrap.boot_twins} twins each; the patient x "
+                   "knowledge-base interaction and Monte-Carlo noise taken out); Satterthwaite t")
         else:
             how = "patient-level cluster-robust variance only (generator uncertainty NOT included)"
         if measure == "mean_difference":

@@ -20,6 +20,7 @@ class CoxFit:
     se_model: float        # 1 / sqrt(information)
     se_robust: float       # Lin-Wei sandwich, clustered when clusters are given
     scores: np.ndarray = field(repr=False)  # per-cluster score contributions x I^-1 (dfbeta)
+    cluster_ids: np.ndarray = field(default_factory=lambda: np.array([]), repr=False)  # of `scores`
 
 
 def cox_binary(time, event, group, weights=None, clusters=None, max_iter: int = 50) -> CoxFit:
@@ -40,7 +41,7 @@ def cox_binary(time, event, group, weights=None, clusters=None, max_iter: int = 
     ut = np.unique(t[ev])
     if ut.size == 0 or np.all(z == z[0]):
         nan = float("nan")
-        return CoxFit(nan, nan, nan, np.array([]))
+        return CoxFit(nan, nan, nan, np.array([]), np.array([]))
     pos = np.searchsorted(t, ut, side="left")           # first record at risk at each time
     idx_ev = np.searchsorted(ut, t[ev])
     d_w = np.bincount(idx_ev, weights=w[ev], minlength=ut.size)
@@ -76,14 +77,14 @@ def cox_binary(time, event, group, weights=None, clusters=None, max_iter: int = 
     resid = e * (z - zbar_own) - np.exp(beta * z) * (z * a_l - b_l)
     contrib = w * resid
     if clusters is None:
-        per = contrib
+        per, ids = contrib, order                       # every record its own cluster (input index)
     else:
         c = np.asarray(clusters)[order]
-        codes, _ = pd.factorize(c)
+        codes, ids = pd.factorize(c)
         per = np.bincount(codes, weights=contrib)
     se_rob = math.sqrt(float(np.sum(per**2))) / info if info > 0 else float("nan")
     se_mod = 1 / math.sqrt(info) if info > 0 else float("nan")
-    return CoxFit(float(beta), se_mod, se_rob, per / info if info > 0 else per)
+    return CoxFit(float(beta), se_mod, se_rob, per / info if info > 0 else per, np.asarray(ids))
 
 
 @dataclass(frozen=True)

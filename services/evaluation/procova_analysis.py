@@ -12,14 +12,15 @@ import pandas as pd
 from scipy import stats
 
 from services.data.trial import Trial
-from services.evaluation.effects import Effect, _twin_values
+from services.evaluation.effect_stats import twin_values
+from services.evaluation.effects import Effect
 from services.evaluation.estimators import ols
 from services.generation.run import TwinRun
 
 
 def prognostic_scores(run: TwinRun, paramcd: str, avisitn: float) -> pd.Series:
     """Prognostic score per source patient: the mean of its twins' values at the visit."""
-    vals = _twin_values(run)
+    vals = twin_values(run)
     vals = vals[(vals["PARAMCD"] == paramcd) & (vals["AVISITN"] == float(avisitn))]
     return vals.groupby("SRCSUBJID")["AVAL"].mean().rename("PROG")
 

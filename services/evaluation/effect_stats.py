@@ -1,0 +1,136 @@
+"""The statistics of one set of twins against their real source patients, with each patient's
+pseudo-value: what the effect estimate (`effects`) and every generator refit
+(`generator_term`) compute.
+
+A statistic is (theta, patient variance, n, pseudo-values). The pseudo-value of patient i is
+theta + n x (i's cluster influence), so that theta is their mean: d_i = Y_i - mean of i's twins
+for a mean difference (exact), the cluster's dfbeta for the log hazard ratio, its Kaplan-Meier
+influence (real minus twins) for the RMST difference. The refits' table of pseudo-values
+(patients x refits) splits their variation into the knowledge base's part and the part that
+moves with patient and knowledge base jointly, which the patient term already counts."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from services.data.trial import Trial
+from services.evaluation.estimators import cox_binary, rmst_km
+from services.generation.run import TwinRun
+
+MIN_PATIENTS = 5
+
+
+class Statistic(NamedTuple):
+    """One effect statistic: estimate, patient-level (cluster-robust) variance, patients, and
+    the patients' pseudo-values (Series by source USUBJID, mean = theta)."""
+
+    theta: float
+    var_patients: float
+    n: int
+    pseudo: pd.Series
+
+
+def _twin_index(run: TwinRun) -> pd.Series:
+    return run.adsl.set_index("USUBJID")["TWINIDX"].astype(int)
+
+
+def twin_values(run: TwinRun) -> pd.DataFrame:
+    """The twins' scheduled values with their source and twin index."""
+    vals = run.values()
+    vals = vals[vals["AVISITN"].notna()]
+    vals = vals.assign(TWINIDX=vals["USUBJID"].map(_twin_index(run)).to_numpy())
+    return vals[["SRCSUBJID", "TWINIDX", "PARAMCD", "AVISITN", "AVAL"]]
+
+
+def twin_tte(run: TwinRun) -> pd.DataFrame | None:
+    """The twins' time-to-event records with their source and twin index (None: no events)."""
+    if run.tte is None or run.tte.empty:
+        return None
+    tte = run.tte.assign(TWINIDX=run.tte["USUBJID"].map(_twin_index(run)).to_numpy())
+    return tte[["SRCSUBJID", "TWINIDX", "PARAMCD", "AVAL", "CNSR"]]
+
+
+def _md_stats(real_vv: pd.DataFrame, twins: pd.DataFrame) -> dict:
+    """Per (PARAMCD, AVISITN): mean of d_i = Y_i - mean of i's twins, var(d)/n, n, d_i."""
+    tm = twins.groupby(["SRCSUBJID", "PARAMCD", "AVISITN"], as_index=False)["AVAL"].mean()
+    m = real_vv.merge(tm.rename(columns={"SRCSUBJID": "USUBJID", "AVAL": "TWIN"}),
+                      on=["USUBJID", "PARAMCD", "AVISITN"], how="inner")
+    m["D"] = m["AVAL"] - m["TWIN"]
+    out = {}
+    for (p, v), g in m.groupby(["PARAMCD", "AVISITN"]):
+        if len(g) >= MIN_PATIENTS:
+            d = pd.Series(g["D"].to_numpy(float), index=g["USUBJID"].to_numpy(object))
+            out[(p, float(v))] = Statistic(float(d.mean()), float(d.var(ddof=1) / len(d)), len(d), d)
+    return out
+
+
+def patient_weighted_cox(real: pd.DataFrame, twins: pd.DataFrame):
+    """Cox model of real patients (USUBJID, AVAL, CNSR) vs their twins (SRCSUBJID, AVAL, CNSR):
+    each twin weighs 1/K of its patient, a patient and its twins form one cluster. Returns the
+    fit and each twin's K."""
+    k_i = twins.groupby("SRCSUBJID")["AVAL"].transform("count").to_numpy(dtype=float)
+    time_ = np.concatenate([real["AVAL"].to_numpy(float), twins["AVAL"].to_numpy(float)])
+    event = np.concatenate([1 - real["CNSR"].to_numpy(float), 1 - twins["CNSR"].to_numpy(float)])
+    group = np.concatenate([np.ones(len(real)), np.zeros(len(twins))])
+    weights = np.concatenate([np.ones(len(real)), 1.0 / k_i])
+    clusters = np.concatenate([real["USUBJID"].to_numpy(object), twins["SRCSUBJID"].to_numpy(object)])
+    return cox_binary(time_, event, group, weights, clusters), k_i
+
+
+def _tte_stats(real_tte: pd.DataFrame, twins_tte: pd.DataFrame, taus: dict[str, float]) -> dict:
+    """Per TTE PARAMCD: {('hazard_ratio', p): log HR, ('rmst_difference', p): RMST difference}
+    as Statistics, clusters = source patients, each twin weighted 1/(its patient's twins)."""
+    out = {}
+    for p, tau in taus.items():
+        r = real_tte[real_tte["PARAMCD"] == p]
+        tw = twins_tte[twins_tte["PARAMCD"] == p]
+        tw = tw[tw["SRCSUBJID"].isin(set(r["USUBJID"]))]
+        r = r[r["USUBJID"].isin(set(tw["SRCSUBJID"]))]
+        n = len(r)
+        if n < MIN_PATIENTS:
+            continue
+        cox, k_i = patient_weighted_cox(r, tw)
+        if math.isfinite(cox.log_hr):
+            pseudo = pd.Series(cox.log_hr + n * cox.scores, index=cox.cluster_ids)
+            out[("hazard_ratio", p)] = Statistic(cox.log_hr, cox.se_robust**2, n, pseudo)
+        fr = rmst_km(r["AVAL"], 1 - r["CNSR"], tau)
+        ft = rmst_km(tw["AVAL"], 1 - tw["CNSR"], tau, weights=1.0 / k_i)
+        # per-cluster influence: the real patient's minus its twins' (weighted) contributions
+        infl = pd.concat([
+            pd.Series(fr.influence, index=r["USUBJID"].to_numpy(object)),
+            pd.Series(-ft.influence, index=tw["SRCSUBJID"].to_numpy(object)),
+        ]).groupby(level=0).sum()
+        theta = fr.rmst - ft.rmst
+        out[("rmst_difference", p)] = Statistic(theta, float(np.sum(infl.to_numpy() ** 2)), n,
+                                                theta + n * infl)
+    return out
+
+
+def statistics(real: Trial, twins_vals: pd.DataFrame, twins_tte: pd.DataFrame | None,
+               taus: dict[str, float], params: list[str] | None) -> dict:
+    """{(measure, paramcd, avisitn): Statistic} of one set of twins."""
+    out = {}
+    vv = real.visit_values
+    if params is not None:
+        vv = vv[vv["PARAMCD"].isin(params)]
+        twins_vals = twins_vals[twins_vals["PARAMCD"].isin(params)]
+    if len(vv) and len(twins_vals):
+        for (p, v), s in _md_stats(vv[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]], twins_vals).items():
+            out[("mean_difference", p, v)] = s
+    if twins_tte is not None and real.tte is not None and taus:
+        for (measure, p), s in _tte_stats(real.tte, twins_tte, taus).items():
+            out[(measure, p, None)] = s
+    return out
+
+
+def default_tau(real: Trial, run: TwinRun, paramcd: str) -> float:
+    """The shorter of the two arms' longest follow-up (real cohort vs twins)."""
+    r = real.tte[real.tte["PARAMCD"] == paramcd]["AVAL"] if real.tte is not None else pd.Series(dtype=float)
+    t = run.tte[run.tte["PARAMCD"] == paramcd]["AVAL"] if run.tte is not None else pd.Series(dtype=float)
+    if r.empty or t.empty:
+        return float("nan")
+    return float(min(r.max(), t.max()))
