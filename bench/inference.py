@@ -198,7 +198,7 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     run20 = runs[max(KS)]
     taus = {}
     if tte_p is not None:
-        taus = {tte_p: E.default_tau(real, run20, tte_p)}
+        taus = {tte_p: E.default_tau(real, run20, tte_p, kb, pool.control_arm)}
     params = [paramcd] if paramcd else []
     boot = E.generator_bootstrap(real, kb, pool.control_arm, settings=E.bootstrap_settings(run20, "local", {}),
                                  refits=refits, boot_twins=boot_twins, seed=r, taus=taus, params=params)

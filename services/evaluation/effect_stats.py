@@ -127,10 +127,34 @@ def statistics(real: Trial, twins_vals: pd.DataFrame, twins_tte: pd.DataFrame | 
     return out
 
 
-def default_tau(real: Trial, run: TwinRun, paramcd: str) -> float:
-    """The shorter of the two arms' longest follow-up (real cohort vs twins)."""
+TAU_QUANTILE = 0.9     # the RMST horizon: when 90 % of the knowledge base's target arm had ended follow-up
+
+
+def default_tau(real: Trial, run: TwinRun, paramcd: str, knowledge_base: Trial | None = None,
+                target_arm: str | None = None) -> float:
+    """The RMST horizon, fixed before the cohort's outcomes are looked at: the time by which
+    90 % of the knowledge base's target-arm patients had ended follow-up (event or censoring),
+    never beyond either arm's longest follow-up (real cohort, twins), where a Kaplan-Meier curve
+    would be extrapolated. Without a knowledge base: the shorter of the two arms' longest
+    follow-up.
+
+    Why not that shorter longest follow-up always (survRM2's default): it is the cohort's own
+    longest time nearly always (the twins are K times as many), so the horizon moves with one
+    patient of the cohort, and both RMSTs with it; the interval, which takes the horizon as
+    given, then over-states the variance (veteran, one knowledge base x 300 cohorts: patient
+    term 1.24-1.29 x the variance of the estimates; at a fixed horizon 0.92-1.05)."""
     r = real.tte[real.tte["PARAMCD"] == paramcd]["AVAL"] if real.tte is not None else pd.Series(dtype=float)
     t = run.tte[run.tte["PARAMCD"] == paramcd]["AVAL"] if run.tte is not None else pd.Series(dtype=float)
     if r.empty or t.empty:
         return float("nan")
-    return float(min(r.max(), t.max()))
+    longest = float(min(r.max(), t.max()))
+    if knowledge_base is None or knowledge_base.tte is None:
+        return longest
+    subj = knowledge_base.subjects
+    arm = target_arm or knowledge_base.control_arm
+    ids = set(subj.loc[subj["ARM"] == arm, "USUBJID"])
+    kb = knowledge_base.tte
+    kb = kb.loc[(kb["PARAMCD"] == paramcd) & kb["USUBJID"].isin(ids), "AVAL"].to_numpy(float)
+    if kb.size == 0:
+        return longest
+    return float(min(np.quantile(kb, TAU_QUANTILE), longest))

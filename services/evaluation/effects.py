@@ -13,7 +13,8 @@ its twins generated under the control arm by a generator fitted on a knowledge b
 - *Time to event, per PARAMCD*: hazard ratio real vs twins from a Cox model (Breslow ties) in
   which each twin has weight 1/K, so each patient's twins together weigh one patient; and the
   difference in restricted mean survival time (RMST, real minus twins) up to ``tau``
-  (default: the shorter of the two arms' longest follow-up), from Kaplan-Meier curves with the
+  (default: when 90 % of the knowledge base's target arm had ended follow-up, capped at the
+  arms' longest follow-up: :func:`default_tau`), from Kaplan-Meier curves with the
   same weights.
 
 Variance: by the law of total variance, conditioning on the fitted generator g,
@@ -209,7 +210,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     if isinstance(tau, dict):
         taus = {p: float(tau[p]) for p in tte_ps if p in tau}
     else:
-        taus = {p: (float(tau) if tau is not None else default_tau(real, run, p)) for p in tte_ps}
+        taus = {p: (float(tau) if tau is not None else default_tau(real, run, p, knowledge_base, target_arm))
+                for p in tte_ps}
     taus = {p: t for p, t in taus.items() if math.isfinite(t)}
     main = statistics(real, twin_values(run), twin_tte(run), taus, params)
     if bootstrap is None and refits > 1:
