@@ -88,6 +88,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.data.trial import Trial
+from services.evaluation import effect_stats
 from services.evaluation import effects as E
 from services.evaluation import estimators as est
 from services.evaluation import procova_analysis as PA
@@ -198,7 +199,7 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     run20 = runs[max(KS)]
     taus = {}
     if tte_p is not None:
-        taus = {tte_p: E.default_tau(real, run20, tte_p, kb, pool.control_arm)}
+        taus = {tte_p: effect_stats.default_tau(real, run20, tte_p, kb, pool.control_arm)}
     params = [paramcd] if paramcd else []
     boot = E.generator_bootstrap(real, kb, pool.control_arm, settings=E.bootstrap_settings(run20, "local", {}),
                                  refits=refits, boot_twins=boot_twins, seed=r, taus=taus, params=params)

@@ -63,7 +63,9 @@ def _md_stats(real_vv: pd.DataFrame, twins: pd.DataFrame) -> dict:
     out = {}
     for (p, v), g in m.groupby(["PARAMCD", "AVISITN"]):
         if len(g) >= MIN_PATIENTS:
-            d = pd.Series(g["D"].to_numpy(float), index=g["USUBJID"].to_numpy(object))
+            d = pd.Series(g["D"].to_numpy(float), index=g["USUBJID"].to_numpy(object)).dropna()
+            if len(d) < MIN_PATIENTS:
+                continue
             out[(p, float(v))] = Statistic(float(d.mean()), float(d.var(ddof=1) / len(d)), len(d), d)
     return out
 
@@ -130,31 +132,44 @@ def statistics(real: Trial, twins_vals: pd.DataFrame, twins_tte: pd.DataFrame | 
 TAU_QUANTILE = 0.9     # the RMST horizon: when 90 % of the knowledge base's target arm had ended follow-up
 
 
-def default_tau(real: Trial, run: TwinRun, paramcd: str, knowledge_base: Trial | None = None,
-                target_arm: str | None = None) -> float:
-    """The RMST horizon, fixed before the cohort's outcomes are looked at: the time by which
-    90 % of the knowledge base's target-arm patients had ended follow-up (event or censoring),
-    never beyond either arm's longest follow-up (real cohort, twins), where a Kaplan-Meier curve
-    would be extrapolated. Without a knowledge base: the shorter of the two arms' longest
-    follow-up.
+def horizon(real: Trial, run: TwinRun, paramcd: str, knowledge_base: Trial | None = None,
+            target_arm: str | None = None) -> tuple[float, str]:
+    """(tau, the rule that set it) of the RMST difference: the time by which 90 % of the
+    knowledge base's target-arm patients had ended follow-up (event or censoring), capped at
+    either arm's longest follow-up (real cohort, twins), beyond which a Kaplan-Meier curve would
+    be extrapolated. Without the knowledge base's follow-up: the shorter of the two arms'
+    longest follow-up (survRM2's default).
 
-    Why not that shorter longest follow-up always (survRM2's default): it is the cohort's own
-    longest time nearly always (the twins are K times as many), so the horizon moves with one
-    patient of the cohort, and both RMSTs with it; the interval, which takes the horizon as
-    given, then over-states the variance (veteran, one knowledge base x 300 cohorts: patient
-    term 1.24-1.29 x the variance of the estimates; at a fixed horizon 0.92-1.05)."""
+    Why not that default always: it is the cohort's own longest time nearly always (the twins
+    are K times as many), so the horizon moves with one patient of the cohort, and both RMSTs
+    with it; the interval, which takes the horizon as given, then over-states the variance
+    (veteran, one knowledge base x 300 cohorts: patient term 1.24-1.29 x the variance of the
+    estimates; 0.92-1.05 at a fixed horizon, 0.95-1.10 with the knowledge base's horizon). The
+    knowledge base's horizon does not look at the cohort's outcomes unless the cap binds (a
+    cohort followed for less time than the knowledge base) or the cohort's patients are in the
+    knowledge base's target arm; where the cap binds the rule says so and the interval leans
+    conservative."""
     r = real.tte[real.tte["PARAMCD"] == paramcd]["AVAL"] if real.tte is not None else pd.Series(dtype=float)
     t = run.tte[run.tte["PARAMCD"] == paramcd]["AVAL"] if run.tte is not None else pd.Series(dtype=float)
     if r.empty or t.empty:
-        return float("nan")
+        return float("nan"), "no follow-up"
     longest = float(min(r.max(), t.max()))
-    if knowledge_base is None or knowledge_base.tte is None:
-        return longest
-    subj = knowledge_base.subjects
-    arm = target_arm or knowledge_base.control_arm
-    ids = set(subj.loc[subj["ARM"] == arm, "USUBJID"])
-    kb = knowledge_base.tte
-    kb = kb.loc[(kb["PARAMCD"] == paramcd) & kb["USUBJID"].isin(ids), "AVAL"].to_numpy(float)
+    kb = np.array([])
+    if knowledge_base is not None and knowledge_base.tte is not None:
+        subj = knowledge_base.subjects
+        ids = set(subj.loc[subj["ARM"] == (target_arm or knowledge_base.control_arm), "USUBJID"])
+        tte = knowledge_base.tte
+        kb = tte.loc[(tte["PARAMCD"] == paramcd) & tte["USUBJID"].isin(ids), "AVAL"].to_numpy(float)
     if kb.size == 0:
-        return longest
-    return float(min(np.quantile(kb, TAU_QUANTILE), longest))
+        return longest, "the shorter of the two arms' longest follow-up"
+    q = float(np.quantile(kb, TAU_QUANTILE))
+    if q <= longest:
+        return q, "when 90 % of the knowledge base's target arm had ended follow-up"
+    return longest, ("the shorter of the two arms' longest follow-up, capping the knowledge base's "
+                     f"90 % follow-up ({q:g} d): the interval leans conservative")
+
+
+def default_tau(real: Trial, run: TwinRun, paramcd: str, knowledge_base: Trial | None = None,
+                target_arm: str | None = None) -> float:
+    """The RMST horizon of :func:`horizon`."""
+    return horizon(real, run, paramcd, knowledge_base, target_arm)[0]

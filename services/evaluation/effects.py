@@ -14,7 +14,7 @@ its twins generated under the control arm by a generator fitted on a knowledge b
   which each twin has weight 1/K, so each patient's twins together weigh one patient; and the
   difference in restricted mean survival time (RMST, real minus twins) up to ``tau``
   (default: when 90 % of the knowledge base's target arm had ended follow-up, capped at the
-  arms' longest follow-up: :func:`default_tau`), from Kaplan-Meier curves with the
+  arms' longest follow-up: `effect_stats.horizon`), from Kaplan-Meier curves with the
   same weights.
 
 Variance: by the law of total variance, conditioning on the fitted generator g,
@@ -90,7 +90,7 @@ from scipy import stats
 from services.data.trial import Trial
 from services.evaluation.effect_stats import (
     MIN_PATIENTS,
-    default_tau,
+    horizon,
     statistics,
     twin_tte,
     twin_values,
@@ -189,7 +189,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     ``run``: its twin run; ``knowledge_base``: what the generator was fitted on;
     ``generator``/``settings``: default to the run's manifest. ``refits`` = B generator refits
     (0 = patient term only, which is NOT honest about the generator: method says so).
-    ``tau``: RMST horizon in days (number, or per PARAMCD; default :func:`default_tau`).
+    ``tau``: RMST horizon in days (number, or per PARAMCD; default `effect_stats.horizon`).
     ``params`` / ``tte_params`` restrict the endpoints. A precomputed ``bootstrap`` (same
     sources, same taus) may be passed to share refits between analyses of several K.
 
@@ -208,10 +208,11 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     tte_ps = [] if real.tte is None or run.tte is None else [
         p for p in (tte_params or real.tte_parameters) if p in set(run.tte["PARAMCD"])]
     if isinstance(tau, dict):
-        taus = {p: float(tau[p]) for p in tte_ps if p in tau}
+        rules = {p: (float(tau[p]), "given") for p in tte_ps if p in tau}
     else:
-        taus = {p: (float(tau) if tau is not None else default_tau(real, run, p, knowledge_base, target_arm))
-                for p in tte_ps}
+        rules = {p: ((float(tau), "given") if tau is not None else horizon(real, run, p, knowledge_base, target_arm))
+                 for p in tte_ps}
+    taus = {p: tr[0] for p, tr in rules.items()}
     taus = {p: t for p, t in taus.items() if math.isfinite(t)}
     main = statistics(real, twin_values(run), twin_tte(run), taus, params)
     if bootstrap is None and refits > 1:
@@ -227,7 +228,11 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
         measure, p, v = key
         gen = bootstrap.variance(key) if bootstrap is not None else NO_GENERATOR_TERM
         se, lo, hi, pval, df = _combine(theta, v_p, gen, n, alpha)
-        if bootstrap is not None:
+        if bootstrap is not None and not math.isfinite(gen.variance):
+            how = (f"patient-level cluster-robust variance only: fewer than 2 of the {b} refits (or "
+                   "fewer than 2 patients in all of them) held this statistic, so the generator "
+                   "uncertainty is NOT included")
+        elif bootstrap is not None:
             held = (" with the run's model structure held (variance given that structure)"
                     if bootstrap.structure_held else "")
             how = (f"patient-level cluster-robust variance + generator variance from {b} refits on "
@@ -242,7 +247,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
             method = "Cox (Breslow), real vs twins weighted 1/K, clusters = patients; log scale; " + how
             est, lo, hi = math.exp(theta), math.exp(lo), math.exp(hi)
         else:
-            method = f"Kaplan-Meier RMST to tau={taus[p]:g} d, real minus twins weighted 1/K; " + how
+            method = (f"Kaplan-Meier RMST to tau={taus[p]:g} d ({rules[p][1]}), real minus twins "
+                      "weighted 1/K; " + how)
             est = theta
         out.append(Effect(
             design="synthetic_control", measure=measure, paramcd=p, avisitn=v,

@@ -98,17 +98,15 @@ class GeneratorTerm(NamedTuple):
 NO_GENERATOR_TERM = GeneratorTerm(float("nan"), float("nan"), float("nan"), 0)   # no refits: patient term only
 
 
-def two_way_term(thetas, pseudo: pd.DataFrame) -> GeneratorTerm:
-    """The generator term from the refits' estimates and pseudo-values (patients x refits)."""
-    th = np.asarray(thetas, dtype=float)
-    b = len(th)
-    if b < 2:
-        return GeneratorTerm(float("nan"), float("nan"), float("nan"), b)
-    between = float(np.var(th, ddof=1))
+def two_way_term(pseudo: pd.DataFrame) -> GeneratorTerm:
+    """The generator term from the refits' pseudo-values (patients x refits; a patient missing
+    from any refit is left out, and each refit's estimate is its column's mean over the patients
+    kept, so that the between-refit variance and MS_int / n count the same patients)."""
     P = pseudo.dropna().to_numpy(float)
-    n = P.shape[0]
-    if n < 2:
-        return GeneratorTerm(float("nan"), between, float("nan"), b, n)
+    n, b = P.shape
+    if b < 2 or n < 2:
+        return GeneratorTerm(float("nan"), float("nan"), float("nan"), b, n)
+    between = float(np.var(P.mean(axis=0), ddof=1))
     r = P - P.mean(axis=0, keepdims=True) - P.mean(axis=1, keepdims=True) + P.mean()
     inter = float((r**2).sum() / ((n - 1) * (b - 1)) / n)
     return GeneratorTerm(max(0.0, between - inter), between, inter, b, n)
@@ -116,7 +114,7 @@ def two_way_term(thetas, pseudo: pd.DataFrame) -> GeneratorTerm:
 
 @dataclass
 class GeneratorBootstrap:
-    """Per refit b: {statistic key: (theta_b, pseudo-values by patient)}."""
+    """Per refit b: {statistic key: pseudo-values by patient (their mean is the refit's estimate)}."""
 
     B: int
     boot_twins: int
@@ -128,8 +126,7 @@ class GeneratorBootstrap:
         held = [f[key] for f in self.refits if key in f]
         if len(held) < 2:
             return GeneratorTerm(float("nan"), float("nan"), float("nan"), len(held))
-        table = pd.concat([p for _, p in held], axis=1, join="inner")
-        return two_way_term([t for t, _ in held], table)
+        return two_way_term(pd.concat(held, axis=1, join="inner"))
 
 
 def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, generator: str = "local",
@@ -152,7 +149,7 @@ def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, gen
         run_b = gen.generate(sources, target_arm=target_arm, twins_per_patient=boot_twins,
                              seed=int(seed) * 7919 + b + 1)
         st = statistics(real, twin_values(run_b), twin_tte(run_b), taus or {}, params)
-        out.append({k: (s.theta, s.pseudo) for k, s in st.items()})
+        out.append({k: s.pseudo for k, s in st.items()})
         if progress is not None:
             progress(b + 1, int(refits))
     return GeneratorBootstrap(int(refits), int(boot_twins), out,
