@@ -36,6 +36,7 @@ def test_mean_difference_pseudo_values_are_each_patients_own_difference(pbc_sc):
     st = _stats(real, twin_values(run), twin_tte(run), 1500.0)
     vv = real.visit_values
     tw = twin_values(run)
+    assert sum(k[0] == "mean_difference" for k in st) >= 3      # BILI at several visits
     for (measure, p, v), s in st.items():
         if measure != "mean_difference":
             continue

@@ -62,10 +62,8 @@ def _md_stats(real_vv: pd.DataFrame, twins: pd.DataFrame) -> dict:
     m["D"] = m["AVAL"] - m["TWIN"]
     out = {}
     for (p, v), g in m.groupby(["PARAMCD", "AVISITN"]):
-        if len(g) >= MIN_PATIENTS:
-            d = pd.Series(g["D"].to_numpy(float), index=g["USUBJID"].to_numpy(object)).dropna()
-            if len(d) < MIN_PATIENTS:
-                continue
+        d = pd.Series(g["D"].to_numpy(float), index=g["USUBJID"].to_numpy(object)).dropna()
+        if len(d) >= MIN_PATIENTS:
             out[(p, float(v))] = Statistic(float(d.mean()), float(d.var(ddof=1) / len(d)), len(d), d)
     return out
 
