@@ -44,8 +44,8 @@ veteran, gets the HR and RMST tests; no mean difference, reference tests or PROC
 
 To keep the cost within ~15-20 minutes of one core each trial's knowledge base keeps its
 endpoint parameter only (fits 0.05-0.25 s; the estimators do not depend on it), B = 10
-refits with 10 twins each (11 fits per replicate). The default replicate counts (100-200
-per trial) keep a full run near 20 minutes; the binomial 95 % interval of each rejection
+refits (11 fits per replicate), each generating min(K, 10) twins per source. The default
+replicate counts (100-200 per trial) keep a full run near 20 minutes; the binomial 95 % interval of each rejection
 rate is printed, and at 100-200 replicates a cell of ~40 can sit outside 3.5-6.5 % by chance
 alone. `--reps 1000` gives the issue's 1,000 replicates per cell (~40 min per trial on one
 core; `--jobs 2` runs replicates in two processes with identical results):
@@ -91,6 +91,7 @@ from services.data.trial import Trial
 from services.evaluation import effect_stats
 from services.evaluation import effects as E
 from services.evaluation import estimators as est
+from services.evaluation import generator_term as GT
 from services.evaluation import procova_analysis as PA
 from services.evaluation.metrics.procova import estimate_adjustment, procova_plan
 from services.generation import get_generator
@@ -201,14 +202,17 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     if tte_p is not None:
         taus = {tte_p: effect_stats.default_tau(real, run20, tte_p, kb, pool.control_arm)}
     params = [paramcd] if paramcd else []
-    boot = E.generator_bootstrap(real, kb, pool.control_arm, settings=E.bootstrap_settings(run20, "local", {}),
-                                 refits=refits, boot_twins=boot_twins, seed=r, taus=taus, params=params)
-    # the scaled cohort's theta_b differ from boot's by (factor - 1) x mean(Y), the same for
-    # every refit (same patients), so the generator variance of `boot` applies unchanged
+    # the refits generate min(K, boot_twins) twins, as `synthetic_control_effects` does for a
+    # K-twin run, from one fit per refit shared by all K
+    boots = GT.generator_bootstraps(real, kb, pool.control_arm, settings=E.bootstrap_settings(run20, "local", {}),
+                                    refits=refits, twin_counts=[min(k, boot_twins) for k in KS], seed=r,
+                                    taus=taus, params=params)
+    # the scaled cohort's theta_b differ from a refit's by (factor - 1) x mean(Y), the same for
+    # every refit (same patients), so the generator variance applies unchanged
     alt = scale_outcomes(real, paramcd, factor) if paramcd else None
     rows = oracle_rows(kb, real, paramcd, avisitn, pool_change, r) if paramcd else []
     for k in KS:
-        run = runs[k]
+        run, boot = runs[k], boots[min(k, boot_twins)]
         naive = naive_tests(real, run, paramcd, avisitn, tte_p)
         kw = {"tau": taus or None, "params": params, "tte_params": [tte_p] if tte_p else []}
         for e in E.synthetic_control_effects(real, run, kb, bootstrap=boot, **kw):
@@ -338,7 +342,7 @@ def main(argv=None) -> int:
               + (f"{paramcd} visit {avisitn:g}" if paramcd else "none (events only)") +
               (f", TTE {tte_p}" if tte_p else "") +
               f"; {n_rep} null replicates ({args.design} design), B={args.refits} refits x "
-              f"{args.boot_twins} twins", flush=True)
+              f"min(K, {args.boot_twins}) twins", flush=True)
         t0 = time.perf_counter()
         if args.oracle_only:
             job = functools.partial(oracle_replicate, pool, paramcd, avisitn, design=args.design,

@@ -245,6 +245,29 @@ def test_generator_term_does_not_shrink_with_k(btheb_sc):
     assert a.df == pytest.approx((a.var_patients + a.var_generator) ** 2 / den, rel=1e-12)
 
 
+def test_refits_generate_the_runs_k(btheb_sc):
+    """A K = 1 run's refits generate one twin per source (its twin is one donor's residual, not a
+    balanced set); several counts from the same refits give what separate bootstraps give."""
+    trial, real, run20 = btheb_sc
+    keep = run20.adsl["TWINIDX"] <= 1
+    ids1 = set(run20.adsl.loc[keep, "USUBJID"])
+    run1 = E.TwinRun(run20.adsl[keep], {k: v[v["USUBJID"].isin(ids1)] for k, v in run20.bds.items()},
+                     None, run20.manifest)
+    eff = E.synthetic_control_effects(real, run1, trial, refits=3, boot_twins=10, seed=4, params=["BDI"])
+    assert eff and all("(1 twin each" in e.method and e.K == 1 and e.B == 3 for e in eff)
+    st = E.bootstrap_settings(run1, "local", dict(run1.manifest["settings"]))
+    boots = GT.generator_bootstraps(real, trial, run1.target_arm, "local", st, refits=3, twin_counts=(10, 1),
+                                    seed=4, params=["BDI"])
+    assert sorted(boots) == [1, 10] and boots[1].boot_twins == 1 and len(boots[10].refits) == 3
+    again = E.synthetic_control_effects(real, run1, trial, bootstrap=boots[1], params=["BDI"])
+    assert [e.var_generator for e in again] == [e.var_generator for e in eff]
+    ten = GT.generator_bootstrap(real, trial, run1.target_arm, "local", st, refits=3, boot_twins=10, seed=4,
+                                 params=["BDI"])
+    key = ("mean_difference", "BDI", 2.0)
+    assert boots[10].variance(key) == ten.variance(key)
+    assert boots[10].variance(key) != boots[1].variance(key)
+
+
 def test_two_way_generator_term_matches_statsmodels_and_removes_the_joint_part():
     """MS_int is the residual mean square of the additive two-way OLS (statsmodels); on tables
     built with a known refit variance and a large patient x refit part, v_g finds the refit

@@ -33,10 +33,11 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   would have given other twins for everybody at once. It is estimated by a bootstrap that
   refits the generator ``refits`` (B) times on knowledge bases whose target arm is resampled
   with replacement (patients duplicated under new ids; sources kept once, never duplicated, so
-  a source can never borrow from a copy of itself) and regenerates ``boot_twins`` twins of the
-  *same* sources. For the local generator the refits hold the structure the run's fit chose
-  (per parameter its outcome scale, mean model and baseline scale: `bootstrap_settings`) and
-  re-estimate everything else, so the term is the variance *given the chosen structure* (the
+  a source can never borrow from a copy of itself) and regenerates min(K, ``boot_twins``) twins
+  of the *same* sources (what the run generated: a K = 1 twin is one donor's residual, not a
+  balanced set of K, so its expectation is another function of the knowledge base). For the
+  local generator the refits hold the structure the run's fit chose (per parameter its outcome
+  scale, mean model and baseline scale: `bootstrap_settings`) and re-estimate everything else, so the term is the variance *given the chosen structure* (the
   uncertainty of the choice itself is not counted): a knowledge base with duplicated patients
   re-chooses far more often than a new real one would (epilepsy's half knowledge bases chose
   `carry` 30 of 30 times, their bootstrap copies 122 of 150; pbc `ridge` 24 of 30 vs 68 of
@@ -66,7 +67,7 @@ target arm, the generator's cross-fitting keeps each source out of its own twin,
 decomposition is then approximate); the twins' visits are compared where the real patient was
 observed (a hypothetical "had they been observed" estimand under missing-at-random given
 baseline). The LLM generator can be used (``generator="llm"``) but each refit regenerates
-every twin: B x n x boot_twins calls.
+every twin: B x n x min(K, boot_twins) calls.
 
 **2. Twin-adjusted randomized trial (PROCOVA)** (`services.evaluation.procova_analysis.procova_effects`): OLS of the outcome
 at one visit on the arm indicator alone (unadjusted), plus the baseline value (baseline
@@ -106,7 +107,7 @@ from services.evaluation.run_store import cached_in_run
 from services.generation.run import TwinRun
 
 UNIT = "patients"
-EFFECTS_VERSION = 9   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term)
+EFFECTS_VERSION = 10   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins)
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     main = statistics(real, twin_values(run), twin_tte(run), taus, params)
     if bootstrap is None and refits > 1:
         bootstrap = generator_bootstrap(real, knowledge_base, target_arm, generator, settings, refits,
-                                        boot_twins, seed, taus, params, progress)
+                                        min(boot_twins, k) if k >= 1 else boot_twins, seed, taus, params,
+                                        progress)
     b = bootstrap.B if bootstrap is not None else 0
     labels = {}
     vv = real.visit_values
@@ -236,7 +238,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
             held = (" with the run's model structure held (variance given that structure)"
                     if bootstrap.structure_held else "")
             how = (f"patient-level cluster-robust variance + generator variance from {b} refits on "
-                   f"bootstrap knowledge bases{held} ({bootstrap.boot_twins} twins each; the patient x "
+                   f"bootstrap knowledge bases{held} ({bootstrap.boot_twins} twin{'s' if bootstrap.boot_twins != 1 else ''} each; the patient x "
                    "knowledge-base interaction and Monte-Carlo noise taken out); Satterthwaite t")
         else:
             how = "patient-level cluster-robust variance only (generator uncertainty NOT included)"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -140,20 +140,35 @@ def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, gen
     """Refit the generator on ``refits`` resampled knowledge bases (the sources kept once, never
     drawn: a source cannot borrow from a copy of itself) and twin the same sources (``real``'s
     subjects, baseline only) ``boot_twins`` times each."""
-    if boot_twins < 1:
+    return generator_bootstraps(real, knowledge_base, target_arm, generator, settings, refits,
+                                (boot_twins,), seed, taus, params, progress)[int(boot_twins)]
+
+
+def generator_bootstraps(real: Trial, knowledge_base: Trial, target_arm: str, generator: str = "local",
+                         settings: dict | None = None, refits: int = 20, twin_counts: Sequence[int] = (20,),
+                         seed: int = 0, taus: dict[str, float] | None = None,
+                         params: list[str] | None = None,
+                         progress: Callable[[int, int], object] | None = None) -> dict[int, GeneratorBootstrap]:
+    """`generator_bootstrap` for several twin counts from the same refits (one fit per refit,
+    then each count generated from it): runs of several K each get refits that generate what
+    they generated. The count matters at K = 1, where a source's twin is one donor's residual
+    and not a balanced set (`effects`: the refits generate min(K, boot_twins) twins)."""
+    counts = sorted({int(c) for c in twin_counts})
+    if not counts or counts[0] < 1:
         raise ValueError("boot_twins must be at least 1")
     rng = np.random.default_rng([int(seed), 0xB007])
     sources = real.baseline_only()
     src_ids = list(real.subjects["USUBJID"])
-    out = []
+    out: dict[int, list] = {c: [] for c in counts}
     for b in range(int(refits)):
         kb_b = resample_knowledge_base(knowledge_base, target_arm, rng, keep=src_ids)
         gen = make_generator(generator, settings or {}).fit(kb_b)
-        run_b = gen.generate(sources, target_arm=target_arm, twins_per_patient=boot_twins,
-                             seed=int(seed) * 7919 + b + 1)
-        st = statistics(real, twin_values(run_b), twin_tte(run_b), taus or {}, params)
-        out.append({k: s.pseudo for k, s in st.items()})
+        for c in counts:
+            run_b = gen.generate(sources, target_arm=target_arm, twins_per_patient=c,
+                                 seed=int(seed) * 7919 + b + 1)
+            st = statistics(real, twin_values(run_b), twin_tte(run_b), taus or {}, params)
+            out[c].append({k: s.pseudo for k, s in st.items()})
         if progress is not None:
             progress(b + 1, int(refits))
-    return GeneratorBootstrap(int(refits), int(boot_twins), out,
-                              structure_held=bool((settings or {}).get("structure")))
+    held = bool((settings or {}).get("structure"))
+    return {c: GeneratorBootstrap(int(refits), c, out[c], structure_held=held) for c in counts}
