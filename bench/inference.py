@@ -42,16 +42,17 @@ veteran, gets the HR and RMST tests; no mean difference, reference tests or PROC
    population's SD, baseline correlation and the score's partial correlation, not deflated,
    so the formula itself is checked) against the empirical power of trials of that n.
 
-To keep the cost within ~15-20 minutes of one core each trial's knowledge base keeps its
-endpoint parameter only (fits 0.05-0.25 s; the estimators do not depend on it), B = 10
-refits (11 fits per replicate), each generating min(K, 10) twins per source. The default
-replicate counts (100-200 per trial) keep a full run near 20 minutes; the binomial 95 % interval of each rejection
-rate is printed, and at 100-200 replicates a cell of ~40 can sit outside 3.5-6.5 % by chance
-alone. `--reps 1000` gives the issue's 1,000 replicates per cell (~40 min per trial on one
-core; `--jobs 2` runs replicates in two processes with identical results):
+To keep the cost down each trial's knowledge base keeps its endpoint parameter only (fits
+0.05-0.25 s; the estimators do not depend on it), B = 10 refits (11 fits per replicate),
+each generating min(K, 10) twins per source (1, 5 and 10 from one fit). The default replicate
+counts (100-200 per trial) keep a full run near 20 minutes; the binomial 95 % interval of
+each rejection rate is printed, and at 100-200 replicates a cell of ~40 can sit outside
+3.5-6.5 % by chance alone. `--reps 1000` gives the issue's 1,000 replicates per cell (on one
+core beside another run, 2-3 s per replicate on ahd, btheb and respiratory, ~1 s on veteran,
+~4 s on pbc; `--jobs 2` runs replicates in two processes with identical results):
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py --trials pbc --reps 1000
-    OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py --oracle-only --reps 4000   # seconds
+    OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py --oracle-only --reps 4000   # minutes
 
 Each cell also prints why its rejection rate is off when it is: `var est/emp`, the mean
 estimated variance (patient + generator term) over the variance of the estimates across
@@ -204,7 +205,7 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     params = [paramcd] if paramcd else []
     # the refits generate min(K, boot_twins) twins, as `synthetic_control_effects` does for a
     # K-twin run, from one fit per refit shared by all K
-    boots = GT.generator_bootstraps(real, kb, pool.control_arm, settings=E.bootstrap_settings(run20, "local", {}),
+    boots = GT.generator_bootstrap_by_twins(real, kb, pool.control_arm, settings=E.bootstrap_settings(run20, "local", {}),
                                     refits=refits, twin_counts=[min(k, boot_twins) for k in KS], seed=r,
                                     taus=taus, params=params)
     # the scaled cohort's theta_b differ from a refit's by (factor - 1) x mean(Y), the same for

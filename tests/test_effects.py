@@ -219,7 +219,7 @@ def test_generator_term_does_not_shrink_with_k(btheb_sc):
     for key, a in e20.items():
         b = e1[key]
         assert a.B == b.B == 6 and a.K == 20 and b.K == 1
-        assert a.var_generator == b.var_generator  # the generator term ignores K
+        assert a.var_generator == b.var_generator  # given the same refits, the run's K does not enter
         assert a.var_patients <= b.var_patients * 1.2  # the patient term falls (noise) with K
         assert a.se**2 >= a.var_generator  # ... but never below the generator term
         assert "refits" in a.method
@@ -245,7 +245,7 @@ def test_generator_term_does_not_shrink_with_k(btheb_sc):
     assert a.df == pytest.approx((a.var_patients + a.var_generator) ** 2 / den, rel=1e-12)
 
 
-def test_refits_generate_the_runs_k(btheb_sc):
+def test_refits_generate_the_runs_k(btheb_sc, monkeypatch):
     """A K = 1 run's refits generate one twin per source (its twin is one donor's residual, not a
     balanced set); several counts from the same refits give what separate bootstraps give."""
     trial, real, run20 = btheb_sc
@@ -256,16 +256,21 @@ def test_refits_generate_the_runs_k(btheb_sc):
     eff = E.synthetic_control_effects(real, run1, trial, refits=3, boot_twins=10, seed=4, params=["BDI"])
     assert eff and all("(1 twin each" in e.method and e.K == 1 and e.B == 3 for e in eff)
     st = E.bootstrap_settings(run1, "local", dict(run1.manifest["settings"]))
-    boots = GT.generator_bootstraps(real, trial, run1.target_arm, "local", st, refits=3, twin_counts=(10, 1),
-                                    seed=4, params=["BDI"])
+    fits, make = [], GT.make_generator
+    monkeypatch.setattr(GT, "make_generator", lambda g, s: fits.append(g) or make(g, s))
+    boots = GT.generator_bootstrap_by_twins(real, trial, run1.target_arm, "local", st, refits=3,
+                                            twin_counts=(10, 1), seed=4, params=["BDI"])
+    assert len(fits) == 3                                  # one fit per refit, both counts from it
     assert sorted(boots) == [1, 10] and boots[1].boot_twins == 1 and len(boots[10].refits) == 3
     again = E.synthetic_control_effects(real, run1, trial, bootstrap=boots[1], params=["BDI"])
     assert [e.var_generator for e in again] == [e.var_generator for e in eff]
-    ten = GT.generator_bootstrap(real, trial, run1.target_arm, "local", st, refits=3, boot_twins=10, seed=4,
-                                 params=["BDI"])
     key = ("mean_difference", "BDI", 2.0)
-    assert boots[10].variance(key) == ten.variance(key)
-    assert boots[10].variance(key) != boots[1].variance(key)
+    for count in (1, 10):                                  # each count = its own bootstrap, refit by refit
+        alone = GT.generator_bootstrap(real, trial, run1.target_arm, "local", st, refits=3, boot_twins=count,
+                                       seed=4, params=["BDI"])
+        for mine, theirs in zip(boots[count].refits, alone.refits, strict=True):
+            pd.testing.assert_series_equal(mine[key], theirs[key])
+    assert not boots[10].refits[0][key].equals(boots[1].refits[0][key])
 
 
 def test_two_way_generator_term_matches_statsmodels_and_removes_the_joint_part():

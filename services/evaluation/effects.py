@@ -34,8 +34,13 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   refits the generator ``refits`` (B) times on knowledge bases whose target arm is resampled
   with replacement (patients duplicated under new ids; sources kept once, never duplicated, so
   a source can never borrow from a copy of itself) and regenerates min(K, ``boot_twins``) twins
-  of the *same* sources (what the run generated: a K = 1 twin is one donor's residual, not a
-  balanced set of K, so its expectation is another function of the knowledge base). For the
+  of the *same* sources, what the run generated (K = the most twins a source has). The count
+  matters at K = 1: a lone twin's donor residual is not balanced, so the clipping to the
+  scale, back-transforms and rounding move its expectation differently (respiratory, split
+  design, 1,000 paired replicates: 0.00566 from 1-twin refits vs 0.00457 from 10; in 150
+  replicates about a quarter of the gap was the floor at 0 below, which bound in 17 % of the
+  1-twin refit sets and never at 10), and 1-twin refits estimate the term with more noise
+  (fewer df). For the
   local generator the refits hold the structure the run's fit chose (per parameter its outcome
   scale, mean model and baseline scale: `bootstrap_settings`) and re-estimate everything else, so the term is the variance *given the chosen structure* (the
   uncertainty of the choice itself is not counted): a knowledge base with duplicated patients
@@ -53,13 +58,14 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   mean square of the refits' pseudo-values (patients x refits): the part of a refit's twins
   that moves with patient and knowledge base jointly, and their Monte-Carlo noise, which the
   patient term already counts (`services.evaluation.generator_term` says how and why). This
-  term does not fall with K: more twins never buy more certainty than the knowledge base holds.
+  term does not fall with K (it depends on K only through the refits' twin count): more twins
+  never buy more certainty than the knowledge base holds.
 
 The interval is theta +- t_{df, 1-alpha/2} * sqrt(patient + generator) with Satterthwaite
 degrees of freedom df = (v_p + v_g)^2 / (v_p^2 / (n - 1) + between^2 / (B - 1) +
 (MS_int / n)^2 / ((n - 1)(B - 1))) (the generator term is a difference of two mean squares);
 log scale for the hazard ratio. The patient term is the one of the run being analysed (its K);
-the generator term does not depend on K.
+the generator term is that of refits generating min(K, ``boot_twins``) twins.
 
 Assumptions (write them in the report): the knowledge base's target arm and the source cohort
 are different patients (true for a synthetic control of a treated arm; when sources are in the
@@ -192,7 +198,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     (0 = patient term only, which is NOT honest about the generator: method says so).
     ``tau``: RMST horizon in days (number, or per PARAMCD; default `effect_stats.horizon`).
     ``params`` / ``tte_params`` restrict the endpoints. A precomputed ``bootstrap`` (same
-    sources, same taus) may be passed to share refits between analyses of several K.
+    sources, same taus) may be passed to share refits between analyses: for runs of several K,
+    ``generator_bootstrap_by_twins(...)[min(K, boot_twins)]`` (the caller picks the count).
 
     Returns one :class:`Effect` per continuous PARAMCD x visit (``mean_difference``) and two
     per time-to-event PARAMCD (``hazard_ratio``, ``rmst_difference``), with ``unit="patients"``,
@@ -216,7 +223,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     taus = {p: tr[0] for p, tr in rules.items()}
     taus = {p: t for p, t in taus.items() if math.isfinite(t)}
     main = statistics(real, twin_values(run), twin_tte(run), taus, params)
-    if bootstrap is None and refits > 1:
+    if bootstrap is None and refits > 1 and main:
         bootstrap = generator_bootstrap(real, knowledge_base, target_arm, generator, settings, refits,
                                         min(boot_twins, k) if k >= 1 else boot_twins, seed, taus, params,
                                         progress)

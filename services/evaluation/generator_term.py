@@ -140,19 +140,19 @@ def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, gen
     """Refit the generator on ``refits`` resampled knowledge bases (the sources kept once, never
     drawn: a source cannot borrow from a copy of itself) and twin the same sources (``real``'s
     subjects, baseline only) ``boot_twins`` times each."""
-    return generator_bootstraps(real, knowledge_base, target_arm, generator, settings, refits,
+    return generator_bootstrap_by_twins(real, knowledge_base, target_arm, generator, settings, refits,
                                 (boot_twins,), seed, taus, params, progress)[int(boot_twins)]
 
 
-def generator_bootstraps(real: Trial, knowledge_base: Trial, target_arm: str, generator: str = "local",
+def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm: str, generator: str = "local",
                          settings: dict | None = None, refits: int = 20, twin_counts: Sequence[int] = (20,),
                          seed: int = 0, taus: dict[str, float] | None = None,
                          params: list[str] | None = None,
                          progress: Callable[[int, int], object] | None = None) -> dict[int, GeneratorBootstrap]:
     """`generator_bootstrap` for several twin counts from the same refits (one fit per refit,
-    then each count generated from it): runs of several K each get refits that generate what
-    they generated. The count matters at K = 1, where a source's twin is one donor's residual
-    and not a balanced set (`effects`: the refits generate min(K, boot_twins) twins)."""
+    then each count generated from it with the same seed): runs of several K each get refits
+    that generate what they generated (`effects`: min(K, boot_twins) twins; why the count
+    matters at K = 1 is said there)."""
     counts = sorted({int(c) for c in twin_counts})
     if not counts or counts[0] < 1:
         raise ValueError("boot_twins must be at least 1")
