@@ -205,9 +205,10 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     params = [paramcd] if paramcd else []
     # the refits generate min(K, boot_twins) twins, as `synthetic_control_effects` does for a
     # K-twin run, from one fit per refit shared by all K
-    boots = GT.generator_bootstrap_by_twins(real, kb, pool.control_arm, settings=E.bootstrap_settings(run20, "local", {}),
-                                    refits=refits, twin_counts=[min(k, boot_twins) for k in KS], seed=r,
-                                    taus=taus, params=params)
+    boots = GT.generator_bootstrap_by_twins(real, kb, pool.control_arm,
+                                            settings=E.bootstrap_settings(run20, "local", {}), refits=refits,
+                                            twin_counts=[min(k, boot_twins) for k in KS], seed=r,
+                                            taus=taus, params=params)
     # the scaled cohort's theta_b differ from a refit's by (factor - 1) x mean(Y), the same for
     # every refit (same patients), so the generator variance applies unchanged
     alt = scale_outcomes(real, paramcd, factor) if paramcd else None

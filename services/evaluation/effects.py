@@ -40,9 +40,9 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   design, 1,000 paired replicates: 0.00566 from 1-twin refits vs 0.00457 from 10; in 150
   replicates about a quarter of the gap was the floor at 0 below, which bound in 17 % of the
   1-twin refit sets and never at 10), and 1-twin refits estimate the term with more noise
-  (fewer df). For the
-  local generator the refits hold the structure the run's fit chose (per parameter its outcome
-  scale, mean model and baseline scale: `bootstrap_settings`) and re-estimate everything else, so the term is the variance *given the chosen structure* (the
+  (fewer df). For the local generator the refits hold the structure the run's fit chose (per
+  parameter its outcome scale, mean model and baseline scale: `bootstrap_settings`) and
+  re-estimate everything else, so the term is the variance *given the chosen structure* (the
   uncertainty of the choice itself is not counted): a knowledge base with duplicated patients
   re-chooses far more often than a new real one would (epilepsy's half knowledge bases chose
   `carry` 30 of 30 times, their bootstrap copies 122 of 150; pbc `ridge` 24 of 30 vs 68 of
@@ -244,8 +244,9 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
         elif bootstrap is not None:
             held = (" with the run's model structure held (variance given that structure)"
                     if bootstrap.structure_held else "")
+            twins = f"{bootstrap.boot_twins} twin" + ("s" if bootstrap.boot_twins != 1 else "")
             how = (f"patient-level cluster-robust variance + generator variance from {b} refits on "
-                   f"bootstrap knowledge bases{held} ({bootstrap.boot_twins} twin{'s' if bootstrap.boot_twins != 1 else ''} each; the patient x "
+                   f"bootstrap knowledge bases{held} ({twins} each; the patient x "
                    "knowledge-base interaction and Monte-Carlo noise taken out); Satterthwaite t")
         else:
             how = "patient-level cluster-robust variance only (generator uncertainty NOT included)"

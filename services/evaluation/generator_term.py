@@ -141,14 +141,15 @@ def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, gen
     drawn: a source cannot borrow from a copy of itself) and twin the same sources (``real``'s
     subjects, baseline only) ``boot_twins`` times each."""
     return generator_bootstrap_by_twins(real, knowledge_base, target_arm, generator, settings, refits,
-                                (boot_twins,), seed, taus, params, progress)[int(boot_twins)]
+                                        (boot_twins,), seed, taus, params, progress)[int(boot_twins)]
 
 
-def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm: str, generator: str = "local",
-                         settings: dict | None = None, refits: int = 20, twin_counts: Sequence[int] = (20,),
-                         seed: int = 0, taus: dict[str, float] | None = None,
-                         params: list[str] | None = None,
-                         progress: Callable[[int, int], object] | None = None) -> dict[int, GeneratorBootstrap]:
+def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm: str,
+                                 generator: str = "local", settings: dict | None = None,
+                                 refits: int = 20, twin_counts: Sequence[int] = (20,), seed: int = 0,
+                                 taus: dict[str, float] | None = None, params: list[str] | None = None,
+                                 progress: Callable[[int, int], object] | None = None,
+                                 ) -> dict[int, GeneratorBootstrap]:
     """`generator_bootstrap` for several twin counts from the same refits (one fit per refit,
     then each count generated from it with the same seed): runs of several K each get refits
     that generate what they generated (`effects`: min(K, boot_twins) twins; why the count
