@@ -225,8 +225,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     main = statistics(real, twin_values(run), twin_tte(run), taus, params)
     if bootstrap is None and refits > 1 and main:
         bootstrap = generator_bootstrap(real, knowledge_base, target_arm, generator, settings, refits,
-                                        min(boot_twins, k) if k >= 1 else boot_twins, seed, taus, params,
-                                        progress)
+                                        min(boot_twins, k), seed, taus, params, progress)
     b = bootstrap.B if bootstrap is not None else 0
     labels = {}
     vv = real.visit_values
