@@ -44,7 +44,8 @@ veteran, gets the HR and RMST tests; no mean difference, reference tests or PROC
 
 To keep the cost down each trial's knowledge base keeps its endpoint parameter only (fits
 0.05-0.25 s; the estimators do not depend on it), B = 10 refits (11 fits per replicate),
-each generating min(K, 10) twins per source (1, 5 and 10 from one fit). The default replicate
+each generating min(K, 10) twins per source (1, 5 and 10 from one fit), the 1 and the 5
+averaged over 10 and 2 independent draws (`generator_term.draws_for`). The default replicate
 counts (100-200 per trial) keep a full run near 20 minutes; the binomial 95 % interval of
 each rejection rate is printed, and at 100-200 replicates a cell of ~40 can sit outside
 3.5-6.5 % by chance alone. `--reps 1000` gives the issue's 1,000 replicates per cell (on one
@@ -208,6 +209,7 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     boots = GT.generator_bootstrap_by_twins(real, kb, pool.control_arm,
                                             settings=E.bootstrap_settings(run20, "local", {}), refits=refits,
                                             twin_counts=[min(k, boot_twins) for k in KS], seed=r,
+                                            twins_per_refit=boot_twins,
                                             taus=taus, params=params)
     # the scaled cohort's theta_b differ from a refit's by (factor - 1) x mean(Y), the same for
     # every refit (same patients), so the generator variance applies unchanged
@@ -344,7 +346,7 @@ def main(argv=None) -> int:
               + (f"{paramcd} visit {avisitn:g}" if paramcd else "none (events only)") +
               (f", TTE {tte_p}" if tte_p else "") +
               f"; {n_rep} null replicates ({args.design} design), B={args.refits} refits x "
-              f"min(K, {args.boot_twins}) twins", flush=True)
+              f"min(K, {args.boot_twins}) twins (averaged over ceil({args.boot_twins} / K) draws)", flush=True)
         t0 = time.perf_counter()
         if args.oracle_only:
             job = functools.partial(oracle_replicate, pool, paramcd, avisitn, design=args.design,

@@ -39,8 +39,11 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   scale, back-transforms and rounding move its expectation differently (respiratory, split
   design, 1,000 paired replicates: 0.00566 from 1-twin refits vs 0.00457 from 10; in 150
   replicates about a quarter of the gap was the floor at 0 below, which bound in 17 % of the
-  1-twin refit sets and never at 10), and 1-twin refits estimate the term with more noise
-  (fewer df). For the local generator the refits hold the structure the run's fit chose (per
+  1-twin refit sets and never at 10). A refit of a run of K < ``boot_twins`` twins averages
+  ceil(boot_twins / K) independent draws of its K twins (`generator_term.draws_for`): the
+  same expectation, with the Monte-Carlo noise of about ``boot_twins`` twins (a single draw
+  of 1 twin estimated the term with so much noise that ahd's K 1 test, with Satterthwaite df
+  near 8, rejected 1.4-1.5 % at 5 %). For the local generator the refits hold the structure the run's fit chose (per
   parameter its outcome scale, mean model and baseline scale: `bootstrap_settings`) and
   re-estimate everything else, so the term is the variance *given the chosen structure* (the
   uncertainty of the choice itself is not counted): a knowledge base with duplicated patients
@@ -65,7 +68,8 @@ The interval is theta +- t_{df, 1-alpha/2} * sqrt(patient + generator) with Satt
 degrees of freedom df = (v_p + v_g)^2 / (v_p^2 / (n - 1) + between^2 / (B - 1) +
 (MS_int / n)^2 / ((n - 1)(B - 1))) (the generator term is a difference of two mean squares);
 log scale for the hazard ratio. The patient term is the one of the run being analysed (its K);
-the generator term is that of refits generating min(K, ``boot_twins``) twins.
+the generator term is that of refits generating min(K, ``boot_twins``) twins, averaged over
+ceil(boot_twins / K) draws when K is smaller.
 
 Assumptions (write them in the report): the knowledge base's target arm and the source cohort
 are different patients (true for a synthetic control of a treated arm; when sources are in the
@@ -73,7 +77,7 @@ target arm, the generator's cross-fitting keeps each source out of its own twin,
 decomposition is then approximate); the twins' visits are compared where the real patient was
 observed (a hypothetical "had they been observed" estimand under missing-at-random given
 baseline). The LLM generator can be used (``generator="llm"``) but each refit regenerates
-every twin: B x n x min(K, boot_twins) calls.
+every twin: about B x n x ``boot_twins`` calls whatever K.
 
 **2. Twin-adjusted randomized trial (PROCOVA)** (`services.evaluation.procova_analysis.procova_effects`): OLS of the outcome
 at one visit on the arm indicator alone (unadjusted), plus the baseline value (baseline
@@ -113,7 +117,7 @@ from services.evaluation.run_store import cached_in_run
 from services.generation.run import TwinRun
 
 UNIT = "patients"
-EFFECTS_VERSION = 10   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins)
+EFFECTS_VERSION = 11   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws)
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     ``tau``: RMST horizon in days (number, or per PARAMCD; default `effect_stats.horizon`).
     ``params`` / ``tte_params`` restrict the endpoints. A precomputed ``bootstrap`` (same
     sources, same taus) may be passed to share refits between analyses: for runs of several K,
-    ``generator_bootstrap_by_twins(...)[min(K, boot_twins)]`` (the caller picks the count).
+    ``generator_bootstrap_by_twins(..., twins_per_refit=boot_twins)[min(K, boot_twins)]`` (the
+    caller picks the count).
 
     Returns one :class:`Effect` per continuous PARAMCD x visit (``mean_difference``) and two
     per time-to-event PARAMCD (``hazard_ratio``, ``rmst_difference``), with ``unit="patients"``,
@@ -225,7 +230,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     main = statistics(real, twin_values(run), twin_tte(run), taus, params)
     if bootstrap is None and refits > 1 and main:
         bootstrap = generator_bootstrap(real, knowledge_base, target_arm, generator, settings, refits,
-                                        min(boot_twins, k), seed, taus, params, progress)
+                                        boot_twins, seed, taus, params, progress, run_twins=k)
     b = bootstrap.B if bootstrap is not None else 0
     labels = {}
     vv = real.visit_values
@@ -243,9 +248,11 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
         elif bootstrap is not None:
             held = (" with the run's model structure held (variance given that structure)"
                     if bootstrap.structure_held else "")
-            twins = f"{bootstrap.boot_twins} twin" + ("s" if bootstrap.boot_twins != 1 else "")
+            twins = f"{bootstrap.boot_twins} twin" + ("s" if bootstrap.boot_twins != 1 else "") + " each"
+            if bootstrap.draws > 1:
+                twins += f", mean of {bootstrap.draws} independent draws"
             how = (f"patient-level cluster-robust variance + generator variance from {b} refits on "
-                   f"bootstrap knowledge bases{held} ({twins} each; the patient x "
+                   f"bootstrap knowledge bases{held} ({twins}; the patient x "
                    "knowledge-base interaction and Monte-Carlo noise taken out); Satterthwaite t")
         else:
             how = "patient-level cluster-robust variance only (generator uncertainty NOT included)"

@@ -123,6 +123,7 @@ class GeneratorBootstrap:
     boot_twins: int
     refits: list[dict] = field(default_factory=list)
     structure_held: bool = False     # the refits kept a fitted structure (`bootstrap_settings`)
+    draws: int = 1                   # independent draws of boot_twins twins averaged per refit
 
     def variance(self, key) -> GeneratorTerm:
         """The generator term of one statistic (NaN with fewer than 2 refits holding it)."""
@@ -132,16 +133,28 @@ class GeneratorBootstrap:
         return two_way_term(pd.concat(held, axis=1, join="inner"))
 
 
+def draws_for(count: int, twins_per_refit: int | None) -> int:
+    """How many independent draws of ``count`` twins a refit averages: ceil(twins_per_refit /
+    count), so that a refit of a small-K run still estimates its twins' expectation from about
+    ``twins_per_refit`` twins per source (1 without a target)."""
+    return max(1, math.ceil(int(twins_per_refit) / int(count))) if twins_per_refit else 1
+
+
 def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, generator: str = "local",
                         settings: dict | None = None, refits: int = 20, boot_twins: int = 20,
                         seed: int = 0, taus: dict[str, float] | None = None,
                         params: list[str] | None = None,
-                        progress: Callable[[int, int], object] | None = None) -> GeneratorBootstrap:
+                        progress: Callable[[int, int], object] | None = None,
+                        run_twins: int | None = None) -> GeneratorBootstrap:
     """Refit the generator on ``refits`` resampled knowledge bases (the sources kept once, never
     drawn: a source cannot borrow from a copy of itself) and twin the same sources (``real``'s
-    subjects, baseline only) ``boot_twins`` times each."""
+    subjects, baseline only) ``boot_twins`` times each; for a run of ``run_twins`` = K twins per
+    source, min(K, boot_twins) twins, averaged over `draws_for` independent draws (`effects`
+    says why)."""
+    count = min(int(run_twins), int(boot_twins)) if run_twins else int(boot_twins)
     return generator_bootstrap_by_twins(real, knowledge_base, target_arm, generator, settings, refits,
-                                        (boot_twins,), seed, taus, params, progress)[int(boot_twins)]
+                                        (count,), seed, taus, params, progress,
+                                        twins_per_refit=boot_twins)[count]
 
 
 def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm: str,
@@ -149,27 +162,35 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
                                  refits: int = 20, twin_counts: Sequence[int] = (20,), seed: int = 0,
                                  taus: dict[str, float] | None = None, params: list[str] | None = None,
                                  progress: Callable[[int, int], object] | None = None,
-                                 ) -> dict[int, GeneratorBootstrap]:
+                                 twins_per_refit: int | None = None) -> dict[int, GeneratorBootstrap]:
     """`generator_bootstrap` for several twin counts from the same refits (one fit per refit,
-    then each count generated from it with the same seed): runs of several K each get refits
-    that generate what they generated (`effects`: min(K, boot_twins) twins; why the count
-    matters at K = 1 is said there)."""
+    then each count generated from it): runs of several K each get refits that generate what
+    they generated (`effects`: min(K, boot_twins) twins; why the count matters at K = 1 is said
+    there). A count c is drawn `draws_for(c, twins_per_refit)` times with independent seeds (the
+    first the seed a single draw would use) and each patient's pseudo-values averaged over the
+    draws: the refit's expectation for a run of c twins, with the Monte-Carlo noise of about
+    ``twins_per_refit`` twins."""
     counts = sorted({int(c) for c in twin_counts})
     if not counts or counts[0] < 1:
         raise ValueError("boot_twins must be at least 1")
     rng = np.random.default_rng([int(seed), 0xB007])
     sources = real.baseline_only()
-    src_ids = list(real.subjects["USUBJID"])
     out: dict[int, list] = {c: [] for c in counts}
     for b in range(int(refits)):
-        kb_b = resample_knowledge_base(knowledge_base, target_arm, rng, keep=src_ids)
+        kb_b = resample_knowledge_base(knowledge_base, target_arm, rng, keep=list(real.subjects["USUBJID"]))
         gen = make_generator(generator, settings or {}).fit(kb_b)
         for c in counts:
-            run_b = gen.generate(sources, target_arm=target_arm, twins_per_patient=c,
-                                 seed=int(seed) * 7919 + b + 1)
-            st = statistics(real, twin_values(run_b), twin_tte(run_b), taus or {}, params)
-            out[c].append({k: s.pseudo for k, s in st.items()})
+            drawn: dict = {}
+            for m in range(draws_for(c, twins_per_refit)):
+                run_b = gen.generate(sources, target_arm=target_arm, twins_per_patient=c,
+                                     seed=int(seed) * 7919 + b + 1 + m * 1_000_003)
+                st = statistics(real, twin_values(run_b), twin_tte(run_b), taus or {}, params)
+                for k, s in st.items():
+                    drawn.setdefault(k, []).append(s.pseudo)
+            out[c].append({k: v[0] if len(v) == 1 else pd.concat(v, axis=1).mean(axis=1)
+                           for k, v in drawn.items()})
         if progress is not None:
             progress(b + 1, int(refits))
     held = bool((settings or {}).get("structure"))
-    return {c: GeneratorBootstrap(int(refits), c, out[c], structure_held=held) for c in counts}
+    return {c: GeneratorBootstrap(int(refits), c, out[c], structure_held=held,
+                                  draws=draws_for(c, twins_per_refit)) for c in counts}
