@@ -13,6 +13,7 @@ from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.utils import restricted_mean_survival_time
 
 from services.data.demo import load_demo
+from services.evaluation import effect_stats as ES
 from services.evaluation import effects as E
 from services.evaluation import estimators as est
 from services.evaluation import generator_term as GT
@@ -275,17 +276,40 @@ def test_refits_generate_the_runs_k(btheb_sc, monkeypatch):
     assert not boots[10].refits[0][key].equals(boots[1].refits[0][key])
 
 
-def test_a_small_k_refit_averages_independent_draws(btheb_sc):
-    """A K = 1 run's refit averages 10 independent single-twin draws, the first of them the one
-    draw a refit without averaging makes: the same refits (same knowledge bases), the twins'
-    noise in the interaction mean square cut about tenfold, the refit's estimate moved."""
+def test_a_small_k_refit_averages_independent_draws(btheb_sc, monkeypatch):
+    """A K = 1 run's refit averages 10 independent single-twin draws, each a `generate` call of
+    1 twin with its own seed (the first the seed a refit without averaging uses, none shared
+    with another refit): the refit's pseudo-values are the mean of its draws', recomputed here
+    from the refit's own fitted generator; the same knowledge bases as without averaging; the
+    twins' noise in the interaction mean square cut about tenfold."""
     trial, real, run20 = btheb_sc
     st = E.bootstrap_settings(run20, "local", dict(run20.manifest["settings"]))
     kw = {"refits": 4, "twin_counts": (1,), "seed": 3, "params": ["BDI"]}
     one = GT.generator_bootstrap_by_twins(real, trial, run20.target_arm, "local", st, **kw)[1]
+    gens, calls, make = [], [], GT.make_generator
+
+    def recording(g, s):
+        gen = make(g, s)
+        generate = gen.generate
+
+        def gen_and_record(*a, **k):
+            calls.append((len(gens) - 1, k["seed"], k["twins_per_patient"]))
+            return generate(*a, **k)
+        gen.generate = gen_and_record
+        gens.append(gen)
+        return gen
+    monkeypatch.setattr(GT, "make_generator", recording)
     ten = GT.generator_bootstrap_by_twins(real, trial, run20.target_arm, "local", st, twins_per_refit=10, **kw)[1]
-    assert (one.draws, ten.draws) == (1, 10)
+    assert (one.draws, ten.draws) == (1, 10) and len(gens) == 4 and len(calls) == 40
+    assert all(c == 1 for _, _, c in calls) and len({s for _, s, _ in calls}) == 40
+    assert [s for b, s, _ in calls if s == 3 * 7919 + b + 1] == [3 * 7919 + b + 1 for b in range(4)]
     key = ("mean_difference", "BDI", 2.0)
+    draws = [ES.statistics(real, ES.twin_values(gens[0].generate(real.baseline_only(), target_arm=run20.target_arm,
+                                                                  twins_per_patient=1, seed=s)), None, {}, ["BDI"])
+             for b, s, _ in calls[:10] if b == 0]
+    by_hand = pd.concat([d[key].pseudo for d in draws], axis=1).mean(axis=1)
+    pd.testing.assert_series_equal(ten.refits[0][key].sort_index(), by_hand.sort_index(), check_names=False)
+    pd.testing.assert_series_equal(one.refits[0][key], draws[0][key].pseudo, check_names=False)
     for a, b in zip(one.refits, ten.refits, strict=True):
         assert set(a[key].index) == set(b[key].index)
         assert not np.allclose(a[key].to_numpy(), b[key].reindex(a[key].index).to_numpy())

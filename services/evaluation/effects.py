@@ -283,7 +283,7 @@ def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, 
     """The effects section of a run (Compare, the report, `twinarm evaluate --json`): the real
     source patients that are in the knowledge base against their twins. `refits` defaults to
     20 for a generator whose twins cost nothing and to 0 (patient term only, and said so) for
-    one that calls a model per twin, where B refits would cost B x n x K calls."""
+    one that calls a model per twin, where B refits would cost about B x n x 20 calls."""
     from services.generation import GENERATORS
 
     sources = sorted(set(run.adsl["SRCSUBJID"]) & set(knowledge_base.subjects["USUBJID"]))

@@ -120,7 +120,7 @@ class GeneratorBootstrap:
     """Per refit b: {statistic key: pseudo-values by patient (their mean is the refit's estimate)}."""
 
     B: int
-    boot_twins: int
+    boot_twins: int                  # twins per source in each draw: min(K, boot_twins) of a run
     refits: list[dict] = field(default_factory=list)
     structure_held: bool = False     # the refits kept a fitted structure (`bootstrap_settings`)
     draws: int = 1                   # independent draws of boot_twins twins averaged per refit
@@ -148,9 +148,9 @@ def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, gen
                         run_twins: int | None = None) -> GeneratorBootstrap:
     """Refit the generator on ``refits`` resampled knowledge bases (the sources kept once, never
     drawn: a source cannot borrow from a copy of itself) and twin the same sources (``real``'s
-    subjects, baseline only) ``boot_twins`` times each; for a run of ``run_twins`` = K twins per
-    source, min(K, boot_twins) twins, averaged over `draws_for` independent draws (`effects`
-    says why)."""
+    subjects, baseline only): ``boot_twins`` twins each, or for a run of ``run_twins`` = K
+    twins per source min(K, boot_twins) twins, averaged over `draws_for` independent draws
+    (`effects` says why)."""
     count = min(int(run_twins), int(boot_twins)) if run_twins else int(boot_twins)
     return generator_bootstrap_by_twins(real, knowledge_base, target_arm, generator, settings, refits,
                                         (count,), seed, taus, params, progress,
@@ -169,10 +169,13 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
     there). A count c is drawn `draws_for(c, twins_per_refit)` times with independent seeds (the
     first the seed a single draw would use) and each patient's pseudo-values averaged over the
     draws: the refit's expectation for a run of c twins, with the Monte-Carlo noise of about
-    ``twins_per_refit`` twins."""
+    ``twins_per_refit`` twins (default: the largest count). A statistic enters a refit only
+    when every draw holds it, and a patient only when every draw holds them (the refit's
+    estimate is then the mean of its draws' estimates)."""
     counts = sorted({int(c) for c in twin_counts})
     if not counts or counts[0] < 1:
         raise ValueError("boot_twins must be at least 1")
+    per_refit = int(twins_per_refit) if twins_per_refit else counts[-1]
     rng = np.random.default_rng([int(seed), 0xB007])
     sources = real.baseline_only()
     out: dict[int, list] = {c: [] for c in counts}
@@ -181,16 +184,17 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
         gen = make_generator(generator, settings or {}).fit(kb_b)
         for c in counts:
             drawn: dict = {}
-            for m in range(draws_for(c, twins_per_refit)):
+            n_draws = draws_for(c, per_refit)
+            for m in range(n_draws):
                 run_b = gen.generate(sources, target_arm=target_arm, twins_per_patient=c,
                                      seed=int(seed) * 7919 + b + 1 + m * 1_000_003)
                 st = statistics(real, twin_values(run_b), twin_tte(run_b), taus or {}, params)
                 for k, s in st.items():
                     drawn.setdefault(k, []).append(s.pseudo)
-            out[c].append({k: v[0] if len(v) == 1 else pd.concat(v, axis=1).mean(axis=1)
-                           for k, v in drawn.items()})
+            out[c].append({k: v[0] if n_draws == 1 else pd.concat(v, axis=1, join="inner").mean(axis=1)
+                           for k, v in drawn.items() if len(v) == n_draws})
         if progress is not None:
             progress(b + 1, int(refits))
     held = bool((settings or {}).get("structure"))
     return {c: GeneratorBootstrap(int(refits), c, out[c], structure_held=held,
-                                  draws=draws_for(c, twins_per_refit)) for c in counts}
+                                  draws=draws_for(c, per_refit)) for c in counts}
