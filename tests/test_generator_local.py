@@ -83,6 +83,33 @@ def test_same_seed_same_twins_other_seed_differs(pbc_gen, pbc):
     assert not a.tte["AVAL"].equals(c.tte["AVAL"])
 
 
+def test_the_same_sources_are_retrieved_once_per_fitted_generator(pbc):
+    """A refit's independent draws (`generator_term`) twin the same sources again: the fitted
+    generator retrieves their neighbours once (read-only), other sources anew, a refit anew,
+    and the twins are those of a fresh generator."""
+    gen = LocalGenerator(retriever_factory=ExactRetriever).fit(pbc)
+    calls, query = [], gen.retriever.neighbours_many
+    def spy(q, *a, **k):                      # sources come as a Trial (arm models ask by id)
+        if hasattr(q, "subjects"):
+            calls.append(len(q.subjects))
+        return query(q, *a, **k)
+    gen.retriever.neighbours_many = spy
+    src, other = pbc.subset(_treated(pbc)[:20]), pbc.subset(_treated(pbc)[20:30])
+    first = gen.generate(src, "Placebo", twins_per_patient=1, seed=1)
+    again = gen.generate(src, "Placebo", twins_per_patient=1, seed=2)
+    assert calls == [20]
+    gen.generate(other, "Placebo", twins_per_patient=1, seed=1)
+    assert calls == [20, 10]
+    fresh = LocalGenerator(retriever_factory=ExactRetriever).fit(pbc).generate(src, "Placebo", twins_per_patient=1,
+                                                                               seed=2)
+    for x, y in zip(_frames(again), _frames(fresh)):
+        pd.testing.assert_frame_equal(x, y)
+    assert not first.bds["adlb"]["AVAL"].equals(again.bds["adlb"]["AVAL"])
+    assert all(not a.flags.writeable for v in gen._neighbour_cache.values() for a in v)
+    gen.fit(pbc)
+    assert gen._neighbour_cache == {}
+
+
 def test_twins_do_not_depend_on_order_batching_or_other_sources(pbc, pbc_gen):
     ids = _treated(pbc)[:30]
     whole = pbc_gen.generate(pbc.subset(ids), "Placebo", twins_per_patient=2, seed=5)

@@ -119,6 +119,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
         self._retriever_factory = retriever_factory
         self._kb: Trial | None = None
         self._models: dict[str, _ArmModel] = {}
+        self._neighbour_cache: dict = {}     # `residuals._neighbours`
         self._lock = threading.Lock()
 
     def get_params(self) -> dict:
@@ -159,6 +160,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
         """Only the retriever: the model of a target arm is fitted on first use (`arm_model`)."""
         self._models = {}
         self._ae_pools = {}
+        self._neighbour_cache = {}
         factory = self._retriever_factory or default_retriever_factory
         self._retriever = retriever if retriever is not None else factory(knowledge_base)
 

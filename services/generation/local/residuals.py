@@ -61,9 +61,23 @@ class TrajectoryDrawing:
         return np.where(valid, w, 0.0)
 
     def _neighbours(self, src: Trial, chunk: list[str], model: _ArmModel, k_ret: int):
-        """(S, k_ret) arm-row indices of each source's neighbours (-1 = none) and distances."""
-        hits = self.retriever.neighbours_many(src.subset(chunk), model.arm, k_ret + 1)
-        return neighbour_rows(hits, chunk, model.index, k_ret)
+        """(S, k_ret) arm-row indices of each source's neighbours (-1 = none) and distances
+        (read-only). Retrieval is deterministic, so the fitted generator keeps the last sources'
+        (keyed by their content): a refit's independent draws of the same sources
+        (`generator_term`) retrieve once."""
+        key = (src.content_hash, model.arm, k_ret, tuple(chunk))
+        with self._lock:
+            found = self._neighbour_cache.get(key)
+        if found is None:
+            hits = self.retriever.neighbours_many(src.subset(chunk), model.arm, k_ret + 1)
+            found = neighbour_rows(hits, chunk, model.index, k_ret)
+            for a in found:
+                a.setflags(write=False)
+            with self._lock:
+                if len(self._neighbour_cache) >= 64:
+                    self._neighbour_cache.clear()
+                self._neighbour_cache[key] = found
+        return found
 
     def _generate_chunk(self, src: Trial, chunk: list[str], model: _ArmModel, k: int, seed: int,
                         k_ret: int, manifest: dict) -> dict:
