@@ -117,7 +117,7 @@ from services.evaluation.run_store import cached_in_run
 from services.generation.run import TwinRun
 
 UNIT = "patients"
-EFFECTS_VERSION = 11   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws)
+EFFECTS_VERSION = 11   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default)
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def _combine(theta: float, v_p: float, gen: GeneratorTerm, n: int, alpha: float)
 
 def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
                               generator: str | None = None, settings: dict | None = None,
-                              refits: int = 20, boot_twins: int = 20, alpha: float = 0.05,
+                              refits: int = 20, boot_twins: int = 10, alpha: float = 0.05,
                               seed: int = 0, tau: float | dict[str, float] | None = None,
                               params: list[str] | None = None, tte_params: list[str] | None = None,
                               bootstrap: GeneratorBootstrap | None = None,
@@ -200,6 +200,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     ``run``: its twin run; ``knowledge_base``: what the generator was fitted on;
     ``generator``/``settings``: default to the run's manifest. ``refits`` = B generator refits
     (0 = patient term only, which is NOT honest about the generator: method says so).
+    ``boot_twins``: twins per source in each refit (10, what `bench/inference.py` calibrates;
+    a run of K < 10 twins averages ceil(10 / K) draws of K).
     ``tau``: RMST horizon in days (number, or per PARAMCD; default `effect_stats.horizon`).
     ``params`` / ``tte_params`` restrict the endpoints. A precomputed ``bootstrap`` (same
     sources, same taus) may be passed to share refits between analyses: for runs of several K,
@@ -283,7 +285,7 @@ def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, 
     """The effects section of a run (Compare, the report, `twinarm evaluate --json`): the real
     source patients that are in the knowledge base against their twins. `refits` defaults to
     20 for a generator whose twins cost nothing and to 0 (patient term only, and said so) for
-    one that calls a model per twin, where B refits would cost about B x n x 20 calls."""
+    one that calls a model per twin, where B refits would cost about B x n x 10 calls."""
     from services.generation import GENERATORS
 
     sources = sorted(set(run.adsl["SRCSUBJID"]) & set(knowledge_base.subjects["USUBJID"]))

@@ -141,7 +141,7 @@ def draws_for(count: int, twins_per_refit: int | None) -> int:
 
 
 def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, generator: str = "local",
-                        settings: dict | None = None, refits: int = 20, boot_twins: int = 20,
+                        settings: dict | None = None, refits: int = 20, boot_twins: int = 10,
                         seed: int = 0, taus: dict[str, float] | None = None,
                         params: list[str] | None = None,
                         progress: Callable[[int, int], object] | None = None,
