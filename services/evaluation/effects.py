@@ -43,9 +43,9 @@ Variance: by the law of total variance, conditioning on the fitted generator g,
   ceil(boot_twins / K) independent draws of its K twins (`generator_term.draws_for`): the
   same expectation, with the Monte-Carlo noise of about ``boot_twins`` twins (a single draw
   of 1 twin estimated the term with so much noise that ahd's K 1 test, with Satterthwaite df
-  near 8, rejected 1.4-1.5 % at 5 %). For the local generator the refits hold the structure the run's fit chose (per
-  parameter its outcome scale, mean model and baseline scale: `bootstrap_settings`) and
-  re-estimate everything else, so the term is the variance *given the chosen structure* (the
+  near 8, rejected 1.4-1.5 % at 5 %). For the local generator the refits hold the structure
+  the run's fit chose (per parameter its outcome scale, mean model and baseline scale:
+  `bootstrap_settings`) and re-estimate everything else, so the term is the variance *given the chosen structure* (the
   uncertainty of the choice itself is not counted): a knowledge base with duplicated patients
   re-chooses far more often than a new real one would (epilepsy's half knowledge bases chose
   `carry` 30 of 30 times, their bootstrap copies 122 of 150; pbc `ridge` 24 of 30 vs 68 of

@@ -178,9 +178,10 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
     per_refit = int(twins_per_refit) if twins_per_refit else counts[-1]
     rng = np.random.default_rng([int(seed), 0xB007])
     sources = real.baseline_only()
+    src_ids = list(real.subjects["USUBJID"])
     out: dict[int, list] = {c: [] for c in counts}
     for b in range(int(refits)):
-        kb_b = resample_knowledge_base(knowledge_base, target_arm, rng, keep=list(real.subjects["USUBJID"]))
+        kb_b = resample_knowledge_base(knowledge_base, target_arm, rng, keep=src_ids)
         gen = make_generator(generator, settings or {}).fit(kb_b)
         for c in counts:
             drawn: dict = {}

@@ -62,9 +62,9 @@ class TrajectoryDrawing:
 
     def _neighbours(self, src: Trial, chunk: list[str], model: _ArmModel, k_ret: int):
         """(S, k_ret) arm-row indices of each source's neighbours (-1 = none) and distances
-        (read-only). Retrieval is deterministic, so the fitted generator keeps the last sources'
-        (keyed by their content): a refit's independent draws of the same sources
-        (`generator_term`) retrieve once."""
+        (read-only). Retrieval is deterministic, so the fitted generator keeps recent sources'
+        (keyed by their content, up to 64 chunks): a refit's independent draws of the same
+        sources (`generator_term`) retrieve once."""
         key = (src.content_hash, model.arm, k_ret, tuple(chunk))
         with self._lock:
             found = self._neighbour_cache.get(key)
