@@ -50,7 +50,8 @@ counts (100-200 per trial) keep a full run near 20 minutes; the binomial 95 % in
 each rejection rate is printed, and at 100-200 replicates a cell of ~40 can sit outside
 3.5-6.5 % by chance alone. `--reps 1000` gives the issue's 1,000 replicates per cell (on one
 core beside another run, 2-3 s per replicate on ahd, btheb and respiratory, ~1 s on veteran,
-~4 s on pbc before the refits averaged draws; ahd 8.5-8.8 s since, beside a second run; `--jobs 2` runs replicates in two processes with identical results):
+~4 s on pbc before the refits averaged draws; ahd 8.5-8.8 s since, beside a second run;
+`--jobs 2` runs replicates in two processes with identical results):
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py --trials pbc --reps 1000
     OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py --oracle-only --reps 4000   # minutes

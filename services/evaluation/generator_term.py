@@ -176,6 +176,7 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
     if not counts or counts[0] < 1:
         raise ValueError("boot_twins must be at least 1")
     per_refit = int(twins_per_refit) if twins_per_refit else counts[-1]
+    n_draws = {c: draws_for(c, per_refit) for c in counts}
     rng = np.random.default_rng([int(seed), 0xB007])
     sources = real.baseline_only()
     src_ids = list(real.subjects["USUBJID"])
@@ -185,17 +186,16 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
         gen = make_generator(generator, settings or {}).fit(kb_b)
         for c in counts:
             drawn: dict = {}
-            n_draws = draws_for(c, per_refit)
-            for m in range(n_draws):
+            for m in range(n_draws[c]):
                 run_b = gen.generate(sources, target_arm=target_arm, twins_per_patient=c,
                                      seed=int(seed) * 7919 + b + 1 + m * 1_000_003)
                 st = statistics(real, twin_values(run_b), twin_tte(run_b), taus or {}, params)
                 for k, s in st.items():
                     drawn.setdefault(k, []).append(s.pseudo)
-            out[c].append({k: v[0] if n_draws == 1 else pd.concat(v, axis=1, join="inner").mean(axis=1)
-                           for k, v in drawn.items() if len(v) == n_draws})
+            out[c].append({k: v[0] if n_draws[c] == 1 else pd.concat(v, axis=1, join="inner").mean(axis=1)
+                           for k, v in drawn.items() if len(v) == n_draws[c]})
         if progress is not None:
             progress(b + 1, int(refits))
     held = bool((settings or {}).get("structure"))
     return {c: GeneratorBootstrap(int(refits), c, out[c], structure_held=held,
-                                  draws=draws_for(c, per_refit)) for c in counts}
+                                  draws=n_draws[c]) for c in counts}
