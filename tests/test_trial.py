@@ -239,3 +239,16 @@ def test_an_upload_is_named_by_its_studyid_else_its_folder_else_the_adsl_stem():
     plain = load_trial_files([csv("ADSL.csv", ADSL), csv("adlb.csv", ADLB)])
     assert plain.name == "ADSL"
     assert load_trial_files([csv("adsl.csv", ADSL)], name="given").name == "given"
+
+
+def test_baseline_only_is_built_once_and_is_its_own_baseline_only():
+    """A generator reads its sources through `baseline_only` on every call: the same object comes
+    back, with the baseline records only."""
+    from services.data.demo import load_demo
+
+    trial = load_demo("pbc")
+    base = trial.baseline_only()
+    assert trial.baseline_only() is base and base.baseline_only() is base
+    assert base.tte is None and base.ae is None
+    assert base.visit_values.empty and base.records["ADY"].max() <= 1 < trial.records["ADY"].max()
+    pd.testing.assert_frame_equal(base.baseline, trial.baseline)

@@ -275,7 +275,13 @@ class Trial:
                      dict(self.labels))
 
     def baseline_only(self) -> Trial:
-        """The trial with every post-baseline record removed: what a query patient offers."""
+        """The trial with every post-baseline record removed: what a query patient offers.
+        Built once per trial (a loaded trial is not changed), and a baseline-only trial is its
+        own: a generator reads its sources through this on every `generate` call, and the
+        effects' refits call it hundreds of times on the same sources."""
+        made = self.__dict__.get("_baseline_only")
+        if made is not None:
+            return made
         base_keys = set(zip(self.baseline_long["USUBJID"], self.baseline_long["PARAMCD"],
                             self.baseline_long["ADY"]))
         bds = {}
@@ -285,9 +291,12 @@ class Trial:
                                     index=df.index, dtype=bool)
             keep &= ~(df["ADY"] > 1)
             bds[name] = df[keep].reset_index(drop=True)
-        return Trial(self.name, self.subjects.copy(), bds, None, None, self.meta,
+        made = Trial(self.name, self.subjects.copy(), bds, None, None, self.meta,
                      hashlib.sha256((self.content_hash + "|baseline").encode()).hexdigest(),
                      list(self.warnings), dict(self.labels))
+        made.__dict__["_baseline_only"] = made
+        self.__dict__["_baseline_only"] = made
+        return made
 
     # ----- summary ----------------------------------------------------------------------
     def summary(self) -> dict:
