@@ -10,8 +10,8 @@ import streamlit as st
 
 from services.reporting.figures import compare as fig
 
-MEASURES = {"mean_difference": "mean difference", "hazard_ratio": "hazard ratio",
-            "rmst_difference": "RMST difference (days)"}
+MEASURES = {"mean_difference": "mean difference", "geometric_mean_ratio": "ratio of geometric means",
+            "hazard_ratio": "hazard ratio", "rmst_difference": "RMST difference (days)"}
 
 
 def effects_frame(result: dict, kb) -> pd.DataFrame:
@@ -51,15 +51,23 @@ def effects_view(kb, run, compute: Callable) -> None:
                "the unit of inference. Many visits are shown: read them as a profile, not as many tests.")
     visible = frame[[c for c in frame.columns if not c.startswith("_")]]
     st.dataframe(visible.round(3), hide_index=True, width="stretch")
-    md = frame[frame["_measure"] == "mean_difference"]
+    md = frame[frame["_measure"].isin(["mean_difference", "geometric_mean_ratio"])]
     if len(md):
         params = list(dict.fromkeys(md["_param"]))
         paramcd = st.selectbox("Parameter", params, key="cmp_effect_param")
         sel = md[md["_param"] == paramcd]
+        measure = "mean_difference"
+        if sel["_measure"].eq("geometric_mean_ratio").any():
+            measure = st.radio("Scale", ["mean_difference", "geometric_mean_ratio"], format_func=MEASURES.get,
+                               horizontal=True, key="cmp_effect_scale",
+                               help="The ratio of geometric means (log scale) is the usual primary analysis "
+                                    "of a skewed positive endpoint such as a lab value.")
+        sel = sel[sel["_measure"] == measure]
+        what = "real minus twins" if measure == "mean_difference" else "real / twins, geometric means"
         st.plotly_chart(fig.effect_forest(
             pd.DataFrame({"label": sel["endpoint"], "estimate": sel["estimate"], "ci_low": sel["_lo"],
                           "ci_high": sel["_hi"], "measure": sel["_measure"]}),
-            f"{paramcd}: real minus twins, per visit, with 95 % CI"), width="stretch")
+            f"{paramcd}: {what}, per visit, with 95 % CI"), width="stretch")
     hr = frame[frame["_measure"] == "hazard_ratio"]
     if len(hr):
         st.plotly_chart(fig.effect_forest(

@@ -47,6 +47,31 @@ def test_mean_difference_pseudo_values_are_each_patients_own_difference(pbc_sc):
         assert s.theta == pytest.approx(d.mean()) and s.n == len(d)
 
 
+def test_geometric_mean_ratio_pseudo_values_are_log_differences_of_positive_parameters(pbc_sc):
+    _, real, run = pbc_sc
+    tw = twin_values(run)
+    st = statistics(real, tw, None, {}, None)
+    vv = real.visit_values
+    positive = {p for p, g in vv.groupby("PARAMCD") if g["AVAL"].min() > 0}
+    assert "BILI" in positive
+    assert {k[1] for k in st if k[0] == "geometric_mean_ratio"} == positive & {k[1] for k in st}
+    for (measure, p, v), s in st.items():
+        if measure != "geometric_mean_ratio":
+            continue
+        y = np.log(vv[(vv["PARAMCD"] == p) & (vv["AVISITN"] == v)].set_index("USUBJID")["AVAL"])
+        t = np.log(tw[(tw["PARAMCD"] == p) & (tw["AVISITN"] == v)]["AVAL"]).groupby(
+            tw.loc[(tw["PARAMCD"] == p) & (tw["AVISITN"] == v), "SRCSUBJID"]).mean()
+        d = (y - t.reindex(y.index)).dropna()
+        assert s.pseudo.sort_index().to_dict() == pytest.approx(d.sort_index().to_dict(), rel=1e-12)
+    # a twin value <= 0 (which the log cannot take) leaves its patient out of that visit's ratio only
+    key = next(k for k in st if k[0] == "geometric_mean_ratio" and k[1] == "BILI")
+    who = st[key].pseudo.index[0]
+    hit = (tw["SRCSUBJID"] == who) & (tw["PARAMCD"] == "BILI") & (tw["AVISITN"] == key[2])
+    bad = statistics(real, tw.assign(AVAL=tw["AVAL"].where(~hit, 0.0)), None, {}, ["BILI"])
+    assert who not in bad[key].pseudo.index and bad[key].n == st[key].n - 1
+    assert who in bad[("mean_difference", "BILI", key[2])].pseudo.index
+
+
 @pytest.mark.parametrize("measure", ["hazard_ratio", "rmst_difference"])
 def test_event_pseudo_values_match_a_leave_one_patient_out_jackknife(pbc_sc, measure):
     _, real, run = pbc_sc

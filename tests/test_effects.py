@@ -208,6 +208,37 @@ def test_synthetic_control_mean_difference_by_hand(btheb_sc):
     assert "NOT included" in e.method
 
 
+def test_geometric_mean_ratio_is_a_one_sample_t_on_the_log_scale(btheb_sc):
+    """Known answer: without refits the ratio of geometric means is scipy's one-sample t test of
+    log real - mean log twins, back-transformed; a parameter with a value <= 0 gets none."""
+    trial = load_demo("pbc")
+    ctrl = trial.control_arm
+    real = trial.subset(trial.subjects.loc[trial.subjects["ARM"] != ctrl, "USUBJID"].iloc[:30])
+    gen = get_generator("local", retriever_factory=ExactRetriever).fit(trial)
+    run = gen.generate(real.baseline_only(), target_arm=ctrl, twins_per_patient=3, seed=5)
+    eff = E.synthetic_control_effects(real, run, trial, refits=0, params=["BILI"], tte_params=[])
+    gmr = [e for e in eff if e.measure == "geometric_mean_ratio"]
+    assert len(gmr) == sum(e.measure == "mean_difference" for e in eff) >= 3
+    e = gmr[-1]
+    vals = run.values()
+    t = vals[(vals["PARAMCD"] == "BILI") & (vals["AVISITN"] == e.avisitn)]
+    t = np.log(t["AVAL"]).groupby(t["SRCSUBJID"]).mean()
+    vv = real.visit_values
+    y = np.log(vv[(vv["PARAMCD"] == "BILI") & (vv["AVISITN"] == e.avisitn)].set_index("USUBJID")["AVAL"])
+    d = (y - t.reindex(y.index)).dropna()
+    ref = E.stats.ttest_1samp(d, 0.0)
+    ci = ref.confidence_interval(0.95)
+    assert e.estimate == pytest.approx(math.exp(d.mean()), rel=1e-12)
+    assert (e.ci_low, e.ci_high) == pytest.approx((math.exp(ci.low), math.exp(ci.high)), rel=1e-9)
+    assert e.p_value == pytest.approx(ref.pvalue, rel=1e-9) and e.n_patients == len(d)
+    assert "ratio of geometric means" in e.method
+    # btheb's BDI scores reach 0: no ratio there, the mean differences stay
+    bt, bt_real, bt_run = btheb_sc
+    assert bt_real.visit_values.loc[bt_real.visit_values["PARAMCD"] == "BDI", "AVAL"].min() <= 0
+    measures = {e.measure for e in E.synthetic_control_effects(bt_real, bt_run, bt, refits=0)}
+    assert "mean_difference" in measures and "geometric_mean_ratio" not in measures
+
+
 def test_generator_term_does_not_shrink_with_k(btheb_sc):
     trial, real, run20 = btheb_sc
     boot = E.generator_bootstrap(real, trial, run20.target_arm, refits=6, boot_twins=10, seed=2)

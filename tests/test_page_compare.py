@@ -44,7 +44,11 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     at.button(key="cmp_effects_go").click().run()
     assert not at.exception, at.exception
     table = next(d.value for d in at.dataframe if "95 % CI" in d.value.columns)
-    assert {"mean difference", "hazard ratio", "RMST difference (days)"} <= set(table["measure"])
+    assert {"mean difference", "ratio of geometric means", "hazard ratio",
+            "RMST difference (days)"} <= set(table["measure"])
+    # a positive lab value offers the log scale: the forest plot switches to the ratio
+    at.radio(key="cmp_effect_scale").set_value("geometric_mean_ratio").run()
+    assert not at.exception, at.exception
     # the 40 source patients (those observed at a visit), never the 80 twins
     assert (table.loc[table["measure"] == "hazard ratio", "patients"] == 40).all()
     assert table["patients"].max() == 40

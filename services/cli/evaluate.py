@@ -116,12 +116,13 @@ def print_summary(r: dict) -> None:
     if rows:
         print(f"effects of the real source patients against their twins ({eff['n_patients']} patients, "
               f"{eff.get('refits', 0)} generator refits; unit: patients):")
-        shown = [e for e in rows if e["measure"] != "mean_difference"]
-        md = [e for e in rows if e["measure"] == "mean_difference"]
+        per_visit = ("mean_difference", "geometric_mean_ratio")
+        shown = [e for e in rows if e["measure"] not in per_visit]
         last = {}
-        for e in md:                       # the last visit of each parameter
-            last[e["paramcd"]] = e
+        for e in rows:                     # the last visit of each parameter, on each scale
+            if e["measure"] in per_visit:
+                last[(e["paramcd"], e["measure"])] = e
         for e in list(last.values()) + shown:
-            where = f" at {e['avisit'] or e['avisitn']}" if e["measure"] == "mean_difference" else ""
+            where = f" at {e['avisit'] or e['avisitn']}" if e["measure"] in per_visit else ""
             print(f"  {e['paramcd']}{where}: {e['measure'].replace('_', ' ')} {_fmt(e['estimate'])} "
                   f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]")

@@ -4,7 +4,7 @@ pseudo-value: what the effect estimate (`effects`) and every generator refit
 
 A statistic is (theta, patient variance, n, pseudo-values). The pseudo-value of patient i is
 theta + n x (i's cluster influence), so that theta is their mean: d_i = Y_i - mean of i's twins
-for a mean difference (exact), the cluster's dfbeta for the log hazard ratio, its Kaplan-Meier
+for a mean difference (exact; log Y_i - mean of log of i's twins for the ratio of geometric means), the cluster's dfbeta for the log hazard ratio, its Kaplan-Meier
 influence (real minus twins) for the RMST difference. The refits' table of pseudo-values
 (patients x refits) splits their variation into the knowledge base's part and the part that
 moves with patient and knowledge base jointly, which the patient term already counts."""
@@ -54,8 +54,22 @@ def twin_tte(run: TwinRun) -> pd.DataFrame | None:
     return tte[["SRCSUBJID", "TWINIDX", "PARAMCD", "AVAL", "CNSR"]]
 
 
-def _md_stats(real_vv: pd.DataFrame, twins: pd.DataFrame) -> dict:
-    """Per (PARAMCD, AVISITN): mean of d_i = Y_i - mean of i's twins, var(d)/n, n, d_i."""
+def _md_stats(real_vv: pd.DataFrame, twins: pd.DataFrame, log: bool = False) -> dict:
+    """Per (PARAMCD, AVISITN): mean of d_i = Y_i - mean of i's twins, var(d)/n, n, d_i.
+
+    ``log``: the same on the log scale, d_i = log Y_i - mean of log of i's twins (exp of the
+    mean is the ratio of geometric means), for the parameters whose real values are all
+    positive; a patient with a twin value <= 0 at the visit is left out there."""
+    if log:
+        real_vv = real_vv[real_vv.groupby("PARAMCD")["AVAL"].transform("min") > 0]
+        twins = twins[twins["PARAMCD"].isin(set(real_vv["PARAMCD"]))]
+        keys = ["SRCSUBJID", "PARAMCD", "AVISITN"]
+        bad = twins.loc[twins["AVAL"] <= 0, keys].drop_duplicates()
+        if len(bad):
+            twins = twins.merge(bad.assign(_BAD=True), on=keys, how="left")
+            twins = twins[twins["_BAD"].isna()].drop(columns="_BAD")
+        real_vv = real_vv.assign(AVAL=np.log(real_vv["AVAL"].to_numpy(float)))
+        twins = twins.assign(AVAL=np.log(twins["AVAL"].to_numpy(float)))
     tm = twins.groupby(["SRCSUBJID", "PARAMCD", "AVISITN"], as_index=False)["AVAL"].mean()
     m = real_vv.merge(tm.rename(columns={"SRCSUBJID": "USUBJID", "AVAL": "TWIN"}),
                       on=["USUBJID", "PARAMCD", "AVISITN"], how="inner")
@@ -119,8 +133,10 @@ def statistics(real: Trial, twins_vals: pd.DataFrame, twins_tte: pd.DataFrame | 
         vv = vv[vv["PARAMCD"].isin(params)]
         twins_vals = twins_vals[twins_vals["PARAMCD"].isin(params)]
     if len(vv) and len(twins_vals):
-        for (p, v), s in _md_stats(vv[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]], twins_vals).items():
-            out[("mean_difference", p, v)] = s
+        vv = vv[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]]
+        for measure, log in (("mean_difference", False), ("geometric_mean_ratio", True)):
+            for (p, v), s in _md_stats(vv, twins_vals, log).items():
+                out[(measure, p, v)] = s
     if twins_tte is not None and real.tte is not None and taus:
         for (measure, p), s in _tte_stats(real.tte, twins_tte, taus).items():
             out[(measure, p, None)] = s

@@ -9,7 +9,14 @@ its twins generated under the control arm by a generator fitted on a knowledge b
 - *Continuous endpoint, per PARAMCD and scheduled visit*: for every source patient i observed
   at the visit, d_i = Y_i - mean of the patient's K twins at that visit (the K twins are
   averaged first: the patient, not the twin, is the unit). The estimate is mean_i d_i
-  (real minus counterfactual).
+  (real minus counterfactual). For a parameter whose real values are all positive, also the
+  *ratio of geometric means* (real / twins): the same on the log scale, d_i = log Y_i - mean
+  of log of i's twins, exp of the mean and of its interval. It is the analysis a statistician
+  makes primary for a skewed positive endpoint (a lab value such as bilirubin), where a t
+  reference on the raw scale is conservative at small n: on ahd's week-4 bilirubin (20
+  placebo patients at the visit, skewness 2.8) the real-patient baseline ANCOVA of the
+  calibration bench's null cohorts rejects 2.3 % raw vs 4.65 % on the log scale (split
+  design, 4,000 replicates; bootstrap design 3.9 vs 5.0 %).
 - *Time to event, per PARAMCD*: hazard ratio real vs twins from a Cox model (Breslow ties) in
   which each twin has weight 1/K, so each patient's twins together weigh one patient; and the
   difference in restricted mean survival time (RMST, real minus twins) up to ``tau``
@@ -117,17 +124,17 @@ from services.evaluation.run_store import cached_in_run
 from services.generation.run import TwinRun
 
 UNIT = "patients"
-EFFECTS_VERSION = 11   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default)
+EFFECTS_VERSION = 12   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged)
 
 
 @dataclass(frozen=True)
 class Effect:
     """One estimated effect. ``estimate``/``ci_low``/``ci_high`` are on the natural scale
-    (hazard ratio for ``measure="hazard_ratio"``, whose ``se`` is that of log HR).
-    ``var_patients`` / ``var_generator`` split the variance (log scale for HR)."""
+    (a ratio for ``measure="hazard_ratio"`` and ``"geometric_mean_ratio"``, whose ``se`` is
+    that of its log). ``var_patients`` / ``var_generator`` split the variance (log scale for a ratio)."""
 
     design: str            # "synthetic_control" | "randomized"
-    measure: str           # "mean_difference" | "hazard_ratio" | "rmst_difference"
+    measure: str           # "mean_difference" | "geometric_mean_ratio" | "hazard_ratio" | "rmst_difference"
     paramcd: str
     avisitn: float | None
     avisit: str
@@ -208,7 +215,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     ``generator_bootstrap_by_twins(..., twins_per_refit=boot_twins)[min(K, boot_twins)]`` (the
     caller picks the count).
 
-    Returns one :class:`Effect` per continuous PARAMCD x visit (``mean_difference``) and two
+    Returns one :class:`Effect` per continuous PARAMCD x visit (``mean_difference``; and
+    ``geometric_mean_ratio`` where the parameter's real values are all positive) and two
     per time-to-event PARAMCD (``hazard_ratio``, ``rmst_difference``), with ``unit="patients"``,
     ``n_patients``, ``K`` (twins per patient of the run) and ``B``.
     """
@@ -261,6 +269,10 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
         if measure == "mean_difference":
             method = "mean of (real - mean of own K twins) over patients; " + how
             est = theta
+        elif measure == "geometric_mean_ratio":
+            method = ("exp of the mean of (log real - mean of log of own K twins) over patients: ratio of "
+                      "geometric means, real / twins (a parameter whose values are all positive); log scale; " + how)
+            est, lo, hi = math.exp(theta), math.exp(lo), math.exp(hi)
         elif measure == "hazard_ratio":
             method = "Cox (Breslow), real vs twins weighted 1/K, clusters = patients; log scale; " + how
             est, lo, hi = math.exp(theta), math.exp(lo), math.exp(hi)
@@ -276,7 +288,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
             K=k, B=b, var_patients=float(v_p), var_generator=float(gen.variance),
             tau=taus.get(p) if measure == "rmst_difference" else None, alpha=alpha,
         ))
-    out.sort(key=lambda e: (e.measure != "mean_difference", e.paramcd, e.avisitn or 0, e.measure))
+    order = {"mean_difference": 0, "geometric_mean_ratio": 1}
+    out.sort(key=lambda e: (order.get(e.measure, 2), e.paramcd, e.avisitn or 0, e.measure))
     return out
 
 

@@ -208,10 +208,13 @@ def sample_size_bars(plan: dict, title: str) -> go.Figure:
     return fig
 
 
+RATIO_MEASURES = ("hazard_ratio", "geometric_mean_ratio")     # estimated on the log scale
+
+
 def effect_forest(effects: pd.DataFrame, title: str) -> go.Figure:
     """One row per effect: estimate and 95 % interval, a reference line at no effect (0 for
-    differences, 1 for hazard ratios, drawn on a log axis)."""
-    ratio = bool(len(effects)) and effects["measure"].eq("hazard_ratio").all()
+    differences, 1 for ratios, drawn on a log axis)."""
+    ratio = bool(len(effects)) and effects["measure"].isin(RATIO_MEASURES).all()
     fig = go.Figure(go.Scatter(
         x=effects["estimate"], y=effects["label"], mode="markers",
         marker={"size": 9, "color": colour("real source cohort")},
@@ -220,7 +223,10 @@ def effect_forest(effects: pd.DataFrame, title: str) -> go.Figure:
                  "arrayminus": effects["estimate"] - effects["ci_low"], "thickness": 2},
         hovertemplate="%{y}: %{x:.3g}<extra></extra>"))
     fig.add_vline(x=1.0 if ratio else 0.0, line_dash="dash", line_color="#888")
-    fig = _layout(fig, title, "hazard ratio (log scale)" if ratio else "difference (real - twins)", "",
+    axis = "difference (real - twins)"
+    if ratio:
+        axis = ("hazard ratio" if effects["measure"].eq("hazard_ratio").all() else "ratio (real / twins)") + " (log scale)"
+    fig = _layout(fig, title, axis, "",
                   height=max(260, 40 * len(effects) + 120))
     if ratio:
         fig.update_xaxes(type="log")
