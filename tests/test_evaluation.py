@@ -148,6 +148,12 @@ def test_local_twin_arm_metrics_and_cli_evaluate(pbc, tmp_path, capsys):
     assert result["privacy"]["dcr"]["ratio_median"] > 0.5
     assert result["utility"]["tstr"]["tstr"] > 0.6  # twins carry the prognosis of real placebo patients
     assert {"DEATH", "DTHTX"} <= set(result["survival"])
+    # effects: both scales for a positive lab value, the ratio on the ratio scale
+    eff = {(e["measure"], e["paramcd"]) for e in result["effects"]["effects"]}
+    assert {("mean_difference", "BILI"), ("geometric_mean_ratio", "BILI"), ("hazard_ratio", "DEATH")} <= eff
+    gmr = [e for e in result["effects"]["effects"] if e["measure"] == "geometric_mean_ratio"]
+    assert all(0 < e["ci_low"] <= e["estimate"] <= e["ci_high"] for e in gmr)
+    assert "BILI at " in printed and "geometric mean ratio" in printed
 
 
 def test_cli_evaluate_bad_input(tmp_path, capsys):
