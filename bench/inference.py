@@ -27,11 +27,14 @@ veteran, gets the HR and RMST tests; no mean difference, reference tests or PROC
      independent patients, generator fitted once and taken as known;
    - *effects*: :func:`services.evaluation.effects.synthetic_control_effects` (patient as unit + the
      generator's variance from B refits on bootstrap knowledge bases; one bootstrap per
-     replicate serves every K). Mean difference at the endpoint visit, Cox HR and RMST
-     difference for the first TTE parameter (pbc DEATH).
+     replicate serves every K). Mean difference at the endpoint visit (and, for a positive
+     endpoint, the ratio of geometric means: `geometric_mean_ratio`, with the reference test
+     `oracle_ancova_log`, the real-patient ANCOVA of the logs), Cox HR and RMST difference
+     for the first TTE parameter (pbc DEATH).
    Coverage of a known added effect: the treated cohort's outcomes are multiplied by 1.2
-   (true effect = 0.2 x the pool's mean at the visit; an additive shift would be trivially
-   covered exactly as often as 0 is under the null: the estimators are shift-equivariant).
+   (true effect = 0.2 x the pool's mean at the visit, `md_x1.2`, and a ratio of exactly 1.2,
+   `gmr_x1.2`; an additive shift would be trivially covered exactly as often as 0 is under
+   the null: the estimators are shift-equivariant).
    The time-to-event coverage is that of the null (HR 1, RMST difference 0).
 2. **PROCOVA, randomized**. The control arm is split into historical patients (the generator's
    knowledge base) and a trial population; the population's twins (mean of K under control) give
@@ -51,7 +54,8 @@ each rejection rate is printed, and at 100-200 replicates a cell of ~40 can sit 
 3.5-6.5 % by chance alone. `--reps 1000` gives the issue's 1,000 replicates per cell (on one
 core beside another run, 2-3 s per replicate on ahd, btheb and respiratory, ~1 s on veteran,
 ~4 s on pbc before the refits averaged draws; ahd 8.5-8.8 s since, beside a second run;
-`--jobs 2` runs replicates in two processes with identical results):
+`--jobs 2` runs replicates in two processes with identical results; `--ks 1` runs one K, whose
+rows are those of a full run):
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py --trials pbc --reps 1000
     OMP_NUM_THREADS=1 .venv/bin/python bench/inference.py --oracle-only --reps 4000   # minutes
@@ -102,7 +106,7 @@ from services.retrieval.retriever import ExactRetriever
 
 sys.path.insert(0, str(ROOT / "bench"))
 import corpus
-from null_designs import ALPHA, calibration, null_cohorts, oracle_rows
+from null_designs import ALPHA, PER_VISIT, RATIOS, calibration, null_cohorts, oracle_rows
 
 KS = (1, 5, 20)
 
@@ -148,9 +152,10 @@ def generator():
     return get_generator("local", retriever_factory=ExactRetriever)
 
 
-def runs_per_k(gen, sources: Trial, arm: str, seed: int) -> dict:
-    """{K: the fitted generator's run of K twins per source} for K in KS (same seed)."""
-    return {k: gen.generate(sources, target_arm=arm, twins_per_patient=k, seed=seed) for k in KS}
+def runs_per_k(gen, sources: Trial, arm: str, seed: int, ks=KS) -> dict:
+    """{K: the fitted generator's run of K twins per source} for K in ks (same seed: a K's run
+    is the same whichever other K are run)."""
+    return {k: gen.generate(sources, target_arm=arm, twins_per_patient=k, seed=seed) for k in ks}
 
 
 def scale_outcomes(real: Trial, paramcd: str, factor: float) -> Trial:
@@ -196,11 +201,11 @@ def oracle_replicate(pool: Trial, paramcd: str, avisitn: float, r: int, *, desig
 
 def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r: int, *,
                  refits: int, boot_twins: int, factor: float, truth_md: float, design: str = "split",
-                 pool_change: float = 0.0) -> list[dict]:
+                 pool_change: float = 0.0, ks=KS) -> list[dict]:
     rng = np.random.default_rng([r, 17])
     kb, real = null_cohorts(pool, rng, design)
-    runs = runs_per_k(generator().fit(kb), real.baseline_only(), pool.control_arm, r)
-    run20 = runs[max(KS)]
+    runs = runs_per_k(generator().fit(kb), real.baseline_only(), pool.control_arm, r, ks)
+    run20 = runs[max(ks)]
     taus = {}
     if tte_p is not None:
         taus = {tte_p: effect_stats.default_tau(real, run20, tte_p, kb, pool.control_arm)}
@@ -209,21 +214,21 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     # K-twin run, from one fit per refit shared by all K
     boots = GT.generator_bootstrap_by_twins(real, kb, pool.control_arm,
                                             settings=E.bootstrap_settings(run20, "local", {}), refits=refits,
-                                            twin_counts=[min(k, boot_twins) for k in KS], seed=r,
+                                            twin_counts=[min(k, boot_twins) for k in ks], seed=r,
                                             twins_per_refit=boot_twins,
                                             taus=taus, params=params)
     # the scaled cohort's theta_b differ from a refit's by (factor - 1) x mean(Y), the same for
     # every refit (same patients), so the generator variance applies unchanged
     alt = scale_outcomes(real, paramcd, factor) if paramcd else None
     rows = oracle_rows(kb, real, paramcd, avisitn, pool_change, r) if paramcd else []
-    for k in KS:
+    for k in ks:
         run, boot = runs[k], boots[min(k, boot_twins)]
         naive = naive_tests(real, run, paramcd, avisitn, tte_p)
         kw = {"tau": taus or None, "params": params, "tte_params": [tte_p] if tte_p else []}
         for e in E.synthetic_control_effects(real, run, kb, bootstrap=boot, **kw):
-            if e.measure == "mean_difference" and e.avisitn != avisitn:
+            if e.measure in PER_VISIT and e.avisitn != avisitn:
                 continue
-            truth = 1.0 if e.measure == "hazard_ratio" else 0.0
+            truth = 1.0 if e.measure in RATIOS else 0.0
             nv = naive.get("md" if e.measure == "mean_difference" else "hr" if e.measure == "hazard_ratio" else "", np.nan)
             rows.append({"rep": r, "K": k, "measure": e.measure, "truth": 0.0, "estimate": e.estimate, "lo": e.ci_low, "hi": e.ci_high,
                              "p": e.p_value, "naive_p": nv, "reject": e.p_value < ALPHA,
@@ -235,10 +240,13 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
                                              tte_params=[]):
             if e.avisitn != avisitn:
                 continue
-            rows.append({"rep": r, "K": k, "measure": "md_x1.2", "truth": truth_md, "estimate": e.estimate,
-                         "lo": e.ci_low, "hi": e.ci_high,
+            # the ratio of geometric means of outcomes x 1.2 is exactly 1.2 (truth on the log scale)
+            ratio = e.measure in RATIOS
+            truth, shown = (float(np.log(factor)), factor) if ratio else (truth_md, truth_md)
+            rows.append({"rep": r, "K": k, "measure": "gmr_x1.2" if ratio else "md_x1.2", "truth": truth,
+                         "estimate": e.estimate, "lo": e.ci_low, "hi": e.ci_high,
                              "p": e.p_value, "naive_p": np.nan, "reject": e.p_value < ALPHA,
-                             "cover": e.ci_low <= truth_md <= e.ci_high, "width": e.ci_high - e.ci_low,
+                             "cover": e.ci_low <= shown <= e.ci_high, "width": e.ci_high - e.ci_low,
                              "v_pat": e.var_patients, "v_gen": e.var_generator, "n": e.n_patients, "df": e.df})
     return rows
 
@@ -311,6 +319,8 @@ def main(argv=None) -> int:
     ap.add_argument("--design", choices=("split", "bootstrap"), default="split",
                     help="null design: the control arm split in half (finite population) or knowledge "
                          "base and cohort drawn with replacement from it (see null_cohorts)")
+    ap.add_argument("--ks", type=int, nargs="+", default=list(KS), choices=KS,
+                    help="twins per patient of the synthetic-control part (a K's rows do not depend on the others)")
     ap.add_argument("--oracle-only", action="store_true",
                     help="only the reference tests of the design (no generator: seconds)")
     ap.add_argument("--rows-out", type=Path, default=None,
@@ -355,7 +365,7 @@ def main(argv=None) -> int:
         else:
             job = functools.partial(sc_replicate, pool, paramcd, avisitn, tte_p, refits=args.refits,
                                     boot_twins=args.boot_twins, factor=factor, truth_md=truth_md,
-                                    design=args.design, pool_change=pool_change)
+                                    design=args.design, pool_change=pool_change, ks=tuple(args.ks))
         rows = []
         if args.jobs > 1:
             # replicate r is seeded by r alone: the same rows whatever the number of processes
@@ -373,7 +383,7 @@ def main(argv=None) -> int:
             res.to_csv(args.rows_out / f"{trial.name}.csv", index=False)
         dt = time.perf_counter() - t0
         print(f"   {dt:.0f}s ({dt / max(n_rep, 1):.2f}s per replicate)")
-        print(f"   {'measure':16s} {'K':>3s} {'n':>5s} {'naive':>7s} {'reject':>7s} {'95% CI of rate':>16s} "
+        print(f"   {'measure':20s} {'K':>3s} {'n':>5s} {'naive':>7s} {'reject':>7s} {'95% CI of rate':>16s} "
               f"{'cover':>6s} {'CI width':>9s} {'v_gen/v':>8s} {'var est/emp':>11s} {'bias/sd':>8s}")
         for (measure, k), g in res.groupby(["measure", "K"], sort=False):
             rej = int(g["reject"].sum())
@@ -381,7 +391,7 @@ def main(argv=None) -> int:
             naive = g["naive_p"].lt(ALPHA).mean() if g["naive_p"].notna().any() else float("nan")
             share = float((g["v_gen"] / (g["v_gen"] + g["v_pat"])).mean())
             var_ratio, bias_sd = calibration(g, measure)
-            print(f"   {measure:16s} {k:3d} {len(g):5d} {naive:7.3f} {rej / len(g):7.3f}   [{lo:.3f}, {hi:.3f}] "
+            print(f"   {measure:20s} {k:3d} {len(g):5d} {naive:7.3f} {rej / len(g):7.3f}   [{lo:.3f}, {hi:.3f}] "
                   f"{g['cover'].mean():6.3f} {g['width'].median():9.3g} {share:8.2f} {var_ratio:11.2f} "
                   f"{bias_sd:8.2f}")
             summary.append({"trial": trial.name, "measure": measure, "K": k, "reps": len(g), "naive": naive,
@@ -449,11 +459,11 @@ def main(argv=None) -> int:
               f"oracle_carry_t1e_min={car.min():.3f} oracle_carry_t1e_max={car.max():.3f}")
         return 0
     s = s[~s["measure"].str.startswith("oracle_")]
-    null = s[s["measure"] != "md_x1.2"]
+    null = s[~s["measure"].str.endswith("_x1.2")]
     naive = null.dropna(subset=["naive"])
-    alt = s[s["measure"] == "md_x1.2"]
+    alt = s[s["measure"].str.endswith("_x1.2")]
     w = s[s["measure"] == "mean_difference"].pivot_table(index="trial", columns="K", values="width")
-    width_ratio = float((w[max(KS)] / w[min(KS)]).min()) if len(w) else float("nan")
+    width_ratio = float((w[max(KS)] / w[min(KS)]).min()) if set(KS) <= set(w.columns) else float("nan")
     nan = float("nan")
     fields = {
         "trials": s["trial"].nunique(),

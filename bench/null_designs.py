@@ -14,6 +14,8 @@ from services.evaluation.resampling import relabelled
 from services.generation.local.copies import copy_ids
 
 ALPHA = 0.05     # the nominal level of every test of the bench
+PER_VISIT = ("mean_difference", "geometric_mean_ratio")     # continuous endpoints: one per visit
+RATIOS = ("hazard_ratio", "geometric_mean_ratio")           # estimated on the log scale
 
 
 def draw_patients(pool: Trial, draw, name: str, tag: str | None = None) -> Trial:
@@ -52,8 +54,9 @@ def null_cohorts(pool: Trial, rng: np.random.Generator, design: str) -> tuple[Tr
 def oracle_rows(kb: Trial, real: Trial, paramcd: str, avisitn: float, pool_change: float, r: int) -> list[dict]:
     """Reference tests of the design itself, from the real patients only (no twins): what a
     trial with the knowledge base as real controls would find (`oracle_ancova`: two-sample
-    baseline ANCOVA, classical OLS t), and a test with no knowledge-base part at all
-    (`oracle_carry`: the cohort's mean change from baseline against the pool's, known)."""
+    baseline ANCOVA, classical OLS t; for a positive endpoint also on the log scale,
+    `oracle_ancova_log`), and a test with no knowledge-base part at all (`oracle_carry`: the
+    cohort's mean change from baseline against the pool's, known)."""
     def yb(t: Trial):
         vv = t.visit_values
         y = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)].set_index("USUBJID")["AVAL"]
@@ -61,26 +64,32 @@ def oracle_rows(kb: Trial, real: Trial, paramcd: str, avisitn: float, pool_chang
         ok = np.isfinite(y.to_numpy(float)) & np.isfinite(b.to_numpy(float))
         return y.to_numpy(float)[ok], b.to_numpy(float)[ok]
 
+    def ancova_p(ya, ba, yt, bt) -> float:
+        X = np.column_stack([np.ones(len(ya) + len(yt)), np.r_[np.zeros(len(ya)), np.ones(len(yt))], np.r_[ba, bt]])
+        fit = est.ols(np.r_[ya, yt], X)
+        return float(2 * stats.t.sf(abs(fit.coef[1] / fit.se[1]), fit.df))
+
     (ya, ba), (yt, bt) = yb(kb), yb(real)
-    X = np.column_stack([np.ones(len(ya) + len(yt)), np.r_[np.zeros(len(ya)), np.ones(len(yt))], np.r_[ba, bt]])
-    fit = est.ols(np.r_[ya, yt], X)
-    p_anc = float(2 * stats.t.sf(abs(fit.coef[1] / fit.se[1]), fit.df))
+    tests = [("oracle_ancova", ancova_p(ya, ba, yt, bt))]
     d = yt - bt
     t_c = (d.mean() - pool_change) / (d.std(ddof=1) / np.sqrt(len(d)))
-    p_car = float(2 * stats.t.sf(abs(t_c), len(d) - 1))
+    tests.append(("oracle_carry", float(2 * stats.t.sf(abs(t_c), len(d) - 1))))
+    if min(ya.min(), yt.min(), ba.min(), bt.min()) > 0:     # the reference of the ratio of geometric means
+        tests.append(("oracle_ancova_log", ancova_p(np.log(ya), np.log(ba), np.log(yt), np.log(bt))))
     return [{"rep": r, "K": 0, "measure": m, "estimate": np.nan, "lo": np.nan, "hi": np.nan, "p": pv,
              "naive_p": np.nan, "reject": pv < ALPHA, "cover": pv >= ALPHA, "width": np.nan,
              "v_pat": np.nan, "v_gen": np.nan, "n": len(yt)}
-            for m, pv in (("oracle_ancova", p_anc), ("oracle_carry", p_car))]
+            for m, pv in tests]
 
 
 def calibration(g: pd.DataFrame, measure: str) -> tuple[float, float]:
     """(mean estimated variance / variance of the estimates over the replicates, mean error of
     the estimates / their SD) of one cell: why a rejection rate is off (the log scale for the
-    hazard ratio; the error against the truth: 0, or 0.2 x the pool's mean for md_x1.2)."""
+    hazard ratio and the ratios of geometric means; the error against the truth: 0, or 0.2 x the
+    pool's mean for md_x1.2, log 1.2 for gmr_x1.2)."""
     if measure.startswith("oracle_") or len(g) < 3:
         return float("nan"), float("nan")
-    est = np.log(g["estimate"]) if measure == "hazard_ratio" else g["estimate"]
+    est = np.log(g["estimate"]) if measure in RATIOS + ("gmr_x1.2",) else g["estimate"]
     truth = float(g["truth"].iloc[0]) if "truth" in g else 0.0
     sd = float(est.std(ddof=1))
     return float((g["v_pat"] + g["v_gen"]).mean() / sd ** 2), float((est.mean() - truth) / sd)
