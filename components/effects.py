@@ -8,16 +8,17 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
+from services.evaluation.effects import MEASURE_LABELS as MEASURES
+from services.evaluation.effects import effect_methods, primary_measure
 from services.reporting.figures import compare as fig
-
-MEASURES = {"mean_difference": "mean difference", "geometric_mean_ratio": "ratio of geometric means",
-            "hazard_ratio": "hazard ratio", "rmst_difference": "RMST difference (days)"}
 
 
 def effects_frame(result: dict, kb) -> pd.DataFrame:
     rows = []
     for e in result.get("effects") or []:
         unit = kb.parameters[e["paramcd"]].unit if e["paramcd"] in kb.parameters else ""
+        if e["measure"] in ("geometric_mean_ratio", "hazard_ratio"):
+            unit = "ratio"
         where = f" at {e['avisit']}" if e.get("avisit") else ""
         rows.append({"endpoint": f"{e['paramcd']}{where}", "measure": MEASURES.get(e["measure"], e["measure"]),
                      "estimate": e["estimate"], "95 % CI": f"{e['ci_low']:.3g} to {e['ci_high']:.3g}",
@@ -29,7 +30,8 @@ def effects_frame(result: dict, kb) -> pd.DataFrame:
 
 def effects_view(kb, run, compute: Callable) -> None:
     st.caption("The effect of the real source cohort's own arm against its twins (the synthetic control): "
-               "per patient, real outcome minus the mean of its twins, averaged over patients; hazard "
+               "per patient, real outcome minus the mean of its twins, averaged over patients (for a positive "
+               "parameter also on the log scale: the ratio of geometric means, real / twins); hazard "
                "ratio and restricted mean survival time with each patient's twins weighing one patient. "
                "The interval adds the generator's own uncertainty (it is refitted on resampled knowledge "
                "bases), so more twins per patient cannot make it narrower than the data allow.")
@@ -51,6 +53,9 @@ def effects_view(kb, run, compute: Callable) -> None:
                "the unit of inference. Many visits are shown: read them as a profile, not as many tests.")
     visible = frame[[c for c in frame.columns if not c.startswith("_")]]
     st.dataframe(visible.round(3), hide_index=True, width="stretch")
+    with st.expander("Methods (as in the report)"):
+        for label, how in effect_methods(result["effects"]).items():
+            st.markdown(f"- **{label}**: {how}.")
     md = frame[frame["_measure"].isin(["mean_difference", "geometric_mean_ratio"])]
     if len(md):
         params = list(dict.fromkeys(md["_param"]))
@@ -58,10 +63,14 @@ def effects_view(kb, run, compute: Callable) -> None:
         sel = md[md["_param"] == paramcd]
         measure = "mean_difference"
         if sel["_measure"].eq("geometric_mean_ratio").any():
-            measure = st.radio("Scale", ["mean_difference", "geometric_mean_ratio"], format_func=MEASURES.get,
-                               horizontal=True, key="cmp_effect_scale",
+            scales = ["mean_difference", "geometric_mean_ratio"]
+            measure = st.radio("Scale", scales, format_func=MEASURES.get, horizontal=True,
+                               index=scales.index(primary_measure(run.manifest, paramcd)),
+                               key=f"cmp_effect_scale_{paramcd}",
                                help="The ratio of geometric means (log scale) is the usual primary analysis "
-                                    "of a skewed positive endpoint such as a lab value.")
+                                    "of a skewed positive endpoint such as a lab value. Shown first: the "
+                                    "scale the generator chose for this parameter on the knowledge base, "
+                                    "before any effect was seen.")
         sel = sel[sel["_measure"] == measure]
         what = "real minus twins" if measure == "mean_difference" else "real / twins, geometric means"
         st.plotly_chart(fig.effect_forest(

@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 
 from services.data.demo import load_demo
-from services.evaluation.effect_stats import horizon, statistics, twin_tte, twin_values
+from services.evaluation.effect_stats import (
+    horizon,
+    ratio_parameters,
+    statistics,
+    twin_tte,
+    twin_values,
+)
 from services.generation import get_generator
 from services.retrieval.retriever import ExactRetriever
 
@@ -63,13 +69,32 @@ def test_geometric_mean_ratio_pseudo_values_are_log_differences_of_positive_para
             tw.loc[(tw["PARAMCD"] == p) & (tw["AVISITN"] == v), "SRCSUBJID"]).mean()
         d = (y - t.reindex(y.index)).dropna()
         assert s.pseudo.sort_index().to_dict() == pytest.approx(d.sort_index().to_dict(), rel=1e-12)
-    # a twin value <= 0 (which the log cannot take) leaves its patient out of that visit's ratio only
+    # a twin value <= 0 (which the log cannot take) removes that visit's ratio, never a patient
     key = next(k for k in st if k[0] == "geometric_mean_ratio" and k[1] == "BILI")
     who = st[key].pseudo.index[0]
     hit = (tw["SRCSUBJID"] == who) & (tw["PARAMCD"] == "BILI") & (tw["AVISITN"] == key[2])
     bad = statistics(real, tw.assign(AVAL=tw["AVAL"].where(~hit, 0.0)), None, {}, ["BILI"])
-    assert who not in bad[key].pseudo.index and bad[key].n == st[key].n - 1
-    assert who in bad[("mean_difference", "BILI", key[2])].pseudo.index
+    assert key not in bad and len([k for k in bad if k[0] == "geometric_mean_ratio"]) == \
+        len([k for k in st if k[:2] == ("geometric_mean_ratio", "BILI")]) - 1
+    assert bad[("mean_difference", "BILI", key[2])].n == st[("mean_difference", "BILI", key[2])].n
+
+
+def test_ratio_parameters_need_positive_values_in_the_cohort_and_the_knowledge_base(pbc_sc):
+    trial, real, _ = pbc_sc
+    ctrl = trial.control_arm
+    both = ratio_parameters(real, trial, ctrl)
+    assert "BILI" in both and both <= ratio_parameters(real)
+    # one control patient's bilirubin at 0 in the knowledge base: no ratio for BILI
+    lab = next(n for n, df in trial.bds.items() if df["PARAMCD"].eq("BILI").any())
+    df = trial.bds[lab].copy()
+    one = df.index[(df["PARAMCD"] == "BILI") & (df["ARM"] == ctrl)][0]
+    df.loc[one, "AVAL"] = 0.0
+    zeroed = dataclasses.replace(trial, bds={**trial.bds, lab: df})
+    assert ratio_parameters(real, zeroed, ctrl) == both - {"BILI"}
+    # a zero in another arm of the knowledge base does not matter
+    df = trial.bds[lab].copy()
+    df.loc[df.index[(df["PARAMCD"] == "BILI") & (df["ARM"] != ctrl)][0], "AVAL"] = 0.0
+    assert ratio_parameters(real, dataclasses.replace(trial, bds={**trial.bds, lab: df}), ctrl) == both
 
 
 @pytest.mark.parametrize("measure", ["hazard_ratio", "rmst_difference"])

@@ -239,6 +239,37 @@ def test_geometric_mean_ratio_is_a_one_sample_t_on_the_log_scale(btheb_sc):
     assert "mean_difference" in measures and "geometric_mean_ratio" not in measures
 
 
+def test_the_ratio_gets_its_generator_term_from_the_refits_log_differences(monkeypatch):
+    """Each refit's ratio pseudo-values are its own twins' log differences (by hand), and the
+    ratio's interval carries the generator term of those refits."""
+    trial = load_demo("pbc")
+    ctrl = trial.control_arm
+    real = trial.subset(trial.subjects.loc[trial.subjects["ARM"] != ctrl, "USUBJID"].iloc[:30])
+    seen, stats_ = [], GT.statistics
+    monkeypatch.setattr(GT, "statistics", lambda r, tv, *a: seen.append(tv) or stats_(r, tv, *a))
+    boot = GT.generator_bootstrap(real, trial, ctrl, "local", {}, refits=3, boot_twins=2, run_twins=2,
+                                  seed=1, params=["BILI"], log_params={"BILI"})
+    assert len(seen) == 3 and boot.draws == 1
+    vv = real.visit_values
+    keys = [k for k in boot.refits[0] if k[0] == "geometric_mean_ratio" and all(k in f for f in boot.refits)]
+    assert len(keys) >= 3
+    for refit, tw in zip(boot.refits, seen, strict=True):
+        for key in keys:
+            v = key[2]
+            t = tw[(tw["PARAMCD"] == "BILI") & (tw["AVISITN"] == v)]
+            t = np.log(t["AVAL"]).groupby(t["SRCSUBJID"]).mean()
+            y = np.log(vv[(vv["PARAMCD"] == "BILI") & (vv["AVISITN"] == v)].set_index("USUBJID")["AVAL"])
+            d = (y - t.reindex(y.index)).dropna()
+            assert refit[key].sort_index().to_dict() == pytest.approx(d.sort_index().to_dict(), rel=1e-12)
+    gen = get_generator("local", retriever_factory=ExactRetriever).fit(trial)
+    run = gen.generate(real.baseline_only(), target_arm=ctrl, twins_per_patient=2, seed=5)
+    eff = E.synthetic_control_effects(real, run, trial, bootstrap=boot, params=["BILI"], tte_params=[])
+    term = boot.variance(keys[-1])
+    e = next(x for x in eff if x.measure == "geometric_mean_ratio" and x.avisitn == keys[-1][2])
+    assert term.refits == 3 and math.isfinite(term.between) and e.var_generator == term.variance
+    assert e.se == pytest.approx(math.sqrt(e.var_patients + term.variance), rel=1e-12)
+
+
 def test_generator_term_does_not_shrink_with_k(btheb_sc):
     trial, real, run20 = btheb_sc
     boot = E.generator_bootstrap(real, trial, run20.target_arm, refits=6, boot_twins=10, seed=2)

@@ -153,7 +153,7 @@ def test_local_twin_arm_metrics_and_cli_evaluate(pbc, tmp_path, capsys):
     assert {("mean_difference", "BILI"), ("geometric_mean_ratio", "BILI"), ("hazard_ratio", "DEATH")} <= eff
     gmr = [e for e in result["effects"]["effects"] if e["measure"] == "geometric_mean_ratio"]
     assert all(0 < e["ci_low"] <= e["estimate"] <= e["ci_high"] for e in gmr)
-    assert "BILI at " in printed and "geometric mean ratio" in printed
+    assert "BILI at " in printed and "ratio of geometric means" in printed
 
 
 def test_cli_evaluate_bad_input(tmp_path, capsys):

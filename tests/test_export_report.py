@@ -111,6 +111,10 @@ def test_zip_and_cli_export_and_report(pbc_twins, tmp_path, capsys):
         assert f"<h2>{section}" in report, section
     assert report.count("<script") >= 3 and not re.search(r'<script[^>]+src=|<link[^>]+href=', report)
     assert "Mayo Clinic PBC trial" in report and pbc_twins.run_id in report
+    # the effect section names its measures and each measure's method, as Compare's Effect tab does
+    assert "<h2>Treatment effect against the twins" in report
+    assert "<li class=\"muted\">ratio of geometric means: exp of the mean of (log real" in report
+    assert "<li class=\"muted\">hazard ratio: Cox (Breslow)" in report
     # the card says how far below the baseline regression this trial lets a generator go
     assert "information beyond the own baseline [95 % CI]" in report and "Information beyond the own baseline: the" in report
     capsys.readouterr()

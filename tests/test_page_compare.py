@@ -46,10 +46,30 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     table = next(d.value for d in at.dataframe if "95 % CI" in d.value.columns)
     assert {"mean difference", "ratio of geometric means", "hazard ratio",
             "RMST difference (days)"} <= set(table["measure"])
-    # a positive lab value offers the log scale: the forest plot switches to the ratio
-    at.radio(key="cmp_effect_scale").set_value("geometric_mean_ratio").run()
+    # a positive lab value offers the log scale, shown first where the generator chose it (pbc's
+    # first parameter, ALB, is modelled on its own scale); the forest plot switches to the ratio
+    param = at.selectbox(key="cmp_effect_param")
+    assert param.value == "ALB" and at.radio(key="cmp_effect_scale_ALB").value == "mean_difference"
+    param.set_value("BILI").run()
+    assert at.radio(key="cmp_effect_scale_BILI").value == "geometric_mean_ratio"
+    assert "ratio (real / twins) (log scale)" in _forest_axes(at)
+    at.radio(key="cmp_effect_scale_BILI").set_value("mean_difference").run()
     assert not at.exception, at.exception
+    assert "difference (real - twins)" in _forest_axes(at)
     # the 40 source patients (those observed at a visit), never the 80 twins
     assert (table.loc[table["measure"] == "hazard ratio", "patients"] == 40).all()
     assert table["patients"].max() == 40
     assert any("20 generator refits" in c.value for c in at.caption)
+    methods = next(e for e in at.expander if e.label == "Methods (as in the report)")
+    assert any("ratio of geometric means" in m.value and "log real" in m.value for m in methods.markdown)
+
+
+def _forest_axes(at) -> list[str]:
+    """The x-axis titles of the Plotly charts on the page."""
+    import json
+
+    out = []
+    for el in at.get("plotly_chart"):
+        spec = json.loads(el.proto.spec)
+        out.append(((spec.get("layout") or {}).get("xaxis") or {}).get("title", {}).get("text", ""))
+    return out

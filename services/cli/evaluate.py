@@ -73,6 +73,8 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def print_summary(r: dict) -> None:
+    from services.evaluation.effects import MEASURE_LABELS
+
     f, p, u = r["fidelity"], r["privacy"], r["utility"]
     print(f"{r['n_twins']} twins ({r['target_arm']}) of {r['n_sources']} source patients ({r['source_arm']}) "
           f"vs {r['n_real_target']} real {r['target_arm']} patients")
@@ -124,5 +126,5 @@ def print_summary(r: dict) -> None:
                 last[(e["paramcd"], e["measure"])] = e
         for e in list(last.values()) + shown:
             where = f" at {e['avisit'] or e['avisitn']}" if e["measure"] in per_visit else ""
-            print(f"  {e['paramcd']}{where}: {e['measure'].replace('_', ' ')} {_fmt(e['estimate'])} "
+            print(f"  {e['paramcd']}{where}: {MEASURE_LABELS.get(e['measure'], e['measure'])} {_fmt(e['estimate'])} "
                   f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]")

@@ -54,20 +54,42 @@ def twin_tte(run: TwinRun) -> pd.DataFrame | None:
     return tte[["SRCSUBJID", "TWINIDX", "PARAMCD", "AVAL", "CNSR"]]
 
 
-def _md_stats(real_vv: pd.DataFrame, twins: pd.DataFrame, log: bool = False) -> dict:
+def ratio_parameters(real: Trial, knowledge_base: Trial | None = None, target_arm: str | None = None) -> set[str]:
+    """The parameters that get a ratio of geometric means: every value of the real cohort and
+    of the knowledge base's target arm positive. Decided before any twin is drawn (the
+    generator's twins of such a parameter are positive), so that the statistic and its
+    patients never depend on the twins' values."""
+    def positive(t: Trial, ids=None) -> set[str]:
+        recs = t.records
+        if ids is not None:
+            recs = recs[recs["USUBJID"].isin(ids)]
+        if recs.empty:
+            return set()
+        low = recs.groupby("PARAMCD")["AVAL"].min()
+        return set(low.index[low > 0])
+
+    out = positive(real)
+    if knowledge_base is not None:
+        subj = knowledge_base.subjects
+        arm = target_arm or knowledge_base.control_arm
+        out &= positive(knowledge_base, set(subj.loc[subj["ARM"] == arm, "USUBJID"]))
+    return out
+
+
+def _md_stats(real_vv: pd.DataFrame, twins: pd.DataFrame, log_params: set[str] | None = None) -> dict:
     """Per (PARAMCD, AVISITN): mean of d_i = Y_i - mean of i's twins, var(d)/n, n, d_i.
 
-    ``log``: the same on the log scale, d_i = log Y_i - mean of log of i's twins (exp of the
-    mean is the ratio of geometric means), for the parameters whose real values are all
-    positive; a patient with a twin value <= 0 at the visit is left out there."""
-    if log:
-        real_vv = real_vv[real_vv.groupby("PARAMCD")["AVAL"].transform("min") > 0]
-        twins = twins[twins["PARAMCD"].isin(set(real_vv["PARAMCD"]))]
-        keys = ["SRCSUBJID", "PARAMCD", "AVISITN"]
-        bad = twins.loc[twins["AVAL"] <= 0, keys].drop_duplicates()
-        if len(bad):
-            twins = twins.merge(bad.assign(_BAD=True), on=keys, how="left")
-            twins = twins[twins["_BAD"].isna()].drop(columns="_BAD")
+    ``log_params``: the same on the log scale for these parameters, d_i = log Y_i - mean of
+    log of i's twins (exp of the mean is the ratio of geometric means). A visit where any twin
+    is <= 0 (a generator that did not keep the parameter positive) has no ratio: patients are
+    never left out for their twins' values."""
+    if log_params is not None:
+        real_vv = real_vv[real_vv["PARAMCD"].isin(log_params)]
+        twins = twins[twins["PARAMCD"].isin(log_params)]
+        bad = set(map(tuple, twins.loc[twins["AVAL"] <= 0, ["PARAMCD", "AVISITN"]].drop_duplicates().to_numpy()))
+        if bad:
+            keep = [k not in bad for k in zip(twins["PARAMCD"], twins["AVISITN"])]
+            twins = twins[np.asarray(keep, dtype=bool)]
         real_vv = real_vv.assign(AVAL=np.log(real_vv["AVAL"].to_numpy(float)))
         twins = twins.assign(AVAL=np.log(twins["AVAL"].to_numpy(float)))
     tm = twins.groupby(["SRCSUBJID", "PARAMCD", "AVISITN"], as_index=False)["AVAL"].mean()
@@ -125,8 +147,9 @@ def _tte_stats(real_tte: pd.DataFrame, twins_tte: pd.DataFrame, taus: dict[str, 
 
 
 def statistics(real: Trial, twins_vals: pd.DataFrame, twins_tte: pd.DataFrame | None,
-               taus: dict[str, float], params: list[str] | None) -> dict:
-    """{(measure, paramcd, avisitn): Statistic} of one set of twins."""
+               taus: dict[str, float], params: list[str] | None, log_params: set[str] | None = None) -> dict:
+    """{(measure, paramcd, avisitn): Statistic} of one set of twins; ratios of geometric means
+    for ``log_params`` (default: `ratio_parameters` of the real cohort alone)."""
     out = {}
     vv = real.visit_values
     if params is not None:
@@ -134,8 +157,9 @@ def statistics(real: Trial, twins_vals: pd.DataFrame, twins_tte: pd.DataFrame | 
         twins_vals = twins_vals[twins_vals["PARAMCD"].isin(params)]
     if len(vv) and len(twins_vals):
         vv = vv[["USUBJID", "PARAMCD", "AVISITN", "AVAL"]]
-        for measure, log in (("mean_difference", False), ("geometric_mean_ratio", True)):
-            for (p, v), s in _md_stats(vv, twins_vals, log).items():
+        logs = ratio_parameters(real) if log_params is None else log_params
+        for measure, lp in (("mean_difference", None), ("geometric_mean_ratio", logs)):
+            for (p, v), s in _md_stats(vv, twins_vals, lp).items():
                 out[(measure, p, v)] = s
     if twins_tte is not None and real.tte is not None and taus:
         for (measure, p), s in _tte_stats(real.tte, twins_tte, taus).items():

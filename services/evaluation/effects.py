@@ -9,9 +9,12 @@ its twins generated under the control arm by a generator fitted on a knowledge b
 - *Continuous endpoint, per PARAMCD and scheduled visit*: for every source patient i observed
   at the visit, d_i = Y_i - mean of the patient's K twins at that visit (the K twins are
   averaged first: the patient, not the twin, is the unit). The estimate is mean_i d_i
-  (real minus counterfactual). For a parameter whose real values are all positive, also the
-  *ratio of geometric means* (real / twins): the same on the log scale, d_i = log Y_i - mean
-  of log of i's twins, exp of the mean and of its interval. It is the analysis a statistician
+  (real minus counterfactual). For a parameter whose values are all positive in the real
+  cohort and in the knowledge base's target arm (`effect_stats.ratio_parameters`, decided
+  before any twin is drawn), also the *ratio of geometric means* (real / twins): the same on
+  the log scale, d_i = log Y_i - mean of log of i's twins, exp of the mean and of its
+  interval. Its null of 1 asks more of the twins than the mean difference's 0 (their
+  distribution right on the log scale, not only their mean). It is the analysis a statistician
   makes primary for a skewed positive endpoint (a lab value such as bilirubin), where a t
   reference on the raw scale is conservative at small n: on ahd's week-4 bilirubin (20
   placebo patients at the visit, skewness 2.8) the real-patient baseline ANCOVA of the
@@ -109,6 +112,7 @@ from services.data.trial import Trial
 from services.evaluation.effect_stats import (
     MIN_PATIENTS,
     horizon,
+    ratio_parameters,
     statistics,
     twin_tte,
     twin_values,
@@ -124,6 +128,8 @@ from services.evaluation.run_store import cached_in_run
 from services.generation.run import TwinRun
 
 UNIT = "patients"
+MEASURE_LABELS = {"mean_difference": "mean difference", "geometric_mean_ratio": "ratio of geometric means",
+                  "hazard_ratio": "hazard ratio", "rmst_difference": "RMST difference (days)"}   # screen, report, CLI
 EFFECTS_VERSION = 12   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged)
 
 
@@ -173,6 +179,25 @@ def effects_table(effects: Iterable[Effect]) -> pd.DataFrame:
     return pd.DataFrame([e.as_dict() for e in effects])
 
 
+def primary_measure(manifest: dict | None, paramcd: str) -> str:
+    """The scale shown first for a continuous parameter, chosen before any effect is seen: the
+    ratio of geometric means where the run's generator modelled the parameter on the log scale
+    (its fit on the knowledge base chose it: `model_details.transforms`), else the mean
+    difference."""
+    transforms = ((manifest or {}).get("model_details") or {}).get("transforms") or {}
+    return "geometric_mean_ratio" if transforms.get(paramcd) == "log" else "mean_difference"
+
+
+def effect_methods(rows: list[dict]) -> dict[str, str]:
+    """{measure label (and parameter, for an RMST with its own horizon): method} of a list of
+    `effects_json` rows: what Compare's Effect tab and the report print under the table."""
+    out: dict[str, str] = {}
+    for e in rows:
+        label = MEASURE_LABELS.get(e["measure"], e["measure"])
+        out.setdefault(f"{label}, {e['paramcd']}" if e["measure"] == "rmst_difference" else label, e["method"])
+    return out
+
+
 def effects_json(effects: Iterable[Effect]) -> list[dict]:
     """JSON-able list for `twinarm evaluate --json` (`effects` section): NaN becomes None."""
     return [e.as_dict() for e in effects]
@@ -213,10 +238,11 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     ``params`` / ``tte_params`` restrict the endpoints. A precomputed ``bootstrap`` (same
     sources, same taus) may be passed to share refits between analyses: for runs of several K,
     ``generator_bootstrap_by_twins(..., twins_per_refit=boot_twins)[min(K, boot_twins)]`` (the
-    caller picks the count).
+    caller picks the count; and ``log_params=effect_stats.ratio_parameters(real,
+    knowledge_base, target_arm)``).
 
     Returns one :class:`Effect` per continuous PARAMCD x visit (``mean_difference``; and
-    ``geometric_mean_ratio`` where the parameter's real values are all positive) and two
+    ``geometric_mean_ratio`` for the `ratio_parameters`) and two
     per time-to-event PARAMCD (``hazard_ratio``, ``rmst_difference``), with ``unit="patients"``,
     ``n_patients``, ``K`` (twins per patient of the run) and ``B``.
     """
@@ -237,10 +263,11 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
                  for p in tte_ps}
     taus = {p: tr[0] for p, tr in rules.items()}
     taus = {p: t for p, t in taus.items() if math.isfinite(t)}
-    main = statistics(real, twin_values(run), twin_tte(run), taus, params)
+    logs = ratio_parameters(real, knowledge_base, target_arm)
+    main = statistics(real, twin_values(run), twin_tte(run), taus, params, logs)
     if bootstrap is None and refits > 1 and main:
         bootstrap = generator_bootstrap(real, knowledge_base, target_arm, generator, settings, refits,
-                                        boot_twins, seed, taus, params, progress, run_twins=k)
+                                        boot_twins, seed, taus, params, progress, run_twins=k, log_params=logs)
     b = bootstrap.B if bootstrap is not None else 0
     labels = {}
     vv = real.visit_values

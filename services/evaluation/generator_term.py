@@ -145,16 +145,17 @@ def generator_bootstrap(real: Trial, knowledge_base: Trial, target_arm: str, gen
                         seed: int = 0, taus: dict[str, float] | None = None,
                         params: list[str] | None = None,
                         progress: Callable[[int, int], object] | None = None,
-                        run_twins: int | None = None) -> GeneratorBootstrap:
+                        run_twins: int | None = None, log_params: set[str] | None = None) -> GeneratorBootstrap:
     """Refit the generator on ``refits`` resampled knowledge bases (the sources kept once, never
     drawn: a source cannot borrow from a copy of itself) and twin the same sources (``real``'s
     subjects, baseline only): ``boot_twins`` twins each, or for a run of ``run_twins`` = K
     twins per source min(K, boot_twins) twins, averaged over `draws_for` independent draws
-    (`effects` says why)."""
+    (`effects` says why). ``log_params``: the parameters with a ratio of geometric means
+    (`effect_stats.ratio_parameters`), as in the run's own statistics."""
     count = min(int(run_twins), int(boot_twins)) if run_twins else int(boot_twins)
     return generator_bootstrap_by_twins(real, knowledge_base, target_arm, generator, settings, refits,
                                         (count,), seed, taus, params, progress,
-                                        twins_per_refit=boot_twins)[count]
+                                        twins_per_refit=boot_twins, log_params=log_params)[count]
 
 
 def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm: str,
@@ -162,7 +163,8 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
                                  refits: int = 20, twin_counts: Sequence[int] = (20,), seed: int = 0,
                                  taus: dict[str, float] | None = None, params: list[str] | None = None,
                                  progress: Callable[[int, int], object] | None = None,
-                                 twins_per_refit: int | None = None) -> dict[int, GeneratorBootstrap]:
+                                 twins_per_refit: int | None = None,
+                                 log_params: set[str] | None = None) -> dict[int, GeneratorBootstrap]:
     """`generator_bootstrap` for several twin counts from the same refits (one fit per refit,
     then each count generated from it): runs of several K each get refits that generate what
     they generated (`effects`: min(K, boot_twins) twins; why the count matters at K = 1 is said
@@ -189,7 +191,7 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
             for m in range(n_draws[c]):
                 run_b = gen.generate(sources, target_arm=target_arm, twins_per_patient=c,
                                      seed=int(seed) * 7919 + b + 1 + m * 1_000_003)
-                st = statistics(real, twin_values(run_b), twin_tte(run_b), taus or {}, params)
+                st = statistics(real, twin_values(run_b), twin_tte(run_b), taus or {}, params, log_params)
                 for k, s in st.items():
                     drawn.setdefault(k, []).append(s.pseudo)
             out[c].append({k: v[0] if n_draws[c] == 1 else pd.concat(v, axis=1, join="inner").mean(axis=1)
