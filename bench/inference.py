@@ -32,9 +32,12 @@ veteran, gets the HR and RMST tests; no mean difference, reference tests or PROC
      `oracle_ancova_log`, the real-patient ANCOVA of the logs), Cox HR and RMST difference
      for the first TTE parameter (pbc DEATH).
    Coverage of a known added effect: the treated cohort's outcomes are multiplied by 1.2
-   (true effect = 0.2 x the pool's mean at the visit, `md_x1.2`, and a ratio of exactly 1.2,
-   `gmr_x1.2`; an additive shift would be trivially covered exactly as often as 0 is under
-   the null: the estimators are shift-equivariant).
+   (true effect = 0.2 x the pool's mean at the visit, `md_x1.2`; an additive shift would be
+   trivially covered exactly as often as 0 is under the null: the estimators are
+   shift-equivariant, and for the same reason the ratio's coverage of 1.2 is its null
+   coverage, replicate by replicate: no cell of its own).
+   `t1e_min` / `t1e_max` of the RESULT line span every effect test, the ratio's included
+   (since stop 32: not comparable with earlier lines where a trial has a positive endpoint).
    The time-to-event coverage is that of the null (HR 1, RMST difference 0).
 2. **PROCOVA, randomized**. The control arm is split into historical patients (the generator's
    knowledge base) and a trial population; the population's twins (mean of K under control) give
@@ -204,8 +207,9 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
                  pool_change: float = 0.0, ks=KS) -> list[dict]:
     rng = np.random.default_rng([r, 17])
     kb, real = null_cohorts(pool, rng, design)
-    runs = runs_per_k(generator().fit(kb), real.baseline_only(), pool.control_arm, r, ks)
-    run20 = runs[max(ks)]
+    # the K 20 run always: the RMST horizon is capped at the twins' longest follow-up
+    runs = runs_per_k(generator().fit(kb), real.baseline_only(), pool.control_arm, r, sorted({*ks, max(KS)}))
+    run20 = runs[max(KS)]
     taus = {}
     if tte_p is not None:
         taus = {tte_p: effect_stats.default_tau(real, run20, tte_p, kb, pool.control_arm)}
@@ -215,8 +219,8 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     boots = GT.generator_bootstrap_by_twins(real, kb, pool.control_arm,
                                             settings=E.bootstrap_settings(run20, "local", {}), refits=refits,
                                             twin_counts=[min(k, boot_twins) for k in ks], seed=r,
-                                            twins_per_refit=boot_twins,
-                                            taus=taus, params=params)
+                                            twins_per_refit=boot_twins, taus=taus, params=params,
+                                            log_params=effect_stats.ratio_parameters(real, kb, pool.control_arm))
     # the scaled cohort's theta_b differ from a refit's by (factor - 1) x mean(Y), the same for
     # every refit (same patients), so the generator variance applies unchanged
     alt = scale_outcomes(real, paramcd, factor) if paramcd else None
@@ -238,15 +242,12 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
             continue
         for e in E.synthetic_control_effects(alt, run, kb, bootstrap=boot, tau=None, params=[paramcd],
                                              tte_params=[]):
-            if e.avisitn != avisitn:
+            if e.avisitn != avisitn or e.measure != "mean_difference":
                 continue
-            # the ratio of geometric means of outcomes x 1.2 is exactly 1.2 (truth on the log scale)
-            ratio = e.measure in RATIOS
-            truth, shown = (float(np.log(factor)), factor) if ratio else (truth_md, truth_md)
-            rows.append({"rep": r, "K": k, "measure": "gmr_x1.2" if ratio else "md_x1.2", "truth": truth,
-                         "estimate": e.estimate, "lo": e.ci_low, "hi": e.ci_high,
+            rows.append({"rep": r, "K": k, "measure": "md_x1.2", "truth": truth_md, "estimate": e.estimate,
+                         "lo": e.ci_low, "hi": e.ci_high,
                              "p": e.p_value, "naive_p": np.nan, "reject": e.p_value < ALPHA,
-                             "cover": e.ci_low <= shown <= e.ci_high, "width": e.ci_high - e.ci_low,
+                             "cover": e.ci_low <= truth_md <= e.ci_high, "width": e.ci_high - e.ci_low,
                              "v_pat": e.var_patients, "v_gen": e.var_generator, "n": e.n_patients, "df": e.df})
     return rows
 

@@ -85,11 +85,11 @@ def oracle_rows(kb: Trial, real: Trial, paramcd: str, avisitn: float, pool_chang
 def calibration(g: pd.DataFrame, measure: str) -> tuple[float, float]:
     """(mean estimated variance / variance of the estimates over the replicates, mean error of
     the estimates / their SD) of one cell: why a rejection rate is off (the log scale for the
-    hazard ratio and the ratios of geometric means; the error against the truth: 0, or 0.2 x the
-    pool's mean for md_x1.2, log 1.2 for gmr_x1.2)."""
+    hazard ratio and the ratio of geometric means; the error against the truth: 0, or 0.2 x the
+    pool's mean for md_x1.2)."""
     if measure.startswith("oracle_") or len(g) < 3:
         return float("nan"), float("nan")
-    est = np.log(g["estimate"]) if measure in RATIOS + ("gmr_x1.2",) else g["estimate"]
+    est = np.log(g["estimate"]) if measure in RATIOS else g["estimate"]
     truth = float(g["truth"].iloc[0]) if "truth" in g else 0.0
     sd = float(est.std(ddof=1))
     return float((g["v_pat"] + g["v_gen"]).mean() / sd ** 2), float((est.mean() - truth) / sd)
