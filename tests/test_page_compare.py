@@ -46,16 +46,14 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     table = next(d.value for d in at.dataframe if "95 % CI" in d.value.columns)
     assert {"mean difference", "ratio of geometric means", "hazard ratio",
             "RMST difference (days)"} <= set(table["measure"])
-    # a positive lab value offers the log scale, shown first where the generator chose it (pbc's
-    # first parameter, ALB, is modelled on its own scale); the forest plot switches to the ratio
-    param = at.selectbox(key="cmp_effect_param")
-    assert param.value == "ALB" and at.radio(key="cmp_effect_scale_ALB").value == "mean_difference"
-    param.set_value("BILI").run()
-    assert at.radio(key="cmp_effect_scale_BILI").value == "geometric_mean_ratio"
-    assert "ratio (real / twins) (log scale)" in _forest_axes(at)
-    at.radio(key="cmp_effect_scale_BILI").set_value("mean_difference").run()
-    assert not at.exception, at.exception
+    # a positive lab value offers the log scale (its interval not yet calibrated: the mean
+    # difference comes first); the forest plot switches to the ratio
+    at.selectbox(key="cmp_effect_param").set_value("BILI").run()
+    assert at.radio(key="cmp_effect_scale_BILI").value == "mean_difference"
     assert "difference (real - twins)" in _forest_axes(at)
+    at.radio(key="cmp_effect_scale_BILI").set_value("geometric_mean_ratio").run()
+    assert not at.exception, at.exception
+    assert "ratio (real / twins) (log scale)" in _forest_axes(at)
     # the 40 source patients (those observed at a visit), never the 80 twins
     assert (table.loc[table["measure"] == "hazard ratio", "patients"] == 40).all()
     assert table["patients"].max() == 40
