@@ -4,8 +4,9 @@ pseudo-value: what the effect estimate (`effects`) and every generator refit
 
 A statistic is (theta, patient variance, n, pseudo-values). The pseudo-value of patient i is
 theta + n x (i's cluster influence), so that theta is their mean: d_i = Y_i - mean of i's twins
-for a mean difference (exact; log Y_i - mean of log of i's twins for the ratio of geometric means), the cluster's dfbeta for the log hazard ratio, its Kaplan-Meier
-influence (real minus twins) for the RMST difference. The refits' table of pseudo-values
+for a mean difference (exact; log Y_i - mean of log of i's twins for the ratio of geometric
+means), the cluster's dfbeta for the log hazard ratio, its Kaplan-Meier influence (real minus
+twins) for the RMST difference. The refits' table of pseudo-values
 (patients x refits) splits their variation into the knowledge base's part and the part that
 moves with patient and knowledge base jointly, which the patient term already counts."""
 
