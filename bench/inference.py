@@ -109,7 +109,7 @@ from services.retrieval.retriever import ExactRetriever
 
 sys.path.insert(0, str(ROOT / "bench"))
 import corpus
-from null_designs import ALPHA, PER_VISIT, RATIOS, calibration, null_cohorts, oracle_rows
+from null_designs import ALPHA, RATIOS, calibration, null_cohorts, oracle_rows
 
 KS = (1, 5, 20)
 
@@ -230,7 +230,7 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
         naive = naive_tests(real, run, paramcd, avisitn, tte_p)
         kw = {"tau": taus or None, "params": params, "tte_params": [tte_p] if tte_p else []}
         for e in E.synthetic_control_effects(real, run, kb, bootstrap=boot, **kw):
-            if e.measure in PER_VISIT and e.avisitn != avisitn:
+            if e.measure in E.PER_VISIT_MEASURES and e.avisitn != avisitn:
                 continue
             truth = 1.0 if e.measure in RATIOS else 0.0
             nv = naive.get("md" if e.measure == "mean_difference" else "hr" if e.measure == "hazard_ratio" else "", np.nan)

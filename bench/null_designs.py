@@ -10,12 +10,11 @@ from scipy import stats
 
 from services.data.trial import Trial
 from services.evaluation import estimators as est
+from services.evaluation.effects import RATIO_MEASURES as RATIOS
 from services.evaluation.resampling import relabelled
 from services.generation.local.copies import copy_ids
 
 ALPHA = 0.05     # the nominal level of every test of the bench
-PER_VISIT = ("mean_difference", "geometric_mean_ratio")     # continuous endpoints: one per visit
-RATIOS = ("hazard_ratio", "geometric_mean_ratio")           # estimated on the log scale
 
 
 def draw_patients(pool: Trial, draw, name: str, tag: str | None = None) -> Trial:

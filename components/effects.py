@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from services.evaluation.effects import MEASURE_LABELS as MEASURES
-from services.evaluation.effects import effect_methods
+from services.evaluation.effects import PER_VISIT_MEASURES, RATIO_MEASURES, effect_methods
 from services.reporting.figures import compare as fig
 
 
@@ -17,7 +17,7 @@ def effects_frame(result: dict, kb) -> pd.DataFrame:
     rows = []
     for e in result.get("effects") or []:
         unit = kb.parameters[e["paramcd"]].unit if e["paramcd"] in kb.parameters else ""
-        if e["measure"] in ("geometric_mean_ratio", "hazard_ratio"):
+        if e["measure"] in RATIO_MEASURES:
             unit = "ratio"
         where = f" at {e['avisit']}" if e.get("avisit") else ""
         rows.append({"endpoint": f"{e['paramcd']}{where}", "measure": MEASURES.get(e["measure"], e["measure"]),
@@ -56,15 +56,14 @@ def effects_view(kb, run, compute: Callable) -> None:
     with st.expander("Methods (as in the report)"):
         for label, how in effect_methods(result["effects"]).items():
             st.markdown(f"- **{label}**: {how}.")
-    md = frame[frame["_measure"].isin(["mean_difference", "geometric_mean_ratio"])]
+    md = frame[frame["_measure"].isin(PER_VISIT_MEASURES)]
     if len(md):
         params = list(dict.fromkeys(md["_param"]))
         paramcd = st.selectbox("Parameter", params, key="cmp_effect_param")
         sel = md[md["_param"] == paramcd]
         measure = "mean_difference"
         if sel["_measure"].eq("geometric_mean_ratio").any():
-            scales = ["mean_difference", "geometric_mean_ratio"]
-            measure = st.radio("Scale", scales, format_func=MEASURES.get, horizontal=True,
+            measure = st.radio("Scale", PER_VISIT_MEASURES, format_func=MEASURES.get, horizontal=True,
                                key=f"cmp_effect_scale_{paramcd}",
                                help="The ratio of geometric means (log scale) is the usual primary analysis "
                                     "of a skewed positive endpoint such as a lab value, but its interval is "

@@ -73,7 +73,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def print_summary(r: dict) -> None:
-    from services.evaluation.effects import MEASURE_LABELS
+    from services.evaluation.effects import MEASURE_LABELS, PER_VISIT_MEASURES
 
     f, p, u = r["fidelity"], r["privacy"], r["utility"]
     print(f"{r['n_twins']} twins ({r['target_arm']}) of {r['n_sources']} source patients ({r['source_arm']}) "
@@ -118,13 +118,12 @@ def print_summary(r: dict) -> None:
     if rows:
         print(f"effects of the real source patients against their twins ({eff['n_patients']} patients, "
               f"{eff.get('refits', 0)} generator refits; unit: patients):")
-        per_visit = ("mean_difference", "geometric_mean_ratio")
-        shown = [e for e in rows if e["measure"] not in per_visit]
+        shown = [e for e in rows if e["measure"] not in PER_VISIT_MEASURES]
         last = {}
         for e in rows:                     # the last visit of each parameter, on each scale
-            if e["measure"] in per_visit:
+            if e["measure"] in PER_VISIT_MEASURES:
                 last[(e["paramcd"], e["measure"])] = e
         for e in list(last.values()) + shown:
-            where = f" at {e['avisit'] or e['avisitn']}" if e["measure"] in per_visit else ""
+            where = f" at {e['avisit'] or e['avisitn']}" if e["measure"] in PER_VISIT_MEASURES else ""
             print(f"  {e['paramcd']}{where}: {MEASURE_LABELS.get(e['measure'], e['measure'])} {_fmt(e['estimate'])} "
                   f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]")

@@ -133,6 +133,8 @@ from services.generation.run import TwinRun
 UNIT = "patients"
 MEASURE_LABELS = {"mean_difference": "mean difference", "geometric_mean_ratio": "ratio of geometric means",
                   "hazard_ratio": "hazard ratio", "rmst_difference": "RMST difference (days)"}   # screen, report, CLI
+PER_VISIT_MEASURES = ("mean_difference", "geometric_mean_ratio")   # continuous endpoints: one per visit, in this order
+RATIO_MEASURES = ("hazard_ratio", "geometric_mean_ratio")          # estimated on the log scale, shown exp'd
 EFFECTS_VERSION = 12   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged)
 
 
@@ -289,19 +291,18 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
             how = "patient-level cluster-robust variance only (generator uncertainty NOT included)"
         if measure == "mean_difference":
             method = "mean of (real - mean of own K twins) over patients; " + how
-            est = theta
         elif measure == "geometric_mean_ratio":
             method = ("exp of the mean of (log real - mean of log of own K twins) over patients: ratio of "
                       "geometric means, real / twins (a parameter whose values are all positive); log scale; " + how
                       + "; NOT yet calibrated: too narrow on a test trial (ahd: 6.8-7.9 % rejections at nominal 5 %)")
-            est, lo, hi = math.exp(theta), math.exp(lo), math.exp(hi)
         elif measure == "hazard_ratio":
             method = "Cox (Breslow), real vs twins weighted 1/K, clusters = patients; log scale; " + how
-            est, lo, hi = math.exp(theta), math.exp(lo), math.exp(hi)
         else:
             method = (f"Kaplan-Meier RMST to tau={taus[p]:g} d ({rules[p][1]}), real minus twins "
                       "weighted 1/K; " + how)
-            est = theta
+        est = theta
+        if measure in RATIO_MEASURES:
+            est, lo, hi = math.exp(theta), math.exp(lo), math.exp(hi)
         out.append(Effect(
             design="synthetic_control", measure=measure, paramcd=p, avisitn=v,
             avisit=str(labels.get((p, v), "")) if v is not None else "",
@@ -310,8 +311,8 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
             K=k, B=b, var_patients=float(v_p), var_generator=float(gen.variance),
             tau=taus.get(p) if measure == "rmst_difference" else None, alpha=alpha,
         ))
-    order = {"mean_difference": 0, "geometric_mean_ratio": 1}
-    out.sort(key=lambda e: (order.get(e.measure, 2), e.paramcd, e.avisitn or 0, e.measure))
+    order = {m: i for i, m in enumerate(PER_VISIT_MEASURES)}
+    out.sort(key=lambda e: (order.get(e.measure, len(order)), e.paramcd, e.avisitn or 0, e.measure))
     return out
 
 

@@ -9,6 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from services.evaluation.effects import RATIO_MEASURES
+
 GROUP_COLOURS = {
     "twin arm": "#d95f02",
     "real target arm": "#1b9e77",
@@ -206,9 +208,6 @@ def sample_size_bars(plan: dict, title: str) -> go.Figure:
     fig = _layout(fig, title, "patients (total)", "", height=260)
     fig.update_layout(showlegend=False)
     return fig
-
-
-RATIO_MEASURES = ("hazard_ratio", "geometric_mean_ratio")     # estimated on the log scale
 
 
 def effect_forest(effects: pd.DataFrame, title: str) -> go.Figure:
