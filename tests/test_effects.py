@@ -18,7 +18,7 @@ from services.evaluation import effects as E
 from services.evaluation import estimators as est
 from services.evaluation import generator_term as GT
 from services.evaluation import procova_analysis as PA
-from services.evaluation.resampling import resample_knowledge_base
+from services.evaluation.resampling import resample_knowledge_base, subsample_knowledge_base
 from services.generation import get_generator
 from services.retrieval.retriever import ExactRetriever
 
@@ -178,6 +178,40 @@ def test_resample_knowledge_base_keeps_sources_once():
     a = trial.bds["adqs"].loc[trial.bds["adqs"]["USUBJID"] == orig, "AVAL"].to_numpy()
     b = kb.bds["adqs"].loc[kb.bds["adqs"]["USUBJID"] == new, "AVAL"].to_numpy()
     np.testing.assert_array_equal(a, b)
+
+
+def test_subsample_knowledge_base_draws_without_replacement():
+    trial = load_demo("btheb")
+    ctrl = trial.control_arm
+    sources = list(trial.subjects.loc[trial.subjects["ARM"] == ctrl, "USUBJID"][:5])
+    n = trial.arm_counts()[ctrl] - len(sources)
+    kb, r, d = subsample_knowledge_base(trial, ctrl, np.random.default_rng(1), keep=sources, fraction=0.5)
+    assert r + d == n and r == round(n / 2)
+    ids = kb.subjects["USUBJID"]
+    assert ids.is_unique and not ids.str.contains("#").any()          # nobody duplicated
+    assert set(sources) <= set(ids) and kb.arm_counts()[ctrl] == r + len(sources)
+    assert all(kb.arm_counts()[a] == c for a, c in trial.arm_counts().items() if a != ctrl)
+    kept = ids.iloc[-1]
+    pd.testing.assert_frame_equal(
+        kb.bds["adqs"].loc[kb.bds["adqs"]["USUBJID"] == kept].reset_index(drop=True),
+        trial.bds["adqs"].loc[trial.bds["adqs"]["USUBJID"] == kept].reset_index(drop=True))
+
+
+def test_subsampled_term_is_the_delete_d_jackknife_of_a_mean():
+    """For the mean of n values, (r / d) x the variance of subsample means (without
+    replacement) is S^2 / n exactly in expectation: checked against all subsets."""
+    from itertools import combinations
+
+    from services.evaluation.generator_term import GeneratorBootstrap
+
+    y = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0])
+    n, r = len(y), 3
+    means = [y[list(c)].mean() for c in combinations(range(n), r)]
+    # one "patient" whose pseudo-value is the subsample mean, plus a second shifted by 1
+    refits = [{"k": pd.Series([m, m + 1.0], index=["a", "b"])} for m in means]
+    boot = GeneratorBootstrap(len(refits), 1, refits, scale=r / (n - r))
+    expected = np.var(y, ddof=1) / n
+    assert boot.variance("k").variance == pytest.approx(expected * len(means) / (len(means) - 1))
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ import pandas as pd
 
 from services.data.trial import Trial
 from services.evaluation.effect_stats import statistics, twin_tte, twin_values
-from services.evaluation.resampling import resample_knowledge_base
+from services.evaluation.resampling import resample_knowledge_base, subsample_knowledge_base
 from services.generation.run import TwinRun
 
 
@@ -124,13 +124,18 @@ class GeneratorBootstrap:
     refits: list[dict] = field(default_factory=list)
     structure_held: bool = False     # the refits kept a fitted structure (`bootstrap_settings`)
     draws: int = 1                   # independent draws of boot_twins twins averaged per refit
+    scale: float = 1.0               # r / d of subsampled knowledge bases (delete-d jackknife); 1: bootstrap
 
     def variance(self, key) -> GeneratorTerm:
         """The generator term of one statistic (NaN with fewer than 2 refits holding it)."""
         held = [f[key] for f in self.refits if key in f]
         if len(held) < 2:
             return GeneratorTerm(float("nan"), float("nan"), float("nan"), len(held))
-        return two_way_term(pd.concat(held, axis=1, join="inner"))
+        t = two_way_term(pd.concat(held, axis=1, join="inner"))
+        if self.scale == 1.0:
+            return t
+        return GeneratorTerm(t.variance * self.scale, t.between * self.scale, t.interaction * self.scale,
+                             t.refits, t.patients)
 
 
 def draws_for(count: int, twins_per_refit: int | None) -> int:
@@ -164,7 +169,8 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
                                  taus: dict[str, float] | None = None, params: list[str] | None = None,
                                  progress: Callable[[int, int], object] | None = None,
                                  twins_per_refit: int | None = None,
-                                 log_params: set[str] | None = None) -> dict[int, GeneratorBootstrap]:
+                                 log_params: set[str] | None = None,
+                                 subsample: float | None = None) -> dict[int, GeneratorBootstrap]:
     """`generator_bootstrap` for several twin counts from the same refits (one fit per refit,
     then each count generated from it): runs of several K each get refits that generate what
     they generated (`effects`: min(K, boot_twins) twins; why the count matters at K = 1 is said
@@ -173,7 +179,9 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
     draws: the refit's expectation for a run of c twins, with the Monte-Carlo noise of about
     ``twins_per_refit`` twins (default: the largest count). A statistic enters a refit only
     when every draw holds it, and a patient only when every draw holds them (the refit's
-    estimate is then the mean of its draws' estimates)."""
+    estimate is then the mean of its draws' estimates). ``subsample``: refit on that fraction of
+    the target arm drawn without replacement instead of a bootstrap knowledge base, the term
+    scaled by r / d (`resampling.subsample_knowledge_base`)."""
     counts = sorted({int(c) for c in twin_counts})
     if not counts or counts[0] < 1:
         raise ValueError("boot_twins must be at least 1")
@@ -183,8 +191,13 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
     sources = real.baseline_only()
     src_ids = list(real.subjects["USUBJID"])
     out: dict[int, list] = {c: [] for c in counts}
+    scale = 1.0
     for b in range(int(refits)):
-        kb_b = resample_knowledge_base(knowledge_base, target_arm, rng, keep=src_ids)
+        if subsample:
+            kb_b, r, d = subsample_knowledge_base(knowledge_base, target_arm, rng, src_ids, subsample)
+            scale = r / d
+        else:
+            kb_b = resample_knowledge_base(knowledge_base, target_arm, rng, keep=src_ids)
         gen = make_generator(generator, settings or {}).fit(kb_b)
         for c in counts:
             drawn: dict = {}
@@ -200,4 +213,4 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
             progress(b + 1, int(refits))
     held = bool((settings or {}).get("structure"))
     return {c: GeneratorBootstrap(int(refits), c, out[c], structure_held=held,
-                                  draws=n_draws[c]) for c in counts}
+                                  draws=n_draws[c], scale=scale) for c in counts}

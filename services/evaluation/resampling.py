@@ -33,6 +33,25 @@ def resample_knowledge_base(kb: Trial, arm: str, rng: np.random.Generator,
                       f"{kb.name} (bootstrap)", salt="boot")
 
 
+def subsample_knowledge_base(kb: Trial, arm: str, rng: np.random.Generator, keep: Iterable[str] = (),
+                             fraction: float = 0.5) -> tuple[Trial, int, int]:
+    """The knowledge base with round(``fraction`` x n) of its n ``arm`` patients drawn *without*
+    replacement (delete-d jackknife, Shao & Wu 1989): no patient is duplicated, so neither a
+    donor nor a fitted choice meets copies. Patients in ``keep`` stay; other arms unchanged.
+    Returns (trial, r kept, d deleted): the variance of a statistic is (r / d) x the variance
+    of its subsample values."""
+    keep = set(keep)
+    subj = kb.subjects
+    pool = subj.loc[(subj["ARM"] == arm) & ~subj["USUBJID"].isin(keep), "USUBJID"].to_numpy(object)
+    r = min(max(round(float(fraction) * pool.size), 2), pool.size - 1)
+    if r < 2:
+        raise ValueError(f"{pool.size} {arm} patients in the knowledge base: too few to subsample")
+    draw = rng.choice(pool, size=r, replace=False)
+    others = subj.loc[(subj["ARM"] != arm) | subj["USUBJID"].isin(keep), "USUBJID"].to_numpy(object)
+    ids = np.concatenate([others, draw])
+    return relabelled(kb, ids, ids, f"{kb.name} (subsample)", salt="sub"), r, pool.size - r
+
+
 def relabelled(trial: Trial, old_ids, new_ids, name: str, salt: str) -> Trial:
     """The trial's patients ``old_ids`` (repeats allowed) under the ids ``new_ids``, every
     frame's records copied for each; patients not in ``old_ids`` are left out. The content hash
