@@ -204,7 +204,7 @@ def oracle_replicate(pool: Trial, paramcd: str, avisitn: float, r: int, *, desig
 
 def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r: int, *,
                  refits: int, boot_twins: int, factor: float, truth_md: float, design: str = "split",
-                 pool_change: float = 0.0, ks=KS, subsample: float | None = None) -> list[dict]:
+                 pool_change: float = 0.0, ks=KS, subsample: float | None = None, rechoose: bool = False) -> list[dict]:
     rng = np.random.default_rng([r, 17])
     kb, real = null_cohorts(pool, rng, design)
     # the K 20 run always: the RMST horizon is capped at the twins' longest follow-up
@@ -217,7 +217,7 @@ def sc_replicate(pool: Trial, paramcd: str, avisitn: float, tte_p: str | None, r
     # the refits generate min(K, boot_twins) twins, as `synthetic_control_effects` does for a
     # K-twin run, from one fit per refit shared by all K
     boots = GT.generator_bootstrap_by_twins(real, kb, pool.control_arm,
-                                            settings=E.bootstrap_settings(run20, "local", {}), refits=refits,
+                                            settings={} if rechoose else E.bootstrap_settings(run20, "local", {}), refits=refits,
                                             twin_counts=[min(k, boot_twins) for k in ks], seed=r,
                                             twins_per_refit=boot_twins, taus=taus, params=params, subsample=subsample,
                                             log_params=effect_stats.ratio_parameters(real, kb, pool.control_arm))
@@ -317,6 +317,7 @@ def main(argv=None) -> int:
     ap.add_argument("--boot-twins", type=int, default=10)
     ap.add_argument("--subsample", type=float, default=None,
                     help="refit on this fraction of the knowledge base, without replacement (delete-d jackknife)")
+    ap.add_argument("--rechoose", action="store_true", help="refits re-choose the structure (scale, mean model)")
     ap.add_argument("--procova-reps", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=1, help="processes for the synthetic-control replicates")
     ap.add_argument("--design", choices=("split", "bootstrap"), default="split",
@@ -360,7 +361,8 @@ def main(argv=None) -> int:
               + (f"{paramcd} visit {avisitn:g}" if paramcd else "none (events only)") +
               (f", TTE {tte_p}" if tte_p else "") +
               f"; {n_rep} null replicates ({args.design} design), B={args.refits} refits"
-              + (f" on {args.subsample:g} subsamples" if args.subsample else "") + " x "
+              + (f" on {args.subsample:g} subsamples" if args.subsample else "")
+              + (" re-choosing the structure" if args.rechoose else "") + " x "
               f"min(K, {args.boot_twins}) twins (averaged over ceil({args.boot_twins} / K) draws)", flush=True)
         t0 = time.perf_counter()
         if args.oracle_only:
@@ -368,7 +370,8 @@ def main(argv=None) -> int:
                                     pool_change=pool_change)
         else:
             job = functools.partial(sc_replicate, pool, paramcd, avisitn, tte_p, refits=args.refits,
-                                    boot_twins=args.boot_twins, subsample=args.subsample, factor=factor, truth_md=truth_md,
+                                    boot_twins=args.boot_twins, subsample=args.subsample,
+                                    rechoose=args.rechoose, factor=factor, truth_md=truth_md,
                                     design=args.design, pool_change=pool_change, ks=tuple(args.ks))
         rows = []
         if args.jobs > 1:

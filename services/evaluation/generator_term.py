@@ -77,6 +77,20 @@ def make_generator(generator: str, settings: dict):
     return get_generator(generator, **settings)
 
 
+def _at_subsample_size(generator: str, settings: dict, fraction: float) -> dict:
+    """A refit on a subsample applies the run's rules at the subsample's size: a visit needs
+    ``fraction`` x ``min_visit_subjects`` patients (else a visit the run modelled vanishes from
+    every refit of a small knowledge base and the statistic has no generator term)."""
+    from services.generation import GENERATORS
+
+    cls = GENERATORS.get(generator)
+    param = inspect.signature(cls).parameters.get("min_visit_subjects") if cls is not None else None
+    if param is None:
+        return settings
+    base = int(settings.get("min_visit_subjects", param.default))
+    return {**settings, "min_visit_subjects": max(2, math.ceil(base * fraction))}
+
+
 class GeneratorTerm(NamedTuple):
     """Generator variance = between-refit variance - interaction mean square / n (floored at 0).
 
@@ -193,12 +207,14 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
     out: dict[int, list] = {c: [] for c in counts}
     scale = 1.0
     for b in range(int(refits)):
+        refit_settings = settings or {}
         if subsample:
             kb_b, r, d = subsample_knowledge_base(knowledge_base, target_arm, rng, src_ids, subsample)
             scale = r / d
+            refit_settings = _at_subsample_size(generator, refit_settings, r / (r + d))
         else:
             kb_b = resample_knowledge_base(knowledge_base, target_arm, rng, keep=src_ids)
-        gen = make_generator(generator, settings or {}).fit(kb_b)
+        gen = make_generator(generator, refit_settings).fit(kb_b)
         for c in counts:
             drawn: dict = {}
             for m in range(n_draws[c]):
