@@ -191,7 +191,7 @@ def test_subsample_knowledge_base_draws_without_replacement():
     assert ids.is_unique and not ids.str.contains("#").any()          # nobody duplicated
     assert set(sources) <= set(ids) and kb.arm_counts()[ctrl] == r + len(sources)
     assert all(kb.arm_counts()[a] == c for a, c in trial.arm_counts().items() if a != ctrl)
-    kept = ids.iloc[-1]
+    kept = next(u for u in ids if u not in sources and kb.subjects.set_index("USUBJID").at[u, "ARM"] == ctrl)
     pd.testing.assert_frame_equal(
         kb.bds["adqs"].loc[kb.bds["adqs"]["USUBJID"] == kept].reset_index(drop=True),
         trial.bds["adqs"].loc[trial.bds["adqs"]["USUBJID"] == kept].reset_index(drop=True))
@@ -205,13 +205,20 @@ def test_subsampled_term_is_the_delete_d_jackknife_of_a_mean():
     from services.evaluation.generator_term import GeneratorBootstrap
 
     y = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0])
-    n, r = len(y), 3
-    means = [y[list(c)].mean() for c in combinations(range(n), r)]
-    # one "patient" whose pseudo-value is the subsample mean, plus a second shifted by 1
-    refits = [{"k": pd.Series([m, m + 1.0], index=["a", "b"])} for m in means]
-    boot = GeneratorBootstrap(len(refits), 1, refits, scale=r / (n - r))
-    expected = np.var(y, ddof=1) / n
-    assert boot.variance("k").variance == pytest.approx(expected * len(means) / (len(means) - 1))
+    n = len(y)
+    for r in (2, 4):                                   # r / d = 0.5 and 2
+        subsets = [list(c) for c in combinations(range(n), r)]
+        means = np.array([y[c].mean() for c in subsets])
+        # patient a's pseudo-value is the subsample mean; b's adds noise that the interaction
+        # mean square takes out again, so the term is the scaled between-subset variance of a
+        noise = np.random.default_rng(r).normal(0, 0.3, len(subsets))
+        refits = [{"k": pd.Series([m, m + 1.0 + e], index=["a", "b"])} for m, e in zip(means, noise)]
+        term = GeneratorBootstrap(len(refits), 1, refits, scale=r / (n - r)).variance("k")
+        expected = np.var(y, ddof=1) / n * len(subsets) / (len(subsets) - 1)
+        between = np.var((2 * means + 1.0 + noise) / 2, ddof=1)
+        inter = np.var(noise, ddof=1) / 4          # MS_int / n: residuals -+(e - mean e) / 2, n = 2
+        assert term.variance == pytest.approx(r / (n - r) * (between - inter))
+        assert r / (n - r) * np.var(means, ddof=1) == pytest.approx(expected)
 
 
 @pytest.fixture(scope="module")
@@ -370,6 +377,23 @@ def test_refits_generate_the_runs_k(btheb_sc, monkeypatch):
         for mine, theirs in zip(boots[count].refits, alone.refits, strict=True):
             pd.testing.assert_series_equal(mine[key], theirs[key], check_names=False)
     assert not boots[10].refits[0][key].equals(boots[1].refits[0][key])
+
+
+def test_subsampled_refits_scale_by_r_over_d_with_the_visit_rule_at_their_size(btheb_sc, monkeypatch):
+    trial, real, run20 = btheb_sc
+    st = E.bootstrap_settings(run20, "local", dict(run20.manifest["settings"]))
+    seen, make = [], GT.make_generator
+    monkeypatch.setattr(GT, "make_generator", lambda g, s: seen.append(s) or make(g, s))
+    boot = GT.generator_bootstrap_by_twins(real, trial, run20.target_arm, "local", st, refits=3, twin_counts=(5,),
+                                           seed=2, params=["BDI"], subsample=0.5)[5]
+    n = trial.arm_counts()[run20.target_arm]          # the sources are treated: the whole arm is the pool
+    r = round(n / 2)
+    assert boot.scale == pytest.approx(r / (n - r)) and boot.subsample == 0.5
+    assert [s["min_visit_subjects"] for s in seen] == [math.ceil(10 * r / n)] * 3
+    assert all(s["structure"] == st["structure"] for s in seen)      # the structure is still held
+    eff = E.synthetic_control_effects(real, run20, trial, bootstrap=boot, params=["BDI"])
+    assert eff and all("subsampled without replacement (0.5 of the target arm" in e.method for e in eff)
+    assert any(math.isfinite(e.var_generator) and e.var_generator > 0 for e in eff)
 
 
 def test_a_small_k_refit_averages_independent_draws(btheb_sc, monkeypatch):

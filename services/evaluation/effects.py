@@ -284,8 +284,11 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
             twins = f"{bootstrap.boot_twins} twin" + ("s" if bootstrap.boot_twins != 1 else "") + " each"
             if bootstrap.draws > 1:
                 twins += f", mean of {bootstrap.draws} independent draws"
+            kbs = ("bootstrap knowledge bases" if not bootstrap.subsample else
+                   f"knowledge bases subsampled without replacement ({bootstrap.subsample:g} of the target arm; "
+                   "delete-d jackknife, x r / d)")
             how = (f"patient-level cluster-robust variance + generator variance from {b} refits on "
-                   f"bootstrap knowledge bases{held} ({twins}; the patient x "
+                   f"{kbs}{held} ({twins}; the patient x "
                    "knowledge-base interaction and Monte-Carlo noise taken out); Satterthwaite t")
         else:
             how = "patient-level cluster-robust variance only (generator uncertainty NOT included)"

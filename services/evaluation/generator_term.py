@@ -139,6 +139,7 @@ class GeneratorBootstrap:
     structure_held: bool = False     # the refits kept a fitted structure (`bootstrap_settings`)
     draws: int = 1                   # independent draws of boot_twins twins averaged per refit
     scale: float = 1.0               # r / d of subsampled knowledge bases (delete-d jackknife); 1: bootstrap
+    subsample: float | None = None   # the fraction subsampled; None: bootstrap knowledge bases
 
     def variance(self, key) -> GeneratorTerm:
         """The generator term of one statistic (NaN with fewer than 2 refits holding it)."""
@@ -229,4 +230,5 @@ def generator_bootstrap_by_twins(real: Trial, knowledge_base: Trial, target_arm:
             progress(b + 1, int(refits))
     held = bool((settings or {}).get("structure"))
     return {c: GeneratorBootstrap(int(refits), c, out[c], structure_held=held,
-                                  draws=n_draws[c], scale=scale) for c in counts}
+                                  draws=n_draws[c], scale=scale,
+                                  subsample=subsample or None) for c in counts}

@@ -159,6 +159,7 @@ def cohort_page(request, cohort_session, app_server, artifacts):
 
 def test_cohort_of_the_d_penicillamine_arm(cohort_page, artifacts):
     page = cohort_page
+    ui.go_to(page, ui.PAGE_OVERVIEW)     # leave and come back: the kept cohort survives other pages
     ui.go_to(page, ui.PAGE_COHORT)
     ui.assert_no_exception(page)
     assert ui.multiselect_values(page, "Arms", scope=ui.main(page)) == [COHORT_ARM]
@@ -239,6 +240,7 @@ def twin_page(request, twin_session, app_server, artifacts):
 
 
 def test_whatif_generates_a_twin_arm(twin_page, artifacts):
+    ui.go_to(twin_page, ui.PAGE_OVERVIEW)    # leave and come back: the run's note is kept
     ui.go_to(twin_page, ui.PAGE_WHATIF, timeout=ui.SLOW_TIMEOUT_MS)
     ui.assert_no_exception(twin_page)
     expect(ui.main(twin_page).locator('[data-testid="stAlertContentSuccess"]').first).to_be_visible()
