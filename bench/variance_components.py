@@ -1,0 +1,126 @@
+"""Which variance term of a synthetic-control effect falls short: a crossed design of C cohorts x J
+knowledge bases, each drawn with replacement from a trial's control arm (the bootstrap null design of
+bench/inference.py), every cohort twinned by every knowledge base's fitted generator.
+
+theta_cj = mean over cohort c's patients of their pseudo-values (real - own twins; log scale for the
+ratio of geometric means). The random-effects ANOVA of the C x J table gives the truth of the design:
+Var(k), the knowledge base's effect on every cohort at once, is what the generator term v_gen
+estimates; Var(c) + Var(ck), the cohort's own variability given a knowledge base (the interaction
+included), is what the patient term v_pat estimates (`services.evaluation.generator_term`). Each
+cell's v_pat is its cohort's, and each cell's v_gen comes from B refits on bootstrap copies of its
+knowledge base, all cohorts twinned by the same refits (their pseudo-values split by cohort).
+
+Prints per measure the truth, the mean estimates and their ratios; ends with a RESULT line.
+    python bench/variance_components.py --trial ahd --cohorts 8 --kbs 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import corpus
+from inference import control_pool, endpoint, generator
+from null_designs import draw_patients
+
+from services.evaluation import effect_stats
+from services.evaluation import effects as E
+from services.evaluation import generator_term as GT
+from services.evaluation.effect_stats import statistics, twin_values
+
+
+def crossed_anova(T: np.ndarray) -> dict:
+    """Var(c), Var(k), Var(ck) of a C x J table with one value per cell (method of moments)."""
+    C, J = T.shape
+    g = T.mean()
+    ms_c = J * ((T.mean(axis=1) - g) ** 2).sum() / (C - 1)
+    ms_k = C * ((T.mean(axis=0) - g) ** 2).sum() / (J - 1)
+    r = T - T.mean(axis=1, keepdims=True) - T.mean(axis=0, keepdims=True) + g
+    ms_ck = (r ** 2).sum() / ((C - 1) * (J - 1))
+    return {"c": (ms_c - ms_ck) / J, "k": (ms_k - ms_ck) / C, "ck": ms_ck}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trial", default="ahd")
+    ap.add_argument("--cohorts", type=int, default=8)
+    ap.add_argument("--kbs", type=int, default=40)
+    ap.add_argument("--k", type=int, default=20, help="twins per patient of each cell's run")
+    ap.add_argument("--refits", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    t0 = time.perf_counter()
+    trial = corpus.load(args.trial)
+    paramcd, avisitn = endpoint(trial)
+    pool = control_pool(trial, paramcd)
+    arm = pool.control_arm
+    ids = pool.subjects["USUBJID"].to_numpy(object)
+    half = len(ids) // 2
+    rng = np.random.default_rng([args.seed, 29])
+    draws = [rng.choice(ids, len(ids) - half) for _ in range(args.cohorts)]
+    union = draw_patients(pool, np.concatenate(draws), "cohorts", tag="T")   # every cohort, as one source set
+    flat = pd.Series(np.concatenate(draws))
+    new = [f"T{c}:{u}" for u, c in zip(flat, flat.groupby(flat).cumcount())]   # draw_patients' ids
+    members, at = [], 0
+    for d in draws:
+        members.append(set(new[at:at + len(d)]))
+        at += len(d)
+    assert set(new) == set(union.subjects["USUBJID"])
+    cells = []
+    for j in range(args.kbs):
+        kb = draw_patients(pool, rng.choice(ids, half), f"kb{j}")
+        logs = effect_stats.ratio_parameters(union, kb, arm)
+        run = generator().fit(kb).generate(union.baseline_only(), target_arm=arm, twins_per_patient=args.k,
+                                          seed=1000 + j)
+        main_st = statistics(union, twin_values(run), None, {}, [paramcd], logs)
+        boot = GT.generator_bootstrap(union, kb, arm, "local", E.bootstrap_settings(run, "local", {}),
+                                      refits=args.refits, boot_twins=10, seed=j, params=[paramcd],
+                                      run_twins=args.k, log_params=logs)
+        for key, s in main_st.items():
+            if key[2] != avisitn:
+                continue
+            refits = [f[key] for f in boot.refits if key in f]
+            for c, mem in enumerate(members):
+                d = s.pseudo[s.pseudo.index.isin(mem)]
+                if len(d) < 3:
+                    continue
+                held = [p[p.index.isin(mem)] for p in refits]
+                v_gen = GT.two_way_term(pd.concat(held, axis=1, join="inner")).variance if len(held) > 1 else np.nan
+                cells.append({"measure": key[0], "c": c, "j": j, "theta": d.mean(),
+                              "v_pat": d.var(ddof=1) / len(d), "v_gen": v_gen, "n": len(d)})
+    df = pd.DataFrame(cells)
+    print(f"== {args.trial}: {paramcd} visit {avisitn:g}, {args.cohorts} cohorts x {args.kbs} knowledge bases "
+          f"(bootstrap design: {len(ids) - half} / {half} of {len(ids)}), K {args.k}, B {args.refits}; "
+          f"{time.perf_counter() - t0:.0f}s")
+    result = []
+    for m, g in df.groupby("measure"):
+        T = g.pivot(index="c", columns="j", values="theta")
+        T = T.dropna(axis=1).dropna(axis=0)     # a complete table: every cohort under every knowledge base
+        if T.shape[0] < 3 or T.shape[1] < 3:
+            continue
+        comp = crossed_anova(T.to_numpy(float))
+        kept = g[g["c"].isin(T.index) & g["j"].isin(T.columns)]
+        vp, vg = float(kept["v_pat"].mean()), float(kept["v_gen"].mean())
+        truth_p, truth_g = comp["c"] + comp["ck"], comp["k"]
+        total = float(np.var(T.to_numpy(float), ddof=1))
+        print(f"   {m:22s} {T.shape[0]} x {T.shape[1]}: Var(theta) {total:.4g}; truth patient part "
+              f"{truth_p:.4g} (c {comp['c']:.3g}, ck {comp['ck']:.3g}), generator part {truth_g:.4g}; "
+              f"estimates v_pat {vp:.4g} ({vp / truth_p:.2f} x), v_gen {vg:.4g} ({vg / truth_g:.2f} x)")
+        short = m.split("_")[0][:5]
+        result += [f"{short}_vpat_ratio={vp / truth_p:.3f}", f"{short}_vgen_ratio={vg / truth_g:.3f}"]
+    print("RESULT " + " ".join(result + [f"minutes={(time.perf_counter() - t0) / 60:.1f}"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
