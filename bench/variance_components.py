@@ -49,6 +49,23 @@ def crossed_anova(T: np.ndarray) -> dict:
     return {"c": (ms_c - ms_ck) / J, "k": (ms_k - ms_ck) / C, "ck": ms_ck}
 
 
+def _ratio_intervals(T: pd.DataFrame, cells: pd.DataFrame, rng, reps: int = 500) -> tuple:
+    """95 % percentile intervals of v_pat / truth and v_gen / truth, resampling cohorts and
+    knowledge bases (both with replacement: the pigeonhole bootstrap of a crossed design)."""
+    vp = cells.pivot(index="c", columns="j", values="v_pat").loc[T.index, T.columns].to_numpy(float)
+    vg = cells.pivot(index="c", columns="j", values="v_gen").loc[T.index, T.columns].to_numpy(float)
+    X = T.to_numpy(float)
+    out = []
+    for _ in range(reps):
+        r = rng.integers(0, X.shape[0], X.shape[0])
+        c = rng.integers(0, X.shape[1], X.shape[1])
+        comp = crossed_anova(X[np.ix_(r, c)])
+        out.append((np.nanmean(vp[np.ix_(r, c)]) / (comp["c"] + comp["ck"]),
+                    np.nanmean(vg[np.ix_(r, c)]) / comp["k"]))
+    q = np.nanpercentile(np.array(out), [2.5, 97.5], axis=0)
+    return q[0, 0], q[1, 0], q[0, 1], q[1, 1]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trial", default="ahd")
@@ -57,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=20, help="twins per patient of each cell's run")
     ap.add_argument("--refits", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cells-out", type=Path, default=None, help="CSV of every cell's theta and estimates")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
@@ -99,6 +117,8 @@ def main(argv=None) -> int:
                 cells.append({"measure": key[0], "c": c, "j": j, "theta": d.mean(),
                               "v_pat": d.var(ddof=1) / len(d), "v_gen": v_gen, "n": len(d)})
     df = pd.DataFrame(cells)
+    if args.cells_out:
+        df.to_csv(args.cells_out, index=False)
     print(f"== {args.trial}: {paramcd} visit {avisitn:g}, {args.cohorts} cohorts x {args.kbs} knowledge bases "
           f"(bootstrap design: {len(ids) - half} / {half} of {len(ids)}), K {args.k}, B {args.refits}; "
           f"{time.perf_counter() - t0:.0f}s")
@@ -113,9 +133,11 @@ def main(argv=None) -> int:
         vp, vg = float(kept["v_pat"].mean()), float(kept["v_gen"].mean())
         truth_p, truth_g = comp["c"] + comp["ck"], comp["k"]
         total = float(np.var(T.to_numpy(float), ddof=1))
+        lo_p, hi_p, lo_g, hi_g = _ratio_intervals(T, kept, rng)
         print(f"   {m:22s} {T.shape[0]} x {T.shape[1]}: Var(theta) {total:.4g}; truth patient part "
               f"{truth_p:.4g} (c {comp['c']:.3g}, ck {comp['ck']:.3g}), generator part {truth_g:.4g}; "
-              f"estimates v_pat {vp:.4g} ({vp / truth_p:.2f} x), v_gen {vg:.4g} ({vg / truth_g:.2f} x)")
+              f"estimates v_pat {vp:.4g} ({vp / truth_p:.2f} x [{lo_p:.2f}, {hi_p:.2f}]), "
+              f"v_gen {vg:.4g} ({vg / truth_g:.2f} x [{lo_g:.2f}, {hi_g:.2f}])")
         short = m.split("_")[0][:5]
         result += [f"{short}_vpat_ratio={vp / truth_p:.3f}", f"{short}_vgen_ratio={vg / truth_g:.3f}"]
     print("RESULT " + " ".join(result + [f"minutes={(time.perf_counter() - t0) / 60:.1f}"]))
