@@ -113,9 +113,9 @@ def main(argv=None) -> int:
                 if len(d) < 3:
                     continue
                 held = [p[p.index.isin(mem)] for p in refits]
-                v_gen = GT.two_way_term(pd.concat(held, axis=1, join="inner")).variance if len(held) > 1 else np.nan
-                cells.append({"measure": key[0], "c": c, "j": j, "theta": d.mean(),
-                              "v_pat": d.var(ddof=1) / len(d), "v_gen": v_gen, "n": len(d)})
+                term = GT.two_way_term(pd.concat(held, axis=1, join="inner")) if len(held) > 1 else GT.NO_GENERATOR_TERM
+                cells.append({"measure": key[0], "c": c, "j": j, "theta": d.mean(), "v_pat": d.var(ddof=1) / len(d),
+                              "v_gen": term.variance, "between": term.between, "inter": term.interaction, "n": len(d)})
     df = pd.DataFrame(cells)
     if args.cells_out:
         df.to_csv(args.cells_out, index=False)
@@ -131,13 +131,15 @@ def main(argv=None) -> int:
         comp = crossed_anova(T.to_numpy(float))
         kept = g[g["c"].isin(T.index) & g["j"].isin(T.columns)]
         vp, vg = float(kept["v_pat"].mean()), float(kept["v_gen"].mean())
+        between, inter = float(kept["between"].mean()), float(kept["inter"].mean())
         truth_p, truth_g = comp["c"] + comp["ck"], comp["k"]
         total = float(np.var(T.to_numpy(float), ddof=1))
         lo_p, hi_p, lo_g, hi_g = _ratio_intervals(T, kept, rng)
         print(f"   {m:22s} {T.shape[0]} x {T.shape[1]}: Var(theta) {total:.4g}; truth patient part "
               f"{truth_p:.4g} (c {comp['c']:.3g}, ck {comp['ck']:.3g}), generator part {truth_g:.4g}; "
               f"estimates v_pat {vp:.4g} ({vp / truth_p:.2f} x [{lo_p:.2f}, {hi_p:.2f}]), "
-              f"v_gen {vg:.4g} ({vg / truth_g:.2f} x [{lo_g:.2f}, {hi_g:.2f}])")
+              f"v_gen {vg:.4g} ({vg / truth_g:.2f} x [{lo_g:.2f}, {hi_g:.2f}]) = between-refit {between:.4g} "
+              f"- interaction / n {inter:.4g}; truth of the interaction / n, Var(ck) {comp['ck']:.4g}")
         short = m.split("_")[0][:5]
         result += [f"{short}_vpat_ratio={vp / truth_p:.3f}", f"{short}_vgen_ratio={vg / truth_g:.3f}"]
     print("RESULT " + " ".join(result + [f"minutes={(time.perf_counter() - t0) / 60:.1f}"]))
