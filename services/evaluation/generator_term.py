@@ -78,9 +78,11 @@ def make_generator(generator: str, settings: dict):
 
 
 def _at_subsample_size(generator: str, settings: dict, fraction: float) -> dict:
-    """A refit on a subsample applies the run's rules at the subsample's size: a visit needs
-    ``fraction`` x ``min_visit_subjects`` patients (else a visit the run modelled vanishes from
-    every refit of a small knowledge base and the statistic has no generator term)."""
+    """A refit on a subsample applies the run's visit rule at the subsample's size: a visit
+    needs ``fraction`` x ``min_visit_subjects`` patients (else a visit the run modelled vanishes
+    from every refit of a small knowledge base and the statistic has no generator term). The
+    visits a refit models can still differ from the run's (its count at a visit is random):
+    the visit set is not held, as the structure is."""
     from services.generation import GENERATORS
 
     cls = GENERATORS.get(generator)

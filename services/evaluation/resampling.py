@@ -37,9 +37,9 @@ def subsample_knowledge_base(kb: Trial, arm: str, rng: np.random.Generator, keep
                              fraction: float = 0.5) -> tuple[Trial, int, int]:
     """The knowledge base with round(``fraction`` x n) of its n ``arm`` patients drawn *without*
     replacement (delete-d jackknife, Shao & Wu 1989): no patient is drawn twice, so neither a
-    donor nor a fitted choice meets copies (unless the knowledge base holds copies already). Patients in ``keep`` stay; other arms unchanged.
-    Returns (trial, r kept, d deleted): the variance of a statistic is (r / d) x the variance
-    of its subsample values."""
+    donor nor a fitted choice meets copies (unless the knowledge base holds copies already).
+    Patients in ``keep`` stay; other arms unchanged. Returns (trial, r kept, d deleted): the
+    variance of a statistic is (r / d) x the variance of its subsample values."""
     if not 0 < fraction < 1:
         raise ValueError(f"the subsample fraction must be between 0 and 1, got {fraction}")
     keep = set(keep)
