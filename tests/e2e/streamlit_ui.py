@@ -311,9 +311,7 @@ def go_to(page, title: str, timeout: float = TIMEOUT_MS) -> None:
         has=page.get_by_text(title, exact=True))
     if link.count() == 0:
         raise AssertionError(f"no '{title}' link in the sidebar navigation; pages: {nav_titles(page)}")
-    if link.first.get_attribute("aria-current") == "page":
-        # already there (e.g. after switching trial on this page): a click would only ask for a
-        # rerun the test does not need, and under load (CI, 2 cores) that rerun once never came
+    if link.first.get_attribute("aria-current") == "page":   # its rerun once never came under load
         wait_idle(page, timeout)
         return
     rerun(page, lambda: link.first.click(), timeout)
