@@ -23,11 +23,15 @@ def draw_patients(pool: Trial, draw, name: str, tag: str | None = None) -> Trial
     in the effects' bootstrap); a cohort (`tag`): every patient is `{tag}{j}:X`, never a
     knowledge-base id, so a copy of a knowledge-base patient is a new patient to the generator."""
     draw = pd.Series(np.asarray(draw, dtype=object))
-    if tag is None:
-        new = copy_ids(draw)
-    else:
-        new = [f"{tag}{c}:{u}" for u, c in zip(draw, draw.groupby(draw).cumcount())]
+    new = copy_ids(draw) if tag is None else cohort_ids(draw, tag)
     return relabelled(pool, draw.to_numpy(object), new, name, salt=name)
+
+
+def cohort_ids(draw, tag: str) -> list[str]:
+    """The ids `draw_patients` gives a cohort's draw, in the draw's order: `{tag}{j}:X` for the
+    j-th draw of patient X."""
+    draw = pd.Series(np.asarray(draw, dtype=object))
+    return [f"{tag}{c}:{u}" for u, c in zip(draw, draw.groupby(draw).cumcount())]
 
 
 def null_cohorts(pool: Trial, rng: np.random.Generator, design: str) -> tuple[Trial, Trial]:

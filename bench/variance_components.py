@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus
 from inference import control_pool, endpoint, generator
-from null_designs import draw_patients
+from null_designs import cohort_ids, draw_patients
 
 from services.evaluation import effect_stats
 from services.evaluation import effects as E
@@ -89,8 +89,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng([args.seed, 29])
     draws = [rng.choice(ids, len(ids) - half) for _ in range(args.cohorts)]
     union = draw_patients(pool, np.concatenate(draws), "cohorts", tag="T")   # every cohort, as one source set
-    flat = pd.Series(np.concatenate(draws))
-    new = [f"T{c}:{u}" for u, c in zip(flat, flat.groupby(flat).cumcount())]   # draw_patients' ids
+    new = cohort_ids(np.concatenate(draws), "T")
     members, at = [], 0
     for d in draws:
         members.append(set(new[at:at + len(d)]))

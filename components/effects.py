@@ -9,7 +9,12 @@ import pandas as pd
 import streamlit as st
 
 from services.evaluation.effects import MEASURE_LABELS as MEASURES
-from services.evaluation.effects import PER_VISIT_MEASURES, RATIO_MEASURES, effect_methods
+from services.evaluation.effects import (
+    PER_VISIT_MEASURES,
+    RATIO_CAVEAT,
+    RATIO_MEASURES,
+    effect_methods,
+)
 from services.reporting.figures import compare as fig
 
 
@@ -67,8 +72,7 @@ def effects_view(kb, run, compute: Callable) -> None:
                                key=f"cmp_effect_scale_{paramcd}",
                                help="The ratio of geometric means (log scale) is the usual primary analysis "
                                     "of a skewed positive endpoint such as a lab value, but its interval is "
-                                    "not yet calibrated here: too narrow on a test trial (6.8-7.9 % "
-                                    "rejections at nominal 5 %). The mean difference is shown first.")
+                                    f"not yet calibrated here: {RATIO_CAVEAT}. The mean difference is shown first.")
         sel = sel[sel["_measure"] == measure]
         what = "real minus twins" if measure == "mean_difference" else "real / twins, geometric means"
         st.plotly_chart(fig.effect_forest(
