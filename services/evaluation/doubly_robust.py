@@ -1,0 +1,123 @@
+"""A doubly robust mean difference of a source cohort against its synthetic control: the twins'
+prediction plus the knowledge base's own control patients, weighted by their odds of being
+like the cohort.
+
+The plain estimate (`effects`) trusts the twins: mean over the cohort of d_i = Y_i - mu(X_i),
+mu(X_i) the mean of patient i's twins. If the generator's mean is wrong for patients like the
+cohort, so is the estimate, and only the generator refits widen its interval. The augmented
+estimate (the average treatment effect on the treated of Robins, Rotnitzky & Zhao 1994, in the
+form of Kang & Schafer 2007 / Chernozhukov et al. 2018) subtracts what the same prediction gets
+wrong on the real control patients of the knowledge base's target arm, re-weighted towards the
+cohort:
+
+    theta = mean_{i in cohort} d_i  -  sum_j w_j r_j / sum_j w_j,      j in the target arm,
+
+r_j = Y_j - mu(X_j) from twins of the control patient j made by a generator fold that never saw
+j (the local generator cross-fits its own knowledge base), w_j = e(X_j) / (1 - e(X_j)), e the
+propensity of being in the cohort rather than the target arm (L2 logistic regression on the
+baseline facts the generator uses, penalty by cross-validation). It is unbiased when either the twins' mean or the
+propensity is right: where the cohort is a randomized arm of the same trial, e is constant and
+theta is the difference of the arms' mean prediction errors, unbiased whatever the twins.
+
+Variance: the two independent samples' influence terms, var(d) / n + sum w_j^2 (r_j - r_w)^2 /
+(sum w_j)^2, Welch-Satterthwaite degrees of freedom (the control side's from its effective
+size (sum w)^2 / sum w^2). No generator refits: a knowledge base that moves the prediction moves
+both terms alike, so to first order its variation cancels, and the control patients' own
+sampling variation, which it stands for, is the second term. The propensity is treated as
+known (its estimation usually makes such an interval slightly conservative for this estimand).
+Needs the cohort outside the target arm (a placebo twin of a placebo patient has no control
+patients left to correct it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from services.data.trial import Trial
+from services.evaluation.effect_stats import MIN_PATIENTS, statistics, twin_values
+from services.generation.run import TwinRun
+
+PROPENSITY_CLIP = 0.99    # e at most this: one control patient weighs at most 99 cohort-like patients
+
+
+def propensity(cohort: Trial, controls: Trial) -> pd.Series:
+    """e(X_j) = P(cohort | baseline) of every control patient (index USUBJID): L2 logistic
+    regression of cohort membership on the generator's baseline design (parameter baselines,
+    covariates; missing values imputed and flagged; standardised on the controls), its penalty
+    chosen by 5-fold cross-validated log loss, so that a cohort that differs from the controls
+    in nothing (a randomized arm) gets a nearly constant e instead of fitted noise."""
+    from sklearn.linear_model import LogisticRegressionCV
+
+    from services.generation.local.features import BaselineFeatures
+
+    c_ids, k_ids = list(cohort.subjects["USUBJID"]), list(controls.subjects["USUBJID"])
+    feats = BaselineFeatures(list(controls.parameters), controls.covariates).fit(controls, k_ids)
+    X = np.vstack([feats.transform(cohort, c_ids), feats.transform(controls, k_ids)])
+    y = np.r_[np.ones(len(c_ids)), np.zeros(len(k_ids))]
+    if X.shape[1] == 0 or np.allclose(X.std(axis=0), 0) or min(len(c_ids), len(k_ids)) < 5:
+        e = np.full(len(k_ids), len(c_ids) / len(y))
+    else:
+        model = LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=5, scoring="neg_log_loss",
+                                     max_iter=2000).fit(X, y)
+        e = model.predict_proba(X[len(c_ids):])[:, 1]
+    return pd.Series(np.clip(e, 1e-6, PROPENSITY_CLIP), index=k_ids)
+
+
+class Augmented:
+    """One doubly robust mean difference: estimate, its two variance parts, Welch df and the
+    control side's effective size."""
+
+    def __init__(self, d: pd.Series, r: pd.Series, w: pd.Series):
+        w = w.reindex(r.index)
+        self.n, self.m = len(d), len(r)
+        self.plain = float(d.mean())
+        self.correction = float((w * r).sum() / w.sum())
+        self.theta = self.plain - self.correction
+        self.var_cohort = float(d.var(ddof=1) / self.n)
+        self.var_controls = float((w**2 * (r - self.correction) ** 2).sum() / w.sum() ** 2)
+        self.m_eff = float(w.sum() ** 2 / (w**2).sum())
+        var = self.var_cohort + self.var_controls
+        den = self.var_cohort**2 / max(self.n - 1, 1) + self.var_controls**2 / max(self.m_eff - 1, 1)
+        self.var = var
+        self.df = var**2 / den if den > 0 else float(self.n - 1)
+
+
+def control_twins(knowledge_base: Trial, run: TwinRun, controls: list[str], generator: str | None = None,
+                  settings: dict | None = None, seed: int = 0, fitted=None) -> TwinRun:
+    """Twins of the target arm's own patients, as many per patient as the run made (at most
+    20), from a generator fitted on the whole knowledge base (``fitted``, or a fresh one of
+    ``generator`` with ``settings``): it predicts each of them by a fold model that excludes
+    them (the local generator's cross-fitting)."""
+    from services.evaluation.generator_term import make_generator
+
+    k = int(run.adsl.groupby("SRCSUBJID").size().max())
+    gen = fitted if fitted is not None else make_generator(generator or "local", settings or {}).fit(knowledge_base)
+    return gen.generate(knowledge_base.subset(controls).baseline_only(), target_arm=run.target_arm,
+                        twins_per_patient=min(k, 20), seed=int(seed) + 4242)
+
+
+def augmented_mean_differences(real: Trial, run: TwinRun, controls: Trial, controls_run: TwinRun,
+                               weights: pd.Series, params: list[str] | None = None) -> dict:
+    """{(PARAMCD, AVISITN): Augmented} for every visit with at least `MIN_PATIENTS` patients on
+    both sides; ``controls`` are the target arm's patients with their outcomes,
+    ``controls_run`` their own twins, ``weights`` their e / (1 - e)."""
+    out = {}
+    cohort = statistics(real, twin_values(run), None, {}, params, set())
+    ctrl = statistics(controls, twin_values(controls_run), None, {}, params, set())
+    for key, s in cohort.items():
+        if key[0] == "mean_difference" and key in ctrl and len(ctrl[key].pseudo) >= MIN_PATIENTS:
+            out[key[1:]] = Augmented(s.pseudo, ctrl[key].pseudo, weights)
+    return out
+
+
+def interval(a: Augmented, alpha: float = 0.05) -> tuple[float, float, float, float]:
+    """(se, low, high, two-sided p) of a t interval with the Welch df."""
+    se = math.sqrt(a.var) if a.var > 0 else float("nan")
+    if not math.isfinite(se):
+        return se, float("nan"), float("nan"), float("nan")
+    q = float(stats.t.ppf(1 - alpha / 2, a.df))
+    return se, a.theta - q * se, a.theta + q * se, float(2 * stats.t.sf(abs(a.theta) / se, a.df))
