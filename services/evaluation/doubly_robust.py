@@ -20,8 +20,9 @@ propensity is right: where the cohort is a randomized arm of the same trial, e i
 theta is the difference of the arms' mean prediction errors, unbiased whatever the twins.
 
 Variance: the two independent samples' influence terms, var(d) / n + sum w_j^2 (r_j - r_w)^2 /
-(sum w_j)^2, Welch-Satterthwaite degrees of freedom (the control side's from its effective
-size (sum w)^2 / sum w^2). No generator refits: a knowledge base that moves the prediction moves
+(sum w_j)^2 x m_eff / (m_eff - 1), m_eff = (sum w)^2 / sum w^2 the control side's effective
+size; Welch-Satterthwaite degrees of freedom. With equal weights this is exactly Welch's t test
+of the cohort's d against the controls' r. No generator refits: a knowledge base that moves the prediction moves
 both terms alike, so to first order its variation cancels, and the control patients' own
 sampling variation, which it stands for, is the second term. The propensity is treated as
 known (its estimation usually makes such an interval slightly conservative for this estimand).
@@ -78,8 +79,11 @@ class Augmented:
         self.correction = float((w * r).sum() / w.sum())
         self.theta = self.plain - self.correction
         self.var_cohort = float(d.var(ddof=1) / self.n)
-        self.var_controls = float((w**2 * (r - self.correction) ** 2).sum() / w.sum() ** 2)
         self.m_eff = float(w.sum() ** 2 / (w**2).sum())
+        # x m_eff / (m_eff - 1): with equal weights the control side is s^2 / m, so that the
+        # whole is Welch's unequal-variance t (a plug-in divisor would be ~10 % short at 10 controls)
+        self.var_controls = float((w**2 * (r - self.correction) ** 2).sum() / w.sum() ** 2
+                                  * self.m_eff / max(self.m_eff - 1, 1e-9))
         var = self.var_cohort + self.var_controls
         den = self.var_cohort**2 / max(self.n - 1, 1) + self.var_controls**2 / max(self.m_eff - 1, 1)
         self.var = var
