@@ -44,7 +44,7 @@ def replicate(pool, rng, design: str, k: int, paramcd: str, avisitn: float, r: i
     res = DR.augmented_mean_differences(real, run, kb, ctl, e / (1 - e), [paramcd]).get((paramcd, avisitn))
     if res is None:
         return None
-    se, lo, hi, p = DR.interval(res, ALPHA)
+    _se, lo, hi, p = DR.interval(res, ALPHA)
     plain = statistics(real, twin_values(run), None, {}, [paramcd], set()).get(("mean_difference", paramcd, avisitn))
     p_plain = float(2 * stats.t.sf(abs(plain.theta) / np.sqrt(plain.var_patients), plain.n - 1))
     return {"r": r, "dr": res.theta, "var_dr": res.var, "p_dr": p, "lo": lo, "hi": hi, "df": res.df,

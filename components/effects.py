@@ -39,7 +39,9 @@ def effects_view(kb, run, compute: Callable) -> None:
                "parameter also on the log scale: the ratio of geometric means, real / twins); hazard "
                "ratio and restricted mean survival time with each patient's twins weighing one patient. "
                "The interval adds the generator's own uncertainty (it is refitted on resampled knowledge "
-               "bases), so more twins per patient cannot make it narrower than the data allow.")
+               "bases), so more twins per patient cannot make it narrower than the data allow. The doubly "
+               "robust mean difference also subtracts the twins' own error on the knowledge base's real "
+               "control patients who resemble the cohort, so it stays right when the twins' mean is not.")
     key = f"effects_shown_{kb.content_hash[:12]}_{run.run_id}"
     if not st.session_state.get(key):
         if st.button("Estimate the effect", key="cmp_effects_go",
@@ -66,15 +68,20 @@ def effects_view(kb, run, compute: Callable) -> None:
         params = list(dict.fromkeys(md["_param"]))
         paramcd = st.selectbox("Parameter", params, key="cmp_effect_param")
         sel = md[md["_param"] == paramcd]
-        measure = "mean_difference"
-        if sel["_measure"].eq("geometric_mean_ratio").any():
-            measure = st.radio("Scale", PER_VISIT_MEASURES, format_func=MEASURES.get, horizontal=True,
+        shown = [m for m in PER_VISIT_MEASURES if sel["_measure"].eq(m).any()]
+        measure = shown[0]
+        if len(shown) > 1:
+            measure = st.radio("Estimate", shown, format_func=MEASURES.get, horizontal=True,
                                key=f"cmp_effect_scale_{paramcd}",
-                               help="The ratio of geometric means (log scale) is the usual primary analysis "
-                                    "of a skewed positive endpoint such as a lab value, but its interval is "
-                                    f"not yet calibrated here: {RATIO_CAVEAT}. The mean difference is shown first.")
+                               help="The mean difference trusts the twins' mean. The doubly robust one also "
+                                    "corrects it by the twins' own error on the knowledge base's control "
+                                    "patients who resemble the cohort: right when either the twins or that "
+                                    "resemblance model is. The ratio of geometric means (log scale) is the usual "
+                                    "primary analysis of a skewed positive endpoint such as a lab value, but its "
+                                    f"interval is not yet calibrated here: {RATIO_CAVEAT}.")
         sel = sel[sel["_measure"] == measure]
-        what = "real minus twins" if measure == "mean_difference" else "real / twins, geometric means"
+        what = {"mean_difference": "real minus twins", "mean_difference_dr": "real minus twins, doubly robust",
+                "geometric_mean_ratio": "real / twins, geometric means"}[measure]
         st.plotly_chart(fig.effect_forest(
             pd.DataFrame({"label": sel["endpoint"], "estimate": sel["estimate"], "ci_low": sel["_lo"],
                           "ci_high": sel["_hi"], "measure": sel["_measure"]}),

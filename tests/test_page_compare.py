@@ -44,7 +44,7 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     at.button(key="cmp_effects_go").click().run()
     assert not at.exception, at.exception
     table = next(d.value for d in at.dataframe if "95 % CI" in d.value.columns)
-    assert {"mean difference", "ratio of geometric means", "hazard ratio",
+    assert {"mean difference", "mean difference, doubly robust", "ratio of geometric means", "hazard ratio",
             "RMST difference (days)"} <= set(table["measure"])
     # a positive lab value offers the log scale (its interval not yet calibrated: the mean
     # difference comes first); the forest plot switches to the ratio
@@ -54,12 +54,27 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     at.radio(key="cmp_effect_scale_BILI").set_value("geometric_mean_ratio").run()
     assert not at.exception, at.exception
     assert "ratio (real / twins) (log scale)" in _forest_axes(at)
+    at.radio(key="cmp_effect_scale_BILI").set_value("mean_difference_dr").run()
+    assert not at.exception, at.exception
+    assert "difference (real - twins)" in _forest_axes(at)
+    assert any("BILI: real minus twins, doubly robust" in t for t in _forest_titles(at))
     # the 40 source patients (those observed at a visit), never the 80 twins
     assert (table.loc[table["measure"] == "hazard ratio", "patients"] == 40).all()
     assert table["patients"].max() == 40
     assert any("20 generator refits" in c.value for c in at.caption)
     methods = next(e for e in at.expander if e.label == "Methods (as in the report)")
     assert any("ratio of geometric means" in m.value and "log real" in m.value for m in methods.markdown)
+
+
+def _forest_titles(at) -> list[str]:
+    """The titles of the Plotly charts on the page."""
+    import json
+
+    out = []
+    for el in at.get("plotly_chart"):
+        title = (json.loads(el.proto.spec).get("layout") or {}).get("title") or {}
+        out.append(title.get("text", "") if isinstance(title, dict) else str(title))
+    return out
 
 
 def _forest_axes(at) -> list[str]:

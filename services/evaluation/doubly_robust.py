@@ -26,13 +26,18 @@ of the cohort's d against the controls' r. No generator refits: a knowledge base
 both terms alike, so to first order its variation cancels, and the control patients' own
 sampling variation, which it stands for, is the second term. The propensity is treated as
 known (its estimation usually makes such an interval slightly conservative for this estimand).
-Needs the cohort outside the target arm (a placebo twin of a placebo patient has no control
+Known truth (tests/test_doubly_robust.py's trial: a cohort selected on a high baseline, no
+effect, twins that carry the baseline forward where the truth regresses to the mean, no
+neighbourhood shift): twins alone -5.8 points on average, doubly robust -0.3 (SD 0.74, interval
+coverage 0.92, 60 simulated trials); the remaining -0.3 is the penalised propensity's
+incomplete balance. Needs the cohort outside the target arm (a placebo twin of a placebo patient has no control
 patients left to correct it).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -62,8 +67,10 @@ def propensity(cohort: Trial, controls: Trial) -> pd.Series:
     if X.shape[1] == 0 or np.allclose(X.std(axis=0), 0) or min(len(c_ids), len(k_ids)) < 5:
         e = np.full(len(k_ids), len(c_ids) / len(y))
     else:
-        model = LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=5, scoring="neg_log_loss",
-                                     max_iter=2000).fit(X, y)
+        with warnings.catch_warnings():     # scikit-learn's notices about its future attributes
+            warnings.simplefilter("ignore", FutureWarning)
+            model = LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=5, scoring="neg_log_loss",
+                                         max_iter=2000).fit(X, y)
         e = model.predict_proba(X[len(c_ids):])[:, 1]
     return pd.Series(np.clip(e, 1e-6, PROPENSITY_CLIP), index=k_ids)
 

@@ -23,6 +23,11 @@ its twins generated under the control arm by a generator fitted on a knowledge b
   placebo patients at the visit, skewness 2.8) the real-patient baseline ANCOVA of the
   calibration bench's null cohorts rejects 2.3 % raw vs 4.65 % on the log scale (split
   design, 4,000 replicates; bootstrap design 3.9 vs 5.0 %).
+- *Doubly robust mean difference* (``mean_difference_dr``, `run_effects` for a generator whose
+  twins cost nothing; `doubly_robust_effects`): the estimate above minus the twins' own
+  weighted mean error on the knowledge base's target-arm patients (cross-fitted), weights from
+  the propensity of being in the cohort; right when either the twins' mean or the propensity
+  is (`services.evaluation.doubly_robust` says how and why its interval needs no refits).
 - *Time to event, per PARAMCD*: hazard ratio real vs twins from a Cox model (Breslow ties) in
   which each twin has weight 1/K, so each patient's twins together weigh one patient; and the
   difference in restricted mean survival time (RMST, real minus twins) up to ``tau``
@@ -131,12 +136,13 @@ from services.evaluation.run_store import cached_in_run
 from services.generation.run import TwinRun
 
 UNIT = "patients"
-MEASURE_LABELS = {"mean_difference": "mean difference", "geometric_mean_ratio": "ratio of geometric means",
+MEASURE_LABELS = {"mean_difference": "mean difference", "mean_difference_dr": "mean difference, doubly robust",
+                  "geometric_mean_ratio": "ratio of geometric means",
                   "hazard_ratio": "hazard ratio", "rmst_difference": "RMST difference (days)"}   # screen, report, CLI
-PER_VISIT_MEASURES = ("mean_difference", "geometric_mean_ratio")   # continuous endpoints: one per visit, in this order
+PER_VISIT_MEASURES = ("mean_difference", "mean_difference_dr", "geometric_mean_ratio")   # one per visit, in this order
 RATIO_MEASURES = ("hazard_ratio", "geometric_mean_ratio")          # estimated on the log scale, shown exp'd
 RATIO_CAVEAT = "too narrow on a test trial (ahd: 6.8-7.9 % rejections at nominal 5 %)"   # the ratio's interval: method, screen
-EFFECTS_VERSION = 12   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged)
+EFFECTS_VERSION = 13   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged; 13: doubly robust mean difference added, other figures unchanged)
 
 
 @dataclass(frozen=True)
@@ -320,6 +326,55 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     return out
 
 
+DR_METHOD = ("mean of (real - mean of own K twins) over patients minus the twins' weighted mean error on the "
+             "knowledge base's own {arm} patients (cross-fitted twins; weights e / (1 - e), e the cross-validated "
+             "logistic propensity of being in the cohort; {m_eff:.0f} effective of {m} controls): doubly robust, "
+             "unbiased when either the twins' mean or the propensity is right; Welch t of the two samples' "
+             "influence terms, no refits (a knowledge base moves both terms alike)")
+
+
+def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, generator: str | None = None,
+                          settings: dict | None = None, alpha: float = 0.05, seed: int = 0,
+                          params: list[str] | None = None) -> tuple[list[Effect], str]:
+    """(effects, note): the doubly robust mean difference of every visit
+    (`services.evaluation.doubly_robust`), with the knowledge base's target-arm patients that
+    are not sources as the controls; no effects, and a note saying why, when the cohort is in
+    the target arm itself or fewer than `MIN_PATIENTS` controls remain."""
+    from services.evaluation import doubly_robust as dr
+
+    man = run.manifest or {}
+    generator = generator or man.get("generator") or "local"
+    settings = bootstrap_settings(run, generator, dict(man.get("settings") or {}) if settings is None else settings)
+    arm = run.target_arm or knowledge_base.control_arm
+    sources = set(run.adsl["SRCSUBJID"]) & set(real.subjects["USUBJID"])
+    subj = knowledge_base.subjects
+    in_arm = set(subj.loc[subj["ARM"] == arm, "USUBJID"])
+    controls = sorted(in_arm - sources)
+    if sources & in_arm:
+        return [], (f"no doubly robust estimate: {len(sources & in_arm)} source patients are in the target arm "
+                    f"'{arm}' itself, whose patients it would use as controls")
+    if len(controls) < MIN_PATIENTS:
+        return [], f"no doubly robust estimate: {len(controls)} patients of '{arm}' in the knowledge base"
+    real = real.subset(sorted(sources), name=real.name)
+    ctl_trial = knowledge_base.subset(controls)
+    ctl_run = dr.control_twins(knowledge_base, run, controls, generator, settings, seed)
+    e = dr.propensity(real, ctl_trial)
+    res = dr.augmented_mean_differences(real, run, ctl_trial, ctl_run, e / (1 - e), params)
+    vv = real.visit_values
+    labels = vv.drop_duplicates(["PARAMCD", "AVISITN"]).set_index(["PARAMCD", "AVISITN"])["AVISIT"].to_dict() \
+        if len(vv) else {}
+    k = int(run.adsl.groupby("SRCSUBJID").size().max())
+    out = []
+    for (p, v), a in res.items():
+        se, lo, hi, pval = dr.interval(a, alpha)
+        out.append(Effect(
+            design="synthetic_control", measure="mean_difference_dr", paramcd=p, avisitn=v,
+            avisit=str(labels.get((p, v), "")), estimate=a.theta, se=se, ci_low=lo, ci_high=hi, p_value=pval,
+            df=a.df, method=DR_METHOD.format(arm=arm, m_eff=a.m_eff, m=a.m), n_patients=a.n, n_treatment=a.n,
+            n_control=a.m, K=k, B=0, var_patients=a.var, var_generator=0.0, analysis="doubly_robust", alpha=alpha))
+    return out, ""
+
+
 def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, seed: int = 0,
                 progress: Callable[[int, int], object] | None = None) -> dict:
     """The effects section of a run (Compare, the report, `twinarm evaluate --json`): the real
@@ -343,8 +398,14 @@ def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, 
         out["note"] = (f"the {name} generator is not refitted (each refit would call the model per twin): "
                        "the intervals hold the patient-level variance only")
     real = knowledge_base.subset(sources, name=f"{knowledge_base.name} sources")
-    out["effects"] = effects_json(synthetic_control_effects(real, run, knowledge_base, refits=b,
-                                                            seed=seed, progress=progress))
+    effects = synthetic_control_effects(real, run, knowledge_base, refits=b, seed=seed, progress=progress)
+    if cheap:      # its control patients' twins cost one more fit (an LLM: a call per twin)
+        dr_effects, dr_note = doubly_robust_effects(real, run, knowledge_base, seed=seed)
+        effects = sorted(effects + dr_effects, key=lambda e: (
+            PER_VISIT_MEASURES.index(e.measure) if e.measure in PER_VISIT_MEASURES else len(PER_VISIT_MEASURES),
+            e.paramcd, e.avisitn or 0, e.measure))
+        out["note"] = "; ".join(x for x in (out["note"], dr_note) if x)
+    out["effects"] = effects_json(effects)
     out["refits"] = b
     arms = real.arm_counts()
     out["source_arms"] = {a: n for a, n in arms.items() if n}
