@@ -396,7 +396,8 @@ def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, 
     b = (20 if refits is None else int(refits)) if cheap else 0
     if not cheap:
         out["note"] = (f"the {name} generator is not refitted (each refit would call the model per twin): "
-                       "the intervals hold the patient-level variance only")
+                       "the intervals hold the patient-level variance only, and there is no doubly robust estimate (its "
+                       "control patients' twins would cost a call each)")
     real = knowledge_base.subset(sources, name=f"{knowledge_base.name} sources")
     effects = synthetic_control_effects(real, run, knowledge_base, refits=b, seed=seed, progress=progress)
     if cheap:      # its control patients' twins cost one more fit (an LLM: a call per twin)
