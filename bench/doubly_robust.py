@@ -40,8 +40,7 @@ def replicate(pool, rng, design: str, k: int, paramcd: str, avisitn: float, r: i
     gen = generator().fit(kb)
     run = gen.generate(real.baseline_only(), target_arm=arm, twins_per_patient=k, seed=r)
     ctl = DR.control_twins(kb, run, list(kb.subjects["USUBJID"]), fitted=gen, seed=r)
-    e = DR.propensity(real, kb)
-    res = DR.augmented_mean_differences(real, run, kb, ctl, e / (1 - e), [paramcd]).get((paramcd, avisitn))
+    res = DR.augmented_mean_differences(real, run, kb, ctl, DR.Propensity(real, kb), [paramcd]).get((paramcd, avisitn))
     if res is None:
         return None
     _se, lo, hi, p = DR.interval(res, ALPHA)

@@ -38,10 +38,12 @@ def effects_view(kb, run, compute: Callable) -> None:
                "per patient, real outcome minus the mean of its twins, averaged over patients (for a positive "
                "parameter also on the log scale: the ratio of geometric means, real / twins); hazard "
                "ratio and restricted mean survival time with each patient's twins weighing one patient. "
-               "The interval adds the generator's own uncertainty (it is refitted on resampled knowledge "
-               "bases), so more twins per patient cannot make it narrower than the data allow. The doubly "
+               "Their intervals add the generator's own uncertainty (it is refitted on resampled knowledge "
+               "bases), so more twins per patient cannot make them narrower than the data allow. The doubly "
                "robust mean difference also subtracts the twins' own error on the knowledge base's real "
-               "control patients who resemble the cohort, so it stays right when the twins' mean is not.")
+               "control patients who resemble the cohort, so it stays right when the twins' mean is not, "
+               "provided that resemblance (the propensity) is modelled right; its interval needs no refits "
+               "then.")
     key = f"effects_shown_{kb.content_hash[:12]}_{run.run_id}"
     if not st.session_state.get(key):
         if st.button("Estimate the effect", key="cmp_effects_go",

@@ -327,10 +327,10 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
 
 
 DR_METHOD = ("mean of (real - mean of own K twins) over patients minus the twins' weighted mean error on the "
-             "knowledge base's own {arm} patients (cross-fitted twins; weights e / (1 - e), e the cross-validated "
-             "logistic propensity of being in the cohort; {m_eff:.0f} effective of {m} controls): doubly robust, "
-             "unbiased when either the twins' mean or the propensity is right; Welch t of the two samples' "
-             "influence terms, no refits (a knowledge base moves both terms alike)")
+             "knowledge base's own {arm} patients (cross-fitted twins; weights e / (1 - e), e {how}, fitted per "
+             "visit; here {m_eff:.0f} effective of {m} controls): doubly robust, consistent when either the twins' "
+             "mean or the propensity is right; Welch t of the two samples' influence terms, no refits, right when "
+             "the propensity is (the generator's own error is then balanced out)")
 
 
 def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, generator: str | None = None,
@@ -341,9 +341,13 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
     are not sources as the controls; no effects, and a note saying why, when the cohort is in
     the target arm itself or fewer than `MIN_PATIENTS` controls remain."""
     from services.evaluation import doubly_robust as dr
+    from services.generation import GENERATORS
 
     man = run.manifest or {}
     generator = generator or man.get("generator") or "local"
+    cls = GENERATORS.get(generator)
+    if cls is None or cls.capabilities.needs_network:
+        return [], f"no doubly robust estimate for the {generator} generator (its control twins would cost a call each)"
     settings = bootstrap_settings(run, generator, dict(man.get("settings") or {}) if settings is None else settings)
     arm = run.target_arm or knowledge_base.control_arm
     sources = set(run.adsl["SRCSUBJID"]) & set(real.subjects["USUBJID"])
@@ -358,8 +362,8 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
     real = real.subset(sorted(sources), name=real.name)
     ctl_trial = knowledge_base.subset(controls)
     ctl_run = dr.control_twins(knowledge_base, run, controls, generator, settings, seed)
-    e = dr.propensity(real, ctl_trial)
-    res = dr.augmented_mean_differences(real, run, ctl_trial, ctl_run, e / (1 - e), params)
+    prop = dr.Propensity(real, ctl_trial)
+    res = dr.augmented_mean_differences(real, run, ctl_trial, ctl_run, prop, params)
     vv = real.visit_values
     labels = vv.drop_duplicates(["PARAMCD", "AVISITN"]).set_index(["PARAMCD", "AVISITN"])["AVISIT"].to_dict() \
         if len(vv) else {}
@@ -370,7 +374,7 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
         out.append(Effect(
             design="synthetic_control", measure="mean_difference_dr", paramcd=p, avisitn=v,
             avisit=str(labels.get((p, v), "")), estimate=a.theta, se=se, ci_low=lo, ci_high=hi, p_value=pval,
-            df=a.df, method=DR_METHOD.format(arm=arm, m_eff=a.m_eff, m=a.m), n_patients=a.n, n_treatment=a.n,
+            df=a.df, method=DR_METHOD.format(arm=arm, how=prop.how, m_eff=a.m_eff, m=a.m), n_patients=a.n, n_treatment=a.n,
             n_control=a.m, K=k, B=0, var_patients=a.var, var_generator=0.0, analysis="doubly_robust", alpha=alpha))
     return out, ""
 

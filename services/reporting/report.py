@@ -82,7 +82,7 @@ def _effects_section(effects: dict | None) -> str:
         out.append(_table(frame))
         out.append(f'<p class="muted">{effects["n_patients"]} real source patients against their twins; the '
                    f"patient is the unit; {effects.get('refits', 0)} generator refits carry the generator's "
-                   "own uncertainty.</p>")
+                   "own uncertainty (the doubly robust difference has none: see its method).</p>")
         out.append("<ul>" + "".join(f'<li class="muted">{html.escape(m)}: {html.escape(how)}.</li>'
                                     for m, how in effect_methods(rows).items()) + "</ul>")
     return "\n".join(out)
