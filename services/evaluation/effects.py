@@ -328,7 +328,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
 
 DR_METHOD = ("mean of (real - mean of own K twins) over patients minus the twins' weighted mean error on the "
              "knowledge base's own {arm} patients (cross-fitted twins; weights e / (1 - e), e {how}, fitted per "
-             "visit; here {m_eff:.0f} effective of {m} controls): doubly robust, consistent when either the twins' "
+             "visit on the patients seen there): doubly robust, consistent when either the twins' "
              "mean or the propensity is right; Welch t of the two samples' influence terms, no refits, right when "
              "the propensity is (the generator's own error is then balanced out)")
 
@@ -339,7 +339,9 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
     """(effects, note): the doubly robust mean difference of every visit
     (`services.evaluation.doubly_robust`), with the knowledge base's target-arm patients that
     are not sources as the controls; no effects, and a note saying why, when the cohort is in
-    the target arm itself or fewer than `MIN_PATIENTS` controls remain."""
+    the target arm itself, fewer than `MIN_PATIENTS` controls remain or the generator calls a
+    model per twin. One method text serves every visit (Compare and the report show one per
+    measure), so it names no visit's counts."""
     from services.evaluation import doubly_robust as dr
     from services.generation import GENERATORS
 
@@ -374,7 +376,7 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
         out.append(Effect(
             design="synthetic_control", measure="mean_difference_dr", paramcd=p, avisitn=v,
             avisit=str(labels.get((p, v), "")), estimate=a.theta, se=se, ci_low=lo, ci_high=hi, p_value=pval,
-            df=a.df, method=DR_METHOD.format(arm=arm, how=prop.how, m_eff=a.m_eff, m=a.m), n_patients=a.n, n_treatment=a.n,
+            df=a.df, method=DR_METHOD.format(arm=arm, how=prop.how), n_patients=a.n, n_treatment=a.n,
             n_control=a.m, K=k, B=0, var_patients=a.var, var_generator=0.0, analysis="doubly_robust", alpha=alpha))
     return out, ""
 
