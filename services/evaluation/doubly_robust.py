@@ -72,6 +72,8 @@ class Propensity:
         from services.generation.local.features import BaselineFeatures
 
         self.c_ids, self.k_ids = list(cohort.subjects["USUBJID"]), list(controls.subjects["USUBJID"])
+        self._c_pos = {u: i for i, u in enumerate(self.c_ids)}
+        self._k_pos = {u: i for i, u in enumerate(self.k_ids)}
         feats = BaselineFeatures(list(controls.parameters), controls.covariates).fit(controls, self.k_ids)
         self.Xc, self.Xk = feats.transform(cohort, self.c_ids), feats.transform(controls, self.k_ids)
         X = np.vstack([self.Xc, self.Xk])
@@ -89,8 +91,8 @@ class Propensity:
 
     def odds(self, cohort_ids, control_ids) -> pd.Series:
         """w = e / (1 - e) of ``control_ids`` from a fit on these patients only."""
-        ci = [self.c_ids.index(u) for u in cohort_ids]
-        ki = [self.k_ids.index(u) for u in control_ids]
+        ci = [self._c_pos[u] for u in cohort_ids]
+        ki = [self._k_pos[u] for u in control_ids]
         if self.C is None or min(len(ci), len(ki)) < 5:
             e = np.full(len(ki), len(ci) / (len(ci) + len(ki)))
         else:
