@@ -473,8 +473,8 @@ ZIP_BUTTON = "Download twin arm (zip)"
 
 
 def switch_trial(page, name: str) -> None:
-    """Pick a bundled trial in the sidebar selectbox."""
-    select_option(page, TRIAL_SELECT, name, scope=sidebar(page))
+    """Pick a bundled trial in the sidebar selectbox (loading it is slow beside background work)."""
+    select_option(page, TRIAL_SELECT, name, scope=sidebar(page), timeout=SLOW_TIMEOUT_MS)
 
 
 def sidebar_trial_title(page):
