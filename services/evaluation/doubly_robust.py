@@ -50,7 +50,7 @@ import pandas as pd
 from scipy import stats
 
 from services.data.trial import Trial
-from services.evaluation.effect_stats import MIN_PATIENTS, statistics, twin_values
+from services.evaluation.effect_stats import MIN_PATIENTS, statistics, twin_values, twins_per_source
 from services.generation.run import TwinRun
 
 PROPENSITY_CLIP = 0.99    # e at most this (odds 99): a saturated propensity cannot hand one control the estimate
@@ -135,7 +135,7 @@ def control_twins(knowledge_base: Trial, run: TwinRun, controls: list[str], gene
     them (the local generator's cross-fitting)."""
     from services.evaluation.generator_term import make_generator
 
-    k = int(run.adsl.groupby("SRCSUBJID").size().max())
+    k = twins_per_source(run)
     gen = fitted if fitted is not None else make_generator(generator or "local", settings or {}).fit(knowledge_base)
     return gen.generate(knowledge_base.subset(controls).baseline_only(), target_arm=run.target_arm,
                         twins_per_patient=min(k, 20), seed=int(seed) + 4242)

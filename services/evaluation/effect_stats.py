@@ -39,6 +39,11 @@ def _twin_index(run: TwinRun) -> pd.Series:
     return run.adsl.set_index("USUBJID")["TWINIDX"].astype(int)
 
 
+def twins_per_source(run: TwinRun) -> int:
+    """K: the most twins any source patient has in the run (0 for an empty run)."""
+    return int(run.adsl.groupby("SRCSUBJID").size().max()) if len(run.adsl) else 0
+
+
 def twin_values(run: TwinRun) -> pd.DataFrame:
     """The twins' scheduled values with their source and twin index."""
     vals = run.values()

@@ -124,6 +124,7 @@ from services.evaluation.effect_stats import (
     statistics,
     twin_tte,
     twin_values,
+    twins_per_source,
 )
 from services.evaluation.generator_term import (
     NO_GENERATOR_TERM,
@@ -256,7 +257,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
     target_arm = run.target_arm or knowledge_base.control_arm
     src = set(run.adsl["SRCSUBJID"])
     real = real.subset([u for u in real.subjects["USUBJID"] if u in src], name=real.name)
-    k = int(run.adsl.groupby("SRCSUBJID").size().max()) if len(run.adsl) else 0
+    k = twins_per_source(run)
     tte_ps = [] if real.tte is None or run.tte is None else [
         p for p in (tte_params or real.tte_parameters) if p in set(run.tte["PARAMCD"])]
     if isinstance(tau, dict):
@@ -272,10 +273,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
         bootstrap = generator_bootstrap(real, knowledge_base, target_arm, generator, settings, refits,
                                         boot_twins, seed, taus, params, progress, run_twins=k, log_params=logs)
     b = bootstrap.B if bootstrap is not None else 0
-    labels = {}
-    vv = real.visit_values
-    if len(vv):
-        labels = vv.drop_duplicates(["PARAMCD", "AVISITN"]).set_index(["PARAMCD", "AVISITN"])["AVISIT"].to_dict()
+    labels = _visit_labels(real)
     out = []
     for key, (theta, v_p, n, _) in main.items():
         measure, p, v = key
@@ -321,9 +319,22 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
             K=k, B=b, var_patients=float(v_p), var_generator=float(gen.variance),
             tau=taus.get(p) if measure == "rmst_difference" else None, alpha=alpha,
         ))
-    order = {m: i for i, m in enumerate(PER_VISIT_MEASURES)}
-    out.sort(key=lambda e: (order.get(e.measure, len(order)), e.paramcd, e.avisitn or 0, e.measure))
+    out.sort(key=_display_order)
     return out
+
+
+def _visit_labels(real: Trial) -> dict:
+    """{(PARAMCD, AVISITN): AVISIT} of the real cohort's visits."""
+    vv = real.visit_values
+    if not len(vv):
+        return {}
+    return vv.drop_duplicates(["PARAMCD", "AVISITN"]).set_index(["PARAMCD", "AVISITN"])["AVISIT"].to_dict()
+
+
+def _display_order(e: Effect) -> tuple:
+    """Per-visit measures first, in `PER_VISIT_MEASURES` order, then by parameter and visit."""
+    m = PER_VISIT_MEASURES.index(e.measure) if e.measure in PER_VISIT_MEASURES else len(PER_VISIT_MEASURES)
+    return m, e.paramcd, e.avisitn or 0, e.measure
 
 
 DR_METHOD = ("mean of (real - mean of own K twins) over patients minus the twins' weighted mean error on the "
@@ -366,10 +377,8 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
     ctl_run = dr.control_twins(knowledge_base, run, controls, generator, settings, seed)
     prop = dr.Propensity(real, ctl_trial)
     res = dr.augmented_mean_differences(real, run, ctl_trial, ctl_run, prop, params)
-    vv = real.visit_values
-    labels = vv.drop_duplicates(["PARAMCD", "AVISITN"]).set_index(["PARAMCD", "AVISITN"])["AVISIT"].to_dict() \
-        if len(vv) else {}
-    k = int(run.adsl.groupby("SRCSUBJID").size().max())
+    labels = _visit_labels(real)
+    k = twins_per_source(run)
     out = []
     for (p, v), a in res.items():
         se, lo, hi, pval = dr.interval(a, alpha)
@@ -408,9 +417,7 @@ def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, 
     effects = synthetic_control_effects(real, run, knowledge_base, refits=b, seed=seed, progress=progress)
     if cheap:      # its control patients' twins cost one more fit (an LLM: a call per twin)
         dr_effects, dr_note = doubly_robust_effects(real, run, knowledge_base, seed=seed)
-        effects = sorted(effects + dr_effects, key=lambda e: (
-            PER_VISIT_MEASURES.index(e.measure) if e.measure in PER_VISIT_MEASURES else len(PER_VISIT_MEASURES),
-            e.paramcd, e.avisitn or 0, e.measure))
+        effects = sorted(effects + dr_effects, key=_display_order)
         out["note"] = "; ".join(x for x in (out["note"], dr_note) if x)
     out["effects"] = effects_json(effects)
     out["refits"] = b
