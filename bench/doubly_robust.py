@@ -1,15 +1,23 @@
-"""Null calibration of the doubly robust mean difference (`services.evaluation.doubly_robust`):
-type I error and coverage on trials resampled from a real control arm, as bench/inference.py does
+"""Calibration of the doubly robust mean difference (`services.evaluation.doubly_robust`): type I
+error, bias and variance on trials resampled from a real control arm, as bench/inference.py does
 for the twins-only estimate, but fast (no generator refits: one fit per replicate).
 
-Each replicate draws a knowledge base and a "treated" cohort from the control arm (`--design
-split`: halves; `bootstrap`: with replacement), fits the local generator on the knowledge base,
-twins the cohort (K twins each) and the knowledge base's own patients (cross-fitted), and
-estimates the effect at the trial's endpoint visit. No true effect: a 5 % test should reject
-5 %. Also printed: the plain twins-only estimate with its patient term alone (what the generator
-refits are there to widen; not an interval the app shows) and the variance ratio of each.
+Each replicate draws a knowledge base and a "treated" cohort from the control arm, fits the
+local generator on the knowledge base, twins the cohort (K twins each) and the knowledge base's
+own patients (cross-fitted), and estimates the effect at the trial's endpoint visit. No true
+effect (the cohort's outcomes are control outcomes): a 5 % test should reject 5 %. Designs:
+`split` (halves) and `bootstrap` (with replacement), where the true propensity is constant; and
+`select`, a split in which a patient joins the cohort with probability logistic(s z), z its
+standardised baseline of the endpoint (`--strength` s): confounded by the baseline, as an
+external control arm is. `--twins carry` makes the twins' mean wrong on purpose (the baseline
+carried forward, no neighbourhood shift): then only the weights can keep the estimate honest.
+Printed per design: the balancing weights the app uses and the plain logistic odds (type I with
+Clopper-Pearson intervals, variance estimated / empirical, mean estimate in SDs), and the
+twins-only estimate with its patient term alone (what the generator refits widen; not an
+interval the app shows).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/doubly_robust.py --trials ahd respiratory --reps 1000
+    OMP_NUM_THREADS=1 .venv/bin/python bench/doubly_robust.py --design select --twins carry --trials ahd
 """
 
 from __future__ import annotations
@@ -27,45 +35,70 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from inference import control_pool, endpoint, generator, load_trials
+from inference import binom_ci, control_pool, endpoint, generator, load_trials
 from null_designs import ALPHA, null_cohorts
 
+from services.data.trial import Trial
 from services.evaluation import doubly_robust as DR
 from services.evaluation.effect_stats import statistics, twin_values
+from services.generation.local.generator import LocalGenerator
+from services.retrieval.retriever import ExactRetriever
+
+WEIGHTS = ("balancing", "logistic")
 
 
-def replicate(pool, rng, design: str, k: int, paramcd: str, avisitn: float, r: int) -> dict | None:
-    kb, real = null_cohorts(pool, rng, design)
-    arm = pool.control_arm
-    gen = generator().fit(kb)
-    run = gen.generate(real.baseline_only(), target_arm=arm, twins_per_patient=k, seed=r)
+def selected_cohorts(pool: Trial, rng: np.random.Generator, paramcd: str, strength: float) -> tuple[Trial, Trial]:
+    """(knowledge base, cohort): each patient joins the cohort with probability logistic(s z),
+    z its standardised baseline of `paramcd` (a missing baseline counts as the mean)."""
+    ids = pool.subjects["USUBJID"].to_numpy(object)
+    b = pool.baseline[paramcd].reindex(ids).to_numpy(float)
+    z = np.nan_to_num((b - np.nanmean(b)) / np.nanstd(b))
+    joins = rng.random(len(ids)) < 1 / (1 + np.exp(-strength * z))
+    return pool.subset(ids[~joins], name="kb"), pool.subset(ids[joins], name="treated")
+
+
+def replicate(pool, rng, args, paramcd: str, avisitn: float, r: int) -> dict | None:
+    if args.design == "select":
+        kb, real = selected_cohorts(pool, rng, paramcd, args.strength)
+    else:
+        kb, real = null_cohorts(pool, rng, args.design)
+    gen = (generator() if args.twins == "local" else
+           LocalGenerator(retriever_factory=ExactRetriever, mean_model="carry", center="none")).fit(kb)
+    run = gen.generate(real.baseline_only(), target_arm=pool.control_arm, twins_per_patient=args.k, seed=r)
     ctl = DR.control_twins(kb, run, list(kb.subjects["USUBJID"]), fitted=gen, seed=r)
-    res = DR.augmented_mean_differences(real, run, kb, ctl, DR.Propensity(real, kb), [paramcd]).get((paramcd, avisitn))
-    if res is None:
-        return None
-    _se, lo, hi, p = DR.interval(res, ALPHA)
+    row = {"r": r}
+    for method in WEIGHTS:
+        res = DR.augmented_mean_differences(real, run, kb, ctl, DR.Propensity(real, kb, method=method),
+                                            [paramcd]).get((paramcd, avisitn))
+        if res is None:
+            return None
+        p = DR.interval(res, ALPHA)[3]
+        row |= {f"{method}": res.theta, f"var_{method}": res.var, f"p_{method}": p, f"df_{method}": res.df,
+                f"m_eff_{method}": res.m_eff, "m": res.m}
     plain = statistics(real, twin_values(run), None, {}, [paramcd], set()).get(("mean_difference", paramcd, avisitn))
     p_plain = float(2 * stats.t.sf(abs(plain.theta) / np.sqrt(plain.var_patients), plain.n - 1))
-    return {"r": r, "dr": res.theta, "var_dr": res.var, "p_dr": p, "lo": lo, "hi": hi, "df": res.df,
-            "m_eff": res.m_eff, "m": res.m, "plain": plain.theta, "var_plain": plain.var_patients,
-            "p_plain": p_plain}
+    return row | {"plain": plain.theta, "var_plain": plain.var_patients, "p_plain": p_plain}
 
 
-def interval(x: float, n: int) -> str:
-    se = np.sqrt(max(x * (1 - x), 1e-12) / n)
-    return f"{100 * x:.1f} % [{100 * max(x - 1.96 * se, 0):.1f}, {100 * (x + 1.96 * se):.1f}]"
+def rate(p: pd.Series) -> str:
+    x, n = int((p < ALPHA).sum()), len(p)
+    lo, hi = binom_ci(x, n)
+    return f"{100 * x / n:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", nargs="*", default=None)
     ap.add_argument("--reps", type=int, default=1000)
-    ap.add_argument("--design", choices=("split", "bootstrap"), default="split")
+    ap.add_argument("--design", choices=("split", "bootstrap", "select"), default="split")
+    ap.add_argument("--strength", type=float, default=1.0, help="selection on the baseline (select design)")
+    ap.add_argument("--twins", choices=("local", "carry"), default="local")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     result = []
+    tag = args.design + ("" if args.twins == "local" else "_carry")
     for trial in load_trials(args.trials):
         t0 = time.perf_counter()
         paramcd, avisitn = endpoint(trial)
@@ -73,22 +106,27 @@ def main(argv=None) -> int:
             continue
         pool = control_pool(trial, paramcd)
         rng = np.random.default_rng([args.seed, 0xD2])
-        rows = [row for r in range(args.reps)
-                if (row := replicate(pool, rng, args.design, args.k, paramcd, avisitn, r)) is not None]
+        rows = [row for r in range(args.reps) if (row := replicate(pool, rng, args, paramcd, avisitn, r)) is not None]
         g = pd.DataFrame(rows)
-        n = len(g)
-        rej, rej_plain = float((g["p_dr"] < ALPHA).mean()), float((g["p_plain"] < ALPHA).mean())
-        v_ratio = float(g["var_dr"].mean() / g["dr"].var(ddof=1))
-        v_plain = float(g["var_plain"].mean() / g["plain"].var(ddof=1))
-        print(f"== {trial.name}: {paramcd} visit {avisitn:g}, {args.design} design, {n} of {args.reps} replicates "
-              f"with the visit, K {args.k}; {time.perf_counter() - t0:.0f}s")
-        print(f"   doubly robust: type I {interval(rej, n)}; variance est / emp {v_ratio:.2f}; mean estimate "
-              f"{g['dr'].mean():+.4g} (SD {g['dr'].std():.3g}); Welch df median {g['df'].median():.0f}; "
-              f"effective controls {g['m_eff'].median():.1f} of {g['m'].median():.0f} (median)")
-        print(f"   twins only, patient term alone (not an interval the app shows): type I {interval(rej_plain, n)}; "
-              f"variance est / emp {v_plain:.2f}; mean estimate {g['plain'].mean():+.4g} (SD {g['plain'].std():.3g})")
-        result += [f"{trial.name}_{args.design}_dr_type1={rej:.4f}", f"{trial.name}_{args.design}_dr_var_ratio={v_ratio:.3f}",
-                   f"{trial.name}_{args.design}_plain_type1={rej_plain:.4f}"]
+        sd = float(g["plain"].std())
+        print(f"== {trial.name}: {paramcd} visit {avisitn:g}, {tag} design"
+              f"{f' (strength {args.strength:g})' if args.design == 'select' else ''}, {len(g)} of {args.reps} "
+              f"replicates with the visit, K {args.k}; {time.perf_counter() - t0:.0f}s")
+        for name in (*WEIGHTS, "plain"):
+            v_ratio = float(g[f"var_{name}"].mean() / g[name].var(ddof=1))
+            label = {"balancing": "doubly robust, balancing weights (the app's)",
+                     "logistic": "doubly robust, logistic odds",
+                     "plain": "twins only, patient term alone (not an interval the app shows)"}[name]
+            extra = (f"; Welch df median {g[f'df_{name}'].median():.0f}; effective controls "
+                     f"{g[f'm_eff_{name}'].median():.1f} of {g['m'].median():.0f} (median)") if name in WEIGHTS else ""
+            print(f"   {label}: type I {rate(g[f'p_{name}'])}; variance est / emp {v_ratio:.2f}; mean estimate "
+                  f"{g[name].mean():+.4g} ({g[name].mean() / sd:+.2f} SD of the twins-only estimate's spread, "
+                  f"SD {g[name].std():.3g}){extra}")
+            short = {"balancing": "dr", "logistic": "dr_logistic", "plain": "plain"}[name]
+            result += [f"{trial.name}_{tag}_{short}_type1={(g[f'p_{name}'] < ALPHA).mean():.4f}",
+                       f"{trial.name}_{tag}_{short}_bias_sd={g[name].mean() / sd:+.3f}"]
+            if name != "plain":
+                result.append(f"{trial.name}_{tag}_{short}_var_ratio={v_ratio:.3f}")
     print("RESULT " + " ".join(result))
     return 0
 

@@ -338,10 +338,11 @@ def _display_order(e: Effect) -> tuple:
 
 
 DR_METHOD = ("mean of (real - mean of own K twins) over patients minus the twins' weighted mean error on the "
-             "knowledge base's own {arm} patients (cross-fitted twins; weights e / (1 - e), e {how}, fitted per "
+             "knowledge base's own {arm} patients (cross-fitted twins; weights: {how}, fitted per "
              "visit on the patients seen there): doubly robust, consistent when either the twins' "
              "mean or the propensity is right; Welch t of the two samples' influence terms, no refits, right when "
-             "the propensity is (the generator's own error is then balanced out)")
+             "the propensity is (the generator's own error is then balanced out; under strong selection "
+             "somewhat short)")
 
 
 def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, generator: str | None = None,
