@@ -14,6 +14,7 @@ from services.evaluation.effects import (
     RATIO_CAVEAT,
     RATIO_MEASURES,
     effect_methods,
+    real_controls,
 )
 from services.reporting.figures import compare as fig
 
@@ -27,7 +28,8 @@ def effects_frame(result: dict, kb) -> pd.DataFrame:
         where = f" at {e['avisit']}" if e.get("avisit") else ""
         rows.append({"endpoint": f"{e['paramcd']}{where}", "measure": MEASURES.get(e["measure"], e["measure"]),
                      "estimate": e["estimate"], "95 % CI": f"{e['ci_low']:.3g} to {e['ci_high']:.3g}",
-                     "p": e.get("p_value"), "patients": e["n_patients"], "unit": unit or "",
+                     "p": e.get("p_value"), "patients": e["n_patients"],
+                     "real controls": real_controls(e), "unit": unit or "",
                      "_measure": e["measure"], "_lo": e["ci_low"], "_hi": e["ci_high"],
                      "_param": e["paramcd"], "_visit": e.get("avisitn")})
     return pd.DataFrame(rows)

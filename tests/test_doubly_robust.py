@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from services.evaluation import doubly_robust as dr
-from services.evaluation.effects import run_effects
+from services.evaluation.effects import real_controls, run_effects
 from services.generation.local.generator import LocalGenerator
 from services.retrieval.retriever import ExactRetriever
 
@@ -89,6 +89,8 @@ def test_doubly_robust_corrects_a_wrong_twin_mean():
     assert sum(r["mean_difference_dr"]["ci_low"] < 0 < r["mean_difference_dr"]["ci_high"] for r in runs) >= 16
     first = runs[0]["mean_difference_dr"]
     assert first["n_control"] == int((_confounded_trial(11).subjects["ARM"] == "Placebo").sum())
+    assert 10 < first["effective_controls"] < 0.5 * first["n_control"]       # selection costs controls
+    assert runs[0]["mean_difference"]["effective_controls"] is None
     assert first["var_generator"] == 0 and first["B"] == 0
     assert "doubly robust" in first["method"] and "covariate-balancing weights" in first["method"]
 
@@ -170,6 +172,10 @@ def test_effects_section_on_pbc_has_the_doubly_robust_difference(pbc, pbc_twins)
     assert dr_rows and {(e["paramcd"], e["avisitn"]) for e in dr_rows} <= md_rows
     placebo = int((pbc.subjects["ARM"] == "Placebo").sum())
     assert all(e["n_control"] <= placebo and e["n_patients"] <= 40 for e in dr_rows)
+    assert all(0.8 * e["n_control"] < e["effective_controls"] <= e["n_control"] for e in dr_rows)   # randomized arms
+    e = dr_rows[0]
+    assert real_controls(e) == f"{e['n_control']} ({e['effective_controls']:.0f} effective)"
+    assert {real_controls(e) for e in res["effects"] if e["measure"] != "mean_difference_dr"} == {""}
     assert all(e["ci_low"] <= e["estimate"] <= e["ci_high"] for e in dr_rows)
     measures = [e["measure"] for e in res["effects"]]
     assert measures.index("mean_difference") < measures.index("mean_difference_dr") \

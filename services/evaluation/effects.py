@@ -143,7 +143,7 @@ MEASURE_LABELS = {"mean_difference": "mean difference", "mean_difference_dr": "m
 PER_VISIT_MEASURES = ("mean_difference", "mean_difference_dr", "geometric_mean_ratio")   # one per visit, in this order
 RATIO_MEASURES = ("hazard_ratio", "geometric_mean_ratio")          # estimated on the log scale, shown exp'd
 RATIO_CAVEAT = "too narrow on a test trial (ahd: 6.8-7.9 % rejections at nominal 5 %)"   # the ratio's interval: method, screen
-EFFECTS_VERSION = 13   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged; 13: doubly robust mean difference added, other figures unchanged)
+EFFECTS_VERSION = 14   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged; 13: doubly robust mean difference added, other figures unchanged; 14: its weights balance the baseline, effective_controls added)
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,7 @@ class Effect:
     tau: float | None = None
     analysis: str = ""     # randomized: unadjusted | ancova_baseline | procova | procova_baseline
     alpha: float = 0.05
+    effective_controls: float | None = None     # doubly robust: (sum w)^2 / sum w^2 of its weighted controls
 
     def as_dict(self) -> dict:
         out = {}
@@ -200,6 +201,15 @@ def effect_methods(rows: list[dict]) -> dict[str, str]:
         label = MEASURE_LABELS.get(e["measure"], e["measure"])
         out.setdefault(f"{label}, {e['paramcd']}" if e["measure"] == "rmst_difference" else label, e["method"])
     return out
+
+
+def real_controls(e: dict) -> str:
+    """The "real controls" cell of an `effects_json` row on Compare and in the report: the
+    doubly robust estimate's weighted control patients and their effective number (how much
+    the balancing cost), blank for the twins-only measures."""
+    if e.get("effective_controls") is None:
+        return ""
+    return f"{e['n_control']} ({e['effective_controls']:.0f} effective)"
 
 
 def effects_json(effects: Iterable[Effect]) -> list[dict]:
@@ -387,7 +397,8 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
             design="synthetic_control", measure="mean_difference_dr", paramcd=p, avisitn=v,
             avisit=str(labels.get((p, v), "")), estimate=a.theta, se=se, ci_low=lo, ci_high=hi, p_value=pval,
             df=a.df, method=DR_METHOD.format(arm=arm, how=prop.how), n_patients=a.n, n_treatment=a.n,
-            n_control=a.m, K=k, B=0, var_patients=a.var, var_generator=0.0, analysis="doubly_robust", alpha=alpha))
+            n_control=a.m, K=k, B=0, var_patients=a.var, var_generator=0.0, analysis="doubly_robust", alpha=alpha,
+            effective_controls=a.m_eff))
     return out, ""
 
 
