@@ -40,11 +40,12 @@ from null_designs import ALPHA, null_cohorts
 
 from services.data.trial import Trial
 from services.evaluation import doubly_robust as DR
-from services.evaluation.effect_stats import statistics, twin_values
+from services.evaluation.effect_stats import ratio_parameters, statistics, twin_values
 from services.generation.local.generator import LocalGenerator
 from services.retrieval.retriever import ExactRetriever
 
 WEIGHTS = ("balancing", "logistic")
+SCALES = {"": "mean_difference", "_log": "geometric_mean_ratio"}    # column suffix: the estimate's scale
 
 
 def selected_cohorts(pool: Trial, rng: np.random.Generator, paramcd: str, strength: float) -> tuple[Trial, Trial]:
@@ -66,18 +67,29 @@ def replicate(pool, rng, args, paramcd: str, avisitn: float, r: int) -> dict | N
            LocalGenerator(retriever_factory=ExactRetriever, mean_model="carry", center="none")).fit(kb)
     run = gen.generate(real.baseline_only(), target_arm=pool.control_arm, twins_per_patient=args.k, seed=r)
     ctl = DR.control_twins(kb, run, list(kb.subjects["USUBJID"]), fitted=gen, seed=r)
+    logs = ratio_parameters(real, kb, pool.control_arm) & {paramcd}
     row = {"r": r}
     for method in WEIGHTS:
-        res = DR.augmented_mean_differences(real, run, kb, ctl, DR.Propensity(real, kb, method=method),
-                                            [paramcd]).get((paramcd, avisitn))
-        if res is None:
-            return None
-        p = DR.interval(res, ALPHA)[3]
-        row |= {f"{method}": res.theta, f"var_{method}": res.var, f"p_{method}": p, f"df_{method}": res.df,
-                f"m_eff_{method}": res.m_eff, "m": res.m}
-    plain = statistics(real, twin_values(run), None, {}, [paramcd], set()).get(("mean_difference", paramcd, avisitn))
-    p_plain = float(2 * stats.t.sf(abs(plain.theta) / np.sqrt(plain.var_patients), plain.n - 1))
-    return row | {"plain": plain.theta, "var_plain": plain.var_patients, "p_plain": p_plain}
+        res = DR.augmented_effects(real, run, kb, ctl, DR.Propensity(real, kb, method=method), [paramcd], logs)
+        for scale, measure in SCALES.items():
+            a = res.get((measure, paramcd, avisitn))
+            if a is None:
+                continue
+            row |= {f"{method}{scale}": a.theta, f"var_{method}{scale}": a.var,
+                    f"p_{method}{scale}": DR.interval(a, ALPHA)[3], f"df_{method}{scale}": a.df,
+                    f"m_eff_{method}{scale}": a.m_eff, "m": a.m}
+    stats_ = statistics(real, twin_values(run), None, {}, [paramcd], logs)
+    for scale, measure in SCALES.items():
+        plain = stats_.get((measure, paramcd, avisitn))
+        if plain is not None:
+            row |= {f"plain{scale}": plain.theta, f"var_plain{scale}": plain.var_patients,
+                    f"p_plain{scale}": float(2 * stats.t.sf(abs(plain.theta) / np.sqrt(plain.var_patients), plain.n - 1))}
+    return row if "balancing" in row else None
+
+
+LABELS = {"balancing": "doubly robust, balancing weights (the app's)", "logistic": "doubly robust, logistic odds",
+          "plain": "twins only, patient term alone (not an interval the app shows)"}
+SHORT = {"balancing": "dr", "logistic": "dr_logistic", "plain": "plain"}
 
 
 def rate(p: pd.Series) -> str:
@@ -108,25 +120,29 @@ def main(argv=None) -> int:
         rng = np.random.default_rng([args.seed, 0xD2])
         rows = [row for r in range(args.reps) if (row := replicate(pool, rng, args, paramcd, avisitn, r)) is not None]
         g = pd.DataFrame(rows)
-        sd = float(g["plain"].std())
         print(f"== {trial.name}: {paramcd} visit {avisitn:g}, {tag} design"
               f"{f' (strength {args.strength:g})' if args.design == 'select' else ''}, {len(g)} of {args.reps} "
               f"replicates with the visit, K {args.k}; {time.perf_counter() - t0:.0f}s")
-        for name in (*WEIGHTS, "plain"):
-            v_ratio = float(g[f"var_{name}"].mean() / g[name].var(ddof=1))
-            label = {"balancing": "doubly robust, balancing weights (the app's)",
-                     "logistic": "doubly robust, logistic odds",
-                     "plain": "twins only, patient term alone (not an interval the app shows)"}[name]
-            extra = (f"; Welch df median {g[f'df_{name}'].median():.0f}; effective controls "
-                     f"{g[f'm_eff_{name}'].median():.1f} of {g['m'].median():.0f} (median)") if name in WEIGHTS else ""
-            print(f"   {label}: type I {rate(g[f'p_{name}'])}; variance est / emp {v_ratio:.2f}; mean estimate "
-                  f"{g[name].mean():+.4g} ({g[name].mean() / sd:+.2f} SD of the twins-only estimate's spread, "
-                  f"SD {g[name].std():.3g}){extra}")
-            short = {"balancing": "dr", "logistic": "dr_logistic", "plain": "plain"}[name]
-            result += [f"{trial.name}_{tag}_{short}_type1={(g[f'p_{name}'] < ALPHA).mean():.4f}",
-                       f"{trial.name}_{tag}_{short}_bias_sd={g[name].mean() / sd:+.3f}"]
-            if name != "plain":
-                result.append(f"{trial.name}_{tag}_{short}_var_ratio={v_ratio:.3f}")
+        for scale in SCALES:
+            cols = [f"{name}{scale}" for name in (*WEIGHTS, "plain")]
+            if not set(cols) <= set(g.columns):
+                continue
+            g_s = g.dropna(subset=cols)
+            print(f"  {'mean difference' if not scale else 'log ratio of geometric means'} ({len(g_s)} replicates):")
+            sd = float(g_s[f"plain{scale}"].std())
+            for name in (*WEIGHTS, "plain"):
+                col = name + scale
+                v_ratio = float(g_s[f"var_{col}"].mean() / g_s[col].var(ddof=1))
+                extra = (f"; Welch df median {g_s[f'df_{col}'].median():.0f}; effective controls "
+                         f"{g_s[f'm_eff_{col}'].median():.1f} of {g_s['m'].median():.0f} (median)") if name in WEIGHTS else ""
+                print(f"   {LABELS[name]}: type I {rate(g_s[f'p_{col}'])}; variance est / emp {v_ratio:.2f}; mean "
+                      f"estimate {g_s[col].mean():+.4g} ({g_s[col].mean() / sd:+.2f} SD of the twins-only estimate's "
+                      f"spread, SD {g_s[col].std():.3g}){extra}")
+                short = f"{trial.name}_{tag}_{SHORT[name]}{scale}"
+                result += [f"{short}_type1={(g_s[f'p_{col}'] < ALPHA).mean():.4f}",
+                           f"{short}_bias_sd={g_s[col].mean() / sd:+.3f}"]
+                if name != "plain":
+                    result.append(f"{short}_var_ratio={v_ratio:.3f}")
     print("RESULT " + " ".join(result))
     return 0
 

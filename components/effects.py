@@ -82,10 +82,12 @@ def effects_view(kb, run, compute: Callable) -> None:
                                     "patients who resemble the cohort: right when either the twins or that "
                                     "resemblance model is. The ratio of geometric means (log scale) is the usual "
                                     "primary analysis of a skewed positive endpoint such as a lab value, but its "
-                                    f"interval is not yet calibrated here: {RATIO_CAVEAT}.")
+                                    f"interval is not yet calibrated here: {RATIO_CAVEAT}. Its doubly robust "
+                                    "version takes the same correction on the log scale.")
         sel = sel[sel["_measure"] == measure]
         what = {"mean_difference": "real minus twins", "mean_difference_dr": "real minus twins, doubly robust",
-                "geometric_mean_ratio": "real / twins, geometric means"}[measure]
+                "geometric_mean_ratio": "real / twins, geometric means",
+                "geometric_mean_ratio_dr": "real / counterfactual, geometric means, doubly robust"}[measure]
         st.plotly_chart(fig.effect_forest(
             pd.DataFrame({"label": sel["endpoint"], "estimate": sel["estimate"], "ci_low": sel["_lo"],
                           "ci_high": sel["_hi"], "measure": sel["_measure"]}),

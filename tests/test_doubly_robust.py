@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from services.evaluation import doubly_robust as dr
+from services.evaluation.effect_stats import ratio_parameters
 from services.evaluation.effects import real_controls, run_effects
 from services.generation.local.generator import LocalGenerator
 from services.retrieval.retriever import ExactRetriever
@@ -77,8 +78,8 @@ def _carry_effects(trial) -> dict:
 def test_doubly_robust_corrects_a_wrong_twin_mean():
     """Known truth (no effect): twins that carry the baseline forward over-predict the
     high-baseline cohort (and no neighbourhood shift corrects them), so the twins-only estimate
-    is biased; the doubly robust one takes the same twins' error on the controls who resemble
-    the cohort and is not: +0.06 on average over 60 trials with the balancing weights (SD 0.88
+    is biased, on the raw and the log scale; the doubly robust one takes the same twins' error
+    on the controls who resemble the cohort and is not: +0.06 on average over 60 trials with the balancing weights (SD 0.88
     per trial, so the mean of 20 is within 0.6 of the truth; the plain logistic odds leave -0.3,
     a correction shrunk by a fifth about -1.2)."""
     runs = [_carry_effects(_confounded_trial(seed)) for seed in range(11, 31)]
@@ -87,6 +88,12 @@ def test_doubly_robust_corrects_a_wrong_twin_mean():
     assert plain.mean() < -4 and all(r["mean_difference"]["ci_high"] < 0 for r in runs)   # spurious benefit
     assert abs(robust.mean()) < 0.6
     assert sum(r["mean_difference_dr"]["ci_low"] < 0 < r["mean_difference_dr"]["ci_high"] for r in runs) >= 16
+    log_plain = np.log([r["geometric_mean_ratio"]["estimate"] for r in runs])
+    log_robust = np.log([r["geometric_mean_ratio_dr"]["estimate"] for r in runs])     # 60 trials: -0.097, +0.002
+    assert log_plain.mean() < -0.07 and abs(log_robust.mean()) < 0.012                # (SD 0.016 per trial)
+    ratio = runs[0]["geometric_mean_ratio_dr"]
+    assert ratio["ci_low"] < ratio["estimate"] < ratio["ci_high"] and ratio["se"] > 0
+    assert "ratio of geometric means" in ratio["method"] and "covariate-balancing" in ratio["method"]
     first = runs[0]["mean_difference_dr"]
     assert first["n_control"] == int((_confounded_trial(11).subjects["ARM"] == "Placebo").sum())
     assert 10 < first["effective_controls"] < 0.5 * first["n_control"]       # selection costs controls
@@ -175,11 +182,15 @@ def test_effects_section_on_pbc_has_the_doubly_robust_difference(pbc, pbc_twins)
     assert all(0.8 * e["n_control"] < e["effective_controls"] <= e["n_control"] for e in dr_rows)   # randomized arms
     e = dr_rows[0]
     assert real_controls(e) == f"{e['n_control']} ({e['effective_controls']:.0f} effective)"
-    assert {real_controls(e) for e in res["effects"] if e["measure"] != "mean_difference_dr"} == {""}
+    assert {real_controls(e) for e in res["effects"] if e["analysis"] != "doubly_robust"} == {""}
     assert all(e["ci_low"] <= e["estimate"] <= e["ci_high"] for e in dr_rows)
+    ratio_rows = {(e["paramcd"], e["avisitn"]): e for e in res["effects"] if e["measure"] == "geometric_mean_ratio_dr"}
+    assert {p for p, _ in ratio_rows} == set(ratio_parameters(pbc)) & {e["paramcd"] for e in dr_rows}
+    same = next(e for e in dr_rows if (e["paramcd"], e["avisitn"]) in ratio_rows)     # one set of weights a visit
+    assert ratio_rows[(same["paramcd"], same["avisitn"])]["effective_controls"] == same["effective_controls"]
     measures = [e["measure"] for e in res["effects"]]
     assert measures.index("mean_difference") < measures.index("mean_difference_dr") \
-        < measures.index("geometric_mean_ratio")
+        < measures.index("geometric_mean_ratio") < measures.index("geometric_mean_ratio_dr")
 
 
 def test_no_doubly_robust_difference_for_twins_of_the_target_arm(pbc):

@@ -57,6 +57,7 @@ from services.generation.run import TwinRun
 MAX_ODDS = 99.0     # w at most this (e 0.99): a saturated propensity cannot hand one control the estimate
 _MAX_F = 30.0       # |b0 + x beta| bound inside the optimiser (exp overflows near 710)
 _CS = np.logspace(-4, 2, 13)
+DR_MEASURES = ("mean_difference", "geometric_mean_ratio")     # what `augmented_effects` augments
 
 
 class Propensity:
@@ -104,9 +105,17 @@ class Propensity:
                                "baseline means)",
                   "logistic": "the odds of a cross-validated logistic propensity"}[method]
         self.how = fitted if self.C is not None else "equal weights (no baseline facts to balance)"
+        self._odds: dict[tuple, pd.Series] = {}
 
     def odds(self, cohort_ids, control_ids) -> pd.Series:
-        """w of ``control_ids`` from a fit on these patients only, summing to the cohort's size."""
+        """w of ``control_ids`` from a fit on these patients only, summing to the cohort's size
+        (one fit per set of patients: both scales of a visit share it)."""
+        key = (tuple(cohort_ids), tuple(control_ids))
+        if key not in self._odds:
+            self._odds[key] = self._fit_odds(cohort_ids, control_ids)
+        return self._odds[key]
+
+    def _fit_odds(self, cohort_ids, control_ids) -> pd.Series:
         ci = [self._c_pos[u] for u in cohort_ids]
         ki = [self._k_pos[u] for u in control_ids]
         if self.C is None or min(len(ci), len(ki)) < 5:
@@ -177,22 +186,25 @@ def control_twins(knowledge_base: Trial, run: TwinRun, controls: list[str], gene
                         twins_per_patient=min(k, 20), seed=int(seed) + 4242)
 
 
-def augmented_mean_differences(real: Trial, run: TwinRun, controls: Trial, controls_run: TwinRun,
-                               propensity: Propensity, params: list[str] | None = None) -> dict:
-    """{(PARAMCD, AVISITN): Augmented} for every visit with at least `MIN_PATIENTS` patients on
-    both sides and an effective control size of 2 or more; ``controls`` are the target arm's
-    patients with their outcomes, ``controls_run`` their own twins, the weights each visit's
-    `Propensity.odds`."""
+def augmented_effects(real: Trial, run: TwinRun, controls: Trial, controls_run: TwinRun,
+                      propensity: Propensity, params: list[str] | None = None,
+                      log_params: set[str] | frozenset = frozenset()) -> dict:
+    """{(measure, PARAMCD, AVISITN): Augmented}, measure "mean_difference" for every parameter
+    and "geometric_mean_ratio" (the same on the log scale: exp(theta) is the ratio of geometric
+    means, real / counterfactual) for ``log_params``, every visit with at least `MIN_PATIENTS`
+    patients on both sides and an effective control size of 2 or more; ``controls`` are the
+    target arm's patients with their outcomes, ``controls_run`` their own twins, the weights
+    each visit's `Propensity.odds` (the same weights for both scales)."""
     out = {}
-    cohort = statistics(real, twin_values(run), None, {}, params, set())
-    ctrl = statistics(controls, twin_values(controls_run), None, {}, params, set())
+    cohort = statistics(real, twin_values(run), None, {}, params, set(log_params))
+    ctrl = statistics(controls, twin_values(controls_run), None, {}, params, set(log_params))
     for key, s in cohort.items():
-        if key[0] != "mean_difference" or key not in ctrl or len(ctrl[key].pseudo) < MIN_PATIENTS:
+        if key[0] not in DR_MEASURES or key not in ctrl or len(ctrl[key].pseudo) < MIN_PATIENTS:
             continue
         r = ctrl[key].pseudo
         a = Augmented(s.pseudo, r, propensity.odds(list(s.pseudo.index), list(r.index)))
         if a.m_eff >= 2:
-            out[key[1:]] = a
+            out[key] = a
     return out
 
 

@@ -26,8 +26,11 @@ its twins generated under the control arm by a generator fitted on a knowledge b
 - *Doubly robust mean difference* (``mean_difference_dr``, `run_effects` for a generator whose
   twins cost nothing; `doubly_robust_effects`): the estimate above minus the twins' own
   weighted mean error on the knowledge base's target-arm patients (cross-fitted), weights from
-  the propensity of being in the cohort; right when either the twins' mean or the propensity
-  is (`services.evaluation.doubly_robust` says how and why its interval needs no refits).
+  the propensity of being in the cohort (balancing the baseline); right when either the twins'
+  mean or the propensity is (`services.evaluation.doubly_robust` says how and why its interval
+  needs no refits). For the ratio parameters the same on the log scale
+  (``geometric_mean_ratio_dr``): a ratio of geometric means whose interval does not rest on the
+  log-scale generator term that falls short above.
 - *Time to event, per PARAMCD*: hazard ratio real vs twins from a Cox model (Breslow ties) in
   which each twin has weight 1/K, so each patient's twins together weigh one patient; and the
   difference in restricted mean survival time (RMST, real minus twins) up to ``tau``
@@ -139,11 +142,13 @@ from services.generation.run import TwinRun
 UNIT = "patients"
 MEASURE_LABELS = {"mean_difference": "mean difference", "mean_difference_dr": "mean difference, doubly robust",
                   "geometric_mean_ratio": "ratio of geometric means",
+                  "geometric_mean_ratio_dr": "ratio of geometric means, doubly robust",
                   "hazard_ratio": "hazard ratio", "rmst_difference": "RMST difference (days)"}   # screen, report, CLI
-PER_VISIT_MEASURES = ("mean_difference", "mean_difference_dr", "geometric_mean_ratio")   # one per visit, in this order
-RATIO_MEASURES = ("hazard_ratio", "geometric_mean_ratio")          # estimated on the log scale, shown exp'd
+PER_VISIT_MEASURES = ("mean_difference", "mean_difference_dr", "geometric_mean_ratio",
+                      "geometric_mean_ratio_dr")   # one per visit, in this order
+RATIO_MEASURES = ("hazard_ratio", "geometric_mean_ratio", "geometric_mean_ratio_dr")   # on the log scale, shown exp'd
 RATIO_CAVEAT = "too narrow on a test trial (ahd: 6.8-7.9 % rejections at nominal 5 %)"   # the ratio's interval: method, screen
-EFFECTS_VERSION = 14   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged; 13: doubly robust mean difference added, other figures unchanged; 14: its weights balance the baseline, effective_controls added)
+EFFECTS_VERSION = 14   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged; 13: doubly robust mean difference added, other figures unchanged; 14: its weights balance the baseline, effective_controls and the doubly robust ratio of geometric means added)
 
 
 @dataclass(frozen=True)
@@ -353,15 +358,18 @@ DR_METHOD = ("mean of (real - mean of own K twins) over patients minus the twins
              "mean or the propensity is right; Welch t of the two samples' influence terms, no refits, right when "
              "the propensity is (the generator's own error is then balanced out; under strong selection "
              "somewhat short)")
+DR_RATIO_METHOD = ("exp of the doubly robust mean difference on the log scale (log real, mean of log of own "
+                   "K twins): ratio of geometric means, real / counterfactual, for a parameter whose values are all "
+                   "positive; the same controls and weights as the mean difference: " + DR_METHOD)
 
 
 def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, generator: str | None = None,
                           settings: dict | None = None, alpha: float = 0.05, seed: int = 0,
                           params: list[str] | None = None) -> tuple[list[Effect], str]:
-    """(effects, note): the doubly robust mean difference of every visit
-    (`services.evaluation.doubly_robust`), with the knowledge base's target-arm patients that
-    are not sources as the controls; no effects, and a note saying why, when the cohort is in
-    the target arm itself, fewer than `MIN_PATIENTS` controls remain or the generator calls a
+    """(effects, note): the doubly robust mean difference of every visit, and its ratio of
+    geometric means where `ratio_parameters` allows one (`services.evaluation.doubly_robust`),
+    with the knowledge base's target-arm patients that are not sources as the controls; no
+    effects, and a note saying why, when the cohort is in the target arm itself, fewer than `MIN_PATIENTS` controls remain or the generator calls a
     model per twin. One method text serves every visit (Compare and the report show one per
     measure), so it names no visit's counts."""
     from services.evaluation import doubly_robust as dr
@@ -387,16 +395,20 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
     ctl_trial = knowledge_base.subset(controls)
     ctl_run = dr.control_twins(knowledge_base, run, controls, generator, settings, seed)
     prop = dr.Propensity(real, ctl_trial)
-    res = dr.augmented_mean_differences(real, run, ctl_trial, ctl_run, prop, params)
+    logs = ratio_parameters(real, knowledge_base, arm)
+    res = dr.augmented_effects(real, run, ctl_trial, ctl_run, prop, params, logs)
     labels = _visit_labels(real)
     k = twins_per_source(run)
     out = []
-    for (p, v), a in res.items():
+    for (measure, p, v), a in res.items():
         se, lo, hi, pval = dr.interval(a, alpha)
+        est, method = a.theta, DR_METHOD
+        if measure == "geometric_mean_ratio":
+            est, lo, hi, method = math.exp(a.theta), math.exp(lo), math.exp(hi), DR_RATIO_METHOD
         out.append(Effect(
-            design="synthetic_control", measure="mean_difference_dr", paramcd=p, avisitn=v,
-            avisit=str(labels.get((p, v), "")), estimate=a.theta, se=se, ci_low=lo, ci_high=hi, p_value=pval,
-            df=a.df, method=DR_METHOD.format(arm=arm, how=prop.how), n_patients=a.n, n_treatment=a.n,
+            design="synthetic_control", measure=f"{measure}_dr", paramcd=p, avisitn=v,
+            avisit=str(labels.get((p, v), "")), estimate=est, se=se, ci_low=lo, ci_high=hi, p_value=pval,
+            df=a.df, method=method.format(arm=arm, how=prop.how), n_patients=a.n, n_treatment=a.n,
             n_control=a.m, K=k, B=0, var_patients=a.var, var_generator=0.0, analysis="doubly_robust", alpha=alpha,
             effective_controls=a.m_eff))
     return out, ""
