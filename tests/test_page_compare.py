@@ -44,8 +44,8 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     at.button(key="cmp_effects_go").click().run()
     assert not at.exception, at.exception
     table = next(d.value for d in at.dataframe if "95 % CI" in d.value.columns)
-    assert {"mean difference", "mean difference, doubly robust", "ratio of geometric means", "hazard ratio",
-            "RMST difference (days)"} <= set(table["measure"])
+    assert {"mean difference", "mean difference, doubly robust", "ratio of geometric means",
+            "ratio of geometric means, doubly robust", "hazard ratio", "RMST difference (days)"} <= set(table["measure"])
     # a positive lab value offers the log scale (its interval not yet calibrated: the mean
     # difference comes first); the forest plot switches to the ratio
     at.selectbox(key="cmp_effect_param").set_value("BILI").run()
@@ -58,6 +58,13 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     assert not at.exception, at.exception
     assert "difference (real - twins)" in _forest_axes(at)
     assert any("BILI: real minus twins, doubly robust" in t for t in _forest_titles(at))
+    at.radio(key="cmp_effect_scale_BILI").set_value("geometric_mean_ratio_dr").run()
+    assert not at.exception, at.exception
+    assert "ratio (real / twins) (log scale)" in _forest_axes(at)
+    assert any("BILI: real / counterfactual, geometric means, doubly robust" in t for t in _forest_titles(at))
+    dr_rows = table[table["measure"].str.endswith("doubly robust")]
+    assert dr_rows["real controls"].str.endswith(" effective)").all()         # how many controls the weights spent
+    assert (table.loc[~table["measure"].str.endswith("doubly robust"), "real controls"] == "").all()
     # the 40 source patients (those observed at a visit), never the 80 twins
     assert (table.loc[table["measure"] == "hazard ratio", "patients"] == 40).all()
     assert table["patients"].max() == 40
