@@ -18,6 +18,13 @@ interval the app shows).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/doubly_robust.py --trials ahd respiratory --reps 1000
     OMP_NUM_THREADS=1 .venv/bin/python bench/doubly_robust.py --design select --twins carry --trials ahd
+
+`--known-truth N`: instead, N simulated trials of tests/test_doubly_robust.py's known truth (a
+cohort selected on a high baseline, no effect, twins carrying the baseline forward where the
+truth regresses to the mean; `run_effects` as the app runs it): mean, SD, variance ratio and
+coverage of each estimate, with intervals.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/doubly_robust.py --known-truth 60
 """
 
 from __future__ import annotations
@@ -92,6 +99,33 @@ LABELS = {"balancing": "doubly robust, balancing weights (the app's)", "logistic
 SHORT = {"balancing": "dr", "logistic": "dr_logistic", "plain": "plain"}
 
 
+def known_truth(n: int) -> list[str]:
+    """The known-truth trials (`--known-truth`): bias, spread, variance ratio and coverage of
+    each synthetic-control estimate of the mean (log scale for the ratios; truth 0)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_doubly_robust import carry_effects, confounded_trial
+
+    runs = [carry_effects(confounded_trial(seed)) for seed in range(11, 11 + n)]
+    out = []
+    for m in ("mean_difference", "mean_difference_dr", "geometric_mean_ratio", "geometric_mean_ratio_dr"):
+        ratio = "ratio" in m
+        est = np.array([r[m]["estimate"] for r in runs])
+        est = np.log(est) if ratio else est
+        se = np.array([r[m]["se"] for r in runs])
+        covered = int(sum(r[m]["ci_low"] < (1.0 if ratio else 0.0) < r[m]["ci_high"] for r in runs))
+        lo, hi = binom_ci(covered, n)
+        v_ratio = float(np.mean(se**2) / est.var(ddof=1))
+        v_lo, v_hi = (v_ratio * (n - 1) / stats.chi2.ppf(q, n - 1) for q in (0.975, 0.025))
+        print(f"   {m}{' (log)' if ratio else ''}: mean {est.mean():+.4f} [{est.mean() - 1.96 * est.std(ddof=1) / np.sqrt(n):+.4f}, "
+              f"{est.mean() + 1.96 * est.std(ddof=1) / np.sqrt(n):+.4f}], SD {est.std(ddof=1):.4f}; variance est / emp "
+              f"{v_ratio:.2f} [{v_lo:.2f}, {v_hi:.2f}]; coverage {covered / n:.3f} [{lo:.2f}, {hi:.2f}]"
+              + (f"; effective controls {np.median([r[m]['effective_controls'] for r in runs]):.0f} of "
+                 f"{np.median([r[m]['n_control'] for r in runs]):.0f} (median)" if m.endswith("_dr") else ""))
+        out += [f"known_truth_{m}_mean={est.mean():+.4f}", f"known_truth_{m}_coverage={covered / n:.3f}",
+                f"known_truth_{m}_var_ratio={v_ratio:.3f}"]
+    return out
+
+
 def rate(p: pd.Series) -> str:
     x, n = int((p < ALPHA).sum()), len(p)
     lo, hi = binom_ci(x, n)
@@ -107,8 +141,13 @@ def main(argv=None) -> int:
     ap.add_argument("--twins", choices=("local", "carry"), default="local")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--known-truth", type=int, default=0, metavar="N")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.known_truth:
+        print(f"== known truth: {args.known_truth} simulated trials (tests/test_doubly_robust.py), no effect")
+        print("RESULT " + " ".join(known_truth(args.known_truth)))
+        return 0
     result = []
     tag = args.design + ("" if args.twins == "local" else "_carry")
     for trial in load_trials(args.trials):

@@ -45,7 +45,7 @@ def test_unequal_weights_by_hand():
     assert a.var == pytest.approx(np.var(d, ddof=1) / 5 + v_c)
 
 
-def _confounded_trial(seed: int, n: int = 300):
+def confounded_trial(seed: int, n: int = 300):
     """A control arm whose week-4 value regresses to the mean (slope 0.5 on the baseline) and a
     treated cohort of patients with higher baselines (selection on the baseline) and NO effect."""
     from services.data.loading import load_trial_files
@@ -67,7 +67,7 @@ def _confounded_trial(seed: int, n: int = 300):
     return load_trial_files(files, name="confounded")
 
 
-def _carry_effects(trial) -> dict:
+def carry_effects(trial) -> dict:
     treated = list(trial.subjects.loc[trial.subjects["ARM"] == "Active", "USUBJID"])
     gen = LocalGenerator(retriever_factory=ExactRetriever, mean_model="carry", center="none").fit(trial)
     run = gen.generate(trial.subset(treated).baseline_only(), target_arm="Placebo", twins_per_patient=5, seed=1)
@@ -82,7 +82,7 @@ def test_doubly_robust_corrects_a_wrong_twin_mean():
     on the controls who resemble the cohort and is not: +0.06 on average over 60 trials with the balancing weights (SD 0.88
     per trial, so the mean of 20 is within 0.6 of the truth; the plain logistic odds leave -0.3,
     a correction shrunk by a fifth about -1.2)."""
-    runs = [_carry_effects(_confounded_trial(seed)) for seed in range(11, 31)]
+    runs = [carry_effects(confounded_trial(seed)) for seed in range(11, 31)]
     plain = np.array([r["mean_difference"]["estimate"] for r in runs])
     robust = np.array([r["mean_difference_dr"]["estimate"] for r in runs])
     assert plain.mean() < -4 and all(r["mean_difference"]["ci_high"] < 0 for r in runs)   # spurious benefit
@@ -95,7 +95,7 @@ def test_doubly_robust_corrects_a_wrong_twin_mean():
     assert ratio["ci_low"] < ratio["estimate"] < ratio["ci_high"] and ratio["se"] > 0
     assert "ratio of geometric means" in ratio["method"] and "covariate-balancing" in ratio["method"]
     first = runs[0]["mean_difference_dr"]
-    assert first["n_control"] == int((_confounded_trial(11).subjects["ARM"] == "Placebo").sum())
+    assert first["n_control"] == int((confounded_trial(11).subjects["ARM"] == "Placebo").sum())
     assert 10 < first["effective_controls"] < 0.5 * first["n_control"]       # selection costs controls
     assert runs[0]["mean_difference"]["effective_controls"] is None
     assert first["var_generator"] == 0 and first["B"] == 0
@@ -108,7 +108,7 @@ def test_a_control_patients_own_outcome_never_reaches_its_twins():
     its own donor or in its own fold model would move them by 8 or more at K 5). What does move
     them, by 0.7 at most here, is second order: the other donors' residuals come from fold
     models that held the shifted patients, and so do the arm's bounds and neighbourhood weight."""
-    trial = _confounded_trial(11)
+    trial = confounded_trial(11)
     ctl = list(trial.subjects.loc[trial.subjects["ARM"] == "Placebo", "USUBJID"][:3])
     recs = trial.records.copy()
     hit = recs["USUBJID"].isin(ctl) & (recs["AVISITN"] == 1)
@@ -135,7 +135,7 @@ def dr_trial_with(trial, records):
 
 
 def test_propensity_follows_the_selection_and_stays_flat_for_a_randomized_arm(pbc):
-    trial = _confounded_trial(11)
+    trial = confounded_trial(11)
     subj = trial.subjects
     cohort, ctl = (trial.subset(list(subj.loc[subj["ARM"] == a, "USUBJID"])) for a in ("Active", "Placebo"))
     prop = dr.Propensity(cohort, ctl)
@@ -157,7 +157,7 @@ def test_balancing_weights_match_the_cohorts_baseline_means():
     xk = np.r_[np.ones(20), np.zeros(60)][:, None]           # controls: 25 %
     w = dr.balancing_odds(xc, xk, C=1e6)
     assert w[:20] == pytest.approx(40 * 0.75 / 20, rel=1e-4) and w[20:] == pytest.approx(40 * 0.25 / 60, rel=1e-4)
-    trial = _confounded_trial(12)
+    trial = confounded_trial(12)
     subj = trial.subjects
     cohort, ctl = (trial.subset(list(subj.loc[subj["ARM"] == a, "USUBJID"])) for a in ("Active", "Placebo"))
     gaps = {}
@@ -170,6 +170,51 @@ def test_balancing_weights_match_the_cohorts_baseline_means():
     assert gaps["balancing"] < 0.03 < gaps["logistic"]
     with pytest.raises(ValueError, match="balancing"):
         dr.Propensity(cohort, ctl, method="probit")
+
+
+def test_balancing_fit_meets_its_optimality_conditions_at_a_finite_penalty():
+    """At C = 0.5 the balance is not exact: the weights sum to the cohort's size and the
+    weighted controls' sums equal the cohort's minus beta / C, beta recovered from the weights
+    by least squares of log w on the design (its gradient checked by finite differences); a
+    cohort separable from the controls has no balancing weights worth the name (one control
+    carries them: fewer than 2 effective, so no estimate)."""
+    from scipy import optimize
+
+    rng = np.random.default_rng(5)
+    xc, xk = rng.normal(0.8, 1, (40, 3)), rng.normal(0, 1, (90, 3))
+    w = dr.balancing_odds(xc, xk, C=0.5)
+    fit = np.linalg.lstsq(np.c_[np.ones(90), xk], np.log(w), rcond=None)[0]
+    assert np.allclose(np.c_[np.ones(90), xk] @ fit, np.log(w), atol=1e-8)         # w = exp(b0 + x beta)
+    assert w.sum() == pytest.approx(40, rel=1e-4)
+    assert xk.T @ w == pytest.approx(xc.sum(axis=0) - fit[1:] / 0.5, abs=0.02)
+    assert np.abs(w @ xk / w.sum() - xc.mean(axis=0)).max() > 0.02                  # not exact at this C
+
+    def loss(th):       # the objective balancing_odds minimises, and its gradient
+        f = th[0] + xk @ th[1:]
+        return 0.5 * (np.exp(f).sum() - 40 * th[0] - xc.sum(axis=0) @ th[1:]) + 0.5 * th[1:] @ th[1:]
+
+    def grad(th):
+        e = np.exp(th[0] + xk @ th[1:])
+        return np.r_[0.5 * (e.sum() - 40), 0.5 * (xk.T @ e - xc.sum(axis=0)) + th[1:]]
+
+    assert optimize.check_grad(loss, grad, np.r_[-0.5, 0.3, -0.2, 0.1]) < 1e-4
+    assert loss(np.r_[fit]) <= loss(np.r_[fit] + 0.01)
+    sep = dr.balancing_odds(np.full((20, 1), 3.0), np.linspace(-1, 1, 30)[:, None], C=100.0)
+    assert sep is None or sep.sum() ** 2 / (sep**2).sum() < 2
+
+
+def test_doubly_robust_ratio_by_hand():
+    """The ratio of geometric means, doubly robust: exp of the augmented mean on the log scale
+    (equal weights: exp of Welch's difference of the log-scale errors, its interval exp'd)."""
+    d = pd.Series(np.log([1.2, 0.9, 1.5, 1.1, 1.3, 0.8]), index=list("abcdef"))
+    r = pd.Series(np.log([1.0, 1.1, 0.9, 0.95, 1.05]), index=list("uvwxy"))
+    a = dr.Augmented(d, r, pd.Series(1.0, index=r.index))
+    se, lo, hi, _p = dr.interval(a)
+    welch = stats.ttest_ind(d, r, equal_var=False)
+    assert np.exp(a.theta) == pytest.approx(np.exp(d.mean() - r.mean()))
+    q = stats.t.ppf(0.975, welch.df)
+    assert (np.exp(lo), np.exp(hi)) == pytest.approx((np.exp(a.theta - q * se), np.exp(a.theta + q * se)))
+    assert a.theta / se == pytest.approx(welch.statistic)
 
 
 def test_effects_section_on_pbc_has_the_doubly_robust_difference(pbc, pbc_twins):
@@ -202,3 +247,16 @@ def test_no_doubly_robust_difference_for_twins_of_the_target_arm(pbc):
     assert not [e for e in res["effects"] if e["measure"] == "mean_difference_dr"]
     assert "30 source patients are in the target arm 'Placebo'" in res["note"]
     assert [e for e in res["effects"] if e["measure"] == "mean_difference"]
+
+
+def test_a_failed_balancing_fit_falls_back_to_the_logistic_odds_and_says_so(monkeypatch):
+    trial = confounded_trial(13)
+    subj = trial.subjects
+    cohort, ctl = (trial.subset(list(subj.loc[subj["ARM"] == a, "USUBJID"])) for a in ("Active", "Placebo"))
+    logistic = dr.Propensity(cohort, ctl, method="logistic")
+    monkeypatch.setattr(dr, "balancing_odds", lambda *a, **k: None)       # as for a fit that did not converge
+    prop = dr.Propensity(cohort, ctl)
+    assert "stood in" not in prop.how
+    w = prop.odds(prop.c_ids, prop.k_ids)
+    assert np.allclose(w, logistic.odds(logistic.c_ids, logistic.k_ids))
+    assert prop.fell_back == 1 and "at 1 visit(s) no weights balanced the cohort" in prop.how

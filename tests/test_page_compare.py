@@ -60,7 +60,7 @@ def test_compare_page_renders_every_tab_on_a_run(pbc, pbc_twins):
     assert any("BILI: real minus twins, doubly robust" in t for t in _forest_titles(at))
     at.radio(key="cmp_effect_scale_BILI").set_value("geometric_mean_ratio_dr").run()
     assert not at.exception, at.exception
-    assert "ratio (real / twins) (log scale)" in _forest_axes(at)
+    assert "ratio (real / counterfactual) (log scale)" in _forest_axes(at)
     assert any("BILI: real / counterfactual, geometric means, doubly robust" in t for t in _forest_titles(at))
     dr_rows = table[table["measure"].str.endswith("doubly robust")]
     assert dr_rows["real controls"].str.endswith(" effective)").all()         # how many controls the weights spent

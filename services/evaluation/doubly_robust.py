@@ -16,8 +16,10 @@ r_j = Y_j - mu(X_j) from twins of the control patient j made by a generator fold
 j (the local generator cross-fits its own knowledge base: neither j's fold model nor its residual
 donors hold j's outcome), w_j = e(X_j) / (1 - e(X_j)), e the propensity of being in the cohort
 rather than the target arm, fitted to balance the baseline (`Propensity`). It is consistent
-when either the twins' mean or the propensity is right, and with balanced baseline means any
-error of the twins that is linear in the baseline cancels exactly: where the cohort is a
+when either the twins' mean or the propensity is right, and with balanced baseline means an
+error of the twins that is linear in the baseline cancels, up to the imbalance the penalty
+leaves (and to the difference between the full fit that twins the cohort and the fold fits that
+twin the controls): where the cohort is a
 randomized arm of the same trial, the weights are nearly equal and theta is the difference of
 the arms' mean prediction errors, unbiased whatever the twins.
 
@@ -54,8 +56,9 @@ from services.data.trial import Trial
 from services.evaluation.effect_stats import MIN_PATIENTS, statistics, twin_values, twins_per_source
 from services.generation.run import TwinRun
 
-MAX_ODDS = 99.0     # w at most this (e 0.99): a saturated propensity cannot hand one control the estimate
-_MAX_F = 30.0       # |b0 + x beta| bound inside the optimiser (exp overflows near 710)
+MAX_ODDS = 99.0     # logistic odds at most this (e 0.99): a saturated propensity cannot hand one control the estimate
+_MAX_F = 300.0      # b0 + x beta capped inside the optimiser (exp overflows near 710; the loss is ~1e130 there)
+_KKT_TOL = 1e-3     # a balancing fit whose optimality conditions miss by more (relative to the cohort) has failed
 _CS = np.logspace(-4, 2, 13)
 DR_MEASURES = ("mean_difference", "geometric_mean_ratio")     # what `augmented_effects` augments
 
@@ -70,13 +73,17 @@ class Propensity:
     size and the weighted controls' baseline means equal the cohort's up to beta / (C n): a
     logistic fit's odds balance them only on average (in the known-truth trial of
     tests/test_doubly_robust.py the weighted controls' baseline stayed 0.12 SD short and the
-    estimate -0.30 points off; balanced, 0.01 SD and +0.06), and with balanced means every error of
-    the twins that is linear in the baseline cancels exactly (Zhao & Percival 2017). The penalty C
-    is chosen once by 5-fold cross-validated logistic log loss on everybody, so that a cohort that
-    differs from the controls in nothing (a randomized arm) gets nearly equal weights instead of
-    balanced noise; each visit's weights come from a fit on the patients seen there (different
-    drop-out in the two groups would otherwise leave the weighted controls unlike the cohort seen
-    there). Without usable baseline facts (or fewer than 5 patients a side) the weights are equal
+    estimate -0.30 points off; balanced, 0.01 SD and +0.06), and with balanced means an error of
+    the twins that is linear in the baseline cancels up to that remainder (Zhao & Percival 2017).
+    The penalty C is chosen once by 5-fold cross-validated logistic log loss on everybody, so
+    that a cohort that differs from the controls in nothing (a randomized arm) gets nearly equal
+    weights instead of balanced noise. That is a heuristic: both losses are C x loss + |beta|^2 /
+    2 with curvatures about n Cov(x) (this one) and nm / (n + m) Cov(x) (the logistic), alike
+    when the cohort is the smaller group and within a factor 2 otherwise, and the CV scores
+    predicting membership, not the balance or the effect's error. A visit whose balancing fit
+    fails (`balancing_odds` None) takes the logistic odds, and ``how`` says so. Each visit's
+    weights come from a fit on the patients seen there (different drop-out in the two groups
+    would otherwise leave the weighted controls unlike the cohort seen there). Without usable baseline facts (or fewer than 5 patients a side) the weights are equal
     and ``how`` says so. ``method="logistic"``: the plain logistic fit's odds e / (1 - e) with
     the same penalty (what the app used before; bench/doubly_robust.py compares them)."""
 
@@ -104,8 +111,17 @@ class Propensity:
         fitted = {"balancing": "covariate-balancing weights (the propensity's odds fitted to match the cohort's "
                                "baseline means)",
                   "logistic": "the odds of a cross-validated logistic propensity"}[method]
-        self.how = fitted if self.C is not None else "equal weights (no baseline facts to balance)"
+        self._how = fitted if self.C is not None else "equal weights (no baseline facts to balance)"
         self._odds: dict[tuple, pd.Series] = {}
+        self.fell_back = 0      # visits whose balancing fit failed and took the logistic odds
+
+    @property
+    def how(self) -> str:
+        """The weights in words, for the method text (after the visits' fits: it names fallbacks)."""
+        if not self.fell_back:
+            return self._how
+        return (f"{self._how}; at {self.fell_back} visit(s) no weights balanced the cohort and the odds of the "
+                "cross-validated logistic propensity stood in")
 
     def odds(self, cohort_ids, control_ids) -> pd.Series:
         """w of ``control_ids`` from a fit on these patients only, summing to the cohort's size
@@ -120,34 +136,41 @@ class Propensity:
         ki = [self._k_pos[u] for u in control_ids]
         if self.C is None or min(len(ci), len(ki)) < 5:
             w = np.full(len(ki), len(ci) / max(len(ki), 1))
-        elif self.method == "balancing":
-            w = balancing_odds(self.Xc[ci], self.Xk[ki], self.C)
         else:
-            from sklearn.linear_model import LogisticRegression
+            w = balancing_odds(self.Xc[ci], self.Xk[ki], self.C) if self.method == "balancing" else None
+            if w is None:
+                from sklearn.linear_model import LogisticRegression
 
-            X, y = np.vstack([self.Xc[ci], self.Xk[ki]]), np.r_[np.ones(len(ci)), np.zeros(len(ki))]
-            e = LogisticRegression(C=self.C, max_iter=2000).fit(X, y).predict_proba(self.Xk[ki])[:, 1]
-            w = e / np.maximum(1 - e, 1e-12)
-        return pd.Series(np.minimum(w, MAX_ODDS), index=list(control_ids))
+                self.fell_back += self.method == "balancing"
+                X, y = np.vstack([self.Xc[ci], self.Xk[ki]]), np.r_[np.ones(len(ci)), np.zeros(len(ki))]
+                e = LogisticRegression(C=self.C, max_iter=2000).fit(X, y).predict_proba(self.Xk[ki])[:, 1]
+                w = np.clip(e, 1e-6, MAX_ODDS / (1 + MAX_ODDS))
+                w = w / (1 - w)
+        return pd.Series(w, index=list(control_ids))
 
 
-def balancing_odds(Xc: np.ndarray, Xk: np.ndarray, C: float) -> np.ndarray:
-    """exp(b0 + Xk beta) minimising the penalised tailored loss of `Propensity` (convex; its
-    gradient in b0 makes the weights sum to len(Xc), in beta the weighted sum of Xk meet Xc's
-    up to beta / C)."""
+def balancing_odds(Xc: np.ndarray, Xk: np.ndarray, C: float) -> np.ndarray | None:
+    """exp(b0 + Xk beta) minimising the penalised tailored loss of `Propensity` (convex; at its
+    optimum the weights sum to len(Xc) and Xk' w = sum of Xc's rows - beta / C), or None when
+    the optimiser did not reach that optimum (e.g. a cohort separable from the controls, whose
+    exact balance no weights achieve) to `_KKT_TOL` of the cohort's size."""
     from scipy import optimize
 
     n, m = len(Xc), len(Xk)
     xc_sum = Xc.sum(axis=0)
 
     def loss(th):
-        w = np.exp(np.clip(th[0] + Xk @ th[1:], -_MAX_F, _MAX_F))
+        w = np.exp(np.minimum(th[0] + Xk @ th[1:], _MAX_F))
         value = C * (w.sum() - n * th[0] - xc_sum @ th[1:]) + 0.5 * th[1:] @ th[1:]
         return value, np.r_[C * (w.sum() - n), C * (Xk.T @ w - xc_sum) + th[1:]]
 
     start = np.r_[math.log(n / m), np.zeros(Xk.shape[1])]
-    th = optimize.minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 5000}).x
-    return np.exp(np.clip(th[0] + Xk @ th[1:], -_MAX_F, _MAX_F))
+    res = optimize.minimize(loss, start, jac=True, method="L-BFGS-B",
+                            options={"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-14})
+    th = res.x
+    w = np.exp(np.minimum(th[0] + Xk @ th[1:], _MAX_F))
+    residual = np.abs(np.r_[w.sum() - n, Xk.T @ w - xc_sum + th[1:] / C]).max() / n
+    return w if np.all(np.isfinite(w)) and residual < _KKT_TOL else None
 
 
 class Augmented:
@@ -188,13 +211,14 @@ def control_twins(knowledge_base: Trial, run: TwinRun, controls: list[str], gene
 
 def augmented_effects(real: Trial, run: TwinRun, controls: Trial, controls_run: TwinRun,
                       propensity: Propensity, params: list[str] | None = None,
-                      log_params: set[str] | frozenset = frozenset()) -> dict:
+                      log_params: set[str] | frozenset = frozenset(), dropped: list | None = None) -> dict:
     """{(measure, PARAMCD, AVISITN): Augmented}, measure "mean_difference" for every parameter
     and "geometric_mean_ratio" (the same on the log scale: exp(theta) is the ratio of geometric
     means, real / counterfactual) for ``log_params``, every visit with at least `MIN_PATIENTS`
     patients on both sides and an effective control size of 2 or more; ``controls`` are the
     target arm's patients with their outcomes, ``controls_run`` their own twins, the weights
-    each visit's `Propensity.odds` (the same weights for both scales)."""
+    each visit's `Propensity.odds` (the same weights for both scales). Keys left out because
+    the weights left fewer than 2 effective controls are appended to ``dropped``."""
     out = {}
     cohort = statistics(real, twin_values(run), None, {}, params, set(log_params))
     ctrl = statistics(controls, twin_values(controls_run), None, {}, params, set(log_params))
@@ -205,6 +229,8 @@ def augmented_effects(real: Trial, run: TwinRun, controls: Trial, controls_run: 
         a = Augmented(s.pseudo, r, propensity.odds(list(s.pseudo.index), list(r.index)))
         if a.m_eff >= 2:
             out[key] = a
+        elif dropped is not None:
+            dropped.append(key)
     return out
 
 

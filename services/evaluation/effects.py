@@ -154,11 +154,11 @@ EFFECTS_VERSION = 14   # bump when the figures change meaning (3: refits hold th
 @dataclass(frozen=True)
 class Effect:
     """One estimated effect. ``estimate``/``ci_low``/``ci_high`` are on the natural scale
-    (a ratio for ``measure="hazard_ratio"`` and ``"geometric_mean_ratio"``, whose ``se`` is
+    (a ratio for the `RATIO_MEASURES`, whose ``se`` is
     that of its log). ``var_patients`` / ``var_generator`` split the variance (log scale for a ratio)."""
 
     design: str            # "synthetic_control" | "randomized"
-    measure: str           # "mean_difference" | "geometric_mean_ratio" | "hazard_ratio" | "rmst_difference"
+    measure: str           # "mean_difference" | "geometric_mean_ratio" | their "_dr" (doubly robust) | "hazard_ratio" | "rmst_difference"
     paramcd: str
     avisitn: float | None
     avisit: str
@@ -355,7 +355,8 @@ def _display_order(e: Effect) -> tuple:
 DR_METHOD = ("mean of (real - mean of own K twins) over patients minus the twins' weighted mean error on the "
              "knowledge base's own {arm} patients (cross-fitted twins; weights: {how}, fitted per "
              "visit on the patients seen there): doubly robust, consistent when either the twins' "
-             "mean or the propensity is right; Welch t of the two samples' influence terms, no refits, right when "
+             "mean or the propensity is right; Welch t of the two samples' influence terms, the weights treated "
+             "as known, no refits, right when "
              "the propensity is (the generator's own error is then balanced out; under strong selection "
              "somewhat short)")
 DR_RATIO_METHOD = ("exp of the doubly robust mean difference on the log scale (log real, mean of log of own "
@@ -396,7 +397,8 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
     ctl_run = dr.control_twins(knowledge_base, run, controls, generator, settings, seed)
     prop = dr.Propensity(real, ctl_trial)
     logs = ratio_parameters(real, knowledge_base, arm)
-    res = dr.augmented_effects(real, run, ctl_trial, ctl_run, prop, params, logs)
+    dropped: list = []
+    res = dr.augmented_effects(real, run, ctl_trial, ctl_run, prop, params, logs, dropped)
     labels = _visit_labels(real)
     k = twins_per_source(run)
     out = []
@@ -411,7 +413,12 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
             df=a.df, method=method.format(arm=arm, how=prop.how), n_patients=a.n, n_treatment=a.n,
             n_control=a.m, K=k, B=0, var_patients=a.var, var_generator=0.0, analysis="doubly_robust", alpha=alpha,
             effective_controls=a.m_eff))
-    return out, ""
+    note = ""
+    if dropped:
+        note = (f"no doubly robust estimate at {len(dropped)} parameter-visit(s) where the weights left fewer than 2 "
+                "effective controls (the cohort unlike every control there): "
+                + ", ".join(f"{p} {labels.get((p, v), v)}" for p, v in dict.fromkeys((p, v) for _, p, v in dropped)))
+    return out, note
 
 
 def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, seed: int = 0,

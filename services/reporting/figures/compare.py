@@ -224,7 +224,9 @@ def effect_forest(effects: pd.DataFrame, title: str) -> go.Figure:
     fig.add_vline(x=1.0 if ratio else 0.0, line_dash="dash", line_color="#888")
     axis = "difference (real - twins)"
     if ratio:
-        axis = ("hazard ratio" if effects["measure"].eq("hazard_ratio").all() else "ratio (real / twins)") + " (log scale)"
+        axis = ("hazard ratio" if effects["measure"].eq("hazard_ratio").all() else
+                "ratio (real / counterfactual)" if effects["measure"].eq("geometric_mean_ratio_dr").all() else
+                "ratio (real / twins)") + " (log scale)"
     fig = _layout(fig, title, axis, "",
                   height=max(260, 40 * len(effects) + 120))
     if ratio:
