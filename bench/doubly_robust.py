@@ -11,7 +11,7 @@ effect (the cohort's outcomes are control outcomes): a 5 % test should reject 5 
 standardised baseline of the endpoint (`--strength` s): confounded by the baseline, as an
 external control arm is. `--twins carry` makes the twins' mean wrong on purpose (the baseline
 carried forward, no neighbourhood shift): then only the weights can keep the estimate honest.
-Printed per design: the balancing weights the app uses and the plain logistic odds (type I with
+Printed per design: the logistic odds the app uses and the balancing weights (type I with
 Clopper-Pearson intervals, variance estimated / empirical, mean estimate in SDs), and the
 twins-only estimate with its patient term alone (what the generator refits widen; not an
 interval the app shows).
@@ -51,7 +51,7 @@ from services.evaluation.effect_stats import ratio_parameters, statistics, twin_
 from services.generation.local.generator import LocalGenerator
 from services.retrieval.retriever import ExactRetriever
 
-WEIGHTS = ("balancing", "logistic")
+WEIGHTS = ("logistic", "balancing")    # the app's first
 SCALES = {"": "mean_difference", "_log": "geometric_mean_ratio"}    # column suffix: the estimate's scale
 
 
@@ -91,12 +91,12 @@ def replicate(pool, rng, args, paramcd: str, avisitn: float, r: int) -> dict | N
         if plain is not None:
             row |= {f"plain{scale}": plain.theta, f"var_plain{scale}": plain.var_patients,
                     f"p_plain{scale}": float(2 * stats.t.sf(abs(plain.theta) / np.sqrt(plain.var_patients), plain.n - 1))}
-    return row if "balancing" in row else None
+    return row if "logistic" in row else None
 
 
-LABELS = {"balancing": "doubly robust, balancing weights (the app's)", "logistic": "doubly robust, logistic odds",
+LABELS = {"balancing": "doubly robust, balancing weights", "logistic": "doubly robust, logistic odds (the app's)",
           "plain": "twins only, patient term alone (not an interval the app shows)"}
-SHORT = {"balancing": "dr", "logistic": "dr_logistic", "plain": "plain"}
+SHORT = {"logistic": "dr", "balancing": "dr_balancing", "plain": "plain"}
 
 
 def known_truth(n: int) -> list[str]:

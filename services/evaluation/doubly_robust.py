@@ -15,13 +15,10 @@ cohort:
 r_j = Y_j - mu(X_j) from twins of the control patient j made by a generator fold that never saw
 j (the local generator cross-fits its own knowledge base: neither j's fold model nor its residual
 donors hold j's outcome), w_j = e(X_j) / (1 - e(X_j)), e the propensity of being in the cohort
-rather than the target arm, fitted to balance the baseline (`Propensity`). It is consistent
-when either the twins' mean or the propensity is right, and with balanced baseline means an
-error of the twins that is linear in the baseline cancels, up to the imbalance the penalty
-leaves (and to the difference between the full fit that twins the cohort and the fold fits that
-twin the controls): where the cohort is a
-randomized arm of the same trial, the weights are nearly equal and theta is the difference of
-the arms' mean prediction errors, unbiased whatever the twins.
+rather than the target arm (`Propensity`: a cross-validated logistic fit by default, or weights
+fitted to balance the baseline). It is consistent when either the twins' mean or the propensity
+is right: where the cohort is a randomized arm of the same trial, the weights are nearly equal
+and theta is the difference of the arms' mean prediction errors, unbiased whatever the twins.
 
 Variance: the two independent samples' influence terms, var(d) / n + sum w_j^2 (r_j - r_w)^2 /
 (sum w_j)^2 x m_eff / (m_eff - 1), m_eff = (sum w)^2 / sum w^2 the control side's effective
@@ -29,18 +26,20 @@ size; Welch-Satterthwaite degrees of freedom. With equal weights this is exactly
 test of the cohort's d against the controls' r. No generator refits: when the weighted controls
 resemble the cohort, a knowledge base that moves the prediction moves both terms alike and its
 variation cancels to first order, the control patients' own sampling variation being the
-second term. The weights are treated as known. Measured: in null trials resampled from real
-control arms (constant propensity; bench/doubly_robust.py) the variance is 0.87-1.11 of the
-estimates'; under strong selection (the known-truth trial of tests/test_doubly_robust.py: a
-cohort selected on a high baseline, no effect, twins that carry the baseline forward where the
-truth regresses to the mean; 45 effective controls of 390) it is 0.86 (coverage 0.90 over 60
-trials): what remains of the generator's own variation there is not in the interval. In that
-trial the twins alone are off by -5.8 points on average, this estimate by +0.06 (SD 0.88); with
-the plain logistic odds it was -0.30 (the weighted controls' baseline 0.12 SD short of the
-cohort's; balanced, 0.01). Needs the cohort outside the target arm (a placebo twin of a placebo
-patient has no control patients left to correct it), and the cohort's own missing values and
-categories are not flagged unless the controls have them too (the design is fitted on the
-controls).
+second term. The weights are treated as known. Measured (bench/doubly_robust.py, figures in
+bench/results/inference.log and the README): in null trials resampled from real control arms
+(constant propensity) the variance is 0.87-1.12 of the estimates'; in the known-truth trial of
+tests/test_doubly_robust.py (a cohort selected on a high baseline, no effect, twins that carry
+the baseline forward where the truth regresses to the mean) the twins alone are off by -5.8
+points, this estimate by -0.30 with the logistic odds (their weighted controls' baseline 0.12 SD
+short of the cohort's) and +0.06 with balancing weights (0.01 SD), whose variance is then 0.86 of
+the estimates' [0.62, 1.27] (coverage 0.90 [0.79, 0.96], 60 trials); in control arms split by a
+selection on the baseline with such twins, both weightings leave part of the bias (0.12-0.64 SD
+of the twins-only estimate's spread) where the twins alone leave 1.5-1.9 SD (ahd, ~10
+controls at the visit: 0.58, no better). Needs the cohort outside the target arm
+(a placebo twin of a placebo patient has no control patients left to correct it), and the
+cohort's own missing values and categories are not flagged unless the controls have them too
+(the design is fitted on the controls).
 """
 
 from __future__ import annotations
@@ -66,28 +65,31 @@ DR_MEASURES = ("mean_difference", "geometric_mean_ratio")     # what `augmented_
 class Propensity:
     """The control patients' weights w = e / (1 - e), e(X) = P(cohort | baseline) on the
     generator's baseline design (parameter baselines, covariates; missing values imputed and
-    flagged, standardised on the controls), fitted by the covariate-balancing loss of the
-    average effect on the treated (Zhao 2019's tailored loss; entropy balancing, Hainmueller
-    2012, with an L2 penalty): minimise C [sum_cohort -f(x_i) + sum_controls exp f(x_j)] +
-    |beta|^2 / 2, f = b0 + beta'x, w = exp f. Its optimum makes the weights sum to the cohort's
-    size and the weighted controls' baseline means equal the cohort's up to beta / (C n): a
-    logistic fit's odds balance them only on average (in the known-truth trial of
-    tests/test_doubly_robust.py the weighted controls' baseline stayed 0.12 SD short and the
-    estimate -0.30 points off; balanced, 0.01 SD and +0.06), and with balanced means an error of
-    the twins that is linear in the baseline cancels up to that remainder (Zhao & Percival 2017).
-    The penalty C is chosen once by 5-fold cross-validated logistic log loss on everybody, so
-    that a cohort that differs from the controls in nothing (a randomized arm) gets nearly equal
-    weights instead of balanced noise. That is a heuristic: both losses are C x loss + |beta|^2 /
-    2 with curvatures about n Cov(x) (this one) and nm / (n + m) Cov(x) (the logistic), alike
-    when the cohort is the smaller group and within a factor 2 otherwise, and the CV scores
-    predicting membership, not the balance or the effect's error. A visit whose balancing fit
-    fails (`balancing_odds` None) takes the logistic odds, and ``how`` says so. Each visit's
-    weights come from a fit on the patients seen there (different drop-out in the two groups
-    would otherwise leave the weighted controls unlike the cohort seen there). Without usable baseline facts (or fewer than 5 patients a side) the weights are equal
-    and ``how`` says so. ``method="logistic"``: the plain logistic fit's odds e / (1 - e) with
-    the same penalty (what the app used before; bench/doubly_robust.py compares them)."""
+    flagged, standardised on the controls), from an L2 logistic regression whose penalty C is
+    chosen once by 5-fold cross-validated log loss on everybody, so that a cohort that differs
+    from the controls in nothing (a randomized arm) gets nearly equal weights instead of fitted
+    noise. Each visit's weights come from a fit on the patients seen there (different drop-out
+    in the two groups would otherwise leave the weighted controls unlike the cohort seen there).
+    Without usable baseline facts (or fewer than 5 patients a side) the weights are equal and
+    ``how`` says so.
 
-    def __init__(self, cohort: Trial, controls: Trial, method: str = "balancing"):
+    ``method="balancing"``: the covariate-balancing loss of the effect on the treated instead
+    (Zhao 2019's tailored loss; entropy balancing, Hainmueller 2012, with the same L2 penalty):
+    minimise C [sum_cohort -f(x_i) + sum_controls exp f(x_j)] + |beta|^2 / 2, f = b0 + beta'x,
+    w = exp f, whose optimum makes the weights sum to the cohort's size and the weighted
+    controls' baseline means equal the cohort's up to beta / (C n), so that a twin error linear
+    in the baseline cancels up to that remainder (Zhao & Percival 2017); the logistic odds
+    balance the means only on average. The logistic CV's C is a heuristic there (curvatures
+    about n Cov(x) vs nm / (n + m) Cov(x), and the CV scores membership, not balance). A visit
+    whose balancing fit fails (`balancing_odds` None) takes the logistic odds and ``how`` says
+    so. Not the default: the rule declared before its calibration (inference.log, stop 35) asked
+    that in baseline-selected designs with wrong twins it leave no more bias than the logistic
+    odds in 3 of 4 test trials with a type I error no further from 5 %; it left less bias in 3
+    (respiratory, anorexia, arthritis: -0.25 / -0.26 / -0.12 SD against -0.50 / -0.50 / -0.28)
+    and more on ahd (+0.64 vs +0.57, ~7 effective controls), but on anorexia its type I was 4.3 %
+    against the logistic's 5.0 %, so the rule as worded was not met."""
+
+    def __init__(self, cohort: Trial, controls: Trial, method: str = "logistic"):
         if method not in ("balancing", "logistic"):
             raise ValueError(f"method must be 'balancing' or 'logistic', not {method!r}")
         self.method = method
@@ -110,8 +112,8 @@ class Propensity:
                                                     max_iter=2000).fit(X, y).C_[0])
         fitted = {"balancing": "covariate-balancing weights (the propensity's odds fitted to match the cohort's "
                                "baseline means)",
-                  "logistic": "the odds of a cross-validated logistic propensity"}[method]
-        self._how = fitted if self.C is not None else "equal weights (no baseline facts to balance)"
+                  "logistic": "e / (1 - e), e the cross-validated logistic propensity of being in the cohort"}[method]
+        self._how = fitted if self.C is not None else "equal weights (no baseline facts to model them on)"
         self._odds: dict[tuple, pd.Series] = {}
         self.fell_back = 0      # visits whose balancing fit failed and took the logistic odds
 
