@@ -28,7 +28,7 @@ resemble the cohort, a knowledge base that moves the prediction moves both terms
 variation cancels to first order, the control patients' own sampling variation being the
 second term. The weights are treated as known. Measured (bench/doubly_robust.py, figures in
 bench/results/inference.log and the README): in null trials resampled from real control arms
-(constant propensity) the variance is 0.87-1.12 of the estimates'; in the known-truth trial of
+(constant propensity) the variance is 0.87-1.11 of the estimates'; in the known-truth trial of
 tests/test_doubly_robust.py (a cohort selected on a high baseline, no effect, twins that carry
 the baseline forward where the truth regresses to the mean) the twins alone are off by -5.8
 points, this estimate by -0.30 with the logistic odds (their weighted controls' baseline 0.12 SD
