@@ -126,8 +126,9 @@ class Propensity:
                 "cross-validated logistic propensity stood in")
 
     def odds(self, cohort_ids, control_ids) -> pd.Series:
-        """w of ``control_ids`` from a fit on these patients only, summing to the cohort's size
-        (one fit per set of patients: both scales of a visit share it)."""
+        """w of ``control_ids`` from a fit on these patients only (balancing and equal weights
+        sum to the cohort's size; the logistic odds only roughly); one fit per set of patients,
+        so both scales of a visit share it."""
         key = (tuple(cohort_ids), tuple(control_ids))
         if key not in self._odds:
             self._odds[key] = self._fit_odds(cohort_ids, control_ids)

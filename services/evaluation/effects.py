@@ -26,11 +26,11 @@ its twins generated under the control arm by a generator fitted on a knowledge b
 - *Doubly robust mean difference* (``mean_difference_dr``, `run_effects` for a generator whose
   twins cost nothing; `doubly_robust_effects`): the estimate above minus the twins' own
   weighted mean error on the knowledge base's target-arm patients (cross-fitted), weights from
-  the propensity of being in the cohort (balancing the baseline); right when either the twins'
-  mean or the propensity is (`services.evaluation.doubly_robust` says how and why its interval
-  needs no refits). For the ratio parameters the same on the log scale
-  (``geometric_mean_ratio_dr``): a ratio of geometric means whose interval does not rest on the
-  log-scale generator term that falls short above.
+  the propensity of being in the cohort; right when either the twins' mean or the propensity
+  is (`services.evaluation.doubly_robust` says how and why its interval needs no refits). For
+  the ratio parameters the same on the log scale (``geometric_mean_ratio_dr``): a ratio of
+  geometric means whose interval does not rest on the log-scale generator term that falls short
+  above (on ahd 4.3 / 6.3 % in the split / bootstrap designs, bench/doubly_robust.py).
 - *Time to event, per PARAMCD*: hazard ratio real vs twins from a Cox model (Breslow ties) in
   which each twin has weight 1/K, so each patient's twins together weigh one patient; and the
   difference in restricted mean survival time (RMST, real minus twins) up to ``tau``
@@ -148,7 +148,7 @@ PER_VISIT_MEASURES = ("mean_difference", "mean_difference_dr", "geometric_mean_r
                       "geometric_mean_ratio_dr")   # one per visit, in this order
 RATIO_MEASURES = ("hazard_ratio", "geometric_mean_ratio", "geometric_mean_ratio_dr")   # on the log scale, shown exp'd
 RATIO_CAVEAT = "too narrow on a test trial (ahd: 6.8-7.9 % rejections at nominal 5 %)"   # the ratio's interval: method, screen
-EFFECTS_VERSION = 14   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged; 13: doubly robust mean difference added, other figures unchanged; 14: its weights balance the baseline, effective_controls and the doubly robust ratio of geometric means added)
+EFFECTS_VERSION = 14   # bump when the figures change meaning (3: refits hold the run's structure; 4: their penalties count patients, not copies; 5: event times jittered over the gap; 6: event baselines fitted to the Kaplan-Meier; 7: carried-forward twins keep the drift; 8: Satterthwaite df of between - MC; 9: two-way generator term; 10: refits generate min(K, boot_twins) twins; 11: averaged over ceil(boot_twins / K) draws, boot_twins 10 by default; 12: ratio of geometric means added, other figures unchanged; 13: doubly robust mean difference added, other figures unchanged; 14: effective_controls and the doubly robust ratio of geometric means added, other figures unchanged)
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def effect_methods(rows: list[dict]) -> dict[str, str]:
 def real_controls(e: dict) -> str:
     """The "real controls" cell of an `effects_json` row on Compare and in the report: the
     doubly robust estimate's weighted control patients and their effective number (how much
-    the balancing cost), blank for the twins-only measures."""
+    the weighting cost), blank for the twins-only measures."""
     if e.get("effective_controls") is None:
         return ""
     return f"{e['n_control']} ({e['effective_controls']:.0f} effective)"
@@ -370,8 +370,9 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
     """(effects, note): the doubly robust mean difference of every visit, and its ratio of
     geometric means where `ratio_parameters` allows one (`services.evaluation.doubly_robust`),
     with the knowledge base's target-arm patients that are not sources as the controls; no
-    effects, and a note saying why, when the cohort is in the target arm itself, fewer than `MIN_PATIENTS` controls remain or the generator calls a
-    model per twin. One method text serves every visit (Compare and the report show one per
+    effects, and a note saying why, when the cohort is in the target arm itself, fewer than
+    `MIN_PATIENTS` controls remain or the generator calls a model per twin (and a note naming
+    the visits the weights left without 2 effective controls). One method text serves every visit (Compare and the report show one per
     measure), so it names no visit's counts."""
     from services.evaluation import doubly_robust as dr
     from services.generation import GENERATORS
