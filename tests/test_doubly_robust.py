@@ -80,8 +80,8 @@ def test_doubly_robust_corrects_a_wrong_twin_mean():
     high-baseline cohort (and no neighbourhood shift corrects them), so the twins-only estimate
     is biased, on the raw and the log scale; the doubly robust one takes the same twins' error
     on the controls who resemble the cohort and is nearly not: -0.30 on average over 60 trials
-    with the logistic odds (the app's; SD 0.82 per trial, so the mean of 20 is within 0.6 of
-    that; balancing weights +0.06; a correction shrunk by a fifth would leave about -1.2)."""
+    with the logistic odds (the app's; SD 0.82 per trial, so the mean of 20 (SE ~0.18) stays within 0.6
+    of zero; balancing weights +0.06; a correction shrunk by a fifth would leave about -1.2)."""
     runs = [carry_effects(confounded_trial(seed)) for seed in range(11, 31)]
     plain = np.array([r["mean_difference"]["estimate"] for r in runs])
     robust = np.array([r["mean_difference_dr"]["estimate"] for r in runs])
