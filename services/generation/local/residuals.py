@@ -317,7 +317,9 @@ def complete_residuals(resid: np.ndarray, sigma: np.ndarray, z: np.ndarray) -> n
         if len(O):
             S_MO = sigma[np.ix_(M, O)]
             S_OO = sigma[np.ix_(O, O)]
-            K = np.linalg.solve(S_OO, S_MO.T).T                 # (|M|, |O|)
+            # a pseudo-inverse: a visit whose residuals do not vary in the fold (a 0/1 item all
+            # one value there, as in a small arm of MASS::bacteria) makes S_OO singular
+            K = S_MO @ np.linalg.pinv(S_OO, hermitian=True)     # (|M|, |O|)
             mean = resid[np.ix_(rows, O)] @ K.T
             cond = S_MM - K @ S_MO.T
         else:
