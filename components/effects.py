@@ -14,25 +14,21 @@ from services.evaluation.effects import (
     RATIO_CAVEAT,
     RATIO_MEASURES,
     effect_methods,
-    real_controls,
+    effects_display,
 )
 from services.reporting.figures import compare as fig
 
 
 def effects_frame(result: dict, kb) -> pd.DataFrame:
-    rows = []
-    for e in result.get("effects") or []:
-        unit = kb.parameters[e["paramcd"]].unit if e["paramcd"] in kb.parameters else ""
-        if e["measure"] in RATIO_MEASURES:
-            unit = "ratio"
-        where = f" at {e['avisit']}" if e.get("avisit") else ""
-        rows.append({"endpoint": f"{e['paramcd']}{where}", "measure": MEASURES.get(e["measure"], e["measure"]),
-                     "estimate": e["estimate"], "95 % CI": f"{e['ci_low']:.3g} to {e['ci_high']:.3g}",
-                     "p": e.get("p_value"), "patients": e["n_patients"],
-                     "real controls": real_controls(e), "unit": unit or "",
-                     "_measure": e["measure"], "_lo": e["ci_low"], "_hi": e["ci_high"],
-                     "_param": e["paramcd"], "_visit": e.get("avisitn")})
-    return pd.DataFrame(rows)
+    """The shared effects table (services) with each row's unit, "ratio" for the ratios."""
+    rows = result.get("effects") or []
+    frame = effects_display(rows)
+    if not rows:
+        return frame
+    units = [("ratio" if e["measure"] in RATIO_MEASURES else
+              (kb.parameters[e["paramcd"]].unit if e["paramcd"] in kb.parameters else "")) or "" for e in rows]
+    frame.insert(frame.columns.get_loc("real controls") + 1, "unit", units)
+    return frame
 
 
 def effects_view(kb, run, compute: Callable) -> None:

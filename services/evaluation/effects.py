@@ -217,6 +217,19 @@ def real_controls(e: dict) -> str:
     return f"{e['n_control']} ({e['effective_controls']:.0f} effective)"
 
 
+def effects_display(rows: list[dict]) -> pd.DataFrame:
+    """The effects table of Compare's Effect tab and of the report, one row per `effects_json`
+    row, built in one place so that both say the same; the `_` columns hold the raw values that
+    the forest plots read and the tables do not show."""
+    return pd.DataFrame([{
+        "endpoint": e["paramcd"] + (f" at {e['avisit']}" if e.get("avisit") else ""),
+        "measure": MEASURE_LABELS.get(e["measure"], e["measure"]), "estimate": e["estimate"],
+        "95 % CI": f"{e['ci_low']:.3g} to {e['ci_high']:.3g}", "p": e.get("p_value"),
+        "patients": e["n_patients"], "real controls": real_controls(e),
+        "_measure": e["measure"], "_lo": e["ci_low"], "_hi": e["ci_high"], "_param": e["paramcd"],
+        "_visit": e.get("avisitn")} for e in rows])
+
+
 def effects_json(effects: Iterable[Effect]) -> list[dict]:
     """JSON-able list for `twinarm evaluate --json` (`effects` section): NaN becomes None."""
     return [e.as_dict() for e in effects]

@@ -18,7 +18,7 @@ from services import __version__
 from services.data.trial import Trial
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps
-from services.evaluation.effects import MEASURE_LABELS, effect_methods, real_controls
+from services.evaluation.effects import effect_methods, effects_display
 from services.evaluation.trajectories import suggested_scale, trajectory_summary
 from services.reporting.figures import compare as figs
 from services.reporting.safety_section import safety_section
@@ -75,11 +75,8 @@ def _effects_section(effects: dict | None) -> str:
         out.append(f'<p class="muted">{html.escape(effects["note"])}</p>')
     rows = effects.get("effects") or []
     if rows:
-        frame = pd.DataFrame([{"endpoint": e["paramcd"] + (f" at {e['avisit']}" if e.get("avisit") else ""),
-                               "measure": MEASURE_LABELS.get(e["measure"], e["measure"]), "estimate": e["estimate"],
-                               "95 % CI": f"{e['ci_low']:.3g} to {e['ci_high']:.3g}", "p": e.get("p_value"),
-                               "patients": e["n_patients"], "real controls": real_controls(e)} for e in rows])
-        out.append(_table(frame))
+        frame = effects_display(rows)
+        out.append(_table(frame[[c for c in frame.columns if not c.startswith("_")]]))
         out.append(f'<p class="muted">{effects["n_patients"]} real source patients against their twins; the '
                    f"patient is the unit; {effects.get('refits', 0)} generator refits carry the generator's "
                    "own uncertainty (the doubly robust difference has none: see its method).</p>")
