@@ -48,20 +48,24 @@ class BaselineFeatures:
     """Design matrix of baseline facts: parameter baselines (transformed), continuous
     covariates, one-hot categorical covariates (levels seen >= `min_level` times, most
     frequent level as reference), missing indicators; standardised on the fitting patients,
-    missing values set to the fitting mean (0)."""
+    missing values set to the fitting mean (0). With `raw_baselines`, a parameter modelled on a
+    log scale also gets its untransformed baseline (column `RAW:p`), so that the raw-scale
+    ANCOVA and carry-forward, the references a generator must not lose to, are linear in X."""
 
     def __init__(self, params: list[str], covariates: dict[str, str],
-                 transforms: dict[str, str] | None = None, min_level: int = 3):
+                 transforms: dict[str, str] | None = None, min_level: int = 3, raw_baselines: bool = False):
         self.params = list(params)
         self.covariates = dict(covariates)
         self.transforms = dict(transforms or {})
         self.min_level = min_level
+        self.raw_baselines = raw_baselines
 
     def _raw(self, trial: Trial, ids: list[str]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
         base = trial.baseline.reindex(index=ids, columns=self.params)
         cols: dict[str, np.ndarray] = {}
         for p in self.params:
             cols[f"BL:{p}"] = forward(base[p].to_numpy(dtype=float), self.transforms.get(p, "identity"))
+            cols[f"RAW:{p}"] = base[p].to_numpy(dtype=float)
         subj = trial.subjects.set_index("USUBJID").reindex(ids)
         return cols, subj
 
@@ -74,6 +78,8 @@ class BaselineFeatures:
                 spec.append(("BL", p, None))
                 if np.isnan(v).any():
                     spec.append(("MISS", p, None))
+                if self.raw_baselines and self.transforms.get(p, "identity") != "identity":
+                    spec.append(("RAW", p, None))
         self.levels: dict[str, list[str]] = {}
         for c, kind in self.covariates.items():
             if c not in subj.columns:
@@ -102,8 +108,8 @@ class BaselineFeatures:
         n = len(subj)
         X = np.empty((n, len(self.spec)))
         for j, (kind, name, lvl) in enumerate(self.spec):
-            if kind == "BL":
-                X[:, j] = cols[f"BL:{name}"]
+            if kind in ("BL", "RAW"):
+                X[:, j] = cols[f"{kind}:{name}"]
             elif kind == "MISS":
                 X[:, j] = np.isnan(cols[f"BL:{name}"]).astype(float)
             elif kind == "COV":
@@ -121,6 +127,13 @@ class BaselineFeatures:
         Z = (self._matrix(cols, subj) - self.mean_) / self.sd_
         return np.where(np.isfinite(Z), Z, 0.0)
 
-    def column(self, paramcd: str) -> int | None:
-        name = f"BL:{paramcd}"
+    def column(self, paramcd: str, raw: bool = False) -> int | None:
+        """Index of the parameter's baseline column (`raw`: its untransformed one), or None."""
+        name = f"{'RAW' if raw else 'BL'}:{paramcd}"
         return self.columns.index(name) if name in self.columns else None
+
+    @property
+    def modelled(self) -> np.ndarray:
+        """(F,) bool: the columns every multivariable model uses (all but the raw baselines,
+        which only the raw-scale ANCOVA and carry-forward read)."""
+        return np.array([kind != "RAW" for kind, _, _ in self.spec], dtype=bool)

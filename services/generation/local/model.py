@@ -106,15 +106,18 @@ class ArmFitting:
             lam[cols] = float(np.clip((r[ok] * b[ok]).sum() / den, 0.0, 1.0)) if den > 0 else 0.0
         return lam
 
-    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale, own, carry, borrow, wanted, group=None):
+    def _fit_scale(self, X, Y, fold, folds, pen, alphas, scale, own, carry, borrow, wanted, group=None,
+                   modelled=None):
         """Models of one parameter's visits on one outcome scale: the `wanted` candidate mean
         models (`mean_models`; `carry` = (mean, sd) of the own baseline column when it is on this
         scale, `borrow` = (X_all, Y_all, fold_all, arm indicators) of every arm) fitted per
         fold (+ full; `group`: the patient of each row, copies of a bootstrap sample sharing one,
         for the ridges' penalties), and the one with the smallest out-of-fold squared error of the mean on
         the raw scale (log scale: smearing estimate exp(mu) x mean exp(r)). Returns its
-        intercepts, slopes, out-of-fold residuals, bounds of the mean, error and name."""
+        intercepts, slopes, out-of-fold residuals, bounds of the mean, error and name. `own` is
+        the column the ANCOVA and carry-forward read; the ridges use the `modelled` columns."""
         J = Y.shape[1]
+        X_ridge = X if modelled is None or modelled.all() else X * modelled
         F = X.shape[1]
         Yt = forward(Y, scale)
         with np.errstate(all="ignore"):
@@ -124,7 +127,7 @@ class ArmFitting:
         best = None
         for name in wanted:
             if name == "ridge":
-                b0, beta = ridge_models(X, Yt, fold, folds, pen, alphas, self.pool_visits, group)
+                b0, beta = ridge_models(X_ridge, Yt, fold, folds, pen, alphas, self.pool_visits, group)
             elif name == "ancova" and own is not None:
                 b0, beta = ancova_models(X, Yt, fold, folds, own)
             elif name == "carry" and own is not None and carry is not None:
@@ -141,7 +144,7 @@ class ArmFitting:
             if best is None or err < best[5]:
                 best = (b0, beta, resid, lo, hi, err, name)
         if best is None:                                   # a forced candidate that does not apply
-            b0, beta = ridge_models(X, Yt, fold, folds, pen, alphas, self.pool_visits, group)
+            b0, beta = ridge_models(X_ridge, Yt, fold, folds, pen, alphas, self.pool_visits, group)
             pred = out_of_fold(X, b0, beta, fold, folds, lo, hi)
             resid = Yt - pred
             best = (b0, beta, resid, lo, hi, self._raw_error(Y, pred, resid, scale), "ridge")
@@ -206,8 +209,9 @@ class ArmFitting:
                     outcomes.append(_Outcome(p, kb.parameters[p].dataset, float(avisitn), v.avisit, v.ady))
         D = len(outcomes)
 
-        features = BaselineFeatures(params, kb.covariates, transforms).fit(kb, list(ids))
+        features = BaselineFeatures(params, kb.covariates, transforms, raw_baselines=True).fit(kb, list(ids))
         X = features.transform(kb, list(ids))
+        modelled = features.modelled
         F = X.shape[1]
         pos = {u: i for i, u in enumerate(ids)}
         Y = np.full((n, D), np.nan)
@@ -245,12 +249,17 @@ class ArmFitting:
                 scales, wanted = [held["scale"]], (held["mean_model"],)
             best = None
             for scale in scales:
+                # the ANCOVA and carry-forward read the baseline on the outcome's own scale: on the
+                # raw scale of a log-modelled parameter, its raw baseline (the references as a
+                # statistician fits them, so the choice holds the very model it is measured against)
+                raw = features.column(p, raw=True) if scale == "identity" else None
+                own_s = raw if raw is not None else own
                 carry = None
-                if own is not None and scale == transforms[p]:
-                    carry = (features.mean_[own], features.sd_[own])
+                if own_s is not None and (scale == transforms[p] or raw is not None):
+                    carry = (features.mean_[own_s], features.sd_[own_s])
                 borrow = None if others is None else (others[0], others[1][:, cols], *others[2:])
-                fitted = self._fit_scale(X, Y[:, cols], fold, folds, pen, alphas, scale, own, carry, borrow,
-                                         wanted, group)
+                fitted = self._fit_scale(X, Y[:, cols], fold, folds, pen, alphas, scale, own_s, carry, borrow,
+                                         wanted, group, modelled)
                 if best is None or fitted[5] < best[1][5]:
                     best = (scale, fitted)
             scale, (p_b0, p_beta, p_resid, p_lo, p_hi, _, name) = best
@@ -320,7 +329,8 @@ class ArmFitting:
                 if self.tte_space == "prognostic":
                     for f in range(folds + 1):
                         rows = has & ((fold != f) if f < folds else True)
-                        betas[f] = cox_ridge(X[rows], t[rows], event[rows], self.cox_penalizer)
+                        betas[f, modelled] = cox_ridge(X[rows][:, modelled], t[rows], event[rows],
+                                                       self.cox_penalizer)
                 if self.tte_space == "prognostic":
                     # each model's baseline fitted to the arm's Kaplan-Meier through that model's
                     # index of the arm's patients (`marginal_baseline` says why)
@@ -371,7 +381,7 @@ class ArmFitting:
         if not outcomes or not others or self.mean_model not in ("auto", "borrow"):
             return None
         all_ids = list(kb.subjects["USUBJID"])
-        X_all = features.transform(kb, all_ids)
+        X_all = features.transform(kb, all_ids) * features.modelled     # the ridge's columns
         pos = {u: i for i, u in enumerate(all_ids)}
         col_of = {(o.paramcd, o.avisitn): j for j, o in enumerate(outcomes)}
         vv = kb.visit_values
