@@ -315,9 +315,58 @@ def test_a_binary_item_of_a_small_real_arm_is_twinned_without_error():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import corpus
+
     from services.evaluation.backtest import backtest
 
     res = backtest(corpus.load("bacteria"), folds=2, twins_per_patient=5, seed=1)
     pairs = res.pairs
     assert len(pairs) and set(pairs["PARAMCD"]) == {"HINFL"}
     assert pairs["PREDICTED"].between(0, 1).all() and pairs["N_TWINS"].eq(5).all()
+
+
+def _skewed_trial(seed: int = 0, n: int = 120):
+    """A lab whose baseline is log-normal (skewed: the generator models it on the log scale)
+    and whose follow-up is linear in the RAW baseline: 5 + 0.8 x baseline + noise."""
+    import pandas as pd
+
+    from services.data.loading import load_trial_files
+    from services.data.readers import RawFile
+
+    rng = np.random.default_rng(seed)
+    base = np.exp(rng.normal(3.0, 0.7, n))
+    y = 5 + 0.8 * base + rng.normal(0, 3, n)
+    ids = [f"L-{i:04d}" for i in range(n)]
+    rows = [{"USUBJID": u, "PARAMCD": "ENZ", "PARAM": "Enzyme", "AVAL": float(v), "AVISITN": a,
+             "AVISIT": "Baseline" if a == 0 else "Week 4", "ADY": 1.0 + 28 * a, "ABLFL": "Y" if a == 0 else ""}
+            for u, b, y_ in zip(ids, base, y) for a, v in ((0, b), (1, y_))]
+    adsl = pd.DataFrame({"USUBJID": ids, "ARM": np.where(np.arange(n) % 2 == 0, "Placebo", "Active")})
+    files = [RawFile("adsl.csv", adsl.to_csv(index=False).encode()),
+             RawFile("adlb.csv", pd.DataFrame(rows).to_csv(index=False).encode()),
+             RawFile("trial.toml", b'control_arm = "Placebo"\n')]
+    return load_trial_files(files, name="skewed"), ids, base, y
+
+
+def test_the_raw_scale_ancova_of_a_log_modelled_parameter_is_the_statisticians_ancova():
+    import statsmodels.api as sm
+
+    trial, ids, base, y = _skewed_trial()
+    gen = _gen(mean_model="ancova").fit(trial)
+    model = gen.arm_model("Placebo")
+    assert model.features.transforms["ENZ"] == "log"          # its baseline is modelled on the log scale
+    assert model.transforms["ENZ"] == "identity"              # and its outcome, chosen, on the raw one
+    placebo = [i for i in range(len(ids)) if i % 2 == 0]
+    ols = sm.OLS(y[placebo], sm.add_constant(base[placebo])).fit()
+    j = 0                                                       # the week-4 outcome
+    X = model.features.transform(trial, ids)
+    pred = model.b0[-1, j] + X @ model.beta[-1, j]              # the model fitted on the whole arm
+    # the raw value on the raw baseline, as statsmodels fits it: not on the log baseline
+    np.testing.assert_allclose(pred, ols.params[0] + ols.params[1] * base, rtol=1e-8)
+
+
+def test_the_ridges_and_the_cox_models_do_not_read_the_raw_baselines(pbc):
+    model = _gen().fit(pbc).arm_model("Placebo")
+    raw = ~model.features.modelled
+    assert raw.sum() == sum(t != "identity" for t in model.features.transforms.values() if t)
+    ridge_like = [j for j, o in enumerate(model.outcomes) if model.mean_models[o.paramcd] in ("ridge", "borrow")]
+    assert ridge_like and np.all(model.beta[:, ridge_like][:, :, raw] == 0)
+    assert all(np.all(b[:, raw] == 0) for b in model.tte_beta.values())

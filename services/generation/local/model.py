@@ -138,6 +138,8 @@ class ArmFitting:
                                          alphas, self.pool_visits, group_all)
             else:
                 continue
+            if name in ("ridge", "borrow") and X_ridge is not X:
+                beta[:, :, ~modelled] = 0.0        # exactly (the solver leaves ~1e-18 there)
             pred = out_of_fold(X, b0, beta, fold, folds, lo, hi)
             resid = Yt - pred
             err = self._raw_error(Y, pred, resid, scale)
@@ -145,6 +147,8 @@ class ArmFitting:
                 best = (b0, beta, resid, lo, hi, err, name)
         if best is None:                                   # a forced candidate that does not apply
             b0, beta = ridge_models(X_ridge, Yt, fold, folds, pen, alphas, self.pool_visits, group)
+            if X_ridge is not X:
+                beta[:, :, ~modelled] = 0.0
             pred = out_of_fold(X, b0, beta, fold, folds, lo, hi)
             resid = Yt - pred
             best = (b0, beta, resid, lo, hi, self._raw_error(Y, pred, resid, scale), "ridge")
