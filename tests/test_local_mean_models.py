@@ -363,10 +363,50 @@ def test_the_raw_scale_ancova_of_a_log_modelled_parameter_is_the_statisticians_a
     np.testing.assert_allclose(pred, ols.params[0] + ols.params[1] * base, rtol=1e-8)
 
 
-def test_the_ridges_and_the_cox_models_do_not_read_the_raw_baselines(pbc):
+def test_the_raw_baseline_is_recorded_in_the_structure_and_a_structure_without_it_refits_as_before():
+    import statsmodels.api as sm
+
+    from services.generation.local.generator import fitted_structure
+
+    trial, ids, base, y = _skewed_trial()
+    model = _gen(mean_model="ancova").fit(trial).arm_model("Placebo")
+    held = fitted_structure(model)
+    assert held["ENZ"] == {"baseline_scale": "log", "scale": "identity", "mean_model": "ancova",
+                           "own_baseline": "raw"}
+    again = _gen(structure=held).fit(trial).arm_model("Placebo")
+    np.testing.assert_allclose(again.beta, model.beta)
+    # a manifest written before the raw baselines: its raw-scale ANCOVA read the log baseline
+    old = {"ENZ": {k: v for k, v in held["ENZ"].items() if k != "own_baseline"}}
+    before = _gen(structure=old).fit(trial).arm_model("Placebo")
+    placebo = [i for i in range(len(ids)) if i % 2 == 0]
+    ols = sm.OLS(y[placebo], sm.add_constant(np.log(base[placebo]))).fit()
+    X = before.features.transform(trial, ids)
+    np.testing.assert_allclose(before.b0[-1, 0] + X @ before.beta[-1, 0], ols.params[0] + ols.params[1] * np.log(base),
+                               rtol=1e-8)
+    # a carried-forward raw baseline is a valid structure of its own
+    _gen(structure={"ENZ": {"baseline_scale": "log", "scale": "identity", "mean_model": "carry",
+                            "own_baseline": "raw"}}).fit(trial).arm_model("Placebo")
+
+
+def test_the_ridges_and_the_cox_models_do_not_read_the_raw_baselines(pbc, monkeypatch):
     model = _gen().fit(pbc).arm_model("Placebo")
     raw = ~model.features.modelled
     assert raw.sum() == sum(t != "identity" for t in model.features.transforms.values() if t)
+    # the same fit without the raw columns gives the same slopes on every other column
+    from services.generation.local import model as model_module
+
+    class WithoutRaw(model_module.BaselineFeatures):
+        def __init__(self, *args, **kwargs):
+            kwargs["raw_baselines"] = False
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "BaselineFeatures", WithoutRaw)
+    plain = _gen().fit(pbc).arm_model("Placebo")
+    assert plain.mean_models == model.mean_models and plain.features.modelled.all()
     ridge_like = [j for j, o in enumerate(model.outcomes) if model.mean_models[o.paramcd] in ("ridge", "borrow")]
     assert ridge_like and np.all(model.beta[:, ridge_like][:, :, raw] == 0)
-    assert all(np.all(b[:, raw] == 0) for b in model.tte_beta.values())
+    np.testing.assert_allclose(model.beta[:, :, ~raw], plain.beta, atol=1e-10)
+    np.testing.assert_allclose(model.b0, plain.b0, atol=1e-10)
+    for q, b in model.tte_beta.items():
+        assert np.all(b[:, raw] == 0)
+        np.testing.assert_allclose(b[:, ~raw], plain.tte_beta[q], atol=1e-10)

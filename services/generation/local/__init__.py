@@ -17,7 +17,9 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
    whichever predicts the raw values better out of fold (smearing estimate on the log scale),
    unless the raw scale would put more than 1% of values below the parameter's plausible
    floor (bilirubin: 15% of twins were clipped) (`transform="auto"`; "log", "features"
-   (log baselines, raw outcomes) and "none" force a choice).
+   (log baselines, raw outcomes) and "none" force a choice). On the raw scale the ANCOVA and
+   carry-forward of such a parameter read its raw baseline (the references as a statistician
+   fits them; the structure records `own_baseline: "raw"`), the ridges its log baseline.
    The mean stays within the observed range +-25%.
 2. **Cross-fitting.** The target arm is split into `cv_folds` folds; a patient's residuals
    come from the model fitted on the other folds (out-of-fold residuals keep the real spread:

@@ -242,9 +242,11 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
 
 
 def _checked_structure(structure: dict | None) -> dict | None:
-    """`structure` = {PARAMCD: {"scale", "mean_model", "baseline_scale"}} (any of them): per
-    parameter the outcome scale and mean model (given together) and the scale of its baseline
-    feature to refit instead of choosing them on the data. `held_structure` reads the ones a
+    """`structure` = {PARAMCD: {"scale", "mean_model", "baseline_scale", "own_baseline"}} (any of
+    them): per parameter the outcome scale and mean model (given together) and the scale of its
+    baseline feature to refit instead of choosing them on the data; `own_baseline` "raw" when a
+    raw-scale ANCOVA or carry-forward of a log-modelled parameter reads the raw baseline (absent,
+    as in manifests before it, they read the modelled one). `held_structure` reads the ones a
     run's fit chose, for refits on bootstrap knowledge bases: duplicated patients make the
     cross-validated choice itself unstable in a way real knowledge bases are not (epilepsy: half
     knowledge bases chose `carry` 30 times of 30, their bootstrap copies 122 of 150). It holds
@@ -259,11 +261,13 @@ def _checked_structure(structure: dict | None) -> dict | None:
     for p, s in structure.items():
         if not isinstance(s, dict):
             raise GeneratorError(f"structure of {p}: a mapping with scale, mean_model, baseline_scale, got {s!r}")
-        bad = (set(s) - {"scale", "mean_model", "baseline_scale"}
+        bad = (set(s) - {"scale", "mean_model", "baseline_scale", "own_baseline"}
+               or s.get("own_baseline", "raw") not in ("raw", "model")
                or ("mean_model" in s) != ("scale" in s)
                or any(s[k] not in SCALES for k in ("scale", "baseline_scale") if k in s)
                or ("mean_model" in s and s["mean_model"] not in CANDIDATES)
-               or (s.get("mean_model") == "carry" and s.get("baseline_scale", s["scale"]) != s["scale"]))
+               or (s.get("mean_model") == "carry" and s.get("baseline_scale", s["scale"]) != s["scale"]
+                   and not (s["scale"] == "identity" and s.get("own_baseline") == "raw")))
         if bad:
             raise GeneratorError(f"structure of {p}: scale and mean_model together (scale and "
                                  f"baseline_scale in {', '.join(SCALES)}, mean_model in "
@@ -278,6 +282,8 @@ def fitted_structure(model: _ArmModel) -> dict:
     out = {p: {"baseline_scale": t} for p, t in model.features.transforms.items()}
     for p, m in model.mean_models.items():
         out.setdefault(p, {}).update(scale=model.transforms.get(p, "identity"), mean_model=m)
+        if p in model.raw_own:
+            out[p]["own_baseline"] = "raw"
     return out
 
 

@@ -67,6 +67,7 @@ class _ArmModel:
     tte_h0: dict = field(default_factory=dict)     # q -> per fold (event times, H0 fitted to the KM)
     tte_pairs: list = field(default_factory=list)  # `nested_pairs(tte)`: (composite, part, one clock)
     drift: np.ndarray | None = None    # (folds + 1, D) mean residual of a carried-forward baseline, else 0
+    raw_own: frozenset = frozenset()   # parameters whose ANCOVA / carry-forward reads the raw baseline
 
     @property
     def index(self) -> dict[str, int]:
@@ -238,7 +239,7 @@ class ArmFitting:
         alphas = _ALPHAS if self.alpha is None else np.array([float(self.alpha)])
         others = self._other_arms(kb, arm, features, outcomes, fold_of)
         mean_models: dict[str, str] = {}
-        unheld: list[str] = []
+        unheld, raw_own = [], set()
         for p in dict.fromkeys(o.paramcd for o in outcomes):
             cols = [j for j, o in enumerate(outcomes) if o.paramcd == p]
             pen = np.ones(F)
@@ -251,12 +252,11 @@ class ArmFitting:
             held = (self.structure or {}).get(p, {})
             if "mean_model" in held:      # the structure chosen on another fit: refit, not choose
                 scales, wanted = [held["scale"]], (held["mean_model"],)
-            best = None
+            best, held_raw = None, held.get("own_baseline") == "raw" if "mean_model" in held else True
             for scale in scales:
-                # the ANCOVA and carry-forward read the baseline on the outcome's own scale: on the
-                # raw scale of a log-modelled parameter, its raw baseline (the references as a
-                # statistician fits them, so the choice holds the very model it is measured against)
-                raw = features.column(p, raw=True) if scale == "identity" else None
+                # the ANCOVA and carry-forward read the baseline on the outcome's scale: on the raw scale of a
+                # log-modelled parameter its raw baseline, as a statistician fits them (the references themselves)
+                raw = features.column(p, raw=True) if scale == "identity" and held_raw else None
                 own_s = raw if raw is not None else own
                 carry = None
                 if own_s is not None and (scale == transforms[p] or raw is not None):
@@ -265,8 +265,10 @@ class ArmFitting:
                 fitted = self._fit_scale(X, Y[:, cols], fold, folds, pen, alphas, scale, own_s, carry, borrow,
                                          wanted, group, modelled)
                 if best is None or fitted[5] < best[1][5]:
-                    best = (scale, fitted)
-            scale, (p_b0, p_beta, p_resid, p_lo, p_hi, _, name) = best
+                    best = (scale, fitted, raw is not None and fitted[6] in ("ancova", "carry"))
+            scale, (p_b0, p_beta, p_resid, p_lo, p_hi, _, name), used_raw = best
+            if used_raw:
+                raw_own.add(p)
             b0[:, cols], beta[:, cols], resid[:, cols] = p_b0, p_beta, p_resid
             mlo[cols], mhi[cols] = p_lo, p_hi
             out_transforms[p] = scale
@@ -375,7 +377,7 @@ class ArmFitting:
                          lo=lo, hi=hi, integer=integer, tte=tte, tte_integer=tte_integer, notes=notes,
                          X=X, tte_beta=tte_beta, tte_primary=tte_primary, fold_of=fold_of,
                          borrowed=borrowed, mean_models=mean_models, tte_h0=tte_h0,
-                         tte_pairs=tte_pairs, drift=drift)
+                         tte_pairs=tte_pairs, drift=drift, raw_own=frozenset(raw_own))
 
     def _other_arms(self, kb, arm, features, outcomes, fold_of):
         """(X, Y, fold, arm indicators, patient groups or None) of every patient of the
