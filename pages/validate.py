@@ -77,6 +77,8 @@ def backtest_sections() -> None:
         if "error" in plan:
             st.warning(plan["error"])
         else:
+            if plan.get("note"):
+                st.info(plan["note"])
             cols = st.columns(5)
             cols[0].metric("rho used", f"{plan['plan']['rho_used']:.2f}",
                            help=f"Estimated {plan['rho']['rho']:.2f} (95 % CI {plan['rho']['ci_low']:.2f} to "

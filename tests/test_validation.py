@@ -140,3 +140,20 @@ def test_a_runs_backtest_compares_every_visit_its_held_out_patients_were_seen_at
     assert of_run.settings["truncate_at_followup"] is False
     assert of_run.parameters["rmse_ratio"].tolist() == pytest.approx(plain.parameters["rmse_ratio"].tolist())
     assert of_run.parameters["n"].tolist() == plain.parameters["n"].tolist()
+
+
+def test_procova_says_why_when_the_baseline_does_not_vary_at_the_endpoint():
+    # MASS::bacteria (a test trial of the backtest corpus): H. influenzae is present at nearly every
+    # child's baseline, so among the held-out patients the baseline can be constant; the plan and
+    # the report stopped with "rho_baseline must be in [-1, 1]"
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import corpus
+
+    trial = corpus.load("bacteria")
+    res = backtest(trial, folds=2, twins_per_patient=5, seed=0)
+    plan = procova(trial, res)
+    assert "error" not in plan, plan
+    assert "baseline does not vary" in plan["note"] and "n_baseline_ancova" not in plan
+    assert plan["n_adjusted"] <= plan["n_unadjusted"]

@@ -120,9 +120,16 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
     if len(pairs) < 5:
         return {"error": f"too few held-out patients with the endpoint ({len(pairs)}) to estimate rho"}
     rho = M.estimate_rho(pairs["PREDICTED"], pairs["OBSERVED"])
-    adj = None
+    if not np.isfinite(rho.rho):
+        return {"error": f"rho cannot be estimated at the endpoint: the twins' prediction or the outcome does not "
+                         f"vary among the {len(pairs)} held-out patients"}
+    adj, note = None, ""
     if "BASELINE" in pairs and pairs["BASELINE"].notna().sum() >= 5:
         adj = estimate_adjustment(pairs["PREDICTED"], pairs["BASELINE"], pairs["OBSERVED"])
+        if not np.isfinite(adj.rho_baseline):      # e.g. a 0/1 item present at everybody's baseline
+            adj, note = None, ("the baseline does not vary among the held-out patients at the endpoint, so the "
+                               "saving against a baseline ANCOVA cannot be estimated; sizes are against the "
+                               "unadjusted analysis only")
     sd = float(sd if sd else pairs["OBSERVED"].std(ddof=1))
     effect = float(effect if effect else round(0.4 * sd, 3))
     plan = M.procova_plan(effect, sd, rho.rho, alpha=alpha, power=power, ratio=ratio,
@@ -136,7 +143,8 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
            "effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio, "plan": plan.as_dict(),
            "n_unadjusted": plan.unadjusted.n_total, "n_adjusted": plan.adjusted.n_total,
            "saving_total": plan.saving_total, "saving_pct": plan.saving_pct, "rule": plan.rule,
-           "method": "noncentral t", "generator": result.generator, "twins_per_patient": result.twins_per_patient}
+           "method": "noncentral t", "generator": result.generator, "twins_per_patient": result.twins_per_patient,
+           "note": note}
     if plan.baseline_ancova is not None:
         out.update({"n_baseline_ancova": plan.baseline_ancova.n_total,
                     "saving_vs_baseline_total": plan.saving_vs_baseline_total,

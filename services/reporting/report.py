@@ -240,6 +240,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                           "saving vs unadjusted": f"{procova['saving_total']} patients ({procova['saving_pct']:.0f} %)",
                           "sizes": "noncentral t",
                           "rho used": f"{procova['plan']['rho_used']:.2f} ({procova['rule']})"}))
+        if procova.get("note"):
+            parts.append(f'<p class="muted">{html.escape(procova["note"])}.</p>')
         parts.append('<p class="muted">The effect to detect is 0.4 SD unless set: a moderate effect, to be '
                      "replaced by the effect the trial is powered for. The saving that counts is against the "
                      "baseline ANCOVA a regulator expects anyway.</p>")
