@@ -140,7 +140,7 @@ def arthritis() -> Trial:
     ids = _ids("ART", first["id"])
     idmap = dict(zip(first["id"], ids))
     adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["trt"].map({1: "Placebo", 2: "Drug"}),
-                         "SEX": first["sex"].map({1: "M", 2: "F"}), "AGE": first["age"]})
+                         "SEX": first["sex"].map({1: "F", 2: "M"}), "AGE": first["age"]})
     base = pd.DataFrame({"USUBJID": ids, "PARAMCD": "SELFASMT", "PARAM": "Self-assessment",
                          "AVAL": first["baseline"].astype(float), "ADY": 1.0, "AVISITN": 0,
                          "AVISIT": "Baseline", "ABLFL": "Y"})
