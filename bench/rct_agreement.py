@@ -29,25 +29,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import corpus
-import statsmodels.formula.api as smf
 
 from services.evaluation.backtest import endpoint_visit
 from services.evaluation.effects import run_effects
+from services.evaluation.procova_analysis import procova_effects
 from services.generation.local import LocalGenerator
 
 
 def randomized_ancova(trial, arm: str, paramcd: str, avisitn: float) -> tuple[float, float, float, int]:
-    """(estimate, ci_low, ci_high, n) of `arm` vs the control arm: OLS of the endpoint on the arm
-    and the baseline, complete cases, the randomized trial's primary analysis."""
-    vv = trial.visit_values
-    d = vv[(vv["PARAMCD"] == paramcd) & (vv["AVISITN"] == avisitn)][["USUBJID", "AVAL"]]
-    d = d.merge(trial.subjects[["USUBJID", "ARM"]], on="USUBJID")
-    d = d[d["ARM"].isin([arm, trial.control_arm])].assign(
-        B=lambda x: x["USUBJID"].map(trial.baseline[paramcd]), T=lambda x: (x["ARM"] == arm).astype(float))
-    d = d.dropna(subset=["AVAL", "B"])
-    fit = smf.ols("AVAL ~ T + B", d).fit()
-    lo, hi = fit.conf_int().loc["T"]
-    return float(fit.params["T"]), float(lo), float(hi), len(d)
+    """(estimate, ci_low, ci_high, n) of `arm` vs the control arm: the randomized trial's
+    baseline ANCOVA as the app's PROCOVA analysis fits it (`procova_effects`, complete cases)."""
+    e = procova_effects(trial, pd.Series(dtype=float), paramcd, avisitn, arm, analyses=("ancova_baseline",))[0]
+    return e.estimate, e.ci_low, e.ci_high, e.n_patients
 
 
 def main(argv=None) -> int:
