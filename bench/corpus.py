@@ -115,6 +115,16 @@ def _long(adsl_ids, values: dict[int, tuple[str, pd.Series]], paramcd: str, days
     return pd.DataFrame(rows)
 
 
+def _visits(usubjid, paramcd: str, label: str, aval, visit, days_per: float, unit: str) -> pd.DataFrame:
+    """BDS records of one parameter from long data: visit 0 is the baseline, visit v is day
+    v x `days_per`, labelled "<unit> v"."""
+    visit = pd.Series(visit)
+    return pd.DataFrame({"USUBJID": usubjid, "PARAMCD": paramcd, "PARAM": label, "AVAL": pd.Series(aval).astype(float),
+                         "ADY": np.where(visit == 0, 1.0, visit * days_per), "AVISITN": visit,
+                         "AVISIT": np.where(visit == 0, "Baseline", f"{unit} " + visit.astype(str)),
+                         "ABLFL": np.where(visit == 0, "Y", "")})
+
+
 # ------------------------------------------------------------------------------------------
 # longitudinal trials
 
@@ -222,11 +232,7 @@ def ahd() -> Trial:
     adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["treatment"].map({"placebo": "Placebo",
                                                                          "treated": "Methylprednisolone"})})
     d = d[d["sbvalue"].notna()]
-    adlb = pd.DataFrame({"USUBJID": d["subject"].map(idmap), "PARAMCD": "BILI",
-                         "PARAM": "Serum bilirubin (umol/L)", "AVAL": d["sbvalue"].astype(float),
-                         "ADY": np.where(d["week"] == 0, 1.0, d["week"] * 7.0), "AVISITN": d["week"],
-                         "AVISIT": np.where(d["week"] == 0, "Baseline", "Week " + d["week"].astype(str)),
-                         "ABLFL": np.where(d["week"] == 0, "Y", "")})
+    adlb = _visits(d["subject"].map(idmap), "BILI", "Serum bilirubin (umol/L)", d["sbvalue"], d["week"], 7.0, "Week")
     return as_trial("ahd", adsl, {"adlb": adlb}, meta={"title": "Alcoholic hepatitis: methylprednisolone vs placebo",
                                                        "control_arm": "Placebo"})
 
@@ -251,11 +257,7 @@ def help_trial() -> Trial:
     for col, code, label in (("CES_D", "CESD", "CES-D depressive symptoms (0-60)"),
                              ("MCS", "MCS", "SF-36 mental component"), ("PCS", "PCS", "SF-36 physical component")):
         v = d[d[col].notna()]
-        frames.append(pd.DataFrame({"USUBJID": v["ID"].map(idmap), "PARAMCD": code, "PARAM": label,
-                                    "AVAL": v[col].astype(float), "AVISITN": v["TIME"],
-                                    "ADY": np.where(v["TIME"] == 0, 1.0, v["TIME"] * 30.4375),
-                                    "AVISIT": np.where(v["TIME"] == 0, "Baseline", "Month " + v["TIME"].astype(str)),
-                                    "ABLFL": np.where(v["TIME"] == 0, "Y", "")}))
+        frames.append(_visits(v["ID"].map(idmap), code, label, v[col], v["TIME"], 30.4375, "Month"))
     return as_trial("help", adsl, {"adqs": pd.concat(frames, ignore_index=True)},
                     meta={"title": "HELP: linkage to primary care vs usual care", "control_arm": "Usual care"})
 
@@ -286,11 +288,7 @@ def bacteria() -> Trial:
     idmap = dict(zip(first["ID"], ids))
     adsl = pd.DataFrame({"USUBJID": ids, "ARM": first["trt"].map({"placebo": "Placebo", "drug": "Drug",
                                                                    "drug+": "Drug + encouragement"})})
-    adlb = pd.DataFrame({"USUBJID": d["ID"].map(idmap), "PARAMCD": "HINFL", "PARAM": "H. influenzae present",
-                         "AVAL": (d["y"] == "y").astype(float), "AVISITN": d["week"],
-                         "ADY": np.where(d["week"] == 0, 1.0, d["week"] * 7.0),
-                         "AVISIT": np.where(d["week"] == 0, "Baseline", "Week " + d["week"].astype(str)),
-                         "ABLFL": np.where(d["week"] == 0, "Y", "")})
+    adlb = _visits(d["ID"].map(idmap), "HINFL", "H. influenzae present", d["y"] == "y", d["week"], 7.0, "Week")
     return as_trial("bacteria", adsl, {"adlb": adlb}, meta={"title": "Otitis media: drug vs placebo",
                                                             "control_arm": "Placebo"})
 
