@@ -125,8 +125,9 @@ class ArmFitting:
             ymin, ymax = np.nanmin(Yt, axis=0), np.nanmax(Yt, axis=0)
         span = np.where(np.isfinite(ymax - ymin), ymax - ymin, 0.0)
         lo, hi = ymin - 0.25 * span, ymax + 0.25 * span     # the mean stays near observed values
-        best = None
-        for name in wanted:
+
+        def candidate(name):
+            """(b0, beta, resid, lo, hi, error, name) of one candidate, None where it does not apply."""
             if name == "ridge":
                 b0, beta = ridge_models(X_ridge, Yt, fold, folds, pen, alphas, self.pool_visits, group)
             elif name == "ancova" and own is not None:
@@ -138,22 +139,16 @@ class ArmFitting:
                 b0, beta = borrow_models(X_all, forward(Y_all, scale), fold_all, folds, arms, pen,
                                          alphas, self.pool_visits, group_all)
             else:
-                continue
+                return None
             if name in ("ridge", "borrow") and X_ridge is not X:
                 beta[:, :, ~modelled] = 0.0        # exactly (the solver leaves ~1e-18 there)
             pred = out_of_fold(X, b0, beta, fold, folds, lo, hi)
             resid = Yt - pred
-            err = self._raw_error(Y, pred, resid, scale)
-            if best is None or err < best[5]:
-                best = (b0, beta, resid, lo, hi, err, name)
-        if best is None:                                   # a forced candidate that does not apply
-            b0, beta = ridge_models(X_ridge, Yt, fold, folds, pen, alphas, self.pool_visits, group)
-            if X_ridge is not X:
-                beta[:, :, ~modelled] = 0.0
-            pred = out_of_fold(X, b0, beta, fold, folds, lo, hi)
-            resid = Yt - pred
-            best = (b0, beta, resid, lo, hi, self._raw_error(Y, pred, resid, scale), "ridge")
-        return best
+            return b0, beta, resid, lo, hi, self._raw_error(Y, pred, resid, scale), name
+
+        fitted = [c for c in map(candidate, wanted) if c is not None]
+        # the first with the smallest error; the ridge when no wanted candidate applies (a forced one)
+        return min(fitted, key=lambda c: c[5]) if fitted else candidate("ridge")
 
     def _raw_error(self, Y, pred, resid, scale) -> float:
         """Out-of-fold squared error of the mean on the raw scale; inf for a raw-scale model that
