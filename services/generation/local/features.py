@@ -47,7 +47,8 @@ def inverse(values, how: str):
 class BaselineFeatures:
     """Design matrix of baseline facts: parameter baselines (transformed), continuous
     covariates, one-hot categorical covariates (levels seen >= `min_level` times, most
-    frequent level as reference), missing indicators; standardised on the fitting patients,
+    frequent level as reference), missing indicators (baselines, continuous and categorical
+    covariates, where the fitting patients have missing values); standardised on the fitting patients,
     missing values set to the fitting mean (0). With `raw_baselines`, a parameter modelled on a
     log scale also gets its untransformed baseline (column `RAW:p`), so that the raw-scale
     ANCOVA and carry-forward, the references a generator must not lose to, are linear in X."""
@@ -95,6 +96,9 @@ class BaselineFeatures:
                 keep = [lvl for lvl, n in counts.items() if n >= self.min_level]
                 for lvl in keep[1:]:
                     spec.append(("CAT", c, lvl))
+                if keep and subj[c].isna().any():
+                    # else a missing level would read as the reference level (all its columns 0)
+                    spec.append(("CATMISS", c, None))
         self.spec = spec
         self.columns = [f"{a}:{b}" + (f"={c}" if c is not None else "") for a, b, c in spec]
         X = self._matrix(cols, subj)
@@ -118,6 +122,8 @@ class BaselineFeatures:
             elif kind == "CMISS":
                 X[:, j] = pd.to_numeric(subj[name], errors="coerce").isna().to_numpy(dtype=float) \
                     if name in subj else 1.0
+            elif kind == "CATMISS":
+                X[:, j] = subj[name].isna().to_numpy(dtype=float) if name in subj else 1.0
             else:
                 X[:, j] = (subj[name].astype(str) == lvl).to_numpy(dtype=float) if name in subj else 0.0
         return X
