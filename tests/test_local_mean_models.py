@@ -410,3 +410,32 @@ def test_the_ridges_and_the_cox_models_do_not_read_the_raw_baselines(pbc, monkey
     for q, b in model.tte_beta.items():
         assert np.all(b[:, raw] == 0)
         np.testing.assert_allclose(b[:, ~raw], plain.tte_beta[q], atol=1e-10)
+
+
+def test_a_missing_categorical_covariate_is_not_read_as_the_reference_level():
+    # HELP (test trial of the backtest corpus): RACE, SUBSTANCE and HOUSING are missing for 17 of
+    # 470 patients; before, those patients got the reference level's all-zero coding
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import corpus
+
+    from services.generation.local import BaselineFeatures
+
+    trial = corpus.load("help")
+    ids = list(trial.subjects["USUBJID"])
+    feats = BaselineFeatures(list(trial.parameters), trial.covariates).fit(trial, ids)
+    Z = feats.transform(trial, ids)
+    race = trial.subjects.set_index("USUBJID").loc[ids, "RACE"]
+    assert race.isna().sum() == 17
+    j = feats.columns.index("CATMISS:RACE")
+    missing = race.isna().to_numpy()
+    assert (Z[missing, j] > 0).all() and (Z[~missing, j] < 0).all()
+    # a missing patient and a reference-level patient no longer share a row of the design
+    level_cols = [i for i, c in enumerate(feats.columns) if c.startswith("CAT:RACE=")]
+    reference = (race == race.value_counts().index[0]).to_numpy()
+    assert level_cols and not np.allclose(Z[missing][0, level_cols + [j]], Z[reference][0, level_cols + [j]])
+    # a covariate that is never missing gets no indicator
+    assert not any(c.startswith("CATMISS:") and trial.subjects[c.split(":")[1]].notna().all()
+                   for c in feats.columns)
