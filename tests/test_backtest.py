@@ -14,8 +14,6 @@ from services.evaluation.backtest import (
     _twin_scores,
     backtest,
     endpoint_visit,
-    pit_coverage,
-    twin_quantiles,
 )
 from services.retrieval.retriever import ExactRetriever
 
@@ -116,49 +114,6 @@ def test_endpoint_visit(pbc, pilot):
     busiest = max(s.n_subjects for s in sched)
     assert p == pilot.longitudinal_parameters[0]
     assert v == max(s.avisitn for s in sched if s.n_subjects >= busiest / 2)
-
-
-def test_twin_quantiles_use_the_n_plus_1_plotting_position():
-    tw = pd.DataFrame({"K": ["a"] * 19, "AVAL": np.arange(1.0, 20.0)})
-    q = twin_quantiles(tw, ["K"])
-    assert q.loc[0, "Q10"] == pytest.approx(2.0) and q.loc[0, "Q90"] == pytest.approx(18.0)
-    assert q.loc[0, "PREDICTED"] == pytest.approx(10.0) and q.loc[0, "N_TWINS"] == 19
-
-
-def test_pit_coverage_by_hand():
-    # 9 twins -> PIT of the observed value uniform on [a, a + b + 1] / 10
-    tw = pd.DataFrame({"K": ["x"] * 9 + ["y"] * 9 + ["z"] * 9,
-                       "AVAL": [1.0] * 9 + list(range(1, 10)) + [2, 2, 2, 3, 3, 3, 3, 4, 5]})
-    obs = pd.DataFrame({"K": ["x", "y", "y2", "z"], "OBSERVED": [1.0, 5.5, 0.0, 3.0]}).iloc[[0, 1, 3]]
-    got = pit_coverage(tw, obs, ["K"])
-    # x: all 9 tied: PIT uniform on [0, 1] -> 0.8 inside [0.1, 0.9]
-    # y: 5 below, none tied: [0.5, 0.6] fully inside -> 1
-    # z: 3 below, 4 tied: [0.3, 0.8] fully inside -> 1
-    assert got == pytest.approx([0.8, 1.0, 1.0])
-    # an observation below every twin: [0, 0.1], nothing inside
-    assert pit_coverage(tw, pd.DataFrame({"K": ["y"], "OBSERVED": [0.0]}), ["K"]) == pytest.approx([0.0])
-
-
-def test_pit_coverage_of_a_perfect_generator_is_080_on_an_integer_scale():
-    # twins and patient drawn from the same 1-5 scale distribution: the plain share inside the
-    # 10-90 % range is far above 80 %, the tie-split share is 80 % (a known truth by simulation)
-    rng = np.random.default_rng(3)
-    p = [0.1, 0.25, 0.35, 0.2, 0.1]
-    n, k = 4000, 20
-    tw = pd.DataFrame({"K": np.repeat(np.arange(n), k), "AVAL": rng.choice(5, n * k, p=p) + 1.0})
-    obs = pd.DataFrame({"K": np.arange(n), "OBSERVED": rng.choice(5, n, p=p) + 1.0})
-    q = twin_quantiles(tw, ["K"]).merge(obs, on="K")
-    plain = ((q["OBSERVED"] >= q["Q10"]) & (q["OBSERVED"] <= q["Q90"])).mean()
-    pit = pit_coverage(tw, obs, ["K"]).mean()
-    assert plain > 0.84
-    assert pit == pytest.approx(0.80, abs=0.015)
-    # continuous values: tie-split and plain shares agree (both 80 % for exchangeable draws)
-    tw["AVAL"] = rng.normal(size=n * k)
-    obs["OBSERVED"] = rng.normal(size=n)
-    q = twin_quantiles(tw, ["K"]).merge(obs, on="K")
-    plain = ((q["OBSERVED"] >= q["Q10"]) & (q["OBSERVED"] <= q["Q90"])).mean()
-    assert pit_coverage(tw, obs, ["K"]).mean() == pytest.approx(0.80, abs=0.015)
-    assert plain == pytest.approx(0.80, abs=0.015)
 
 
 def test_twin_score_is_the_log_expected_over_observed_events_by_hand():

@@ -14,9 +14,11 @@ Protocol (`backtest(trial, ...)`), k-fold cross-fitting on the control arm:
      baseline; ratio <= 1: the twins predict at least as well as the standard covariate
      adjustment); `rmse_ratio_carry` divides by the RMSE of carrying the baseline forward;
    - **calibration**: share of real values inside their twins' 10th-90th percentile range
-     (target 75-85%; 80% is perfect), ties with the twins split at random (`pit_coverage`:
-     on an integer scale a plain count is above 80% even for a perfect generator; the plain
-     count is kept as `coverage_interval` / the `coverage` column of the tables);
+     (target 75-85%; 80% is perfect), ties with the twins split at random and balanced twins
+     placed by their own rank positions (`twin_bands.pit_coverage`: on an integer scale a
+     plain count is above 80% even for a perfect generator, and so is the plain rank PIT of
+     balanced twins; the plain count is kept as `coverage_interval` / the `coverage` column of
+     the tables);
    - **spread**: SD of the twins' values vs SD of the real values, same patients and visit;
    - **time to event**: sup distance between the Kaplan-Meier curve of the pooled twins and
      that of the held-out patients, vs the same distance for the knowledge base's control-arm
@@ -44,6 +46,7 @@ import pandas as pd
 
 from services.data.trial import Trial
 from services.evaluation.metrics.survival import concordance, km_sup_distance
+from services.evaluation.twin_bands import pit_coverage, twin_quantiles
 from services.generation import GENERATORS, get_generator
 from services.generation.local import BaselineFeatures
 from services.generation.local.ridge import breslow
@@ -170,8 +173,10 @@ def _fold_pairs(trial: Trial, kb: Trial, arm: str, held, run) -> pd.DataFrame:
     tw = tw.rename(columns={"SRCSUBJID": "SRC"})
     stats = twin_quantiles(tw, ["SRC", "PARAMCD", "AVISITN"]).rename(columns={"SRC": "USUBJID"})
     out = real.merge(stats, on=["USUBJID", "PARAMCD", "AVISITN"], how="inner")
+    # balanced twins (`local`'s default) are placed among by their own rank positions (`twin_bands`)
+    balanced = bool((run.manifest.get("settings") or {}).get("balance", False))
     out["PIT_COVER"] = pit_coverage(tw.drop(columns="USUBJID").rename(columns={"SRC": "USUBJID"}), out,
-                                    ["USUBJID", "PARAMCD", "AVISITN"])
+                                    ["USUBJID", "PARAMCD", "AVISITN"], balanced=balanced)
 
     # reference: per-visit OLS value ~ baseline value on the knowledge base's control arm
     kb_vv = kb.visit_values[kb.visit_values["ARM"] == arm]
@@ -197,47 +202,6 @@ def _fold_pairs(trial: Trial, kb: Trial, arm: str, held, run) -> pd.DataFrame:
     out["REFERENCE"] = ref
     out["CARRY"] = out["BASELINE"]
     return out
-
-
-def twin_quantiles(tw: pd.DataFrame, keys: list[str], value: str = "AVAL") -> pd.DataFrame:
-    """Per group of twins: PREDICTED (mean), Q10, Q90, TWIN_SD, N_TWINS. Percentiles use the
-    (n+1)p plotting position (Hyndman-Fan type 6): with n exchangeable twins, a new draw falls
-    between them with probability 80%, whatever n (linear interpolation, type 7, gives only
-    ~72% for n=20)."""
-    tw = tw.sort_values(keys + [value], kind="stable")
-    grp = tw.groupby(keys, sort=False)[value]
-    size = grp.size()
-    out = pd.DataFrame({"PREDICTED": grp.mean(), "TWIN_SD": grp.std(ddof=1), "N_TWINS": size})
-    vals = tw[value].to_numpy(float)
-    starts = np.concatenate([[0], np.cumsum(size.to_numpy())[:-1]])
-    n = size.to_numpy()
-    for name, p in (("Q10", 0.10), ("Q90", 0.90)):
-        h = np.clip((n + 1) * p, 1, n)          # 1-based position
-        lo = np.floor(h).astype(int)
-        hi = np.minimum(lo + 1, n)
-        frac = h - lo
-        out[name] = vals[starts + lo - 1] + frac * (vals[starts + hi - 1] - vals[starts + lo - 1])
-    return out.reset_index()
-
-
-def pit_coverage(tw: pd.DataFrame, obs: pd.DataFrame, keys: list[str], lo: float = 0.10,
-                 hi: float = 0.90) -> np.ndarray:
-    """Per row of `obs` (keys + OBSERVED): the probability that its randomized rank PIT among
-    its twins falls in [lo, hi]. With K twins, a below and b tied with the observed value, the
-    PIT is uniform on [a, a + b + 1] / (K + 1) (ties broken at random: Hamill 2001; Czado,
-    Gneiting & Held 2009 for counts); it is exactly uniform on [0, 1] when the twins and the
-    patient are exchangeable, so a calibrated generator scores 0.80 on an integer scale too,
-    where the share of values inside the 10-90% range counts every tie at its ends as inside."""
-    m = tw[keys + ["AVAL"]].merge(obs[keys + ["OBSERVED"]], on=keys, how="inner")
-    v, y = m["AVAL"].to_numpy(float), m["OBSERVED"].to_numpy(float)
-    tol = 1e-9 * np.maximum(1.0, np.abs(y))
-    m["_LT"], m["_EQ"] = (v < y - tol).astype(int), (np.abs(v - y) <= tol).astype(int)
-    g = m.groupby(keys, sort=False).agg(a=("_LT", "sum"), b=("_EQ", "sum"), k=("AVAL", "size"))
-    g = obs[keys].merge(g.reset_index(), on=keys, how="left")
-    a, b, k = (g[c].to_numpy(float) for c in ("a", "b", "k"))
-    left, right = a / (k + 1), (a + b + 1) / (k + 1)
-    inside = np.clip(np.minimum(right, hi) - np.maximum(left, lo), 0.0, None)
-    return inside / (right - left)
 
 
 def _visit_table(pairs: pd.DataFrame) -> pd.DataFrame:
