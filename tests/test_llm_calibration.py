@@ -106,6 +106,7 @@ def test_a_noisy_model_leaves_the_local_draws(pbc, hybrid):
     assert cal["patients"] == 3 and len(cal["knowledge_base_patients"]) == 3
     assert sum(key.startswith("C") for key in keys) == 3   # written before the twins
     assert cal["weight"] == 0 and run.n_twins == 16
+    assert run.manifest["twins_balanced"] is True    # the local twins: ranked as balanced when validated
     assert any("hybrid calibration" in n for n in run.manifest["notes"])
     local = gen.local_generator.generate(pbc.subset(sources), "Placebo", twins_per_patient=k,
                                          seed=seed).values().dropna(subset=["AVISITN"])
@@ -149,6 +150,7 @@ def test_a_model_that_knows_the_truth_earns_full_weight(pbc, hybrid):
     cal = run.manifest["llm"]["calibration"]
     assert cal["knowledge_base_patients"] == cal_ids
     assert cal["weight"] == 1.0 and cal["p_value"] < 0.05, cal
+    assert run.manifest["twins_balanced"] is False   # the model's independent values: exchangeable
     assert cal["standardised_rmse_model"] < 0.01 < cal["standardised_rmse_local"]
     own, _ = local_twins(gen.local_generator, pbc.subset(sources), "Placebo", k, seed, None)
     vals = run.values().dropna(subset=["AVISITN"]).query("PARAMCD == 'ALB'")

@@ -173,8 +173,9 @@ def _fold_pairs(trial: Trial, kb: Trial, arm: str, held, run) -> pd.DataFrame:
     tw = tw.rename(columns={"SRCSUBJID": "SRC"})
     stats = twin_quantiles(tw, ["SRC", "PARAMCD", "AVISITN"]).rename(columns={"SRC": "USUBJID"})
     out = real.merge(stats, on=["USUBJID", "PARAMCD", "AVISITN"], how="inner")
-    # balanced twins (`local`'s default) are placed among by their own rank positions (`twin_bands`)
-    balanced = bool((run.manifest.get("settings") or {}).get("balance", False))
+    # the generator says whether a source's twins are balanced (`local`'s default; an LLM run
+    # whose model earned no weight); such twins are ranked by their own positions (`twin_bands`)
+    balanced = bool(run.manifest.get("twins_balanced", False))
     out["PIT_COVER"] = pit_coverage(tw.drop(columns="USUBJID").rename(columns={"SRC": "USUBJID"}), out,
                                     ["USUBJID", "PARAMCD", "AVISITN"], balanced=balanced)
 
@@ -427,12 +428,13 @@ def _summary(trial, arm, pairs, visits, parameters, tte) -> dict:
         lo, hi = COVERAGE_TARGET
         state = "met" if lo <= cov_pit <= hi else ("too narrow: twins are overconfident" if cov_pit < lo
                                                     else "too wide: twins are more spread than needed")
-        ties = ""
+        plain = ""
         if cov_all is not None and abs(cov_all - cov_pit) >= 0.005:
-            ties = (f"; counting values tied with the range's ends as inside, as on an integer scale they "
-                    f"must be, {cov_all:.0%}")
-        verdicts.append(f"Calibration: {state}. {cov_pit:.0%} of real values fall inside their twins' "
-                        f"10-90% range, ties split at random (target {lo:.0%}-{hi:.0%}{ties}).")
+            plain = (f"; the plain share inside the twins' 10-90% range, counting ties with its ends as inside, "
+                     f"is {cov_all:.0%}")
+        verdicts.append(f"Calibration: {state}. {cov_pit:.0%} of real values fall in the middle 80% of their "
+                        f"twins' distribution, read by rank with ties split at random and balanced twins at "
+                        f"their own positions (target {lo:.0%}-{hi:.0%}{plain}).")
     for _, r in tte.iterrows():
         km_ok = r["km_met"]
         verdicts.append(

@@ -1,21 +1,31 @@
-"""A patient's K twins read as a predictive distribution: their 10-90 % band and how often it
-holds the patient's real value (the backtest's calibration, `services.evaluation.backtest`).
+"""A patient's K twins read as a predictive distribution: their 10-90 % band and how often the
+middle 80 % of that distribution holds the patient's real value (the backtest's calibration,
+`services.evaluation.backtest`).
 
 The calibration is a randomized rank PIT: with `a` twins below the real value and `b` tied with
 it, the PIT is uniform between the positions of the a-th and (a + b + 1)-th twin, and its
-share inside [0.10, 0.90] is the coverage (0.80 for a calibrated generator, ties included).
-The positions are what a calibrated generator's twins would give:
+share inside [0.10, 0.90] is the coverage. The positions are what a calibrated generator's
+twins would give; the generator says which kind its twins are (manifest `twins_balanced`):
 
-- exchangeable twins (independent draws: the LLM's, `local` with `balance=false`): j / (K + 1),
-  whatever the distribution (Hamill 2001; Czado, Gneiting & Held 2009 for ties);
-- balanced twins (`local`'s default: a source's K twins re-centred exactly on the model's mean,
-  their deviations scaled by sqrt(K / (K - 1)) so that each twin keeps the predictive variance):
-  they sit closer to their centre than K independent draws do, so j / (K + 1) makes a perfect
-  generator read 0.85 at K 5 and 0.82 at K 20. Their positions are P(patient < j-th twin) for a
-  calibrated generator whose predictive distribution is normal on the model's scale (a seeded
-  simulation, cached per K), which reads 0.80 there at every K; for a skewed distribution
-  balanced on its own scale it reads 0.78-0.80 (the exchangeable positions 0.81-0.84).
+- exchangeable twins (independent draws: the LLM's; `local` at K 1): j / (K + 1), exact whatever
+  the distribution, ties included (Hamill 2001; Czado, Gneiting & Held 2009);
+- balanced twins (`local`'s default, and an LLM run whose model earned no weight: a source's K
+  twins re-centred exactly on the model's mean, their deviations scaled by sqrt(K / (K - 1)) so
+  that each twin keeps the predictive variance): they sit closer to their centre than K
+  independent draws do, so j / (K + 1) makes a perfect generator read 0.85 at K 5 and 0.82 at
+  K 20. Their positions are P(patient < j-th twin) for a calibrated generator whose predictive
+  distribution is normal on the model's scale (a seeded simulation, cached per K). That reads
+  0.80 at every K for continuous values with normal residuals; it is approximate elsewhere
+  (simulated, calibrated twins: t(5) residuals 0.805-0.807; a skewed gamma(2) balanced on its
+  own scale 0.78-0.79; a 1-5 score or a 0/1 item rounded after balancing 0.805-0.816, ties
+  being split evenly, which is exact only for exchangeable twins).
+
+Not modelled: `local` with `balance=false` is near-balanced too when K twins take every one of
+K neighbours (its centring), and reads high on j / (K + 1); `visits="neighbour"` keeps only the
+twins whose donor attended a visit (a subset of a balanced set, read as balanced); an LLM run
+with a positive weight is read as exchangeable though part of each twin is a local draw.
 """
+
 
 from __future__ import annotations
 
@@ -25,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
-BALANCED_MAX_K = 200      # beyond this the two kinds of positions differ by < 0.001 of coverage
+BALANCED_MAX_K = 200      # beyond, read as exchangeable: overstates a calibrated reading by ~0.002
 
 
 @lru_cache(maxsize=64)

@@ -22,8 +22,8 @@ COLUMN_LABELS: dict[str, str] = {
     "km_met": "KM ratio ≤ 1 met", "cindex_met": "C-index ≥ Cox − 0.01 met",
     # per-visit backtest
     "rmse_twins": "RMSE, twins' mean", "rmse_reference": "RMSE, baseline ANCOVA",
-    "rmse_ratio": "RMSE ratio (twins / ANCOVA)", "coverage": "10-90 % coverage (ties inside)",
-    "coverage_pit": "10-90 % coverage (ties split)",
+    "rmse_ratio": "RMSE ratio (twins / ANCOVA)", "coverage": "share inside the 10-90 % range (ties inside)",
+    "coverage_pit": "10-90 % coverage (rank PIT)",
     "sd_real": "SD, real", "sd_twins": "SD, twins", "sd_ratio": "SD ratio (twins / real)",
     "corr": "correlation, twins' mean vs observed",
     # metric summaries
@@ -82,7 +82,7 @@ INFORMATION_NOTE = ("Information beyond the own baseline: the smallest error a l
 def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] | None = None) -> pd.DataFrame:
     """The validation card per parameter as the Validate page and the report show it: RMSE
     ratio, the information beyond the own baseline (when the card has it) and 10-90 % coverage
-    (ties split) with their 95 % bootstrap intervals, and the verdicts
+    (rank PIT) with their 95 % bootstrap intervals, and the verdicts
     (`services.evaluation.validation.bootstrap_card`)."""
     labels = parameter_labels or {}
     out = pd.DataFrame({
