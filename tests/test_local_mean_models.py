@@ -436,6 +436,9 @@ def test_a_missing_categorical_covariate_is_not_read_as_the_reference_level():
     level_cols = [i for i, c in enumerate(feats.columns) if c.startswith("CAT:RACE=")]
     reference = (race == race.value_counts().index[0]).to_numpy()
     assert level_cols and not np.allclose(Z[missing][0, level_cols + [j]], Z[reference][0, level_cols + [j]])
+    # their level columns are imputed at the mean (0 once standardised), as a missing continuous value is
+    assert np.allclose(Z[np.ix_(missing, level_cols)], 0.0)
+    assert not np.allclose(Z[np.ix_(~missing, level_cols)], 0.0)
     # a covariate that is never missing gets no indicator
     assert not any(c.startswith("CATMISS:") and trial.subjects[c.split(":")[1]].notna().all()
                    for c in feats.columns)

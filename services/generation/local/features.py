@@ -124,8 +124,11 @@ class BaselineFeatures:
                     if name in subj else 1.0
             elif kind == "CATMISS":
                 X[:, j] = subj[name].isna().to_numpy(dtype=float) if name in subj else 1.0
+            elif name in subj:
+                # a missing category is imputed at the mean (`transform`), as a continuous value is
+                X[:, j] = np.where(subj[name].isna(), np.nan, (subj[name].astype(str) == lvl).to_numpy(dtype=float))
             else:
-                X[:, j] = (subj[name].astype(str) == lvl).to_numpy(dtype=float) if name in subj else 0.0
+                X[:, j] = np.nan          # a covariate the trial lacks is missing for all its patients
         return X
 
     def transform(self, trial: Trial, ids: list[str]) -> np.ndarray:
