@@ -159,6 +159,10 @@ class TrajectoryDrawing:
                     rbar = np.einsum("sm,smd->sd", wn, np.nan_to_num(Rn))
                     neff_d = np.repeat((1.0 / np.maximum((wn ** 2).sum(axis=1), 1e-12))[:, None], D, axis=1)
                 factor = np.sqrt(neff_d / np.maximum(neff_d - 1, 1e-9))[:, None, :]
+                if self.balance and k >= 2:
+                    # the balancing below re-centres on the twins' own mean and restores their
+                    # variance itself: the factor on top made every twin n_eff / (n_eff - 1) too wide
+                    factor = 1.0
                 local = drift + model.lam[None, :] * (rbar - drift)                  # (S, D)
                 centred = (res - rbar[:, None, :]) * factor + local[:, None, :]
                 ok = (neff_d >= 3)[:, None, :] & (donor >= 0)[..., None]
