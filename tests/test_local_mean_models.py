@@ -442,3 +442,19 @@ def test_a_missing_categorical_covariate_is_not_read_as_the_reference_level():
     # a covariate that is never missing gets no indicator
     assert not any(c.startswith("CATMISS:") and trial.subjects[c.split(":")[1]].notna().all()
                    for c in feats.columns)
+
+
+def test_balanced_twins_keep_their_donors_spread_whatever_the_centring(pbc):
+    """Balancing re-centres a source's twins on their own mean and restores their variance, so the
+    neighbourhood centring (which only moves the mean) must leave their spread as it is: K = the
+    neighbourhood (every donor used once), the same seed, with and without centring."""
+    treated = list(pbc.subjects.loc[pbc.subjects["ARM"] == "D-penicillamine", "USUBJID"][:15])
+
+    def spread(center):
+        gen = _gen(center=center, transform="none", neighbors=10, truncate_at_followup=False).fit(pbc)
+        v = gen.generate(pbc.subset(treated), "Placebo", twins_per_patient=10, seed=3).values()
+        return v[v["PARAMCD"] == "ALB"].groupby(["SRCSUBJID", "AVISITN"])["AVAL"].std()
+
+    auto, none = spread("auto"), spread("none")
+    same = np.isclose(auto.to_numpy(), none.loc[auto.index].to_numpy(), rtol=1e-6)
+    assert same.mean() > 0.9                 # all but cells where a twin was clipped at the range
