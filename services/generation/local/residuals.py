@@ -159,9 +159,11 @@ class TrajectoryDrawing:
                     rbar = np.einsum("sm,smd->sd", wn, np.nan_to_num(Rn))
                     neff_d = np.repeat((1.0 / np.maximum((wn ** 2).sum(axis=1), 1e-12))[:, None], D, axis=1)
                 factor = np.sqrt(neff_d / np.maximum(neff_d - 1, 1e-9))[:, None, :]
-                if self.balance and k >= 2:
-                    # the balancing below re-centres on the twins' own mean and restores their
-                    # variance itself: the factor on top made every twin n_eff / (n_eff - 1) too wide
+                if self.balance and k >= 2 and self.fill != "observed":
+                    # the balancing below re-centres on the twins' own mean and restores the donors'
+                    # variance itself: the factor on top made every twin n_eff / (n_eff - 1) wider
+                    # than its donors' spread (with fill="observed" twins may share a visit's donor
+                    # unflagged, which the factor partly covers: kept there)
                     factor = 1.0
                 local = drift + model.lam[None, :] * (rbar - drift)                  # (S, D)
                 centred = (res - rbar[:, None, :]) * factor + local[:, None, :]
@@ -192,8 +194,18 @@ class TrajectoryDrawing:
                 # informative part and a carried baseline's drift; 0 for other models without
                 # centring), spread kept: the twins' mean is the model's prediction plus that
                 # shift, with no Monte Carlo noise from which donors were drawn
+                # Each twin keeps the donors' variance: twins sharing a donor (K above the
+                # neighbourhood) are correlated by a_t a_t' (a = sqrt(1 - h^2)), so the set's
+                # expected sum of squares about its mean is sigma^2 (K - S / K) with
+                # S = K + sum over t != t' of a_t a_t' [same donor]; the deviations are scaled by
+                # sqrt(K / (K - S / K)), sqrt(K / (K - 1)) when every donor differs.
+                a = np.where(donor >= 0, np.sqrt(np.clip(1 - h * h, 0.0, None)), 0.0)        # (S, k)
+                pair = a[:, :, None] * a[:, None, :] * ((donor[:, :, None] == donor[:, None, :])
+                                                        & (donor >= 0)[:, :, None])
+                s_sum = k + pair.sum(axis=(1, 2)) - np.einsum("stt->s", pair)
+                scale = np.sqrt(k / np.maximum(k - s_sum / k, 1e-9))[:, None, None]
                 own_mean = np.nanmean(res, axis=1, keepdims=True)
-                balanced = (res - own_mean) * np.sqrt(k / (k - 1)) + shift.mean(axis=1, keepdims=True)
+                balanced = (res - own_mean) * scale + shift.mean(axis=1, keepdims=True)
                 res = np.where(np.isfinite(res), balanced, res)
             values = mu[:, None, :] + res                                       # (S, k, D)
             keep = np.isfinite(values)
