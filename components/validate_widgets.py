@@ -37,9 +37,10 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
         cols[1].metric("Calibration (10-90 % coverage)", "n/a" if s.get("coverage") is None
                        else f"{s['coverage']:.0%}", help="Share of real values inside their twins' 10-90 % range, "
                        "target 75-85 %. A value tied with an end of the range (on an integer scale) "
-                       "counts by the share of the tie that falls inside, and balanced twins (the local "
-                       "generator's, re-centred on their mean) are ranked by their own positions, so a "
-                       "perfect generator scores 80 % at any number of twins.")
+                       "counts by the share of the tie that falls inside, and balanced twins (re-centred "
+                       "exactly on their mean, as the run's manifest says) are ranked by their own "
+                       "positions, so a perfect generator scores about 80 % at any number of twins "
+                       "(exactly for continuous values with normal residuals).")
     if s.get("cindex_twins") is not None:
         cols[2].metric("C-index twins vs Cox", f"{s['cindex_twins']:.2f} vs {s['cindex_cox']:.2f}")
     for verdict in s.get("verdicts", []):

@@ -23,7 +23,9 @@ twins would give; the generator says which kind its twins are (manifest `twins_b
 Not modelled: `local` with `balance=false` is near-balanced too when K twins take every one of
 K neighbours (its centring), and reads high on j / (K + 1); `visits="neighbour"` keeps only the
 twins whose donor attended a visit (a subset of a balanced set, read as balanced); an LLM run
-with a positive weight is read as exchangeable though part of each twin is a local draw.
+with a positive weight is read as exchangeable though part of each twin is a local draw, and one
+whose model earned no weight as balanced even where a failed reply left fewer than K twins or a
+visit kept the model's value.
 """
 
 

@@ -42,7 +42,8 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
      from the next neighbour who attended it (`fill="observed"`: coverage 70-78% vs 79-84%
      on pbc, RMSE ratio 0.94-1.02 vs 0.75-1.00).
    - *Re-centring*: the neighbourhood's residual vectors are re-centred on lam x their
-     weighted mean (x sqrt(n_eff / (n_eff - 1)) to keep the variance), lam per parameter =
+     weighted mean (x sqrt(n_eff / (n_eff - 1)) to keep the variance, unless the twins are
+     balanced below, which restores the donors' variance itself), lam per parameter =
      how much the neighbourhood mean residual predicts a patient's own residual in the arm
      (least squares, clipped to [0, 1]). So the twins' mean carries only the informative part
      of the neighbours' mean, not its sampling noise (`center`). For a carried-forward
