@@ -304,6 +304,7 @@ def test_hybrid_falls_back_to_the_local_draw_where_a_reply_is_implausible(pbc, h
     gen = hybrid_gen.with_endpoint(settings_for(server))
     gen.calibration = 0  # the model's values as written (no weight learned): the fallback alone
     run = gen.generate(pbc.subset(sources), "Placebo", twins_per_patient=2, seed=4)
+    assert run.manifest["twins_balanced"] is False      # the model's own values: read as exchangeable
     kept = hybrid_gen.with_endpoint(settings_for(server))
     kept.fallback_sd, kept.calibration = None, 0
     raw = kept.generate(pbc.subset(sources), "Placebo", twins_per_patient=2, seed=4)

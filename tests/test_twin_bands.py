@@ -113,6 +113,9 @@ def test_the_backtest_reads_the_twins_structure_the_run_declares(pbc):
         as_exchangeable = pit_coverage(tw, pairs, keys)
         assert pairs["PIT_COVER"].to_numpy() == pytest.approx(as_balanced if balance else as_exchangeable)
         assert not np.allclose(as_balanced, as_exchangeable)
+    one = LocalGenerator(retriever_factory=ExactRetriever).fit(kb)
+    single = one.generate(pbc.subset(held[:3]).baseline_only(), "Placebo", twins_per_patient=1, seed=0)
+    assert single.manifest["twins_balanced"] is False      # one twin: nothing to balance
 
 
 def test_ties_of_balanced_twins_are_read_approximately():
