@@ -97,7 +97,7 @@ class BaselineFeatures:
                 for lvl in keep[1:]:
                     spec.append(("CAT", c, lvl))
                 if keep and subj[c].isna().any():
-                    # else a missing level would read as the reference level (all its columns 0)
+                    # the missing patients' level columns sit at the mean (`_matrix`); this tells them apart
                     spec.append(("CATMISS", c, None))
         self.spec = spec
         self.columns = [f"{a}:{b}" + (f"={c}" if c is not None else "") for a, b, c in spec]
