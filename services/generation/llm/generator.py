@@ -367,7 +367,7 @@ class LLMGenerator(TwinGenerator):
         # where the model earned no weight, hybrid twins are the local generator's own (balanced) twins;
         # with any weight the model's independent values enter and they are read as exchangeable
         manifest["twins_balanced"] = bool(weight == 0 and own is not None and self._local is not None
-                                          and getattr(self._local, "balance", False) and k >= 2)
+                                          and self._local.balances(k))
         run = assemble_replies(src, facts, ids, k, target_arm, results, owners, visits, manifest,
                                fallback=local_draws, fallback_sd=self.fallback_sd,
                                weight=weight, own=own, ae_from_replies=ae_source == "model")

@@ -180,9 +180,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
             "tte_primary": model.tte_primary or None,
             "mean_models": dict(model.mean_models),
             "structure": fitted_structure(model)}
-        # a source's K twins re-centred exactly on the model's mean (`residuals`): the calibration
-        # ranks real values among them by their own positions (`evaluation.twin_bands`)
-        manifest["twins_balanced"] = bool(self.balance and k >= 2)
+        manifest["twins_balanced"] = self.balances(k)
 
         ids = list(src.subjects["USUBJID"])
         total = len(ids)

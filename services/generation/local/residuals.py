@@ -21,6 +21,11 @@ _S_ROUND = 7          # (6: adverse-event donors)
 class TrajectoryDrawing:
     """The longitudinal half of `LocalGenerator` (uses its settings and fitted arm models)."""
 
+    def balances(self, k: int) -> bool:
+        """Whether a source's k twins are balanced: re-centred exactly on the model's mean, their
+        spread restored (the manifest's `twins_balanced`, read by `evaluation.twin_bands`)."""
+        return bool(self.balance and k >= 2)
+
     def _completed(self, model: _ArmModel, folds_needed, seed: int) -> np.ndarray:
         with self._lock:
             return self._completed_locked(model, folds_needed, seed).copy()
@@ -159,7 +164,7 @@ class TrajectoryDrawing:
                     rbar = np.einsum("sm,smd->sd", wn, np.nan_to_num(Rn))
                     neff_d = np.repeat((1.0 / np.maximum((wn ** 2).sum(axis=1), 1e-12))[:, None], D, axis=1)
                 factor = np.sqrt(neff_d / np.maximum(neff_d - 1, 1e-9))[:, None, :]
-                if self.balance and k >= 2 and self.fill != "observed":
+                if self.balances(k) and self.fill != "observed":
                     # the balancing below re-centres on the twins' own mean and restores the donors'
                     # variance itself: the factor on top made every twin n_eff / (n_eff - 1) wider
                     # than its donors' spread (with fill="observed" twins may share a visit's donor
@@ -189,7 +194,7 @@ class TrajectoryDrawing:
                 noise = np.einsum("skd,ed->ske", z, model.sigma_root[-1])
                 # around the shift, so that shrinking a residual never shrinks the drift
                 res = shift + np.sqrt(1 - h * h)[..., None] * (res - shift) + h[..., None] * noise
-            if self.balance and k >= 2:
+            if self.balances(k):
                 # the source's K residuals re-centred on the shift (the neighbourhood's
                 # informative part and a carried baseline's drift; 0 for other models without
                 # centring), spread kept: the twins' mean is the model's prediction plus that
