@@ -268,3 +268,26 @@ def test_estimate_adjustment_matches_regressions():
     rs = sm.OLS(score, sm.add_constant(b)).fit().resid
     assert est.rho_partial == pytest.approx(np.corrcoef(ry, rs)[0, 1], rel=1e-9)
     assert 0 < est.partial_lower < est.rho_partial and est.n == 300
+
+
+def test_estimate_adjustment_score_on_the_baselines_line_adds_nothing():
+    """A score that is a linear function of the baseline (the generator's mean model kept the
+    baseline alone, balanced twins sit on it) has no partial correlation: the formula's 0/0
+    read -1.000 on anorexia (13 patients, K 5) and planned 3 patients per arm at power 1.0."""
+    rng = np.random.default_rng(5)
+    b = rng.normal(50, 5, size=13)
+    y = 0.3 * b + rng.normal(size=13)
+    for slope in (-0.37, 1.9):
+        score = 12.3 + slope * b          # rounding makes corr(score, b) = +-(1 - 1e-16)
+        est = estimate_adjustment(score, b, y)
+        assert est.rho_partial == 0.0 and est.partial_lower == 0.0
+        assert est.r2_both == pytest.approx(est.r2_baseline)
+        plan = procova_plan(2.0, 5.0, est.rho_score, conservative=False, method="t",
+                            rho_baseline=est.rho_baseline, rho_partial=est.rho_partial)
+        assert plan.adjusted.n_control >= plan.baseline_ancova.n_control
+    # a score nearly on the line still gets its (small, finite) partial correlation
+    score = 12.3 + 1.9 * b + 1e-3 * rng.normal(size=13)
+    ry = y - np.polyval(np.polyfit(b, y, 1), b)
+    rs = score - np.polyval(np.polyfit(b, score, 1), b)
+    assert estimate_adjustment(score, b, y).rho_partial == pytest.approx(np.corrcoef(ry, rs)[0, 1],
+                                                                         rel=1e-6)

@@ -304,6 +304,9 @@ class AdjustmentEstimate(ResultMixin):
     confidence: float
 
 
+COLLINEAR = 1e-9   # 1 - corr(score, baseline)^2 below this: the score is the baseline's line
+
+
 def estimate_adjustment(predicted, baseline, observed, confidence: float = 0.95) -> AdjustmentEstimate:
     """Correlations of a prognostic score and of the baseline value with the outcome, and the
     partial correlation the score adds given the baseline (complete triples only).
@@ -321,9 +324,13 @@ def estimate_adjustment(predicted, baseline, observed, confidence: float = 0.95)
         return AdjustmentEstimate(nan, nan, nan, nan, nan, nan, nan, nan, n, float(confidence))
     c = np.corrcoef(np.vstack([p, b, o]))
     r_po, r_bo, r_pb = float(c[0, 2]), float(c[1, 2]), float(c[0, 1])
-    den = math.sqrt(max((1 - r_pb**2) * (1 - r_bo**2), 1e-300))
-    partial = (r_po - r_pb * r_bo) / den
-    partial = min(max(partial, -1.0), 1.0)
+    if 1 - r_pb**2 < COLLINEAR:
+        # the score is a linear function of the baseline (a mean model on the baseline alone,
+        # twins balanced on it): it adds nothing, and the formula's 0/0 would read as +-1
+        partial = 0.0
+    else:
+        den = math.sqrt(max((1 - r_pb**2) * (1 - r_bo**2), 1e-300))
+        partial = min(max((r_po - r_pb * r_bo) / den, -1.0), 1.0)
     r2b = r_bo**2
     r2_both = 1 - (1 - r2b) * (1 - partial**2)
     zc = float(stats.norm.ppf(confidence))
