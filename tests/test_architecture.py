@@ -138,3 +138,22 @@ def test_the_checks_see_function_level_imports_and_cycles(tmp_path):
     assert "b" in _imports(a) and "a" in _imports(b)
     assert find_cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == ["a -> b -> a"]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_cache_versions_match_their_history():
+    """A stored figure is served again while its VERSION stays; each constant's comment lists
+    why it was bumped ("N: reason"). Twice a bump wrote the reason but left the number, so the
+    figures of the old code were served: the last number in the history must be the value."""
+    import re
+
+    found = 0
+    for path in sorted((ROOT / "services").rglob("*.py")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            m = re.match(r"([A-Z_]+_VERSION) = (\d+)\s+#(.*)$", line)
+            if m:
+                found += 1
+                history = [int(n) for n in re.findall(r"[(;]\s*(\d+):", m.group(3))]
+                assert history, f"{path.name}: {m.group(1)} has no 'N: reason' history"
+                assert history[-1] == int(m.group(2)), (
+                    f"{path.name}: {m.group(1)} is {m.group(2)} but its history ends at {history[-1]}")
+    assert found >= 3
