@@ -136,7 +136,9 @@ def backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_per_pat
         if progress is not None:
             progress(f + 1, folds)
 
-    pairs = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
+    # a fold without pairs (no visit of the parameter among its held-out patients) keeps its
+    # columns only when every fold is empty: pandas deprecates dtypes read from empty frames
+    pairs = pd.concat([p for p in pairs if len(p)] or pairs[:1], ignore_index=True) if pairs else pd.DataFrame()
     visits = _visit_table(pairs)
     parameters = _parameter_table(pairs, visits)
     tte = _tte_table(tte_parts)
