@@ -435,6 +435,20 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
     return out, note
 
 
+def _no_hazard_ratio_note(real: Trial, run: TwinRun, effects: list[Effect]) -> str:
+    """Why an event type has an RMST difference but no hazard ratio: one side had no events."""
+    shown = {e.paramcd for e in effects if e.measure == "hazard_ratio"}
+    missing = [p for p in dict.fromkeys(e.paramcd for e in effects if e.measure == "rmst_difference")
+               if p not in shown]
+    parts = []
+    for p in missing:
+        n_real = int((real.tte.loc[real.tte["PARAMCD"] == p, "CNSR"] == 0).sum())
+        n_twins = int((run.tte.loc[run.tte["PARAMCD"] == p, "CNSR"] == 0).sum())
+        parts.append(f"no hazard ratio for {p}: {n_real} events among the real patients and {n_twins} among "
+                     "their twins; with none on one side the hazard ratio is 0 or infinite (not estimable)")
+    return "; ".join(parts)
+
+
 def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, seed: int = 0,
                 progress: Callable[[int, int], object] | None = None) -> dict:
     """The effects section of a run (Compare, the report, `twinarm evaluate --json`): the real
@@ -464,6 +478,7 @@ def run_effects(knowledge_base: Trial, run: TwinRun, refits: int | None = None, 
         dr_effects, dr_note = doubly_robust_effects(real, run, knowledge_base, seed=seed)
         effects = sorted(effects + dr_effects, key=_display_order)
         out["note"] = "; ".join(x for x in (out["note"], dr_note) if x)
+    out["note"] = "; ".join(x for x in (out["note"], _no_hazard_ratio_note(real, run, effects)) if x)
     out["effects"] = effects_json(effects)
     out["refits"] = b
     arms = real.arm_counts()

@@ -29,7 +29,8 @@ def cox_binary(time, event, group, weights=None, clusters=None, max_iter: int = 
     Newton-Raphson on the weighted partial likelihood; robust variance I^-1 (sum_c U_c^2) I^-1
     where U_c sums the weighted score residuals of cluster c (Lin & Wei 1989; every record is
     its own cluster when ``clusters`` is None). With no tied event times this equals
-    lifelines' ``CoxPHFitter(weights_col=..., cluster_col=..., robust=True)``.
+    lifelines' ``CoxPHFitter(weights_col=..., cluster_col=..., robust=True)``. NaN when a group
+    has no events (the hazard ratio is 0 or infinite: not estimable).
     """
     t = np.asarray(time, dtype=float)
     e = np.asarray(event, dtype=float)
@@ -39,7 +40,10 @@ def cox_binary(time, event, group, weights=None, clusters=None, max_iter: int = 
     t, e, z, w = t[order], e[order], z[order], w[order]
     ev = e > 0
     ut = np.unique(t[ev])
-    if ut.size == 0 or np.all(z == z[0]):
+    events_in = [float(np.sum(w[ev & (z == g)])) for g in (0.0, 1.0)]
+    if ut.size == 0 or np.all(z == z[0]) or min(events_in) <= 0:
+        # no events in one group: the likelihood is monotone, the MLE is -+infinity and Newton
+        # would stop at an arbitrary huge |log HR| with a small robust SE (not estimable)
         nan = float("nan")
         return CoxFit(nan, nan, nan, np.array([]), np.array([]))
     pos = np.searchsorted(t, ut, side="left")           # first record at risk at each time
