@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import streamlit as st
 
 from components.data_table import data_table
+from services.evaluation.metrics.procova import default_effect
 from services.reporting.tables import INFORMATION_NOTE, validation_card_table
 
 
@@ -75,25 +78,31 @@ def procova_inputs(endpoint) -> dict | None:
                 "to detect starts at 0.4 SD, a moderate effect: set it to the difference your trial is "
                 "powered for, since the sample size follows it.")
     c1, c2, c3, c4, c5 = st.columns(5)
-    effect = c1.number_input("Effect to detect", min_value=1e-6, value=round(0.4 * sd_obs, 3), format="%.3f",
-                             help="Difference in means between arms, in the endpoint's unit.")
-    sd = c2.number_input("SD", min_value=1e-6, value=round(sd_obs, 3), format="%.3f",
-                         help="Outcome SD; defaults to the held-out control patients' SD.")
+    # steps and display follow the SD's magnitude (a lab in g/L and one in mg/dL alike)
+    step = 10.0 ** (math.floor(math.log10(sd_obs)) - 1) if sd_obs > 0 else 0.01
+    effect = c1.number_input("Effect to detect", min_value=1e-9, value=default_effect(sd_obs) if sd_obs > 0 else 1.0,
+                             step=step, format="%.4g", help="Difference in means between arms, in the endpoint's unit.")
+    sd = c2.number_input("SD", min_value=1e-9, value=sd_obs if sd_obs > 0 else 1.0, step=step,
+                         format="%.4g", help="Outcome SD; defaults to the held-out control patients' SD.")
     alpha = c3.select_slider("Alpha (two-sided)", [0.01, 0.025, 0.05, 0.1], value=0.05)
     power = c4.select_slider("Power", [0.8, 0.85, 0.9, 0.95], value=0.8)
     ratio = c5.select_slider("Allocation (treatment:control)", [1.0, 1.5, 2.0, 3.0], value=1.0)
     c6, c7, c8, c9 = st.columns(4)
     conservative = c6.checkbox("Conservative planning (deflate rho)", value=True,
-                               help="Use the one-sided 95 % lower bound of rho, times a deflation factor.")
+                               help="Use the one-sided 95 % lower bound of rho, times a deflation factor; with a "
+                                    "baseline, the score's partial correlation so, and the baseline's correlation "
+                                    "at its lower bound.")
     deflation = c7.slider("Deflation factor", 0.5, 1.0, 0.9, 0.05, disabled=not conservative)
     sd_t = c8.number_input("Treated-arm SD", min_value=0.0, value=0.0, format="%.3f",
                            help="0 = the same as the control arm's.")
-    rho_t = c9.number_input("Treated-arm rho", min_value=0.0, max_value=0.99, value=0.0, format="%.2f",
-                            help="Correlation of the score with the treated arm's outcome; 0 = the control "
-                                 "arm's (treatment may weaken the prognostic relation).")
+    rho_t = c9.number_input("Treated-arm rho", min_value=0.0, max_value=0.99, value=None, format="%.2f",
+                            placeholder="control arm's",
+                            help="Correlation of the adjustment (the score, with the baseline where there is "
+                                 "one) with the treated arm's outcome; empty = the control arm's. Treatment "
+                                 "may weaken the prognostic relation; 0 = no adjustment gain in that arm.")
     return {"effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio,
             "conservative": conservative, "deflation": deflation,
-            "sd_treatment": sd_t or None, "rho_treatment": rho_t or None}
+            "sd_treatment": sd_t or None, "rho_treatment": rho_t}
 
 
 def safety_settings(arms: list[str], default_arm: int, default_k: int, source: str,

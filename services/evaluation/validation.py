@@ -17,7 +17,7 @@ from services.evaluation.backtest import (
     endpoint_visit,
 )
 from services.evaluation.ceiling import information_card
-from services.evaluation.metrics.procova import estimate_adjustment
+from services.evaluation.metrics.procova import default_effect, estimate_adjustment
 from services.jsonable import jsonable
 
 VALIDATION_VERSION = 11  # bump when the backtest's figures change meaning: stored validations are redone (4: matched rounding; 5: event times jittered over the gap; 6: a run's twins no longer cut at their follow-up; 7: event baselines fitted to the Kaplan-Meier; 8: carried-forward twins keep the drift; 9: balanced twins placed by their own rank positions; 10: balanced twins keep the donors' variance (no centring factor, shared donors scaled), a missing category at the mean; 11: a score on the baseline's line has partial correlation 0)
@@ -70,9 +70,10 @@ def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0,
             "PARAMCD": paramcd, "patients": len(agg), "values": int(agg["n"].sum()),
             "rmse_ratio": ratio, "rmse_ratio_lo": lo_r, "rmse_ratio_hi": hi_r,
             "coverage": coverage, "coverage_lo": lo_c, "coverage_hi": hi_c,
-            "accuracy": ("better than" if acc_ok else "worse than") + " the baseline regression"
+            "accuracy": "not estimated" if not np.isfinite(ratio) else
+                        ("better than" if acc_ok else "worse than") + " the baseline regression"
                         + ("" if not (lo_r <= RATIO_TARGET <= hi_r) else " (not conclusively)"),
-            "calibration": "well calibrated" if cal_ok else (
+            "calibration": "not estimated" if not np.isfinite(coverage) else "well calibrated" if cal_ok else (
                 "intervals too narrow (overconfident)" if coverage < COVERAGE_TARGET[0] else "intervals too wide"),
         })
     card = pd.DataFrame(rows)
@@ -126,14 +127,19 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
     adj, note = None, ""
     if "BASELINE" in pairs and pairs["BASELINE"].notna().sum() >= 5:
         adj = estimate_adjustment(pairs["PREDICTED"], pairs["BASELINE"], pairs["OBSERVED"])
+        if np.isfinite(adj.rho_baseline) and not np.isfinite(adj.rho_partial):
+            return {"error": f"the endpoint is an exact line of the baseline among the {adj.n} held-out patients "
+                             "(no patient changed, or all by the same rule): the outcome's variance around the "
+                             "baseline, which a trial is sized on, cannot be estimated from them"}
         if not np.isfinite(adj.rho_baseline):      # e.g. a 0/1 item present at everybody's baseline
             adj, note = None, ("the baseline does not vary among the held-out patients at the endpoint, so the "
                                "saving against a baseline ANCOVA cannot be estimated; sizes are against the "
                                "unadjusted analysis only")
     sd = float(sd if sd else pairs["OBSERVED"].std(ddof=1))
-    effect = float(effect if effect else round(0.4 * sd, 3))
+    effect = float(effect if effect else default_effect(sd))
     plan = M.procova_plan(effect, sd, rho.rho, alpha=alpha, power=power, ratio=ratio,
-                          conservative=conservative, deflation=deflation, n_rho=len(pairs), method="t",
+                          conservative=conservative, deflation=deflation,
+                          n_rho=len(pairs) if adj is None else adj.n, method="t",
                           rho_baseline=None if adj is None else adj.rho_baseline,
                           rho_partial=None if adj is None else adj.rho_partial,
                           sd_treatment=sd_treatment, rho_treatment=rho_treatment)

@@ -184,6 +184,15 @@ def sample_size(effect: float, sd: float, alpha: float = 0.05, power: float = 0.
     )
 
 
+def default_effect(sd: float, share: float = 0.4) -> float:
+    """The planning default, ``share`` x SD (0.4: a moderate effect), to 3 significant digits:
+    rounding in the endpoint's unit (e.g. to 0.001) moved it off 0.4 SD, or to 0, for small SDs."""
+    v = share * float(sd)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError("the SD must be positive")
+    return float(f"{v:.3g}")
+
+
 def fisher_lower_bound(rho: float, n: int, confidence: float = 0.95) -> float:
     """One-sided lower confidence bound for |rho| estimated on ``n`` pairs (Fisher z).
 
@@ -324,7 +333,10 @@ def estimate_adjustment(predicted, baseline, observed, confidence: float = 0.95)
         return AdjustmentEstimate(nan, nan, nan, nan, nan, nan, nan, nan, n, float(confidence))
     c = np.corrcoef(np.vstack([p, b, o]))
     r_po, r_bo, r_pb = float(c[0, 2]), float(c[1, 2]), float(c[0, 1])
-    if 1 - r_pb**2 < COLLINEAR:
+    if 1 - r_bo**2 < COLLINEAR:
+        # the outcome is a line of the baseline (nobody changed): nothing is left to explain
+        partial = float("nan")
+    elif 1 - r_pb**2 < COLLINEAR:
         # the score is a linear function of the baseline (a mean model on the baseline alone,
         # twins balanced on it): it adds nothing, and the formula's 0/0 would read as +-1
         partial = 0.0
@@ -332,6 +344,8 @@ def estimate_adjustment(predicted, baseline, observed, confidence: float = 0.95)
         den = math.sqrt(max((1 - r_pb**2) * (1 - r_bo**2), 1e-300))
         partial = min(max((r_po - r_pb * r_bo) / den, -1.0), 1.0)
     r2b = r_bo**2
+    if math.isnan(partial):
+        return AdjustmentEstimate(r_po, r_bo, r_pb, nan, nan, r2b, r2b, 0.0, n, float(confidence))
     r2_both = 1 - (1 - r2b) * (1 - partial**2)
     zc = float(stats.norm.ppf(confidence))
     lower = max(0.0, math.tanh(math.atanh(min(abs(partial), 1 - 1e-12)) - zc / math.sqrt(n - 4)))
@@ -378,8 +392,10 @@ def procova_plan(effect: float, sd: float, rho: float, alpha: float = 0.05,
       (rho_partial from rho and rho_b assuming the score explains the baseline's part:
       (1 - rho_b^2)(1 - rho_partial^2) = 1 - max(rho^2, rho_b^2)).
     - ``sd_treatment`` / ``rho_treatment``: the treated arm's SD and correlation when they
-      differ from the control arm's (``rho_treatment`` is deflated like ``rho``; with
-      ``rho_baseline`` it is ignored: give arm-specific values to :func:`sample_size`).
+      differ from the control arm's (``rho_treatment`` is deflated like ``rho``). With
+      ``rho_baseline`` it is the treated arm's correlation of the whole adjustment (multiple
+      correlation of baseline and score), and the baseline ANCOVA's treated arm gets
+      min(rho_baseline, it).
     """
     if not 0 < deflation <= 1:
         raise ValueError("deflation must be in (0, 1]")
@@ -409,20 +425,33 @@ def procova_plan(effect: float, sd: float, rho: float, alpha: float = 0.05,
     rho_t_used = float("nan")
     base_plan = None
     rb = rp = rp_used = float("nan")
+    rt = None
+    if rho_treatment is not None:
+        rtl = fisher_lower_bound(abs(rho_treatment), int(n_rho), confidence) \
+            if (conservative and n_rho is not None) else None
+        rt = rho_t_used = deflate(abs(float(rho_treatment)), rtl)
     if rho_baseline is None:
-        rt = None
-        if rho_treatment is not None:
-            rtl = fisher_lower_bound(abs(rho_treatment), int(n_rho), confidence) \
-                if (conservative and n_rho is not None) else None
-            rt = rho_t_used = deflate(abs(float(rho_treatment)), rtl)
         adj = sample_size(effect, sd, alpha, power, ratio, rho_used, two_sided, min_per_arm,
                           method, None, sd_t, rt)
     else:
         rb = abs(float(rho_baseline))
         if not 0 <= rb <= 1:
             raise ValueError("rho_baseline must be in [-1, 1]")
+        if 1 - rb**2 < COLLINEAR:
+            raise ValueError("rho_baseline is 1: the outcome is a line of the baseline, so there is no "
+                             "variance left to size a trial on")
+        if conservative and n_rho is not None:
+            # estimated on the same pairs: its lower bound too (no drift deflation, which is the
+            # score's), or both ANCOVA plans would rest on a raw estimate
+            rb = fisher_lower_bound(rb, int(n_rho), confidence)
+            rule += f"; the baseline correlation at its one-sided {confidence:.0%} lower bound"
+        # the treated arm's correlation is that of the whole adjustment (baseline and score), so
+        # the baseline alone explains no more of the treated outcome than it
         base_plan = sample_size(effect, sd, alpha, power, ratio, rb, two_sided, min_per_arm,
-                                method, 1, sd_t, None if sd_t is None else rb)
+                                method, 1, sd_t, rb if rt is None else min(rb, rt))
+        if rho_partial is not None and not math.isfinite(float(rho_partial)):
+            raise ValueError("rho_partial is not a number: the score's partial correlation could not be "
+                             "estimated (give None to derive it from rho and rho_baseline)")
         if rho_partial is None:
             rp = math.sqrt(max(0.0, 1 - (1 - max(r**2, rb**2)) / (1 - rb**2))) if rb < 1 else 0.0
         else:
@@ -436,7 +465,7 @@ def procova_plan(effect: float, sd: float, rho: float, alpha: float = 0.05,
         rho_eff = math.sqrt(max(0.0, 1 - factor))
         rho_used = rho_eff
         adj = sample_size(effect, sd, alpha, power, ratio, rho_eff, two_sided, min_per_arm,
-                          method, 2, sd_t, None if sd_t is None else rho_eff)
+                          method, 2, sd_t, rho_eff if rt is None else rt)
         rule += "; applied to the partial correlation given the baseline"
     saving = unadj.n_total - adj.n_total
     saving_b = None if base_plan is None else base_plan.n_total - adj.n_total
