@@ -64,8 +64,11 @@ def procova_effects(trial: Trial, prognostic: pd.Series | TwinRun, paramcd: str,
         if n_t < 2 or n_c < 2 or len(d) <= 2 + len(cols):
             continue
         X = np.column_stack([np.ones(len(d)), d["TRT"].to_numpy(), *[d[c].to_numpy(float) for c in cols]])
-        fit = ols(d["Y"].to_numpy(float), X)
+        y = d["Y"].to_numpy(float)
+        fit = ols(y, X)
         est, se = float(fit.coef[1]), float(fit.se[1])
+        if not fit.sigma > 1e-10 * max(float(np.std(y)), 1e-300):
+            se = float("nan")     # a perfect fit: the SE is rounding error, no interval or p-value
         q = float(stats.t.ppf(1 - alpha / 2, fit.df))
         pval = float(2 * stats.t.sf(abs(est) / se, fit.df)) if se > 0 else float("nan")
         covs = " + ".join(("arm",) + tuple({"BASE": "baseline", "PROG": "prognostic score"}[c] for c in cols))
