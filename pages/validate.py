@@ -6,7 +6,7 @@ import streamlit as st
 
 from components.data_table import code_labels
 from components.metric_cards import headline_table
-from components.state import cohort_ids_or_all, get_run, get_trial
+from components.state import cohort_ids_or_all, get_run, get_run_dir, get_trial
 from components.validate_widgets import (
     procova_inputs,
     safety_backtest_card,
@@ -42,7 +42,8 @@ def backtest_sections() -> None:
         default_arm = arms.index(run.target_arm) if run is not None and run.target_arm in arms else 0
         arm = c1.selectbox("Arm to backtest", arms, index=default_arm, help="Usually the control arm: the twins of "
                            "a synthetic control arm are control-arm patients.")
-        folds = c2.slider("Folds (k)", 2, 10, 5)
+        folds = c2.slider("Folds (k)", 2, 10, val.RUN_FOLDS, help=f"{val.RUN_FOLDS} (with the run's arm, K and seed 0): "
+                          "the run's own validation, kept with it and shown in the report.")
         k = c3.slider("Twins per held-out patient", 1, 50, run_k if run is not None else 20)
         seed = c4.number_input("Seed", 0, 10_000, 0)
         asked = st.form_submit_button("Run backtest")
@@ -52,7 +53,11 @@ def backtest_sections() -> None:
     if asked and key not in store:
         with st.spinner(f"Backtesting the {gen_name} generator: twins of every held-out patient..."):
             store.clear()
-            store[key] = val.validate_run(trial, run, arm=arm, folds=folds, twins_per_patient=k, seed=int(seed))
+            if run is not None and (arm, folds, k, int(seed)) == (run.target_arm, val.RUN_FOLDS, run_k, 0):
+                # the run's own validation: the one the report shows (often done in the background)
+                store[key] = val.cached_validate_run(trial, run, get_run_dir())
+            else:
+                store[key] = val.validate_run(trial, run, arm=arm, folds=folds, twins_per_patient=k, seed=int(seed))
     result = store.get(key)
     if result is None:
         st.info("Choose the settings and press **Run backtest** (a few seconds for the local generator).")
@@ -72,6 +77,8 @@ def backtest_sections() -> None:
                "(PROCOVA, qualified by the EMA in 2022) shrinks the outcome variance by 1 - rho², where rho is the "
                "correlation between score and outcome, estimated here on held-out control patients.")
     inputs = procova_inputs(val.endpoint_pairs(trial, result))
+    if run is not None:                   # the report plans with the inputs on this screen
+        st.session_state["validate_procova_inputs"] = (run.run_id, inputs)
     if inputs is not None:
         plan = val.procova(trial, result, **inputs)
         if "error" in plan:

@@ -186,3 +186,32 @@ def test_report_of_an_events_only_trial_validates_its_event_twins(pbc_events):
     # the event table under the Validate page's labels, parameters spelled out
     assert "C-index, Cox model" in card and "cindex_cox" not in card and "[DEATH]" in card
     assert "PROCOVA adjusts a continuous endpoint; this trial has no parameter with follow-up visits." in text
+
+
+def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
+    """The Validate page's default backtest of a run is the run's own validation (the report's),
+    and the report's PROCOVA plan uses the inputs set on that page: it says what the screen says."""
+    from services.evaluation.effects import run_effects
+    from services.reporting.report import build_report
+
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.session_state["twin_run"] = pbc_twins
+    at.session_state["twin_run_dir"] = None
+    at.switch_page("pages/validate.py").run()
+    next(b for b in at.button if b.label == "Run backtest").click().run()
+    assert not at.exception, at.exception
+    (result,) = at.session_state["validate_backtests"].values()
+    assert (result.folds, result.arm, result.twins_per_patient) == (2, "Placebo", 2)
+    next(n for n in at.number_input if n.label == "Effect to detect").set_value(1.5).run()
+    next(n for n in at.number_input if n.label == "Treated-arm rho").set_value(0.3).run()
+    assert not at.exception, at.exception
+    run_id, inputs = at.session_state["validate_procova_inputs"]
+    assert run_id == pbc_twins.run_id and inputs["effect"] == 1.5 and inputs["rho_treatment"] == 0.3
+    on_screen = {m.label: m.value for m in at.metric}
+    page = build_report(pbc, pbc_twins, backtest=result, procova_inputs=inputs,
+                        effects=run_effects(pbc, pbc_twins, refits=2))
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", " ", page, flags=re.DOTALL)))
+    assert "Planning inputs as set on the Validate page" in text
+    assert f"patients with PROCOVA {on_screen['Patients, PROCOVA']} " in text
+    assert f"patients with a baseline ANCOVA {on_screen['Patients, baseline ANCOVA']} " in text
+    assert "effect / SD 1.5 / " in text

@@ -195,6 +195,9 @@ def held_out_bound(generator: str, max_held_out: int | None = None) -> int | Non
     return max_held_out
 
 
+RUN_FOLDS = 2   # the run's own validation (kept in its folder): the report's and the Validate page's default
+
+
 def _backtest_plan(trial: Trial, run, arm: str | None, twins_per_patient: int | None,
                    max_held_out: int | None) -> tuple[str, dict, int, str, int | None]:
     """(generator, settings, K, arm, held-out bound) a backtest of `run` uses: the run's own
@@ -206,7 +209,7 @@ def _backtest_plan(trial: Trial, run, arm: str | None, twins_per_patient: int | 
     return name, settings, k, arm, held_out_bound(name, max_held_out)
 
 
-def validate_run(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
+def validate_run(trial: Trial, run=None, arm: str | None = None, folds: int = RUN_FOLDS,
                  twins_per_patient: int | None = None, seed: int = 0,
                  max_held_out: int | None = None) -> BacktestResult:
     """Backtest of the generator, settings and K of `run` (the local defaults without a run) on
@@ -220,7 +223,7 @@ def validate_run(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
                     generator_settings=settings, max_held_out=bound)
 
 
-def validate_safety(trial: Trial, run=None, arm: str | None = None, folds: int = 2,
+def validate_safety(trial: Trial, run=None, arm: str | None = None, folds: int = RUN_FOLDS,
                     twins_per_patient: int | None = None, seed: int = 0, top: int = 10,
                     n_boot: int = 500, max_held_out: int | None = None):
     """Safety backtest (`safety_backtest`) of the generator, settings and K of `run`, bounded
@@ -234,7 +237,7 @@ def validate_safety(trial: Trial, run=None, arm: str | None = None, folds: int =
                            max_held_out=bound)
 
 
-def cached_validate_run(trial: Trial, run, run_dir=None, folds: int = 2,
+def cached_validate_run(trial: Trial, run, run_dir=None, folds: int = RUN_FOLDS,
                         seed: int = 0) -> BacktestResult:
     """`validate_run` of the report (the run's target arm), kept as `validation.json` in the
     run's folder (`run_store`) for the report, the app and later sessions."""

@@ -87,12 +87,14 @@ def _effects_section(effects: dict | None) -> str:
 
 def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, procova: dict | None = None,
                  embedding_method: str = "tsne", seed: int = 0, effects: dict | None = None,
-                 evaluation: dict | None = None, run_dir=None) -> str:
+                 evaluation: dict | None = None, run_dir=None, procova_inputs: dict | None = None) -> str:
     """The report as one HTML string. `backtest` (a BacktestResult of the run's own generator,
     settings and K), `procova` (services.evaluation.validation.procova) and `effects`
     (services.evaluation.effects.run_effects) and `evaluation` (comparison.evaluate of the run,
     e.g. the one kept in its folder) are computed here when not given; with the run's folder
-    `run_dir`, the backtest and the embedding are those kept there (computed once per run)."""
+    `run_dir`, the backtest and the embedding are those kept there (computed once per run).
+    `procova_inputs`: the Validate page's planning inputs (effect, SD, power, ...), so the
+    report's plan is the one on the screen; the defaults (0.4 SD) without them."""
     from services.evaluation.effects import run_effects
     from services.evaluation.validation import backtestable, bootstrap_card, cached_validate_run
     from services.evaluation.validation import procova as procova_plan
@@ -102,11 +104,11 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     result = evaluation if evaluation is not None else ev.evaluate(kb, twins, run.manifest,
                                                                     seed=seed)
     if backtest is None and backtestable(kb):
-        backtest = cached_validate_run(kb, run, run_dir, folds=2, seed=seed)
+        backtest = cached_validate_run(kb, run, run_dir, seed=seed)
     if effects is None:
         effects = run_effects(kb, run, seed=seed)
     if procova is None and backtest is not None and kb.longitudinal_parameters:
-        procova = procova_plan(kb, backtest)
+        procova = procova_plan(kb, backtest, **(procova_inputs or {}))
     if procova is None and not kb.longitudinal_parameters:
         procova = {"error": "PROCOVA adjusts a continuous endpoint; this trial has no parameter with follow-up "
                             "visits."}
@@ -242,9 +244,10 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                           "rho used": f"{procova['plan']['rho_used']:.2f} ({procova['rule']})"}))
         if procova.get("note"):
             parts.append(f'<p class="muted">{html.escape(procova["note"])}.</p>')
-        parts.append('<p class="muted">The effect to detect is 0.4 SD unless set: a moderate effect, to be '
-                     "replaced by the effect the trial is powered for. The saving that counts is against the "
-                     "baseline ANCOVA a regulator expects anyway.</p>")
+        parts.append('<p class="muted">' + ("Planning inputs as set on the Validate page. " if procova_inputs else
+                     "The effect to detect is 0.4 SD (the default, not set on the Validate page): a moderate "
+                     "effect, to be replaced by the effect the trial is powered for. ") +
+                     "The saving that counts is against the baseline ANCOVA a regulator expects anyway.</p>")
         parts.append(fig(figs.sample_size_bars({"n_unadjusted": procova["n_unadjusted"],
                                                 "n_adjusted": procova["n_adjusted"]}, "Total sample size"),
                          "Variance times 1 - rho² as in the EMA-qualified PROCOVA method."))
