@@ -45,16 +45,20 @@ import numpy as np
 import pandas as pd
 
 from services.data.trial import Trial
+from services.evaluation.backtest_verdicts import (  # noqa: F401 - endpoint_visit is read from here too
+    CINDEX_MARGIN,
+    COVERAGE_TARGET,
+    KM_RATIO_TARGET,
+    RATIO_TARGET,
+    endpoint_visit,
+    summarize,
+)
 from services.evaluation.metrics.survival import concordance, km_sup_distance
 from services.evaluation.twin_bands import pit_coverage, twin_quantiles
 from services.generation import GENERATORS, get_generator
 from services.generation.local import BaselineFeatures
 from services.generation.local.ridge import breslow
 
-RATIO_TARGET = 1.0
-COVERAGE_TARGET = (0.75, 0.85)
-KM_RATIO_TARGET = 1.0
-CINDEX_MARGIN = 0.01          # twins' C-index within this of the Cox model's counts as met
 COX_PENALIZER = 0.1
 
 
@@ -145,7 +149,7 @@ def backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_per_pat
     n_twins = sum(int((m.get("counts") or {}).get("twins", 0)) for m in manifests)
     timings = {"total_s": round(time.perf_counter() - t0, 3), "generate_s": round(t_gen, 3),
                "twins": n_twins, "twins_per_s": round(n_twins / t_gen, 1) if t_gen > 0 else None}
-    summary = _summary(trial, arm, pairs, visits, parameters, tte)
+    summary = summarize(trial, arm, pairs, visits, parameters, tte, twins_per_patient, manifests)
     summary["held_out_twinned"] = int(sum(min(len(h), max_held_out or len(h)) for h in split))
     summary["held_out"] = int(sum(len(h) for h in split))
     return BacktestResult(trial=trial.name, arm=arm, folds=folds, twins_per_patient=twins_per_patient,
@@ -369,97 +373,3 @@ def _tte_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
                      "km_met": bool(km_r > 0 and km_t / km_r <= KM_RATIO_TARGET),
                      "cindex_met": bool(np.isfinite(c_t) and (not np.isfinite(c_c) or c_t >= c_c - CINDEX_MARGIN))})
     return pd.DataFrame(rows, columns=cols)
-
-
-# ------------------------------------------------------------------------------------------
-# summary
-
-
-def endpoint_visit(trial: Trial, pairs: pd.DataFrame | None = None) -> tuple[str | None, float | None]:
-    """(PARAMCD, AVISITN) of the endpoint: trial.toml `endpoint`, else the last visit of the
-    first longitudinal parameter seen in at least half as many patients as its busiest visit."""
-    ep = trial.meta.endpoint or {}
-    p, v = ep.get("paramcd"), ep.get("avisitn")
-    if p and v is not None:
-        sched = [s.avisitn for s in trial.schedule(str(p).upper())]
-        if float(v) in sched:
-            return str(p).upper(), float(v)
-        p = str(p).upper()
-    else:
-        p = trial.longitudinal_parameters[0] if trial.longitudinal_parameters else None
-    if p is None:
-        return None, None
-    sched = trial.schedule(p)
-    if not sched:
-        return None, None
-    busiest = max(s.n_subjects for s in sched)
-    well = [s.avisitn for s in sched if s.n_subjects >= 0.5 * busiest]
-    return p, float(well[-1]) if well else float(sched[-1].avisitn)
-
-
-def _summary(trial, arm, pairs, visits, parameters, tte) -> dict:
-    p_ep, v_ep = endpoint_visit(trial)
-    rho = None
-    n_ep = 0
-    if p_ep is not None and len(pairs):
-        g = pairs[(pairs["PARAMCD"] == p_ep) & (pairs["AVISITN"] == v_ep)].dropna(subset=["PREDICTED", "OBSERVED"])
-        n_ep = len(g)
-        if n_ep >= 3 and g["PREDICTED"].std() > 0 and g["OBSERVED"].std() > 0:
-            rho = float(np.corrcoef(g["PREDICTED"], g["OBSERVED"])[0, 1])
-    ratio_med = float(parameters["rmse_ratio"].median()) if len(parameters) else None
-    cov_all = cov_pit = None
-    if len(pairs):
-        ok = pairs.dropna(subset=["Q10", "Q90", "REFERENCE"])
-        ok = ok[ok["AVISITN"].isin(visits["AVISITN"])] if len(visits) else ok
-        cov_all = float(((ok["OBSERVED"] >= ok["Q10"]) & (ok["OBSERVED"] <= ok["Q90"])).mean()) if len(ok) else None
-        cov_pit = float(ok["PIT_COVER"].mean()) if len(ok) else None
-    cov_med = float(parameters["coverage_pit"].median()) if len(parameters) else None
-    share_acc = float(parameters["accuracy_met"].mean()) if len(parameters) else None
-    share_cal = float(parameters["calibration_met"].mean()) if len(parameters) else None
-    share_cells = float((visits["rmse_ratio"] <= RATIO_TARGET).mean()) if len(visits) else None
-
-    verdicts = []
-    if ratio_med is not None:
-        good = ratio_med <= RATIO_TARGET
-        verdicts.append(
-            f"Accuracy: {'met' if good else 'not met'}. The mean of each patient's twins predicts the real "
-            f"value with {100 * abs(1 - ratio_med):.0f}% {'less' if good else 'more'} error than a regression "
-            f"on the baseline value (median RMSE ratio {ratio_med:.2f}; target <= {RATIO_TARGET:.2f}; "
-            f"{share_acc:.0%} of parameters meet it).")
-    if cov_pit is not None:
-        lo, hi = COVERAGE_TARGET
-        state = "met" if lo <= cov_pit <= hi else ("too narrow: twins are overconfident" if cov_pit < lo
-                                                    else "too wide: twins are more spread than needed")
-        plain = ""
-        if cov_all is not None and abs(cov_all - cov_pit) >= 0.005:
-            plain = (f"; the plain share inside the twins' 10-90% range, counting ties with its ends as inside, "
-                     f"is {cov_all:.0%}")
-        verdicts.append(f"Calibration: {state}. {cov_pit:.0%} of real values fall in the middle 80% of their "
-                        f"twins' distribution, read by rank with ties split at random and balanced twins at "
-                        f"their own positions (target {lo:.0%}-{hi:.0%}{plain}).")
-    for _, r in tte.iterrows():
-        km_ok = r["km_met"]
-        verdicts.append(
-            f"Time to event {r['PARAMCD']}: the twins' Kaplan-Meier curve is {r['km_sup_twins']:.2f} from the "
-            f"held-out patients' at most, vs {r['km_sup_reference']:.2f} for the knowledge base's control arm "
-            f"({'met' if km_ok else 'not met'}); C-index of the twins' event ratio "
-            f"{r['cindex_twins']:.2f} vs {r['cindex_cox']:.2f} for a Cox model "
-            f"({'met' if r['cindex_met'] else 'not met'}).")
-    if rho is not None:
-        verdicts.append(f"PROCOVA: the twins' mean predicts {p_ep} at visit {v_ep:g} with correlation "
-                        f"{rho:.2f} (n={n_ep}); variance reduction of an adjusted analysis ~ {rho ** 2:.0%}.")
-    return {
-        "trial": trial.name, "arm": arm,
-        "rmse_ratio_median": ratio_med, "coverage": cov_pit, "coverage_interval": cov_all,
-        "coverage_median": cov_med,
-        "share_params_accuracy_met": share_acc, "share_params_calibration_met": share_cal,
-        "share_visits_ratio_met": share_cells,
-        "km_ratio_median": float(tte["km_ratio"].median()) if len(tte) else None,
-        "cindex_twins": float(tte["cindex_twins"].mean()) if len(tte) else None,
-        "cindex_cox": float(tte["cindex_cox"].mean()) if len(tte) else None,
-        "endpoint": {"paramcd": p_ep, "avisitn": v_ep, "n": n_ep}, "rho": rho,
-        "accuracy_met": bool(ratio_med is not None and ratio_med <= RATIO_TARGET),
-        "calibration_met": bool(cov_pit is not None and COVERAGE_TARGET[0] <= cov_pit <= COVERAGE_TARGET[1]),
-        "tte_met": bool(len(tte) and tte["km_met"].all() and tte["cindex_met"].all()) if len(tte) else None,
-        "verdicts": verdicts,
-    }

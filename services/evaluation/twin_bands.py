@@ -81,7 +81,10 @@ def pit_coverage(tw: pd.DataFrame, obs: pd.DataFrame, keys: list[str], lo: float
     observed value, the PIT is uniform between the positions of the a-th and (a + b + 1)-th
     twin (`rank_positions`; 0 and 1 at the ends): exactly uniform on [0, 1] for a calibrated
     generator, so it scores 0.80 on an integer scale too, where the share of values inside the
-    10-90% range counts every tie at its ends as inside. `balanced`: the twins are balanced."""
+    10-90% range counts every tie at its ends as inside. `balanced`: the twins are balanced.
+    NaN with a single twin: its rank's interval, [0, 1/2] or [1/2, 1], is 80 % inside [lo, hi]
+    either way, so it would read 0.80 whatever the twins (`pit_floor` gives the lowest reading
+    K twins allow)."""
     m = tw[keys + ["AVAL"]].merge(obs[keys + ["OBSERVED"]], on=keys, how="inner")
     v, y = m["AVAL"].to_numpy(float), m["OBSERVED"].to_numpy(float)
     tol = 1e-9 * np.maximum(1.0, np.abs(y))
@@ -96,4 +99,17 @@ def pit_coverage(tw: pd.DataFrame, obs: pd.DataFrame, keys: list[str], lo: float
         left[rows] = pos[a[rows].astype(int)]
         right[rows] = pos[(a[rows] + b[rows] + 1).astype(int)]
     inside = np.clip(np.minimum(right, hi) - np.maximum(left, lo), 0.0, None)
-    return inside / (right - left)
+    out = inside / (right - left)
+    out[k == 1] = np.nan
+    return out
+
+
+def pit_floor(k: int, balanced: bool = False, lo: float = 0.10, hi: float = 0.90) -> float:
+    """The lowest coverage reading K twins allow (every real value outside all its twins): with
+    few twins the rank PIT cannot resolve the band's ends, e.g. 0.70 at K 2, 0 from K 9 on."""
+    if k < 2:
+        return float("nan")
+    pos = rank_positions(int(k), balanced)
+    below = max(0.0, pos[0] - lo) / pos[0]
+    above = max(0.0, hi - pos[-1]) / (1 - pos[-1])
+    return float(min(below, above))

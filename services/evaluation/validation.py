@@ -16,6 +16,7 @@ from services.evaluation.backtest import (
     BacktestResult,
     endpoint_visit,
 )
+from services.evaluation.backtest_verdicts import MIN_VERDICT_PATIENTS
 from services.evaluation.ceiling import information_card
 from services.evaluation.metrics.procova import default_effect, estimate_adjustment
 from services.jsonable import jsonable
@@ -31,7 +32,7 @@ def _per_patient(pairs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "USUBJID": ok["USUBJID"], "se_twin": (ok["PREDICTED"] - ok["OBSERVED"]) ** 2,
         "se_ref": (ok["REFERENCE"] - ok["OBSERVED"]) ** 2, "inside": inside, "n": 1.0,
-    }).groupby("USUBJID").sum()
+    }).groupby("USUBJID").sum(min_count=1)     # a single twin's NaN reading stays NaN, not 0
 
 
 def _ratio_and_coverage(agg: pd.DataFrame, weights: np.ndarray | None = None) -> tuple[float, float]:
@@ -62,18 +63,23 @@ def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0,
         if len(agg) >= 5:
             weights = rng.multinomial(len(agg), np.full(len(agg), 1 / len(agg)), size=n_boot)
             boots = np.array([_ratio_and_coverage(agg, w) for w in weights])
-            lo_r, hi_r = np.nanpercentile(boots[:, 0], [2.5, 97.5])
-            lo_c, hi_c = np.nanpercentile(boots[:, 1], [2.5, 97.5])
+            finite = np.isfinite(boots).any(axis=0)        # a single twin's coverage is NaN throughout
+            if finite[0]:
+                lo_r, hi_r = np.nanpercentile(boots[:, 0], [2.5, 97.5])
+            if finite[1]:
+                lo_c, hi_c = np.nanpercentile(boots[:, 1], [2.5, 97.5])
         acc_ok = ratio <= RATIO_TARGET
         cal_ok = COVERAGE_TARGET[0] <= coverage <= COVERAGE_TARGET[1]
         rows.append({
             "PARAMCD": paramcd, "patients": len(agg), "values": int(agg["n"].sum()),
             "rmse_ratio": ratio, "rmse_ratio_lo": lo_r, "rmse_ratio_hi": hi_r,
             "coverage": coverage, "coverage_lo": lo_c, "coverage_hi": hi_c,
-            "accuracy": "not estimated" if not np.isfinite(ratio) else
+            "accuracy": f"too few patients ({len(agg)})" if len(agg) < MIN_VERDICT_PATIENTS else
+                        "not estimated" if not np.isfinite(ratio) else
                         ("better than" if acc_ok else "worse than") + " the baseline regression"
                         + ("" if not (lo_r <= RATIO_TARGET <= hi_r) else " (not conclusively)"),
-            "calibration": "not estimated" if not np.isfinite(coverage) else "well calibrated" if cal_ok else (
+            "calibration": f"too few patients ({len(agg)})" if len(agg) < MIN_VERDICT_PATIENTS else
+                           "not estimated" if not np.isfinite(coverage) else "well calibrated" if cal_ok else (
                 "intervals too narrow (overconfident)" if coverage < COVERAGE_TARGET[0] else "intervals too wide"),
         })
     card = pd.DataFrame(rows)
