@@ -119,9 +119,14 @@ def test_the_default_effect_is_0_4_sd_whatever_the_unit(pbc, result):
 
 
 def test_a_card_without_reference_says_not_estimated(result):
-    pairs = result.pairs.assign(REFERENCE=np.nan)
+    # the reference regression exact (0/0): no ratio, no verdict on it
+    pairs = result.pairs.assign(REFERENCE=result.pairs["OBSERVED"])
     card = bootstrap_card(dataclasses.replace(result, pairs=pairs), n_boot=20)
     assert (card["accuracy"] == "not estimated").all()
+    # no reference at all: no patient is scored, and the card says so
+    pairs = result.pairs.assign(REFERENCE=np.nan)
+    card = bootstrap_card(dataclasses.replace(result, pairs=pairs), n_boot=20)
+    assert (card["accuracy"] == "too few patients (0)").all()
     assert not card["accuracy"].str.contains("worse|better").any()
 
 
@@ -146,3 +151,50 @@ def test_a_perfect_fit_has_no_interval_or_p_value(pbc):
 def test_plan_refuses_a_partial_correlation_that_is_not_a_number():
     with pytest.raises(ValueError, match="rho_partial is not a number"):
         procova_plan(1.0, 2.0, 0.5, conservative=False, rho_baseline=0.5, rho_partial=float("nan"))
+
+
+def test_one_twin_per_patient_cannot_show_calibration(pbc):
+    """A single twin's rank reads 80 % inside the band whatever the twins: no verdict, and the
+    card says 'not estimated' (its NaN summed to 0 before: 'too narrow')."""
+    res = backtest(pbc, folds=2, twins_per_patient=1, seed=1)
+    assert res.pairs["PIT_COVER"].isna().all()
+    s = res.summary
+    assert s["coverage"] is None and s["calibration_met"] is None
+    assert any(v.startswith("Calibration: not estimable with 1 twin") for v in s["verdicts"])
+    card = bootstrap_card(res, n_boot=20)
+    assert (card["calibration"] == "not estimated").all() and card["coverage"].isna().all()
+    # two twins: a verdict, with the floor the reading cannot go below
+    two = backtest(pbc, folds=2, twins_per_patient=2, seed=1).summary
+    assert any("cannot fall below 60%" in v for v in two["verdicts"])       # balanced K 2
+
+
+def test_too_few_held_out_patients_get_figures_not_verdicts(pbc):
+    res = backtest(pbc, folds=2, twins_per_patient=5, seed=1, max_held_out=2)
+    s = res.summary
+    assert s["patients_scored"] == 4
+    assert s["accuracy_met"] is None and s["calibration_met"] is None
+    assert s["verdicts"][0].startswith("Too few held-out patients for a verdict: 4 scored")
+    assert not any(v.startswith(("Accuracy", "Calibration", "PROCOVA")) for v in s["verdicts"])
+    card = bootstrap_card(res, n_boot=20)
+    assert card["accuracy"].str.fullmatch(r"too few patients \([34]\)").all()
+
+
+def test_an_event_type_without_events_is_not_estimable(pbc):
+    tte = pbc.tte.copy()
+    tte.loc[tte.PARAMCD == "DEATH", "CNSR"] = 1
+    res = backtest(dataclasses.replace(pbc, tte=tte), folds=2, twins_per_patient=5, seed=1)
+    (death,) = [v for v in res.summary["verdicts"] if v.startswith("Time to event DEATH")]
+    assert "not estimable: 0 events among the" in death
+    others = [v for v in res.summary["verdicts"] if v.startswith("Time to event DTHTX")]
+    assert others and "events among" in others[0]
+
+
+def test_an_arm_too_small_to_score_says_so():
+    from services.data.demo import load_demo
+
+    epilepsy = load_demo("epilepsy")
+    ids = list(epilepsy.subjects.query("ARM == 'Placebo'").USUBJID[:12])
+    ids += list(epilepsy.subjects.query("ARM != 'Placebo'").USUBJID)
+    res = backtest(epilepsy.subset(ids), folds=2, twins_per_patient=5, seed=0)
+    assert res.visits.empty
+    assert res.summary["verdicts"][0].startswith("No visit could be scored")

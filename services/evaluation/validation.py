@@ -124,13 +124,13 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
     that counts is against the baseline ANCOVA a regulator expects anyway (Schuler et al.
     2022; EMA 2022), from the partial correlation the score adds given the baseline."""
     paramcd, avisitn, pairs = endpoint_pairs(trial, result)
-    if len(pairs) < 5:
+    if len(pairs) < 5:      # the conservative rule's Fisher bound counts the pairs; the rule names them
         return {"error": f"too few held-out patients with the endpoint ({len(pairs)}) to estimate rho"}
     rho = M.estimate_rho(pairs["PREDICTED"], pairs["OBSERVED"])
     if not np.isfinite(rho.rho):
         return {"error": f"rho cannot be estimated at the endpoint: the twins' prediction or the outcome does not "
                          f"vary among the {len(pairs)} held-out patients"}
-    adj, note = None, ""
+    adj, notes = None, []
     if "BASELINE" in pairs and pairs["BASELINE"].notna().sum() >= 5:
         adj = estimate_adjustment(pairs["PREDICTED"], pairs["BASELINE"], pairs["OBSERVED"])
         if np.isfinite(adj.rho_baseline) and not np.isfinite(adj.rho_partial):
@@ -138,16 +138,24 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
                              "(no patient changed, or all by the same rule): the outcome's variance around the "
                              "baseline, which a trial is sized on, cannot be estimated from them"}
         if not np.isfinite(adj.rho_baseline):      # e.g. a 0/1 item present at everybody's baseline
-            adj, note = None, ("the baseline does not vary among the held-out patients at the endpoint, so the "
-                               "saving against a baseline ANCOVA cannot be estimated; sizes are against the "
-                               "unadjusted analysis only")
+            adj = None
+            notes.append("the baseline does not vary among the held-out patients at the endpoint, so the saving "
+                         "against a baseline ANCOVA cannot be estimated; sizes are against the unadjusted "
+                         "analysis only")
+    # a prognostic score predicts in the right direction: a negative correlation on held-out
+    # patients is a generator that failed here (or noise), never a saving (|rho| would make one)
+    score_rho = rho.rho if adj is None else adj.rho_partial
+    if score_rho < 0:
+        notes.append(f"the twins' prediction correlates negatively with the endpoint among the held-out patients "
+                     f"({'rho' if adj is None else 'partial correlation given the baseline'} {score_rho:.2f}): "
+                     "they are no prognostic score here, so no saving is planned from them")
     sd = float(sd if sd else pairs["OBSERVED"].std(ddof=1))
     effect = float(effect if effect else default_effect(sd))
-    plan = M.procova_plan(effect, sd, rho.rho, alpha=alpha, power=power, ratio=ratio,
+    plan = M.procova_plan(effect, sd, max(rho.rho, 0.0), alpha=alpha, power=power, ratio=ratio,
                           conservative=conservative, deflation=deflation,
                           n_rho=len(pairs) if adj is None else adj.n, method="t",
                           rho_baseline=None if adj is None else adj.rho_baseline,
-                          rho_partial=None if adj is None else adj.rho_partial,
+                          rho_partial=None if adj is None else max(adj.rho_partial, 0.0),
                           sd_treatment=sd_treatment, rho_treatment=rho_treatment)
     out = {"paramcd": paramcd, "avisitn": avisitn, "label": trial.parameters[paramcd].label,
            "visit": _visit_label(trial, paramcd, avisitn),
@@ -156,7 +164,7 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
            "n_unadjusted": plan.unadjusted.n_total, "n_adjusted": plan.adjusted.n_total,
            "saving_total": plan.saving_total, "saving_pct": plan.saving_pct, "rule": plan.rule,
            "method": "noncentral t", "generator": result.generator, "twins_per_patient": result.twins_per_patient,
-           "note": note}
+           "note": "; ".join(notes)}
     if plan.baseline_ancova is not None:
         out.update({"n_baseline_ancova": plan.baseline_ancova.n_total,
                     "saving_vs_baseline_total": plan.saving_vs_baseline_total,
