@@ -198,3 +198,20 @@ def test_an_arm_too_small_to_score_says_so():
     res = backtest(epilepsy.subset(ids), folds=2, twins_per_patient=5, seed=0)
     assert res.visits.empty
     assert res.summary["verdicts"][0].startswith("No visit could be scored")
+
+
+def test_twins_stay_under_a_scales_ceiling():
+    """btheb's BDI recoded to a 0-10 scale, 6 % of values at 10: a pile at an end is the scale's
+    bound, not a range to widen by 10 % (54 twins scored 11 before; a 0-100 VAS reached 110)."""
+    from services.data.demo import load_demo
+    from services.retrieval.retriever import ExactRetriever
+
+    t = load_demo("btheb")
+    d = t.bds["adqs"].assign(AVAL=lambda d: np.minimum(10, np.round(d.AVAL / 4)))
+    scale = dataclasses.replace(t, bds={"adqs": d}, content_hash="btheb-0-10")
+    assert (d.AVAL == 10).mean() > 0.02
+    src = scale.subset(list(scale.subjects.query("ARM == 'Beat the Blues'").USUBJID))
+    run = get_generator("local", retriever_factory=ExactRetriever).fit(scale).generate(
+        src.baseline_only(), target_arm="Treatment as usual", twins_per_patient=20, seed=0)
+    v = run.values()
+    assert v.AVAL.max() == 10 and (v.AVAL == 10).any() and v.AVAL.min() >= 0

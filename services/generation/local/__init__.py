@@ -56,7 +56,8 @@ below was measured with `bench/backtest.py` (see the report in its docstring).
      correlations). Applied with h >= 0.5 to a twin whose donor repeats (K > arm size - 1).
 4. **Values.** mean + residual, back-transformed, clipped to the parameter's observed range
    in the target arm widened by `clip_margin` x range (never below half the smallest value
-   for positive parameters, never below 0 for non-negative ones); integer parameters (every
+   for positive parameters, never below 0 for non-negative ones; not widened at an end where
+   values pile up, at least 3 and 2 % of them: a scale's floor or ceiling); integer parameters (every
    observed value a whole number) are rounded at random: floor + a Bernoulli of the fraction,
    so a twin's expected value is the unrounded one (rounding to the nearest, `"nearest"`, made
    a 0/1 item's twins repeat their donors' values: simulated binary trials, RMSE ratio vs the

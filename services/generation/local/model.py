@@ -300,9 +300,12 @@ class ArmFitting:
                 if len(v):
                     lo_, hi_ = v.min(), v.max()
                     margin = self.clip_margin * (hi_ - lo_)
-                    # positive parameters stay positive (at least half the smallest value seen)
-                    lo[f, j] = max(lo_ - margin, lo_ / 2) if lo_ > 0 else (0.0 if lo_ == 0 else lo_ - margin)
-                    hi[f, j] = hi_ + margin
+                    # a pile at an end (a scale's floor or ceiling) is a bound; positive parameters
+                    # stay positive (at least half the smallest value seen)
+                    piled = [np.sum(v == e) >= max(3, 0.02 * len(v)) for e in (lo_, hi_)]
+                    lo[f, j] = lo_ if piled[0] else max(lo_ - margin, lo_ / 2) if lo_ > 0 else (
+                        0.0 if lo_ == 0 else lo_ - margin)
+                    hi[f, j] = hi_ if piled[1] else hi_ + margin
             # whole numbers at every post-baseline visit (a baseline may be an average)
             every = allvals.loc[allvals["PARAMCD"] == o.paramcd, "AVAL"].to_numpy(float)
             integer[j] = len(every) > 0 and bool(np.all(np.abs(every - np.round(every)) < 1e-9))
