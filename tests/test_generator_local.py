@@ -359,14 +359,15 @@ def test_event_time_helpers_by_hand():
 
     # Breslow H0 steps to 0.5 at day 2 and to 1.5 at day 4: spread by the target's position
     # within the step from the midpoint with the previous step (or day 0) to the midpoint with
-    # the next (past the last step, its previous gap mirrored)
+    # the next; the last step only below it (past it lies no observed time: where follow-up ended
+    # there, the half spread past it was censored)
     h_t, h_v = np.array([2.0, 4.0]), np.array([0.5, 1.5])
     got = event_times(np.array([0.0, 0.25, 0.5, 1.0, 1.5, 2.0]), h_t, h_v)
-    assert got == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, np.inf])
+    assert got == pytest.approx([1.0, 2.0, 3.0, 3.5, 4.0, np.inf])
     # a long gap before a short one: the spreads meet without overlapping, so the time still
     # rises with the target (the twins keep the model's risk order)
     got = event_times(np.array([0.99, 1.0, 1.01]), np.array([2.0, 10.0, 11.0]), np.array([0.5, 1.0, 1.5]))
-    assert got == pytest.approx([6.0 + 0.98 * 4.5, 10.5, 10.5 + 0.02]) and np.all(np.diff(got) > 0)
+    assert got == pytest.approx([6.0 + 0.98 * 4.5, 10.5, 10.5 + 0.01]) and np.all(np.diff(got) > 0)
     # reverse KM of censorings at 1 and 3, events at 2 and 4: P(C <= 1) = 1/4, P(C <= 3) = 5/8;
     # beyond, the last follow-up (day 4)
     t, c = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 0])
@@ -375,6 +376,9 @@ def test_event_time_helpers_by_hand():
     # P(C <= 1) = 1/3 of the three at risk, not 1/2
     t2, c2 = np.array([1.0, 1.0, 2.0]), np.array([0, 1, 0])
     assert _censoring_times(t2, c2, np.array([0.7, 0.6])) == pytest.approx([1.0 + 0.4, 2.0])
+    # a last censoring step at the last follow-up is that end, not spread below it
+    t3, c3 = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0, 1, 0, 1])
+    assert _censoring_times(t3, c3, np.array([0.4, 0.1])) == pytest.approx([4.0, 4.0])
 
 
 def test_event_twins_of_a_composite_endpoint_keep_the_real_event_rates(pbc, pbc_gen):
