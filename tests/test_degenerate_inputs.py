@@ -237,3 +237,21 @@ def test_events_found_at_the_last_visit_keep_their_mass(pbc):
     twins = run.tte[run.tte.PARAMCD == "DEATH"]
     assert twins.AVAL.max() <= 1095
     assert abs((twins.CNSR == 0).mean() - (real.CNSR == 0).mean()) < 0.015
+
+
+def test_a_gross_entry_error_is_named_in_the_runs_notes():
+    """One BDI of 1e6 among scores of 0-63 spread into twins up to 1.1e6 with empty notes; the
+    run now names the value (23 real trials of the backtest corpus raise no such note)."""
+    from services.data.demo import load_demo
+    from services.data.quality import outlying_values
+
+    t = load_demo("btheb")
+    d = t.bds["adqs"].copy()
+    row = d.index[(d.ARM == "Treatment as usual") & (d.AVISITN > 0)][0]
+    d.loc[row, "AVAL"] = 1e6
+    bad = dataclasses.replace(t, bds={"adqs": d}, content_hash="btheb-1e6")
+    assert outlying_values(t.visit_values) == []
+    src = bad.subset(list(bad.subjects.query("ARM == 'Beat the Blues'").USUBJID[:5]))
+    run = get_generator("local").fit(bad).generate(src.baseline_only(), "Treatment as usual", twins_per_patient=2)
+    (note,) = [n for n in run.manifest["notes"] if "far outside the rest" in n]
+    assert note.startswith("BDI: 1 value(s) far outside the rest (1e+06 (" + str(d.loc[row, "USUBJID"]))

@@ -11,6 +11,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from services.data.adverse import has_ae
+from services.data.quality import outlying_values
 from services.data.trial import Trial
 from services.generation.assembly import assemble_run, run_counts, truncate_at_followup
 from services.generation.base import (
@@ -170,7 +171,8 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
         model = self.arm_model(target_arm)
         k_ret = max(self.neighbors, k, self.tte_neighbors if model.tte else 0)
         manifest["retriever"] = retriever_manifest(self.retriever, k_ret)
-        manifest["notes"] = list(model.notes)
+        vv = kb.visit_values
+        manifest["notes"] = list(model.notes) + outlying_values(vv[vv["ARM"] == target_arm])
         manifest["model_details"] = {
             "outcomes": len(model.outcomes), "features": len(model.features.columns),
             "cv_folds": int(model.b0.shape[0] - 1),
