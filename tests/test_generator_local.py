@@ -359,15 +359,19 @@ def test_event_time_helpers_by_hand():
 
     # Breslow H0 steps to 0.5 at day 2 and to 1.5 at day 4: spread by the target's position
     # within the step from the midpoint with the previous step (or day 0) to the midpoint with
-    # the next; the last step only below it (past it lies no observed time: where follow-up ended
-    # there, the half spread past it was censored)
+    # the next (past the last step, its previous gap mirrored up to the last follow-up)
     h_t, h_v = np.array([2.0, 4.0]), np.array([0.5, 1.5])
     got = event_times(np.array([0.0, 0.25, 0.5, 1.0, 1.5, 2.0]), h_t, h_v)
-    assert got == pytest.approx([1.0, 2.0, 3.0, 3.5, 4.0, np.inf])
+    assert got == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, np.inf])
+    # follow-up ending at the last step (events found at a final visit): spread below it only,
+    # where the half past it was censored there; with follow-up to day 4.5, up to it
+    got = event_times(np.array([1.0, 1.5]), h_t, h_v, end=4.0)
+    assert got == pytest.approx([3.5, 4.0])
+    assert event_times(np.array([1.0, 1.5]), h_t, h_v, end=4.5) == pytest.approx([3.75, 4.5])
     # a long gap before a short one: the spreads meet without overlapping, so the time still
     # rises with the target (the twins keep the model's risk order)
     got = event_times(np.array([0.99, 1.0, 1.01]), np.array([2.0, 10.0, 11.0]), np.array([0.5, 1.0, 1.5]))
-    assert got == pytest.approx([6.0 + 0.98 * 4.5, 10.5, 10.5 + 0.01]) and np.all(np.diff(got) > 0)
+    assert got == pytest.approx([6.0 + 0.98 * 4.5, 10.5, 10.5 + 0.02]) and np.all(np.diff(got) > 0)
     # reverse KM of censorings at 1 and 3, events at 2 and 4: P(C <= 1) = 1/4, P(C <= 3) = 5/8;
     # beyond, the last follow-up (day 4)
     t, c = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 0])

@@ -147,8 +147,8 @@ class EventDrawing:
             t_max = np.max(np.where(w > 0, np.nan_to_num(t_fin, nan=-np.inf), -np.inf), axis=1) if m \
                 else np.full(len(chunk), -np.inf)
             t_max = np.where(np.isfinite(t_max), t_max, np.nan)
-            T = _draw(t_fin, surv, ev, u_ev)
-            C = _draw(t_fin, cens, cn, u_cn, end=t_max)
+            T = _draw(t_fin, surv, ev, u_ev, end=t_max)
+            C = _draw(t_fin, cens, cn, u_cn, end=t_max, censoring=True)
             C = np.where(np.isfinite(C), C, t_max[:, None])
             C = np.minimum(C, t_max[:, None])        # jitter never beyond the last follow-up
             aval = np.minimum(T, C)
@@ -190,9 +190,12 @@ class EventDrawing:
         def curve(q, u):
             lp = np.exp(np.clip(np.einsum("sf,sf->s", X_src, model.tte_beta[q][which]), -30, 30))
             out = np.full((S, k), np.inf)
+            # the last follow-up of the event type (of any, for the other causes of a composite)
+            t_q = model.tte[q][0] if q in model.tte else np.concatenate([t for t, _ in model.tte.values()])
+            end = float(np.max(t_q[np.isfinite(t_q)])) if np.isfinite(t_q).any() else None
             for i in range(S):
                 h_t, h_v = model.tte_h0[q][which[i]]
-                out[i] = event_times(-np.log(u[i]) / lp[i], h_t, h_v)
+                out[i] = event_times(-np.log(u[i]) / lp[i], h_t, h_v, end)
             return out
 
         drawn, ends = {}, {}
@@ -232,29 +235,30 @@ _R3 = tuple(1.0 / _PLASTIC3 ** d for d in (1, 2, 3))
 
 
 def _jittered(x: np.ndarray, x_prev: np.ndarray, x_next: np.ndarray, frac: np.ndarray,
-              end=None) -> np.ndarray:
+              end=None, censoring: bool = False) -> np.ndarray:
     """The step's time x spread by frac over [x - _JITTER/2 (x - x_prev), x + _JITTER/2 (x_next -
-    x)] (x_prev: the previous step or time 0; the last step is spread below it only: past it
-    lies no observed time, and where follow-up ended there, e.g. events found at a final visit,
-    the half spread past it was censored and half its events lost): with _JITTER 1, from the
+    x)] (x_prev: the previous step or time 0; past the last step its gap mirrors the previous
+    one, up to `end`, the last follow-up: where follow-up ended at that step, e.g. events found
+    at a final visit, the half spread past it was censored and half its events lost): with _JITTER 1, from the
     midpoint with the previous step to the midpoint with the next. Neighbouring steps' spreads
     meet without overlapping, so the time rises with the target (a twin's risk order and nested
     endpoints are kept), and integer days rarely fall on the real patients' own days.
-    `end` (censoring times): the last follow-up; a last step there is not spread at all (spread
-    below it, it would cut the follow-up of twins whose events lie at that end), one before it
-    mirrors its previous gap (the caller caps it at `end`)."""
+    `censoring`: a last step at `end` is not spread at all (spread below it, it would cut the
+    follow-up of twins whose events lie at that end); one before it mirrors its previous gap
+    (the caller caps it at `end`)."""
     last = ~np.isfinite(x_next)
     below = x - x_prev
-    if end is None:
-        above = np.where(last, 0.0, x_next - x)
-    else:
-        at_end = last & (x >= end)
-        above = np.where(last, np.where(at_end, 0.0, below), x_next - x)
-        below = np.where(at_end, 0.0, below)
+    gap = np.full(np.shape(x), np.inf) if end is None else end - x
+    room = np.where(np.isfinite(gap), np.clip(2 * gap, 0.0, below), below)    # spread reaches x + room / 2
+    above = np.where(last, room, x_next - x)
+    if censoring and end is not None:
+        below = np.where(last & (x >= end), 0.0, below)
+        above = np.where(last & (x < end), below, above)
     return x + _JITTER * (frac * (below + above) / 2 - below / 2)
 
 
-def _step_inverse(x: np.ndarray, y: np.ndarray, target: np.ndarray, end=None) -> np.ndarray:
+def _step_inverse(x: np.ndarray, y: np.ndarray, target: np.ndarray, end=None,
+                  censoring: bool = False) -> np.ndarray:
     """Inverse of the step function that rises to y[j] at x[j] (y increasing, 0 before x[0]):
     x[j] of the first step reaching `target`, jittered within its neighbourhood (`_jittered`) by
     the target's position within the step; inf beyond the last step."""
@@ -267,17 +271,17 @@ def _step_inverse(x: np.ndarray, y: np.ndarray, target: np.ndarray, end=None) ->
     y_prev = np.where(p > 0, y[np.maximum(p - 1, 0)], 0.0)
     span = y[p] - y_prev
     frac = np.clip(np.divide(target - y_prev, span, out=np.full(target.shape, 0.5), where=span > 0), 0, 1)
-    return np.where(inside, _jittered(x[p], x_prev, x_next, frac, end), np.inf)
+    return np.where(inside, _jittered(x[p], x_prev, x_next, frac, end, censoring), np.inf)
 
 
-def event_times(target: np.ndarray, h_times: np.ndarray, h_vals: np.ndarray) -> np.ndarray:
+def event_times(target: np.ndarray, h_times: np.ndarray, h_vals: np.ndarray, end=None) -> np.ndarray:
     """The time at which the baseline cumulative hazard H0 (a step at each event time) reaches
     `target`, jittered within the step (`_step_inverse`); inf where target is beyond H0 at the
     last event time (no event within what was observed)."""
     target = np.asarray(target, float)
     if len(h_times) == 0 or h_vals[-1] <= 0:
         return np.full(target.shape, np.inf)
-    return _step_inverse(np.asarray(h_times, float), np.asarray(h_vals, float), target)
+    return _step_inverse(np.asarray(h_times, float), np.asarray(h_vals, float), target, end)
 
 
 def _censoring_times(t: np.ndarray, c: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -292,7 +296,7 @@ def _censoring_times(t: np.ndarray, c: np.ndarray, u: np.ndarray) -> np.ndarray:
     last = float(t.max())
     if not steps.any():
         return np.full(np.shape(u), last)
-    out = _step_inverse(t[steps], 1.0 - surv[steps], 1.0 - np.asarray(u, float), end=last)
+    out = _step_inverse(t[steps], 1.0 - surv[steps], 1.0 - np.asarray(u, float), end=last, censoring=True)
     return np.where(np.isfinite(out), np.minimum(out, last), last)
 
 
@@ -307,7 +311,8 @@ def _tte_frame(frames: list[pd.DataFrame], chunk: list[str]) -> pd.DataFrame:
     return out[["USUBJID", "SRCSUBJID", "PARAMCD", "AVAL", "CNSR"]].reset_index(drop=True)
 
 
-def _draw(t: np.ndarray, surv: np.ndarray, jump: np.ndarray, u: np.ndarray, end=None) -> np.ndarray:
+def _draw(t: np.ndarray, surv: np.ndarray, jump: np.ndarray, u: np.ndarray, end=None,
+          censoring: bool = False) -> np.ndarray:
     """Inverse-transform draws from step curves `surv` (S, m) at sorted times `t` that drop at
     `jump` positions: the time of the step u falls in, jittered within its neighbourhood
     (`_jittered`: the gaps to the previous and next drops) by u's position within the step (no
@@ -337,4 +342,5 @@ def _draw(t: np.ndarray, surv: np.ndarray, jump: np.ndarray, u: np.ndarray, end=
     s0 = np.take_along_axis(np.broadcast_to(prev_s[:, None, :], above.shape), p[..., None], axis=2)[..., 0]
     span = s0 - s_hit
     frac = np.clip(np.divide(s0 - u, span, out=np.ones_like(u), where=span > 0), 0, 1)
-    return np.where(inside, _jittered(t_hit, t0, t1, frac, None if end is None else end[:, None]), np.inf)
+    return np.where(inside, _jittered(t_hit, t0, t1, frac, None if end is None else end[:, None], censoring),
+                    np.inf)
