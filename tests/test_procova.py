@@ -291,3 +291,14 @@ def test_estimate_adjustment_score_on_the_baselines_line_adds_nothing():
     rs = score - np.polyval(np.polyfit(b, score, 1), b)
     assert estimate_adjustment(score, b, y).rho_partial == pytest.approx(np.corrcoef(ry, rs)[0, 1],
                                                                          rel=1e-6)
+
+
+def test_conservative_planning_never_promises_more_than_the_estimates():
+    """With rho_partial derived from rho and rho_baseline, bounding rho_baseline first raised the
+    derived partial correlation: conservative planned a larger saving (22) than as given (14)."""
+    kw = {"method": "t", "rho_baseline": 0.75, "n_rho": 20}
+    cons = procova_plan(0.5, 1.0, 0.8, conservative=True, **kw)
+    raw = procova_plan(0.5, 1.0, 0.8, conservative=False, **kw)
+    assert cons.rho_partial == pytest.approx(raw.rho_partial)
+    assert cons.rho_partial_used <= raw.rho_partial_used
+    assert cons.adjusted.n_total >= raw.adjusted.n_total

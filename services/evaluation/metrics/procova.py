@@ -387,9 +387,10 @@ def procova_plan(effect: float, sd: float, rho: float, alpha: float = 0.05,
       (``baseline_ancova``, variance factor 1 - rho_b^2, 1 covariate) and make ``adjusted`` the
       ANCOVA on baseline + score (factor (1 - rho_b^2)(1 - rho_partial_used^2), 2 covariates);
       the conservative rule then applies to ``rho_partial`` (what the twins add), the baseline
-      correlation is used as given. ``saving_vs_baseline_*`` is the saving that counts. Without
-      ``rho_partial`` the score is assumed to carry the baseline's information
-      (rho_partial from rho and rho_b assuming the score explains the baseline's part:
+      correlation is used as given (conservative: at its one-sided lower bound on ``n_rho``,
+      without the drift deflation; both ANCOVA plans use it). ``saving_vs_baseline_*`` is the
+      saving that counts. Without ``rho_partial`` the score is assumed to carry the baseline's
+      information (rho_partial from rho and the unbounded rho_b, the score explaining its part:
       (1 - rho_b^2)(1 - rho_partial^2) = 1 - max(rho^2, rho_b^2)).
     - ``sd_treatment`` / ``rho_treatment``: the treated arm's SD and correlation when they
       differ from the control arm's (``rho_treatment`` is deflated like ``rho``). With
@@ -440,6 +441,7 @@ def procova_plan(effect: float, sd: float, rho: float, alpha: float = 0.05,
         if 1 - rb**2 < COLLINEAR:
             raise ValueError("rho_baseline is 1: the outcome is a line of the baseline, so there is no "
                              "variance left to size a trial on")
+        rb_raw = rb              # what the score's derived partial correlation is relative to
         if conservative and n_rho is not None:
             # estimated on the same pairs: its lower bound too (no drift deflation, which is the
             # score's), or both ANCOVA plans would rest on a raw estimate
@@ -453,7 +455,7 @@ def procova_plan(effect: float, sd: float, rho: float, alpha: float = 0.05,
             raise ValueError("rho_partial is not a number: the score's partial correlation could not be "
                              "estimated (give None to derive it from rho and rho_baseline)")
         if rho_partial is None:
-            rp = math.sqrt(max(0.0, 1 - (1 - max(r**2, rb**2)) / (1 - rb**2))) if rb < 1 else 0.0
+            rp = math.sqrt(max(0.0, 1 - (1 - max(r**2, rb_raw**2)) / (1 - rb_raw**2)))
         else:
             rp = abs(float(rho_partial))
         lower = None
