@@ -49,11 +49,12 @@ def backtest_sections() -> None:
         asked = st.form_submit_button("Run backtest")
 
     key = (trial.content_hash, run.run_id if run is not None else None, arm, folds, k, int(seed))
+    own_validation = run is not None and (arm, folds, k, int(seed)) == (run.target_arm, val.RUN_FOLDS, run_k, 0)
     store = st.session_state.setdefault("validate_backtests", {})
     if asked and key not in store:
         with st.spinner(f"Backtesting the {gen_name} generator: twins of every held-out patient..."):
             store.clear()
-            if run is not None and (arm, folds, k, int(seed)) == (run.target_arm, val.RUN_FOLDS, run_k, 0):
+            if own_validation:
                 # the run's own validation: the one the report shows (often done in the background)
                 store[key] = val.cached_validate_run(trial, run, get_run_dir())
             else:
@@ -77,7 +78,7 @@ def backtest_sections() -> None:
                "(PROCOVA, qualified by the EMA in 2022) shrinks the outcome variance by 1 - rho², where rho is the "
                "correlation between score and outcome, estimated here on held-out control patients.")
     inputs = procova_inputs(val.endpoint_pairs(trial, result))
-    if run is not None:                   # the report plans with the inputs on this screen
+    if own_validation:       # the report plans on the run's own validation with the inputs on this screen
         st.session_state["validate_procova_inputs"] = (run.run_id, inputs)
     if inputs is not None:
         plan = val.procova(trial, result, **inputs)

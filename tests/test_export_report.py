@@ -159,10 +159,10 @@ def test_an_llm_runs_report_validates_the_llm_generator(tmp_path, monkeypatch):
         check = validate_run(epil, run, folds=2, seed=0)
         assert check.generator == "llm" and check.twins_per_patient == 1
         assert {m["generator"] for m in check.manifests} == {"llm"}
-        assert check.summary["held_out_twinned"] == 8 < check.summary["held_out"]
+        assert check.summary["held_out_twinned"] == 10 < check.summary["held_out"]
         html = build_report(epil, run, backtest=check, seed=0)
-        assert len(srv.calls) == calls_for_run + 8          # the backtest's LLM twins, nothing else
-    assert "Generator <b>llm</b> with the settings of this run, 1 twins per held-out patient on 8 of" in html
+        assert len(srv.calls) == calls_for_run + 10         # the backtest's LLM twins, nothing else
+    assert "Generator <b>llm</b> with the settings of this run, 1 twins per held-out patient on 10 of" in html
     assert "the llm generator is not refitted" in html
     assert "0 generator refits" in html
 
@@ -215,3 +215,9 @@ def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
     assert f"patients with PROCOVA {on_screen['Patients, PROCOVA']} " in text
     assert f"patients with a baseline ANCOVA {on_screen['Patients, baseline ANCOVA']} " in text
     assert "effect / SD 1.5 / " in text
+    # a backtest with other settings plans on its own screen only: the report keeps the run's
+    next(s for s in at.slider if s.label == "Folds (k)").set_value(3)
+    next(b for b in at.button if b.label == "Run backtest").click().run()
+    next(n for n in at.number_input if n.label == "Effect to detect").set_value(2.5).run()
+    assert not at.exception, at.exception
+    assert at.session_state["validate_procova_inputs"][1]["effect"] == 1.5
