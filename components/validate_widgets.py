@@ -23,9 +23,10 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
         f" on {held} of the {s.get('held_out')} held-out patients (each twin costs a model call)"
     st.markdown(f"Generator **{result.generator}**, {result.twins_per_patient} twins per held-out patient, "
                 f"{result.folds}-fold cross-fitting of **{result.arm}**{subset}.")
-    if len(card):
-        worse = card[card["rmse_ratio_lo"] <= 1.0]
-        if len(worse) == len(card):
+    judged = card[~card["accuracy"].str.startswith("too few")] if len(card) else card
+    if len(judged):
+        worse = judged[judged["rmse_ratio_lo"] <= 1.0]
+        if len(worse) == len(judged):
             st.warning("On this trial the twins are **not better than a baseline ANCOVA** (a regression of each "
                        "visit on the patient's own baseline value) for any parameter: their prognostic value "
                        "is that of the baseline alone.")

@@ -49,6 +49,7 @@ from services.evaluation.backtest_verdicts import (  # noqa: F401 - endpoint_vis
     CINDEX_MARGIN,
     COVERAGE_TARGET,
     KM_RATIO_TARGET,
+    MIN_EVENTS,
     RATIO_TARGET,
     endpoint_visit,
     summarize,
@@ -265,8 +266,9 @@ def _parameter_table(pairs: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
         rows.append({"PARAMCD": p, "visits": len(v), "n": len(g), "rmse_ratio": ratio,
                      "rmse_ratio_carry": ratio_carry, "rmse_ratio_median": float(v["rmse_ratio"].median()), "coverage": cover,
                      "coverage_pit": cover_pit, "sd_ratio_median": float(v["sd_ratio"].median()),
-                     "accuracy_met": bool(ratio <= RATIO_TARGET),
-                     "calibration_met": bool(COVERAGE_TARGET[0] <= cover_pit <= COVERAGE_TARGET[1])})
+                     "accuracy_met": bool(ratio <= RATIO_TARGET) if np.isfinite(ratio) else None,
+                     "calibration_met": bool(COVERAGE_TARGET[0] <= cover_pit <= COVERAGE_TARGET[1])
+                     if np.isfinite(cover_pit) else None})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -366,10 +368,12 @@ def _tte_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
             return concordance(score[ok], g["AVAL"][ok], g["EVENT"][ok])
 
         c_t, c_c = cindex(g["TWIN_SCORE"].to_numpy(float)), cindex(g["COX_SCORE"].to_numpy(float))
+        judged = int(g["EVENT"].sum()) >= MIN_EVENTS        # else "not estimable" (backtest_verdicts)
         rows.append({"PARAMCD": q, "n": len(g), "events": int(g["EVENT"].sum()),
                      "km_sup_twins": km_t, "km_sup_reference": km_r,
                      "km_ratio": km_t / km_r if km_r > 0 else float("nan"),
                      "cindex_twins": c_t, "cindex_cox": c_c,
-                     "km_met": bool(km_r > 0 and km_t / km_r <= KM_RATIO_TARGET),
-                     "cindex_met": bool(np.isfinite(c_t) and (not np.isfinite(c_c) or c_t >= c_c - CINDEX_MARGIN))})
+                     "km_met": bool(km_r > 0 and km_t / km_r <= KM_RATIO_TARGET) if judged else None,
+                     "cindex_met": bool(np.isfinite(c_t) and (not np.isfinite(c_c) or c_t >= c_c - CINDEX_MARGIN))
+                     if judged else None})
     return pd.DataFrame(rows, columns=cols)

@@ -17,6 +17,7 @@ KM_RATIO_TARGET = 1.0
 CINDEX_MARGIN = 0.01          # twins' C-index within this of the Cox model's counts as met
 MIN_VERDICT_PATIENTS = 10     # fewer scored held-out patients: figures shown, no verdict
 MIN_EVENTS = 5                # fewer events among the held-out patients: no event verdict
+WEAK_FLOOR = 0.5              # K twins whose coverage reading cannot fall below this give no verdict (K 2, 3)
 
 
 def endpoint_visit(trial: Trial, pairs: pd.DataFrame | None = None) -> tuple[str | None, float | None]:
@@ -45,10 +46,20 @@ def _finite(x) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
 
+def _share(met: pd.Series) -> float | None:
+    """Share of True among the judged (None: not judged)."""
+    judged = met.dropna()
+    return float(judged.astype(bool).mean()) if len(judged) else None
+
+
 def _calibration_verdict(cov_pit, cov_all, k: int, balanced: bool) -> str:
     if k < 2:
         return ("Calibration: not estimable with 1 twin per held-out patient: a single twin cannot show an "
-                "interval (its rank reads 80 % whatever the twins). Backtest with K >= 10 twins.")
+                "interval (its rank reads 80 % whatever the twins). Backtest with K >= 9 twins.")
+    floor = pit_floor(k, balanced)
+    if floor >= WEAK_FLOOR:
+        return (f"Calibration: not estimable with {k} twins per held-out patient: the reading cannot fall below "
+                f"{floor:.0%} even if every real value lay outside all its twins. Backtest with K >= 9 twins.")
     if cov_pit is None:
         return "Calibration: not estimable (no scored visit)."
     lo, hi = COVERAGE_TARGET
@@ -58,9 +69,8 @@ def _calibration_verdict(cov_pit, cov_all, k: int, balanced: bool) -> str:
     if cov_all is not None and abs(cov_all - cov_pit) >= 0.005:
         plain = (f"; the plain share inside the twins' 10-90% range, counting ties with its ends as inside, "
                  f"is {cov_all:.0%}")
-    floor = pit_floor(k, balanced)
     coarse = (f" With {k} twins per patient the reading cannot fall below {floor:.0%} even if every real value "
-              "lay outside all its twins: backtest with K >= 10 for a sharp one.") if floor > 0 else ""
+              "lay outside all its twins: backtest with K >= 9 for a sharp one.") if floor > 0 else ""
     return (f"Calibration: {state}. {cov_pit:.0%} of real values fall in the middle 80% of their twins' "
             f"distribution, read by rank with ties split at random and balanced twins at their own positions "
             f"(target {lo:.0%}-{hi:.0%}{plain}).{coarse}")
@@ -114,7 +124,7 @@ def summarize(trial, arm, pairs, visits, parameters, tte, twins_per_patient: int
                             "scored visit (nothing varies that a model could predict).")
         else:
             good = ratio_med <= RATIO_TARGET
-            share_acc = float(parameters["accuracy_met"].mean())
+            share_acc = _share(parameters["accuracy_met"])
             verdicts.append(
                 f"Accuracy: {'met' if good else 'not met'}. The mean of each patient's twins predicts the real "
                 f"value with {100 * abs(1 - ratio_med):.0f}% {'less' if good else 'more'} error than a regression "
@@ -126,28 +136,31 @@ def summarize(trial, arm, pairs, visits, parameters, tte, twins_per_patient: int
                         "the generator to twin it, or fewer than 3 held-out patients had it. Use fewer folds or "
                         "a larger arm.")
     tte_verdicts, tte_met = _event_verdicts(tte)
+    judged = tte[tte["events"] >= MIN_EVENTS] if len(tte) else tte
     verdicts += tte_verdicts
     if rho is not None and n_ep >= MIN_VERDICT_PATIENTS:
         verdicts.append(f"PROCOVA: the twins' mean predicts {p_ep} at visit {v_ep:g} with correlation {rho:.2f} "
                         f"(n={n_ep})" + (f"; variance reduction of an adjusted analysis ~ {rho ** 2:.0%}." if rho > 0
                                          else ": negative, so the twins are no prognostic score here."))
-    cal_ok = cov_pit is not None and k >= 2 and COVERAGE_TARGET[0] <= cov_pit <= COVERAGE_TARGET[1]
+    readable = k >= 2 and pit_floor(k, balanced) < WEAK_FLOOR and cov_pit is not None
+    cal_ok = readable and COVERAGE_TARGET[0] <= cov_pit <= COVERAGE_TARGET[1]
     return {
         "trial": trial.name, "arm": arm,
-        "rmse_ratio_median": ratio_med, "coverage": cov_pit if k >= 2 else None, "coverage_interval": cov_all,
+        "rmse_ratio_median": ratio_med, "coverage": cov_pit if readable else None, "coverage_interval": cov_all,
         "coverage_median": _finite(parameters["coverage_pit"].dropna().median())
         if parameters["coverage_pit"].notna().any() else None,
-        "share_params_accuracy_met": float(parameters["accuracy_met"].mean()) if len(parameters) else None,
-        "share_params_calibration_met": float(parameters["calibration_met"].mean()) if len(parameters) else None,
+        "share_params_accuracy_met": _share(parameters["accuracy_met"]) if len(parameters) else None,
+        "share_params_calibration_met": _share(parameters["calibration_met"]) if len(parameters) else None,
         "share_visits_ratio_met": float((visits["rmse_ratio"] <= RATIO_TARGET).mean()) if len(visits) else None,
-        "km_ratio_median": float(tte["km_ratio"].median()) if len(tte) else None,
-        "cindex_twins": float(tte["cindex_twins"].mean()) if len(tte) else None,
-        "cindex_cox": float(tte["cindex_cox"].mean()) if len(tte) else None,
+        # over the event types with enough events to judge
+        "km_ratio_median": float(judged["km_ratio"].median()) if len(judged) else None,
+        "cindex_twins": float(judged["cindex_twins"].mean()) if len(judged) else None,
+        "cindex_cox": float(judged["cindex_cox"].mean()) if len(judged) else None,
         "endpoint": {"paramcd": p_ep, "avisitn": v_ep, "n": n_ep}, "rho": rho,
         "patients_scored": n_scored,
         # None where no verdict is given (too few patients, a single twin, nothing to predict)
         "accuracy_met": (ratio_med <= RATIO_TARGET) if (enough and ratio_med is not None) else None,
-        "calibration_met": cal_ok if (enough and k >= 2 and cov_pit is not None) else None,
+        "calibration_met": cal_ok if (enough and readable) else None,
         "tte_met": tte_met,
         "verdicts": verdicts,
     }

@@ -79,6 +79,13 @@ INFORMATION_NOTE = ("Information beyond the own baseline: the smallest error a l
                     "whatever its method (interactions or other relations aside).")
 
 
+def _with_interval(v: float, lo: float, hi: float, spec: str) -> str:
+    """'v [lo, hi]'; 'n/a' without an estimate, the estimate alone without an interval (< 5 patients)."""
+    if not np.isfinite(v):
+        return "n/a"
+    return f"{v:{spec}}" + (f" [{lo:{spec}}, {hi:{spec}}]" if np.isfinite(lo) and np.isfinite(hi) else "")
+
+
 def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] | None = None) -> pd.DataFrame:
     """The validation card per parameter as the Validate page and the report show it: RMSE
     ratio, the information beyond the own baseline (when the card has it) and 10-90 % coverage
@@ -87,14 +94,14 @@ def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] |
     labels = parameter_labels or {}
     out = pd.DataFrame({
         "parameter": card["PARAMCD"].map(lambda p: labels.get(p, p)), "patients": card["patients"],
-        "RMSE ratio [95 % CI]": [f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
+        "RMSE ratio [95 % CI]": [_with_interval(r, lo, hi, ".2f") for r, lo, hi in
                                  zip(card["rmse_ratio"], card["rmse_ratio_lo"], card["rmse_ratio_hi"])],
     })
     if "gain" in card:          # beside the twins' ratio: what the trial's baseline data allow
         out["information beyond the own baseline [95 % CI]"] = [
             "n/a" if not np.isfinite(g) else f"{g:.2f} [{lo:.2f}, {hi:.2f}]"
             for g, lo, hi in zip(card["gain"], card["gain_lo"], card["gain_hi"])]
-    out["coverage [95 % CI]"] = [f"{c:.0%} [{lo:.0%}, {hi:.0%}]" for c, lo, hi in
+    out["coverage [95 % CI]"] = [_with_interval(c, lo, hi, ".0%") for c, lo, hi in
                                  zip(card["coverage"], card["coverage_lo"], card["coverage_hi"])]
     out["accuracy"] = card["accuracy"]
     if "information" in card:
