@@ -21,7 +21,7 @@ from services.evaluation.ceiling import information_card
 from services.evaluation.metrics.procova import default_effect, estimate_adjustment
 from services.jsonable import jsonable
 
-VALIDATION_VERSION = 12  # bump when the backtest's figures change meaning: stored validations are redone (4: matched rounding; 5: event times jittered over the gap; 6: a run's twins no longer cut at their follow-up; 7: event baselines fitted to the Kaplan-Meier; 8: carried-forward twins keep the drift; 9: balanced twins placed by their own rank positions; 10: balanced twins keep the donors' variance (no centring factor, shared donors scaled), a missing category at the mean; 11: a single twin has no calibration reading (NaN), verdicts the data cannot carry are withheld; 12: twins kept under a scale's ceiling, event curves' last step spread below it only)
+VALIDATION_VERSION = 12  # bump when the backtest's figures change meaning: stored validations are redone (4: matched rounding; 5: event times jittered over the gap; 6: a run's twins no longer cut at their follow-up; 7: event baselines fitted to the Kaplan-Meier; 8: carried-forward twins keep the drift; 9: balanced twins placed by their own rank positions; 10: balanced twins keep the donors' variance (no centring factor, shared donors scaled), a missing category at the mean; 11: a single twin has no calibration reading (NaN), verdicts the data cannot carry are withheld; 12: twins kept under a scale's ceiling, event curves' last step spread no further than the last follow-up, verdicts withheld at K 2-3 and under 10 patients)
 
 
 def _per_patient(pairs: pd.DataFrame) -> pd.DataFrame:
