@@ -162,10 +162,12 @@ def test_one_twin_per_patient_cannot_show_calibration(pbc):
     assert s["coverage"] is None and s["calibration_met"] is None
     assert any(v.startswith("Calibration: not estimable with 1 twin") for v in s["verdicts"])
     card = bootstrap_card(res, n_boot=20)
-    assert (card["calibration"] == "not estimated").all() and card["coverage"].isna().all()
+    assert (card["calibration"] == "not estimable with 1 twin").all() and card["coverage"].isna().all()
     # two twins read no better (balanced: never below 60 %); five get a verdict and its floor
     two = backtest(pbc, folds=2, twins_per_patient=2, seed=1).summary
     assert two["coverage"] is None and two["calibration_met"] is None
+    assert (bootstrap_card(backtest(pbc, folds=2, twins_per_patient=2, seed=1), n_boot=20)["calibration"]
+            == "not estimable with 2 twins").all()
     assert any(v.startswith("Calibration: not estimable with 2 twins") and "below 60%" in v for v in two["verdicts"])
     five = backtest(pbc, folds=2, twins_per_patient=5, seed=1).summary
     assert five["coverage"] is not None and five["calibration_met"] is not None
