@@ -21,6 +21,9 @@ def upload(page, files: list[Path]) -> None:
     side.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files([str(f) for f in files])
     button = side.get_by_role("button", name="Load uploaded files")
     expect(button).to_be_enabled(timeout=ui.SLOW_TIMEOUT_MS)
+    # the upload's own rerun enables the button before it ends: let it end first, or its end is
+    # taken for the end of the click's rerun (CI 12-07: the old trial's metrics beside the new)
+    ui.wait_idle(page, ui.SLOW_TIMEOUT_MS)
     ui.rerun(page, button.click, timeout=ui.SLOW_TIMEOUT_MS)
 
 
