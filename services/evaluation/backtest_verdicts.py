@@ -52,12 +52,23 @@ def _share(met: pd.Series) -> float | None:
     return float(judged.astype(bool).mean()) if len(judged) else None
 
 
+def twins_balanced(manifests: list[dict] | None) -> bool:
+    """Whether a backtest's twins were balanced (its fold runs' manifests say so)."""
+    return any(bool(m.get("twins_balanced")) for m in manifests or [])
+
+
+def calibration_readable(k: int, balanced: bool) -> bool:
+    """Whether K twins per patient can show calibration at all: one cannot, and with 2-3 the
+    reading cannot fall below `WEAK_FLOOR` (the summary, its verdict and the card all ask here)."""
+    return k >= 2 and pit_floor(k, balanced) < WEAK_FLOOR
+
+
 def _calibration_verdict(cov_pit, cov_all, k: int, balanced: bool) -> str:
     if k < 2:
         return ("Calibration: not estimable with 1 twin per held-out patient: a single twin cannot show an "
                 "interval (its rank reads 80 % whatever the twins). Backtest with K >= 9 twins.")
     floor = pit_floor(k, balanced)
-    if floor >= WEAK_FLOOR:
+    if not calibration_readable(k, balanced):
         return (f"Calibration: not estimable with {k} twins per held-out patient: the reading cannot fall below "
                 f"{floor:.0%} even if every real value lay outside all its twins. Backtest with K >= 9 twins.")
     if cov_pit is None:
@@ -97,7 +108,7 @@ def _event_verdicts(tte: pd.DataFrame) -> tuple[list[str], bool | None]:
 def summarize(trial, arm, pairs, visits, parameters, tte, twins_per_patient: int = 20,
               manifests: list[dict] | None = None) -> dict:
     """The backtest's summary figures and verdicts (see the module docstring)."""
-    balanced = any(bool(m.get("twins_balanced")) for m in manifests or [])
+    balanced = twins_balanced(manifests)
     k = int(twins_per_patient)
     p_ep, v_ep = endpoint_visit(trial)
     rho, n_ep = None, 0
@@ -142,7 +153,7 @@ def summarize(trial, arm, pairs, visits, parameters, tte, twins_per_patient: int
         verdicts.append(f"PROCOVA: the twins' mean predicts {p_ep} at visit {v_ep:g} with correlation {rho:.2f} "
                         f"(n={n_ep})" + (f"; variance reduction of an adjusted analysis ~ {rho ** 2:.0%}." if rho > 0
                                          else ": negative, so the twins are no prognostic score here."))
-    readable = k >= 2 and pit_floor(k, balanced) < WEAK_FLOOR and cov_pit is not None
+    readable = calibration_readable(k, balanced) and cov_pit is not None
     cal_ok = readable and COVERAGE_TARGET[0] <= cov_pit <= COVERAGE_TARGET[1]
     return {
         "trial": trial.name, "arm": arm,

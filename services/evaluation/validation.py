@@ -16,10 +16,13 @@ from services.evaluation.backtest import (
     BacktestResult,
     endpoint_visit,
 )
-from services.evaluation.backtest_verdicts import MIN_VERDICT_PATIENTS, WEAK_FLOOR
+from services.evaluation.backtest_verdicts import (
+    MIN_VERDICT_PATIENTS,
+    calibration_readable,
+    twins_balanced,
+)
 from services.evaluation.ceiling import information_card
 from services.evaluation.metrics.procova import default_effect, estimate_adjustment
-from services.evaluation.twin_bands import pit_floor
 from services.jsonable import jsonable
 
 VALIDATION_VERSION = 12  # bump when the backtest's figures change meaning: stored validations are redone (4: matched rounding; 5: event times jittered over the gap; 6: a run's twins no longer cut at their follow-up; 7: event baselines fitted to the Kaplan-Meier; 8: carried-forward twins keep the drift; 9: balanced twins placed by their own rank positions; 10: balanced twins keep the donors' variance (no centring factor, shared donors scaled), a missing category at the mean; 11: a single twin has no calibration reading (NaN), verdicts the data cannot carry are withheld; 12: twins kept under a scale's ceiling, event curves' last step spread no further than the last follow-up, verdicts withheld at K 2-3 and under 10 patients)
@@ -60,8 +63,7 @@ def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0,
     rng = np.random.default_rng(seed)
     rows = []
     k = int(result.twins_per_patient)
-    balanced = any(bool(m.get("twins_balanced")) for m in result.manifests or [])
-    unreadable = k < 2 or pit_floor(k, balanced) >= WEAK_FLOOR      # as the summary's verdict
+    unreadable = not calibration_readable(k, twins_balanced(result.manifests))
     for paramcd, grp in result.pairs.groupby("PARAMCD", sort=False):
         agg = _per_patient(grp)
         ratio, coverage = _ratio_and_coverage(agg)
