@@ -142,6 +142,8 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
                 with threadpool_limits(1):   # tiny matrices: threads only add overhead
                     model = self._fit_arm(arm)
                     model.lam = self._fit_lambda(model)
+                vv = self.knowledge_base.visit_values        # what the arm's twins learn from
+                model.notes += outlying_values(vv[vv["ARM"] == arm])
                 self._models[arm] = model
                 self._fit_seconds += time.perf_counter() - t0
             return self._models[arm]
@@ -171,8 +173,7 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
         model = self.arm_model(target_arm)
         k_ret = max(self.neighbors, k, self.tte_neighbors if model.tte else 0)
         manifest["retriever"] = retriever_manifest(self.retriever, k_ret)
-        vv = kb.visit_values
-        manifest["notes"] = list(model.notes) + outlying_values(vv[vv["ARM"] == target_arm])
+        manifest["notes"] = list(model.notes)
         manifest["model_details"] = {
             "outcomes": len(model.outcomes), "features": len(model.features.columns),
             "cv_folds": int(model.b0.shape[0] - 1),
