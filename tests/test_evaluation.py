@@ -156,6 +156,24 @@ def test_local_twin_arm_metrics_and_cli_evaluate(pbc, tmp_path, capsys):
     assert "BILI at " in printed and "ratio of geometric means" in printed
 
 
+def test_a_twin_arm_counts_its_patients_not_its_twins_in_the_km_and_the_log_rank(pbc):
+    # K = 5 twins of each of the 158 treated patients: before, the twin arm's KM band was about
+    # sqrt(5) times narrower than a real arm's of the same size and the log-rank's n was 790
+    from services.generation import get_generator
+
+    treated = pbc.subjects.loc[pbc.subjects.ARM == "D-penicillamine", "USUBJID"]
+    run = get_generator("local").fit(pbc).generate(pbc.subset(treated), "Placebo", twins_per_patient=5, seed=3)
+    twins = run.as_trial()
+    comp = compare(pbc, twins, run.manifest)
+    curves, at_risk = km_curves(comp, "DEATH")
+    at0 = at_risk[at_risk.time == 0].set_index("GROUP")["n"]
+    assert at0[TWIN] == pytest.approx(158) and at0[TARGET] == 154
+    width = {g: float((c["hi"] - c["lo"]).iloc[len(c) // 2]) for g, c in curves.groupby("GROUP")}
+    assert width[TWIN] > 0.6 * width[TARGET]       # the same order as a real arm of the same size
+    lr = evaluate(pbc, twins, run.manifest)["survival"]["DEATH"]["logrank_twins_vs_real_target"]
+    assert lr["n_a"] == 158 and lr["n_b"] == 154
+
+
 def test_cli_evaluate_bad_input(tmp_path, capsys):
     assert main(["evaluate", "--real", "pbc", "--twins", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -115,6 +115,8 @@ def test_zip_and_cli_export_and_report(pbc_twins, tmp_path, capsys):
     assert "<h2>Treatment effect against the twins" in report
     assert "<li class=\"muted\">ratio of geometric means: exp of the mean of (log real" in report
     assert "<li class=\"muted\">hazard ratio: Cox (Breslow)" in report
+    # one hazard ratio against the twins: the survival section quotes the effect table's interval
+    assert "HR real source cohort vs twin arm (as in Treatment effect" in report and "NOT included" not in report
     # the card says how far below the baseline regression this trial lets a generator go
     assert "information beyond the own baseline [95 % CI]" in report and "Information beyond the own baseline: the" in report
     capsys.readouterr()
@@ -221,3 +223,19 @@ def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
     next(n for n in at.number_input if n.label == "Effect to detect").set_value(2.5).run()
     assert not at.exception, at.exception
     assert at.session_state["validate_procova_inputs"][1]["effect"] == 1.5
+
+
+def test_the_survival_rows_quote_the_effects_hazard_ratio_and_label_the_other():
+    from services.reporting.report import _survival_rows
+
+    s = {"hr_source_vs_twins": {"hazard_ratio": 1.08, "ci_low": 0.90, "ci_high": 1.31, "p_value": 0.416},
+         "logrank_twins_vs_real_target": {"p_value": 0.5}}
+    effects = {"effects": [{"measure": "hazard_ratio", "paramcd": "DEATH", "estimate": 1.08, "ci_low": 0.834,
+                            "ci_high": 1.40, "p_value": 0.548}]}
+    rows = _survival_rows(s, effects, "DEATH")
+    assert list(rows.values())[0] == "1.08 (95 % CI 0.83-1.40, p 0.548)"
+    assert not any("0.90" in v for v in rows.values())
+    alone = _survival_rows(s, None, "DEATH")
+    label, value = next(iter(alone.items()))
+    assert "NOT included" in label and value.startswith("1.08 (95 % CI 0.90-1.31")
+    assert any("not evidence of agreement" in k for k in alone)

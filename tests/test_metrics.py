@@ -363,6 +363,22 @@ def test_cox_hazard_ratio_recovers_effect():
     assert lr.p_value < 1e-6
 
 
+def test_logrank_with_weights_1_over_k_is_the_test_of_the_patients():
+    # K copies of each patient of sample a, each weighted 1/K, are one patient's information: the
+    # weighted test equals the unreplicated one exactly; counted as patients (unweighted) it does not
+    rng = np.random.default_rng(1)
+    ta, ea = rng.exponential(1.0, 50), rng.random(50) < 0.8
+    tb, eb = rng.exponential(1.3, 40), rng.random(40) < 0.8
+    plain = M.logrank(ta, ea, tb, eb)
+    weighted = M.logrank(np.repeat(ta, 5), np.repeat(ea, 5), tb, eb, weights_a=np.full(250, 0.2))
+    assert weighted.statistic == pytest.approx(plain.statistic, rel=1e-9)
+    assert weighted.p_value == pytest.approx(plain.p_value, rel=1e-9)
+    assert (weighted.n_a, weighted.events_a) == (50, int(ea.sum()))
+    assert M.logrank(np.repeat(ta, 5), np.repeat(ea, 5), tb, eb).p_value != pytest.approx(plain.p_value, rel=1e-3)
+    with pytest.raises(ValueError, match="one weight per observation"):
+        M.logrank(ta, ea, tb, eb, weights_a=np.ones(3))
+
+
 def test_cox_degenerate_cases_return_reason(surv):
     t, e = surv
     one = M.cox_hazard_ratio(t, e, np.zeros_like(t))

@@ -103,13 +103,18 @@ def print_summary(r: dict) -> None:
     else:
         print(f"  outcome: {u['outcome']}; TSTR AUROC {_fmt(u['tstr']['tstr'])} vs TRTR {_fmt(u['tstr']['trtr'])} "
               f"(ratio {_fmt(u['tstr']['ratio'])}); augmentation gain {_fmt(u['augmentation']['gain'])}")
+    hr_effects = {e["paramcd"]: e for e in (r.get("effects") or {}).get("effects") or []
+                  if e["measure"] == "hazard_ratio" and e.get("estimate") is not None}
     for paramcd, s in r["survival"].items():
-        hr = s.get("hr_source_vs_twins", {})
+        # the effects' hazard ratio (with the generator's uncertainty), as the report shows it
+        hr = hr_effects.get(paramcd) or s.get("hr_source_vs_twins", {})
+        which = "" if paramcd in hr_effects else " (generator uncertainty not included)"
+        est = hr.get("estimate", hr.get("hazard_ratio"))
         hr_real = s.get("hr_source_vs_real_target", {})
         print(f"survival {paramcd}: events twins {s.get('events_twins')}/{s.get('n_twins')}, real "
-              f"{s.get('events_real_target')}/{s.get('n_real_target')}; log-rank p "
+              f"{s.get('events_real_target')}/{s.get('n_real_target')}; log-rank p (twins weighted 1/K) "
               f"{_fmt(s.get('logrank_twins_vs_real_target', {}).get('p_value'))}; HR source vs twins "
-              f"{_fmt(hr.get('hazard_ratio'))} [{_fmt(hr.get('ci_low'))}, {_fmt(hr.get('ci_high'))}], "
+              f"{_fmt(est)} [{_fmt(hr.get('ci_low'))}, {_fmt(hr.get('ci_high'))}]{which}, "
               f"vs real control {_fmt(hr_real.get('hazard_ratio'))}")
     eff = r.get("effects") or {}
     if eff.get("note"):

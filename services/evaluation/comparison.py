@@ -99,27 +99,53 @@ def _tte(trial: Trial, paramcd: str) -> pd.DataFrame:
     return trial.tte[trial.tte["PARAMCD"] == paramcd]
 
 
-def km_curves(comp: Comparison, paramcd: str, n_risk_points: int = 6) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Kaplan-Meier step data with 95 % bands per group, and numbers at risk at a few times."""
+def twin_weights(twin_subjects: pd.DataFrame, usubjid: pd.Series) -> np.ndarray:
+    """1/K for each twin: a source's K twins weigh one patient together (1 where the source is
+    not recorded)."""
+    if "SRCSUBJID" not in twin_subjects:
+        return np.ones(len(usubjid))
+    src = twin_subjects.set_index("USUBJID")["SRCSUBJID"]
+    k = usubjid.map(src.map(src.value_counts()))
+    return 1.0 / k.fillna(1.0).to_numpy(float)
+
+
+def km_steps(data: dict[str, pd.DataFrame], n_risk_points: int = 6) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Kaplan-Meier step data with 95 % bands per group (GROUP, time, survival, lo, hi) from
+    frames of (time, event, w), and the weight at risk (patients; twins at 1/K) at a few times.
+    Weighted, the twin arm's band and numbers at risk are those of its patients, not of N x K
+    independent ones (the generator's own uncertainty is not in the band)."""
+    import warnings
+
     from lifelines import KaplanMeierFitter
 
-    curves, risk = [], []
-    horizon = max((float(_tte(t, paramcd)["AVAL"].max()) for t in comp.groups.values()
-                   if len(_tte(t, paramcd))), default=0.0)
+    data = {g: d for g, d in data.items() if len(d)}
+    horizon = max((float(d["time"].max()) for d in data.values()), default=0.0)
     grid = np.linspace(0, horizon, n_risk_points).round()
-    for group, trial in comp.groups.items():
-        data = _tte(trial, paramcd)
-        if data.empty:
-            continue
-        kmf = KaplanMeierFitter().fit(data["AVAL"], event_observed=data["CNSR"].eq(0), label=group)
+    curves, risk = [], []
+    for g, d in data.items():
+        with warnings.catch_warnings():   # fractional weights 1/K: lifelines' IPTW warning
+            warnings.simplefilter("ignore")
+            kmf = KaplanMeierFitter().fit(d["time"], event_observed=d["event"], weights=d["w"], label=g)
         sf = kmf.survival_function_.iloc[:, 0]
         ci = kmf.confidence_interval_
-        curves.append(pd.DataFrame({"GROUP": group, "time": sf.index.to_numpy(float), "survival": sf.to_numpy(),
+        curves.append(pd.DataFrame({"GROUP": g, "time": sf.index.to_numpy(float), "survival": sf.to_numpy(),
                                     "lo": ci.iloc[:, 0].to_numpy(), "hi": ci.iloc[:, 1].to_numpy()}))
-        times = data["AVAL"].to_numpy(float)
-        risk.append(pd.DataFrame({"GROUP": group, "time": grid, "n": [(times >= g).sum() for g in grid]}))
+        t, w = d["time"].to_numpy(float), d["w"].to_numpy(float)
+        risk.append(pd.DataFrame({"GROUP": g, "time": grid, "n": [float(w[t >= x].sum()) for x in grid]}))
     return (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
             pd.concat(risk, ignore_index=True) if risk else pd.DataFrame())
+
+
+def km_curves(comp: Comparison, paramcd: str, n_risk_points: int = 6) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Kaplan-Meier step data with 95 % bands per group, and numbers at risk at a few times
+    (`km_steps`: the twins weighted 1/K)."""
+    data = {}
+    for group, trial in comp.groups.items():
+        d = _tte(trial, paramcd)
+        w = twin_weights(trial.subjects, d["USUBJID"]) if group == TWIN else np.ones(len(d))
+        data[group] = pd.DataFrame({"time": d["AVAL"].to_numpy(float), "event": d["CNSR"].eq(0).to_numpy(int),
+                                    "w": w})
+    return km_steps(data, n_risk_points)
 
 
 def survival_summary(comp: Comparison, paramcd: str) -> dict:
@@ -132,8 +158,9 @@ def survival_summary(comp: Comparison, paramcd: str) -> dict:
             out[f"events_{name}"] = int(data["CNSR"].eq(0).sum())
             out[f"n_{name}"] = len(data)
     if len(twn) and len(tgt):
-        out["logrank_twins_vs_real_target"] = M.logrank(twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"],
-                                                        tgt["CNSR"].eq(0)).as_dict()
+        out["logrank_twins_vs_real_target"] = M.logrank(
+            twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"], tgt["CNSR"].eq(0),
+            weights_a=twin_weights(comp.groups[TWIN].subjects, twn["USUBJID"])).as_dict()
         out["km_distance_twins_vs_real_target"] = M.km_sup_distance(
             twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"], tgt["CNSR"].eq(0)).as_dict()
     if src is not None and len(src) and len(twn) and "SRCSUBJID" in comp.groups[TWIN].subjects:
@@ -362,7 +389,7 @@ def utility(comp: Comparison, seed: int = 0) -> dict:
             "augmentation": M.augmentation_auroc(*args, seed=seed).as_dict()}
 
 
-EVALUATION_VERSION = 3  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; bump when `evaluate` changes what it returns: stored results are redone
+EVALUATION_VERSION = 4  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; 4: the log-rank weighs a patient's K twins as one patient; bump when `evaluate` changes what it returns: stored results are redone
 
 
 def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Trial | None = None,

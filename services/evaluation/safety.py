@@ -26,7 +26,15 @@ import pandas as pd
 
 from services.data.adverse import dictionary, emergent, followup_end, has_ae
 from services.data.trial import Trial
-from services.evaluation.comparison import GROUPS, SOURCE, TARGET, TWIN, Comparison
+from services.evaluation.comparison import (
+    GROUPS,
+    SOURCE,
+    TARGET,
+    TWIN,
+    Comparison,
+    km_steps,
+    twin_weights,
+)
 
 Z95 = 1.959963984540054
 LEVELS = {"PT": "AEDECOD", "SOC": "AEBODSYS"}
@@ -213,33 +221,9 @@ def time_to_first(trial: Trial, term: str, ids=None, level: str = "PT") -> pd.Da
 def km_first_ae(comp: Comparison, term: str, level: str = "PT", n_risk_points: int = 6):
     """Kaplan-Meier of the time to the first `term` per group (twins weighted 1/K): step data
     (GROUP, time, survival = proportion still free of it, lo, hi) and patients at risk."""
-    import warnings
-
-    from lifelines import KaplanMeierFitter
-
     data = {}
     for g, trial in comp.groups.items():
         d = time_to_first(trial, term, level=level)
-        if g == TWIN:
-            src = trial.subjects.set_index("USUBJID")["SRCSUBJID"]
-            k = src.map(src.value_counts())
-            d["w"] = 1.0 / d["USUBJID"].map(k).to_numpy(float)
-        else:
-            d["w"] = 1.0
-        if len(d):
-            data[g] = d
-    horizon = max((float(d["time"].max()) for d in data.values()), default=0.0)
-    grid = np.linspace(0, horizon, n_risk_points).round()
-    curves, risk = [], []
-    for g, d in data.items():
-        with warnings.catch_warnings():   # fractional weights 1/K: lifelines' IPTW warning
-            warnings.simplefilter("ignore")
-            kmf = KaplanMeierFitter().fit(d["time"], event_observed=d["event"], weights=d["w"], label=g)
-        sf = kmf.survival_function_.iloc[:, 0]
-        ci = kmf.confidence_interval_
-        curves.append(pd.DataFrame({"GROUP": g, "time": sf.index.to_numpy(float), "survival": sf.to_numpy(),
-                                    "lo": ci.iloc[:, 0].to_numpy(), "hi": ci.iloc[:, 1].to_numpy()}))
-        t, w = d["time"].to_numpy(float), d["w"].to_numpy(float)
-        risk.append(pd.DataFrame({"GROUP": g, "time": grid, "n": [float(w[t >= x].sum()) for x in grid]}))
-    return (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
-            pd.concat(risk, ignore_index=True) if risk else pd.DataFrame())
+        d["w"] = twin_weights(trial.subjects, d["USUBJID"]) if g == TWIN else 1.0
+        data[g] = d
+    return km_steps(data, n_risk_points)

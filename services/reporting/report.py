@@ -85,6 +85,34 @@ def _effects_section(effects: dict | None) -> str:
     return "\n".join(out)
 
 
+def _survival_rows(s: dict, effects: dict | None, paramcd: str) -> dict:
+    """The survival section's figures. The hazard ratio against the twin arm is the Treatment
+    effect table's, whose interval carries the generator's own uncertainty; the comparison's
+    (patients as the unit, without it) only where no effect was estimated, and then labelled so
+    (a review found two unexplained intervals for one hazard ratio here)."""
+    rows = {}
+    eff = next((e for e in (effects or {}).get("effects") or []
+                if e.get("measure") == "hazard_ratio" and e.get("paramcd") == paramcd
+                and e.get("estimate") is not None), None)
+    hr = s.get("hr_source_vs_twins") or {}
+    if eff is not None:
+        p = "" if eff.get("p_value") is None else f", p {eff['p_value']:.3f}"
+        rows["HR real source cohort vs twin arm (as in Treatment effect: patients as the unit, with the "
+             "generator's uncertainty)"] = f"{eff['estimate']:.2f} (95 % CI {eff['ci_low']:.2f}-{eff['ci_high']:.2f}{p})"
+    elif hr.get("hazard_ratio") is not None:
+        rows["HR real source cohort vs twin arm (patients as the unit; the generator's own uncertainty NOT "
+             "included)"] = f"{hr['hazard_ratio']:.2f} (95 % CI {hr['ci_low']:.2f}-{hr['ci_high']:.2f}, p {hr['p_value']:.3f})"
+    hr = s.get("hr_source_vs_real_target") or {}
+    if hr.get("hazard_ratio") is not None:
+        rows["HR real source cohort vs real target arm"] = (
+            f"{hr['hazard_ratio']:.2f} (95 % CI {hr['ci_low']:.2f}-{hr['ci_high']:.2f}, p {hr['p_value']:.3f})")
+    lr = s.get("logrank_twins_vs_real_target") or {}
+    if lr.get("p_value") is not None:
+        rows["log-rank p, twin arm (a patient's K twins weigh one patient) vs real target arm; a small p "
+             "says they differ, a large one is not evidence of agreement"] = f"{lr['p_value']:.3f}"
+    return rows
+
+
 def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, procova: dict | None = None,
                  embedding_method: str = "tsne", seed: int = 0, effects: dict | None = None,
                  evaluation: dict | None = None, run_dir=None, procova_inputs: dict | None = None) -> str:
@@ -185,18 +213,9 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         for paramcd in comp.tte_parameters:
             curves, at_risk = ev.km_curves(comp, paramcd)
             parts.append(fig(figs.kaplan_meier(curves, at_risk, f"Kaplan-Meier: {kb.tte_label(paramcd)}"),
-                             "Kaplan-Meier curves with 95 % bands and numbers at risk."))
-            s = result["survival"].get(paramcd, {})
-            rows = {}
-            for key, label in (("hr_source_vs_twins", "HR real source cohort vs twin arm (patients as the unit)"),
-                               ("hr_source_vs_real_target", "HR real source cohort vs real target arm")):
-                hr = s.get(key) or {}
-                if hr.get("hazard_ratio") is not None:
-                    rows[label] = f"{hr['hazard_ratio']:.2f} (95 % CI {hr['ci_low']:.2f}-{hr['ci_high']:.2f}, p {hr['p_value']:.3f})"
-            lr = s.get("logrank_twins_vs_real_target") or {}
-            if lr.get("p_value") is not None:
-                rows["log-rank p, twins vs real target arm"] = f"{lr['p_value']:.3f}"
-            parts.append(_kv(rows))
+                             "Kaplan-Meier curves with 95 % bands and numbers at risk; a patient's K twins weigh one "
+                             "patient (the twin arm's band leaves out the generator's own uncertainty)."))
+            parts.append(_kv(_survival_rows(result["survival"].get(paramcd, {}), effects, paramcd)))
     parts.append(_effects_section(effects))
     parts.append("<h2>Embedding</h2>")
     try:

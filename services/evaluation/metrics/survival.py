@@ -135,16 +135,27 @@ class LogrankResult(ResultMixin):
     events_b: int
 
 
-def logrank(times_a, events_a, times_b, events_b) -> LogrankResult:
-    """Two-sample log-rank test (``lifelines.statistics.logrank_test``)."""
+def logrank(times_a, events_a, times_b, events_b, weights_a=None) -> LogrankResult:
+    """Two-sample log-rank test (``lifelines.statistics.logrank_test``). `weights_a`: case
+    weights of sample a, e.g. 1/K for a twin arm, whose K twins of a patient are one patient's
+    information, not K patients' (unweighted, the test's n and power were K times too large);
+    n_a and events_a are then weighted sums (patients)."""
     ta, ea = _clean(times_a, events_a, "sample a")
     tb, eb = _clean(times_b, events_b, "sample b")
     if ta.size == 0 or tb.size == 0:
         raise ValueError("both samples need at least one observation")
-    res = logrank_test(ta, tb, event_observed_A=ea, event_observed_B=eb)
+    raw_t = np.asarray(times_a, dtype=float).ravel()
+    wa = np.ones(raw_t.size) if weights_a is None else np.asarray(weights_a, dtype=float).ravel()
+    if wa.size != raw_t.size:
+        raise ValueError("weights_a must have one weight per observation of sample a")
+    wa = wa[~(np.isnan(raw_t) | np.isnan(np.asarray(events_a, dtype=float).ravel()))]   # as `_clean`
+    with warnings.catch_warnings():   # fractional weights: lifelines' IPTW warning
+        warnings.simplefilter("ignore")
+        res = logrank_test(ta, tb, event_observed_A=ea, event_observed_B=eb,
+                           weights_A=None if weights_a is None else wa)
     return LogrankResult(statistic=float(res.test_statistic), p_value=float(res.p_value),
-                         n_a=int(ta.size), n_b=int(tb.size),
-                         events_a=int(ea.sum()), events_b=int(eb.sum()))
+                         n_a=round(float(wa.sum())), n_b=int(tb.size),
+                         events_a=round(float(wa[ea.astype(bool)].sum())), events_b=int(eb.sum()))
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def kaplan_meier(curves: pd.DataFrame, at_risk: pd.DataFrame | None, title: str)
         for i, group in enumerate(groups):
             grp = at_risk[at_risk["GROUP"] == group]
             fig.add_trace(go.Scatter(x=grp["time"], y=[group] * len(grp), mode="text",
-                                     text=grp["n"].astype(int).astype(str), showlegend=False,
+                                     text=grp["n"].round().astype(int).astype(str), showlegend=False,
                                      textfont={"color": colour(group, i), "size": 11}, hoverinfo="skip"),
                           row=2, col=1)
         fig.update_yaxes(title_text="at risk", row=2, col=1, showgrid=False)
