@@ -58,6 +58,16 @@ def test_tables_and_summary(pbc_result):
     assert any(line.startswith("Accuracy") for line in s["verdicts"])
     assert any(line.startswith("Calibration") for line in s["verdicts"])
     assert pbc_result.timings["twins"] == 154 * 10
+    # the PROCOVA verdict says what the twins add beyond the baseline ANCOVA, the partial
+    # correlation by hand (residuals of score and outcome on the baseline), not only rho^2
+    pr = pbc_result.pairs
+    g = pr[(pr["PARAMCD"] == "BILI") & (pr["AVISITN"] == 24)].dropna(subset=["PREDICTED", "OBSERVED", "BASELINE"])
+    res = [np.polynomial.polynomial.polyfit(g["BASELINE"], g[c], 1) for c in ("PREDICTED", "OBSERVED")]
+    e_p, e_o = (g[c] - np.polynomial.polynomial.polyval(g["BASELINE"], r) for c, r in zip(("PREDICTED", "OBSERVED"), res))
+    assert s["rho_partial"] == pytest.approx(float(np.corrcoef(e_p, e_o)[0, 1]), abs=1e-9)
+    line = next(v for v in s["verdicts"] if v.startswith("PROCOVA"))
+    assert f"vs an unadjusted analysis ~ {s['rho'] ** 2:.0%}" in line
+    assert f"beyond the baseline ANCOVA ~ {s['rho_partial'] ** 2:.0%}" in line
 
 
 def test_local_generator_quality_on_pbc(pbc_result):
@@ -92,6 +102,9 @@ def test_small_trials_and_cdisc_pilot(demo_trials, pilot):
         assert res.summary["rmse_ratio_median"] < 1.1, trial.name
         assert 0.6 < res.summary["coverage"] < 0.95, trial.name
         assert res.summary["rho"] is not None and res.summary["rho"] > 0.3, trial.name
+        if trial.name == "cdiscpilot01":   # DIABP: the twins predict it no better than its baseline does
+            line = next(v for v in res.summary["verdicts"] if v.startswith("PROCOVA"))
+            assert res.summary["rho_partial"] < 0.1 and "beyond the baseline ANCOVA" in line
 
 
 def test_folds_and_progress(demo_trials):

@@ -233,7 +233,7 @@ def test_the_survival_rows_quote_the_effects_hazard_ratio_and_label_the_other():
     effects = {"effects": [{"measure": "hazard_ratio", "paramcd": "DEATH", "estimate": 1.08, "ci_low": 0.834,
                             "ci_high": 1.40, "p_value": 0.548}]}
     rows = _survival_rows(s, effects, "DEATH")
-    assert list(rows.values())[0] == "1.08 (95 % CI 0.83-1.40, p 0.548)"
+    assert next(iter(rows.values())) == "1.08 (95 % CI 0.83-1.40, p 0.548)"
     assert not any("0.90" in v for v in rows.values())
     alone = _survival_rows(s, None, "DEATH")
     label, value = next(iter(alone.items()))
