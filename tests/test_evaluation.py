@@ -181,6 +181,22 @@ def test_cli_evaluate_bad_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["evaluate", "--real", "pbc", "--twins", str(tmp_path / "empty")]) == 1
     assert "manifest.json" in capsys.readouterr().err
+    # twins learnt from epilepsy, evaluated against another trial: refused, not "0 source patients" and exit 0
+    from services.data.demo import load_demo
+    from services.generation import get_generator
+    from services.generation.run import write_run
+
+    epi = load_demo("epilepsy")
+    ids = list(epi.subjects.loc[epi.subjects.ARM == "Progabide", "USUBJID"][:4])
+    run = get_generator("local").fit(epi).generate(epi.subset(ids), "Placebo", twins_per_patient=2, seed=0)
+    folder = write_run(run, tmp_path / "epi-run")
+    assert main(["evaluate", "--real", "btheb", "--twins", str(folder)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not the data this run was generated from" in err[0] and "none of its source" in err[0]
+    # the JSON's folder is created, as the report's is
+    out = tmp_path / "new" / "dir" / "m.json"
+    assert main(["evaluate", "--real", "epilepsy", "--twins", str(folder), "--refits", "0", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n_sources"] == 4
 
 
 def test_smd_net_of_the_sources_baseline_imbalance_matches_an_ols_hand_computation(pbc, pbc_twins):

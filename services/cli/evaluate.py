@@ -44,6 +44,7 @@ def run(args) -> int:
     except (FileNotFoundError, TrialValidationError, ValueError) as exc:
         msg = exc.messages[0] if isinstance(exc, TrialValidationError) else str(exc)
         raise CliError(f"--twins {args.twins}: {msg}") from None
+    _check_real(kb, run, args.real)
     holdout = None
     if args.holdout:
         try:
@@ -63,9 +64,33 @@ def run(args) -> int:
         raise CliError(str(exc)) from None
     print_summary(result)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"--json {args.json}: cannot write it ({exc.strerror or exc})") from None
         print(f"metrics written to {args.json}")
     return 0
+
+
+def _check_real(kb, run, real: str) -> None:
+    """--real should be the data the run was generated from. Another data cut of the same trial
+    (more follow-up) is compared with a note; data without the run's sources or target arm are
+    refused: every figure would be n/a (a review got exit 0 and "0 source patients")."""
+    import sys
+
+    info = run.manifest.get("knowledge_base") or {}
+    if not info.get("content_hash") or info["content_hash"] == kb.content_hash:
+        return
+    sources = set(run.adsl["SRCSUBJID"].astype(str))
+    found = len(sources & set(kb.subjects["USUBJID"].astype(str)))
+    target = run.manifest.get("target_arm")
+    if found == 0 or (target and target not in kb.arm_counts()):
+        missing = "none of its source patients" if found == 0 else f"no arm {target!r}"
+        raise CliError(f"--real {real} is not the data this run was generated from ({info.get('name')}, content "
+                       f"hash differs) and has {missing}: pass the run's knowledge base")
+    print(f"note: --real {real} differs from the data this run was generated from ({info.get('name')}, content "
+          f"hash differs); compared anyway: {found} of its {len(sources)} source patients found", file=sys.stderr)
 
 
 def _fmt(value, digits: int = 3) -> str:
