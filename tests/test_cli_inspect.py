@@ -56,3 +56,19 @@ def test_inspect_reports_validation_errors_and_exits_non_zero(tmp_path):
     missing = subprocess.run([str(TWINARM), "inspect", "no-such-trial"], capture_output=True, text=True,
                              timeout=120, check=False)
     assert missing.returncode == 1 and "neither a folder nor a bundled trial" in missing.stderr
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["export", "--run", "x"], "export: the following arguments are required: --out"),
+    (["report", "--out", "r.html"], "report: the following arguments are required: --run"),
+    (["evaluate", "--twins", "t"], "evaluate: the following arguments are required: --real"),
+    (["index"], "index: the following arguments are required"),
+    (["bogus"], "invalid choice: 'bogus'"),
+])
+def test_every_usage_error_is_one_line_and_exit_2(capsys, argv, needle):
+    # the contract's one-line `twinarm: error: ...`, not argparse's usage block and `twinarm export: error:`
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("twinarm: error: ") and err.count("\n") == 1, err
+    assert needle in err

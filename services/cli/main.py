@@ -16,8 +16,18 @@ from services.cli.errors import CliError, fail
 COMMANDS = (datasets, generate, evaluate, export, index)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the contract's one-line usage error (`twinarm: error: ...`, exit 2) instead
+    of its usage block and `twinarm export: error:`; the subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        sub = self.prog.removeprefix("twinarm").strip()
+        hint = f"twinarm {sub} --help".replace("  ", " ")
+        raise SystemExit(fail(f"{sub + ': ' if sub else ''}{message} (see `{hint}`)", 2))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="twinarm", description="Digital twins for clinical-trial design.")
+    parser = _Parser(prog="twinarm", description="Digital twins for clinical-trial design.")
     parser.add_argument("--version", action="version", version=f"twinarm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
