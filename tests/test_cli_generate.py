@@ -174,3 +174,27 @@ def test_llm_unavailable_or_remote_without_consent(tmp_path, capsys, monkeypatch
     assert code == 1 and "not on this machine" in err and "--allow-remote" in err
     assert "sk-secret" not in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_subjects_text_in_a_numeric_covariate_is_refused_and_notes_are_printed(tmp_path, capsys):
+    # a review: an AGE of "old" was read as missing and imputed with "No failures", and a folder
+    # without baseline records gave twins of the arm's typical baseline with the note only in the manifest
+    demo = Path(__file__).resolve().parents[1] / "services" / "data" / "demo_data" / "epilepsy"
+    adsl, eff = pd.read_csv(demo / "adsl.csv"), pd.read_csv(demo / "adeff.csv")
+    ids = list(adsl.loc[adsl["ARM"] == "Progabide", "USUBJID"][:3])
+    text = adsl[adsl["USUBJID"].isin(ids)].astype({"AGE": object})
+    text.loc[text.index[1], "AGE"] = "old"
+    (tmp_path / "text").mkdir()
+    text.to_csv(tmp_path / "text" / "adsl.csv", index=False)
+    eff[eff["USUBJID"].isin(ids)].to_csv(tmp_path / "text" / "adeff.csv", index=False)
+    code, _, err = run_cli(capsys, "--trial", "epilepsy", "--target-arm", "Placebo",
+                           "--subjects", tmp_path / "text", "--out", tmp_path / "o")
+    assert code == 1 and err.count("\n") == 1
+    assert "adsl column AGE is numeric" in err and f"{ids[1]}: 'old'" in err
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "bare").mkdir()
+    adsl[adsl["USUBJID"].isin(ids)].to_csv(tmp_path / "bare" / "adsl.csv", index=False)
+    code, out, err = run_cli(capsys, "--trial", "epilepsy", "--target-arm", "Placebo",
+                             "--subjects", tmp_path / "bare", "--out", tmp_path / "o2")
+    assert code == 0, err
+    assert "note: 3 source(s) have no baseline SEIZ" in out

@@ -87,6 +87,7 @@ def _load_knowledge_base(spec: str):
 
 def _load_sources(args, kb):
     from services.data.loading import load_trial
+    from services.data.quality import source_mismatches
     from services.data.trial import TrialValidationError
 
     if bool(args.subjects) == bool(args.cohort_arm):
@@ -106,6 +107,10 @@ def _load_sources(args, kb):
     except TrialValidationError as exc:
         more = f" (and {len(exc.messages) - 1} more)" if len(exc.messages) > 1 else ""
         raise CliError(f"--subjects {args.subjects}: {exc.messages[0]}{more}") from None
+    problems = source_mismatches(kb, trial)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CliError(f"--subjects {args.subjects}: {problems[0]}{more}")
     return trial.baseline_only()
 
 
@@ -258,4 +263,7 @@ def summary_text(run, folder, seconds: float) -> str:
         text += (f" LLM: {usage['calls']} calls, {usage['cache_hits']} cached, "
                  f"{usage['input_tokens']}+{usage['output_tokens']} tokens, estimated cost "
                  f"${usage['estimated_cost_usd']:.4f}.")
+    notes = m.get("notes") or []
+    if notes:      # what the run's manifest says of its data (sources without a baseline, entry errors)
+        text += "".join(f"\nnote: {n}" for n in notes)
     return text

@@ -37,3 +37,24 @@ def outlying_values(values: pd.DataFrame, far: float = FAR, show: int = 3) -> li
                      f"{lo:g}-{hi:g}): the twins learn their spread and range from them, so check for a unit or "
                      "entry error")
     return notes
+
+
+def source_mismatches(kb, sources, show: int = 3) -> list[str]:
+    """Problems of patients to twin that come from outside the knowledge base (`twinarm generate
+    --subjects`), one message each: a covariate that is numeric in the knowledge base but text
+    for some sources (an AGE of "old" was read as missing and imputed, silently). Empty when
+    they fit."""
+    out = []
+    subj = sources.subjects
+    for col, kind in kb.covariates.items():
+        if kind != "continuous" or col not in subj:
+            continue
+        raw = subj[col]
+        bad = raw.notna() & pd.to_numeric(raw, errors="coerce").isna()
+        if bad.any():
+            rows = subj.loc[bad, ["USUBJID", col]].head(show)
+            shown = ", ".join(f"{u}: {v!r}" for u, v in zip(rows["USUBJID"], rows[col]))
+            more = f" and {int(bad.sum()) - len(rows)} more" if bad.sum() > len(rows) else ""
+            out.append(f"adsl column {col} is numeric in the knowledge base {kb.name} but not for "
+                       f"{int(bad.sum())} source(s) ({shown}{more})")
+    return out
