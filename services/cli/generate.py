@@ -235,6 +235,8 @@ def run(args) -> int:
     except OSError as exc:
         raise CliError(f"--out {args.out}: cannot write ({exc.strerror or exc})") from None
     print(summary_text(twins, folder, seconds))
+    for note in twins.manifest.get("notes") or []:   # what the run says of its data (sources without a baseline, ...)
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -263,7 +265,4 @@ def summary_text(run, folder, seconds: float) -> str:
         text += (f" LLM: {usage['calls']} calls, {usage['cache_hits']} cached, "
                  f"{usage['input_tokens']}+{usage['output_tokens']} tokens, estimated cost "
                  f"${usage['estimated_cost_usd']:.4f}.")
-    notes = m.get("notes") or []
-    if notes:      # what the run's manifest says of its data (sources without a baseline, entry errors)
-        text += "".join(f"\nnote: {n}" for n in notes)
     return text
