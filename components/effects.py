@@ -12,7 +12,6 @@ from services.evaluation.effects import MEASURE_LABELS as MEASURES
 from services.evaluation.effects import (
     PER_VISIT_MEASURES,
     RATIO_CAVEAT,
-    RATIO_MEASURES,
     effect_methods,
     effects_display,
 )
@@ -21,14 +20,7 @@ from services.reporting.figures import compare as fig
 
 def effects_frame(result: dict, kb) -> pd.DataFrame:
     """The shared effects table (services) with each row's unit, "ratio" for the ratios."""
-    rows = result.get("effects") or []
-    frame = effects_display(rows)
-    if not rows:
-        return frame
-    units = [("ratio" if e["measure"] in RATIO_MEASURES else
-              (kb.parameters[e["paramcd"]].unit if e["paramcd"] in kb.parameters else "")) or "" for e in rows]
-    frame.insert(frame.columns.get_loc("real controls") + 1, "unit", units)
-    return frame
+    return effects_display(result.get("effects") or [], units={p: kb.parameters[p].unit for p in kb.parameters})
 
 
 def effects_view(kb, run, compute: Callable) -> None:

@@ -117,6 +117,9 @@ def test_zip_and_cli_export_and_report(pbc_twins, tmp_path, capsys):
     assert "<li class=\"muted\">hazard ratio: Cox (Breslow)" in report
     # one hazard ratio against the twins: the survival section quotes the effect table's interval
     assert "HR real source cohort vs twin arm (as in Treatment effect" in report and "NOT included" not in report
+    # its effect table gives each row's unit, as the screen's does (mg/dL for BILI's differences)
+    eff_table = report[report.index("<h2>Treatment effect"):report.index("<h2>Embedding")]
+    assert "<th>unit</th>" in eff_table and "<td>mg/dL</td>" in eff_table and "<td>ratio</td>" in eff_table
     # the card says how far below the baseline regression this trial lets a generator go
     assert "information beyond the own baseline [95 % CI]" in report and "Information beyond the own baseline: the" in report
     capsys.readouterr()

@@ -62,7 +62,9 @@ def run(args) -> int:
                                                seed=args.seed)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    print_summary(result)
+    from services.evaluation.backtest_verdicts import endpoint_visit
+
+    print_summary(result, units={p: kb.parameters[p].unit for p in kb.parameters}, endpoint=endpoint_visit(kb))
     if args.json:
         try:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,9 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def print_summary(r: dict) -> None:
+def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = None) -> None:
+    """The evaluation in a few lines. Per-visit effects: the trial's endpoint visit (`endpoint`,
+    its PROCOVA endpoint) and each parameter's last visit, each with its n of patients and unit."""
     from services.evaluation.effects import MEASURE_LABELS, PER_VISIT_MEASURES
 
     f, p, u = r["fidelity"], r["privacy"], r["utility"]
@@ -149,11 +153,24 @@ def print_summary(r: dict) -> None:
         print(f"effects of the real source patients against their twins ({eff['n_patients']} patients, "
               f"{eff.get('refits', 0)} generator refits; unit: patients):")
         shown = [e for e in rows if e["measure"] not in PER_VISIT_MEASURES]
-        last = {}
-        for e in rows:                     # the last visit of each parameter, on each scale
+        picked = {}
+        ep_p, ep_v = endpoint or (None, None)
+        for e in rows:                     # the endpoint visit, and the last visit of each parameter, on each scale
             if e["measure"] in PER_VISIT_MEASURES:
-                last[(e["paramcd"], e["measure"])] = e
-        for e in list(last.values()) + shown:
-            where = f" at {e['avisit'] or e['avisitn']}" if e["measure"] in PER_VISIT_MEASURES else ""
-            print(f"  {e['paramcd']}{where}: {MEASURE_LABELS.get(e['measure'], e['measure'])} {_fmt(e['estimate'])} "
-                  f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]")
+                picked[(e["paramcd"], e["measure"], "last")] = e
+                if e["paramcd"] == ep_p and e["avisitn"] is not None and float(e["avisitn"]) == ep_v:
+                    picked[(e["paramcd"], e["measure"], "endpoint")] = e
+        per_visit = sorted(picked.items(), key=lambda kv: (kv[0][0] != ep_p, kv[0][0], kv[0][2] != "endpoint"))
+        seen = set()
+        for (_, _, role), e in per_visit:
+            if id(e) in seen:
+                continue
+            seen.add(id(e))
+            where = f" at {e['avisit'] or e['avisitn']}" + (" (endpoint)" if role == "endpoint" else "")
+            unit = (units or {}).get(e["paramcd"]) or ""
+            unit = f" {unit}" if unit and e["measure"] in ("mean_difference", "mean_difference_dr") else ""
+            print(f"  {e['paramcd']}{where}: {MEASURE_LABELS.get(e['measure'], e['measure'])} {_fmt(e['estimate'])}"
+                  f"{unit} [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] (n={e.get('n_patients')})")
+        for e in shown:
+            print(f"  {e['paramcd']}: {MEASURE_LABELS.get(e['measure'], e['measure'])} {_fmt(e['estimate'])} "
+                  f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] (n={e.get('n_patients')})")

@@ -217,15 +217,18 @@ def real_controls(e: dict) -> str:
     return f"{e['n_control']} ({e['effective_controls']:.0f} effective)"
 
 
-def effects_display(rows: list[dict]) -> pd.DataFrame:
+def effects_display(rows: list[dict], units: dict[str, str] | None = None) -> pd.DataFrame:
     """The effects table of Compare's Effect tab and of the report, one row per `effects_json`
-    row, built in one place so that both say the same; the `_` columns hold the raw values that
-    the forest plots read and the tables do not show."""
+    row, built in one place so that both say the same; `units` (PARAMCD -> unit) gives each row
+    its unit ("ratio" for the ratios); the `_` columns hold the raw values that the forest plots
+    read and the tables do not show."""
     return pd.DataFrame([{
         "endpoint": e["paramcd"] + (f" at {e['avisit']}" if e.get("avisit") else ""),
         "measure": MEASURE_LABELS.get(e["measure"], e["measure"]), "estimate": e["estimate"],
         "95 % CI": f"{e['ci_low']:.3g} to {e['ci_high']:.3g}", "p": e.get("p_value"),
         "patients": e["n_patients"], "real controls": real_controls(e),
+        **({} if units is None else {"unit": "ratio" if e["measure"] in RATIO_MEASURES
+                                     else (units.get(e["paramcd"]) or "")}),
         "_measure": e["measure"], "_lo": e["ci_low"], "_hi": e["ci_high"], "_param": e["paramcd"],
         "_visit": e.get("avisitn")} for e in rows])
 

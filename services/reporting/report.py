@@ -66,7 +66,7 @@ class _Figures:
         return f"<figure>{div}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def _effects_section(effects: dict | None) -> str:
+def _effects_section(effects: dict | None, units: dict[str, str] | None = None) -> str:
     """The treatment effect against the twins, as on Compare's Effect tab."""
     out = ["<h2>Treatment effect against the twins</h2>"]
     if not effects:
@@ -75,7 +75,7 @@ def _effects_section(effects: dict | None) -> str:
         out.append(f'<p class="muted">{html.escape(effects["note"])}</p>')
     rows = effects.get("effects") or []
     if rows:
-        frame = effects_display(rows)
+        frame = effects_display(rows, units)
         out.append(_table(frame[[c for c in frame.columns if not c.startswith("_")]]))
         out.append(f'<p class="muted">{effects["n_patients"]} real source patients against their twins; the '
                    f"patient is the unit; {effects.get('refits', 0)} generator refits carry the generator's "
@@ -216,7 +216,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                              "Kaplan-Meier curves with 95 % bands and numbers at risk; a patient's K twins weigh one "
                              "patient (the twin arm's band leaves out the generator's own uncertainty)."))
             parts.append(_kv(_survival_rows(result["survival"].get(paramcd, {}), effects, paramcd)))
-    parts.append(_effects_section(effects))
+    parts.append(_effects_section(effects, {p: kb.parameters[p].unit for p in kb.parameters}))
     parts.append("<h2>Embedding</h2>")
     try:
         points = ps.cached_embedding_points(comp, run_dir, method=embedding_method, seed=seed)
