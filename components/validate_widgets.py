@@ -9,6 +9,7 @@ import streamlit as st
 
 from components.data_table import data_table
 from services.evaluation.metrics.procova import default_effect
+from services.evaluation.validation import ancova_headline
 from services.reporting.tables import INFORMATION_NOTE, validation_card_table
 
 
@@ -23,16 +24,9 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
         f" on {held} of the {s.get('held_out')} held-out patients (each twin costs a model call)"
     st.markdown(f"Generator **{result.generator}**, {result.twins_per_patient} twins per held-out patient, "
                 f"{result.folds}-fold cross-fitting of **{result.arm}**{subset}.")
-    judged = card[~card["accuracy"].str.startswith("too few")] if len(card) else card
-    if len(judged):
-        worse = judged[judged["rmse_ratio_lo"] <= 1.0]
-        if len(worse) == len(judged):
-            st.warning("On this trial the twins are **not better than a baseline ANCOVA** (a regression of each "
-                       "visit on the patient's own baseline value) for any parameter: their prognostic value "
-                       "is that of the baseline alone.")
-        elif len(worse):
-            st.warning("Not better than a baseline ANCOVA for: " + ", ".join(worse["PARAMCD"]) +
-                       " (the 95 % interval of the RMSE ratio reaches 1).")
+    headline = ancova_headline(card)
+    if headline:
+        st.warning(headline)
     cols = st.columns(3)
     if len(result.visits) or not len(result.tte):     # a trial with events only has no visit figures
         cols[0].metric("Accuracy (median RMSE ratio)", "n/a" if s.get("rmse_ratio_median") is None

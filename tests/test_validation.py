@@ -161,3 +161,24 @@ def test_procova_says_why_when_the_baseline_does_not_vary_at_the_endpoint():
     # its 9 held-out patients' twins anti-predict the endpoint (rho -0.58): |rho| planned a saving
     assert plan["rho"]["rho"] < 0 and "correlates negatively" in plan["note"]
     assert plan["n_adjusted"] == plan["n_unadjusted"]
+
+
+def test_the_ancova_headline_reads_the_upper_end_of_the_interval():
+    # a review: pbc's CHOL 0.74 [0.63, 0.94], better than the baseline regression, was listed as "not
+    # better than a baseline ANCOVA" because the test read the interval's lower end
+    import pandas as pd
+
+    from services.evaluation.validation import ancova_headline
+
+    def card(rows):
+        return pd.DataFrame(rows, columns=["PARAMCD", "rmse_ratio", "rmse_ratio_lo", "rmse_ratio_hi", "accuracy"])
+
+    better = ("CHOL", 0.74, 0.63, 0.94, "better than the baseline regression")
+    unsure = ("BILI", 0.97, 0.90, 1.05, "better than the baseline regression (not conclusively)")
+    worse = ("ALT", 1.05, 1.01, 1.09, "worse than the baseline regression")
+    few = ("PT", 0.5, 0.4, 0.6, "too few patients (4)")
+    assert ancova_headline(card([better, few])) is None
+    assert ancova_headline(card([better, unsure, worse])) == ("Not better than a baseline ANCOVA for: BILI, ALT "
+                                                              "(the 95 % interval of the RMSE ratio reaches 1).")
+    assert ancova_headline(card([unsure, worse, few])).startswith("On this trial the twins are not better")
+    assert ancova_headline(card([few])) is None and ancova_headline(card([])) is None

@@ -122,6 +122,28 @@ def endpoint_pairs(trial: Trial, result: BacktestResult) -> tuple[str | None, fl
     return paramcd, avisitn, pairs[cols].reset_index(drop=True)
 
 
+def ancova_headline(card: pd.DataFrame) -> str | None:
+    """The plain statement the Validate page and the report open the card with when the twins are
+    not shown to beat a baseline ANCOVA: for a parameter whose RMSE ratio's 95 % interval reaches
+    1 (its upper end at or above 1; a ratio of 0.74 [0.63, 0.94] is better, and was flagged while
+    the test read the lower end). None when every judged parameter is better."""
+    if not len(card):
+        return None
+    judged = card[~card["accuracy"].str.startswith(("too few", "not estimated"))]
+    if not len(judged):
+        return None
+    hi = judged["rmse_ratio_hi"].where(judged["rmse_ratio_hi"].notna(), judged["rmse_ratio"])
+    worse = judged[hi >= RATIO_TARGET]
+    if len(worse) == len(judged):
+        return ("On this trial the twins are not better than a baseline ANCOVA (a regression of each visit on the "
+                "patient's own baseline value) for any parameter: their prognostic value is that of the baseline "
+                "alone.")
+    if len(worse):
+        return ("Not better than a baseline ANCOVA for: " + ", ".join(worse["PARAMCD"]) +
+                " (the 95 % interval of the RMSE ratio reaches 1).")
+    return None
+
+
 def procova(trial: Trial, result: BacktestResult, effect: float | None = None, sd: float | None = None,
             alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0, conservative: bool = True,
             deflation: float = 0.9, sd_treatment: float | None = None,

@@ -124,7 +124,12 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     `procova_inputs`: the Validate page's planning inputs (effect, SD, power, ...), so the
     report's plan is the one on the screen; the defaults (0.4 SD) without them."""
     from services.evaluation.effects import run_effects
-    from services.evaluation.validation import backtestable, bootstrap_card, cached_validate_run
+    from services.evaluation.validation import (
+        ancova_headline,
+        backtestable,
+        bootstrap_card,
+        cached_validate_run,
+    )
     from services.evaluation.validation import procova as procova_plan
 
     twins = run.as_trial()
@@ -177,9 +182,10 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                   f" on {bs['held_out_twinned']} of the {bs['held_out']} held-out patients")
         parts.append(f'<p>Generator <b>{html.escape(backtest.generator)}</b> with the settings of this run, '
                      f"{backtest.twins_per_patient} twins per held-out patient{subset}.</p>")
-        for verdict in backtest.summary.get("verdicts", []):
-            parts.append(f'<div class="card">{html.escape(verdict)}</div>')
         card = bootstrap_card(backtest, seed=seed, trial=kb)
+        headline = ancova_headline(card)      # as the Validate page opens its card
+        for verdict in ([headline] if headline else []) + backtest.summary.get("verdicts", []):
+            parts.append(f'<div class="card">{html.escape(verdict)}</div>')
         codes = {"PARAMCD": code_labels({p: i.label for p, i in kb.parameters.items()}
                                         | {p: kb.tte_label(p) for p in kb.tte_parameters})}
         if len(card):
