@@ -217,6 +217,29 @@ def real_controls(e: dict) -> str:
     return f"{e['n_control']} ({e['effective_controls']:.0f} effective)"
 
 
+UNSTABLE_DF = 3.0     # a Satterthwaite df below this: the refits vary mostly by their own noise there
+
+
+def generator_term_cell(e: dict) -> str:
+    """Whether a row's interval carries the generator's own uncertainty, said on the row: at a
+    sparse late visit few refits may hold the statistic (none: not included), or the refits'
+    spread may be mostly their Monte-Carlo noise (a tiny Satterthwaite df and an interval many
+    times its neighbours': pbc ALB at Year 8, df 0.87, +-2.1 beside +-0.3). The caption's "the
+    intervals add the generator's uncertainty" held for neither, unsaid (a browser review)."""
+    if e["measure"].endswith("_dr"):
+        return "none needed (doubly robust)"
+    if e.get("design") == "randomized":
+        return "none needed (randomized)"
+    if not e.get("B"):
+        return "not included (no refits)"
+    if e.get("var_generator") is None:
+        return "NOT included (too few refits held it)"
+    df = e.get("df")
+    if df is not None and df < UNSTABLE_DF:
+        return f"unstable (df {df:.1f}): interval very wide"
+    return "included"
+
+
 def effects_display(rows: list[dict], units: dict[str, str] | None = None) -> pd.DataFrame:
     """The effects table of Compare's Effect tab and of the report, one row per `effects_json`
     row, built in one place so that both say the same; `units` (PARAMCD -> unit) gives each row
@@ -226,7 +249,7 @@ def effects_display(rows: list[dict], units: dict[str, str] | None = None) -> pd
         "endpoint": e["paramcd"] + (f" at {e['avisit']}" if e.get("avisit") else ""),
         "measure": MEASURE_LABELS.get(e["measure"], e["measure"]), "estimate": e["estimate"],
         "95 % CI": f"{e['ci_low']:.3g} to {e['ci_high']:.3g}", "p": e.get("p_value"),
-        "patients": e["n_patients"], "real controls": real_controls(e),
+        "patients": e["n_patients"], "real controls": real_controls(e), "generator term": generator_term_cell(e),
         **({} if units is None else {"unit": "ratio" if e["measure"] in RATIO_MEASURES
                                      else (units.get(e["paramcd"]) or "")}),
         "_measure": e["measure"], "_lo": e["ci_low"], "_hi": e["ci_high"], "_param": e["paramcd"],
