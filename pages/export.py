@@ -3,7 +3,7 @@
 import streamlit as st
 
 from components.compare_state import cached_effects, cached_evaluation, require_run
-from components.state import get_cohort, get_run_dir
+from components.state import get_run_dir
 from services.reporting.export import export_zip
 from services.reporting.report import build_report
 
@@ -18,10 +18,11 @@ def _zip(run_id: str, kb_hash: str, fmt: str, _run, _labels, _kb) -> bytes:
 
 
 @st.cache_data(show_spinner="Writing the report (metrics, backtest, figures)...", max_entries=4)
-def _report(kb_hash: str, run_id: str, cohort: str, inputs_key: str, _kb, _run, _inputs) -> str:
+def _report(kb_hash: str, run_id: str, inputs_key: str, _kb, _run, _inputs) -> str:
     # the effects are the Compare tab's (kept with the run) and the PROCOVA inputs the Validate
     # page's: the report says what the screen says
-    return build_report(_kb, _run, cohort_description=cohort, effects=cached_effects(_kb, _run),
+    # the cohort is the run's own (its manifest), not the one chosen on the Cohort page since
+    return build_report(_kb, _run, effects=cached_effects(_kb, _run),
                         evaluation=cached_evaluation(_kb, _run), run_dir=get_run_dir(), procova_inputs=_inputs)
 
 
@@ -36,14 +37,12 @@ st.caption("ADaM-lite: adsl (one row per twin, with SRCSUBJID and TWINIDX), one 
            "base's); generated values are rounded to the decimals the knowledge base records for each parameter.")
 
 st.header("Report")
-spec, ids = get_cohort()
-cohort = f"{spec.name or 'cohort'} ({len(ids)} patients)" if spec is not None and ids else ""
 # Built when the button is clicked (a callable `data`): metrics, a backtest and figures take a
 # while, and a visit to this page should not pay for a report nobody downloads.
 planned_for, inputs = st.session_state.get("validate_procova_inputs") or (None, None)
 inputs = inputs if planned_for == run.run_id else None
 st.download_button("Download report (HTML)",
-                   lambda: _report(kb.content_hash, run.run_id, cohort, repr(sorted((inputs or {}).items())), kb, run,
+                   lambda: _report(kb.content_hash, run.run_id, repr(sorted((inputs or {}).items())), kb, run,
                                    inputs).encode(),
                    file_name=f"twinarm-report-{run.run_id}.html", mime="text/html", key="download_report")
 st.caption("One self-contained HTML file that opens offline (Plotly inlined, no network request): trial and "

@@ -242,3 +242,13 @@ def test_the_survival_rows_quote_the_effects_hazard_ratio_and_label_the_other():
     label, value = next(iter(alone.items()))
     assert "NOT included" in label and value.startswith("1.08 (95 % CI 0.90-1.31")
     assert any("not evidence of agreement" in k for k in alone)
+
+
+def test_the_report_names_the_cohort_the_run_was_made_for():
+    # a browser review: a run made for "DPCA age>=40" (130 patients) was reported as the cohort
+    # chosen on the Cohort page after it ("DPCA age>=60 (37 patients)")
+    from services.reporting.report import run_cohort
+
+    manifest = {"cohort": {"label": "DPCA age>=40", "kind": "cohort"}, "sources": {"subjects": 130}}
+    assert run_cohort(manifest, 130, "D-penicillamine") == "DPCA age>=40 (130 patients)"
+    assert run_cohort({"sources": {"subjects": 12}}, 12, "Progabide") == "12 patients of Progabide"

@@ -85,6 +85,15 @@ def _effects_section(effects: dict | None, units: dict[str, str] | None = None) 
     return "\n".join(out)
 
 
+def run_cohort(manifest: dict, n_sources: int, source_arm: str) -> str:
+    """The cohort the run was generated for, as its manifest recorded it (the app's cohort label),
+    never the cohort chosen on the screen since (a review downloaded a report of a run made for
+    130 patients that named a 37-patient cohort chosen after it)."""
+    label = (manifest.get("cohort") or {}).get("label")
+    n = (manifest.get("sources") or {}).get("subjects") or n_sources
+    return f"{label} ({n} patients)" if label else f"{n_sources} patients of {source_arm}"
+
+
 def _survival_rows(s: dict, effects: dict | None, paramcd: str) -> dict:
     """The survival section's figures. The hazard ratio against the twin arm is the Treatment
     effect table's, whose interval carries the generator's own uncertainty; the comparison's
@@ -158,7 +167,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     parts.append(_kv({"trial": kb.title, "indication": kb.meta.indication or "-", "source": kb.meta.source or "-",
                       "subjects": len(kb.subjects),
                       "arms": ", ".join(f"{a} ({n})" for a, n in kb.arm_counts().items()),
-                      "cohort twinned": cohort_description or f"{len(comp.source_ids)} patients of {comp.source_arm()}",
+                      "cohort twinned": cohort_description or run_cohort(run.manifest, len(comp.source_ids),
+                                                                         comp.source_arm()),
                       "twin arm": f"{run.n_twins} twins under {comp.target_arm}",
                       "knowledge base hash": kb.content_hash[:16]}))
 
