@@ -62,8 +62,11 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
             data_table(result.visits, codes=codes, key="validate_visits")
 
 
-def procova_inputs(endpoint) -> dict | None:
-    """Effect, SD, alpha, power, allocation and the conservative option; None without endpoint."""
+def procova_inputs(endpoint, saved: dict | None = None) -> dict | None:
+    """Effect, SD, alpha, power, allocation and the conservative option; None without endpoint.
+    `saved`: the inputs last set for this run, shown again (a page's widgets are reset when the
+    user leaves it, and a revisit then silently replaced the inputs the report plans with)."""
+    saved = saved or {}
     paramcd, avisitn, pairs = endpoint
     if paramcd is None or len(pairs) < 5:
         st.info("No endpoint with enough held-out patients to estimate the prognostic correlation.")
@@ -75,22 +78,23 @@ def procova_inputs(endpoint) -> dict | None:
     c1, c2, c3, c4, c5 = st.columns(5)
     # steps and display follow the SD's magnitude (a lab in g/L and one in mg/dL alike)
     step = 10.0 ** (math.floor(math.log10(sd_obs)) - 1) if sd_obs > 0 else 0.01
-    effect = c1.number_input("Effect to detect", min_value=1e-9, value=default_effect(sd_obs) if sd_obs > 0 else 1.0,
+    effect = c1.number_input("Effect to detect", min_value=1e-9, value=saved.get("effect") or (default_effect(sd_obs) if sd_obs > 0 else 1.0),
                              step=step, format="%.4g", help="Difference in means between arms, in the endpoint's unit.")
-    sd = c2.number_input("SD", min_value=1e-9, value=sd_obs if sd_obs > 0 else 1.0, step=step,
+    sd = c2.number_input("SD", min_value=1e-9, value=saved.get("sd") or (sd_obs if sd_obs > 0 else 1.0), step=step,
                          format="%.4g", help="Outcome SD; defaults to the held-out control patients' SD.")
-    alpha = c3.select_slider("Alpha (two-sided)", [0.01, 0.025, 0.05, 0.1], value=0.05)
-    power = c4.select_slider("Power", [0.8, 0.85, 0.9, 0.95], value=0.8)
-    ratio = c5.select_slider("Allocation (treatment:control)", [1.0, 1.5, 2.0, 3.0], value=1.0)
+    alpha = c3.select_slider("Alpha (two-sided)", [0.01, 0.025, 0.05, 0.1], value=saved.get("alpha", 0.05))
+    power = c4.select_slider("Power", [0.8, 0.85, 0.9, 0.95], value=saved.get("power", 0.8))
+    ratio = c5.select_slider("Allocation (treatment:control)", [1.0, 1.5, 2.0, 3.0], value=saved.get("ratio", 1.0))
     c6, c7, c8, c9 = st.columns(4)
-    conservative = c6.checkbox("Conservative planning (deflate rho)", value=True,
+    conservative = c6.checkbox("Conservative planning (deflate rho)", value=saved.get("conservative", True),
                                help="Use the one-sided 95 % lower bound of rho, times a deflation factor; with a "
                                     "baseline, the score's partial correlation so, and the baseline's correlation "
                                     "at its lower bound.")
-    deflation = c7.slider("Deflation factor", 0.5, 1.0, 0.9, 0.05, disabled=not conservative)
-    sd_t = c8.number_input("Treated-arm SD", min_value=0.0, value=0.0, format="%.3f",
+    deflation = c7.slider("Deflation factor", 0.5, 1.0, saved.get("deflation", 0.9), 0.05,
+                          disabled=not conservative)
+    sd_t = c8.number_input("Treated-arm SD", min_value=0.0, value=saved.get("sd_treatment") or 0.0, format="%.3f",
                            help="0 = the same as the control arm's.")
-    rho_t = c9.number_input("Treated-arm rho", min_value=0.0, max_value=0.99, value=None, format="%.2f",
+    rho_t = c9.number_input("Treated-arm rho", min_value=0.0, max_value=0.99, value=saved.get("rho_treatment"), format="%.2f",
                             placeholder="control arm's",
                             help="Correlation of the adjustment (the score, with the baseline where there is "
                                  "one) with the treated arm's outcome; empty = the control arm's. Treatment "

@@ -77,9 +77,14 @@ def backtest_sections() -> None:
     st.caption("The mean of each patient's twins is a prognostic score. Adjusting the primary analysis for it "
                "(PROCOVA, qualified by the EMA in 2022) shrinks the outcome variance by 1 - rho², where rho is the "
                "correlation between score and outcome, estimated here on held-out control patients.")
-    inputs = procova_inputs(val.endpoint_pairs(trial, result))
+    planned_for, saved = st.session_state.get("validate_procova_inputs") or (None, None)
+    inputs = procova_inputs(val.endpoint_pairs(trial, result),
+                            saved if own_validation and run is not None and planned_for == run.run_id else None)
     if own_validation:       # the report plans on the run's own validation with the inputs on this screen
         st.session_state["validate_procova_inputs"] = (run.run_id, inputs)
+    elif run is not None:
+        st.caption("These inputs plan on this backtest only: the report plans on the run's own validation (the "
+                   "default settings above), with the inputs last set there.")
     if inputs is not None:
         plan = val.procova(trial, result, **inputs)
         if "error" in plan:
@@ -101,7 +106,8 @@ def backtest_sections() -> None:
                                help="What the twins add beyond the baseline adjustment a regulator expects anyway.")
             else:
                 cols[4].metric("Saving vs unadjusted", f"{plan['saving_pct']:.0f} %")
-            sizes = {"n_unadjusted": plan["n_unadjusted"], "n_adjusted": plan["n_adjusted"]}
+            sizes = {"n_unadjusted": plan["n_unadjusted"], "n_adjusted": plan["n_adjusted"],
+                     "n_baseline_ancova": base_n}
             st.plotly_chart(fig.sample_size_bars(sizes,
                                                  f"Total sample size for {plan['paramcd']} (effect {plan['effect']:g} "
                                                  f"{plan['unit']}, SD {plan['sd']:.3g})"), width="stretch")

@@ -116,7 +116,8 @@ def test_zip_and_cli_export_and_report(pbc_twins, tmp_path, capsys):
     assert "<li class=\"muted\">ratio of geometric means: exp of the mean of (log real" in report
     assert "<li class=\"muted\">hazard ratio: Cox (Breslow)" in report
     # one hazard ratio against the twins: the survival section quotes the effect table's interval
-    assert "HR real source cohort vs twin arm (as in Treatment effect" in report and "NOT included" not in report
+    assert "HR real source cohort vs twin arm (as in Treatment effect" in report
+    assert "own uncertainty NOT included" not in report
     # its effect table gives each row's unit, as the screen's does (mg/dL for BILI's differences)
     eff_table = report[report.index("<h2>Treatment effect"):report.index("<h2>Embedding")]
     assert "<th>unit</th>" in eff_table and "<td>mg/dL</td>" in eff_table and "<td>ratio</td>" in eff_table
@@ -226,6 +227,16 @@ def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
     next(n for n in at.number_input if n.label == "Effect to detect").set_value(2.5).run()
     assert not at.exception, at.exception
     assert at.session_state["validate_procova_inputs"][1]["effect"] == 1.5
+    assert any("plan on this backtest only" in c.value for c in at.caption)
+    # back on the run's own validation, after another page, the inputs are those set (a review: leaving
+    # the page reset them to the defaults, and the revisit replaced the report's)
+    next(s for s in at.slider if s.label == "Folds (k)").set_value(2)
+    next(b for b in at.button if b.label == "Run backtest").click().run()
+    at.switch_page("pages/export.py").run()
+    at.switch_page("pages/validate.py").run()
+    assert not at.exception, at.exception
+    assert next(n for n in at.number_input if n.label == "Effect to detect").value == 1.5
+    assert at.session_state["validate_procova_inputs"][1]["rho_treatment"] == 0.3
 
 
 def test_the_survival_rows_quote_the_effects_hazard_ratio_and_label_the_other():

@@ -284,7 +284,9 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                      "effect, to be replaced by the effect the trial is powered for. ") +
                      "The saving that counts is against the baseline ANCOVA a regulator expects anyway.</p>")
         parts.append(fig(figs.sample_size_bars({"n_unadjusted": procova["n_unadjusted"],
-                                                "n_adjusted": procova["n_adjusted"]}, "Total sample size"),
+                                                "n_adjusted": procova["n_adjusted"],
+                                                "n_baseline_ancova": procova.get("n_baseline_ancova")},
+                                               "Total sample size"),
                          "Variance times 1 - rho² as in the EMA-qualified PROCOVA method."))
     else:
         parts.append(f'<p class="muted">{html.escape((procova or {}).get("error", "Not computed."))}</p>')

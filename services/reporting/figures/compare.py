@@ -195,16 +195,23 @@ def smd_dot_plot(marginal: pd.DataFrame, title: str) -> go.Figure:
 
 
 def sample_size_bars(plan: dict, title: str) -> go.Figure:
-    """Unadjusted vs PROCOVA-adjusted total sample size (`plan` has n_unadjusted, n_adjusted and
-    optionally n_conservative)."""
+    """Unadjusted, baseline-ANCOVA and PROCOVA-adjusted total sample sizes (`plan` has
+    n_unadjusted, n_adjusted and optionally n_baseline_ancova and n_conservative): the
+    baseline ANCOVA's bar is the comparator that counts, so the saving is not read off the
+    unadjusted one."""
     names, values = ["unadjusted"], [plan["n_unadjusted"]]
+    colours = ["#999999"]
+    if plan.get("n_baseline_ancova") is not None:
+        names.append("baseline ANCOVA")
+        values.append(plan["n_baseline_ancova"])
+        colours.append("#666666")
     if plan.get("n_conservative") is not None:
         names.append("PROCOVA (conservative)")
         values.append(plan["n_conservative"])
     names.append("PROCOVA")
     values.append(plan["n_adjusted"])
     fig = go.Figure(go.Bar(x=values, y=names, orientation="h", text=values, textposition="auto",
-                           marker_color=["#999999"] + [colour("twin arm")] * (len(values) - 1)))
+                           marker_color=colours + [colour("twin arm")] * (len(values) - len(colours))))
     fig = _layout(fig, title, "patients (total)", "", height=260)
     fig.update_layout(showlegend=False)
     return fig
