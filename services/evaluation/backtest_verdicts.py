@@ -168,7 +168,9 @@ def summarize(trial, arm, pairs, visits, parameters, tte, twins_per_patient: int
     judged = tte[tte["events"] >= MIN_EVENTS] if len(tte) else tte
     verdicts += tte_verdicts
     if rho is not None and n_ep >= MIN_VERDICT_PATIENTS:
-        verdicts.append(f"PROCOVA: the twins' mean predicts {p_ep} at visit {v_ep:g} with correlation {rho:.2f} "
+        where = next((v.avisit for v in trial.schedule(p_ep) if float(v.avisitn) == float(v_ep) and v.avisit),
+                     f"visit {v_ep:g}")      # the visit's name, as the PROCOVA plan and the effects say it
+        verdicts.append(f"PROCOVA: the twins' mean predicts {p_ep} at {where} with correlation {rho:.2f} "
                         f"(n={n_ep})" + (_procova_gain(rho, partial) if rho > 0
                                          else ": negative, so the twins are no prognostic score here."))
     readable = calibration_readable(k, balanced) and cov_pit is not None
