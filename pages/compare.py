@@ -30,9 +30,11 @@ st.caption(f"Run {run.run_id}: {run.n_twins} twins under **{comp.target_arm}** f
            f"real patients of {comp.source_arm() or 'another trial'}, compared with "
            f"{len(comp.groups[ev.TARGET].subjects)} real {comp.target_arm} patients.")
 
+# the open tab is kept by the server (a key and on_change="rerun"): a button inside a tab (Effect's
+# "Estimate the effect") reran the page and the browser reopened Trajectories, hiding the result
 tab_traj, tab_surv, tab_effect, tab_emb, tab_sim, tab_metrics, *tab_safety = st.tabs(
     ["Trajectories", "Survival", "Effect", "Embeddings", "Similarity", "Metrics"]
-    + (["Safety"] if has_ae(kb) else []))
+    + (["Safety"] if has_ae(kb) else []), key="compare_tab", on_change="rerun")
 
 with tab_traj:
     if not comp.parameters:

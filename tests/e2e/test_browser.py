@@ -253,6 +253,15 @@ def test_compare_shows_the_twin_arm(twin_page, artifacts):
     ui.assert_no_exception(twin_page)
     expect(ui.main(twin_page).locator('[data-testid="stPlotlyChart"]').first).to_be_visible()
     shoot(twin_page, artifacts, ui.PAGE_COMPARE)
+    # the Effect tab's button reruns the page: its result shows in the tab still open (a review saw
+    # the page return to Trajectories with the result hidden in Effect)
+    tab = ui.main(twin_page).get_by_role("tab", name="Effect", exact=True)
+    ui.rerun(twin_page, lambda: tab.click())
+    ui.click_button(twin_page, "Estimate the effect", timeout=ui.SLOW_TIMEOUT_MS)
+    ui.assert_no_exception(twin_page)
+    expect(tab).to_have_attribute("aria-selected", "true")
+    expect(ui.main(twin_page).get_by_text("the patient is the unit of inference", exact=False).first).to_be_visible(
+        timeout=ui.SLOW_TIMEOUT_MS)
 
 
 def test_validate_shows_metrics(twin_page, artifacts):
