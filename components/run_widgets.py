@@ -310,12 +310,6 @@ def run_header(run, run_dir, note) -> None:
                    f"${usage['estimated_cost_usd']:.4f}.")
 
 
-def group_counts(comp) -> pd.DataFrame:
-    rows = []
-    for group, trial in comp.groups.items():
-        arms = ", ".join(map(str, trial.subjects["ARM"].unique()))
-        rows.append({"group": f"{group} ({arms})", "patients": len(trial.subjects)})
-    return pd.DataFrame(rows)
 
 
 def scale_choice(comp, paramcd: str, key: str) -> str:

@@ -6,7 +6,7 @@ import streamlit as st
 from components import llm_widgets as lw
 from components import run_widgets as rw
 from components.state import get_cohort, get_run, get_run_dir, get_trial, set_run
-from services.evaluation.comparison import compare
+from services.evaluation.comparison import compare, group_counts
 from services.evaluation.trajectories import trajectory_summary
 from services.generation import GENERATORS, GeneratorError
 from services.generation.saved_runs import list_runs, load_run
@@ -101,7 +101,7 @@ if run is not None:
             rw.trajectory_chart(comp, trajectory_summary, key=f"whatif_param_{trial.content_hash[:12]}")
         with right:
             st.markdown("**Patients per group**")
-            st.dataframe(rw.group_counts(comp), hide_index=True, width="stretch")
+            st.markdown("\n".join(f"- {line}" for line in group_counts(comp)))
             st.caption("The twin arm, the real patients of the target arm (sources excluded) and "
                        "the real source cohort under its own arm.")
     rw.failures_table(run)

@@ -222,3 +222,14 @@ def test_smd_net_of_the_sources_baseline_imbalance_matches_an_ols_hand_computati
     assert row["smd_net"] == pytest.approx(row["smd"] - row["smd_expected"], rel=1e-12)
     assert f["share_abs_net_smd_below_0_1"] == pytest.approx((marginal["smd_net"].abs() < 0.1).mean())
     print(f"pbc: raw |SMD| < 0.1 at {f['share_abs_smd_below_0_1']:.2f}, net {f['share_abs_net_smd_below_0_1']:.2f}")
+
+
+def test_group_counts_give_the_twin_arm_its_patients_and_its_twins(pbc):
+    from services.evaluation.comparison import group_counts
+    from services.generation import get_generator
+
+    treated = list(pbc.subjects.loc[pbc.subjects.ARM == "D-penicillamine", "USUBJID"])[:30]
+    run = get_generator("local").fit(pbc).generate(pbc.subset(treated), "Placebo", twins_per_patient=5, seed=0)
+    lines = group_counts(compare(pbc, run.as_trial(), run.manifest))
+    assert f"{TWIN} (Placebo): 30 patients, 150 twins" in lines
+    assert f"{TARGET} (Placebo): 154 patients" in lines

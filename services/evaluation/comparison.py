@@ -136,6 +136,20 @@ def km_steps(data: dict[str, pd.DataFrame], n_risk_points: int = 6) -> tuple[pd.
             pd.concat(risk, ignore_index=True) if risk else pd.DataFrame())
 
 
+def group_counts(comp: Comparison) -> list[str]:
+    """One line per group: its arm(s) and patients; the twin arm counts its source patients and
+    says how many twins they have (it listed 650 "patients" for 130 patients' 5 twins each)."""
+    out = []
+    for group, trial in comp.groups.items():
+        arms = ", ".join(map(str, trial.subjects["ARM"].unique()))
+        if group == TWIN and "SRCSUBJID" in trial.subjects:
+            n = trial.subjects["SRCSUBJID"].nunique()
+            out.append(f"{group} ({arms}): {n} patients, {len(trial.subjects)} twins")
+        else:
+            out.append(f"{group} ({arms}): {len(trial.subjects)} patients")
+    return out
+
+
 def km_curves(comp: Comparison, paramcd: str, n_risk_points: int = 6) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Kaplan-Meier step data with 95 % bands per group, and numbers at risk at a few times
     (`km_steps`: the twins weighted 1/K)."""
