@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
+from components.state import LAST_RUN_NOTE
 from services.evaluation.trajectories import SCALES, can_use_log, suggested_scale
 from services.generation.llm import LLMSettings
 from services.reporting.figures.compare import mean_trajectories
 
 JOB = "whatif_job"
-LAST_RUN_NOTE = "whatif_last_note"
 POLL_S = 0.5
 INLINE_WAIT_S = 90.0     # how long the page that started a run waits for it in line (fast runs)
 

@@ -16,6 +16,7 @@ COHORT_IDS = "cohort_ids"
 RUN = "twin_run"
 RUN_DIR = "twin_run_dir"
 UPLOAD_ERRORS = "upload_errors"
+LAST_RUN_NOTE = "whatif_last_note"     # the outcome of the latest generation (run_widgets)
 
 
 @st.cache_resource(show_spinner="Loading the bundled trial...")
@@ -39,7 +40,7 @@ def set_trial(trial, source: str) -> None:
     st.session_state[TRIAL_SOURCE] = source
     st.session_state.pop(UPLOAD_ERRORS, None)
     if previous is not None and previous.content_hash != trial.content_hash:
-        for key in (COHORT_SPEC, COHORT_IDS, RUN, RUN_DIR):
+        for key in (COHORT_SPEC, COHORT_IDS, RUN, RUN_DIR, LAST_RUN_NOTE):
             st.session_state.pop(key, None)
 
 

@@ -80,7 +80,7 @@ rw.job_panel(on_finished=set_run, first_run=started_now)
 # ----- the current run ----------------------------------------------------------------------
 run = get_run()
 note = st.session_state.get(rw.LAST_RUN_NOTE)
-if run is not None or note:
+if run is not None or (note and note[0] in ("error", "warning")):
     st.subheader("Twin arm")
     rw.run_header(run, get_run_dir(), note)
 if run is not None:

@@ -108,3 +108,18 @@ def test_an_upload_shows_its_name_and_its_errors_go_with_a_switch():
     assert not at.exception
     assert at.session_state["trial"].name == "pbc"
     assert "upload_errors" not in at.session_state
+
+
+def test_a_switched_trial_leaves_no_empty_twin_arm_heading(pbc_twins):
+    # a browser review: after a run and a trial switch, What-if showed a "Twin arm" heading over nothing
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["twin_run"] = pbc_twins
+    at.session_state["twin_run_dir"] = None
+    at.session_state["whatif_last_note"] = ("done", pbc_twins.run_id)
+    at.run()
+    at.sidebar.selectbox(key="demo_choice").set_value("epilepsy").run()
+    assert not at.exception, at.exception
+    at.switch_page("pages/whatif.py").run()
+    assert not at.exception, at.exception
+    assert "Twin arm" not in [h.value for h in at.subheader]
+    assert "whatif_last_note" not in at.session_state
