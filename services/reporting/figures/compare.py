@@ -30,8 +30,10 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 420) -> go.Figure:
+    # the legend sits on the plot's top edge (y 1, not 1.02: in a tall figure, such as the SMD plot of
+    # many visits, 2 % of the plot's height lifted it into the title)
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, template="plotly_white",
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0}, margin={"t": 70, "b": 40})
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0}, margin={"t": 80, "b": 40})
     return fig
 
 
