@@ -62,10 +62,12 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
             data_table(result.visits, codes=codes, key="validate_visits")
 
 
-def procova_inputs(endpoint, saved: dict | None = None) -> dict | None:
+def procova_inputs(endpoint, saved: dict | None = None, scope: str = "") -> dict | None:
     """Effect, SD, alpha, power, allocation and the conservative option; None without endpoint.
-    `saved`: the inputs last set for this run, shown again (a page's widgets are reset when the
-    user leaves it, and a revisit then silently replaced the inputs the report plans with)."""
+    `saved`: the inputs last set for this run, the widgets' starting values (a page's widgets are
+    reset when the user leaves it, and a revisit then silently replaced the inputs the report
+    plans with). Keyed by `scope` (the backtest they plan on): an unkeyed widget whose value
+    follows the saved input is a new widget at each change, and dropped every second edit."""
     saved = saved or {}
     paramcd, avisitn, pairs = endpoint
     if paramcd is None or len(pairs) < 5:
@@ -79,26 +81,26 @@ def procova_inputs(endpoint, saved: dict | None = None) -> dict | None:
     # steps and display follow the SD's magnitude (a lab in g/L and one in mg/dL alike)
     step = 10.0 ** (math.floor(math.log10(sd_obs)) - 1) if sd_obs > 0 else 0.01
     effect = c1.number_input("Effect to detect", min_value=1e-9, value=saved.get("effect") or (default_effect(sd_obs) if sd_obs > 0 else 1.0),
-                             step=step, format="%.4g", help="Difference in means between arms, in the endpoint's unit.")
+                             step=step, format="%.4g", help="Difference in means between arms, in the endpoint's unit.", key=f"procova_effect_{scope}")
     sd = c2.number_input("SD", min_value=1e-9, value=saved.get("sd") or (sd_obs if sd_obs > 0 else 1.0), step=step,
-                         format="%.4g", help="Outcome SD; defaults to the held-out control patients' SD.")
-    alpha = c3.select_slider("Alpha (two-sided)", [0.01, 0.025, 0.05, 0.1], value=saved.get("alpha", 0.05))
-    power = c4.select_slider("Power", [0.8, 0.85, 0.9, 0.95], value=saved.get("power", 0.8))
-    ratio = c5.select_slider("Allocation (treatment:control)", [1.0, 1.5, 2.0, 3.0], value=saved.get("ratio", 1.0))
+                         format="%.4g", help="Outcome SD; defaults to the held-out control patients' SD.", key=f"procova_sd_{scope}")
+    alpha = c3.select_slider("Alpha (two-sided)", [0.01, 0.025, 0.05, 0.1], value=saved.get("alpha", 0.05), key=f"procova_alpha_{scope}")
+    power = c4.select_slider("Power", [0.8, 0.85, 0.9, 0.95], value=saved.get("power", 0.8), key=f"procova_power_{scope}")
+    ratio = c5.select_slider("Allocation (treatment:control)", [1.0, 1.5, 2.0, 3.0], value=saved.get("ratio", 1.0), key=f"procova_ratio_{scope}")
     c6, c7, c8, c9 = st.columns(4)
     conservative = c6.checkbox("Conservative planning (deflate rho)", value=saved.get("conservative", True),
                                help="Use the one-sided 95 % lower bound of rho, times a deflation factor; with a "
                                     "baseline, the score's partial correlation so, and the baseline's correlation "
-                                    "at its lower bound.")
+                                    "at its lower bound.", key=f"procova_conservative_{scope}")
     deflation = c7.slider("Deflation factor", 0.5, 1.0, saved.get("deflation", 0.9), 0.05,
-                          disabled=not conservative)
+                          disabled=not conservative, key=f"procova_deflation_{scope}")
     sd_t = c8.number_input("Treated-arm SD", min_value=0.0, value=saved.get("sd_treatment") or 0.0, format="%.3f",
-                           help="0 = the same as the control arm's.")
+                           help="0 = the same as the control arm's.", key=f"procova_sd_treatment_{scope}")
     rho_t = c9.number_input("Treated-arm rho", min_value=0.0, max_value=0.99, value=saved.get("rho_treatment"), format="%.2f",
                             placeholder="control arm's",
                             help="Correlation of the adjustment (the score, with the baseline where there is "
                                  "one) with the treated arm's outcome; empty = the control arm's. Treatment "
-                                 "may weaken the prognostic relation; 0 = no adjustment gain in that arm.")
+                                 "may weaken the prognostic relation; 0 = no adjustment gain in that arm.", key=f"procova_rho_treatment_{scope}")
     return {"effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio,
             "conservative": conservative, "deflation": deflation,
             "sd_treatment": sd_t or None, "rho_treatment": rho_t}

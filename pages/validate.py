@@ -2,6 +2,8 @@
 the PROCOVA sample size it supports, a hold-out privacy audit, and (with adverse-event data)
 the safety backtest: do twins predict who has which AE?"""
 
+import hashlib
+
 import streamlit as st
 
 from components.data_table import code_labels
@@ -79,7 +81,8 @@ def backtest_sections() -> None:
                "correlation between score and outcome, estimated here on held-out control patients.")
     planned_for, saved = st.session_state.get("validate_procova_inputs") or (None, None)
     inputs = procova_inputs(val.endpoint_pairs(trial, result),
-                            saved if own_validation and run is not None and planned_for == run.run_id else None)
+                            saved if own_validation and run is not None and planned_for == run.run_id else None,
+                            scope=hashlib.sha1(repr(key).encode()).hexdigest()[:12])
     if own_validation:       # the report plans on the run's own validation with the inputs on this screen
         st.session_state["validate_procova_inputs"] = (run.run_id, inputs)
     elif run is not None:

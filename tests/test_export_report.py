@@ -208,7 +208,9 @@ def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
     assert not at.exception, at.exception
     (result,) = at.session_state["validate_backtests"].values()
     assert (result.folds, result.arm, result.twins_per_patient) == (2, "Placebo", 2)
-    next(n for n in at.number_input if n.label == "Effect to detect").set_value(1.5).run()
+    for value in (1.2, 1.3, 1.4, 1.5):      # each edit sticks (unkeyed, every second one was dropped)
+        next(n for n in at.number_input if n.label == "Effect to detect").set_value(value).run()
+        assert at.session_state["validate_procova_inputs"][1]["effect"] == value
     next(n for n in at.number_input if n.label == "Treated-arm rho").set_value(0.3).run()
     assert not at.exception, at.exception
     run_id, inputs = at.session_state["validate_procova_inputs"]
@@ -244,11 +246,15 @@ def test_the_survival_rows_quote_the_effects_hazard_ratio_and_label_the_other():
 
     s = {"hr_source_vs_twins": {"hazard_ratio": 1.08, "ci_low": 0.90, "ci_high": 1.31, "p_value": 0.416},
          "logrank_twins_vs_real_target": {"p_value": 0.5}}
-    effects = {"effects": [{"measure": "hazard_ratio", "paramcd": "DEATH", "estimate": 1.08, "ci_low": 0.834,
-                            "ci_high": 1.40, "p_value": 0.548}]}
-    rows = _survival_rows(s, effects, "DEATH")
-    assert next(iter(rows.values())) == "1.08 (95 % CI 0.83-1.40, p 0.548)"
+    row = {"measure": "hazard_ratio", "paramcd": "DEATH", "estimate": 1.08, "ci_low": 0.834, "ci_high": 1.40,
+           "p_value": 0.548, "B": 20, "var_generator": 0.004, "df": 60.0, "design": "synthetic_control"}
+    rows = _survival_rows(s, {"effects": [row]}, "DEATH")
+    label, value = next(iter(rows.items()))
+    assert value == "1.08 (95 % CI 0.83-1.40, p 0.548)" and label.endswith("uncertainty: included)")
     assert not any("0.90" in v for v in rows.values())
+    # an effect without refits (an llm run, --refits 0) is not said to carry the generator's uncertainty
+    label = next(iter(_survival_rows(s, {"effects": [row | {"B": 0}]}, "DEATH")))
+    assert "uncertainty: not included (no refits)" in label
     alone = _survival_rows(s, None, "DEATH")
     label, value = next(iter(alone.items()))
     assert "NOT included" in label and value.startswith("1.08 (95 % CI 0.90-1.31")
@@ -260,6 +266,6 @@ def test_the_report_names_the_cohort_the_run_was_made_for():
     # chosen on the Cohort page after it ("DPCA age>=60 (37 patients)")
     from services.reporting.report import run_cohort
 
-    manifest = {"cohort": {"label": "DPCA age>=40", "kind": "cohort"}, "sources": {"subjects": 130}}
+    manifest = {"cohort": {"label": "DPCA age>=40 (130 patients)", "kind": "cohort"}, "sources": {"subjects": 130}}
     assert run_cohort(manifest, 130, "D-penicillamine") == "DPCA age>=40 (130 patients)"
     assert run_cohort({"sources": {"subjects": 12}}, 12, "Progabide") == "12 patients of Progabide"
