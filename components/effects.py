@@ -9,12 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from services.evaluation.effects import MEASURE_LABELS as MEASURES
-from services.evaluation.effects import (
-    PER_VISIT_MEASURES,
-    RATIO_CAVEAT,
-    effect_methods,
-    effects_display,
-)
+from services.evaluation.effects import PER_VISIT_MEASURES, RATIO_CAVEAT
+from services.evaluation.effects_table import effect_methods, effects_display
 from services.reporting.figures import compare as fig
 
 

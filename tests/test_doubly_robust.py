@@ -11,7 +11,8 @@ from scipy import stats
 
 from services.evaluation import doubly_robust as dr
 from services.evaluation.effect_stats import ratio_parameters
-from services.evaluation.effects import real_controls, run_effects
+from services.evaluation.effects import run_effects
+from services.evaluation.effects_table import real_controls
 from services.generation.local.generator import LocalGenerator
 from services.retrieval.retriever import ExactRetriever
 
