@@ -53,10 +53,12 @@ from .survival import (
     HazardRatio,
     KMDistance,
     LogrankResult,
+    clustered_km,
     concordance,
     cox_hazard_ratio,
     km_sup_distance,
     logrank,
+    robust_logrank,
 )
 from .utility import AugmentationResult, TSTRResult, augmentation_auroc, tstr_auroc
 
@@ -81,6 +83,7 @@ __all__ = [
     "SampleSize",
     "TSTRResult",
     "augmentation_auroc",
+    "clustered_km",
     "concordance",
     "correlation_distance",
     "cox_hazard_ratio",
@@ -103,6 +106,7 @@ __all__ = [
     "nn_adversarial_accuracy",
     "procova_plan",
     "record_copies",
+    "robust_logrank",
     "sample_size",
     "standardized_mean_difference",
     "tstr_auroc",
