@@ -18,6 +18,7 @@ from services.data.adverse import has_ae
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps
 from services.evaluation.projection import is_umap_warm
+from services.evaluation.survival_comparison import km_curves
 from services.evaluation.trajectories import patient_and_twins, spaghetti_values, trajectory_summary
 from services.reporting.figures import compare as fig
 
@@ -75,7 +76,7 @@ with tab_surv:
     else:
         tte = st.selectbox("Event", comp.tte_parameters, format_func=lambda p: f"{p}: {kb.tte_label(p)}",
                            key="cmp_tte")
-        curves, at_risk = ev.km_curves(comp, tte)
+        curves, at_risk = km_curves(comp, tte)
         st.plotly_chart(fig.kaplan_meier(curves, at_risk, f"Kaplan-Meier: {kb.tte_label(tte)}"), width="stretch")
         st.caption("Kaplan-Meier curves with 95 % bands and the number at risk below: the twin arm should "
                    "overlap the real target arm.")

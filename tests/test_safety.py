@@ -338,3 +338,13 @@ def test_the_personalised_share_is_kept_at_most_5_percent_of_the_time_without_si
 
     assert kept(0.0) <= 0.05
     assert kept(1.2) >= 0.6
+
+
+def test_a_risk_difference_nobody_varies_in_has_no_interval():
+    # a review: a term no patient had in either group showed "+0.0 (+0.0, +0.0)", a zero-width interval
+    d, lo, hi = safety.risk_difference(np.zeros(5), np.zeros(4))
+    assert d == 0 and np.isnan(lo) and np.isnan(hi)
+    d, lo, hi = safety.paired_risk_difference(np.zeros(5), np.zeros(5))
+    assert d == 0 and np.isnan(lo) and np.isnan(hi)
+    d, lo, hi = safety.risk_difference(np.array([0.0, 0.5]), np.zeros(4))
+    assert lo < d < hi

@@ -103,6 +103,7 @@ def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = N
     """The evaluation in a few lines. Per-visit effects: the trial's endpoint visit (`endpoint`,
     its PROCOVA endpoint) and each parameter's last visit, each with its n of patients and unit."""
     from services.evaluation.effects import MEASURE_LABELS, PER_VISIT_MEASURES
+    from services.evaluation.effects_table import generator_term_cell
 
     f, p, u = r["fidelity"], r["privacy"], r["utility"]
     print(f"{r['n_twins']} twins ({r['target_arm']}) of {r['n_sources']} source patients ({r['source_arm']}) "
@@ -137,7 +138,8 @@ def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = N
     for paramcd, s in r["survival"].items():
         # the effects' hazard ratio (with the generator's uncertainty), as the report shows it
         hr = hr_effects.get(paramcd) or s.get("hr_source_vs_twins", {})
-        which = "" if paramcd in hr_effects else " (generator uncertainty not included)"
+        term = generator_term_cell(hr) if paramcd in hr_effects else "not included"
+        which = "" if term == "included" else f" (generator uncertainty {term})"
         est = hr.get("estimate", hr.get("hazard_ratio"))
         hr_real = s.get("hr_source_vs_real_target", {})
         print(f"survival {paramcd}: events twins {s.get('events_twins')}/{s.get('n_twins')}, real "

@@ -50,7 +50,8 @@ def source_mismatches(kb, sources, show: int = 3) -> list[str]:
         if kind != "continuous" or col not in subj:
             continue
         raw = subj[col]
-        bad = raw.notna() & pd.to_numeric(raw, errors="coerce").isna()
+        blank = raw.astype(str).str.strip().isin(["", "."])          # SAS's missing value, an empty cell
+        bad = raw.notna() & ~blank & pd.to_numeric(raw, errors="coerce").isna()
         if bad.any():
             rows = subj.loc[bad, ["USUBJID", col]].head(show)
             shown = ", ".join(f"{u}: {v!r}" for u, v in zip(rows["USUBJID"], rows[col]))

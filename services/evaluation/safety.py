@@ -26,15 +26,9 @@ import pandas as pd
 
 from services.data.adverse import dictionary, emergent, followup_end, has_ae
 from services.data.trial import Trial
-from services.evaluation.comparison import (
-    GROUPS,
-    SOURCE,
-    TARGET,
-    TWIN,
-    Comparison,
-    km_steps,
-    twin_weights,
-)
+from services.evaluation.comparison import Comparison
+from services.evaluation.groups import GROUPS, SOURCE, TARGET, TWIN
+from services.evaluation.survival_comparison import km_steps, twin_sources, twin_weights
 
 Z95 = 1.959963984540054
 LEVELS = {"PT": "AEDECOD", "SOC": "AEBODSYS"}
@@ -104,6 +98,8 @@ def risk_difference(p: np.ndarray, y: np.ndarray, z: float = Z95) -> tuple[float
     q = float(y.mean())
     d = float(p.mean()) - q
     se = float(np.sqrt(p.var(ddof=1) / len(p) + q * (1 - q) / len(y)))
+    if se < 1e-12:       # nobody varies in either group (none or all with the term): no interval, not a 0-width one
+        return d, float("nan"), float("nan")
     return d, d - z * se, d + z * se
 
 
@@ -114,6 +110,8 @@ def paired_risk_difference(y: np.ndarray, p: np.ndarray, z: float = Z95) -> tupl
         return float("nan"), float("nan"), float("nan")
     m = float(d.mean())
     se = float(d.std(ddof=1) / np.sqrt(len(d)))
+    if se < 1e-12:
+        return m, float("nan"), float("nan")
     return m, m - z * se, m + z * se
 
 
@@ -186,9 +184,10 @@ def safety_table(comp: Comparison) -> pd.DataFrame:
         for g in groups:
             out[heads[g]] = _cell(row[f"{g}_n"], int(row[f"{g}_N"]), row[f"{g}_pct"], g == TWIN)
         if "rd_twin_target" in row:
+            rd, lo, hi = row["rd_twin_target"], row["rd_twin_target_lo"], row["rd_twin_target_hi"]
             out["RD twins - real target (95 % CI)"] = (
-                f"{100 * row['rd_twin_target']:+.1f} ({100 * row['rd_twin_target_lo']:+.1f}, "
-                f"{100 * row['rd_twin_target_hi']:+.1f})" if np.isfinite(row["rd_twin_target"]) else "")
+                "" if not np.isfinite(rd) else f"{100 * rd:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f})"
+                if np.isfinite(lo) else f"{100 * rd:+.1f} (no CI: no patient varies)")
         return out
 
     rows = [line("Any adverse event", pt.iloc[0])]
@@ -225,5 +224,7 @@ def km_first_ae(comp: Comparison, term: str, level: str = "PT", n_risk_points: i
     for g, trial in comp.groups.items():
         d = time_to_first(trial, term, level=level)
         d["w"] = twin_weights(trial.subjects, d["USUBJID"]) if g == TWIN else 1.0
+        if g == TWIN:
+            d["cluster"] = twin_sources(trial.subjects, d["USUBJID"])
         data[g] = d
     return km_steps(data, n_risk_points)

@@ -18,7 +18,8 @@ from services import __version__
 from services.data.trial import Trial
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps
-from services.evaluation.effects import effect_methods, effects_display
+from services.evaluation.effects_table import effect_methods, effects_display, generator_term_cell
+from services.evaluation.survival_comparison import km_curves
 from services.evaluation.trajectories import suggested_scale, trajectory_summary
 from services.reporting.figures import compare as figs
 from services.reporting.safety_section import safety_section
@@ -89,9 +90,8 @@ def run_cohort(manifest: dict, n_sources: int, source_arm: str) -> str:
     """The cohort the run was generated for, as its manifest recorded it (the app's cohort label),
     never the cohort chosen on the screen since (a review downloaded a report of a run made for
     130 patients that named a 37-patient cohort chosen after it)."""
-    label = (manifest.get("cohort") or {}).get("label")
-    n = (manifest.get("sources") or {}).get("subjects") or n_sources
-    return f"{label} ({n} patients)" if label else f"{n_sources} patients of {source_arm}"
+    label = (manifest.get("cohort") or {}).get("label")      # What-if's choice, with its count
+    return label or f"{n_sources} patients of {source_arm}"
 
 
 def _survival_rows(s: dict, effects: dict | None, paramcd: str) -> dict:
@@ -106,8 +106,9 @@ def _survival_rows(s: dict, effects: dict | None, paramcd: str) -> dict:
     hr = s.get("hr_source_vs_twins") or {}
     if eff is not None:
         p = "" if eff.get("p_value") is None else f", p {eff['p_value']:.3f}"
-        rows["HR real source cohort vs twin arm (as in Treatment effect: patients as the unit, with the "
-             "generator's uncertainty)"] = f"{eff['estimate']:.2f} (95 % CI {eff['ci_low']:.2f}-{eff['ci_high']:.2f}{p})"
+        rows["HR real source cohort vs twin arm (as in Treatment effect: patients as the unit; the generator's "
+             f"uncertainty: {generator_term_cell(eff)})"] = \
+            f"{eff['estimate']:.2f} (95 % CI {eff['ci_low']:.2f}-{eff['ci_high']:.2f}{p})"
     elif hr.get("hazard_ratio") is not None:
         rows["HR real source cohort vs twin arm (patients as the unit; the generator's own uncertainty NOT "
              "included)"] = f"{hr['hazard_ratio']:.2f} (95 % CI {hr['ci_low']:.2f}-{hr['ci_high']:.2f}, p {hr['p_value']:.3f})"
@@ -227,7 +228,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     if comp.tte_parameters:
         parts.append("<h2>Survival</h2>")
         for paramcd in comp.tte_parameters:
-            curves, at_risk = ev.km_curves(comp, paramcd)
+            curves, at_risk = km_curves(comp, paramcd)
             parts.append(fig(figs.kaplan_meier(curves, at_risk, f"Kaplan-Meier: {kb.tte_label(paramcd)}"),
                              "Kaplan-Meier curves with 95 % bands and numbers at risk; a patient's K twins weigh one "
                              "patient (the twin arm's band leaves out the generator's own uncertainty)."))
