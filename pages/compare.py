@@ -84,8 +84,8 @@ with tab_surv:
         cols = st.columns(3)
         lr = s.get("logrank_twins_vs_real_target", {})
         cols[0].metric("Log-rank p, twins vs real", "n/a" if lr.get("p_value") is None else f"{lr['p_value']:.3f}",
-                       help="A small p-value means twin survival differs from the real target arm (a patient's K twins weigh one "
-                            "patient); a large one is not evidence that they agree.")
+                       help="A small p-value means twin survival differs from the real target arm (twins weighted 1/K, variance "
+                            "clustered by patient); a large one is not evidence that they agree.")
         for col, key, label in ((cols[1], "hr_source_vs_twins", "HR source vs twin arm"),
                                 (cols[2], "hr_source_vs_real_target", "HR source vs real target arm")):
             hr = s.get(key, {})

@@ -143,7 +143,7 @@ def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = N
         est = hr.get("estimate", hr.get("hazard_ratio"))
         hr_real = s.get("hr_source_vs_real_target", {})
         print(f"survival {paramcd}: events twins {s.get('events_twins')}/{s.get('n_twins')}, real "
-              f"{s.get('events_real_target')}/{s.get('n_real_target')}; log-rank p (twins weighted 1/K) "
+              f"{s.get('events_real_target')}/{s.get('n_real_target')}; log-rank p (twins 1/K, clustered by patient) "
               f"{_fmt(s.get('logrank_twins_vs_real_target', {}).get('p_value'))}; HR source vs twins "
               f"{_fmt(est)} [{_fmt(hr.get('ci_low'))}, {_fmt(hr.get('ci_high'))}]{which}, "
               f"vs real control {_fmt(hr_real.get('hazard_ratio'))}")

@@ -118,7 +118,7 @@ def _survival_rows(s: dict, effects: dict | None, paramcd: str) -> dict:
             f"{hr['hazard_ratio']:.2f} (95 % CI {hr['ci_low']:.2f}-{hr['ci_high']:.2f}, p {hr['p_value']:.3f})")
     lr = s.get("logrank_twins_vs_real_target") or {}
     if lr.get("p_value") is not None:
-        rows["log-rank p, twin arm (a patient's K twins weigh one patient) vs real target arm; a small p "
+        rows["log-rank p, twin arm (twins weighted 1/K, variance clustered by patient) vs real target arm; a small p "
              "says they differ, a large one is not evidence of agreement"] = f"{lr['p_value']:.3f}"
     return rows
 
@@ -230,8 +230,9 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         for paramcd in comp.tte_parameters:
             curves, at_risk = km_curves(comp, paramcd)
             parts.append(fig(figs.kaplan_meier(curves, at_risk, f"Kaplan-Meier: {kb.tte_label(paramcd)}"),
-                             "Kaplan-Meier curves with 95 % bands and numbers at risk; a patient's K twins weigh one "
-                             "patient (the twin arm's band leaves out the generator's own uncertainty)."))
+                             "Kaplan-Meier curves with 95 % bands and numbers at risk; the twin arm's numbers count "
+                             "patients (twins at 1/K) and its band is clustered by patient (it leaves out the "
+                             "generator's own uncertainty)."))
             parts.append(_kv(_survival_rows(result["survival"].get(paramcd, {}), effects, paramcd)))
     parts.append(_effects_section(effects, {p: kb.parameters[p].unit for p in kb.parameters}))
     parts.append("<h2>Embedding</h2>")
