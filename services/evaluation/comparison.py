@@ -301,7 +301,7 @@ def utility(comp: Comparison, seed: int = 0) -> dict:
             "augmentation": M.augmentation_auroc(*args, seed=seed).as_dict()}
 
 
-EVALUATION_VERSION = 4  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; 4: the log-rank weighs a patient's K twins as one patient; bump when `evaluate` changes what it returns: stored results are redone
+EVALUATION_VERSION = 4  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; 4: the log-rank weighs twins 1/K with a variance clustered by patient; bump when `evaluate` changes what it returns: stored results are redone
 
 
 def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Trial | None = None,
