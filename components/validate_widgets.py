@@ -22,7 +22,7 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
     held = s.get("held_out_twinned")
     subset = "" if held is None or held == s.get("held_out") else \
         f" on {held} of the {s.get('held_out')} held-out patients (each twin costs a model call)"
-    st.markdown(f"Generator **{result.generator}**, {result.twins_per_patient} twins per held-out patient, "
+    st.markdown(f"Generator **{result.generator}**, {result.twins_per_patient} twin{'s' if result.twins_per_patient != 1 else ''} per held-out patient, "
                 f"{result.folds}-fold cross-fitting of **{result.arm}**{subset}.")
     headline = ancova_headline(card)
     if headline:
@@ -134,7 +134,7 @@ def safety_backtest_card(result, card: pd.DataFrame, verdict: list[str]) -> None
     held = s.get("held_out_twinned")
     subset = "" if held is None or held == s.get("held_out") else \
         f" on {held} of the {s.get('held_out')} held-out patients (each twin costs a model call)"
-    st.markdown(f"Generator **{result.generator}**, {result.twins_per_patient} twins per held-out patient, "
+    st.markdown(f"Generator **{result.generator}**, {result.twins_per_patient} twin{'s' if result.twins_per_patient != 1 else ''} per held-out patient, "
                 f"{result.folds}-fold cross-fitting of **{result.arm}**{subset}.")
     if not s.get("twin_ae_records"):
         st.warning(f"The {result.generator} generator wrote no adverse-event twins: every probability is 0, "

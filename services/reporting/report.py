@@ -192,7 +192,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         subset = ("" if bs.get("held_out_twinned") in (None, bs.get("held_out")) else
                   f" on {bs['held_out_twinned']} of the {bs['held_out']} held-out patients")
         parts.append(f'<p>Generator <b>{html.escape(backtest.generator)}</b> with the settings of this run, '
-                     f"{backtest.twins_per_patient} twins per held-out patient{subset}.</p>")
+                     f"{backtest.twins_per_patient} twin{'s' if backtest.twins_per_patient != 1 else ''} per held-out patient{subset}.</p>")
         card = bootstrap_card(backtest, seed=seed, trial=kb)
         headline = ancova_headline(card)      # as the Validate page opens its card
         for verdict in ([headline] if headline else []) + backtest.summary.get("verdicts", []):
@@ -207,7 +207,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                          "held-out patients vs that of the knowledge base's arm (ratio <= 1 met), and C-index of "
                          "the twins vs a Cox model (met when >= Cox - 0.01).</p>")
         parts.append(f'<p class="muted">{backtest.folds}-fold cross-fitting of the {html.escape(backtest.arm)} arm, '
-                     f"{backtest.twins_per_patient} twins per held-out patient"
+                     f"{backtest.twins_per_patient} twin{'s' if backtest.twins_per_patient != 1 else ''} per held-out patient"
                      + ("; intervals are 95 % bootstrap intervals over patients." if len(card) else ".") + "</p>")
         if len(card) and "gain" in card:
             parts.append(f'<p class="muted">{html.escape(INFORMATION_NOTE)}</p>')
