@@ -481,3 +481,9 @@ def test_metrics_package_does_not_import_streamlit():
     for path in pathlib.Path(fidelity.__file__).parent.glob("*.py"):
         text = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+streamlit", text, re.MULTILINE), path.name
+
+
+def test_clustered_km_runs_flat_to_the_last_follow_up_and_drops_missing_times():
+    km = M.clustered_km([1, 2, np.nan, 5], [1, 0, 1, 0], [1, 1, 1, 1], ["a", "b", "c", "d"])
+    assert list(km["time"]) == [0.0, 1.0, 5.0]
+    assert km["survival"].iloc[1] == pytest.approx(2 / 3) and km["survival"].iloc[2] == pytest.approx(2 / 3)

@@ -281,6 +281,9 @@ def clustered_km(time_, event, w, clusters, z: float = 1.959963984540054) -> pd.
     simulation)."""
     t, d = np.asarray(time_, float), np.asarray(event, float) > 0
     w = np.asarray(w, float)
+    keep = np.isfinite(t) & np.isfinite(w)
+    t, d, w = t[keep], d[keep], w[keep]
+    clusters = np.asarray(clusters, dtype=object)[keep]
     times = np.unique(t[d])
     if not len(times):
         return pd.DataFrame({"time": [0.0], "survival": [1.0], "lo": [1.0], "hi": [1.0]})
@@ -304,5 +307,8 @@ def clustered_km(time_, event, w, clusters, z: float = 1.959963984540054) -> pd.
         hi = surv ** np.exp(-z * se_ll)
     lo = np.where(np.isfinite(lo), lo, np.where(surv > 0, surv, 0.0))
     hi = np.where(np.isfinite(hi), hi, np.where(surv > 0, surv, 0.0))
-    return pd.DataFrame({"time": np.r_[0.0, times], "survival": np.r_[1.0, surv],
-                         "lo": np.r_[1.0, lo], "hi": np.r_[1.0, hi]})
+    out = pd.DataFrame({"time": np.r_[0.0, times], "survival": np.r_[1.0, surv], "lo": np.r_[1.0, lo],
+                        "hi": np.r_[1.0, hi]})
+    if t.max() > times[-1]:          # the curve goes on, flat, to the last follow-up (as lifelines')
+        out = pd.concat([out, out.iloc[[-1]].assign(time=float(t.max()))], ignore_index=True)
+    return out
