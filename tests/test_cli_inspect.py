@@ -53,6 +53,8 @@ def test_inspect_reports_validation_errors_and_exits_non_zero(tmp_path):
     assert out.returncode == 1
     assert "more than once" in out.stdout and "adlb.csv: the file is empty" in out.stdout
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("twinarm: error:")
+    # the one line names the first problem itself, not only "2 validation errors" (a review)
+    assert ("more than once" in out.stderr or "adlb.csv" in out.stderr) and "1 more problem: see above" in out.stderr
     missing = subprocess.run([str(TWINARM), "inspect", "no-such-trial"], capture_output=True, text=True,
                              timeout=120, check=False)
     assert missing.returncode == 1 and "neither a folder nor a bundled trial" in missing.stderr

@@ -53,8 +53,10 @@ def cmd_inspect(args) -> int:
             print(f"{args.trial}: cannot be loaded:")
             for msg in exc.messages:
                 print(f"  - {msg}")
-        return fail(exc.messages[0] if len(exc.messages) == 1 else
-                     f"{len(exc.messages)} validation errors in {args.trial}")
+        # the first problem itself (file, column, rows), then how many more stdout lists
+        more = len(exc.messages) - 1
+        return fail(exc.messages[0] + (f" (and {more} more problem{'s' if more > 1 else ''}: see above)"
+                                       if more else ""))
     summary = trial.summary()
     if args.json:
         print(json.dumps({"valid": True, **summary}, indent=2, default=str))
