@@ -62,7 +62,7 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
             data_table(result.visits, codes=codes, key="validate_visits")
 
 
-def procova_inputs(endpoint, saved: dict | None = None, scope: str = "") -> dict | None:
+def procova_inputs(endpoint, saved: dict | None = None, scope: str = "", visit: str | None = None) -> dict | None:
     """Effect, SD, alpha, power, allocation and the conservative option; None without endpoint.
     `saved`: the inputs last set for this run, the widgets' starting values (a page's widgets are
     reset when the user leaves it, and a revisit then silently replaced the inputs the report
@@ -74,7 +74,7 @@ def procova_inputs(endpoint, saved: dict | None = None, scope: str = "") -> dict
         st.info("No endpoint with enough held-out patients to estimate the prognostic correlation.")
         return None
     sd_obs = float(pairs["OBSERVED"].std(ddof=1))
-    st.markdown(f"Endpoint: **{paramcd}** at visit **{avisitn:g}** ({len(pairs)} held-out patients). The effect "
+    st.markdown(f"Endpoint: **{paramcd}** at **{visit or f'visit {avisitn:g}'}** ({len(pairs)} held-out patients). The effect "
                 "to detect starts at 0.4 SD, a moderate effect: set it to the difference your trial is "
                 "powered for, since the sample size follows it.")
     c1, c2, c3, c4, c5 = st.columns(5)
@@ -94,8 +94,9 @@ def procova_inputs(endpoint, saved: dict | None = None, scope: str = "") -> dict
                                     "at its lower bound.", key=f"procova_conservative_{scope}")
     deflation = c7.slider("Deflation factor", 0.5, 1.0, saved.get("deflation", 0.9), 0.05,
                           disabled=not conservative, key=f"procova_deflation_{scope}")
-    sd_t = c8.number_input("Treated-arm SD", min_value=0.0, value=saved.get("sd_treatment") or 0.0, format="%.3f",
-                           help="0 = the same as the control arm's.", key=f"procova_sd_treatment_{scope}")
+    sd_t = c8.number_input("Treated-arm SD", min_value=0.0, value=saved.get("sd_treatment"), format="%.3f",
+                           placeholder="control arm's",
+                           help="Empty = the same as the control arm's.", key=f"procova_sd_treatment_{scope}")
     rho_t = c9.number_input("Treated-arm rho", min_value=0.0, max_value=0.99, value=saved.get("rho_treatment"), format="%.2f",
                             placeholder="control arm's",
                             help="Correlation of the adjustment (the score, with the baseline where there is "

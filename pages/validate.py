@@ -80,9 +80,11 @@ def backtest_sections() -> None:
                "(PROCOVA, qualified by the EMA in 2022) shrinks the outcome variance by 1 - rho², where rho is the "
                "correlation between score and outcome, estimated here on held-out control patients.")
     planned_for, saved = st.session_state.get("validate_procova_inputs") or (None, None)
-    inputs = procova_inputs(val.endpoint_pairs(trial, result),
+    endpoint = val.endpoint_pairs(trial, result)
+    inputs = procova_inputs(endpoint,
                             saved if own_validation and run is not None and planned_for == run.run_id else None,
-                            scope=hashlib.sha1(repr(key).encode()).hexdigest()[:12])
+                            scope=hashlib.sha1(repr(key).encode()).hexdigest()[:12],
+                            visit=val.visit_label(trial, endpoint[0], endpoint[1]) if endpoint[0] else None)
     if own_validation:       # the report plans on the run's own validation with the inputs on this screen
         st.session_state["validate_procova_inputs"] = (run.run_id, inputs)
     elif run is not None:

@@ -19,3 +19,13 @@ def test_each_effect_row_says_whether_its_interval_carries_the_generator_term():
     assert generator_term_cell(row | {"measure": "mean_difference_dr"}) == "none needed (doubly robust)"
     frame = effects_display([row, row | {"df": 0.87}])
     assert list(frame["generator term"]) == ["included", "unstable (df 0.9): interval very wide"]
+
+
+def test_the_rmst_difference_is_in_days_and_ratios_are_ratios():
+    from services.evaluation.effects_table import effects_display
+
+    base = {"paramcd": "DEATH", "avisit": "", "avisitn": None, "estimate": 1.0, "ci_low": 0.5, "ci_high": 2.0,
+            "p_value": 0.5, "n_patients": 30, "B": 20, "var_generator": 0.1, "df": 40.0}
+    frame = effects_display([base | {"measure": "rmst_difference"}, base | {"measure": "hazard_ratio"}],
+                            units={"DEATH": ""})
+    assert list(frame["unit"]) == ["days", "ratio"]

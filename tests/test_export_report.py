@@ -230,6 +230,7 @@ def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
     assert not at.exception, at.exception
     assert at.session_state["validate_procova_inputs"][1]["effect"] == 1.5
     assert any("plan on this backtest only" in c.value for c in at.caption)
+    assert any("Endpoint: **BILI** at **Year 2**" in m.value for m in at.markdown)   # not "visit 24"
     # back on the run's own validation, after another page, the inputs are those set (a review: leaving
     # the page reset them to the defaults, and the revisit replaced the report's)
     next(s for s in at.slider if s.label == "Folds (k)").set_value(2)

@@ -62,6 +62,7 @@ def effects_display(rows: list[dict], units: dict[str, str] | None = None) -> pd
         "95 % CI": f"{e['ci_low']:.3g} to {e['ci_high']:.3g}", "p": e.get("p_value"),
         "patients": e["n_patients"], "real controls": real_controls(e), "generator term": generator_term_cell(e),
         **({} if units is None else {"unit": "ratio" if e["measure"] in RATIO_MEASURES
+                                     else "days" if e["measure"] == "rmst_difference"
                                      else (units.get(e["paramcd"]) or "")}),
         "_measure": e["measure"], "_lo": e["ci_low"], "_hi": e["ci_high"], "_param": e["paramcd"],
         "_visit": e.get("avisitn")} for e in rows])

@@ -190,7 +190,7 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
                           rho_partial=None if adj is None else max(adj.rho_partial, 0.0) if rho.rho >= 0 else 0.0,
                           sd_treatment=sd_treatment, rho_treatment=rho_treatment)
     out = {"paramcd": paramcd, "avisitn": avisitn, "label": trial.parameters[paramcd].label,
-           "visit": _visit_label(trial, paramcd, avisitn),
+           "visit": visit_label(trial, paramcd, avisitn),
            "unit": trial.parameters[paramcd].unit, "n_pairs": len(pairs), "rho": rho.as_dict(),
            "effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio, "plan": plan.as_dict(),
            "n_unadjusted": plan.unadjusted.n_total, "n_adjusted": plan.adjusted.n_total,
@@ -205,7 +205,8 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
     return out
 
 
-def _visit_label(trial: Trial, paramcd: str, avisitn: float) -> str:
+def visit_label(trial: Trial, paramcd: str, avisitn: float) -> str:
+    """The visit's name (AVISIT), as the plan, the card and the effects say it."""
     for v in trial.schedule(paramcd):
         if float(v.avisitn) == float(avisitn):
             return v.avisit

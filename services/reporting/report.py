@@ -231,8 +231,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
             curves, at_risk = km_curves(comp, paramcd)
             parts.append(fig(figs.kaplan_meier(curves, at_risk, f"Kaplan-Meier: {kb.tte_label(paramcd)}"),
                              "Kaplan-Meier curves with 95 % bands and numbers at risk; the twin arm's numbers count "
-                             "patients (twins at 1/K) and its band is clustered by patient (it leaves out the "
-                             "generator's own uncertainty)."))
+                             "patients (twins at 1/K) and its band is clustered by patient (the band, unlike the "
+                             "hazard ratio below, leaves out the generator's own uncertainty)."))
             parts.append(_kv(_survival_rows(result["survival"].get(paramcd, {}), effects, paramcd)))
     parts.append(_effects_section(effects, {p: kb.parameters[p].unit for p in kb.parameters}))
     parts.append("<h2>Embedding</h2>")
