@@ -16,7 +16,7 @@ from services.reporting.figures import compare as fig
 
 def effects_frame(result: dict, kb) -> pd.DataFrame:
     """The shared effects table (services) with each row's unit, "ratio" for the ratios."""
-    return effects_display(result.get("effects") or [], units={p: kb.parameters[p].unit for p in kb.parameters})
+    return effects_display(result.get("effects") or [], units=kb.parameter_units)
 
 
 def effects_view(kb, run, compute: Callable) -> None:

@@ -64,7 +64,7 @@ def run(args) -> int:
         raise CliError(str(exc)) from None
     from services.evaluation.backtest_verdicts import endpoint_visit
 
-    print_summary(result, units={p: kb.parameters[p].unit for p in kb.parameters}, endpoint=endpoint_visit(kb))
+    print_summary(result, units=kb.parameter_units, endpoint=endpoint_visit(kb))
     if args.json:
         try:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

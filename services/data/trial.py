@@ -154,6 +154,11 @@ class Trial:
                                          "ABLFL", "ARM", "DATASET"])
         return pd.concat(frames, ignore_index=True)
 
+    @property
+    def parameter_units(self) -> dict[str, str]:
+        """PARAMCD -> unit ("" where none is known), for tables that print a unit per row."""
+        return {p: i.unit for p, i in self.parameters.items()}
+
     @cached_property
     def parameters(self) -> dict[str, Parameter]:
         """Parameters in dataset order, with labels, units and follow-up availability."""

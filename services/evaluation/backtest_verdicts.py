@@ -43,6 +43,14 @@ def endpoint_visit(trial: Trial, pairs: pd.DataFrame | None = None) -> tuple[str
     return p, float(well[-1]) if well else float(sched[-1].avisitn)
 
 
+def visit_label(trial: Trial, paramcd: str, avisitn: float) -> str:
+    """The visit's name (AVISIT), as the plan, the card and the effects say it ("visit N" where it has none)."""
+    for v in trial.schedule(paramcd):
+        if float(v.avisitn) == float(avisitn) and v.avisit:
+            return v.avisit
+    return f"visit {avisitn:g}"
+
+
 def _finite(x) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
@@ -168,9 +176,8 @@ def summarize(trial, arm, pairs, visits, parameters, tte, twins_per_patient: int
     judged = tte[tte["events"] >= MIN_EVENTS] if len(tte) else tte
     verdicts += tte_verdicts
     if rho is not None and n_ep >= MIN_VERDICT_PATIENTS:
-        where = next((v.avisit for v in trial.schedule(p_ep) if float(v.avisitn) == float(v_ep) and v.avisit),
-                     f"visit {v_ep:g}")      # the visit's name, as the PROCOVA plan and the effects say it
-        verdicts.append(f"PROCOVA: the twins' mean predicts {p_ep} at {where} with correlation {rho:.2f} "
+        verdicts.append(f"PROCOVA: the twins' mean predicts {p_ep} at {visit_label(trial, p_ep, v_ep)} with "
+                        f"correlation {rho:.2f} "
                         f"(n={n_ep})" + (_procova_gain(rho, partial) if rho > 0
                                          else ": negative, so the twins are no prognostic score here."))
     readable = calibration_readable(k, balanced) and cov_pit is not None

@@ -20,6 +20,7 @@ from services.evaluation.backtest_verdicts import (
     MIN_VERDICT_PATIENTS,
     calibration_readable,
     twins_balanced,
+    visit_label,
 )
 from services.evaluation.ceiling import information_card
 from services.evaluation.metrics.procova import default_effect, estimate_adjustment
@@ -203,14 +204,6 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
                     "saving_vs_baseline_pct": plan.saving_vs_baseline_pct,
                     "rho_baseline": adj.rho_baseline, "rho_partial": adj.rho_partial})
     return out
-
-
-def visit_label(trial: Trial, paramcd: str, avisitn: float) -> str:
-    """The visit's name (AVISIT), as the plan, the card and the effects say it."""
-    for v in trial.schedule(paramcd):
-        if float(v.avisitn) == float(avisitn):
-            return v.avisit
-    return f"visit {avisitn:g}"
 
 
 def backtestable(trial: Trial) -> bool:

@@ -234,7 +234,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                              "patients (twins at 1/K) and its band is clustered by patient (the band, unlike the "
                              "hazard ratio below, leaves out the generator's own uncertainty)."))
             parts.append(_kv(_survival_rows(result["survival"].get(paramcd, {}), effects, paramcd)))
-    parts.append(_effects_section(effects, {p: kb.parameters[p].unit for p in kb.parameters}))
+    parts.append(_effects_section(effects, kb.parameter_units))
     parts.append("<h2>Embedding</h2>")
     try:
         points = ps.cached_embedding_points(comp, run_dir, method=embedding_method, seed=seed)
