@@ -82,7 +82,7 @@ def backtest_sections() -> None:
     planned_for, saved = st.session_state.get("validate_procova_inputs") or (None, None)
     endpoint = val.endpoint_pairs(trial, result)
     inputs = procova_inputs(endpoint,
-                            saved if own_validation and run is not None and planned_for == run.run_id else None,
+                            saved if own_validation and planned_for == run.run_id else None,
                             scope=hashlib.sha1(repr(key).encode()).hexdigest()[:12],
                             visit=val.visit_label(trial, endpoint[0], endpoint[1]) if endpoint[0] else None)
     if own_validation:       # the report plans on the run's own validation with the inputs on this screen

@@ -111,7 +111,7 @@ def _hr_against_twins(src: pd.DataFrame, twn: pd.DataFrame, twin_subjects: pd.Da
     """HR of the real source patients vs their twins with the patient as the unit
     (`effect_stats.patient_weighted_cox`). The generator's own uncertainty is not in this interval:
     the effects (`services.evaluation.effects`) add it."""
-    twins = twn.assign(SRCSUBJID=twn["USUBJID"].map(twin_subjects.set_index("USUBJID")["SRCSUBJID"]))
+    twins = twn.assign(SRCSUBJID=twin_sources(twin_subjects, twn["USUBJID"]))
     try:
         fit, _ = patient_weighted_cox(src, twins)
     except Exception as exc:  # noqa: BLE001 - a model that does not converge is reported, not raised
