@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from components.data_table import data_table
+from services.evaluation.backtest_verdicts import backtest_setup
 from services.evaluation.metrics.procova import default_effect
 from services.evaluation.validation import ancova_headline
 from services.reporting.tables import INFORMATION_NOTE, validation_card_table
@@ -19,11 +20,7 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
     codes = {"PARAMCD": parameter_labels or {}}
     s = result.summary
     st.subheader("Validation card")
-    held = s.get("held_out_twinned")
-    subset = "" if held is None or held == s.get("held_out") else \
-        f" on {held} of the {s.get('held_out')} held-out patients (each twin costs a model call)"
-    st.markdown(f"Generator **{result.generator}**, {result.twins_per_patient} twin{'s' if result.twins_per_patient != 1 else ''} per held-out patient, "
-                f"{result.folds}-fold cross-fitting of **{result.arm}**{subset}.")
+    st.markdown(f"Generator **{result.generator}**, {backtest_setup(result, cost_note=True)}.")
     headline = ancova_headline(card)
     if headline:
         st.warning(headline)
@@ -132,11 +129,7 @@ def safety_settings(arms: list[str], default_arm: int, default_k: int, source: s
 def safety_backtest_card(result, card: pd.DataFrame, verdict: list[str]) -> None:
     """The safety backtest: what was run, the summary in plain words, the per-term table."""
     s = result.summary
-    held = s.get("held_out_twinned")
-    subset = "" if held is None or held == s.get("held_out") else \
-        f" on {held} of the {s.get('held_out')} held-out patients (each twin costs a model call)"
-    st.markdown(f"Generator **{result.generator}**, {result.twins_per_patient} twin{'s' if result.twins_per_patient != 1 else ''} per held-out patient, "
-                f"{result.folds}-fold cross-fitting of **{result.arm}**{subset}.")
+    st.markdown(f"Generator **{result.generator}**, {backtest_setup(result, cost_note=True)}.")
     if not s.get("twin_ae_records"):
         st.warning(f"The {result.generator} generator wrote no adverse-event twins: every probability is 0, "
                    "so the figures below only say what predicting no event is worth.")

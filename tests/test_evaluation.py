@@ -20,6 +20,7 @@ from services.evaluation.comparison import (
 )
 from services.evaluation.survival_comparison import km_curves
 from services.evaluation.trajectories import trajectory_summary
+from services.reporting.figures.compare import kaplan_meier
 
 
 def copied_arm(kb, sources, donors):
@@ -77,6 +78,10 @@ def test_trajectory_and_km_tables_have_every_group(pbc, copies):
     curves, at_risk = km_curves(comp, "DEATH")
     assert curves.groupby("GROUP")["survival"].max().le(1).all()
     assert at_risk[at_risk.time == 0].set_index("GROUP")["n"].to_dict()[TARGET] == 154
+    fig = kaplan_meier(curves, at_risk, "death")
+    groups = list(dict.fromkeys(curves["GROUP"]))
+    rows = fig.layout.yaxis2          # the at-risk rows read from the top in the legend's order, clear of the edges
+    assert list(rows.categoryarray) == groups[::-1] and rows.range[0] < -0.5 and rows.range[1] > len(groups) - 0.5
 
 
 def test_an_events_only_trial_is_compared_on_its_event_times_and_copies_are_flagged(pbc_events):

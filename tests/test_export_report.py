@@ -168,7 +168,7 @@ def test_an_llm_runs_report_validates_the_llm_generator(tmp_path, monkeypatch):
         assert check.summary["held_out_twinned"] == 10 < check.summary["held_out"]
         html = build_report(epil, run, backtest=check, seed=0)
         assert len(srv.calls) == calls_for_run + 10         # the backtest's LLM twins, nothing else
-    assert "Generator <b>llm</b> with the settings of this run, 1 twin per held-out patient on 10 of" in html
+    assert "Generator <b>llm</b> with the settings of this run, 1 twin per held-out patient, 2-fold cross-fitting of Placebo on 10 of" in html
     assert "the llm generator is not refitted" in html
     assert "0 generator refits" in html
 

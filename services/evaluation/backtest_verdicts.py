@@ -51,6 +51,22 @@ def visit_label(trial: Trial, paramcd: str, avisitn: float) -> str:
     return f"visit {avisitn:g}"
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 twin", "5 twins": the count with its noun in the right number."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def backtest_setup(result, cost_note: bool = False) -> str:
+    """What a backtest ran, as the Validate page's cards and the report say it: twins per held-out
+    patient, cross-fitting and, where only some held-out patients were twinned (an llm run), how many."""
+    s = result.summary
+    held = s.get("held_out_twinned")
+    subset = "" if held is None or held == s.get("held_out") else \
+        f" on {held} of the {s.get('held_out')} held-out patients" + (" (each twin costs a model call)" if cost_note else "")
+    return (f"{counted(result.twins_per_patient, 'twin')} per held-out patient, "
+            f"{result.folds}-fold cross-fitting of {result.arm}{subset}")
+
+
 def _finite(x) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 

@@ -19,6 +19,7 @@ from services.evaluation.backtest import (
 from services.evaluation.backtest_verdicts import (
     MIN_VERDICT_PATIENTS,
     calibration_readable,
+    counted,
     twins_balanced,
     visit_label,
 )
@@ -88,7 +89,7 @@ def bootstrap_card(result: BacktestResult, n_boot: int = 500, seed: int = 0,
                         ("better than" if acc_ok else "worse than") + " the baseline regression"
                         + ("" if not (lo_r <= RATIO_TARGET <= hi_r) else " (not conclusively)"),
             "calibration": f"too few patients ({len(agg)})" if len(agg) < MIN_VERDICT_PATIENTS else
-                           f"not estimable with {k} twin{'s' if k != 1 else ''}" if unreadable else
+                           f"not estimable with {counted(k, 'twin')}" if unreadable else
                            "not estimated" if not np.isfinite(coverage) else "well calibrated" if cal_ok else (
                 "intervals too narrow (overconfident)" if coverage < COVERAGE_TARGET[0] else "intervals too wide"),
         })

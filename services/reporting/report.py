@@ -18,6 +18,7 @@ from services import __version__
 from services.data.trial import Trial
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps
+from services.evaluation.backtest_verdicts import backtest_setup
 from services.evaluation.effects_table import effect_methods, effects_display, generator_term_cell
 from services.evaluation.survival_comparison import km_curves
 from services.evaluation.trajectories import suggested_scale, trajectory_summary
@@ -188,11 +189,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     # validation card
     parts.append("<h2>Validation card (backtest on the real target arm)</h2>")
     if backtest is not None:
-        bs = backtest.summary
-        subset = ("" if bs.get("held_out_twinned") in (None, bs.get("held_out")) else
-                  f" on {bs['held_out_twinned']} of the {bs['held_out']} held-out patients")
         parts.append(f'<p>Generator <b>{html.escape(backtest.generator)}</b> with the settings of this run, '
-                     f"{backtest.twins_per_patient} twin{'s' if backtest.twins_per_patient != 1 else ''} per held-out patient{subset}.</p>")
+                     f"{html.escape(backtest_setup(backtest))}.</p>")
         card = bootstrap_card(backtest, seed=seed, trial=kb)
         headline = ancova_headline(card)      # as the Validate page opens its card
         for verdict in ([headline] if headline else []) + backtest.summary.get("verdicts", []):
@@ -206,9 +204,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
             parts.append('<p class="muted">Time to event: Kaplan-Meier sup distance of the pooled twins to the '
                          "held-out patients vs that of the knowledge base's arm (ratio <= 1 met), and C-index of "
                          "the twins vs a Cox model (met when >= Cox - 0.01).</p>")
-        parts.append(f'<p class="muted">{backtest.folds}-fold cross-fitting of the {html.escape(backtest.arm)} arm, '
-                     f"{backtest.twins_per_patient} twin{'s' if backtest.twins_per_patient != 1 else ''} per held-out patient"
-                     + ("; intervals are 95 % bootstrap intervals over patients." if len(card) else ".") + "</p>")
+        if len(card):
+            parts.append('<p class="muted">Intervals are 95 % bootstrap intervals over patients.</p>')
         if len(card) and "gain" in card:
             parts.append(f'<p class="muted">{html.escape(INFORMATION_NOTE)}</p>')
     else:

@@ -139,7 +139,9 @@ def kaplan_meier(curves: pd.DataFrame, at_risk: pd.DataFrame | None, title: str)
                                      text=grp["n"].round().astype(int).astype(str), showlegend=False,
                                      textfont={"color": colour(group, i), "size": 11}, hoverinfo="skip"),
                           row=2, col=1)
-        fig.update_yaxes(title_text="at risk", row=2, col=1, showgrid=False)
+        # the legend's order from the top, each row a full category clear of the axes' edges
+        fig.update_yaxes(title_text="at risk", row=2, col=1, showgrid=False, type="category",
+                         categoryorder="array", categoryarray=groups[::-1], range=[-0.7, len(groups) - 0.3])
     fig.update_yaxes(title_text="survival probability", range=[0, 1.02], row=1, col=1)
     fig.update_xaxes(title_text="days", row=rows, col=1)
     fig.update_layout(title=title, template="plotly_white", height=480 if rows == 2 else 400,
