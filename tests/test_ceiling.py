@@ -98,6 +98,8 @@ def test_card_shows_the_information_gain_with_its_interval(pbc, result):
     assert list(shown.columns[:4]) == ["parameter", "patients", "RMSE ratio [95 % CI]",
                                        "information beyond the own baseline [95 % CI]"]
     assert "baseline data" in shown.columns
+    no_interval = card.reset_index().assign(gain_lo=np.nan, gain_hi=np.nan)   # too few patients to resample
+    assert "nan" not in " ".join(validation_card_table(no_interval).iloc[:, 3])
     assert "gain" not in bootstrap_card(result, n_boot=50)           # without the trial: as before
     assert information_card(pbc, result.pairs.iloc[:0]).empty           # nothing to estimate
 

@@ -99,8 +99,7 @@ def validation_card_table(card: pd.DataFrame, parameter_labels: dict[str, str] |
     })
     if "gain" in card:          # beside the twins' ratio: what the trial's baseline data allow
         out["information beyond the own baseline [95 % CI]"] = [
-            "n/a" if not np.isfinite(g) else f"{g:.2f} [{lo:.2f}, {hi:.2f}]"
-            for g, lo, hi in zip(card["gain"], card["gain_lo"], card["gain_hi"])]
+            _with_interval(g, lo, hi, ".2f") for g, lo, hi in zip(card["gain"], card["gain_lo"], card["gain_hi"])]
     out["coverage [95 % CI]"] = [_with_interval(c, lo, hi, ".0%") for c, lo, hi in
                                  zip(card["coverage"], card["coverage_lo"], card["coverage_hi"])]
     out["accuracy"] = card["accuracy"]
