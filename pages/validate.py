@@ -98,9 +98,11 @@ def backtest_sections() -> None:
             if plan.get("note"):
                 st.info(plan["note"])
             cols = st.columns(5)
-            cols[0].metric("rho used", f"{plan['plan']['rho_used']:.2f}",
-                           help=f"Estimated {plan['rho']['rho']:.2f} (95 % CI {plan['rho']['ci_low']:.2f} to "
-                                f"{plan['rho']['ci_high']:.2f}, {plan['n_pairs']} held-out patients); {plan['rule']}")
+            cols[0].metric(plan["rho_used_label"], f"{plan['plan']['rho_used']:.2f}",
+                           help=f"The twins' rho: {plan['rho']['rho']:.2f} (95 % CI {plan['rho']['ci_low']:.2f} to "
+                                f"{plan['rho']['ci_high']:.2f}, {plan['n_pairs']} held-out patients)"
+                                + ("" if "rho_partial" not in plan else
+                                   f", {plan['rho_partial']:.2f} beyond the baseline (partial)") + f"; {plan['rule']}")
             cols[1].metric("Patients, unadjusted", plan["n_unadjusted"])
             base_n = plan.get("n_baseline_ancova")
             cols[2].metric("Patients, baseline ANCOVA", "n/a" if base_n is None else base_n)

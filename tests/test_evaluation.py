@@ -18,6 +18,8 @@ from services.evaluation.comparison import (
     compare,
     evaluate,
 )
+from services.evaluation.effects import MEASURE_LABELS
+from services.evaluation.effects_table import generator_term_cell
 from services.evaluation.survival_comparison import km_curves
 from services.evaluation.trajectories import trajectory_summary
 from services.reporting.figures.compare import kaplan_meier
@@ -158,6 +160,20 @@ def test_local_twin_arm_metrics_and_cli_evaluate(pbc, tmp_path, capsys):
     assert {("mean_difference", "BILI"), ("geometric_mean_ratio", "BILI"), ("hazard_ratio", "DEATH")} <= eff
     gmr = [e for e in result["effects"]["effects"] if e["measure"] == "geometric_mean_ratio"]
     assert all(0 < e["ci_low"] <= e["estimate"] <= e["ci_high"] for e in gmr)
+    # shares print as shares (1.0 read as a count), and every printed effect line says when its
+    # interval lacks the generator term, as the JSON's row does (an outside review: late visits did not)
+    assert f"{100 * result['fidelity']['share_abs_net_smd_below_0_1']:.0f} % of parameter-visits" in printed
+    lines = [ln for ln in printed.splitlines() if ln.startswith("  ") and "(n=" in ln]
+    checked = 0
+    for e in result["effects"]["effects"]:
+        prefix = f"  {e['paramcd']}" + (f" at {e['avisit'] or e['avisitn']}" if e["avisitn"] is not None else "")
+        label = MEASURE_LABELS.get(e["measure"], e["measure"])
+        for ln in (ln for ln in lines if ln.startswith((f"{prefix}: {label} ", f"{prefix} (endpoint): {label} "))):
+            assert ("generator uncertainty" in ln) == (generator_term_cell(e) not in ("included",)
+                                                       and not generator_term_cell(e).startswith("none")), ln
+            checked += 1
+    assert checked == len(lines) > 5
+    assert all(e["generator_term"] == generator_term_cell(e) for e in result["effects"]["effects"])
     assert "BILI at " in printed and "ratio of geometric means" in printed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from services.cli.errors import CliError
 
@@ -30,6 +31,7 @@ def run(args) -> int:
     from services.data.trial import TrialValidationError
     from services.evaluation.comparison import cached_run_evaluation, evaluate
     from services.evaluation.effects import cached_run_effects
+    from services.evaluation.effects_table import generator_term_cell
     from services.generation.run import read_run
 
     try:
@@ -58,8 +60,10 @@ def run(args) -> int:
             result = dict(cached_run_evaluation(kb, run, args.twins, seed=args.seed))
         else:
             result = evaluate(kb, twins, run.manifest, holdout=holdout, seed=args.seed)
-        result["effects"] = cached_run_effects(kb, run, args.twins, refits=args.refits,
-                                               seed=args.seed)
+        result["effects"] = effects = dict(cached_run_effects(kb, run, args.twins, refits=args.refits,
+                                                              seed=args.seed))
+        # each row says whether its interval carries the generator term, as Compare's table does
+        effects["effects"] = [e | {"generator_term": generator_term_cell(e)} for e in effects.get("effects") or []]
     except ValueError as exc:
         raise CliError(str(exc)) from None
     from services.evaluation.backtest_verdicts import endpoint_visit
@@ -99,18 +103,31 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def _share(value) -> str:
+    """A share as a percentage (a share of 1.0 printed as "1" read as a count)."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.0f} %"
+
+
+def _term_note(e: dict) -> str:
+    """' (generator uncertainty NOT included ...)' where the row's interval lacks the generator term
+    (`generator_term_cell`), as Compare's table says; nothing where it is included or not needed."""
+    from services.evaluation.effects_table import generator_term_cell
+
+    term = generator_term_cell(e)
+    return "" if term == "included" or term.startswith("none needed") else f" (generator uncertainty {term})"
+
+
 def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = None) -> None:
     """The evaluation in a few lines. Per-visit effects: the trial's endpoint visit (`endpoint`,
     its PROCOVA endpoint) and each parameter's last visit, each with its n of patients and unit."""
     from services.evaluation.effects import MEASURE_LABELS, PER_VISIT_MEASURES
-    from services.evaluation.effects_table import generator_term_cell
 
     f, p, u = r["fidelity"], r["privacy"], r["utility"]
     print(f"{r['n_twins']} twins ({r['target_arm']}) of {r['n_sources']} source patients ({r['source_arm']}) "
           f"vs {r['n_real_target']} real {r['target_arm']} patients")
     print("fidelity:")
-    print(f"  |SMD| < 0.1 at {_fmt(f.get('share_abs_net_smd_below_0_1'))} of parameter-visits net of the "
-          f"sources' baseline imbalance ({_fmt(f['share_abs_smd_below_0_1'])} raw; "
+    print(f"  |SMD| < 0.1 at {_share(f.get('share_abs_net_smd_below_0_1'))} of parameter-visits net of the "
+          f"sources' baseline imbalance ({_share(f['share_abs_smd_below_0_1'])} raw; "
           f"median |SMD| {_fmt(f['median_abs_smd'])}, median KS {_fmt(f['median_ks'])})")
     print(f"  correlation distance {_fmt(f['correlation_distance'].get('mean_abs_diff'))} (0 ideal); "
           f"dimension-wise mean correlation {_fmt(f['dimension_wise_mean_correlation'].get('correlation'))} (1 ideal)")
@@ -138,8 +155,7 @@ def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = N
     for paramcd, s in r["survival"].items():
         # the effects' hazard ratio (with the generator's uncertainty), as the report shows it
         hr = hr_effects.get(paramcd) or s.get("hr_source_vs_twins", {})
-        term = generator_term_cell(hr) if paramcd in hr_effects else "not included"
-        which = "" if term == "included" else f" (generator uncertainty {term})"
+        which = _term_note(hr) if paramcd in hr_effects else " (generator uncertainty not included)"
         est = hr.get("estimate", hr.get("hazard_ratio"))
         hr_real = s.get("hr_source_vs_real_target", {})
         print(f"survival {paramcd}: events twins {s.get('events_twins')}/{s.get('n_twins')}, real "
@@ -172,7 +188,7 @@ def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = N
             unit = (units or {}).get(e["paramcd"]) or ""
             unit = f" {unit}" if unit and e["measure"] in ("mean_difference", "mean_difference_dr") else ""
             print(f"  {e['paramcd']}{where}: {MEASURE_LABELS.get(e['measure'], e['measure'])} {_fmt(e['estimate'])}"
-                  f"{unit} [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] (n={e.get('n_patients')})")
+                  f"{unit} [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] (n={e.get('n_patients')}){_term_note(e)}")
         for e in shown:
             print(f"  {e['paramcd']}: {MEASURE_LABELS.get(e['measure'], e['measure'])} {_fmt(e['estimate'])} "
-                  f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] (n={e.get('n_patients')})")
+                  f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] (n={e.get('n_patients')}){_term_note(e)}")

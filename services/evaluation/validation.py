@@ -191,12 +191,20 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
                           rho_baseline=None if adj is None else adj.rho_baseline,
                           rho_partial=None if adj is None else max(adj.rho_partial, 0.0) if rho.rho >= 0 else 0.0,
                           sd_treatment=sd_treatment, rho_treatment=rho_treatment)
+    plans = [plan.unadjusted, plan.adjusted] + ([plan.baseline_ancova] if plan.baseline_ancova else [])
+    size = max(p.alpha_actual for p in plans if np.isfinite(p.alpha_actual)) if plans else float("nan")
+    if np.isfinite(size) and size > alpha * 1.1:
+        notes.append(f"with this treated-arm SD and allocation the pooled ANCOVA these sizes are for would reject "
+                     f"{size:.1%} of true nulls at nominal {alpha:g} (the smaller arm varies more): analyse with "
+                     "robust (sandwich) standard errors, or allocate so that the more variable arm is the larger")
     out = {"paramcd": paramcd, "avisitn": avisitn, "label": trial.parameters[paramcd].label,
            "visit": visit_label(trial, paramcd, avisitn),
            "unit": trial.parameters[paramcd].unit, "n_pairs": len(pairs), "rho": rho.as_dict(),
            "effect": effect, "sd": sd, "alpha": alpha, "power": power, "ratio": ratio, "plan": plan.as_dict(),
            "n_unadjusted": plan.unadjusted.n_total, "n_adjusted": plan.adjusted.n_total,
            "saving_total": plan.saving_total, "saving_pct": plan.saving_pct, "rule": plan.rule,
+           # with a baseline, the correlation planned with is that of baseline and score together
+           "rho_used_label": "rho used" if adj is None else "rho used (baseline + twins)",
            "method": "noncentral t", "generator": result.generator, "twins_per_patient": result.twins_per_patient,
            "note": "; ".join(notes)}
     if plan.baseline_ancova is not None:

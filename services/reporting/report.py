@@ -264,6 +264,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         parts.append(_kv({"endpoint": f"{procova['paramcd']} at {procova.get('visit') or procova['avisitn']}",
                           "rho (held-out twins vs observed)": f"{procova['rho']['rho']:.2f} "
                           f"(95 % CI {procova['rho']['ci_low']:.2f}-{procova['rho']['ci_high']:.2f}, n={procova['n_pairs']})",
+                          "twins beyond the baseline (partial correlation)":
+                              f"{procova['rho_partial']:.2f}" if "rho_partial" in procova else "-",
                           "effect / SD": f"{procova['effect']:g} / {procova['sd']:.3g} {procova['unit']}",
                           "alpha / power / allocation": f"{procova['alpha']} / {procova['power']:.0%} / {procova['ratio']:g}:1",
                           "patients without adjustment": procova["n_unadjusted"],
@@ -275,7 +277,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                               if "saving_vs_baseline_total" in procova else "-"),
                           "saving vs unadjusted": f"{procova['saving_total']} patients ({procova['saving_pct']:.0f} %)",
                           "sizes": "noncentral t",
-                          "rho used": f"{procova['plan']['rho_used']:.2f} ({procova['rule']})"}))
+                          procova["rho_used_label"]: f"{procova['plan']['rho_used']:.2f} ({procova['rule']})"}))
         if procova.get("note"):
             parts.append(f'<p class="muted">{html.escape(procova["note"])}.</p>')
         parts.append('<p class="muted">' + ("Planning inputs as set on the Validate page. " if procova_inputs else
