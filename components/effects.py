@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
+from components.state import kept_choice
 from services.evaluation.effects import MEASURE_LABELS as MEASURES
 from services.evaluation.effects import PER_VISIT_MEASURES, RATIO_CAVEAT
 from services.evaluation.effects_table import effect_methods, effects_display
@@ -55,13 +56,13 @@ def effects_view(kb, run, compute: Callable) -> None:
     md = frame[frame["_measure"].isin(PER_VISIT_MEASURES)]
     if len(md):
         params = list(dict.fromkeys(md["_param"]))
-        paramcd = st.selectbox("Parameter", params, key="cmp_effect_param")
+        paramcd = kept_choice(st.selectbox, "Parameter", params, key="cmp_effect_param")
         sel = md[md["_param"] == paramcd]
         shown = [m for m in PER_VISIT_MEASURES if sel["_measure"].eq(m).any()]
         measure = shown[0]
         if len(shown) > 1:
-            measure = st.radio("Estimate", shown, format_func=MEASURES.get, horizontal=True,
-                               key=f"cmp_effect_scale_{paramcd}",
+            measure = kept_choice(st.radio, "Estimate", shown, format_func=MEASURES.get, horizontal=True,
+                                  key=f"cmp_effect_scale_{paramcd}",
                                help="The mean difference trusts the twins' mean. The doubly robust one also "
                                     "corrects it by the twins' own error on the knowledge base's control "
                                     "patients who resemble the cohort: right when either the twins or that "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
-from components.state import LAST_RUN_NOTE
+from components.state import LAST_RUN_NOTE, kept_choice
 from services.evaluation.trajectories import SCALES, can_use_log, suggested_scale
 from services.generation.llm import LLMSettings
 from services.reporting.figures.compare import mean_trajectories
@@ -318,8 +318,8 @@ def scale_choice(comp, paramcd: str, key: str) -> str:
     if not can_use_log(comp, paramcd):
         return "raw"
     default = suggested_scale(comp, paramcd)
-    return st.radio("Scale", list(SCALES), index=SCALES.index(default), horizontal=True,
-                    key=f"{key}_{paramcd}",
+    return kept_choice(st.radio, "Scale", list(SCALES), index=SCALES.index(default), horizontal=True,
+                       key=f"{key}_{paramcd}",
                     help="Log: geometric means and a log axis, which a few extreme patients do not "
                          "dominate (the default for positive, right-skewed parameters such as bilirubin).")
 
@@ -333,7 +333,7 @@ def trajectory_chart(comp, summary_fn, key: str) -> None:
     kb = comp.kb
     endpoint = kb.meta.endpoint.get("paramcd")
     default = params.index(endpoint) if endpoint in params else 0
-    p = st.selectbox("Parameter", params, index=default, key=key,
+    p = kept_choice(st.selectbox, "Parameter", params, index=default, key=key,
                      format_func=lambda x: f"{x} — {kb.parameters[x].label}")
     info = kb.parameters[p]
     scale = scale_choice(comp, p, f"{key}_scale")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from components.state import kept_choice
 from services.evaluation import safety
 from services.reporting.figures import safety as fig
 
@@ -39,7 +40,7 @@ def safety_tab(comp) -> None:
     st.caption("Twin arm - real target arm should straddle 0; real source cohort - twin arm (paired within "
                "patient) is the risk difference of the source treatment against its synthetic control.")
     terms = [t for t in pt["PT"] if t != safety.ANY]
-    term = st.selectbox("Time to first", terms, key="cmp_ae_term")
+    term = kept_choice(st.selectbox, "Time to first", terms, key="cmp_ae_term")
     curves, at_risk = safety.km_first_ae(comp, term)
     if len(curves):
         st.plotly_chart(fig.time_to_first_ae(curves, at_risk, f"Time to first {term}"), width="stretch")

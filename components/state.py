@@ -84,3 +84,30 @@ def get_run():
 
 def get_run_dir():
     return st.session_state.get(RUN_DIR)
+
+
+_KEPT = "kept:"           # a widget's last value, beside its own key
+_MISSING = object()
+
+
+def kept(widget, *args, key: str, default_arg: str = "index", default=0, valid=None, **kwargs):
+    """`widget(*args, key=key, **kwargs)` (st.selectbox, st.radio, st.number_input, ...) with the
+    value it had when the user last left its page: Streamlit drops the state of a widget its page
+    did not draw, so a chosen parameter or patient was back at its default on return (a browser
+    review). `default` is passed as `default_arg` ("index" or "value") only when nothing is
+    restored (Streamlit warns when both are set); `valid` rejects a kept value that no longer
+    applies (an option of another trial)."""
+    saved = st.session_state.get(_KEPT + key, _MISSING)
+    if key not in st.session_state and saved is not _MISSING and (valid is None or valid(saved)):
+        st.session_state[key] = saved
+    elif key not in st.session_state:
+        kwargs[default_arg] = default
+    value = widget(*args, key=key, **kwargs)
+    st.session_state[_KEPT + key] = value
+    return value
+
+
+def kept_choice(widget, label: str, options, key: str, index: int = 0, **kwargs):
+    """`kept` for a widget of options (selectbox, radio): a kept value must still be an option."""
+    options = list(options)
+    return kept(widget, label, options, key=key, default=index, valid=lambda v: v in options, **kwargs)

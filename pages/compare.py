@@ -13,7 +13,7 @@ from components.effects import effects_view
 from components.metric_cards import headline_table, metric_definitions
 from components.run_widgets import scale_choice
 from components.safety_panel import safety_tab
-from components.state import get_run_dir
+from components.state import get_run_dir, kept_choice
 from services.data.adverse import has_ae
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps
@@ -42,7 +42,7 @@ with tab_traj:
         st.info("This trial has no parameter with scheduled follow-up visits.")
     else:
         labels = {p: f"{p}: {kb.parameters[p].label}" for p in comp.parameters}
-        paramcd = st.selectbox("Parameter", comp.parameters, format_func=labels.get, key="cmp_param")
+        paramcd = kept_choice(st.selectbox, "Parameter", comp.parameters, key="cmp_param", format_func=labels.get)
         unit = kb.parameters[paramcd].unit
         scale = scale_choice(comp, paramcd, "cmp_scale")
         log, what = scale == "log", "Geometric mean" if scale == "log" else "Mean"
@@ -59,7 +59,7 @@ with tab_traj:
         st.caption("Twelve random patients per group: twins should show the same spread and shapes as real "
                    "patients, not smooth averages.")
         if comp.source_ids:
-            source = st.selectbox("Source patient", comp.source_ids, key="cmp_source")
+            source = kept_choice(st.selectbox, "Source patient", comp.source_ids, key="cmp_source")
             real, twins = patient_and_twins(comp, source, paramcd)
             st.plotly_chart(fig.patient_band(real, twins, f"{source}: real trajectory vs its twins", unit, log=log),
                             width="stretch")
@@ -74,8 +74,8 @@ with tab_surv:
     if not comp.tte_parameters:
         st.info("This trial has no time-to-event outcome.")
     else:
-        tte = st.selectbox("Event", comp.tte_parameters, format_func=lambda p: f"{p}: {kb.tte_label(p)}",
-                           key="cmp_tte")
+        tte = kept_choice(st.selectbox, "Event", comp.tte_parameters, key="cmp_tte",
+                          format_func=lambda p: f"{p}: {kb.tte_label(p)}")
         curves, at_risk = km_curves(comp, tte)
         st.plotly_chart(fig.kaplan_meier(curves, at_risk, f"Kaplan-Meier: {kb.tte_label(tte)}"), width="stretch")
         st.caption("Kaplan-Meier curves with 95 % bands and the number at risk below: the twin arm should "
@@ -100,7 +100,7 @@ with tab_effect:
     effects_view(kb, run, cached_effects)
 
 with tab_emb:
-    method = st.radio("Method", ["UMAP", "t-SNE"], horizontal=True, key="cmp_method")
+    method = kept_choice(st.radio, "Method", ["UMAP", "t-SNE"], key="cmp_method", horizontal=True)
     key = "umap" if method == "UMAP" else "tsne"
     if key == "umap" and not is_umap_warm():
         st.info("UMAP is still compiling in the background (first use of this app process); "

@@ -3,7 +3,7 @@ patients a twin of this patient would be personalised with."""
 
 import streamlit as st
 
-from components.state import get_cohort, get_trial
+from components.state import get_cohort, get_trial, kept, kept_choice
 from services.reporting.figures import similar as fs
 from services.retrieval.index import PatientIndexError, client_description
 from services.retrieval.retriever import Retriever
@@ -27,20 +27,21 @@ scope = trial.content_hash[:12]
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
-    patient = st.selectbox(f"Patient ({'cohort' if cohort_ids else 'all subjects'}: {len(ids)})", ids,
-                           key=f"similar_patient_{scope}", help="Type to search by USUBJID.")
+    patient = kept_choice(st.selectbox, f"Patient ({'cohort' if cohort_ids else 'all subjects'}: {len(ids)})", ids,
+                          key=f"similar_patient_{scope}", help="Type to search by USUBJID.")
 with c2:
     arms = trial.arms
-    arm = st.selectbox("Search the arm", arms, index=arms.index(trial.control_arm) if trial.control_arm in arms else 0,
-                       key=f"similar_arm_{scope}", help="Default: the trial's control arm, where twins come from.")
+    arm = kept_choice(st.selectbox, "Search the arm", arms, key=f"similar_arm_{scope}",
+                      index=arms.index(trial.control_arm) if trial.control_arm in arms else 0,
+                      help="Default: the trial's control arm, where twins come from.")
 with c3:
     arm_size = trial.arm_counts().get(arm, 0)
     top = max(1, min(50, arm_size - 1 if arm_size > 1 else 1))
-    k = st.number_input("Neighbours (k)", min_value=1, max_value=top, value=min(10, top), step=1,
-                        key=f"similar_k_{scope}")
-full = st.toggle("Also match on follow-up", value=False, key=f"similar_full_{scope}",
-                 help="Off (default): similarity uses what is known at baseline, as for twin generation. "
-                      "On: the patients' observed changes from baseline count too (exploration only).")
+    k = kept(st.number_input, "Neighbours (k)", min_value=1, max_value=top, step=1, key=f"similar_k_{scope}",
+             default_arg="value", default=min(10, top), valid=lambda v: 1 <= v <= top)
+full = kept(st.toggle, "Also match on follow-up", key=f"similar_full_{scope}", default_arg="value", default=False,
+            help="Off (default): similarity uses what is known at baseline, as for twin generation. "
+                 "On: the patients' observed changes from baseline count too (exploration only).")
 space = "full" if full else "baseline"
 
 if patient is None:
@@ -91,12 +92,13 @@ if not params:
 endpoint = trial.meta.endpoint.get("paramcd") if trial.meta.endpoint else None
 p1, p2, p3 = st.columns([2, 1, 1])
 with p1:
-    param = st.selectbox("Parameter", params, index=params.index(endpoint) if endpoint in params else 0,
-                         format_func=lambda p: f"{p}: {trial.parameters[p].label}", key=f"similar_param_{scope}")
+    param = kept_choice(st.selectbox, "Parameter", params, index=params.index(endpoint) if endpoint in params else 0,
+                        format_func=lambda p: f"{p}: {trial.parameters[p].label}", key=f"similar_param_{scope}")
 with p2:
-    x_axis = st.radio("x axis", ["Study day", "Visit"], horizontal=True, key=f"similar_x_{scope}")
+    x_axis = kept_choice(st.radio, "x axis", ["Study day", "Visit"], horizontal=True, key=f"similar_x_{scope}")
 with p3:
-    y_axis = st.radio("y axis", ["Value", "Change from baseline"], horizontal=True, key=f"similar_y_{scope}")
+    y_axis = kept_choice(st.radio, "y axis", ["Value", "Change from baseline"], horizontal=True,
+                         key=f"similar_y_{scope}")
 info = trial.parameters[param]
 fig = fs.trajectory_overlay(patient, neighbours, data.trajectories, param, label=info.label, unit=info.unit,
                             x="ADY" if x_axis == "Study day" else "AVISITN",

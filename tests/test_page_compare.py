@@ -93,3 +93,33 @@ def _forest_axes(at) -> list[str]:
         spec = json.loads(el.proto.spec)
         out.append(((spec.get("layout") or {}).get("xaxis") or {}).get("title", {}).get("text", ""))
     return out
+
+
+def test_choices_on_compare_and_similar_survive_a_visit_to_another_page(pbc, pbc_twins):
+    # Streamlit drops a widget's state when its page is not drawn: a browser review chose SYSBP on
+    # the log scale, went to Validate and came back to DIABP, raw (Similar: the patient and x axis)
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.session_state["twin_run"] = pbc_twins
+    at.session_state["twin_run_dir"] = None
+    at.switch_page("pages/compare.py").run()
+    at.selectbox(key="cmp_param").set_value("ALB").run()
+    default_scale = at.radio(key="cmp_scale_ALB").value
+    other = next(o for o in at.radio(key="cmp_scale_ALB").options if o != default_scale)
+    at.radio(key="cmp_scale_ALB").set_value(other).run()
+    at.selectbox(key="cmp_tte").set_value("DTHTX").run()
+    at.switch_page("pages/similar.py").run()
+    scope = pbc.content_hash[:12]
+    patient = at.selectbox(key=f"similar_patient_{scope}").options[3]
+    at.selectbox(key=f"similar_patient_{scope}").set_value(patient).run()
+    at.radio(key=f"similar_x_{scope}").set_value("Visit").run()
+    at.switch_page("pages/validate.py").run()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="cmp_param").value == "ALB"
+    assert at.radio(key="cmp_scale_ALB").value == other
+    assert at.selectbox(key="cmp_tte").value == "DTHTX"
+    at.switch_page("pages/similar.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key=f"similar_patient_{scope}").value == patient
+    assert at.radio(key=f"similar_x_{scope}").value == "Visit"
+    assert not at.warning or all("Session State" not in w.value for w in at.warning)
