@@ -287,6 +287,11 @@ def test_saving_against_the_baseline_ancova():
     # a score that only repeats the baseline saves nothing beyond it
     none = procova_plan(0.5, 1.0, rho=0.6, rho_baseline=0.6, conservative=False)
     assert none.rho_partial == pytest.approx(0.0) and none.saving_vs_baseline_total == 0
+    # with the noncentral t too: a score adding nothing is left out of the model, not a second
+    # covariate that costs a degree of freedom ("-2 patients" beside "no saving planned")
+    for kw in ({"rho_partial": 0.0}, {}):
+        t_none = procova_plan(0.3, 1.0, rho=0.6, rho_baseline=0.6, method="t", n_rho=60, **kw)
+        assert t_none.saving_vs_baseline_total == 0 and t_none.adjusted == t_none.baseline_ancova
 
 
 def test_estimate_adjustment_matches_regressions():

@@ -510,8 +510,14 @@ def procova_plan(effect: float, sd: float, rho: float, alpha: float = 0.05,
         factor = (1 - rb**2) * (1 - rp_used**2)
         rho_eff = math.sqrt(max(0.0, 1 - factor))
         rho_used = rho_eff
-        adj = sample_size(effect, sd, alpha, power, ratio, rho_eff, two_sided, min_per_arm,
-                          method, 2, sd_t, rho_eff if rt is None else rt)
+        if rp_used > 0:
+            adj = sample_size(effect, sd, alpha, power, ratio, rho_eff, two_sided, min_per_arm,
+                              method, 2, sd_t, rho_eff if rt is None else rt)
+        else:
+            # a score that adds nothing is not put in the model (it would only cost a degree of
+            # freedom): PROCOVA is then the baseline ANCOVA, saving 0, not "-2 patients" beside
+            # "no saving planned" (a browser review)
+            adj = base_plan
         rule += "; applied to the partial correlation given the baseline"
     saving = unadj.n_total - adj.n_total
     saving_b = None if base_plan is None else base_plan.n_total - adj.n_total
