@@ -65,9 +65,28 @@ def test_source_precision_is_the_most_decimals_per_parameter_capped(pbc):
 
     kb = SimpleNamespace(bds={"adlb": pd.DataFrame({"PARAMCD": ["A", "A", "B", "B", "C", "D"],
                                                      "AVAL": [2.6, 2.94, 1718.0, 12.0, 0.123456789, None]})},
-                         tte=pd.DataFrame({"PARAMCD": ["OS", "OS"], "AVAL": [400.0, 1200.5]}))
-    assert source_precision(kb) == {"A": 2, "B": 0, "C": MAX_DECIMALS, "D": 0, "OS": 1}
+                         tte=pd.DataFrame({"PARAMCD": ["OS", "OS"], "AVAL": [400.0, 1200.5]}),
+                         baseline_long=pd.DataFrame({"PARAMCD": ["B"], "AVAL": [12.5]}),      # a mean of readings
+                         visit_values=pd.DataFrame(columns=["PARAMCD", "AVAL"]))
+    assert source_precision(kb) == {"A": 2, "B": 1, "C": MAX_DECIMALS, "D": 0, "OS": 1}
     assert source_precision(pbc)["ALB"] == 2 and source_precision(pbc)["PLAT"] == 0
+
+
+def test_exported_twins_keep_the_baseline_the_app_analysed(pilot):
+    # the pilot's vital signs are integer readings, a baseline the mean of three (78.67): the export
+    # rounded it to 79, another value than the app analysed and the twins continue (a browser review)
+    from services.generation import get_generator
+
+    treated = list(pilot.subjects.loc[pilot.subjects.ARM == "Xanomeline High Dose", "USUBJID"])[:15]
+    run = get_generator("local").fit(pilot).generate(pilot.subset(treated), "Placebo", twins_per_patient=2, seed=0)
+    files = export_files(run, "csv", knowledge_base=pilot)
+    exported = load_trial_files([f for f in files if f.name != "manifest.json"], name="exported")
+    base = exported.baseline_long.merge(run.adsl[["USUBJID", "SRCSUBJID"]], on="USUBJID")
+    real = pilot.baseline_long.rename(columns={"USUBJID": "SRCSUBJID", "AVAL": "REAL"})
+    both = base.merge(real[["SRCSUBJID", "PARAMCD", "REAL"]], on=["SRCSUBJID", "PARAMCD"])
+    diastolic = both[both.PARAMCD == "DIABP"]
+    assert len(diastolic) == 30 and (diastolic.REAL.round() != diastolic.REAL).any()
+    assert (both.AVAL - both.REAL).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("fmt", ["csv", "xpt"])

@@ -95,8 +95,11 @@ def _decimals(value: float) -> int:
 
 def source_precision(knowledge_base) -> dict[str, int]:
     """PARAMCD -> the most decimals of any AVAL of that parameter in the knowledge base (BDS and
-    ADTTE), capped at MAX_DECIMALS."""
+    ADTTE records, and the values as analysed: a visit's or baseline's mean over several time
+    points, which twins copy or continue, has more than its integer readings; rounding a
+    baseline of 78.67 to 79 exported another value than the app analysed), capped at MAX_DECIMALS."""
     frames = list(knowledge_base.bds.values()) + ([knowledge_base.tte] if knowledge_base.tte is not None else [])
+    frames += [knowledge_base.baseline_long, knowledge_base.visit_values]
     out: dict[str, int] = {}
     for frame in frames:
         for paramcd, values in frame.groupby("PARAMCD", sort=False)["AVAL"]:
