@@ -252,3 +252,51 @@ def test_baseline_only_is_built_once_and_is_its_own_baseline_only():
     assert base.tte is None and base.ae is None
     assert base.visit_values.empty and base.records["ADY"].max() <= 1 < trial.records["ADY"].max()
     pd.testing.assert_frame_equal(base.baseline, trial.baseline)
+
+
+# ----- input an outside review tried (12-07): loaded right or named, never a traceback -----
+def test_column_names_equal_but_for_case_are_named():
+    msg = messages([csv("adsl.csv", ADSL.assign(age=ADSL["AGE"] + 1))])
+    assert "adsl.csv: columns AGE and age are the same name when case is ignored" in msg
+
+
+def test_a_windows_csv_keeps_its_accents_and_its_control_arm(pbc):
+    adsl = pbc.subjects.assign(ARM=pbc.subjects["ARM"].replace({"Placebo": "Placébo"}))
+    files = [RawFile("adsl.csv", adsl.to_csv(index=False).encode("cp1252")),
+             RawFile("adtte.csv", pbc.tte.drop(columns="ARM").to_csv(index=False).encode())]
+    trial = load_trial_files(files)
+    assert trial.arm_counts()["Placébo"] == 154 and trial.control_arm == "Placébo"
+
+
+def test_a_sas_missing_dot_keeps_a_numeric_covariate_numeric(pbc):
+    adsl = pbc.subjects.assign(AGE=pbc.subjects["AGE"].astype(object))
+    adsl.loc[[3, 10, 20], "AGE"] = "."
+    trial = load_trial_files([csv("adsl.csv", adsl)])
+    assert trial.covariates["AGE"] == "continuous" and trial.subjects["AGE"].isna().sum() == 3
+    assert not any("AGE" in w for w in trial.warnings)
+    adsl.loc[5, "AGE"] = "fifty"                  # a typo among numbers: read as missing, and said
+    trial = load_trial_files([csv("adsl.csv", adsl)])
+    assert trial.covariates["AGE"] == "continuous" and trial.subjects["AGE"].isna().sum() == 4
+    assert any("column AGE: 1 non-numeric values ('fifty')" in w and "row 6" in w for w in trial.warnings)
+    coded = ADSL.assign(GRADE=["1", "2", "unknown", "2"])     # a coded category stays a category
+    assert load_trial_files([csv("adsl.csv", coded)]).subjects["GRADE"].dtype == object
+
+
+def test_without_ablfl_and_ady_the_visit_named_baseline_is_the_baseline():
+    adlb = ADLB.drop(columns=["ABLFL", "ADY"])
+    trial = load_trial_files([csv("adsl.csv", ADSL), csv("adlb.csv", adlb)])
+    assert trial.baseline.loc["S1", "ALB"] == 3.5 and trial.visit_values["AVISITN"].min() == 3
+    assert any('baseline records are those of the visit named "Baseline"' in w for w in trial.warnings)
+    unnamed = adlb.assign(AVISIT=adlb["AVISIT"].replace({"Baseline": None}))
+    trial = load_trial_files([csv("adsl.csv", ADSL), csv("adlb.csv", unnamed)])
+    assert trial.baseline.loc["S2", "ALB"] == 4.0 and any("visit number 0" in w for w in trial.warnings)
+    nothing = adlb[adlb.AVISITN != 0].assign(AVISIT=lambda d: d["AVISIT"])
+    trial = load_trial_files([csv("adsl.csv", ADSL), csv("adlb.csv", nothing)])
+    assert any("no baseline can be identified" in w for w in trial.warnings)
+
+
+def test_a_bds_file_without_its_columns_is_an_error_not_ignored():
+    msg = messages([csv("adsl.csv", ADSL), csv("advs.csv", pd.DataFrame({"FOO": [1], "BAR": [2]}))])
+    assert "advs.csv: missing column" in msg
+    trial = load_trial_files([csv("adsl.csv", ADSL), csv("notes.csv", pd.DataFrame({"FOO": [1]}))])
+    assert any("notes.csv: ignored" in w for w in trial.warnings)

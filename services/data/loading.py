@@ -26,6 +26,9 @@ from services.data.trial import (
     TrialValidationError,
 )
 
+BDS_NAMES = {"advs", "adlb", "adeg", "adex", "adpc", "adpp", "adbm", "adqs"}   # ADaM BDS datasets by name
+MISSING_CODES = {".", "NA", "N/A", "NAN", "NULL", "MISSING"}    # SAS's "." and the usual spellings of missing
+
 
 def load_trial(path: str | Path, name: str | None = None) -> Trial:
     """Load a trial folder. Raises TrialValidationError with every problem found."""
@@ -89,7 +92,7 @@ def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
         raise TrialValidationError(errors)
 
     adsl_raw, adsl = tables.pop("adsl")
-    subjects = _validate_adsl(adsl_raw.name, adsl, errors)
+    subjects = _validate_adsl(adsl_raw.name, adsl, errors, warnings)
     known = set(subjects["USUBJID"]) if subjects is not None else set()
     labels = dict(adsl.attrs.get("labels", {}))
 
@@ -105,6 +108,10 @@ def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
             table = _validate_bds(raw.name, frame, known, errors, warnings)
             if table is not None:
                 bds[stem] = table
+        elif stem in BDS_NAMES or stem.startswith("adqs"):
+            # named as a BDS dataset: a broken one, not a file to pass over (the trial loaded with no
+            # parameters, replacing the one loaded before; a browser review)
+            _missing_columns(raw.name, frame, BDS_REQUIRED, errors)
         else:
             warnings.append(f"{raw.name}: ignored (not ADSL, ADTTE, ADAE, and no PARAMCD/AVAL columns "
                             "of a BDS dataset)")
@@ -196,7 +203,8 @@ def _numeric(fname: str, frame: pd.DataFrame, col: str, errors: list[str], warni
     return values
 
 
-def _validate_adsl(fname: str, adsl: pd.DataFrame, errors: list[str]) -> pd.DataFrame | None:
+def _validate_adsl(fname: str, adsl: pd.DataFrame, errors: list[str],
+                   warnings: list[str] | None = None) -> pd.DataFrame | None:
     if "USUBJID" not in adsl.columns:
         errors.append(f"{fname}: missing column USUBJID (the subject id); found: "
                       f"{', '.join(adsl.columns[:12])}")
@@ -223,8 +231,35 @@ def _validate_adsl(fname: str, adsl: pd.DataFrame, errors: list[str]) -> pd.Data
             adsl = adsl.rename(columns={"ARM": "ARM_ORIG"})
         adsl["ARM"] = adsl[arm_col]
     adsl["ARM"] = adsl["ARM"].astype(str)
+    adsl = _numeric_covariates(fname, adsl, warnings)
     front = ["USUBJID", "ARM"]
     return adsl[front + [c for c in adsl.columns if c not in front]].reset_index(drop=True)
+
+
+def _numeric_covariates(fname: str, adsl: pd.DataFrame, warnings: list[str] | None) -> pd.DataFrame:
+    """A text column whose values are numbers but for missing codes (SAS's "."), or but for a
+    few stray entries among many numbers, is numeric: one "." had turned AGE into text and
+    dropped it from Table 1, the filters and the patient vectors without a word (an outside
+    review). Missing codes become missing quietly; other entries are named in a load note."""
+    for col in adsl.columns:
+        series = adsl[col]
+        if col in ("USUBJID", "ARM") or not (series.dtype == object or pd.api.types.is_string_dtype(series)):
+            continue
+        present = series.dropna()
+        if present.empty or present.map(lambda v: not isinstance(v, str)).any():
+            continue
+        values = pd.to_numeric(present, errors="coerce")
+        bad = values.isna()
+        codes = present[bad].str.upper().isin(MISSING_CODES)
+        stray = bad & ~codes
+        if values.notna().sum() < 5 or (stray.sum() and (stray.mean() > 0.02 or values.nunique() < 10)):
+            continue                 # a text column with a few numbers, or a coded categorical one
+        adsl[col] = pd.to_numeric(series.where(~series.index.isin(present.index[bad])), errors="coerce")
+        if stray.any() and warnings is not None:
+            shown = ", ".join(repr(v) for v in list(dict.fromkeys(present[stray]))[:3])
+            warnings.append(f"{fname}: column {col}: {int(stray.sum())} non-numeric values ({shown}) among "
+                            f"numbers, {_rows(series.index.isin(present.index[stray]))}; read as missing")
+    return adsl
 
 
 def _as_id(value) -> str:
@@ -251,6 +286,8 @@ def _validate_bds(fname, frame, known, errors, warnings) -> pd.DataFrame | None:
         frame["AVISIT"] = frame["AVISITN"].map(lambda v: np.nan if pd.isna(v) else f"Visit {v:g}")
     if "ABLFL" not in frame.columns:
         frame["ABLFL"] = np.nan
+    if frame["ABLFL"].isna().all() and frame["ADY"].isna().all():
+        frame = _baseline_from_visit(fname, frame, warnings)
     no_param = frame["PARAMCD"].isna()
     if no_param.any():
         warnings.append(f"{fname}: column PARAMCD: {int(no_param.sum())} rows without a parameter code, "
@@ -269,6 +306,26 @@ def _validate_bds(fname, frame, known, errors, warnings) -> pd.DataFrame | None:
     if frame.empty:
         errors.append(f"{fname}: no usable records (every row is derived or has no numeric AVAL)")
         return None
+    return frame
+
+
+def _baseline_from_visit(fname: str, frame: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
+    """Without ABLFL and ADY nothing says which record is the baseline: every visit was
+    follow-up and no patient had a baseline (an outside review, on the pilot without both). The
+    visit named "Baseline" (else numbered 0, when later visits are positive) is flagged, and the
+    load notes say so; with neither, the notes say the trial has no baselines."""
+    label = frame["AVISIT"].fillna("").astype(str).str.strip().str.lower()
+    flag = label.str.startswith("baseline")
+    how = 'the visit named "Baseline"'
+    if not flag.any() and (frame["AVISITN"] > 0).any():
+        flag, how = frame["AVISITN"].eq(0), "visit number 0"
+    if flag.any():
+        frame["ABLFL"] = np.where(flag, "Y", None)
+        warnings.append(f"{fname}: no ABLFL and no ADY: baseline records are those of {how} "
+                        f"({int(flag.sum())} records)")
+    else:
+        warnings.append(f"{fname}: no ABLFL, no ADY and no visit named Baseline or numbered 0: no baseline "
+                        "can be identified, so the twins have no baseline of these parameters to start from")
     return frame
 
 

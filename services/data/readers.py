@@ -82,7 +82,7 @@ def read_table(raw: RawFile) -> pd.DataFrame:
     labels: dict[str, str] = {}
     try:
         if ext == "csv":
-            frame = pd.read_csv(io.BytesIO(raw.data), low_memory=False, encoding_errors="replace")
+            frame = _read_csv(raw.data)
         elif ext == "parquet":
             frame = pd.read_parquet(io.BytesIO(raw.data))
         else:
@@ -96,11 +96,29 @@ def read_table(raw: RawFile) -> pd.DataFrame:
                 "sas7bdat": "SAS7BDAT"}[ext]
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise DataFileError(f"{raw.name}: not a readable {kind} file ({reason})") from None
+    names = [str(c).strip().upper() for c in frame.columns]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        same = [str(c) for c in frame.columns if str(c).strip().upper() == clash[0]]
+        raise DataFileError(f"{raw.name}: columns {' and '.join(same)} are the same name when case is ignored "
+                            "(column names are read case-insensitively): keep one")
     frame = normalise(frame)
     if frame.empty:
         raise DataFileError(f"{raw.name}: the file has no rows")
     frame.attrs["labels"] = {k.upper(): v for k, v in labels.items() if v}
     return frame
+
+
+def _read_csv(data: bytes) -> pd.DataFrame:
+    """UTF-8 (with or without a byte-order mark), else Windows-1252 / Latin-1 as spreadsheets
+    export them: "Placébo" read as UTF-8 with replacement became "Plac\ufffdbo", and the control
+    arm was guessed wrong (an outside review)."""
+    for encoding in ("utf-8-sig", "cp1252", "latin-1"):
+        try:
+            return pd.read_csv(io.BytesIO(data), low_memory=False, encoding=encoding)
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes every byte")
 
 
 def _read_sas(raw: RawFile) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -130,9 +131,9 @@ class Trial:
         arms = list(self.subjects["ARM"].dropna().unique())
         if self.meta.control_arm in arms:
             return self.meta.control_arm
-        for pattern in ("placebo", "control", "usual", "standard", "sham", "vehicle"):
+        for pattern in ("placebo", "plazebo", "control", "usual", "standard", "sham", "vehicle"):
             for arm in arms:
-                if pattern in str(arm).lower():
+                if pattern in _plain(arm):
                     return arm
         return min(arms) if arms else ""
 
@@ -362,3 +363,8 @@ def _covariate_kinds(subjects: pd.DataFrame, meta: TrialMeta) -> dict[str, str]:
                 continue
             kinds[col] = "categorical"
     return kinds
+
+
+def _plain(text) -> str:
+    """Lower case without accents: "Placébo" reads as a placebo arm."""
+    return "".join(c for c in unicodedata.normalize("NFKD", str(text).lower()) if not unicodedata.combining(c))
