@@ -289,3 +289,8 @@ def test_the_report_names_the_cohort_the_run_was_made_for():
     manifest = {"cohort": {"label": "DPCA age>=40 (130 patients)", "kind": "cohort"}, "sources": {"subjects": 130}}
     assert run_cohort(manifest, 130, "D-penicillamine") == "DPCA age>=40 (130 patients)"
     assert run_cohort({"sources": {"subjects": 12}}, 12, "Progabide") == "12 patients of Progabide"
+    # and its criteria, which a name alone would not check (a second browser review)
+    spec = {"name": "XHD age 65-85", "arms": ["Xanomeline High Dose"], "expression": "AGE between 65 and 85"}
+    manifest["cohort"] = {"label": "XHD age 65-85 (69 patients)", "kind": "cohort", "spec": spec}
+    assert run_cohort(manifest, 69, "Xanomeline High Dose") == (
+        "XHD age 65-85 (69 patients) (criteria: arm: Xanomeline High Dose; AGE between 65 and 85)")

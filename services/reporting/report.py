@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.io as pio
 
 from services import __version__
+from services.data.cohort import CohortError, CohortSpec
 from services.data.trial import Trial
 from services.evaluation import comparison as ev
 from services.evaluation import patient_space as ps
@@ -38,7 +39,7 @@ h1{color:#1f6f8b;margin-bottom:4px}h2{border-bottom:2px solid #1f6f8b;padding-bo
 table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}th,td{border:1px solid #d0d7de;padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#eef3f6}.ok{color:#1a7f37}.bad{color:#b35900}
 .muted{color:#57606a;font-size:13px}.card{border-left:4px solid #1f6f8b;padding:4px 12px;margin:8px 0;background:#f6f8fa}
-figure{margin:0 0 8px}figcaption{color:#57606a;font-size:13px;margin:-4px 0 20px}
+figure{margin:0 0 8px}figcaption{color:#57606a;font-size:13px;margin:6px 0 20px}
 """
 
 
@@ -91,8 +92,15 @@ def run_cohort(manifest: dict, n_sources: int, source_arm: str) -> str:
     """The cohort the run was generated for, as its manifest recorded it (the app's cohort label),
     never the cohort chosen on the screen since (a review downloaded a report of a run made for
     130 patients that named a 37-patient cohort chosen after it)."""
-    label = (manifest.get("cohort") or {}).get("label")      # What-if's choice, with its count
-    return label or f"{n_sources} patients of {source_arm}"
+    cohort = manifest.get("cohort") or {}
+    label = cohort.get("label")      # What-if's choice, with its count
+    text = label or f"{n_sources} patients of {source_arm}"
+    if cohort.get("spec"):           # its criteria: a name alone would let a misleading one pass (a browser review)
+        try:
+            text += f" (criteria: {CohortSpec.from_dict(cohort['spec']).summary()})"
+        except CohortError:
+            pass
+    return text
 
 
 def _survival_rows(s: dict, effects: dict | None, paramcd: str) -> dict:
@@ -215,7 +223,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     # figures
     if comp.parameters:
         parts.append("<h2>Trajectories</h2>")
-    for paramcd in comp.parameters[:4]:
+    for paramcd in comp.parameters:     # every one (the first 4 only left the others out unsaid)
         p = kb.parameters[paramcd]
         parts.append(fig(figs.mean_trajectories(trajectory_summary(comp, paramcd, suggested_scale(comp, paramcd)), f"{p.label}: mean with 95 % CI",
                                                 p.unit),
