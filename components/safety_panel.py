@@ -8,6 +8,7 @@ import streamlit as st
 from components.state import kept_choice
 from services.evaluation import safety
 from services.reporting.figures import safety as fig
+from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE
 
 
 @st.cache_data(show_spinner="Counting adverse events...", max_entries=8)
@@ -35,7 +36,7 @@ def safety_tab(comp) -> None:
                     width="stretch")
     st.caption("Twins should sit on the real target arm (Wilson 95 % intervals for real patients; "
                "patient-level intervals for twins); the gap to the real source cohort is the safety profile "
-               "of the source patients' own treatment.")
+               "of the source patients' own treatment. " + SAFETY_BY_CONSTRUCTION_NOTE)
     st.plotly_chart(fig.risk_difference_forest(pt, "Risk differences (95 % CI)", top), width="stretch")
     st.caption("Twin arm - real target arm should straddle 0; real source cohort - twin arm (paired within "
                "patient) is the risk difference of the source treatment against its synthetic control.")

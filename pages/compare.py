@@ -21,6 +21,7 @@ from services.evaluation.projection import is_umap_warm
 from services.evaluation.survival_comparison import km_curves
 from services.evaluation.trajectories import patient_and_twins, spaghetti_values, trajectory_summary
 from services.reporting.figures import compare as fig
+from services.reporting.tables import IN_SAMPLE_PRIVACY_NOTE
 
 kb, run = require_run()
 comp = cached_comparison(kb, run)
@@ -120,6 +121,7 @@ with tab_sim:
 
 with tab_metrics:
     headline_table(ev.headline(result))
+    st.caption(IN_SAMPLE_PRIVACY_NOTE)
     marginal = result["fidelity"]["marginal"]
     if marginal:
         import pandas as pd

@@ -129,7 +129,7 @@ def privacy_section() -> None:
     st.caption("Half of the real target arm is withheld; the generator learns from the other half and twins the "
                "cohort; an attacker then tries to tell training patients from withheld ones by how close twins come.")
     target = run.target_arm if run is not None else trial.control_arm
-    sources = [u for u in cohort_ids_or_all() if u in set(trial.subjects["USUBJID"])]
+    sources, whom = val.audit_sources(trial, run, cohort_ids_or_all())
     audit_key = (trial.content_hash, run.run_id if run is not None else None, hash(tuple(sorted(sources))))
     if st.button("Run privacy audit", key="run_privacy_audit"):
         name, settings, k_run = val.run_generator(run)
@@ -143,8 +143,10 @@ def privacy_section() -> None:
         if "error" in audit:
             st.warning(audit["error"])
         else:
-            st.caption(f"{audit['generator']} twins, K = {audit['twins_per_patient']}, {audit['withheld']} "
-                       f"{target} patients withheld.")
+            st.caption(f"{audit['generator']} twins, K = {audit['twins_per_patient']}, of {whom} (those outside "
+                       f"{target}: {audit['twinned']}); {audit['withheld']} {target} patients withheld. Unlike "
+                       "Compare's privacy figures, which measure twins against the very patients the generator "
+                       "learnt from, these judge the twins against patients it never saw.")
             rows = headline({"privacy": audit})
             headline_table(rows[rows["group"] == "privacy"].reset_index(drop=True))
 

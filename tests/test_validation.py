@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from services.evaluation import metrics as M
 from services.evaluation.backtest import backtest
 from services.evaluation.validation import (
+    audit_sources,
     bootstrap_card,
     endpoint_pairs,
     privacy_audit,
@@ -114,6 +115,15 @@ def test_validate_page_runs_on_the_default_demo():
     assert rows.loc["NN adversarial accuracy", "threshold"] == "0.35 to 0.8"
     assert all(v.split(" ", 1)[1] in {"met", "not met", "inconclusive"} for v in rows["verdict"])
     assert any("local twins, K = 5" in c.value for c in at.caption)
+
+
+def test_the_privacy_audit_twins_the_runs_own_sources(pbc, pbc_twins):
+    # a browser review: with no cohort chosen, a reopened run's audit twinned all subjects, not its own
+    ids, whom = audit_sources(pbc, pbc_twins, list(pbc.subjects["USUBJID"]))
+    assert set(ids) == set(pbc_twins.adsl["SRCSUBJID"]) and whom == "the run's 40 source patients"
+    ids, whom = audit_sources(pbc, None, list(pbc.subjects["USUBJID"]))
+    assert len(ids) == 312 and whom == "all 312 subjects"
+    assert audit_sources(pbc, None, ids[:10])[1] == "the 10 patients of the chosen cohort"
 
 
 def test_validate_page_backtests_a_trial_with_events_only(pbc_events):

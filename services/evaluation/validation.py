@@ -345,5 +345,18 @@ def privacy_audit(trial: Trial, target_arm: str, source_ids: list[str], generato
         trial.subset(sources), target_arm, twins_per_patient=twins_per_patient, seed=seed)
     comp = compare(kb, run.as_trial(), run.manifest)
     out = privacy(comp, holdout=trial.subset(withheld), seed=seed)
-    return {**out, "withheld": len(withheld), "generator": generator,
+    return {**out, "withheld": len(withheld), "generator": generator, "twinned": len(sources),
             "twins_per_patient": twins_per_patient, "trial_hash": trial.content_hash}
+
+
+def audit_sources(trial: Trial, run, cohort_ids: list[str]) -> tuple[list[str], str]:
+    """Whom the privacy audit twins, and how to say it: the run's own source patients when
+    there is a run (the audit of that run; it had twinned whatever the Cohort page showed since,
+    254 subjects for a 69-patient run: a browser review), else the chosen cohort, else everyone."""
+    known = set(trial.subjects["USUBJID"])
+    if run is not None:
+        ids = [u for u in dict.fromkeys(run.adsl["SRCSUBJID"].astype(str)) if u in known]
+        if ids:
+            return ids, f"the run's {len(ids)} source patients"
+    ids = [u for u in cohort_ids if u in known]
+    return ids, f"the {len(ids)} patients of the chosen cohort" if len(ids) < len(known) else f"all {len(ids)} subjects"

@@ -26,6 +26,7 @@ from services.evaluation.trajectories import suggested_scale, trajectory_summary
 from services.reporting.figures import compare as figs
 from services.reporting.safety_section import safety_section
 from services.reporting.tables import (
+    IN_SAMPLE_PRIVACY_NOTE,
     INFORMATION_NOTE,
     code_labels,
     table_for_display,
@@ -257,6 +258,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     head = ev.headline(result)
     parts.append(_table(head[["verdict", "group", "metric", "value", "ci_low", "ci_high", "ideal", "threshold",
                               "meaning", "detail"]]))
+    parts.append(f'<p class="muted">{html.escape(IN_SAMPLE_PRIVACY_NOTE)}</p>')
     marginal = pd.DataFrame(result["fidelity"]["marginal"])
     if len(marginal):
         parts.append(fig(figs.smd_dot_plot(marginal, "Standardized mean difference, twins vs real target arm"),

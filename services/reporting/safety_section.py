@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 
 from services.evaluation import safety
+from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE
 
 
 def safety_section(comp, fig) -> str:
@@ -31,7 +32,7 @@ def safety_section(comp, fig) -> str:
                  "points, 95 % CI with patients as the unit.</p>")
     parts.append(fig(figs.incidence_dots(pt, "Incidence of the most frequent preferred terms (95 % CI)"),
                      "Twins should sit on the real target arm; the gap to the real source cohort is the safety "
-                     "profile of the source patients' own treatment."))
+                     "profile of the source patients' own treatment. " + SAFETY_BY_CONSTRUCTION_NOTE))
     parts.append(fig(figs.risk_difference_forest(pt, "Risk differences (95 % CI)"),
                      "Twin arm - real target arm should straddle 0; real source cohort - twin arm (paired within "
                      "patient) is the risk difference against the synthetic control."))

@@ -71,6 +71,14 @@ def code_labels(labels: dict[str, str]) -> dict[str, str]:
     return {code: (f"{label} [{code}]" if label and label != code else code) for code, label in labels.items()}
 
 
+IN_SAMPLE_PRIVACY_NOTE = ("The privacy figures here measure the twins against the real patients the generator learnt "
+                          "from, where closeness is expected and a verdict of copies can be misleading; the hold-out "
+                          "privacy audit (Validate) judges them against patients the generator never saw.")
+SAFETY_BY_CONSTRUCTION_NOTE = ("The twins' adverse-event probabilities are learnt from this real target arm itself "
+                               "(its rates, personalised by similar patients), so agreement with it is largely by "
+                               "construction, not evidence of skill: the safety backtest (Validate) scores them on "
+                               "held-out patients.")
+
 INFORMATION_NOTE = ("Information beyond the own baseline: the smallest error a linear model of every parameter's "
                     "baseline and the ADSL covariates could reach, over the smallest error of a model of the "
                     "parameter's own baseline alone, both as if learnt from unlimited data (leverage-corrected "
