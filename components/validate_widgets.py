@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from components.data_table import data_table
+from components.state import kept_choice
 from services.evaluation.backtest_verdicts import backtest_setup
 from services.evaluation.metrics.procova import default_effect
 from services.evaluation.validation import ancova_headline
@@ -57,6 +58,18 @@ def validation_card(result, card: pd.DataFrame, parameter_labels: dict[str, str]
     if len(result.visits):
         with st.expander("Per visit"):
             data_table(result.visits, codes=codes, key="validate_visits")
+
+
+def endpoint_picker(choices: list[tuple[str, float]], default, label_of, scope: str, saved=None):
+    """The PROCOVA endpoint, a parameter at a visit (`validation.endpoint_choices`): the trial's
+    by default (trial.toml's `endpoint`, else the first parameter's last well-attended visit)."""
+    if not choices:
+        return default
+    start = tuple(saved) if saved and tuple(saved) in choices else default if default in choices else choices[0]
+    return kept_choice(st.selectbox, "Endpoint", choices, key=f"procova_endpoint_{scope}",
+                       index=choices.index(start), format_func=label_of,
+                       help="The primary endpoint the trial is sized for. Its default can be set in the trial's "
+                            "trial.toml: endpoint = {paramcd = \"...\", avisitn = ...}.")
 
 
 def procova_inputs(endpoint, saved: dict | None = None, scope: str = "", visit: str | None = None) -> dict | None:

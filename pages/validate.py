@@ -10,6 +10,7 @@ from components.data_table import code_labels
 from components.metric_cards import headline_table
 from components.state import cohort_ids_or_all, get_run, get_run_dir, get_trial
 from components.validate_widgets import (
+    endpoint_picker,
     procova_inputs,
     safety_backtest_card,
     safety_settings,
@@ -80,11 +81,16 @@ def backtest_sections() -> None:
                "(PROCOVA, qualified by the EMA in 2022) shrinks the outcome variance by 1 - rho², where rho is the "
                "correlation between score and outcome, estimated here on held-out control patients.")
     planned_for, saved = st.session_state.get("validate_procova_inputs") or (None, None)
-    endpoint = val.endpoint_pairs(trial, result)
-    inputs = procova_inputs(endpoint,
-                            saved if own_validation and planned_for == run.run_id else None,
-                            scope=hashlib.sha1(repr(key).encode()).hexdigest()[:12],
+    saved = saved if own_validation and planned_for == run.run_id else None
+    scope = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
+    chosen = endpoint_picker(val.endpoint_choices(trial, result), val.endpoint_visit(trial),
+                             lambda e: f"{e[0]}: {trial.parameters[e[0]].label} at {val.visit_label(trial, *e)}",
+                             scope, (saved or {}).get("endpoint"))
+    endpoint = val.endpoint_pairs(trial, result, chosen if chosen and chosen[0] else None)
+    inputs = procova_inputs(endpoint, saved, scope=scope,
                             visit=val.visit_label(trial, endpoint[0], endpoint[1]) if endpoint[0] else None)
+    if inputs is not None and endpoint[0]:
+        inputs["endpoint"] = [endpoint[0], endpoint[1]]     # the report plans for the same endpoint
     if own_validation:       # the report plans on the run's own validation with the inputs on this screen
         st.session_state["validate_procova_inputs"] = (run.run_id, inputs)
     elif run is not None:

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from services.cli import main
 from services.data.loading import load_trial_files
+from services.evaluation.backtest_verdicts import visit_label
 from services.generation.run import write_run
 from services.reporting.export import (
     MAX_DECIMALS,
@@ -232,8 +233,18 @@ def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
         assert at.session_state["validate_procova_inputs"][1]["effect"] == value
     next(n for n in at.number_input if n.label == "Treated-arm rho").set_value(0.3).run()
     assert not at.exception, at.exception
+    # the endpoint is chosen on the page (a browser review: it was fixed at the first parameter)
+    picker = next(b for b in at.selectbox if b.label == "Endpoint")
+    assert picker.value == ("BILI", 24.0)
+    chosen = [e for e in val_choices(pbc, at) if e[0] == "ALB"][-1]
+    assert f"ALB: {pbc.parameters['ALB'].label} at {visit_label(pbc, *chosen)}" in picker.options
+    picker.set_value(chosen).run()
+    assert not at.exception, at.exception
+    next(n for n in at.number_input if n.label == "Effect to detect").set_value(0.3).run()
+    next(n for n in at.number_input if n.label == "Effect to detect").set_value(1.5).run()
     run_id, inputs = at.session_state["validate_procova_inputs"]
     assert run_id == pbc_twins.run_id and inputs["effect"] == 1.5 and inputs["rho_treatment"] == 0.3
+    assert inputs["endpoint"] == [chosen[0], chosen[1]]
     on_screen = {m.label: m.value for m in at.metric}
     page = build_report(pbc, pbc_twins, backtest=result, procova_inputs=inputs,
                         effects=run_effects(pbc, pbc_twins, refits=2))
@@ -242,6 +253,7 @@ def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
     assert f"patients with PROCOVA {on_screen['Patients, PROCOVA']} " in text
     assert f"patients with a baseline ANCOVA {on_screen['Patients, baseline ANCOVA']} " in text
     assert "effect / SD 1.5 / " in text
+    assert f"endpoint ALB at {visit_label(pbc, *chosen)}" in text
     # a backtest with other settings plans on its own screen only: the report keeps the run's
     next(s for s in at.slider if s.label == "Folds (k)").set_value(3)
     next(b for b in at.button if b.label == "Run backtest").click().run()
@@ -259,6 +271,15 @@ def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
     assert not at.exception, at.exception
     assert next(n for n in at.number_input if n.label == "Effect to detect").value == 1.5
     assert at.session_state["validate_procova_inputs"][1]["rho_treatment"] == 0.3
+    assert next(b for b in at.selectbox if b.label == "Endpoint").value == chosen
+
+
+def val_choices(trial, at):
+    """The endpoint options of the run's own validation on the page."""
+    from services.evaluation.validation import endpoint_choices
+
+    (result,) = [r for r in at.session_state["validate_backtests"].values() if r.folds == 2]
+    return endpoint_choices(trial, result)
 
 
 def test_the_survival_rows_quote_the_effects_hazard_ratio_and_label_the_other():

@@ -113,9 +113,22 @@ def information_verdict(gain: float, gain_lo: float, gain_hi: float) -> str:
             "up to its estimation error")
 
 
-def endpoint_pairs(trial: Trial, result: BacktestResult) -> tuple[str | None, float | None, pd.DataFrame]:
-    """(PARAMCD, AVISITN, pairs of predicted = mean of twins vs observed) at the endpoint."""
-    paramcd, avisitn = endpoint_visit(trial)
+def endpoint_choices(trial: Trial, result: BacktestResult) -> list[tuple[str, float]]:
+    """The (PARAMCD, AVISITN) a PROCOVA plan can be made for: a visit with at least 5 held-out
+    patients' predicted and observed values, in the trial's order (the plan's endpoint was fixed
+    at the default, with no hint how to choose another: a browser review)."""
+    p = result.pairs.dropna(subset=["PREDICTED", "OBSERVED"])
+    counts = p.groupby(["PARAMCD", "AVISITN"])["USUBJID"].nunique()
+    order = {q: i for i, q in enumerate(trial.longitudinal_parameters)}
+    return sorted(((str(q), float(v)) for (q, v), n in counts.items() if n >= 5),
+                  key=lambda e: (order.get(e[0], len(order)), e[1]))
+
+
+def endpoint_pairs(trial: Trial, result: BacktestResult,
+                   endpoint: tuple[str, float] | None = None) -> tuple[str | None, float | None, pd.DataFrame]:
+    """(PARAMCD, AVISITN, pairs of predicted = mean of twins vs observed) at the endpoint (the
+    trial's, `endpoint_visit`, unless one is chosen)."""
+    paramcd, avisitn = (str(endpoint[0]), float(endpoint[1])) if endpoint else endpoint_visit(trial)
     if paramcd is None:
         return None, None, pd.DataFrame(columns=["PREDICTED", "OBSERVED"])
     p = result.pairs
@@ -149,14 +162,14 @@ def ancova_headline(card: pd.DataFrame) -> str | None:
 def procova(trial: Trial, result: BacktestResult, effect: float | None = None, sd: float | None = None,
             alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0, conservative: bool = True,
             deflation: float = 0.9, sd_treatment: float | None = None,
-            rho_treatment: float | None = None) -> dict:
+            rho_treatment: float | None = None, endpoint: tuple[str, float] | None = None) -> dict:
     """PROCOVA sample size from the backtest: rho = correlation of the twins' predicted
     endpoint (prognostic score) with the observed endpoint of held-out control patients;
     sd defaults to the observed endpoint's SD, effect to 0.4 SD (a moderate effect, to be
     replaced by the effect the trial is powered for). Sizes by the noncentral t; the saving
     that counts is against the baseline ANCOVA a regulator expects anyway (Schuler et al.
     2022; EMA 2022), from the partial correlation the score adds given the baseline."""
-    paramcd, avisitn, pairs = endpoint_pairs(trial, result)
+    paramcd, avisitn, pairs = endpoint_pairs(trial, result, endpoint)
     if len(pairs) < 5:      # the conservative rule's Fisher bound counts the pairs; the rule names them
         return {"error": f"too few held-out patients with the endpoint ({len(pairs)}) to estimate rho"}
     rho = M.estimate_rho(pairs["PREDICTED"], pairs["OBSERVED"])
