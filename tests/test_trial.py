@@ -300,3 +300,32 @@ def test_a_bds_file_without_its_columns_is_an_error_not_ignored():
     assert "advs.csv: missing column" in msg
     trial = load_trial_files([csv("adsl.csv", ADSL), csv("notes.csv", pd.DataFrame({"FOO": [1]}))])
     assert any("notes.csv: ignored" in w for w in trial.warnings)
+
+
+def test_semicolon_csv_duplicates_one_arm_and_an_unread_xlsx_are_said(tmp_path):
+    semi = RawFile("adsl.csv", ADSL.to_csv(index=False, sep=";").encode())
+    assert load_trial_files([semi]).arm_counts() == {"Drug": 2, "Placebo": 2}
+    copies = pd.concat([ADLB, ADLB.iloc[[0]].assign(AVAL=9.9)])        # a conflicting copy of S1's baseline
+    trial = load_trial_files([csv("adsl.csv", ADSL), csv("adlb.csv", copies)])
+    assert any("adlb: 2 records repeat a patient, parameter and time (2 with different values)" in w
+               for w in trial.warnings)
+    assert not any("repeat" in w for w in load_trial_files([csv("adsl.csv", ADSL), csv("adlb.csv", ADLB)]).warnings)
+    one = load_trial_files([csv("adsl.csv", ADSL.assign(ARM="Drug"))])
+    assert any(w.startswith("one arm only (Drug)") for w in one.warnings)
+    (tmp_path / "adsl.xlsx").write_bytes(b"PK\x03\x04 not really a workbook")
+    ADLB.to_csv(tmp_path / "adlb.csv", index=False)
+    from services.data.loading import load_trial
+
+    with pytest.raises(TrialValidationError) as info:
+        load_trial(tmp_path)
+    assert any(m.startswith("not read: adsl.xlsx") for m in info.value.messages)
+
+
+def test_iso_dates_in_a_csv_are_dates_and_filter_as_the_docs_say():
+    from services.data.cohort import CohortSpec, apply_cohort
+
+    adsl = ADSL.assign(TRTSDT=["2012-11-02", "2013-03-01", "2013-05-20", None])
+    trial = load_trial_files([csv("adsl.csv", adsl)])
+    assert pd.api.types.is_datetime64_any_dtype(trial.subjects["TRTSDT"])
+    cohort = apply_cohort(trial, CohortSpec(expression='TRTSDT >= "2013-01-01"'))
+    assert sorted(cohort.usubjids) == ["S2", "S3"]

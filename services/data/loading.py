@@ -14,7 +14,13 @@ import numpy as np
 import pandas as pd
 
 from services.data.adverse import derive_study_day
-from services.data.readers import DataFileError, RawFile, raw_files_from_folder, read_table
+from services.data.readers import (
+    DataFileError,
+    RawFile,
+    raw_files_from_folder,
+    read_table,
+    unread_data_files,
+)
 from services.data.trial import (
     AE_REQUIRED,
     ARM_COLUMNS,
@@ -37,7 +43,16 @@ def load_trial(path: str | Path, name: str | None = None) -> Trial:
         files = raw_files_from_folder(path)
     except DataFileError as exc:
         raise TrialValidationError([str(exc)]) from None
-    return load_trial_files(files, name=name or path.name)
+    try:
+        return load_trial_files(files, name=name or path.name)
+    except TrialValidationError as exc:
+        unread = unread_data_files(path)
+        if not unread:
+            raise
+        # say why a dataset seems absent
+        note = (f"not read: {', '.join(unread)} (a trial's files are CSV, Parquet, SAS XPORT or sas7bdat; "
+                "save them as one of these)")
+        raise TrialValidationError([*exc.messages, note]) from None
 
 
 def upload_name(files: list[RawFile], subjects: pd.DataFrame | None) -> str:
@@ -135,11 +150,33 @@ def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
     if ae is not None:
         ae["ARM"] = ae["USUBJID"].map(arm_of)
 
+    for stem, table in bds.items():
+        _note_duplicates(stem, table, warnings)
+    if subjects["ARM"].nunique() < 2:
+        warnings.append(f"one arm only ({subjects['ARM'].iloc[0]}): twins under it are twins of its own patients' "
+                        "arm, not a synthetic control; a control arm comes from a knowledge base with one")
+
     digest = hashlib.sha256()
     for raw in sorted(files, key=lambda f: f.name.lower()):
         digest.update(raw.name.lower().encode() + b"\0" + raw.sha256.encode() + b"\0")
     return Trial(name=name or upload_name(files, subjects), subjects=subjects, bds=bds, tte=tte, ae=ae, meta=meta,
                  content_hash=digest.hexdigest(), warnings=warnings, labels=labels)
+
+
+def _note_duplicates(stem: str, table: pd.DataFrame, warnings: list[str]) -> None:
+    """Records repeated for one patient, parameter and time with no time point to tell them apart
+    are averaged like a visit's several time points; say so (an outside review: ten conflicting
+    copies of a record moved a baseline from 2.6 to 14.3 unsaid)."""
+    keys = [c for c in ("USUBJID", "PARAMCD", "AVISITN", "ADY", "ATPT", "ATPTN", "ABLFL") if c in table.columns]
+    used = table["ABLFL"].astype(str).str.upper().eq("Y") | table["AVISITN"].notna()   # what the analysis reads
+    dup = table.duplicated(subset=keys, keep=False) & used
+    if not dup.any():
+        return
+    same = table[dup].duplicated(subset=[*keys, "AVAL"], keep=False)  # exact copies among them
+    conflicting = int((~same).sum())
+    warnings.append(f"{stem}: {int(dup.sum())} records repeat a patient, parameter and time "
+                    f"({conflicting} with different values), {_rows(dup)}; they are averaged as one visit's "
+                    "records: check for duplicated rows")
 
 
 def _parse_meta(raw: RawFile) -> TrialMeta:

@@ -65,6 +65,15 @@ def raw_files_from_folder(folder: str | os.PathLike) -> list[RawFile]:
     return files
 
 
+def unread_data_files(folder: str | os.PathLike) -> list[str]:
+    """Files of a trial folder that look like datasets but are not of a type read here (an
+    ADSL kept as .xlsx was passed over, and the load said "no ADSL file" without naming it)."""
+    folder = Path(folder)
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in (".xlsx", ".xls", ".sav", ".dta", ".json", ".rds", ".txt", ".tsv")
+                  and p.stem.lower().startswith("ad")) if folder.is_dir() else []
+
+
 def read_table(raw: RawFile) -> pd.DataFrame:
     """Read one data file into a normalised frame (see module docstring)."""
     ext = raw.extension
@@ -115,9 +124,15 @@ def _read_csv(data: bytes) -> pd.DataFrame:
     arm was guessed wrong (an outside review)."""
     for encoding in ("utf-8-sig", "cp1252", "latin-1"):
         try:
-            return pd.read_csv(io.BytesIO(data), low_memory=False, encoding=encoding)
+            frame = pd.read_csv(io.BytesIO(data), low_memory=False, encoding=encoding)
         except UnicodeDecodeError:
             continue
+        if frame.shape[1] == 1:      # a semicolon- or tab-separated export (European spreadsheets)
+            head = str(frame.columns[0])
+            sep = next((c for c in (";", "\t") if c in head), None)
+            if sep:
+                frame = pd.read_csv(io.BytesIO(data), low_memory=False, encoding=encoding, sep=sep)
+        return frame
     raise AssertionError("latin-1 decodes every byte")
 
 
@@ -157,6 +172,11 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
             values = series.map(_decode)
             non_null = values.dropna()
             if len(non_null) and non_null.map(lambda v: hasattr(v, "year") and hasattr(v, "month")).all():
+                frame[col] = pd.to_datetime(values, errors="coerce")
+            elif (col.endswith(("DT", "DTM")) and len(non_null)
+                  and non_null.astype(str).str.match(r"^\d{4}-\d{2}-\d{2}([T ][\d:.]+)?$").all()):
+                # an ADaM date read from CSV is ISO text: a date, as from XPT or Parquet (a filter
+                # TRTSDT >= "2013-01-01" failed on "holds text")
                 frame[col] = pd.to_datetime(values, errors="coerce")
             else:
                 frame[col] = values.astype(object)
