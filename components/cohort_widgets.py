@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
-from services.data.cohort import MISSING_LEVEL, CohortSpec, FilterColumn
+from services.data.cohort import MISSING_LEVEL, CohortSpec, FilterColumn, expression_example
 
 EXPRESSION_HELP = """A filter in plain syntax, combined with the filters above by *and*:
 
@@ -115,7 +115,7 @@ def cohort_filters(filters: list[FilterColumn], arms: list[str], *, scope: str,
     st.markdown("**Expression**")
     expression = st.text_area(
         "Filter expression", value=start.expression, key=prefix + "expression", height=80,
-        placeholder='e.g. AGE between 50 and 80 and SEX == "F" and BILI is not missing',
+        placeholder=expression_example(filters),
         help=EXPRESSION_HELP, label_visibility="collapsed")
     valid_expression = expression
     error = None

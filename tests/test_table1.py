@@ -166,3 +166,17 @@ def test_frame_without_attrs_infers_variables(pilot):
     t = table1(frame)
     assert list(dict.fromkeys(t["Variable"])) == ["N", "AGE", "SEX"]   # ids and dates left out
     assert list(t.columns[2:]) == sorted(pilot.arms) + [OVERALL]
+
+
+def test_grouped_values_read_in_threshold_order_and_the_example_filter_fits_the_trial(pilot, demo_trials):
+    # a browser review: the pilot's BMI groups read "25-<30, <25, >=30"; the expression's
+    # placeholder named BILI, a column of the PBC demo only
+    from services.data.cohort import describe_filters, expression_example
+    from services.data.table1 import observed_levels
+
+    assert observed_levels(pilot.subjects["BMIBLGR1"]) == ["<25", "25-<30", ">=30"]
+    assert observed_levels(pilot.subjects["AGEGR1"]) == ["<65", "65-80", ">80"]
+    assert observed_levels(pd.Series(["M", "F"])) == ["F", "M"]
+    for trial in [pilot, *demo_trials]:
+        example = expression_example(describe_filters(trial))
+        assert example.startswith("e.g. ") and apply_cohort(trial, CohortSpec(expression=example[5:])).n > 0

@@ -32,7 +32,7 @@ import pandas as pd
 
 from services.data import filterlang
 from services.data.filterlang import FilterError
-from services.data.table1 import ordered_levels
+from services.data.table1 import observed_levels, ordered_levels
 from services.data.trial import Trial
 
 MISSING_LEVEL = "(missing)"
@@ -291,6 +291,24 @@ class FilterColumn:
     n_missing: int = 0
 
 
+def expression_example(filters: list[FilterColumn]) -> str:
+    """An example filter expression in the loaded trial's own columns (a fixed "BILI is not
+    missing" example failed on every trial but the PBC demo: a browser review)."""
+    parts = []
+    cont = next((f for f in filters if f.kind == "continuous" and f.low is not None and f.high is not None), None)
+    if cont is not None:
+        lo, hi = (cont.low + (cont.high - cont.low) / 4, cont.high - (cont.high - cont.low) / 4)
+        parts.append(f"{cont.name} between {lo:.3g} and {hi:.3g}")
+    cat = next((f for f in filters if f.kind == "categorical" and f.levels and f.levels[0] != MISSING_LEVEL), None)
+    if cat is not None:
+        level = cat.levels[0]
+        parts.append(f'{cat.name} == "{level}"' if isinstance(level, str) else f"{cat.name} == {level}")
+    missing = next((f for f in filters if f.source == "baseline"), cont)
+    if missing is not None:
+        parts.append(f"{missing.name} is not missing")
+    return "e.g. " + " and ".join(parts) if parts else ""
+
+
 def describe_filters(trial: Trial) -> list[FilterColumn]:
     """Filterable columns for the UI: baseline covariates, baseline parameters, then population
     flags; each with its kind and observed range or levels."""
@@ -330,7 +348,7 @@ def _levels(series: pd.Series) -> list:
     uniq = values.unique()
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return [_plain(v) for v in sorted(uniq)]
-    return sorted((_plain(v) for v in uniq), key=str)
+    return [_plain(v) for v in observed_levels(values)]
 
 
 # ======================================================================================

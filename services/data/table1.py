@@ -25,6 +25,7 @@ Levels of a categorical variable are ordered by its numeric code when the frame 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -90,7 +91,7 @@ def _groups(frame: pd.DataFrame, by: str | None, groups) -> list:
 
 def ordered_levels(frame: pd.DataFrame, var: str) -> list:
     """Levels of `var`, ordered by the ADaM numeric code column `<var>N` when it maps 1:1."""
-    levels = _levels(frame[var])
+    levels = observed_levels(frame[var])
     code = f"{var}N"
     if code in frame.columns and pd.api.types.is_numeric_dtype(frame[code]) and len(levels) > 1:
         pairs = frame[[var, code]].dropna().drop_duplicates()
@@ -100,14 +101,26 @@ def ordered_levels(frame: pd.DataFrame, var: str) -> list:
     return levels
 
 
-def _levels(series: pd.Series) -> list:
+def observed_levels(series: pd.Series) -> list:
+    """The observed values of a variable in display order (categories, numbers, thresholds, text)."""
     values = series.dropna()
     if isinstance(series.dtype, pd.CategoricalDtype):
         return [c for c in series.cat.categories if c in set(values)]
     uniq = list(values.unique())
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return sorted(uniq)
-    return sorted(uniq, key=str)
+    return sorted(uniq, key=level_key) if all(_FIRST_NUMBER.search(str(v)) for v in uniq) else sorted(uniq, key=str)
+
+
+_FIRST_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def level_key(level) -> tuple:
+    """Order of grouped-value labels by their first threshold: "<25", "25-<30", ">=30" (not the
+    alphabet's "25-<30", "<25", ">=30": a browser review), "<65", "65-80", ">80"."""
+    text = str(level).strip()
+    number = float(_FIRST_NUMBER.search(text).group())
+    return number, 0 if text.startswith("<") else 2 if text.startswith(">") else 1, text
 
 
 def decimals_for(values: pd.Series) -> int:
@@ -169,7 +182,7 @@ def smd_categorical(a: pd.Series, b: pd.Series, levels: list | None = None) -> f
     a, b = a.dropna(), b.dropna()
     if len(a) == 0 or len(b) == 0:
         return np.nan
-    levels = levels if levels is not None else _levels(pd.concat([a, b]))
+    levels = levels if levels is not None else observed_levels(pd.concat([a, b]))
     if len(levels) < 2:
         return 0.0
     p1 = np.array([(a == lv).mean() for lv in levels[1:]], dtype=float)

@@ -24,6 +24,7 @@ import pandas as pd
 
 from services.data.trial import Trial
 from services.evaluation import metrics as M
+from services.evaluation.backtest_verdicts import visit_label
 from services.evaluation.feature_space import FeatureSpace, build_feature_space, is_event_column
 from services.evaluation.groups import SOURCE, TARGET, TWIN, tte_records
 from services.evaluation.metrics import verdicts as V
@@ -151,6 +152,8 @@ def fidelity(comp: Comparison, seed: int = 0) -> dict:
     """Marginals per parameter/visit (SMD, KS), correlation structure, detection AUROC."""
     real_long, twin_long = _long(comp.groups[TARGET], comp.parameters), _long(comp.twins, comp.parameters)
     marginal = _net_of_sources(comp, M.marginal_fidelity(real_long, twin_long))
+    # the visit's name, as every other chart says it ("Week 2", not "2"; a browser review)
+    marginal["AVISIT"] = [visit_label(comp.kb, p, v) for p, v in zip(marginal["PARAMCD"], marginal["AVISITN"])]
     space = feature_space(comp)
     if not space.columns:
         missing = {"error": "no baseline, visit or event column is observed in both the real arm and the twins"}
@@ -301,7 +304,7 @@ def utility(comp: Comparison, seed: int = 0) -> dict:
             "augmentation": M.augmentation_auroc(*args, seed=seed).as_dict()}
 
 
-EVALUATION_VERSION = 4  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; 4: the log-rank weighs twins 1/K with a variance clustered by patient; bump when `evaluate` changes what it returns: stored results are redone
+EVALUATION_VERSION = 5  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; 4: the log-rank weighs twins 1/K with a variance clustered by patient; 5: visit names in the marginals; bump when `evaluate` changes what it returns: stored results are redone
 
 
 def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Trial | None = None,

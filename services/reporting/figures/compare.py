@@ -183,7 +183,8 @@ def smd_dot_plot(marginal: pd.DataFrame, title: str) -> go.Figure:
     the sources' baseline imbalance: filled dots) beside the raw SMD (open circles)."""
     fig = go.Figure()
     fig.add_vrect(x0=-0.1, x1=0.1, fillcolor="rgba(27,158,119,0.12)", line_width=0)
-    labels = marginal["PARAMCD"].astype(str) + " @ " + marginal["AVISITN"].map(lambda v: f"{v:g}")
+    visits = marginal["AVISIT"] if "AVISIT" in marginal else marginal["AVISITN"].map(lambda v: f"visit {v:g}")
+    labels = marginal["PARAMCD"].astype(str) + " at " + visits.astype(str)
     c = colour("twin arm")
     net = bool("smd_net" in marginal and marginal["smd_net"].notna().any())
     fig.add_trace(go.Scatter(x=marginal["smd"], y=labels, mode="markers",
