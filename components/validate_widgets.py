@@ -98,7 +98,7 @@ def procova_inputs(endpoint, saved: dict | None = None, scope: str = "", visit: 
     power = c4.select_slider("Power", [0.8, 0.85, 0.9, 0.95], value=saved.get("power", 0.8), key=f"procova_power_{scope}")
     ratio = c5.select_slider("Allocation (treatment:control)", [1.0, 1.5, 2.0, 3.0], value=saved.get("ratio", 1.0), key=f"procova_ratio_{scope}")
     c6, c7, c8, c9 = st.columns(4)
-    conservative = c6.checkbox("Conservative planning (deflate rho)", value=saved.get("conservative", True),
+    conservative = c6.checkbox("Conservative rho", value=saved.get("conservative", True),
                                help="Use the one-sided 95 % lower bound of rho, times a deflation factor; with a "
                                     "baseline, the score's partial correlation so, and the baseline's correlation "
                                     "at its lower bound.", key=f"procova_conservative_{scope}")
