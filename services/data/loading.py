@@ -32,7 +32,7 @@ from services.data.trial import (
     TrialValidationError,
 )
 
-BDS_NAMES = {"advs", "adlb", "adeg", "adex", "adpc", "adpp", "adbm", "adqs"}   # ADaM BDS datasets by name
+BDS_NAMES = ("advs", "adlb", "adeg", "adex", "adpc", "adpp", "adbm", "adqs")   # ADaM BDS datasets, by name prefix
 MISSING_CODES = {".", "NA", "N/A", "NAN", "NULL", "MISSING"}    # SAS's "." and the usual spellings of missing
 
 
@@ -79,6 +79,7 @@ def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
 
     meta = TrialMeta()
     tables: dict[str, tuple[RawFile, pd.DataFrame]] = {}
+    broken: list[tuple[str, list[str]]] = []       # files named as BDS datasets without their columns
     for raw in files:
         if Path(raw.name).name.lower() == "trial.toml":
             try:
@@ -123,13 +124,19 @@ def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
             table = _validate_bds(raw.name, frame, known, errors, warnings)
             if table is not None:
                 bds[stem] = table
-        elif stem in BDS_NAMES or stem.startswith("adqs"):
-            # named as a BDS dataset: a broken one, not a file to pass over (the trial loaded with no
-            # parameters, replacing the one loaded before; a browser review)
-            _missing_columns(raw.name, frame, BDS_REQUIRED, errors)
+        elif stem.startswith(BDS_NAMES):
+            broken.append((raw.name, list(frame.columns)))
         else:
             warnings.append(f"{raw.name}: ignored (not ADSL, ADTTE, ADAE, and no PARAMCD/AVAL columns "
                             "of a BDS dataset)")
+
+    if broken:
+        if bds or tte is not None:      # the trial has data without it: a loud note, not a lost load
+            warnings.extend(f"{name}: not read: named as a BDS dataset but without PARAMCD and AVAL"
+                            for name, _ in broken)
+        else:                           # nothing to twin without it (a broken advs replaced a loaded trial)
+            errors.extend(f"{name}: missing columns PARAMCD, AVAL (a BDS dataset needs both); found: "
+                          f"{', '.join(cols[:12])}" for name, cols in broken)
 
     seen: dict[str, str] = {}
     for stem, table in bds.items():
@@ -150,11 +157,6 @@ def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
     if ae is not None:
         ae["ARM"] = ae["USUBJID"].map(arm_of)
 
-    for stem, table in bds.items():
-        _note_duplicates(stem, table, warnings)
-    if subjects["ARM"].nunique() < 2:
-        warnings.append(f"one arm only ({subjects['ARM'].iloc[0]}): twins under it are twins of its own patients' "
-                        "arm, not a synthetic control; a control arm comes from a knowledge base with one")
 
     digest = hashlib.sha256()
     for raw in sorted(files, key=lambda f: f.name.lower()):
@@ -163,20 +165,22 @@ def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
                  content_hash=digest.hexdigest(), warnings=warnings, labels=labels)
 
 
-def _note_duplicates(stem: str, table: pd.DataFrame, warnings: list[str]) -> None:
+def _note_duplicates(fname: str, table: pd.DataFrame, warnings: list[str]) -> None:
     """Records repeated for one patient, parameter and time with no time point to tell them apart
-    are averaged like a visit's several time points; say so (an outside review: ten conflicting
-    copies of a record moved a baseline from 2.6 to 14.3 unsaid)."""
+    are averaged like a visit's several time points; say so, with the file's rows (`table` keeps
+    the file's row index: an outside review found ten conflicting copies of a record moving a
+    baseline from 2.6 to 14.3 unsaid)."""
     keys = [c for c in ("USUBJID", "PARAMCD", "AVISITN", "ADY", "ATPT", "ATPTN", "ABLFL") if c in table.columns]
     used = table["ABLFL"].astype(str).str.upper().eq("Y") | table["AVISITN"].notna()   # what the analysis reads
     dup = table.duplicated(subset=keys, keep=False) & used
     if not dup.any():
         return
     same = table[dup].duplicated(subset=[*keys, "AVAL"], keep=False)  # exact copies among them
-    conflicting = int((~same).sum())
-    warnings.append(f"{stem}: {int(dup.sum())} records repeat a patient, parameter and time "
-                    f"({conflicting} with different values), {_rows(dup)}; they are averaged as one visit's "
-                    "records: check for duplicated rows")
+    rows = np.zeros(int(table.index.max()) + 1, dtype=bool)
+    rows[table.index[dup]] = True
+    warnings.append(f"{fname}: {int(dup.sum())} records repeat a patient, parameter and time "
+                    f"({int((~same).sum())} with different values), {_rows(rows)}; they are averaged as one "
+                    "visit's records: check for duplicated rows")
 
 
 def _parse_meta(raw: RawFile) -> TrialMeta:
@@ -268,7 +272,8 @@ def _validate_adsl(fname: str, adsl: pd.DataFrame, errors: list[str],
             adsl = adsl.rename(columns={"ARM": "ARM_ORIG"})
         adsl["ARM"] = adsl[arm_col]
     adsl["ARM"] = adsl["ARM"].astype(str)
-    adsl = _numeric_covariates(fname, adsl, warnings)
+    if fname.lower().endswith(".csv"):      # XPT, sas7bdat and Parquet declare their types
+        adsl = _numeric_covariates(fname, adsl, warnings)
     front = ["USUBJID", "ARM"]
     return adsl[front + [c for c in adsl.columns if c not in front]].reset_index(drop=True)
 
@@ -289,7 +294,8 @@ def _numeric_covariates(fname: str, adsl: pd.DataFrame, warnings: list[str] | No
         bad = values.isna()
         codes = present[bad].str.upper().isin(MISSING_CODES)
         stray = bad & ~codes
-        if values.notna().sum() < 5 or (stray.sum() and (stray.mean() > 0.02 or values.nunique() < 10)):
+        if not bad.any() or values.notna().sum() < 5 or (
+                stray.sum() and (stray.mean() > 0.02 or values.nunique() < 10)):
             continue                 # a text column with a few numbers, or a coded categorical one
         adsl[col] = pd.to_numeric(series.where(~series.index.isin(present.index[bad])), errors="coerce")
         if stray.any() and warnings is not None:
@@ -339,11 +345,12 @@ def _validate_bds(fname, frame, known, errors, warnings) -> pd.DataFrame | None:
             warnings.append(f"{fname}: {int(derived.sum())} derived rows (DTYPE {kinds}) left out of "
                             "learning and evaluation")
         keep &= ~derived
-    frame = frame[keep].reset_index(drop=True)
+    frame = frame[keep]
     if frame.empty:
         errors.append(f"{fname}: no usable records (every row is derived or has no numeric AVAL)")
         return None
-    return frame
+    _note_duplicates(fname, frame, warnings)
+    return frame.reset_index(drop=True)
 
 
 def _baseline_from_visit(fname: str, frame: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:

@@ -6,6 +6,7 @@ names, text decoded from bytes and trimmed (empty text becomes missing), SAS dat
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
@@ -119,21 +120,37 @@ def read_table(raw: RawFile) -> pd.DataFrame:
 
 
 def _read_csv(data: bytes) -> pd.DataFrame:
-    """UTF-8 (with or without a byte-order mark), else Windows-1252 / Latin-1 as spreadsheets
-    export them: "Placébo" read as UTF-8 with replacement became "Plac\ufffdbo", and the control
-    arm was guessed wrong (an outside review)."""
-    for encoding in ("utf-8-sig", "cp1252", "latin-1"):
-        try:
-            frame = pd.read_csv(io.BytesIO(data), low_memory=False, encoding=encoding)
-        except UnicodeDecodeError:
-            continue
-        if frame.shape[1] == 1:      # a semicolon- or tab-separated export (European spreadsheets)
-            head = str(frame.columns[0])
-            sep = next((c for c in (";", "\t") if c in head), None)
-            if sep:
-                frame = pd.read_csv(io.BytesIO(data), low_memory=False, encoding=encoding, sep=sep)
-        return frame
-    raise AssertionError("latin-1 decodes every byte")
+    """A CSV as spreadsheets export them. Text is UTF-8 (with or without a byte-order mark);
+    a byte that is not UTF-8 is read as Windows-1252 / Latin-1, byte by byte, so that a Latin-1
+    file keeps its accents and a UTF-8 file with one stray byte keeps the rest ("Placébo" read
+    with replacement became "Plac\ufffdbo" and lost the control arm: an outside review). The
+    separator is the header's most frequent of , ; and tab; with ; or tab a decimal comma is
+    read as a number (European exports: "70,5")."""
+    text = data.decode("utf-8", errors=_LEGACY_BYTES)
+    text = text.removeprefix("\ufeff")
+    header = text.split("\n", 1)[0]
+    sep = max((",", ";", "\t"), key=header.count)
+    frame = pd.read_csv(io.StringIO(text), low_memory=False, sep=sep)
+    if sep != ",":
+        for col in frame.columns:
+            values = frame[col].dropna()
+            if frame[col].dtype == object and len(values) and values.astype(str).str.fullmatch(
+                    r"-?\d+,\d+|-?\d+").all() and values.astype(str).str.contains(",").any():
+                frame[col] = pd.to_numeric(frame[col].str.replace(",", ".", regex=False), errors="coerce")
+    return frame
+
+
+def _legacy_byte(error: UnicodeDecodeError) -> tuple[str, int]:
+    """A byte that is not UTF-8, as Windows-1252 (Latin-1 where 1252 leaves it undefined)."""
+    bad = error.object[error.start:error.end]
+    try:
+        return bad.decode("cp1252"), error.end
+    except UnicodeDecodeError:
+        return bad.decode("latin-1"), error.end
+
+
+_LEGACY_BYTES = "twinarm-legacy-bytes"
+codecs.register_error(_LEGACY_BYTES, _legacy_byte)
 
 
 def _read_sas(raw: RawFile) -> tuple[pd.DataFrame, dict[str, str]]:
