@@ -87,7 +87,11 @@ def backtest_sections() -> None:
                              lambda e: f"{e[0]}: {trial.parameters[e[0]].label} at {val.visit_label(trial, *e)}",
                              scope, (saved or {}).get("endpoint"))
     endpoint = val.endpoint_pairs(trial, result, chosen if chosen and chosen[0] else None)
-    inputs = procova_inputs(endpoint, saved, scope=scope,
+    # the effect and SDs are in the endpoint's unit: another endpoint starts from its own (a review
+    # planned albumin with bilirubin's SD); alpha, power, allocation and the rules carry over
+    same = saved is not None and tuple(saved.get("endpoint") or val.endpoint_visit(trial)) == tuple(endpoint[:2])
+    start = saved if same else {k: v for k, v in (saved or {}).items() if k not in val.PROCOVA_UNIT_INPUTS}
+    inputs = procova_inputs(endpoint, start, scope=f"{scope}_{endpoint[0]}_{endpoint[1]}",
                             visit=val.visit_label(trial, endpoint[0], endpoint[1]) if endpoint[0] else None)
     if inputs is not None and endpoint[0]:
         inputs["endpoint"] = [endpoint[0], endpoint[1]]     # the report plans for the same endpoint

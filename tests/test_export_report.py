@@ -240,6 +240,13 @@ def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
     assert f"ALB: {pbc.parameters['ALB'].label} at {visit_label(pbc, *chosen)}" in picker.options
     picker.set_value(chosen).run()
     assert not at.exception, at.exception
+    # its effect and SD start from its own data, not bilirubin's (a code review: albumin was planned with
+    # bilirubin's SD, ten times too large); the allocation and the rules carry over
+    from services.evaluation.validation import endpoint_pairs
+
+    sd_alb = float(endpoint_pairs(pbc, result, chosen)[2]["OBSERVED"].std(ddof=1))
+    assert next(n for n in at.number_input if n.label == "SD").value == pytest.approx(sd_alb)
+    assert next(n for n in at.number_input if n.label == "Treated-arm rho").value == 0.3
     next(n for n in at.number_input if n.label == "Effect to detect").set_value(0.3).run()
     next(n for n in at.number_input if n.label == "Effect to detect").set_value(1.5).run()
     run_id, inputs = at.session_state["validate_procova_inputs"]

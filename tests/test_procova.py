@@ -224,9 +224,11 @@ def test_t_sample_size_is_minimal_and_reaches_power():
 def test_treated_arm_sd_and_rho():
     same = sample_size(0.5, 1.0, rho=0.5)
     assert sample_size(0.5, 1.0, rho=0.5, sd_treatment=1.0, rho_treatment=0.5).n_total == same.n_total
-    # treated arm noisier and less predictable: n_c = (1 x 0.75 + 4 x 0.91) z^2 / 0.25
+    # treated arm noisier and less predictable, analysed with one common slope (the pooled ANCOVA):
+    # slopes 0.5 x 1 and 0.3 x 2, common 0.55, so each arm's residual variance gains 0.05^2:
+    # n_c = ((0.75 + 0.0025) + (4 x 0.91 + 0.0025)) z^2 / 0.25 (equal arms: the pooled SE is right)
     res = sample_size(0.5, 1.0, rho=0.5, sd_treatment=2.0, rho_treatment=0.3)
-    assert res.n_control_exact == pytest.approx((0.75 + 4 * 0.91) * (Z975 + Z80) ** 2 / 0.25)
+    assert res.n_control_exact == pytest.approx((0.7525 + 3.6425) * (Z975 + Z80) ** 2 / 0.25)
     plan = procova_plan(0.5, 1.0, 0.5, conservative=False, sd_treatment=2.0, rho_treatment=0.3)
     assert plan.adjusted.n_total == res.n_total
     assert plan.unadjusted.n_control_exact == pytest.approx(5 * (Z975 + Z80) ** 2 / 0.25)
@@ -265,6 +267,15 @@ def test_unequal_arms_power_and_size_are_the_pooled_ancovas():
     assert ancova_size(30, 90, 1.0, 0.5) == pytest.approx(0.05, abs=1e-12)
     plan = sample_size(3.0, 10.0, ratio=2.0, rho=0.7, sd_treatment=15.0, method="t")
     assert plan.power_achieved >= 0.8 and plan.alpha_actual < 0.05
+    assert power_ancova(plan.n_treatment - 2, plan.n_control - 1, 3.0, 10.0, 0.7, sd_treatment=15.0) < 0.8
+    # the normal method sizes the same analysis (its n within rounding of the t's), and the t search
+    # is minimal where the pooled test is liberal too (a review: 423 / 846 where 335 / 669 sufficed)
+    normal = sample_size(3.0, 10.0, ratio=2.0, rho=0.7, sd_treatment=15.0)
+    assert abs(normal.n_control - plan.n_control) <= 2 and normal.power_achieved > 0.79
+    liberal = sample_size(0.5, 1.0, ratio=2.0, rho=0.2, sd_treatment=0.5, rho_treatment=0.9, method="t")
+    assert liberal.power_achieved >= 0.8 > power_ancova(
+        math.ceil(2 * (liberal.n_control - 1)), liberal.n_control - 1, 0.5, 1.0, 0.2, sd_treatment=0.5,
+        rho_treatment=0.9)
     assert _pooled_ancova_rejections(plan.n_treatment, plan.n_control, 3.0, 10.0, 0.7, 15.0, 0.7,
                                      reps=3000, seed=2) == pytest.approx(0.80, abs=0.025)
 
@@ -292,6 +303,12 @@ def test_saving_against_the_baseline_ancova():
     for kw in ({"rho_partial": 0.0}, {}):
         t_none = procova_plan(0.3, 1.0, rho=0.6, rho_baseline=0.6, method="t", n_rho=60, **kw)
         assert t_none.saving_vs_baseline_total == 0 and t_none.adjusted == t_none.baseline_ancova
+    # nor a score that adds too little to pay for the degree of freedom (a code review: partial 0.05)
+    for effect in (0.8, 1.0, 1.2, 2.0):
+        for partial in (0.005, 0.05, 0.1, 0.3):
+            p = procova_plan(effect, 1.0, rho=0.6, rho_baseline=0.6, rho_partial=partial, method="t",
+                             conservative=False)
+            assert p.saving_vs_baseline_total >= 0, (effect, partial)
 
 
 def test_estimate_adjustment_matches_regressions():

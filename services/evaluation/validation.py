@@ -113,6 +113,9 @@ def information_verdict(gain: float, gain_lo: float, gain_hi: float) -> str:
             "up to its estimation error")
 
 
+PROCOVA_UNIT_INPUTS = ("effect", "sd", "sd_treatment", "endpoint")   # planning inputs tied to one endpoint
+
+
 def endpoint_choices(trial: Trial, result: BacktestResult) -> list[tuple[str, float]]:
     """The (PARAMCD, AVISITN) a PROCOVA plan can be made for: a visit with at least 5 held-out
     patients' predicted and observed values, in the trial's order (the plan's endpoint was fixed

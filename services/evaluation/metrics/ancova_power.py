@@ -11,7 +11,7 @@ import math
 
 from scipy import stats
 
-__all__ = ["ancova_size", "power_ancova"]
+__all__ = ["ancova_size", "pooled_ancova", "power_ancova"]
 
 
 def power_ancova(n_treatment: int, n_control: int, effect: float, sd: float, rho: float = 0.0,
@@ -27,7 +27,7 @@ def power_ancova(n_treatment: int, n_control: int, effect: float, sd: float, rho
 
     Where the arms differ (``sd_treatment``, ``rho_treatment``), the power is that of the
     analysis a trial runs (`procova_analysis`): one common slope and one pooled residual
-    variance (`_pooled_analysis`), not of a test that knew each arm's variance.
+    variance (`pooled_ancova`), not of a test that knew each arm's variance.
     """
     sd_t = sd if sd_treatment is None else float(sd_treatment)
     rho_t = rho if rho_treatment is None else float(rho_treatment)
@@ -36,7 +36,7 @@ def power_ancova(n_treatment: int, n_control: int, effect: float, sd: float, rho
     df = n - 2 - q
     if df < 1:
         return 0.0
-    var, scale = _pooled_analysis(int(n_treatment), int(n_control), sd, rho, sd_t, rho_t, q)
+    var, scale = pooled_ancova(int(n_treatment), int(n_control), sd, rho, sd_t, rho_t, q)
     if q >= 1:
         var *= (n - 3) / (n - q - 3) if n - q - 3 > 0 else float("inf")
     if var <= 0:
@@ -49,7 +49,7 @@ def power_ancova(n_treatment: int, n_control: int, effect: float, sd: float, rho
     return float(stats.nct.sf(tc, df, ncp))
 
 
-def _pooled_analysis(n_t: int, n_c: int, sd_c: float, rho_c: float, sd_t: float, rho_t: float,
+def pooled_ancova(n_t: int, n_c: int, sd_c: float, rho_c: float, sd_t: float, rho_t: float,
                      q: int) -> tuple[float, float]:
     """(V, c): the variance of the ANCOVA's effect estimate and the factor by which its pooled
     standard error misstates it (critical value x c on the estimate's own scale). The analysis
@@ -57,8 +57,8 @@ def _pooled_analysis(n_t: int, n_c: int, sd_c: float, rho_c: float, sd_t: float,
     randomisation): beta* = (n_c rho_c sd_c + n_t rho_t sd_t) / N, so each arm's residual
     variance is sd_j^2 (1 - rho_j^2) + (rho_j sd_j - beta*)^2; V = s_c^2 / n_c + s_t^2 / n_t,
     while the pooled variance ((n_c - 1) s_c^2 + (n_t - 1) s_t^2) / (N - 2) x (1/n_c + 1/n_t)
-    is what the test divides by. Equal arms, or equal sizes without a covariate: c = 1 exactly
-    (the Welch-free t-test is exact there); otherwise c > 1 costs power (the larger arm varies
+    is what the test divides by. Equal arms: c = 1 and the noncentral t is exact; equal sizes
+    with unequal variances: c = 1 too, the t only approximate; otherwise c > 1 costs power (the larger arm varies
     more) and c < 1 inflates the type I error (`ancova_size`)."""
     b_c, b_t = (rho_c * sd_c, rho_t * sd_t) if q >= 1 else (0.0, 0.0)
     beta = (n_c * b_c + n_t * b_t) / (n_c + n_t)
@@ -73,13 +73,13 @@ def ancova_size(n_treatment: int, n_control: int, sd: float, rho: float = 0.0, a
                 two_sided: bool = True, n_covariates: int | None = None, sd_treatment: float | None = None,
                 rho_treatment: float | None = None) -> float:
     """The true type I error of the pooled ANCOVA at nominal ``alpha`` when the arms differ in SD
-    or correlation (`_pooled_analysis`): above ``alpha`` where the smaller arm varies more."""
+    or correlation (`pooled_ancova`): above ``alpha`` where the smaller arm varies more."""
     sd_t = sd if sd_treatment is None else float(sd_treatment)
     rho_t = rho if rho_treatment is None else float(rho_treatment)
     q = (1 if (rho != 0 or rho_t != 0) else 0) if n_covariates is None else int(n_covariates)
     df = int(n_treatment) + int(n_control) - 2 - q
     if df < 1:
         return float("nan")
-    _, scale = _pooled_analysis(int(n_treatment), int(n_control), sd, rho, sd_t, rho_t, q)
+    _, scale = pooled_ancova(int(n_treatment), int(n_control), sd, rho, sd_t, rho_t, q)
     tc = float(stats.t.ppf(1 - alpha / 2 if two_sided else 1 - alpha, df)) * scale
     return float(2 * stats.t.sf(tc, df) if two_sided else stats.t.sf(tc, df))

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .ancova_power import ancova_size, power_ancova
+from .ancova_power import ancova_size, pooled_ancova, power_ancova
 from .registry import ResultMixin
 
 _EPS = 1e-9  # rounding guard: 63.0000000001 is 63, not 64
@@ -126,27 +126,37 @@ def sample_size(effect: float, sd: float, alpha: float = 0.05, power: float = 0.
     if not -1 <= rho_t <= 1:
         raise ValueError("rho_treatment must be in [-1, 1]")
     factor = 1.0 - rho**2
-    z = _z_alpha(alpha, two_sided) + float(stats.norm.ppf(power))
-    var1 = sd**2 * factor + sd_t**2 * (1 - rho_t**2) / ratio   # n_c x Var(effect estimate)
-    n_c = var1 * z**2 / effect**2
+    q = (1 if (rho != 0 or rho_t != 0) else 0) if n_covariates is None else int(n_covariates)
+    # the pooled ANCOVA's variance per control patient and the factor its standard error
+    # misstates it by, both as n grows at this allocation (`pooled_ancova`; 1 for equal arms)
+    big = 1_000_000
+    var_big, scale = pooled_ancova(max(1, round(ratio * big)), big, sd, rho, sd_t, rho_t, q)
+    var1 = var_big * big                                         # n_c x Var(effect estimate)
+    n_c = var1 * (_z_alpha(alpha, two_sided) * scale + float(stats.norm.ppf(power))) ** 2 / effect**2
     n_t = ratio * n_c
     nc = max(int(min_per_arm), math.ceil(n_c - _EPS))
     nt = max(int(min_per_arm), math.ceil(n_t - _EPS))
-    q = (1 if (rho != 0 or rho_t != 0) else 0) if n_covariates is None else int(n_covariates)
 
     def pw(a: int, b: int) -> float:
         return power_ancova(a, b, effect, sd, rho, alpha, two_sided, q, sd_t, rho_t)
 
+    def enough(c: int) -> bool:
+        t = max(int(min_per_arm), math.ceil(ratio * c - _EPS))
+        return t + c - 2 - q >= 1 and pw(t, c) >= power
+
     if method == "t":
-        # the normal n is (up to rounding) a lower bound: at any n the t power is lower
-        nc = max(int(min_per_arm), 2, math.floor(n_c) - 1)
-        while True:
-            nt = max(int(min_per_arm), math.ceil(ratio * nc - _EPS))
-            if nt + nc - 2 - q >= 1 and pw(nt, nc) >= power:
-                break
-            nc += 1
-            if nc > 10_000_000:
+        # the smallest n_control whose power reaches the target (power rises with n): bracket
+        # from the normal n, then bisect
+        lo, hi = max(int(min_per_arm), 2) - 1, max(int(min_per_arm), 2, math.ceil(n_c))
+        while not enough(hi):
+            lo, hi = hi, 2 * hi
+            if hi > 10_000_000:
                 raise ValueError("no sample size reaches the power")
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+        nc = hi
+        nt = max(int(min_per_arm), math.ceil(ratio * nc - _EPS))
     return SampleSize(
         n_treatment=nt, n_control=nc, n_total=nt + nc,
         n_treatment_exact=float(n_t), n_control_exact=float(n_c),
@@ -440,14 +450,15 @@ def procova_plan(effect: float, sd: float, rho: float, alpha: float = 0.05,
         factor = (1 - rb**2) * (1 - rp_used**2)
         rho_eff = math.sqrt(max(0.0, 1 - factor))
         rho_used = rho_eff
-        if rp_used > 0:
-            adj = sample_size(effect, sd, alpha, power, ratio, rho_eff, two_sided, min_per_arm,
-                              method, 2, sd_t, rho_eff if rt is None else rt)
-        else:
-            # a score that adds nothing is not put in the model (it would only cost a degree of
-            # freedom): PROCOVA is then the baseline ANCOVA, saving 0, not "-2 patients" beside
-            # "no saving planned" (a browser review)
+        adj = sample_size(effect, sd, alpha, power, ratio, rho_eff, two_sided, min_per_arm,
+                          method, 2, sd_t, rho_eff if rt is None else rt) if rp_used > 0 else base_plan
+        if adj.n_total >= base_plan.n_total:
+            # a score that adds too little to pay for its degree of freedom is not put in the
+            # model: PROCOVA is then the baseline ANCOVA, saving 0, not "-2 patients" beside "no
+            # saving planned" (a browser review; a code review found the same for a partial of 0.05)
             adj = base_plan
+            rule += "; the twins add too little beyond the baseline to pay for a covariate, so PROCOVA is the " \
+                    "baseline ANCOVA"
         rule += "; applied to the partial correlation given the baseline"
     saving = unadj.n_total - adj.n_total
     saving_b = None if base_plan is None else base_plan.n_total - adj.n_total
