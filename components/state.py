@@ -98,6 +98,9 @@ def kept(widget, *args, key: str, default_arg: str = "index", default=0, valid=N
     restored (Streamlit warns when both are set); `valid` rejects a kept value that no longer
     applies (an option of another trial)."""
     saved = st.session_state.get(_KEPT + key, _MISSING)
+    if key in st.session_state and valid is not None and not valid(st.session_state[key]):
+        del st.session_state[key]       # its options changed under it: the default, not Streamlit's first
+        saved = _MISSING
     if key not in st.session_state and saved is not _MISSING and (valid is None or valid(saved)):
         st.session_state[key] = saved
     elif key not in st.session_state:

@@ -123,3 +123,20 @@ def test_choices_on_compare_and_similar_survive_a_visit_to_another_page(pbc, pbc
     assert at.selectbox(key=f"similar_patient_{scope}").value == patient
     assert at.radio(key=f"similar_x_{scope}").value == "Visit"
     assert not at.warning or all("Session State" not in w.value for w in at.warning)
+
+
+def test_a_kept_value_that_no_longer_fits_falls_back_to_the_default(demo_trials):
+    # a code review: k 30 on a 31-patient arm, then an arm of 28, gave k 1 (Streamlit's minimum), not 10
+    epilepsy = next(t for t in demo_trials if t.name == "epilepsy")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["trial"] = epilepsy
+    at.session_state["trial_source"] = "demo"
+    at.run()
+    at.switch_page("pages/similar.py").run()
+    scope = epilepsy.content_hash[:12]
+    at.selectbox(key=f"similar_arm_{scope}").set_value("Progabide").run()
+    at.number_input(key=f"similar_k_{scope}").set_value(30).run()
+    assert at.number_input(key=f"similar_k_{scope}").value == 30
+    at.selectbox(key=f"similar_arm_{scope}").set_value("Placebo").run()
+    assert not at.exception, at.exception
+    assert at.number_input(key=f"similar_k_{scope}").value == 10

@@ -291,6 +291,11 @@ class FilterColumn:
     n_missing: int = 0
 
 
+def _plain_number(x: float) -> str:
+    """Three significant digits, never in e-notation (46500, not 4.65e+04)."""
+    return np.format_float_positional(float(f"{x:.3g}"), trim="-")
+
+
 def expression_example(filters: list[FilterColumn]) -> str:
     """An example filter expression in the loaded trial's own columns (a fixed "BILI is not
     missing" example failed on every trial but the PBC demo: a browser review)."""
@@ -298,7 +303,7 @@ def expression_example(filters: list[FilterColumn]) -> str:
     cont = next((f for f in filters if f.kind == "continuous" and f.low is not None and f.high is not None), None)
     if cont is not None:
         lo, hi = (cont.low + (cont.high - cont.low) / 4, cont.high - (cont.high - cont.low) / 4)
-        parts.append(f"{cont.name} between {lo:.3g} and {hi:.3g}")
+        parts.append(f"{cont.name} between {_plain_number(lo)} and {_plain_number(hi)}")
     cat = next((f for f in filters if f.kind == "categorical" and f.levels and f.levels[0] != MISSING_LEVEL), None)
     if cat is not None:
         level = cat.levels[0]

@@ -148,12 +148,23 @@ def _net_of_sources(comp: Comparison, marginal: pd.DataFrame) -> pd.DataFrame:
     return out.assign(smd_net=out["smd"] - out["smd_expected"])
 
 
+def marginal_visit_names(kb: Trial, marginal: pd.DataFrame) -> list[str]:
+    """Each row's visit name, once per parameter and visit; a name two visits of a parameter
+    share gets its number, so that their rows stay apart on a chart."""
+    names = {(p, v): visit_label(kb, p, v) for p, v in set(zip(marginal["PARAMCD"], marginal["AVISITN"]))}
+    taken: dict[tuple, int] = {}
+    for (p, _), name in names.items():
+        taken[(p, name)] = taken.get((p, name), 0) + 1
+    return [name if taken[(p, name)] == 1 else f"{name} ({v:g})"
+            for (p, v), name in ((k, names[k]) for k in zip(marginal["PARAMCD"], marginal["AVISITN"]))]
+
+
 def fidelity(comp: Comparison, seed: int = 0) -> dict:
     """Marginals per parameter/visit (SMD, KS), correlation structure, detection AUROC."""
     real_long, twin_long = _long(comp.groups[TARGET], comp.parameters), _long(comp.twins, comp.parameters)
     marginal = _net_of_sources(comp, M.marginal_fidelity(real_long, twin_long))
     # the visit's name, as every other chart says it ("Week 2", not "2"; a browser review)
-    marginal["AVISIT"] = [visit_label(comp.kb, p, v) for p, v in zip(marginal["PARAMCD"], marginal["AVISITN"])]
+    marginal["AVISIT"] = marginal_visit_names(comp.kb, marginal)
     space = feature_space(comp)
     if not space.columns:
         missing = {"error": "no baseline, visit or event column is observed in both the real arm and the twins"}
