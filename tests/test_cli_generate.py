@@ -64,6 +64,11 @@ def test_cohort_arm_of_the_demo(tmp_path, capsys, pbc):
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["generator"] == "local" and manifest["seed"] == 3
     assert manifest["counts"]["twins"] == 316
+    assert "twins of their own arm" not in err
+    # a cohort twinned under its own arm is said to be a check of the generator, not a synthetic control
+    code, out, err = run_cli(capsys, "--trial", "epilepsy", "--target-arm", "Placebo", "--cohort-arm", "Placebo",
+                             "--twins-per-patient", 1, "--out", tmp_path / "own")
+    assert code == 0 and "note: every source patient received Placebo, the target arm" in err
 
 
 def test_subjects_folder_reads_only_baseline(tmp_path, capsys):

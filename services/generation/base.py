@@ -141,6 +141,11 @@ class TwinGenerator(ABC):
         self.check_ready()
         manifest = base_manifest(self, kb, sources, target_arm, k, seed)
         run = self._generate(src, target_arm, k, seed, manifest, progress, cancel)
+        arms = set(sources.subjects["ARM"].dropna()) if "ARM" in sources.subjects else set()
+        if arms == {target_arm}:       # a check of the generator, not the synthetic control a user may expect
+            manifest.setdefault("notes", []).append(
+                f"every source patient received {target_arm}, the target arm: these are twins of their own arm "
+                "(a check of the generator), not a synthetic control")
         manifest["timings"] = {"fit_s": round(self._fit_seconds, 4), **manifest["timings"],
                                "total_s": round(time.perf_counter() - t_start, 4)}
         manifest["created"] = utc_now()
