@@ -141,8 +141,8 @@ def _procova_gain(rho: float, partial: float | None) -> str:
     if partial <= 0:
         return out + ", but nothing beyond the baseline ANCOVA (partial correlation given the baseline " \
                      f"{partial:.2f}): the twins add no saving to the analysis a regulator expects."
-    return out + f", beyond the baseline ANCOVA ~ {partial ** 2:.0%} (partial correlation {partial:.2f}; the PROCOVA " \
-                 "plan sizes from it, conservatively)."
+    return out + f", beyond the baseline ANCOVA ~ {partial ** 2:.0%} (partial correlation {partial:.2f} as estimated; " \
+                 "the PROCOVA plan sizes from its conservative bound, which can leave much less)."
 
 
 def summarize(trial, arm, pairs, visits, parameters, tte, twins_per_patient: int = 20,
@@ -192,7 +192,8 @@ def summarize(trial, arm, pairs, visits, parameters, tte, twins_per_patient: int
     judged = tte[tte["events"] >= MIN_EVENTS] if len(tte) else tte
     verdicts += tte_verdicts
     if rho is not None and n_ep >= MIN_VERDICT_PATIENTS:
-        verdicts.append(f"PROCOVA: the twins' mean predicts {p_ep} at {visit_label(trial, p_ep, v_ep)} with "
+        verdicts.append(f"PROCOVA at the trial's default endpoint: the twins' mean predicts {p_ep} at "
+                        f"{visit_label(trial, p_ep, v_ep)} with "
                         f"correlation {rho:.2f} "
                         f"(n={n_ep})" + (_procova_gain(rho, partial) if rho > 0
                                          else ": negative, so the twins are no prognostic score here."))

@@ -27,7 +27,7 @@ from services.evaluation.ceiling import information_card
 from services.evaluation.metrics.procova import default_effect, estimate_adjustment
 from services.jsonable import jsonable
 
-VALIDATION_VERSION = 13  # bump when the backtest's figures change meaning: stored validations are redone (4: matched rounding; 5: event times jittered over the gap; 6: a run's twins no longer cut at their follow-up; 7: event baselines fitted to the Kaplan-Meier; 8: carried-forward twins keep the drift; 9: balanced twins placed by their own rank positions; 10: balanced twins keep the donors' variance (no centring factor, shared donors scaled), a missing category at the mean; 11: a single twin has no calibration reading (NaN), verdicts the data cannot carry are withheld; 12: twins kept under a scale's ceiling, event curves' last step spread no further than the last follow-up, verdicts withheld at K 2-3 and under 10 patients; 13: the PROCOVA verdict says what the twins add beyond the baseline ANCOVA)
+VALIDATION_VERSION = 14  # bump when the backtest's figures change meaning: stored validations are redone (4: matched rounding; 5: event times jittered over the gap; 6: a run's twins no longer cut at their follow-up; 7: event baselines fitted to the Kaplan-Meier; 8: carried-forward twins keep the drift; 9: balanced twins placed by their own rank positions; 10: balanced twins keep the donors' variance (no centring factor, shared donors scaled), a missing category at the mean; 11: a single twin has no calibration reading (NaN), verdicts the data cannot carry are withheld; 12: twins kept under a scale's ceiling, event curves' last step spread no further than the last follow-up, verdicts withheld at K 2-3 and under 10 patients; 13: the PROCOVA verdict says what the twins add beyond the baseline ANCOVA; 14: it names its endpoint as the default and its partial as estimated, before the plan's conservative bound)
 
 
 def _per_patient(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -153,13 +153,24 @@ def ancova_headline(card: pd.DataFrame) -> str | None:
     hi = judged["rmse_ratio_hi"].where(judged["rmse_ratio_hi"].notna(), judged["rmse_ratio"])
     worse = judged[hi >= RATIO_TARGET]
     if len(worse) == len(judged):
-        return ("On this trial the twins are not better than a baseline ANCOVA (a regression of each visit on the "
-                "patient's own baseline value) for any parameter: their prognostic value is that of the baseline "
-                "alone.")
-    if len(worse):
-        return ("Not better than a baseline ANCOVA for: " + ", ".join(worse["PARAMCD"]) +
-                " (the 95 % interval of the RMSE ratio reaches 1).")
-    return None
+        return ("On this trial the twins are not shown better than a baseline ANCOVA (a regression of each visit on "
+                "the patient's own baseline value) for any parameter: their prognostic value is, as far as these "
+                "patients show, that of the baseline alone.")
+    if not len(worse):
+        return None
+    # "not better" where the estimate says so; "not conclusively better" where only the interval
+    # reaches 1, which the card's rows say too (a browser review read the two as contradicting)
+    plain = worse[worse["rmse_ratio"] >= RATIO_TARGET]["PARAMCD"].tolist()
+    unsure = worse[worse["rmse_ratio"] < RATIO_TARGET]["PARAMCD"].tolist()
+    parts = []
+    if plain:
+        parts.append(f"not better than a baseline ANCOVA for: {', '.join(plain)}")
+    if unsure:
+        than = "" if plain else " than a baseline ANCOVA"
+        parts.append(f"not conclusively better{than} for: {', '.join(unsure)} (the RMSE ratio is below 1 but its "
+                     "95 % interval reaches 1)")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
 
 
 def procova(trial: Trial, result: BacktestResult, effect: float | None = None, sd: float | None = None,
