@@ -261,6 +261,9 @@ def test_the_report_plans_with_the_validate_pages_inputs(pbc, pbc_twins):
     assert f"patients with a baseline ANCOVA {on_screen['Patients, baseline ANCOVA']} " in text
     assert "effect / SD 1.5 / " in text
     assert f"endpoint ALB at {visit_label(pbc, *chosen)}" in text
+    # every parameter's trajectory, skewed ones as Compare draws them by default (a browser re-check)
+    assert page.count("geometric mean with 95 % CI") + page.count(": mean with 95 % CI") == len(pbc.longitudinal_parameters)
+    assert page.count("geometric mean with 95 % CI") >= 1          # bilirubin and the other skewed labs
     # a backtest with other settings plans on its own screen only: the report keeps the run's
     next(s for s in at.slider if s.label == "Folds (k)").set_value(3)
     next(b for b in at.button if b.label == "Run backtest").click().run()

@@ -226,8 +226,10 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         parts.append("<h2>Trajectories</h2>")
     for paramcd in comp.parameters:     # every one (the first 4 only left the others out unsaid)
         p = kb.parameters[paramcd]
-        parts.append(fig(figs.mean_trajectories(trajectory_summary(comp, paramcd, suggested_scale(comp, paramcd)), f"{p.label}: mean with 95 % CI",
-                                                p.unit),
+        scale = suggested_scale(comp, paramcd)      # Compare's default: geometric means on a log axis if skewed
+        what = "geometric mean" if scale == "log" else "mean"
+        parts.append(fig(figs.mean_trajectories(trajectory_summary(comp, paramcd, scale), f"{p.label}: {what} with 95 % CI",
+                                                p.unit, log=scale == "log"),
                          "Twins (over source patients, each the mean of its twins) should follow the real target "
                          "arm. The gap to the real source cohort is not an effect estimate by itself: see "
                          "Treatment effect."))
