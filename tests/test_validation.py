@@ -55,7 +55,7 @@ def test_procova_matches_the_closed_form_with_the_backtest_rho(pbc, result):
     conservative = procova(pbc, result, effect=1.0, sd=4.0, conservative=True)
     assert plan["n_adjusted"] < conservative["n_adjusted"] < plan["n_unadjusted"]
     # with a baseline, the correlation planned with is the baseline's and the twins' together
-    assert plan["rho_used_label"] == "rho used (baseline + twins)" and not plan["note"]
+    assert plan["rho_used_label"] == "rho, baseline + twins" and not plan["note"]
     # the smaller (treated) arm twice as variable: the pooled ANCOVA would be liberal, and the plan says so
     uneven = procova(pbc, result, effect=1.0, sd=4.0, ratio=0.5, sd_treatment=8.0)
     assert "robust (sandwich) standard errors" in uneven["note"]

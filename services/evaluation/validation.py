@@ -231,15 +231,20 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
            "n_unadjusted": plan.unadjusted.n_total, "n_adjusted": plan.adjusted.n_total,
            "saving_total": plan.saving_total, "saving_pct": plan.saving_pct, "rule": plan.rule,
            # with a baseline, the correlation planned with is that of baseline and score together
-           "rho_used_label": "rho used" if adj is None else "rho used (baseline + twins)",
+           "rho_used_label": "rho used" if adj is None else "rho, baseline + twins",
            "method": "noncentral t", "generator": result.generator, "twins_per_patient": result.twins_per_patient,
-           "note": "; ".join(notes)}
+           "note": _sentence("; ".join(notes))}
     if plan.baseline_ancova is not None:
         out.update({"n_baseline_ancova": plan.baseline_ancova.n_total,
                     "saving_vs_baseline_total": plan.saving_vs_baseline_total,
                     "saving_vs_baseline_pct": plan.saving_vs_baseline_pct,
                     "rho_baseline": adj.rho_baseline, "rho_partial": adj.rho_partial})
     return out
+
+
+def _sentence(text: str) -> str:
+    """The joined notes as one sentence, capitalised (shown as an alert on the page)."""
+    return text[:1].upper() + text[1:]
 
 
 def backtestable(trial: Trial) -> bool:

@@ -211,8 +211,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
         if len(backtest.tte):
             parts.append(_table(backtest.tte, codes=codes))
             parts.append('<p class="muted">Time to event: Kaplan-Meier sup distance of the pooled twins to the '
-                         "held-out patients vs that of the knowledge base's arm (ratio <= 1 met), and C-index of "
-                         "the twins vs a Cox model (met when >= Cox - 0.01).</p>")
+                         "held-out patients vs that of the knowledge base's arm (ratio ≤ 1 met), and C-index of "
+                         "the twins vs a Cox model (met when ≥ Cox − 0.01).</p>")
         if len(card):
             parts.append('<p class="muted">Intervals are 95 % bootstrap intervals over patients.</p>')
         if len(card) and "gain" in card:
