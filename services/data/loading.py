@@ -157,7 +157,6 @@ def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
     if ae is not None:
         ae["ARM"] = ae["USUBJID"].map(arm_of)
 
-
     digest = hashlib.sha256()
     for raw in sorted(files, key=lambda f: f.name.lower()):
         digest.update(raw.name.lower().encode() + b"\0" + raw.sha256.encode() + b"\0")

@@ -50,7 +50,7 @@ def power_ancova(n_treatment: int, n_control: int, effect: float, sd: float, rho
 
 
 def pooled_ancova(n_t: int, n_c: int, sd_c: float, rho_c: float, sd_t: float, rho_t: float,
-                     q: int) -> tuple[float, float]:
+                  q: int) -> tuple[float, float]:
     """(V, c): the variance of the ANCOVA's effect estimate and the factor by which its pooled
     standard error misstates it (critical value x c on the estimate's own scale). The analysis
     fits one slope on the prognostic index (standardised, equal in law in both arms by
@@ -58,8 +58,8 @@ def pooled_ancova(n_t: int, n_c: int, sd_c: float, rho_c: float, sd_t: float, rh
     variance is sd_j^2 (1 - rho_j^2) + (rho_j sd_j - beta*)^2; V = s_c^2 / n_c + s_t^2 / n_t,
     while the pooled variance ((n_c - 1) s_c^2 + (n_t - 1) s_t^2) / (N - 2) x (1/n_c + 1/n_t)
     is what the test divides by. Equal arms: c = 1 and the noncentral t is exact; equal sizes
-    with unequal variances: c = 1 too, the t only approximate; otherwise c > 1 costs power (the larger arm varies
-    more) and c < 1 inflates the type I error (`ancova_size`)."""
+    with unequal variances: c = 1 too, the t only approximate; otherwise c > 1 costs power (the
+    larger arm varies more) and c < 1 inflates the type I error (`ancova_size`)."""
     b_c, b_t = (rho_c * sd_c, rho_t * sd_t) if q >= 1 else (0.0, 0.0)
     beta = (n_c * b_c + n_t * b_t) / (n_c + n_t)
     s_c = sd_c**2 * (1 - rho_c**2) + (b_c - beta) ** 2 if q >= 1 else sd_c**2
