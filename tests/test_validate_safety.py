@@ -50,6 +50,29 @@ def test_safety_card_reads_like_a_safety_listing(pilot, bt):
     assert bt.summary["rate_by_construction"] and "by construction" in verdict[1]
 
 
+def test_the_report_carries_the_safety_backtest_the_page_showed(pilot, bt):
+    # a browser review ran it on Validate (AUROC 0.51) and the report only pointed to the page
+    from services.reporting.safety_section import safety_backtest_section
+
+    page = safety_backtest_section(bt)
+    assert "Safety backtest (as run on the Validate page)" in page and "5 twins per held-out patient" in page
+    assert f"mean AUROC {bt.summary['mean_auroc']:.2f}" in page and "<b>by construction</b>" in page
+    for term in safety_card(bt)["preferred term"]:
+        assert f"<td>{term}</td>" in page
+    assert "**" not in page
+
+
+def test_build_report_includes_the_safety_backtest_when_given(pilot, bt):
+    from services.generation import get_generator
+    from services.reporting.report import build_report
+
+    treated = list(pilot.subjects.loc[pilot.subjects.ARM == "Xanomeline High Dose", "USUBJID"])[:12]
+    run = get_generator("local").fit(pilot).generate(pilot.subset(treated), "Placebo", twins_per_patient=2, seed=0)
+    page = build_report(pilot, run, effects={"note": "not estimated in this test"}, safety_backtest=bt)
+    assert page.count("Safety backtest (as run on the Validate page)") == 1
+    assert "Safety backtest (as run" not in build_report(pilot, run, effects={"note": "not estimated"})
+
+
 def test_safety_backtest_twins_at_most_max_held_out_per_fold(pilot):
     bt = validate_safety(pilot, folds=2, twins_per_patient=3, seed=1, n_boot=50, max_held_out=5)
     assert bt.patients["USUBJID"].nunique() == 10 and bt.patients.groupby("FOLD")["USUBJID"].nunique().eq(5).all()

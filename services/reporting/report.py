@@ -24,7 +24,7 @@ from services.evaluation.effects_table import effect_methods, effects_display, g
 from services.evaluation.survival_comparison import km_curves
 from services.evaluation.trajectories import suggested_scale, trajectory_summary
 from services.reporting.figures import compare as figs
-from services.reporting.safety_section import safety_section
+from services.reporting.safety_section import safety_backtest_section, safety_section
 from services.reporting.tables import (
     IN_SAMPLE_PRIVACY_NOTE,
     INFORMATION_NOTE,
@@ -135,14 +135,16 @@ def _survival_rows(s: dict, effects: dict | None, paramcd: str) -> dict:
 
 def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, procova: dict | None = None,
                  embedding_method: str = "tsne", seed: int = 0, effects: dict | None = None,
-                 evaluation: dict | None = None, run_dir=None, procova_inputs: dict | None = None) -> str:
+                 evaluation: dict | None = None, run_dir=None, procova_inputs: dict | None = None,
+                 safety_backtest=None) -> str:
     """The report as one HTML string. `backtest` (a BacktestResult of the run's own generator,
     settings and K), `procova` (services.evaluation.validation.procova) and `effects`
     (services.evaluation.effects.run_effects) and `evaluation` (comparison.evaluate of the run,
     e.g. the one kept in its folder) are computed here when not given; with the run's folder
     `run_dir`, the backtest and the embedding are those kept there (computed once per run).
     `procova_inputs`: the Validate page's planning inputs (effect, SD, power, ...), so the
-    report's plan is the one on the screen; the defaults (0.4 SD) without them."""
+    report's plan is the one on the screen; the defaults (0.4 SD) without them. `safety_backtest`:
+    the Validate page's safety backtest of this run, when one was run there."""
     from services.evaluation.effects import run_effects
     from services.evaluation.validation import (
         ancova_headline,
@@ -269,6 +271,8 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
                          "inherit."))
 
     parts.append(safety_section(comp, fig))   # empty without adverse-event data
+    if safety_backtest is not None:
+        parts.append(safety_backtest_section(safety_backtest))
 
     # PROCOVA
     parts.append("<h2>PROCOVA sample size</h2>")

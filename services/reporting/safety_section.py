@@ -5,8 +5,10 @@ first AE of the most frequent term."""
 from __future__ import annotations
 
 import html
+import re
 
 from services.evaluation import safety
+from services.evaluation.backtest_verdicts import backtest_setup
 from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE
 
 
@@ -42,4 +44,25 @@ def safety_section(comp, fig) -> str:
         if len(curves):
             parts.append(fig(figs.time_to_first_ae(curves, at_risk, f"Time to first {html.escape(terms[0])}"),
                              "Kaplan-Meier of the first onset, censored at the end of follow-up; twins weigh 1/K."))
+    return "\n".join(parts)
+
+
+def safety_backtest_section(result) -> str:
+    """HTML of the safety backtest run on the Validate page (`safety_backtest.SafetyBacktest`):
+    what was run, the plain-words verdict and the per-term table, as the page shows them; the
+    report only pointed to the page (a browser review ran it, AUROC 0.51, and found nothing of
+    it in the report)."""
+    from services.evaluation.safety_backtest import safety_card, safety_verdict
+
+    s = result.summary
+    auroc = "n/a" if s["mean_auroc"] != s["mean_auroc"] else f"{s['mean_auroc']:.2f}"
+    setup = (f"<p>Generator <b>{html.escape(result.generator)}</b>, {html.escape(backtest_setup(result))}. "
+             f"Mean absolute incidence error over the {s['terms']} most frequent terms: twins "
+             f"{100 * s['mae_twins']:.1f} pp, the knowledge base's rates {100 * s['mae_kb']:.1f} pp; mean AUROC "
+             f"{auroc}.</p>")
+    parts = ["<h3>Safety backtest (as run on the Validate page)</h3>", setup]
+    for line in safety_verdict(result):       # the page's markdown bold, in HTML
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(line))
+        parts.append(f'<div class="card">{text}</div>')
+    parts.append(safety_card(result).to_html(index=False, escape=True, border=0))
     return "\n".join(parts)
