@@ -63,14 +63,14 @@ def effects_view(kb, run, compute: Callable) -> None:
         if len(shown) > 1:
             measure = kept_choice(st.radio, "Estimate", shown, format_func=MEASURES.get, horizontal=True,
                                   key=f"cmp_effect_scale_{paramcd}",
-                               help="The mean difference trusts the twins' mean. The doubly robust one also "
-                                    "corrects it by the twins' own error on the knowledge base's control "
-                                    "patients who resemble the cohort: right when either the twins or that "
-                                    "resemblance model is. The ratio of geometric means (log scale) is the usual "
-                                    "primary analysis of a skewed positive endpoint such as a lab value, but its "
-                                    f"interval is not yet calibrated here: {RATIO_CAVEAT}. Its doubly robust "
-                                    "version takes the same correction on the log scale, and its interval "
-                                    "held on the test trials (3.8-6.3 % rejections at nominal 5 %, ahd included).")
+                                  help="The mean difference trusts the twins' mean. The doubly robust one also "
+                                       "corrects it by the twins' own error on the knowledge base's control "
+                                       "patients who resemble the cohort: right when either the twins or that "
+                                       "resemblance model is. The ratio of geometric means (log scale) is the usual "
+                                       "primary analysis of a skewed positive endpoint such as a lab value, but its "
+                                       f"interval is not yet calibrated here: {RATIO_CAVEAT}. Its doubly robust "
+                                       "version takes the same correction on the log scale, and its interval "
+                                       "held on the test trials (3.8-6.3 % rejections at nominal 5 %, ahd included).")
         sel = sel[sel["_measure"] == measure]
         what = {"mean_difference": "real minus twins", "mean_difference_dr": "real minus twins, doubly robust",
                 "geometric_mean_ratio": "real / twins, geometric means",

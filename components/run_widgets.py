@@ -320,8 +320,8 @@ def scale_choice(comp, paramcd: str, key: str) -> str:
     default = suggested_scale(comp, paramcd)
     return kept_choice(st.radio, "Scale", list(SCALES), index=SCALES.index(default), horizontal=True,
                        key=f"{key}_{paramcd}",
-                    help="Log: geometric means and a log axis, which a few extreme patients do not "
-                         "dominate (the default for positive, right-skewed parameters such as bilirubin).")
+                       help="Log: geometric means and a log axis, which a few extreme patients do not "
+                            "dominate (the default for positive, right-skewed parameters such as bilirubin).")
 
 
 def trajectory_chart(comp, summary_fn, key: str) -> None:
@@ -334,7 +334,7 @@ def trajectory_chart(comp, summary_fn, key: str) -> None:
     endpoint = kb.meta.endpoint.get("paramcd")
     default = params.index(endpoint) if endpoint in params else 0
     p = kept_choice(st.selectbox, "Parameter", params, index=default, key=key,
-                     format_func=lambda x: f"{x} — {kb.parameters[x].label}")
+                    format_func=lambda x: f"{x} — {kb.parameters[x].label}")
     info = kb.parameters[p]
     scale = scale_choice(comp, p, f"{key}_scale")
     summary = summary_fn(comp, p, scale)

@@ -321,7 +321,6 @@ EVALUATION_VERSION = 5  # 2: SMD net of the sources' baseline imbalance; 3: even
 def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Trial | None = None,
              seed: int = 0) -> dict:
     """Every metric of the Compare page, JSON-able (frames as lists of records)."""
-
     comp = compare(kb, twins, manifest)
     fid = fidelity(comp, seed=seed)
     out = {

@@ -169,8 +169,7 @@ def ancova_headline(card: pd.DataFrame) -> str | None:
         than = "" if plain else " than a baseline ANCOVA"
         parts.append(f"not conclusively better{than} for: {', '.join(unsure)} (the RMSE ratio is below 1 but its "
                      "95 % interval reaches 1)")
-    text = "; ".join(parts)
-    return text[0].upper() + text[1:] + "."
+    return _sentence("; ".join(parts)) + "."
 
 
 def procova(trial: Trial, result: BacktestResult, effect: float | None = None, sd: float | None = None,
@@ -219,7 +218,7 @@ def procova(trial: Trial, result: BacktestResult, effect: float | None = None, s
                           rho_partial=None if adj is None else max(adj.rho_partial, 0.0) if rho.rho >= 0 else 0.0,
                           sd_treatment=sd_treatment, rho_treatment=rho_treatment)
     plans = [plan.unadjusted, plan.adjusted] + ([plan.baseline_ancova] if plan.baseline_ancova else [])
-    size = max(p.alpha_actual for p in plans if np.isfinite(p.alpha_actual)) if plans else float("nan")
+    size = max((p.alpha_actual for p in plans if np.isfinite(p.alpha_actual)), default=float("nan"))
     if np.isfinite(size) and size > alpha * 1.1:
         notes.append(f"with this treated-arm SD and allocation the pooled ANCOVA these sizes are for would reject "
                      f"{size:.1%} of true nulls at nominal {alpha:g} (the smaller arm varies more): analyse with "
