@@ -4,6 +4,7 @@ generator against the scripted OpenAI-compatible server configured through the e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -203,3 +204,16 @@ def test_subjects_text_in_a_numeric_covariate_is_refused_and_notes_are_printed(t
                              "--subjects", tmp_path / "bare", "--out", tmp_path / "o2")
     assert code == 0, err
     assert "note: 3 source(s) have no baseline SEIZ" in err and out.strip().count("\n") == 0
+
+
+def test_subjects_missing_codes_are_missing_as_the_loader_reads_them(pbc):
+    # the loader reads ".", NA, NULL, MISSING... in a numeric ADSL column as missing; the check of
+    # --subjects against the knowledge base had its own shorter list ("" and ".") and refused "MISSING"
+    from services.data.quality import source_mismatches
+
+    subj = pbc.subjects[pbc.subjects["ARM"] == "D-penicillamine"].head(4).astype({"AGE": object})
+    subj.loc[subj.index[:3], "AGE"] = [".", "missing", " NULL "]
+    sources = dataclasses.replace(pbc, subjects=subj)
+    assert source_mismatches(pbc, sources) == []
+    subj.loc[subj.index[3], "AGE"] = "old"
+    assert "not for 1 source(s)" in source_mismatches(pbc, dataclasses.replace(pbc, subjects=subj))[0]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from services.data.loading import MISSING_CODES
+
 FAR = 10.0   # a value this many times farther from the median than the 99th percentile of all is named
 
 
@@ -50,7 +52,8 @@ def source_mismatches(kb, sources, show: int = 3) -> list[str]:
         if kind != "continuous" or col not in subj:
             continue
         raw = subj[col]
-        blank = raw.astype(str).str.strip().isin(["", "."])          # SAS's missing value, an empty cell
+        text = raw.astype(str).str.strip().str.upper()
+        blank = (text == "") | text.isin(MISSING_CODES)      # an empty cell, SAS's ".", NA, ... as the loader reads them
         bad = raw.notna() & ~blank & pd.to_numeric(raw, errors="coerce").isna()
         if bad.any():
             rows = subj.loc[bad, ["USUBJID", col]].head(show)
