@@ -12,6 +12,7 @@ from services.data.cohort import (
     check_expression,
     cohort_frame,
     describe_filters,
+    repeated_baselines,
     table1_kinds,
     variable_labels,
 )
@@ -29,6 +30,7 @@ saved_spec, saved_ids = get_cohort()
 filters = describe_filters(trial)
 labels = variable_labels(trial)
 kinds = table1_kinds(trial)
+repeats = repeated_baselines(trial)
 
 left, right = st.columns([2, 3], gap="large")
 with left:
@@ -87,8 +89,8 @@ groups = [arm for arm, n in cohort.by_arm.items()]
 opt_left, opt_right = st.columns([3, 2])
 with opt_left:
     variables = st.multiselect(
-        "Variables", list(kinds), default=list(kinds), key=f"cohort_t1_vars_{scope[:12]}",
-        format_func=lambda v: labels.get(v, v),
+        "Variables", list(kinds), default=[v for v in kinds if v not in repeats],
+        key=f"cohort_t1_vars_{scope[:12]}", format_func=lambda v: labels.get(v, v),
         help="Baseline covariates of ADSL, then the baseline value of each parameter.")
 smd_pair = None
 with opt_right:
@@ -110,6 +112,10 @@ st.dataframe(shown, hide_index=True, width="stretch", height=min(35 * (len(shown
                             "Statistic": st.column_config.TextColumn(width="medium")})
 st.caption("Continuous variables: mean (SD), median [Q1, Q3] and the number missing; categorical: "
            "n (%) of the subjects with a value. Columns are the arms in the cohort and all of them together.")
+if repeats:
+    st.caption("Not shown by default, as they repeat an ADSL variable (the same values to within 0.5 %): "
+               + "; ".join(f"{labels.get(col, col)} (= {labels.get(cov, cov)})" for col, cov in repeats.items())
+               + ". Add them under Variables.")
 
 tidy = table1_long(cohort.frame, by="ARM", variables=variables, kinds=kinds, groups=groups, smd=smd_pair)
 d1, d2, d3, d4 = st.columns(4)

@@ -80,6 +80,11 @@ def test_pages_on_the_cdisc_pilot(pilot):
     for page in ("pages/cohort.py", "pages/similar.py", "pages/overview.py"):
         at.switch_page(page).run()
         assert not at.exception, f"pilot {page}: {at.exception}"
+        if page == "pages/cohort.py":
+            # the vital-signs height and weight repeat ADSL's HEIGHTBL / WEIGHTBL: shown once, said so
+            chosen = next(m for m in at.multiselect if m.label == "Variables").value
+            assert "HEIGHTBL" in chosen and "HEIGHT" not in chosen and "WEIGHT" not in chosen
+            assert any("repeat an ADSL variable" in c.value and "weight" in c.value.lower() for c in at.caption), [c.value for c in at.caption]
     assert {m.label: m.value for m in at.metric}["Subjects"] == "254"
 
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from services.data.cohort import CohortSpec, apply_cohort, cohort_frame, table1_kinds
+from services.data.cohort import (
+    CohortSpec,
+    apply_cohort,
+    cohort_frame,
+    repeated_baselines,
+    table1_kinds,
+)
 from services.data.table1 import (
     OVERALL,
     decimals_for,
@@ -180,3 +187,12 @@ def test_grouped_values_read_in_threshold_order_and_the_example_filter_fits_the_
     for trial in [pilot, *demo_trials]:
         example = expression_example(describe_filters(trial))
         assert example.startswith("e.g. ") and apply_cohort(trial, CohortSpec(expression=example[5:])).n > 0
+
+
+def test_a_baseline_that_repeats_an_adsl_variable_is_found(pilot, pbc):
+    # the pilot's vital-signs HEIGHT / WEIGHT are ADSL's HEIGHTBL / WEIGHTBL to rounding (147.32 vs 147.3)
+    assert repeated_baselines(pilot) == {"HEIGHT": "HEIGHTBL", "WEIGHT": "WEIGHTBL"}
+    assert repeated_baselines(pbc) == {}
+    # the same quantity in other units is another variable
+    subjects = pilot.subjects.assign(WEIGHTBL=pilot.subjects["WEIGHTBL"] * 2.2046)
+    assert repeated_baselines(dataclasses.replace(pilot, subjects=subjects)) == {"HEIGHT": "HEIGHTBL"}

@@ -246,6 +246,28 @@ def table1_kinds(trial: Trial) -> dict[str, str]:
     return kinds
 
 
+def repeated_baselines(trial: Trial, min_share: float = 0.95) -> dict[str, str]:
+    """Baseline parameter columns that repeat a continuous ADSL covariate, column -> covariate:
+    both known for at least 10 subjects and within 0.5 % of each other for `min_share` of them
+    (the CDISC pilot's vital-signs HEIGHT and WEIGHT are ADSL's HEIGHTBL and WEIGHTBL to
+    rounding). Table 1 shows such a variable once by default; the same quantity twice read as
+    two characteristics (an outside review)."""
+    frame = cohort_frame(trial)
+    covariates = [c for c, kind in trial.covariates.items()
+                  if kind == "continuous" and pd.api.types.is_numeric_dtype(frame[c])]
+    out: dict[str, str] = {}
+    for col in baseline_column_names(trial).values():
+        for cov in covariates:
+            both = frame[[col, cov]].dropna().to_numpy(float)
+            if len(both) < 10:
+                continue
+            close = np.abs(both[:, 0] - both[:, 1]) <= 0.005 * np.abs(both[:, 1]) + 1e-9
+            if close.mean() >= min_share:
+                out[col] = cov
+                break
+    return out
+
+
 def _adsl_unit(trial: Trial, col: str) -> str | None:
     """The unit ADSL itself records for a variable: AGEU for AGE (CDISC), e.g. "YEARS"."""
     unit_col = {"AGE": "AGEU"}.get(col)
