@@ -257,3 +257,16 @@ def test_group_counts_give_the_twin_arm_its_patients_and_its_twins(pbc):
     lines = group_counts(compare(pbc, run.as_trial(), run.manifest))
     assert f"{TWIN} (Placebo): 30 patients, 150 twins" in lines
     assert f"{TARGET} (Placebo): 154 patients" in lines
+
+
+def test_similarity_histograms_are_drawn_in_their_groups_colours(pbc, pbc_twins):
+    # "within twins" was drawn in the real target arm's green of every other chart
+    from services.evaluation.comparison import compare
+    from services.evaluation.patient_space import similarity
+    from services.reporting.figures.compare import GROUP_COLOURS, similarity_histogram
+
+    fig = similarity_histogram(similarity(compare(pbc, pbc_twins.as_trial(), pbc_twins.manifest)), "Cosine similarity")
+    colours = {t.name: t.marker.color for t in fig.data}
+    assert colours["within twins"] == GROUP_COLOURS["twin arm"]
+    assert colours["within real"] == GROUP_COLOURS["real target arm"]
+    assert colours["twin to own source"] == GROUP_COLOURS["real source cohort"]

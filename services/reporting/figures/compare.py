@@ -166,13 +166,20 @@ def embedding_scatter(points: pd.DataFrame, title: str) -> go.Figure:
     return fig
 
 
+# each distribution in the colour of the group it describes, as on every other chart (the
+# fallback palette had drawn "within twins" in the real target arm's green)
+SIMILARITY_COLOURS = {"within real": GROUP_COLOURS["real target arm"], "within twins": GROUP_COLOURS["twin arm"],
+                      "real to twin": "#666666", "twin to own source": GROUP_COLOURS["real source cohort"]}
+
+
 def similarity_histogram(distributions: dict[str, np.ndarray], title: str) -> go.Figure:
     """Overlaid histograms of cosine similarities (probability density)."""
     fig = go.Figure()
     for i, (name, values) in enumerate(distributions.items()):
         if len(values):
             fig.add_trace(go.Histogram(x=values, name=name, histnorm="probability density", opacity=0.55,
-                                       nbinsx=60, marker_color=_FALLBACK[i % len(_FALLBACK)]))
+                                       nbinsx=60, marker_color=SIMILARITY_COLOURS.get(
+                                           name, _FALLBACK[i % len(_FALLBACK)])))
     fig.update_layout(barmode="overlay")
     return _layout(fig, title, "cosine similarity", "density")
 
