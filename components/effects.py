@@ -34,11 +34,10 @@ def effects_view(kb, run, compute: Callable) -> None:
                "then.")
     key = f"effects_shown_{kb.content_hash[:12]}_{run.run_id}"
     if not st.session_state.get(key):
-        if st.button("Estimate the effect", key="cmp_effects_go",
-                     help="Refits the generator 20 times (about a minute for the local generator)."):
-            st.session_state[key] = True
-        else:
-            return
+        # set in the click's callback, before the rerun: the button is gone once the result shows
+        st.button("Estimate the effect", key="cmp_effects_go", on_click=st.session_state.__setitem__,
+                  args=(key, True), help="Refits the generator 20 times (about a minute for the local generator).")
+        return
     with st.spinner("Estimating: refitting the generator on resampled knowledge bases..."):
         result = compute(kb, run)
     if result.get("note"):
