@@ -8,7 +8,7 @@ import streamlit as st
 from components.state import kept_choice
 from services.evaluation import safety
 from services.reporting.figures import safety as fig
-from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE
+from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE, SAFETY_KM_NOTE, SAFETY_RD_NOTE
 
 
 @st.cache_data(show_spinner="Counting adverse events...", max_entries=8)
@@ -30,7 +30,8 @@ def safety_tab(comp) -> None:
     st.dataframe(table, hide_index=True, width="stretch", height=420)
     st.caption("A source patient's K twins count as one patient: its share of twins with the term is a "
                "probability, the twin arm's n is the sum of those probabilities and its % their mean. "
-               "RD: risk difference in percentage points with its 95 % CI, patients as the unit.")
+               "RD: risk difference in percentage points with its 95 % CI, patients as the unit (source - twins: the "
+               "signal; twins - real target: a bookkeeping check, see below).")
     top = st.slider("Terms shown", 5, 30, 15, key="cmp_ae_top")
     st.plotly_chart(fig.incidence_dots(pt, "Incidence of the most frequent preferred terms (95 % CI)", top),
                     width="stretch")
@@ -38,12 +39,10 @@ def safety_tab(comp) -> None:
                "patient-level intervals for twins); the gap to the real source cohort is the safety profile "
                "of the source patients' own treatment. " + SAFETY_BY_CONSTRUCTION_NOTE)
     st.plotly_chart(fig.risk_difference_forest(pt, "Risk differences (95 % CI)", top), width="stretch")
-    st.caption("Twin arm - real target arm should straddle 0; real source cohort - twin arm (paired within "
-               "patient) is the risk difference of the source treatment against its synthetic control.")
+    st.caption(SAFETY_RD_NOTE)
     terms = [t for t in pt["PT"] if t != safety.ANY]
     term = kept_choice(st.selectbox, "Time to first", terms, key="cmp_ae_term")
     curves, at_risk = safety.km_first_ae(comp, term)
     if len(curves):
         st.plotly_chart(fig.time_to_first_ae(curves, at_risk, f"Time to first {term}"), width="stretch")
-        st.caption("Kaplan-Meier of the first onset, censored at each patient's end of follow-up; twins weigh "
-                   "1/K so that numbers at risk are patients.")
+        st.caption(SAFETY_KM_NOTE)

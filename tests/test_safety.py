@@ -36,11 +36,17 @@ def _csv(name: str, frame: pd.DataFrame) -> RawFile:
 
 @pytest.fixture(scope="module")
 def toy():
-    """4 placebo, 3 drug patients; the sources T1-T3 get 2 placebo twins each (by hand)."""
+    return _toy()
+
+
+def _toy(last_days=(28,) * 7, donors=None):
+    """4 placebo, 3 drug patients; the sources T1-T3 get 2 placebo twins each (by hand);
+    `last_days`: each patient's last lab day; `donors`: the run's AE donors (twin -> patient)."""
     adsl = pd.DataFrame({"USUBJID": ["P1", "P2", "P3", "P4", "T1", "T2", "T3"],
                          "ARM": ["Placebo"] * 4 + ["Drug"] * 3, "AGE": [60, 61, 62, 63, 64, 65, 66]})
     lab = pd.DataFrame({"USUBJID": list(adsl["USUBJID"]) * 2, "PARAMCD": "X", "AVAL": 1.0,
-                        "ADY": [1] * 7 + [28] * 7, "AVISITN": [0] * 7 + [1] * 7, "ABLFL": ["Y"] * 7 + [""] * 7})
+                        "ADY": [1] * 7 + list(last_days), "AVISITN": [0] * 7 + [1] * 7,
+                        "ABLFL": ["Y"] * 7 + [""] * 7})
     ae = pd.DataFrame({"USUBJID": ["P1", "P2", "P2", "T1", "T2", "T3"],
                        "AEDECOD": ["HEADACHE", "HEADACHE", "RASH", "RASH", "RASH", "HEADACHE"],
                        "AEBODSYS": ["NERV", "NERV", "SKIN", "SKIN", "SKIN", "NERV"],
@@ -55,7 +61,9 @@ def toy():
                           "SRCSUBJID": ["T1", "T2", "T2", "T3"],
                           "AEDECOD": ["HEADACHE", "HEADACHE", "HEADACHE", "RASH"],
                           "AEBODSYS": ["NERV", "NERV", "NERV", "SKIN"], "ASTDY": [3.0, 5.0, 5.0, 10.0]})
-    run = TwinRun(tw_adsl, {"adlb": tw_lab}, None, {"run_id": "toy", "target_arm": "Placebo", "ae": {}}, ae=tw_ae)
+    ae_info = {} if donors is None else {"donors": donors}
+    run = TwinRun(tw_adsl, {"adlb": tw_lab}, None, {"run_id": "toy", "target_arm": "Placebo", "ae": ae_info},
+                  ae=tw_ae)
     return kb, ev.compare(kb, run.as_trial(), run.manifest)
 
 
@@ -74,8 +82,11 @@ def test_incidence_known_answer(toy):
     assert h["real source cohort_n"] == 0               # T3's pre-treatment headache is not a TEAE
     se_rd = np.sqrt(p.var(ddof=1) / 3 + 0.25 / 4)
     assert (h["rd_twin_target"], h["rd_twin_target_hi"]) == pytest.approx((0.0, Z * se_rd))
+    # paired within patient, plus the sampling error of the knowledge base's placebo patients the
+    # twins' AEs come from (no donors recorded: the arm's 4 patients, headache rate 2 / 4)
     d = np.zeros(3) - p
-    assert (h["rd_source_twin"], h["rd_source_twin_lo"]) == pytest.approx((-0.5, d.mean() - Z * d.std(ddof=1) / np.sqrt(3)))
+    se_pair = np.sqrt(d.var(ddof=1) / 3 + 0.5 * 0.5 / 4)
+    assert (h["rd_source_twin"], h["rd_source_twin_lo"]) == pytest.approx((-0.5, d.mean() - Z * se_pair))
     r = inc.loc["RASH"]
     assert r["twin arm_pct"] == pytest.approx(1 / 6) and r["real source cohort_pct"] == pytest.approx(2 / 3)
     d = np.array([1, 1, 0]) - np.array([0, 0, 0.5])
@@ -105,6 +116,31 @@ def test_time_to_first_ae_weighs_twins_one_over_k(toy):
     real = KaplanMeierFitter().fit([3, 5, 28, 28], [1, 1, 0, 0]).survival_function_.iloc[:, 0]
     tgt = curves[curves["GROUP"] == "real target arm"].set_index("time")["survival"]
     assert tgt.loc[5.0] == pytest.approx(real.loc[5.0])
+
+
+def test_the_knowledge_base_term_counts_the_donors_a_twin_arm_rests_on():
+    # every twin of a source carries the same donor: 3 donors of weight 1/3 each, M_eff = 3
+    donors = {f"{s}-T{k}": d for s, d in (("T1", "P1"), ("T2", "P2"), ("T3", "P3")) for k in (1, 2)}
+    _, comp = _toy(donors=donors)
+    assert safety.effective_donors(comp, ["T1", "T2", "T3"]) == pytest.approx(3.0)
+    h = safety.incidence(comp, "PT").set_index("PT").loc["HEADACHE"]
+    d = np.zeros(3) - np.array([0.5, 1.0, 0.0])
+    assert h["rd_source_twin_hi"] == pytest.approx(d.mean() + Z * np.sqrt(d.var(ddof=1) / 3 + 0.25 / 3))
+
+
+def test_a_twin_is_followed_for_aes_no_longer_than_its_donor():
+    # P3 left at day 8: T3's twins carry P3's AEs, so they are AE-free only to day 8, not 28
+    donors = {f"{s}-T{k}": d for s, d in (("T1", "P1"), ("T2", "P2"), ("T3", "P3")) for k in (1, 2)}
+    _, comp = _toy(last_days=(28, 28, 8, 28, 28, 28, 28), donors=donors)
+    end = safety.twin_ae_followup(comp)
+    assert end.loc["T3-T1"] == 8 and end.loc["T1-T1"] == 28
+    curves, at_risk = safety.km_first_ae(comp, "HEADACHE")
+    tw = curves[curves["GROUP"] == "twin arm"].set_index("time")["survival"]
+    # twins (weight 1/2): T1-T1 headache day 3, T1-T2 free to 28, T2's both day 5, T3's free to 8
+    mine = KaplanMeierFitter().fit([3, 28, 5, 5, 8, 8], [1, 0, 1, 1, 0, 0], weights=[0.5] * 6)
+    assert tw.loc[5.0] == pytest.approx(mine.survival_function_.loc[5.0].iloc[0])
+    assert tw.iloc[-1] == pytest.approx(mine.survival_function_.iloc[-1, 0])
+    assert at_risk[(at_risk["GROUP"] == "twin arm") & (at_risk["time"] > 8)]["n"].max() <= 0.5
 
 
 # ----- the CDISC pilot ------------------------------------------------------------------

@@ -45,7 +45,13 @@ def test_safety_card_reads_like_a_safety_listing(pilot, bt):
     verdict = safety_verdict(bt)
     word = "**no worse**" if bt.summary["mae_twins"] <= bt.summary["mae_kb"] else "**worse**"
     assert word in verdict[0] and f"{100 * bt.summary['mae_kb']:.1f}" in verdict[0]
-    assert f"Mean AUROC {bt.summary['mean_auroc']:.2f}" in verdict[-1]
+    assert f"Mean AUROC {bt.summary['mean_auroc']:.2f}" in verdict[-2]
+    # the Brier skill is said too, with its sign in words (an outside review: negative for every pilot
+    # term while the verdict led with "no worse")
+    body = bt.terms[bt.terms["PT"] != safety.ANY]
+    assert f"Mean Brier skill {body['brier_skill'].mean():+.2f}" in verdict[-1]
+    assert ("worse than the arm's rate alone" in verdict[-1]) == (body["brier_skill"].mean() < 0)
+    assert f"skill below 0 for {int((body['brier_skill'] < 0).sum())} of {len(body)} terms" in verdict[-1]
     # the pilot's cross-validated AE donor share is 0: the tie is said to hold by construction
     assert bt.summary["rate_by_construction"] and "by construction" in verdict[1]
 

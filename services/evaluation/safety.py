@@ -13,10 +13,21 @@ real source cohort, with the **patient** as the unit of inference.
   - twin arm - real target arm (fidelity; two groups of different patients):
     SE^2 = var(p_i) / N + q (1 - q) / M;
   - real source cohort - twin arm (the safety signal of the source's own treatment against
-    its synthetic control; paired within patient): d_i = y_i - p_i, SE = sd(d_i) / sqrt(N).
+    its synthetic control; paired within patient): d_i = y_i - p_i,
+    SE^2 = var(d_i) / N + q (1 - q) / M_eff. The second term is the knowledge base's: a twin's
+    AEs are a real target-arm donor's records, so the twin arm's incidence is a weighted mean
+    of those donors' 0/1 outcomes, sum_j W_j y_j (W_j: donor j's share of the twin arm), and
+    carries their sampling error, q (1 - q) sum_j W_j^2 = q (1 - q) / M_eff (q: the target
+    arm's incidence in the knowledge base). Without it the interval covered 0 in 86 % of null
+    trials at 95 % (an outside review's simulation on the CDISC pilot: 43 placebo patients
+    twinned under placebo from the other 43). A run that records no donors (an LLM writes its
+    twins' AEs) takes M_eff = the target arm's size, as if its twin arm were that arm's sample.
 - Time to first AE of a term: Kaplan-Meier, onset day of the first record, censored at the
-  patient's end of follow-up (`adverse.followup_end`); each twin weighs 1/K so that a source
-  counts as one patient, numbers at risk in patients.
+  patient's end of follow-up (`adverse.followup_end`); a twin's AE history is its donor's, known
+  only while the donor was followed, so a twin is censored at the earlier of its own end and its
+  donor's (a twin whose donor left at day 60 is not AE-free to day 183: the twins' pruritus
+  reached 31 % at day 182 where its real arm's reached 40 %). Each twin weighs 1/K so that a
+  source counts as one patient, numbers at risk in patients.
 """
 
 from __future__ import annotations
@@ -103,16 +114,39 @@ def risk_difference(p: np.ndarray, y: np.ndarray, z: float = Z95) -> tuple[float
     return d, d - z * se, d + z * se
 
 
-def paired_risk_difference(y: np.ndarray, p: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
-    """Real outcomes y_i minus their own twins' probabilities p_i, paired within patient."""
+def paired_risk_difference(y: np.ndarray, p: np.ndarray, kb_var: float = 0.0,
+                           z: float = Z95) -> tuple[float, float, float]:
+    """Real outcomes y_i minus their own twins' probabilities p_i, paired within patient;
+    `kb_var`: the variance the twins' donors add (`donor_variance`)."""
     d = np.asarray(y, float) - np.asarray(p, float)
     if len(d) < 2:
         return float("nan"), float("nan"), float("nan")
     m = float(d.mean())
-    se = float(d.std(ddof=1) / np.sqrt(len(d)))
+    se = float(np.sqrt(d.var(ddof=1) / len(d) + kb_var))
     if se < 1e-12:
         return m, float("nan"), float("nan")
     return m, m - z * se, m + z * se
+
+
+def ae_donors(comp: Comparison) -> dict[str, str]:
+    """Twin USUBJID -> the real patient whose AE records it carries (empty when the run records
+    none: an LLM run's model writes its twins' AEs)."""
+    donors = (comp.manifest.get("ae") or {}).get("donors") or {}
+    return {str(t): str(d) for t, d in donors.items()}
+
+
+def effective_donors(comp: Comparison, src_ids) -> float:
+    """1 / sum_j W_j^2, W_j the share of the twin arm (each source's twins weighing one patient)
+    whose AEs are donor j's; the knowledge base's target arm size when no donors are recorded."""
+    arm = comp.kb.subjects.loc[comp.kb.subjects["ARM"] == comp.target_arm, "USUBJID"]
+    donors = ae_donors(comp)
+    subj = comp.twins.subjects
+    twins = subj[subj["SRCSUBJID"].astype(str).isin(set(src_ids))]
+    if not donors or twins.empty or not twins["USUBJID"].astype(str).isin(set(donors)).all():
+        return float(len(arm))
+    w = twin_weights(subj, twins["USUBJID"]) / len(set(twins["SRCSUBJID"]))
+    shares = pd.Series(w, index=twins["USUBJID"].astype(str).map(donors).to_numpy()).groupby(level=0).sum()
+    return float(1.0 / (shares ** 2).sum())
 
 
 def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
@@ -126,6 +160,9 @@ def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
         real[SOURCE] = real[SOURCE].reindex(src_ids)
     terms = list(dict.fromkeys([ANY] + [c for f in [probs, *real.values()] for c in f.columns if c != ANY]))
     soc_of = dict(zip(*[dictionary(comp.kb)[c] for c in ("AEDECOD", "AEBODSYS")]))
+    arm_ids = comp.kb.subjects.loc[comp.kb.subjects["ARM"] == comp.target_arm, "USUBJID"]
+    arm_rates = indicators(comp.kb, level, arm_ids).mean() if len(arm_ids) else pd.Series(dtype=float)
+    m_eff = effective_donors(comp, src_ids) if SOURCE in real else float("nan")
     rows = []
     for term in terms:
         p = probs[term].to_numpy(float) if term in probs else np.zeros(len(probs))
@@ -145,8 +182,9 @@ def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
         if SOURCE in real:
             y = real[SOURCE][term].to_numpy(float) if term in real[SOURCE] else np.zeros(len(src_ids))
             p_src = probs.loc[src_ids, term].to_numpy(float) if term in probs else np.zeros(len(src_ids))
+            q = float(arm_rates.get(term, 0.0))
             row["rd_source_twin"], row["rd_source_twin_lo"], row["rd_source_twin_hi"] = \
-                paired_risk_difference(y, p_src)
+                paired_risk_difference(y, p_src, kb_var=q * (1 - q) / m_eff if m_eff > 0 else 0.0)
         rows.append(row)
     out = pd.DataFrame(rows)
     pct_cols = [f"{g}_pct" for g in GROUPS if f"{g}_pct" in out]
@@ -183,11 +221,12 @@ def safety_table(comp: Comparison) -> pd.DataFrame:
         out = {"SOC / PT": label}
         for g in groups:
             out[heads[g]] = _cell(row[f"{g}_n"], int(row[f"{g}_N"]), row[f"{g}_pct"], g == TWIN)
-        if "rd_twin_target" in row:
-            rd, lo, hi = row["rd_twin_target"], row["rd_twin_target_lo"], row["rd_twin_target_hi"]
-            out["RD twins - real target (95 % CI)"] = (
-                "" if not np.isfinite(rd) else f"{100 * rd:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f})"
-                if np.isfinite(lo) else f"{100 * rd:+.1f} (no CI: no patient varies)")
+        for key, head in (("rd_source_twin", "RD source - twins (95 % CI)"),
+                          ("rd_twin_target", "RD twins - real target (95 % CI)")):
+            if key in row:
+                rd, lo, hi = row[key], row[f"{key}_lo"], row[f"{key}_hi"]
+                out[head] = ("" if not np.isfinite(rd) else f"{100 * rd:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f})"
+                             if np.isfinite(lo) else f"{100 * rd:+.1f} (no CI: no patient varies)")
         return out
 
     rows = [line("Any adverse event", pt.iloc[0])]
@@ -201,12 +240,14 @@ def safety_table(comp: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def time_to_first(trial: Trial, term: str, ids=None, level: str = "PT") -> pd.DataFrame:
-    """USUBJID, time (first onset of `term`, else end of follow-up), event (1/0)."""
+def time_to_first(trial: Trial, term: str, ids=None, level: str = "PT",
+                  end: pd.Series | None = None) -> pd.DataFrame:
+    """USUBJID, time (first onset of `term`, else end of follow-up), event (1/0); `end`: each
+    subject's end of AE follow-up where it is not `adverse.followup_end`'s (`twin_ae_followup`)."""
     col = LEVELS[level]
     ids = list(trial.subjects["USUBJID"] if ids is None else ids)
     teae = emergent(trial)
-    end = followup_end(trial).reindex(ids)
+    end = (followup_end(trial) if end is None else end).reindex(ids)
     first = pd.Series(np.nan, index=pd.Index(ids))
     if col in teae and "ASTDY" in teae:
         hits = teae[(teae[col] == term) & teae["USUBJID"].isin(set(ids))]
@@ -217,12 +258,22 @@ def time_to_first(trial: Trial, term: str, ids=None, level: str = "PT") -> pd.Da
     return out[np.isfinite(out["time"])].reset_index(drop=True)
 
 
+def twin_ae_followup(comp: Comparison) -> pd.Series:
+    """Each twin's end of AE follow-up: the earlier of its own end of follow-up and its AE
+    donor's (the module docstring says why); its own where no donor is recorded."""
+    own = followup_end(comp.twins)
+    donors = pd.Series(ae_donors(comp), dtype=object).reindex(own.index.astype(str))
+    donor_end = donors.map(followup_end(comp.kb)).to_numpy(float)
+    return pd.Series(np.fmin(own.to_numpy(float), donor_end), index=own.index)
+
+
 def km_first_ae(comp: Comparison, term: str, level: str = "PT", n_risk_points: int = 6):
-    """Kaplan-Meier of the time to the first `term` per group (twins weighted 1/K): step data
-    (GROUP, time, survival = proportion still free of it, lo, hi) and patients at risk."""
+    """Kaplan-Meier of the time to the first `term` per group (twins weighted 1/K, censored at
+    `twin_ae_followup`): step data (GROUP, time, survival = proportion still free of it, lo, hi)
+    and patients at risk."""
     data = {}
     for g, trial in comp.groups.items():
-        d = time_to_first(trial, term, level=level)
+        d = time_to_first(trial, term, level=level, end=twin_ae_followup(comp) if g == TWIN else None)
         d["w"] = twin_weights(trial.subjects, d["USUBJID"]) if g == TWIN else 1.0
         if g == TWIN:
             d["cluster"] = twin_sources(trial.subjects, d["USUBJID"])

@@ -163,6 +163,8 @@ def safety_backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_
         "mean_auroc": float(body["auroc"].mean()),
         "mean_brier_skill": float(body["brier_skill"].mean()),
         "terms_auroc_above_half": int((body["auroc_lo"] > 0.5).sum()),
+        "terms_brier_below_rate": int((body["brier_skill_hi"] < 0).sum()),
+        "terms_brier_negative": int((body["brier_skill"] < 0).sum()),
     }
     summary["mae_ok"] = bool(summary["mae_twins"] <= summary["mae_kb"])
     summary["held_out"] = len(ids)
@@ -225,4 +227,12 @@ def safety_verdict(result: SafetyBacktest) -> list[str]:
             f"; for {above} of {s['terms']} terms the 95 % interval lies above 0.5.")
     else:
         lines.append("AUROC not available: too few held-out cases and non-cases within a fold.")
+    skill = s.get("mean_brier_skill", float("nan"))
+    if np.isfinite(skill):
+        worse = s.get("terms_brier_below_rate", 0)
+        lines.append(f"Mean Brier skill {skill:+.2f} against the knowledge base's rate (0 = as good, above 0 = "
+                     "better): each patient's twins predict who has which adverse event "
+                     + ("**worse than the arm's rate alone**" if skill < 0 else "better than the arm's rate")
+                     + f" (skill below 0 for {s.get('terms_brier_negative', 0)} of {s['terms']} terms"
+                     + (f"; for {worse} the 95 % interval lies wholly below 0" if worse else "") + ").")
     return lines

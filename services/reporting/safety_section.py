@@ -9,7 +9,7 @@ import re
 
 from services.evaluation import safety
 from services.evaluation.backtest_verdicts import backtest_setup
-from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE
+from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE, SAFETY_KM_NOTE, SAFETY_RD_NOTE
 
 
 def safety_section(comp, fig) -> str:
@@ -30,20 +30,20 @@ def safety_section(comp, fig) -> str:
         parts.append(f'<p class="muted">First 60 of {len(table)} rows (sorted by frequency).</p>')
     parts.append('<p class="muted">Treatment-emergent adverse events, patients with at least one event, n (%). '
                  "A source patient's K twins count as one patient (the share of its twins with the term is a "
-                 "probability; the twin arm's n is their sum). RD: twin arm minus real target arm, percentage "
-                 "points, 95 % CI with patients as the unit.</p>")
+                 "probability; the twin arm's n is their sum). RD: risk differences in percentage points, 95 % CI "
+                 "with patients as the unit (source - twins: the signal; twins - real target: a bookkeeping "
+                 "check, see the forest plot).</p>")
     parts.append(fig(figs.incidence_dots(pt, "Incidence of the most frequent preferred terms (95 % CI)"),
                      "Twins should sit on the real target arm; the gap to the real source cohort is the safety "
                      "profile of the source patients' own treatment. " + SAFETY_BY_CONSTRUCTION_NOTE))
     parts.append(fig(figs.risk_difference_forest(pt, "Risk differences (95 % CI)"),
-                     "Twin arm - real target arm should straddle 0; real source cohort - twin arm (paired within "
-                     "patient) is the risk difference against the synthetic control."))
+                     SAFETY_RD_NOTE))
     terms = [t for t in pt["PT"] if t != safety.ANY]
     if terms:
         curves, at_risk = safety.km_first_ae(comp, terms[0])
         if len(curves):
             parts.append(fig(figs.time_to_first_ae(curves, at_risk, f"Time to first {html.escape(terms[0])}"),
-                             "Kaplan-Meier of the first onset, censored at the end of follow-up; twins weigh 1/K."))
+                             SAFETY_KM_NOTE))
     return "\n".join(parts)
 
 
