@@ -221,6 +221,16 @@ def test_cli_evaluate_bad_input(tmp_path, capsys):
     out = tmp_path / "new" / "dir" / "m.json"
     assert main(["evaluate", "--real", "epilepsy", "--twins", str(folder), "--refits", "0", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["n_sources"] == 4
+    # 3 refits gave a generator term with df 0.05 and a traceback (exp overflow) on pbc: refused in one line
+    assert main(["evaluate", "--real", "epilepsy", "--twins", str(folder), "--refits", "3"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--refits must be 0" in err[0] and "at least 5, got 3" in err[0]
+
+
+def test_a_ratio_bound_past_float_range_is_infinite_not_an_error():
+    from services.evaluation.effects import _exp
+
+    assert _exp(800.0) == float("inf") and _exp(-800.0) == 0.0 and _exp(0.0) == 1.0
 
 
 def test_smd_net_of_the_sources_baseline_imbalance_matches_an_ols_hand_computation(pbc, pbc_twins):

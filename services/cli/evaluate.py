@@ -7,6 +7,8 @@ import math
 
 from services.cli.errors import CliError
 
+MIN_REFITS = 5   # fewer: the generator term's Satterthwaite df can fall below 1 (pbc, 3 refits: df 0.05)
+
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="fidelity, privacy, utility and survival metrics of a twin arm")
@@ -18,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
     p.add_argument("--refits", type=int, default=None, metavar="B",
                    help="generator refits for the effects' intervals (default 20 for local, 0 for "
-                        "generators that call a model per twin; 0 leaves the generator's uncertainty out)")
+                        f"generators that call a model per twin; 0 leaves the generator's uncertainty out; "
+                        f"else at least {MIN_REFITS})")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -53,8 +56,10 @@ def run(args) -> int:
             holdout = load_trial(args.holdout)
         except TrialValidationError as exc:
             raise CliError(f"--holdout {args.holdout}: {exc.messages[0]}") from None
-    if args.refits is not None and args.refits < 0:
-        raise CliError(f"--refits must be >= 0, got {args.refits}")
+    if args.refits is not None and not (args.refits == 0 or args.refits >= MIN_REFITS):
+        raise CliError(f"--refits must be 0 (the generator's uncertainty left out) or at least {MIN_REFITS}, got "
+                       f"{args.refits}: with fewer, the generator term's degrees of freedom fall near 1 and the "
+                       "intervals have no useful bounds")
     try:
         if holdout is None:  # the run's own evaluation, kept in its folder (the app's too)
             result = dict(cached_run_evaluation(kb, run, args.twins, seed=args.seed))

@@ -207,6 +207,13 @@ def effects_json(effects: Iterable[Effect]) -> list[dict]:
 # public: synthetic control
 
 
+def _exp(x: float) -> float:
+    """exp for a ratio's log-scale bound: infinite past float range (with 2 or 3 refits the
+    Satterthwaite df of the generator term can be near 1, and the t quantile huge), not an
+    OverflowError that lost every other effect (an outside review, `evaluate --refits 3`)."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 def _combine(theta: float, v_p: float, gen: GeneratorTerm, n: int, alpha: float):
     var = v_p + (gen.variance if math.isfinite(gen.variance) else 0.0)
     if not (math.isfinite(var) and var > 0):
@@ -306,7 +313,7 @@ def synthetic_control_effects(real: Trial, run: TwinRun, knowledge_base: Trial,
                       "weighted 1/K; " + how)
         est = theta
         if measure in RATIO_MEASURES:
-            est, lo, hi = math.exp(theta), math.exp(lo), math.exp(hi)
+            est, lo, hi = _exp(theta), _exp(lo), _exp(hi)
         out.append(Effect(
             design="synthetic_control", measure=measure, paramcd=p, avisitn=v,
             avisit=str(labels.get((p, v), "")) if v is not None else "",
@@ -388,7 +395,7 @@ def doubly_robust_effects(real: Trial, run: TwinRun, knowledge_base: Trial, gene
         se, lo, hi, pval = dr.interval(a, alpha)
         est, method = a.theta, DR_METHOD
         if measure == "geometric_mean_ratio":
-            est, lo, hi, method = math.exp(a.theta), math.exp(lo), math.exp(hi), DR_RATIO_METHOD
+            est, lo, hi, method = _exp(a.theta), _exp(lo), _exp(hi), DR_RATIO_METHOD
         out.append(Effect(
             design="synthetic_control", measure=f"{measure}_dr", paramcd=p, avisitn=v,
             avisit=str(labels.get((p, v), "")), estimate=est, se=se, ci_low=lo, ci_high=hi, p_value=pval,
