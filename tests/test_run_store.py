@@ -4,16 +4,19 @@ generator, real files)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from services.cli.main import main as cli
 from services.evaluation.comparison import EVALUATION_VERSION, cached_run_evaluation
 from services.evaluation.precompute import precompute_for, start_precompute
-from services.evaluation.run_store import cached_in_run, is_cached
+from services.evaluation.run_store import cached_in_run, data_digest, is_cached
 from services.generation.run import write_run
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -36,6 +39,42 @@ def test_a_result_is_reused_only_under_its_own_key(tmp_path):
     assert cached_in_run(None, "thing", key, compute) == {"value": 4}      # no folder: computed
 
 
+def test_a_result_is_not_reused_once_the_twin_files_change(pbc, pbc_twins, tmp_path, capsys):
+    # an outside review added 30 to every generated value and `evaluate` printed the old effects
+    run_dir = write_run(pbc_twins, tmp_path / "run")
+    out = tmp_path / "m.json"
+
+    def alb_effect():
+        assert cli(["evaluate", "--real", "pbc", "--twins", str(run_dir), "--refits", "0", "--json", str(out)]) == 0
+        capsys.readouterr()
+        rows = json.loads(out.read_text())["effects"]["effects"]
+        return next(r["estimate"] for r in rows if r["measure"] == "mean_difference" and r["paramcd"] == "ALB")
+
+    before = alb_effect()
+    assert alb_effect() == before and (Path(run_dir) / "effects.json").is_file()
+    lab = Path(run_dir) / "adlb.csv"
+    frame = pd.read_csv(lab)
+    post = (frame["PARAMCD"] == "ALB") & frame["ABLFL"].isna()
+    frame.loc[post, "AVAL"] += 1.0                      # every twin's albumin 1 g/dL higher
+    frame.to_csv(lab, index=False)
+    assert alb_effect() == pytest.approx(before - 1.0, abs=1e-6)
+
+
+def test_a_run_written_over_another_replaces_it_whole_and_a_failed_write_leaves_it(pbc_twins, tmp_path):
+    folder = write_run(pbc_twins, tmp_path / "run", fmt="csv")
+    (folder / "evaluation.json").write_text("{}")      # a stored result of the old run
+    write_run(pbc_twins, folder, fmt="parquet")
+    names = sorted(f.name for f in folder.iterdir())
+    assert not [n for n in names if n.endswith(".csv")] and "evaluation.json" not in names, names
+    assert "manifest.json" in names and "adsl.parquet" in names
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    broken = dataclasses.replace(pbc_twins, manifest={**pbc_twins.manifest, "bad": object()})
+    with pytest.raises(TypeError):
+        write_run(broken, folder, fmt="csv")          # fails at the manifest, after the data files
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]   # no hidden half-written folder left
+
+
 def test_background_evaluation_is_what_the_cli_and_the_page_show(pbc, pbc_twins, tmp_path,
                                                                   capsys):
     run_dir = write_run(pbc_twins, tmp_path / "run")
@@ -48,7 +87,7 @@ def test_background_evaluation_is_what_the_cli_and_the_page_show(pbc, pbc_twins,
         assert (Path(run_dir) / f"{name}.json").is_file(), name
     stored = json.loads((Path(run_dir) / "evaluation.json").read_text())
     assert stored["key"] == {"knowledge_base": pbc.content_hash, "run_id": pbc_twins.run_id,
-                             "seed": 0, "metrics": EVALUATION_VERSION}
+                             "seed": 0, "metrics": EVALUATION_VERSION, "data": data_digest(run_dir)}
     # the stored result is the one served (mark it to see it come back)
     stored["result"]["fidelity"]["share_abs_net_smd_below_0_1"] = 0.123456
     (Path(run_dir) / "evaluation.json").write_text(json.dumps(stored))

@@ -1,21 +1,55 @@
 """Results computed once per run and kept in the run's folder (`<name>.json`), so that the
 app, the report and `twinarm evaluate` reuse them across pages, sessions and processes.
 
-A stored result is reused only when its key (knowledge base content hash, run id, settings)
-equals the one asked for; a run without a folder, or a read-only one, is computed every time
-(and said nothing about: caching must never make a result wrong or fail a page)."""
+A stored result is reused only when its key (knowledge base content hash, run id, settings,
+and the digest of the folder's data files) equals the one asked for; a run without a folder, or
+a read-only one, is computed every time (and said nothing about: caching must never make a
+result wrong or fail a page). The data digest is added here, once for every result: twin files
+edited after generation, or a folder rewritten under the same run id, got the old run's metrics
+(an outside review)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+DATA_SUFFIXES = (".csv", ".parquet")   # what `read_run` reads as the twins' datasets
+
+
+def data_digest(run_dir) -> str:
+    """SHA-256 of the run folder's data files (names and bytes, in name order); "" without a folder."""
+    folder = Path(run_dir) if run_dir else None
+    if folder is None or not folder.is_dir():
+        return ""
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in DATA_SUFFIXES
+                   and not f.name.startswith("."))
+    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    return _digest(str(folder), stamp)
+
+
+@lru_cache(maxsize=64)
+def _digest(folder: str, stamp: tuple) -> str:
+    """The digest of the files `stamp` names (name, mtime, size): read again only when one changes."""
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        h.update(name.encode() + b"\0")
+        h.update((Path(folder) / name).read_bytes())
+    return h.hexdigest()
+
 
 def cached_in_run(run_dir, name: str, key: dict, compute: Callable[[], Any]) -> Any:
-    """`compute()`, or the result kept as `<run_dir>/<name>.json` under the same `key`."""
+    """`compute()`, or the result kept as `<run_dir>/<name>.json` under the same `key` and the
+    same data files."""
     path = Path(run_dir) / f"{name}.json" if run_dir else None
+    if path is not None:
+        try:
+            key = {**key, "data": data_digest(run_dir)}
+        except OSError:
+            path = None                            # unreadable: computed, not kept
     if path is not None and path.is_file():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
@@ -40,6 +74,6 @@ def is_cached(run_dir, name: str, key: dict) -> bool:
     if path is None or not path.is_file():
         return False
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("key") == key
+        return json.loads(path.read_text(encoding="utf-8")).get("key") == {**key, "data": data_digest(run_dir)}
     except (OSError, ValueError):
         return False

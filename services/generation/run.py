@@ -33,6 +33,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,13 +151,39 @@ class TwinRun:
 
 def write_run(run: TwinRun, out_dir: str | os.PathLike, fmt: str = "csv") -> Path:
     """Write the contract's folder: adsl, one file per BDS dataset, adtte, adae, trial.toml,
-    manifest.json. Existing files of the same names are replaced. Returns the folder."""
+    manifest.json. Returns the folder.
+
+    The files are written into a hidden folder beside `out_dir` and moved into place at the end:
+    an interrupted write leaves no half run (an outside review stopped `generate` and found data
+    without a manifest, or a new run's data beside an old run's manifest). A run folder already
+    there (it holds manifest.json) is replaced whole, old datasets and stored results with it (a
+    Parquet run written over a CSV one had kept the old CSVs); into any other folder the files
+    are moved, replacing those of the same names."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for raw in run.files(fmt):
-        (out / raw.name).write_bytes(raw.data)
-    (out / "manifest.json").write_text(json.dumps(jsonable(run.manifest), indent=1,
-                                                  ensure_ascii=False) + "\n", encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    try:
+        for raw in run.files(fmt):
+            (tmp / raw.name).write_bytes(raw.data)
+        (tmp / "manifest.json").write_text(json.dumps(jsonable(run.manifest), indent=1,
+                                                      ensure_ascii=False) + "\n", encoding="utf-8")
+        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+            if out.exists():
+                out.rmdir()
+            tmp.rename(out)
+        elif (out / "manifest.json").is_file():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            for file in tmp.iterdir():
+                file.replace(out / file.name)
+            tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
