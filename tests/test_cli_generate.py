@@ -119,7 +119,9 @@ def test_console_script(tmp_path):
     (["--target-arm", "Placebo", "--subjects", "/no/such/folder"], "no such folder"),
     (["--target-arm", "Placebo"], "exactly one of --subjects"),
     (["--target-arm", "Placebo", "--cohort-arm", "Placebo", "--subjects", "."], "exactly one of"),
-    (["--target-arm", "Placebo", "--cohort-arm", "Placebo", "--twins-per-patient", "0"], ">= 1"),
+    (["--target-arm", "Placebo", "--cohort-arm", "Placebo", "--twins-per-patient", "0"], "between 1 and 1000, got 0"),
+    # a typo of K gave a 29-line memory-error traceback (an outside review)
+    (["--target-arm", "Placebo", "--cohort-arm", "Placebo", "--twins-per-patient", "1000000000"], "between 1 and 1000"),
     (["--target-arm", "Placebo", "--cohort-arm", "Placebo", "--generator", "magic"], "invalid choice"),
 ])
 def test_bad_input_one_line_and_non_zero(tmp_path, capsys, args, needle):
@@ -217,3 +219,16 @@ def test_subjects_missing_codes_are_missing_as_the_loader_reads_them(pbc):
     assert source_mismatches(pbc, sources) == []
     subj.loc[subj.index[3], "AGE"] = "old"
     assert "not for 1 source(s)" in source_mismatches(pbc, dataclasses.replace(pbc, subjects=subj))[0]
+
+
+def test_generate_names_what_in_trial_toml_does_not_fit(tmp_path, capsys):
+    demo = Path(__file__).resolve().parents[1] / "services" / "data" / "demo_data" / "epilepsy"
+    folder = tmp_path / "epi"
+    folder.mkdir()
+    for p in demo.glob("*.csv"):
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "trial.toml").write_text('contol_arm = "Placebo"\n')
+    code, _, err = run_cli(capsys, "--trial", folder, "--target-arm", "Placebo", "--cohort-arm", "Progabide",
+                           "--twins-per-patient", 1, "--out", tmp_path / "o")
+    assert code == 0
+    assert "note: trial.toml: unknown key 'contol_arm', ignored (did you mean 'control_arm'?)" in err

@@ -353,3 +353,27 @@ def test_iso_dates_in_a_csv_are_dates_and_filter_as_the_docs_say():
     assert pd.api.types.is_datetime64_any_dtype(trial.subjects["TRTSDT"])
     cohort = apply_cohort(trial, CohortSpec(expression='TRTSDT >= "2013-01-01"'))
     assert sorted(cohort.usubjids) == ["S2", "S3"]
+
+
+def test_a_trial_toml_that_does_not_fit_the_data_is_named_in_the_notes():
+    # an outside review: misspelt keys, an arm and an endpoint the data lack were ignored silently,
+    # and the endpoint typo then failed `evaluate` (None formatted as a visit)
+    from services.evaluation.backtest_verdicts import endpoint_visit
+
+    demo = Path(__file__).resolve().parents[1] / "services" / "data" / "demo_data" / "epilepsy"
+    files = [RawFile(p.name, p.read_bytes()) for p in sorted(demo.glob("*.csv"))]
+    bad = (b'titel = "Epilepsy"\ncontrol_arm = "Placbo"\n[covariates]\nexclude = ["AGEE"]\n'
+           b'[endpoint]\nparamcd = "SIEZ"\navisitn = 4\n[endpiont]\nparamcd = "SEIZ"\n')
+    trial = load_trial_files(files + [RawFile("trial.toml", bad)], "epi")
+    notes = "\n".join(trial.warnings)
+    assert "unknown key 'titel', ignored (did you mean 'title'?)" in notes
+    assert "unknown key 'endpiont'" in notes and "did you mean 'endpoint'" in notes
+    assert "control_arm 'Placbo' is not an arm" in notes and trial.control_arm == "Placebo"
+    assert "[covariates] exclude names no ADSL column: AGEE" in notes
+    assert "[endpoint] paramcd 'SIEZ' is no parameter of the trial (parameters: SEIZ)" in notes
+    assert endpoint_visit(trial) == endpoint_visit(load_trial_files(files, "epi"))   # the default, not (None, None)
+    good = load_trial_files(files + [RawFile("trial.toml", b'control_arm = "Placebo"\n[endpoint]\n'
+                                                           b'paramcd = "SEIZ"\navisitn = 2\n')], "epi")
+    assert not [w for w in good.warnings if "trial.toml" in w] and endpoint_visit(good) == ("SEIZ", 2.0)
+    wrong_visit = load_trial_files(files + [RawFile("trial.toml", b'[endpoint]\nparamcd = "SEIZ"\navisitn = 9\n')])
+    assert any("avisitn 9 is no visit of SEIZ (visits: " in w for w in wrong_visit.warnings)

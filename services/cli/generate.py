@@ -200,15 +200,24 @@ class _Progress:
             print(file=sys.stderr, flush=True)
 
 
+# a bound that keeps a typo (1000000000) from a memory error: 1,000 twins of 10,000 patients
+# already take ~4 GB, and past ~100 a patient's twins add no precision an analysis can see
+MAX_TWINS_PER_PATIENT = 1000
+
+
 def run(args) -> int:
     from services.generation.run import write_run
 
-    if args.twins_per_patient is not None and args.twins_per_patient < 1:
-        raise CliError(f"--twins-per-patient must be >= 1, got {args.twins_per_patient}")
+    if args.twins_per_patient is not None and not 1 <= args.twins_per_patient <= MAX_TWINS_PER_PATIENT:
+        raise CliError(f"--twins-per-patient must be between 1 and {MAX_TWINS_PER_PATIENT}, got "
+                       f"{args.twins_per_patient} (more twins of a patient add Monte-Carlo precision, not information)")
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {args.out}: exists and is not a folder")
     kb = _load_knowledge_base(args.trial)
+    for note in kb.warnings:           # trial.toml keys or names the data do not have (`meta_check`)
+        if note.startswith("trial.toml:"):
+            print(f"note: {note}", file=sys.stderr)
     if args.target_arm not in kb.arm_counts():
         raise CliError(f"--target-arm '{args.target_arm}' is not an arm of {kb.name} "
                        f"(arms: {', '.join(kb.arms)})")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from services.data.adverse import derive_study_day
+from services.data.meta_check import meta_notes
 from services.data.readers import (
     DataFileError,
     RawFile,
@@ -77,13 +78,13 @@ def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
     if not files:
         raise TrialValidationError(["no files given: a trial needs at least adsl.csv/.xpt/.parquet/.sas7bdat"])
 
-    meta = TrialMeta()
+    meta, meta_doc = TrialMeta(), {}
     tables: dict[str, tuple[RawFile, pd.DataFrame]] = {}
     broken: list[tuple[str, list[str]]] = []       # files named as BDS datasets without their columns
     for raw in files:
         if Path(raw.name).name.lower() == "trial.toml":
             try:
-                meta = _parse_meta(raw)
+                meta, meta_doc = _parse_meta(raw)
             except ValueError as exc:
                 errors.append(str(exc))
             continue
@@ -157,6 +158,7 @@ def load_trial_files(files: list[RawFile], name: str | None = None) -> Trial:
     if ae is not None:
         ae["ARM"] = ae["USUBJID"].map(arm_of)
 
+    warnings.extend(meta_notes(meta_doc, subjects, bds, tte))
     digest = hashlib.sha256()
     for raw in sorted(files, key=lambda f: f.name.lower()):
         digest.update(raw.name.lower().encode() + b"\0" + raw.sha256.encode() + b"\0")
@@ -182,13 +184,14 @@ def _note_duplicates(fname: str, table: pd.DataFrame, warnings: list[str]) -> No
                     "visit's records: check for duplicated rows")
 
 
-def _parse_meta(raw: RawFile) -> TrialMeta:
+def _parse_meta(raw: RawFile) -> tuple[TrialMeta, dict]:
+    """trial.toml as a TrialMeta, and the parsed document (`meta_check` reads its keys)."""
     try:
         doc = tomllib.loads(raw.data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"trial.toml: not valid TOML ({exc})") from None
     cov = doc.get("covariates", {}) or {}
-    return TrialMeta(
+    meta = TrialMeta(
         title=str(doc.get("title", "")), indication=str(doc.get("indication", "")),
         description=str(doc.get("description", "")), source=str(doc.get("source", "")),
         control_arm=str(doc.get("control_arm", "")),
@@ -199,6 +202,7 @@ def _parse_meta(raw: RawFile) -> TrialMeta:
         covariates_include=[str(c).upper() for c in cov.get("include", [])],
         covariates_exclude=[str(c).upper() for c in cov.get("exclude", [])],
     )
+    return meta, doc
 
 
 def _rows(mask: pd.Series, limit: int = 5) -> str:

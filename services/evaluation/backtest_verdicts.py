@@ -26,13 +26,17 @@ def endpoint_visit(trial: Trial, pairs: pd.DataFrame | None = None) -> tuple[str
     visit of the first longitudinal parameter seen in at least half as many patients as its busiest visit."""
     ep = trial.meta.endpoint or {}
     p, v = ep.get("paramcd"), ep.get("avisitn")
+    p = str(p).upper() if p and str(p).upper() in trial.longitudinal_parameters else None
     if p and v is not None:
-        sched = [s.avisitn for s in trial.schedule(str(p).upper())]
-        if float(v) in sched:
-            return str(p).upper(), float(v)
-        p = str(p).upper()
-    else:
-        p = trial.longitudinal_parameters[0] if trial.longitudinal_parameters else None
+        sched = [s.avisitn for s in trial.schedule(p)]
+        try:
+            if float(v) in sched:
+                return p, float(v)
+        except (TypeError, ValueError):
+            pass
+    # trial.toml's parameter without a usable visit: its last well-attended visit; no such
+    # parameter (a typo, which the load notes name): the first longitudinal parameter's
+    p = p or (trial.longitudinal_parameters[0] if trial.longitudinal_parameters else None)
     if p is None:
         return None, None
     sched = trial.schedule(p)
