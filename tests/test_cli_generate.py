@@ -123,6 +123,8 @@ def test_console_script(tmp_path):
     # a typo of K gave a 29-line memory-error traceback (an outside review)
     (["--target-arm", "Placebo", "--cohort-arm", "Placebo", "--twins-per-patient", "1000000000"], "between 1 and 1000"),
     (["--target-arm", "Placebo", "--cohort-arm", "Placebo", "--generator", "magic"], "invalid choice"),
+    # no abbreviations: `--twins 3` had silently meant --twins-per-patient 3
+    (["--target-arm", "Placebo", "--cohort-arm", "Placebo", "--twins", "3"], "unrecognized arguments: --twins 3"),
 ])
 def test_bad_input_one_line_and_non_zero(tmp_path, capsys, args, needle):
     try:
@@ -232,3 +234,11 @@ def test_generate_names_what_in_trial_toml_does_not_fit(tmp_path, capsys):
                            "--twins-per-patient", 1, "--out", tmp_path / "o")
     assert code == 0
     assert "note: trial.toml: unknown key 'contol_arm', ignored (did you mean 'control_arm'?)" in err
+
+
+def test_a_reader_that_leaves_early_stops_the_cli_quietly():
+    # `twinarm datasets --json | head` ended in a BrokenPipeError traceback (an outside review)
+    proc = subprocess.Popen([str(TWINARM), "datasets", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                                  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err, err

@@ -8,6 +8,8 @@ they share only `services.cli.errors` (no module imports this one).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from services import __version__
 from services.cli import datasets, evaluate, export, generate, index
@@ -19,6 +21,12 @@ COMMANDS = (datasets, generate, evaluate, export, index)
 class _Parser(argparse.ArgumentParser):
     """argparse with the contract's one-line usage error (`twinarm: error: ...`, exit 2) instead
     of its usage block and `twinarm export: error:`; the subcommands' parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        # no abbreviations: `--twins 3` was read as --twins-per-patient 3, so a script's typo
+        # (or a future option sharing a prefix) changed what ran without a word (an outside review)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         sub = self.prog.removeprefix("twinarm").strip()
@@ -44,3 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+    except BrokenPipeError:
+        # the reader left (`twinarm inspect --json | head`): stop quietly, as Unix tools do, not
+        # with a traceback; stdout goes to devnull so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
