@@ -377,3 +377,17 @@ def test_a_trial_toml_that_does_not_fit_the_data_is_named_in_the_notes():
     assert not [w for w in good.warnings if "trial.toml" in w] and endpoint_visit(good) == ("SEIZ", 2.0)
     wrong_visit = load_trial_files(files + [RawFile("trial.toml", b'[endpoint]\nparamcd = "SEIZ"\navisitn = 9\n')])
     assert any("avisitn 9 is no visit of SEIZ (visits: " in w for w in wrong_visit.warnings)
+
+
+def test_visits_without_study_days_have_no_day_and_no_warning():
+    # a BDS with AVISITN but no ADY printed numpy's "Mean of empty slice" 9 times in generate and
+    # 135 in evaluate (an outside review); the README promises notes, not noise
+    import warnings
+
+    demo = Path(__file__).resolve().parents[1] / "services" / "data" / "demo_data" / "epilepsy"
+    eff = pd.read_csv(demo / "adeff.csv").drop(columns=["ADY"])
+    trial = load_trial_files([RawFile("adsl.csv", (demo / "adsl.csv").read_bytes()), csv("adeff.csv", eff)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        visits = trial.schedule("SEIZ")
+    assert [v.avisitn for v in visits] == [1.0, 2.0, 3.0, 4.0] and all(np.isnan(v.ady) for v in visits)

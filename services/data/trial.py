@@ -262,7 +262,8 @@ class Trial:
         visits = []
         for avisitn, grp in vv.groupby("AVISITN"):
             label = grp["AVISIT"].dropna()
-            day = grp["ADY"].median()
+            days = grp["ADY"].dropna()            # none in a BDS with AVISITN but no ADY
+            day = days.median() if len(days) else float("nan")
             visits.append(Visit(float(avisitn), str(label.iloc[0]) if len(label) else f"Visit {avisitn:g}",
                                 float(day) if pd.notna(day) else float("nan"),
                                 int(grp["USUBJID"].nunique())))
