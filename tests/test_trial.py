@@ -391,3 +391,14 @@ def test_visits_without_study_days_have_no_day_and_no_warning():
         warnings.simplefilter("error")
         visits = trial.schedule("SEIZ")
     assert [v.avisitn for v in visits] == [1.0, 2.0, 3.0, 4.0] and all(np.isnan(v.ady) for v in visits)
+
+
+def test_a_visit_number_off_zero_by_float_residue_is_visit_0():
+    # pandas.read_sas reads the pilot's baseline AVISITN as 5.4e-79; a CSV made from it, without
+    # ABLFL and ADY, had no baseline and a "Visit 5.39761e-79"
+    demo = Path(__file__).resolve().parents[1] / "services" / "data" / "demo_data" / "epilepsy"
+    eff = pd.read_csv(demo / "adeff.csv").drop(columns=["ADY", "ABLFL", "AVISIT"])
+    eff["AVISITN"] = eff["AVISITN"].astype(float).where(eff["AVISITN"] != 0, 5.397605346934028e-79)
+    trial = load_trial_files([RawFile("adsl.csv", (demo / "adsl.csv").read_bytes()), csv("adeff.csv", eff)])
+    assert trial.baseline["SEIZ"].notna().sum() == len(trial.subjects)
+    assert [v.avisitn for v in trial.schedule("SEIZ")] == [1.0, 2.0, 3.0, 4.0]
