@@ -242,3 +242,10 @@ def test_a_reader_that_leaves_early_stops_the_cli_quietly():
     proc.stdout.close()                                  # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Traceback" not in err, err
+
+
+def test_more_neighbours_than_the_arm_has_is_said(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--trial", "epilepsy", "--target-arm", "Placebo", "--cohort-arm", "Progabide",
+                           "--twins-per-patient", 1, "--neighbors", 100000, "--out", tmp_path / "o")
+    assert code == 0
+    assert "note: neighbours asked: 100000; the target arm has 28 patients" in err

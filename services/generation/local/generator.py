@@ -174,6 +174,13 @@ class LocalGenerator(ArmFitting, TrajectoryDrawing, EventDrawing, TwinGenerator)
         k_ret = max(self.neighbors, k, self.tte_neighbors if model.tte else 0)
         manifest["retriever"] = retriever_manifest(self.retriever, k_ret)
         manifest["notes"] = list(model.notes)
+        arm_size = int((kb.subjects["ARM"] == target_arm).sum())
+        asked = max(self.neighbors, self.tte_neighbors if model.tte else 0)
+        if asked >= arm_size:
+            # the setting is recorded as given; what it could give is said (an outside review
+            # read neighbors 100000 in a manifest whose arm had 86 patients)
+            manifest["notes"].append(f"neighbours asked: {asked}; the target arm "
+                                     f"has {arm_size} patients, so a twin's neighbourhood is the whole arm but itself")
         manifest["model_details"] = {
             "outcomes": len(model.outcomes), "features": len(model.features.columns),
             "cv_folds": int(model.b0.shape[0] - 1),
