@@ -47,6 +47,9 @@ def test_write_read_round_trip(pbc_run, tmp_path, fmt):
     _same(back.tte, pbc_run.tte)
     assert back.manifest == json.loads(json.dumps(pbc_run.manifest))
     assert set(MANIFEST_KEYS) <= set(back.manifest)
+    # a file a user keeps beside the run is not one of its datasets
+    pd.DataFrame({"USUBJID": ["x"], "PARAMCD": ["N"], "AVAL": [1.0]}).to_csv(out / "summary.csv", index=False)
+    assert list(read_run(out).bds) == list(pbc_run.bds)
 
 
 def test_written_folder_loads_like_any_trial(pbc, pbc_run, tmp_path):

@@ -196,11 +196,17 @@ def read_run(path: str | os.PathLike) -> TwinRun:
     if not manifest_path.exists():
         raise FileNotFoundError(f"{folder}: no manifest.json (not a twin run folder)")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    # the run's own datasets only: a summary.csv a user kept beside them was read as a BDS
+    # dataset and exported with the twins (an outside review); a manifest without the list
+    # (written before it existed) reads every data file
+    listed = manifest.get("datasets")
+    wanted = None if listed is None else {"adsl", "adtte", "adae"} | {str(n).lower() for n in listed}
     tables: dict[str, pd.DataFrame] = {}
     for file in sorted(folder.iterdir()):
         ext = file.suffix.lower().lstrip(".")
-        if file.is_file() and ext in FORMATS and not file.name.startswith("."):
-            tables[file.name.split(".")[0].lower()] = _read_table(file, ext)
+        stem = file.name.split(".")[0].lower()
+        if file.is_file() and ext in FORMATS and not file.name.startswith(".") and (wanted is None or stem in wanted):
+            tables[stem] = _read_table(file, ext)
     if "adsl" not in tables:
         raise FileNotFoundError(f"{folder}: no adsl.csv / adsl.parquet")
     adsl = tables.pop("adsl")
