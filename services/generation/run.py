@@ -208,7 +208,9 @@ def read_run(path: str | os.PathLike) -> TwinRun:
         if file.is_file() and ext in FORMATS and not file.name.startswith(".") and (wanted is None or stem in wanted):
             tables[stem] = _read_table(file, ext)
     if "adsl" not in tables:
-        raise FileNotFoundError(f"{folder}: no adsl.csv / adsl.parquet")
+        xpt = " (SAS transport files are an export for other tools: read the run folder `generate` wrote)" \
+            if any(f.suffix.lower() == ".xpt" for f in folder.iterdir()) else ""
+        raise FileNotFoundError(f"{folder}: no adsl.csv / adsl.parquet{xpt}")
     adsl = tables.pop("adsl")
     adsl["TWINIDX"] = pd.to_numeric(adsl["TWINIDX"]).astype(int)
     tte = tables.pop("adtte", None)
