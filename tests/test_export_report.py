@@ -325,3 +325,15 @@ def test_the_report_names_the_cohort_the_run_was_made_for():
     manifest["cohort"] = {"label": "XHD age 65-85 (69 patients)", "kind": "cohort", "spec": spec}
     assert run_cohort(manifest, 69, "Xanomeline High Dose") == (
         "XHD age 65-85 (69 patients) (criteria: arm: Xanomeline High Dose; AGE between 65 and 85)")
+
+
+def test_xpt_export_takes_the_knowledge_bases_own_labels(pilot, tmp_path):
+    # `twinarm export --format xpt` gave no labels: the pilot's AGEGR1 was labelled "AGEGR1"
+    from services.generation import get_generator
+
+    ids = list(pilot.subjects.loc[pilot.subjects.ARM == "Xanomeline High Dose", "USUBJID"])[:5]
+    run = get_generator("local").fit(pilot).generate(pilot.subset(ids), "Placebo", twins_per_patient=1, seed=0)
+    files = {f.name: f for f in export_files(run, "xpt", knowledge_base=pilot)}
+    (tmp_path / "adsl.xpt").write_bytes(files["adsl.xpt"].data)
+    labels = pyreadstat.read_xport(str(tmp_path / "adsl.xpt"))[1].column_names_to_labels
+    assert labels["AGEGR1"] == pilot.labels["AGEGR1"] == "Pooled Age Group 1"

@@ -166,7 +166,10 @@ def export_files(run, fmt: str = "csv", labels: dict[str, str] | None = None,
     if fmt in ("csv", "parquet"):
         files = run.files(fmt)
     else:
-        labels = {**(labels or {})}
+        # the knowledge base's own variable labels unless given (the CLI gave none: AGEGR1 was
+        # labelled "AGEGR1", not "Pooled Age Group 1", where the app's export had it right)
+        kb_labels = dict(getattr(knowledge_base, "labels", None) or {})
+        labels = {**kb_labels, **(labels or {})}
         files, renames = [], {}
         tables = [("adsl", run.adsl), *run.bds.items()] + ([("adtte", run.tte)] if run.tte is not None else [])
         tables += [("adae", run.ae)] if getattr(run, "ae", None) is not None else []
