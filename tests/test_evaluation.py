@@ -175,6 +175,9 @@ def test_local_twin_arm_metrics_and_cli_evaluate(pbc, tmp_path, capsys):
     assert checked == len(lines) > 5
     assert all(e["generator_term"] == generator_term_cell(e) for e in result["effects"]["effects"])
     assert "BILI at " in printed and "ratio of geometric means" in printed
+    death = result["survival"]["DEATH"]
+    assert f"events twins {death['events_twins_patients']:.1f} of 158 patients ({death['events_twins']} of 316 twins)" \
+        in printed
 
 
 def test_a_twin_arm_counts_its_patients_not_its_twins_in_the_km_and_the_log_rank(pbc):
@@ -194,8 +197,12 @@ def test_a_twin_arm_counts_its_patients_not_its_twins_in_the_km_and_the_log_rank
     # clustered by source: wider than N x K independent patients', narrower than the 154 real patients'
     # (each patient's curve is averaged over 5 draws); it was sqrt(5) too narrow, then too wide at 1/K
     assert 1.2 / np.sqrt(5) * width[TARGET] < width[TWIN] < width[TARGET]
-    lr = evaluate(pbc, twins, run.manifest)["survival"]["DEATH"]["logrank_twins_vs_real_target"]
+    surv = evaluate(pbc, twins, run.manifest)["survival"]["DEATH"]
+    lr = surv["logrank_twins_vs_real_target"]
     assert lr["n_a"] == 158 and lr["n_b"] == 154
+    # the twins' events in patients too (the CLI printed 306/790 twins beside patient statistics)
+    deaths = twins.tte[(twins.tte["PARAMCD"] == "DEATH") & (twins.tte["CNSR"] == 0)]
+    assert surv["n_twins_patients"] == pytest.approx(158) and surv["events_twins_patients"] == pytest.approx(len(deaths) / 5)
 
 
 def test_cli_evaluate_bad_input(tmp_path, capsys):

@@ -163,7 +163,10 @@ def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = N
         which = _term_note(hr) if paramcd in hr_effects else " (generator uncertainty not included)"
         est = hr.get("estimate", hr.get("hazard_ratio"))
         hr_real = s.get("hr_source_vs_real_target", {})
-        print(f"survival {paramcd}: events twins {s.get('events_twins')}/{s.get('n_twins')}, real "
+        twins = (f"{s['events_twins_patients']:.1f} of {s['n_twins_patients']:.0f} patients ({s.get('events_twins')} "
+                 f"of {s.get('n_twins')} twins)" if "events_twins_patients" in s
+                 else f"{s.get('events_twins')}/{s.get('n_twins')}")
+        print(f"survival {paramcd}: events twins {twins}, real "
               f"{s.get('events_real_target')}/{s.get('n_real_target')}; log-rank p (twins 1/K, clustered by patient) "
               f"{_fmt(s.get('logrank_twins_vs_real_target', {}).get('p_value'))}; HR source vs twins "
               f"{_fmt(est)} [{_fmt(hr.get('ci_low'))}, {_fmt(hr.get('ci_high'))}]{which}, "

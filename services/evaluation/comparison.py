@@ -315,7 +315,7 @@ def utility(comp: Comparison, seed: int = 0) -> dict:
             "augmentation": M.augmentation_auroc(*args, seed=seed).as_dict()}
 
 
-EVALUATION_VERSION = 5  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; 4: the log-rank weighs twins 1/K with a variance clustered by patient; 5: visit names in the marginals; bump when `evaluate` changes what it returns: stored results are redone
+EVALUATION_VERSION = 6  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; 4: the log-rank weighs twins 1/K with a variance clustered by patient; 5: visit names in the marginals; 6: the twins' events in patients; bump when `evaluate` changes what it returns: stored results are redone
 
 
 def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Trial | None = None,
