@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -89,6 +90,9 @@ def test_incidence_known_answer(toy):
     assert (h["rd_source_twin"], h["rd_source_twin_lo"]) == pytest.approx((-0.5, d.mean() - Z * se_pair))
     r = inc.loc["RASH"]
     assert r["twin arm_pct"] == pytest.approx(1 / 6) and r["real source cohort_pct"] == pytest.approx(2 / 3)
+    # the twin arm's interval: its patients' spread and the knowledge base's donors (rash 1 of 4 placebo)
+    p_rash = np.array([0, 0, 0.5])
+    assert r["twin arm_hi"] == pytest.approx(1 / 6 + Z * np.sqrt(p_rash.var(ddof=1) / 3 + 0.25 * 0.75 / 4))
     d = np.array([1, 1, 0]) - np.array([0, 0, 0.5])
     assert r["rd_source_twin"] == pytest.approx(d.mean())
     assert inc.loc[safety.ANY, "twin arm_pct"] == pytest.approx(2 / 3)
@@ -384,3 +388,23 @@ def test_a_risk_difference_nobody_varies_in_has_no_interval():
     assert d == 0 and np.isnan(lo) and np.isnan(hi)
     d, lo, hi = safety.risk_difference(np.array([0.0, 0.5]), np.zeros(4))
     assert lo < d < hi
+
+
+def test_cli_evaluate_reports_the_safety_comparison(pilot_dir, pilot, placebo_twins, tmp_path, capsys):
+    # `twinarm evaluate` said nothing about adverse events (an outside review): text and JSON now
+    from services.cli import main
+    from services.generation.run import write_run
+
+    folder = write_run(placebo_twins, tmp_path / "run")
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--real", str(pilot_dir), "--twins", str(folder), "--refits", "0",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(out.read_text())["safety"]
+    inc = safety.incidence(ev.compare(pilot, placebo_twins.as_trial(), placebo_twins.manifest), "PT")
+    first = summary["terms"][1]
+    row = inc.set_index("PT").loc[first["PT"]]
+    assert first["rd_source_twin_lo"] == pytest.approx(row["rd_source_twin_lo"])
+    assert summary["terms"][0]["PT"] == safety.ANY and len(summary["terms"]) == 16
+    assert "not adjusted for the number of terms" in printed
+    assert f"{first['PT']}: twin arm {100 * first['twin arm_pct']:.1f} %" in printed

@@ -32,7 +32,8 @@ def run(args) -> int:
     from services.data.demo import resolve_trial
     from services.data.loading import load_trial
     from services.data.trial import TrialValidationError
-    from services.evaluation.comparison import cached_run_evaluation, evaluate
+    from services.evaluation import safety
+    from services.evaluation.comparison import cached_run_evaluation, compare, evaluate
     from services.evaluation.effects import cached_run_effects
     from services.evaluation.effects_table import generator_term_cell
     from services.generation.run import read_run
@@ -69,6 +70,9 @@ def run(args) -> int:
                                                               seed=args.seed))
         # each row says whether its interval carries the generator term, as Compare's table does
         effects["effects"] = [e | {"generator_term": generator_term_cell(e)} for e in effects.get("effects") or []]
+        result.pop("safety", None)
+        if safety.has_safety(comp := compare(kb, twins, run.manifest)):   # AE incidence, as Compare's Safety tab
+            result["safety"] = safety.safety_summary(comp)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     from services.evaluation.backtest_verdicts import endpoint_visit
@@ -171,6 +175,7 @@ def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = N
               f"{_fmt(s.get('logrank_twins_vs_real_target', {}).get('p_value'))}; HR source vs twins "
               f"{_fmt(est)} [{_fmt(hr.get('ci_low'))}, {_fmt(hr.get('ci_high'))}]{which}, "
               f"vs real control {_fmt(hr_real.get('hazard_ratio'))}")
+    _print_safety(r.get("safety"))
     eff = r.get("effects") or {}
     if eff.get("note"):
         print(f"effects: {eff['note']}")
@@ -200,3 +205,20 @@ def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = N
         for e in shown:
             print(f"  {e['paramcd']}: {MEASURE_LABELS.get(e['measure'], e['measure'])} {_fmt(e['estimate'])} "
                   f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] (n={e.get('n_patients')}){_term_note(e)}")
+
+
+def _print_safety(summary: dict | None, shown: int = 10) -> None:
+    """Any AE and the most frequent terms: each group's incidence and the source - twins risk
+    difference (the synthetic-control signal), with the screen's caveats."""
+    if not summary:
+        return
+    print(f"safety (treatment-emergent AEs; unit: {summary['unit']}; {summary['multiplicity']}):")
+    for row in summary["terms"][:shown + 1]:
+        pct = "; ".join(f"{g} {100 * row[f'{g}_pct']:.1f} %" for g in ("twin arm", "real target arm",
+                                                                        "real source cohort")
+                        if row.get(f"{g}_pct") is not None)
+        rd = row.get("rd_source_twin")
+        lo, hi = row.get("rd_source_twin_lo"), row.get("rd_source_twin_hi")
+        diff = "" if rd is None else f"; source - twins {100 * rd:+.1f} pp" + (
+            f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo is not None and hi is not None else " (no interval)")
+        print(f"  {row['PT'] if row['PT'] != 'ANY ADVERSE EVENT' else 'any adverse event'}: {pct}{diff}")

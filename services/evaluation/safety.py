@@ -7,8 +7,8 @@ real source cohort, with the **patient** as the unit of inference.
   (ADSL), 95 % Wilson score interval.
 - A source patient's K twins give a **probability**, p_i = share of its twins with the term,
   not K patients. The twin arm's incidence is the mean of the p_i over the N sources; its
-  95 % interval is p_bar +- 1.96 sd(p_i) / sqrt(N) (sampling of source patients; the finite
-  knowledge base adds uncertainty that the real target arm's own interval shows).
+  95 % interval is p_bar +- 1.96 sqrt(var(p_i) / N + q (1 - q) / M_eff): the sampling of source
+  patients and of the knowledge base's donors (below).
 - Risk differences (Wald, 95 %):
   - twin arm - real target arm (fidelity; two groups of different patients):
     SE^2 = var(p_i) / N + q (1 - q) / M;
@@ -90,14 +90,15 @@ def wilson(n: float, N: int, z: float = Z95) -> tuple[float, float]:
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
-def probability_mean_ci(p: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
-    """Mean of per-patient probabilities with its patient-level Wald interval (clipped to [0, 1])."""
+def probability_mean_ci(p: np.ndarray, kb_var: float = 0.0, z: float = Z95) -> tuple[float, float, float]:
+    """Mean of per-patient probabilities with its patient-level Wald interval (clipped to [0, 1]);
+    `kb_var`: the variance the twins' donors add (the module docstring)."""
     p = np.asarray(p, dtype=float)
     p = p[np.isfinite(p)]
     if len(p) == 0:
         return float("nan"), float("nan"), float("nan")
     m = float(p.mean())
-    se = float(p.std(ddof=1) / np.sqrt(len(p))) if len(p) > 1 else float("nan")
+    se = float(np.sqrt(p.var(ddof=1) / len(p) + kb_var)) if len(p) > 1 else float("nan")
     return m, max(0.0, m - z * se), min(1.0, m + z * se)
 
 
@@ -162,13 +163,15 @@ def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
     soc_of = dict(zip(*[dictionary(comp.kb)[c] for c in ("AEDECOD", "AEBODSYS")]))
     arm_ids = comp.kb.subjects.loc[comp.kb.subjects["ARM"] == comp.target_arm, "USUBJID"]
     arm_rates = indicators(comp.kb, level, arm_ids).mean() if len(arm_ids) else pd.Series(dtype=float)
-    m_eff = effective_donors(comp, src_ids) if SOURCE in real else float("nan")
+    m_eff = effective_donors(comp, src_ids or list(probs.index))
     rows = []
     for term in terms:
         p = probs[term].to_numpy(float) if term in probs else np.zeros(len(probs))
         row = {"SOC": "" if term == ANY else (term if level == "SOC" else soc_of.get(term, "")),
                "PT": "" if level == "SOC" and term != ANY else term}
-        m, lo, hi = probability_mean_ci(p)
+        q = float(arm_rates.get(term, 0.0))
+        kb_var = q * (1 - q) / m_eff if m_eff > 0 else 0.0
+        m, lo, hi = probability_mean_ci(p, kb_var)
         row.update({f"{TWIN}_n": float(p.sum()), f"{TWIN}_N": len(p), f"{TWIN}_pct": m, f"{TWIN}_lo": lo,
                     f"{TWIN}_hi": hi})
         for g, ind in real.items():
@@ -182,9 +185,8 @@ def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
         if SOURCE in real:
             y = real[SOURCE][term].to_numpy(float) if term in real[SOURCE] else np.zeros(len(src_ids))
             p_src = probs.loc[src_ids, term].to_numpy(float) if term in probs else np.zeros(len(src_ids))
-            q = float(arm_rates.get(term, 0.0))
             row["rd_source_twin"], row["rd_source_twin_lo"], row["rd_source_twin_hi"] = \
-                paired_risk_difference(y, p_src, kb_var=q * (1 - q) / m_eff if m_eff > 0 else 0.0)
+                paired_risk_difference(y, p_src, kb_var=kb_var)
         rows.append(row)
     out = pd.DataFrame(rows)
     pct_cols = [f"{g}_pct" for g in GROUPS if f"{g}_pct" in out]
@@ -192,6 +194,20 @@ def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
     out["_any"] = out["PT"].eq(ANY)
     out = out.sort_values(["_any", "_freq"], ascending=[False, False], kind="stable")
     return out.drop(columns=["_freq", "_any"]).reset_index(drop=True)
+
+
+def safety_summary(comp: Comparison, top: int = 15) -> dict:
+    """`incidence` by preferred term for `twinarm evaluate --json`: "Any adverse event" and the
+    `top` most frequent terms, each group's n / N / proportion / 95 % interval and both risk
+    differences with their intervals (proportions, not percentages), and the caveats the
+    screen states beside them."""
+    pt = incidence(comp, "PT").head(top + 1)
+    keep = [c for c in pt.columns if c == "PT" or c == "SOC" or "_" in c]
+    rows = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+            for r in pt[keep].to_dict(orient="records")]
+    return {"level": "PT", "unit": "patients (a source's K twins give one probability)", "terms": rows,
+            "multiplicity": "separate 95 % intervals, not adjusted for the number of terms",
+            "twin_minus_target": "a bookkeeping check: the twins' AEs are the target arm's own records"}
 
 
 def top_terms(trial: Trial, n: int = 10, arm: str | None = None) -> list[str]:
