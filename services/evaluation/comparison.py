@@ -315,7 +315,7 @@ def utility(comp: Comparison, seed: int = 0) -> dict:
             "augmentation": M.augmentation_auroc(*args, seed=seed).as_dict()}
 
 
-EVALUATION_VERSION = 6  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; 4: the log-rank weighs twins 1/K with a variance clustered by patient; 5: visit names in the marginals; 6: the twins' events in patients; bump when `evaluate` changes what it returns: stored results are redone
+EVALUATION_VERSION = 6  # 2: SMD net of the sources' baseline imbalance; 3: event columns in the feature space; 4: the log-rank weighs twins 1/K with a variance clustered by patient; 5: visit names in the marginals; 6: the twins' events in patients, the KM distance's interval; bump when `evaluate` changes what it returns: stored results are redone
 
 
 def evaluate(kb: Trial, twins: Trial, manifest: dict | None = None, holdout: Trial | None = None,
@@ -417,7 +417,10 @@ def headline(result: dict) -> pd.DataFrame:
     add("utility", "augmentation_gain", "augmentation AUROC gain", (u.get("augmentation") or {}).get("gain"),
         "adding twins does not hurt prediction", "adding twins hurts prediction")
     for paramcd, s in (result.get("survival") or {}).items():
-        add("survival", "km_sup_distance", f"{paramcd}: KM sup distance twins vs real",
-            (s.get("km_distance_twins_vs_real_target") or {}).get("sup"),
-            "twin survival matches the real arm", "twin survival differs from the real arm")
+        km = s.get("km_distance_twins_vs_real_target") or {}
+        add("survival", "km_sup_distance", f"{paramcd}: KM sup distance twins vs real", km.get("sup"),
+            "twin survival matches the real arm", "twin survival differs from the real arm",
+            interval=(km["ci_low"], km["ci_high"]) if "ci_low" in km else None,
+            detail=("95 % interval: the distance +- the curves' bootstrap sampling deviation (patients, not "
+                    "twins)") if "ci_low" in km else "")
     return pd.DataFrame(rows)

@@ -12,6 +12,7 @@ from scipy import stats
 from services.evaluation import metrics as M
 from services.evaluation.effect_stats import patient_weighted_cox
 from services.evaluation.groups import GROUPS, TWIN, tte_records
+from services.evaluation.metrics.survival import km_at, km_curve
 
 
 def twin_weights(twin_subjects: pd.DataFrame, usubjid: pd.Series) -> np.ndarray:
@@ -99,7 +100,8 @@ def survival_summary(comp, paramcd: str) -> dict:
             weights_a=twin_weights(comp.groups[TWIN].subjects, twn["USUBJID"]),
             clusters_a=twin_sources(comp.groups[TWIN].subjects, twn["USUBJID"])).as_dict()
         out["km_distance_twins_vs_real_target"] = M.km_sup_distance(
-            twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"], tgt["CNSR"].eq(0)).as_dict()
+            twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"], tgt["CNSR"].eq(0)).as_dict() | km_distance_interval(
+            twn, twin_sources(comp.groups[TWIN].subjects, twn["USUBJID"]), tgt)
     if src is not None and len(src) and len(twn) and "SRCSUBJID" in comp.groups[TWIN].subjects:
         out["hr_source_vs_twins"] = _hr_against_twins(src, twn, comp.groups[TWIN].subjects)
     if src is not None and len(src) and len(tgt):
@@ -127,3 +129,41 @@ def _hr_against_twins(src: pd.DataFrame, twn: pd.DataFrame, twin_subjects: pd.Da
             "ci_high": float(np.exp(fit.log_hr + z * fit.se_robust)),
             "p_value": float(2 * stats.norm.sf(abs(fit.log_hr / fit.se_robust))) if fit.se_robust > 0 else None,
             "method": "Cox, twins weighted 1/K, clusters = patients (generator uncertainty not included)"}
+
+
+
+
+def km_distance_interval(twn: pd.DataFrame, clusters, tgt: pd.DataFrame, n_boot: int = 200,
+                         seed: int = 0) -> dict:
+    """95 % interval of the true sup distance D between the twins' and the real arm's survival
+    curves: D_hat +- c, where c is the 95th percentile of the sup over the common follow-up of
+    the curves' joint sampling deviation (S*_twins - S_twins) - (S*_real - S_real), bootstrapping
+    source patients (with all their twins: a patient's twins are one patient) and real patients.
+    |D_hat - D| <= that sup, so the interval covers D when c bounds it (in simulation: 95-99 %
+    with and without censoring, where the uncensored Kolmogorov bound covered 63 % under heavy
+    censoring). The verdict "matches" read 0.05 as met where two samples of ~150 patients differ
+    by up to 0.15 by chance (an outside review)."""
+    rng = np.random.default_rng(seed)
+    t_time, t_event = twn["AVAL"].to_numpy(float), twn["CNSR"].eq(0).to_numpy()
+    r_time, r_event = tgt["AVAL"].to_numpy(float), tgt["CNSR"].eq(0).to_numpy()
+    ids = np.asarray(clusters)
+    groups = [np.flatnonzero(ids == c) for c in dict.fromkeys(ids)]
+    if len(groups) < 2 or len(r_time) < 2:
+        return {}
+    end = float(min(t_time.max(), r_time.max()))
+    grid = np.union1d(np.union1d(t_time, r_time), [0.0])
+    grid = grid[grid <= end]
+    s_twin = km_at(km_curve(t_time, t_event), grid)
+    s_real = km_at(km_curve(r_time, r_event), grid)
+    d = float(np.abs(s_twin - s_real).max())
+    sups = np.empty(n_boot)
+    for b in range(n_boot):
+        rows = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        real = rng.integers(0, len(r_time), len(r_time))
+        dev = (km_at(km_curve(t_time[rows], t_event[rows]), grid) - s_twin) \
+            - (km_at(km_curve(r_time[real], r_event[real]), grid) - s_real)
+        sups[b] = np.abs(dev).max()
+    half = float(np.percentile(sups, 95))
+    return {"ci_low": max(0.0, d - half), "ci_high": min(1.0, d + half),
+            "ci_method": f"distance +- the 95th percentile of the curves' bootstrap deviation ({n_boot} resamples "
+                         f"of {len(groups)} source patients and {len(r_time)} real patients)"}
