@@ -10,8 +10,10 @@ from services.data.cohort import (
     CohortSpec,
     apply_cohort,
     check_expression,
-    cohort_frame,
     describe_filters,
+)
+from services.data.cohort_frame import (
+    cohort_frame,
     repeated_baselines,
     table1_kinds,
     variable_labels,

@@ -13,10 +13,10 @@ from services.data.cohort import (
     CohortSpec,
     apply_cohort,
     check_expression,
-    cohort_frame,
     describe_filters,
     validate_spec,
 )
+from services.data.cohort_frame import cohort_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 

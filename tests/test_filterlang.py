@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from services.data import filterlang
-from services.data.cohort import cohort_frame
+from services.data.cohort_frame import cohort_frame
 from services.data.filterlang import FilterError, evaluate, parse
 
 

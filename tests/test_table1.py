@@ -9,13 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.data.cohort import (
-    CohortSpec,
-    apply_cohort,
-    cohort_frame,
-    repeated_baselines,
-    table1_kinds,
-)
+from services.data.cohort import CohortSpec, apply_cohort
+from services.data.cohort_frame import cohort_frame, repeated_baselines, table1_kinds
 from services.data.table1 import (
     OVERALL,
     decimals_for,

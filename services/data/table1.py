@@ -276,7 +276,7 @@ def table1(frame: pd.DataFrame, by: str | None = "ARM", variables: list[str] | N
     """The display Table 1 (all cells text). Columns: Variable, Statistic, each group, Overall,
     and SMD when `smd` is a pair of groups (or True for the first two groups).
 
-    `variables` default to `frame.attrs["table1_kinds"]` (set by `services.data.cohort.cohort_frame`:
+    `variables` default to `frame.attrs["table1_kinds"]` (set by `services.data.cohort_frame.cohort_frame`:
     the trial's covariates then baseline parameters), else to every usable column.
     `kinds` overrides a variable's kind ("continuous" / "categorical").
     """
