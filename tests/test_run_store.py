@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,19 +61,28 @@ def test_a_result_is_not_reused_once_the_twin_files_change(pbc, pbc_twins, tmp_p
     assert alb_effect() == pytest.approx(before - 1.0, abs=1e-6)
 
 
-def test_a_run_written_over_another_replaces_it_whole_and_a_failed_write_leaves_it(pbc_twins, tmp_path):
+def test_a_run_written_over_another_replaces_its_files_and_nothing_else(pbc_twins, tmp_path):
+    from services.generation.run import read_run
+
     folder = write_run(pbc_twins, tmp_path / "run", fmt="csv")
-    (folder / "evaluation.json").write_text("{}")      # a stored result of the old run
+    (folder / "notes.txt").write_text("mine")                  # a user's own files stay
+    (folder / "xpt").mkdir()
     write_run(pbc_twins, folder, fmt="parquet")
     names = sorted(f.name for f in folder.iterdir())
-    assert not [n for n in names if n.endswith(".csv")] and "evaluation.json" not in names, names
-    assert "manifest.json" in names and "adsl.parquet" in names
-    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    assert not [n for n in names if n.endswith(".csv")], names   # the old run's CSVs went with it
+    assert {"manifest.json", "adsl.parquet", "notes.txt", "xpt"} <= set(names)
+    assert not [n for n in names if n.startswith(".")] and (folder / "notes.txt").read_text() == "mine"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask      # the umask's mode, not a temp folder's 0700
+    # a write that fails part-way leaves no run to read (the old manifest goes first), never a
+    # new run's data under the old run's manifest; the user's files stay
     broken = dataclasses.replace(pbc_twins, manifest={**pbc_twins.manifest, "bad": object()})
     with pytest.raises(TypeError):
-        write_run(broken, folder, fmt="csv")          # fails at the manifest, after the data files
-    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]   # no hidden half-written folder left
+        write_run(broken, folder, fmt="csv")                 # fails at the manifest, after the data files
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        read_run(folder)
+    assert (folder / "notes.txt").read_text() == "mine" and not [f for f in folder.iterdir() if f.name.startswith(".")]
 
 
 def test_background_evaluation_is_what_the_cli_and_the_page_show(pbc, pbc_twins, tmp_path,

@@ -33,8 +33,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,38 +151,46 @@ def write_run(run: TwinRun, out_dir: str | os.PathLike, fmt: str = "csv") -> Pat
     """Write the contract's folder: adsl, one file per BDS dataset, adtte, adae, trial.toml,
     manifest.json. Returns the folder.
 
-    The files are written into a hidden folder beside `out_dir` and moved into place at the end:
-    an interrupted write leaves no half run (an outside review stopped `generate` and found data
-    without a manifest, or a new run's data beside an old run's manifest). A run folder already
-    there (it holds manifest.json) is replaced whole, old datasets and stored results with it (a
-    Parquet run written over a CSV one had kept the old CSVs); into any other folder the files
-    are moved, replacing those of the same names."""
+    Over a run folder already there, the old run's manifest goes first and the new one is written
+    last, so an interrupted write leaves a folder without a manifest, which nothing reads as a
+    run (an outside review stopped `generate` and found a new run's data beside an old run's
+    manifest); each file is written under a temporary name and renamed into place; the old run's
+    datasets that the new one does not write (its CSVs under a new Parquet run) are removed.
+    Nothing else in the folder is touched: a user's own files stay."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
-    try:
-        for raw in run.files(fmt):
-            (tmp / raw.name).write_bytes(raw.data)
-        (tmp / "manifest.json").write_text(json.dumps(jsonable(run.manifest), indent=1,
-                                                      ensure_ascii=False) + "\n", encoding="utf-8")
-        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-            if out.exists():
-                out.rmdir()
-            tmp.rename(out)
-        elif (out / "manifest.json").is_file():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            for file in tmp.iterdir():
-                file.replace(out / file.name)
-            tmp.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out.mkdir(parents=True, exist_ok=True)
+    old = _old_datasets(out)
+    (out / "manifest.json").unlink(missing_ok=True)
+    written = set()
+    for raw in run.files(fmt):
+        _replace(out / raw.name, raw.data)
+        written.add(raw.name)
+    for stale in old - written:
+        (out / stale).unlink(missing_ok=True)
+    _replace(out / "manifest.json", (json.dumps(jsonable(run.manifest), indent=1, ensure_ascii=False)
+                                     + "\n").encode("utf-8"))
     return out
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder (never half a file)."""
+    tmp = path.with_name(f".{path.name}.writing")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _old_datasets(folder: Path) -> set[str]:
+    """File names of the run already in `folder` (by its manifest): its datasets in every format."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    names = {"adsl", "adtte", "adae"} | {str(n).lower() for n in manifest.get("datasets") or []}
+    return {f.name for f in folder.iterdir() if f.is_file() and f.name.split(".")[0].lower() in names
+            and f.suffix.lower().lstrip(".") in FORMATS}
 
 
 def read_run(path: str | os.PathLike) -> TwinRun:

@@ -58,7 +58,7 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict]:
     out = []
     for folder in base.iterdir():
         manifest = folder / "manifest.json"
-        if not manifest.is_file():
+        if folder.name.startswith(".") or not manifest.is_file():     # hidden: not a saved run
             continue
         try:
             m = json.loads(manifest.read_text(encoding="utf-8"))
