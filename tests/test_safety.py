@@ -84,15 +84,17 @@ def test_incidence_known_answer(toy):
     se_rd = np.sqrt(p.var(ddof=1) / 3 + 0.25 / 4)
     assert (h["rd_twin_target"], h["rd_twin_target_hi"]) == pytest.approx((0.0, Z * se_rd))
     # paired within patient, plus the sampling error of the knowledge base's placebo patients the
-    # twins' AEs come from (no donors recorded: the arm's 4 patients, headache rate 2 / 4)
+    # twins' AEs come from (no donors recorded: W_j = 1/4 over the arm's 4 patients, headache rate
+    # 2 / 4), less each twin's own part already in the patients' term (3 sources of 2 twins: 1/6)
+    factor = 4 * (1 / 4) ** 2 - 3 * (1 / 2) / 3**2
     d = np.zeros(3) - p
-    se_pair = np.sqrt(d.var(ddof=1) / 3 + 0.5 * 0.5 / 4)
+    se_pair = np.sqrt(d.var(ddof=1) / 3 + 0.5 * 0.5 * factor)
     assert (h["rd_source_twin"], h["rd_source_twin_lo"]) == pytest.approx((-0.5, d.mean() - Z * se_pair))
     r = inc.loc["RASH"]
     assert r["twin arm_pct"] == pytest.approx(1 / 6) and r["real source cohort_pct"] == pytest.approx(2 / 3)
     # the twin arm's interval: its patients' spread and the knowledge base's donors (rash 1 of 4 placebo)
     p_rash = np.array([0, 0, 0.5])
-    assert r["twin arm_hi"] == pytest.approx(1 / 6 + Z * np.sqrt(p_rash.var(ddof=1) / 3 + 0.25 * 0.75 / 4))
+    assert r["twin arm_hi"] == pytest.approx(1 / 6 + Z * np.sqrt(p_rash.var(ddof=1) / 3 + 0.25 * 0.75 * factor))
     d = np.array([1, 1, 0]) - np.array([0, 0, 0.5])
     assert r["rd_source_twin"] == pytest.approx(d.mean())
     assert inc.loc[safety.ANY, "twin arm_pct"] == pytest.approx(2 / 3)
@@ -123,13 +125,17 @@ def test_time_to_first_ae_weighs_twins_one_over_k(toy):
 
 
 def test_the_knowledge_base_term_counts_the_donors_a_twin_arm_rests_on():
-    # every twin of a source carries the same donor: 3 donors of weight 1/3 each, M_eff = 3
+    # every twin of a source carries the same donor: 3 donors of weight 1/3 each (sum W^2 = 1/3),
+    # less the twins' own part (1/6); a twin without a donor adds nothing to the first term
     donors = {f"{s}-T{k}": d for s, d in (("T1", "P1"), ("T2", "P2"), ("T3", "P3")) for k in (1, 2)}
     _, comp = _toy(donors=donors)
-    assert safety.effective_donors(comp, ["T1", "T2", "T3"]) == pytest.approx(3.0)
+    assert safety.donor_factor(comp, ["T1", "T2", "T3"]) == pytest.approx(1 / 3 - 1 / 6)
     h = safety.incidence(comp, "PT").set_index("PT").loc["HEADACHE"]
     d = np.zeros(3) - np.array([0.5, 1.0, 0.0])
-    assert h["rd_source_twin_hi"] == pytest.approx(d.mean() + Z * np.sqrt(d.var(ddof=1) / 3 + 0.25 / 3))
+    assert h["rd_source_twin_hi"] == pytest.approx(d.mean() + Z * np.sqrt(d.var(ddof=1) / 3 + 0.25 / 6))
+    partial = {t: d for t, d in donors.items() if t != "T3-T2"}
+    _, comp = _toy(donors=partial)
+    assert safety.donor_factor(comp, ["T1", "T2", "T3"]) == pytest.approx(2 / 9 + 1 / 36 - 1 / 6)
 
 
 def test_a_twin_is_followed_for_aes_no_longer_than_its_donor():
