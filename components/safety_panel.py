@@ -8,7 +8,7 @@ import streamlit as st
 from components.state import kept_choice
 from services.evaluation import safety
 from services.reporting.figures import safety as fig
-from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE, SAFETY_KM_NOTE, SAFETY_RD_NOTE
+from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE, SAFETY_KM_NOTE, safety_rd_note
 
 
 @st.cache_data(show_spinner="Counting adverse events...", max_entries=8)
@@ -31,7 +31,7 @@ def safety_tab(comp) -> None:
     st.caption("A source patient's K twins count as one patient: its share of twins with the term is a "
                "probability, the twin arm's n is the sum of those probabilities and its % their mean. "
                "RD: risk difference in percentage points with its 95 % CI, patients as the unit (source - twins: the "
-               "signal; twins - real target: a bookkeeping check, see below).")
+               "signal; twins - real target: what it can show is said below).")
     top = st.slider("Terms shown", 5, 30, 15, key="cmp_ae_top")
     st.plotly_chart(fig.incidence_dots(pt, "Incidence of the most frequent preferred terms (95 % CI)", top),
                     width="stretch")
@@ -39,7 +39,7 @@ def safety_tab(comp) -> None:
                "patient-level intervals for twins); the gap to the real source cohort is the safety profile "
                "of the source patients' own treatment. " + SAFETY_BY_CONSTRUCTION_NOTE)
     st.plotly_chart(fig.risk_difference_forest(pt, "Risk differences (95 % CI)", top), width="stretch")
-    st.caption(SAFETY_RD_NOTE)
+    st.caption(safety_rd_note(comp.manifest))
     terms = [t for t in pt["PT"] if t != safety.ANY]
     term = kept_choice(st.selectbox, "Time to first", terms, key="cmp_ae_term")
     curves, at_risk = safety.km_first_ae(comp, term)

@@ -414,3 +414,9 @@ def test_cli_evaluate_reports_the_safety_comparison(pilot_dir, pilot, placebo_tw
     assert summary["terms"][0]["PT"] == safety.ANY and len(summary["terms"]) == 16
     assert "not adjusted for the number of terms" in printed
     assert f"{first['PT']}: twin arm {100 * first['twin arm_pct']:.1f} %" in printed
+
+
+def test_what_twins_minus_target_can_show_depends_on_how_the_twins_got_their_aes():
+    assert "holds 0 by construction" in safety.twin_target_meaning({"ae": {"pool": {"neighbour_share": 0.0}}})
+    assert "25% of the twins" in safety.twin_target_meaning({"ae": {"pool": {"neighbour_share": 0.25}}})
+    assert "the model's adverse events" in safety.twin_target_meaning({"ae": {"source": "model"}})

@@ -9,7 +9,7 @@ import re
 
 from services.evaluation import safety
 from services.evaluation.backtest_verdicts import backtest_setup
-from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE, SAFETY_KM_NOTE, SAFETY_RD_NOTE
+from services.reporting.tables import SAFETY_BY_CONSTRUCTION_NOTE, SAFETY_KM_NOTE, safety_rd_note
 
 
 def safety_section(comp, fig) -> str:
@@ -31,13 +31,13 @@ def safety_section(comp, fig) -> str:
     parts.append('<p class="muted">Treatment-emergent adverse events, patients with at least one event, n (%). '
                  "A source patient's K twins count as one patient (the share of its twins with the term is a "
                  "probability; the twin arm's n is their sum). RD: risk differences in percentage points, 95 % CI "
-                 "with patients as the unit (source - twins: the signal; twins - real target: a bookkeeping "
-                 "check, see the forest plot).</p>")
+                 "with patients as the unit (source - twins: the signal; twins - real target: what it can show "
+                 "is under the forest plot).</p>")
     parts.append(fig(figs.incidence_dots(pt, "Incidence of the most frequent preferred terms (95 % CI)"),
                      "Twins should sit on the real target arm; the gap to the real source cohort is the safety "
                      "profile of the source patients' own treatment. " + SAFETY_BY_CONSTRUCTION_NOTE))
     parts.append(fig(figs.risk_difference_forest(pt, "Risk differences (95 % CI)"),
-                     SAFETY_RD_NOTE))
+                     safety_rd_note(comp.manifest)))
     terms = [t for t in pt["PT"] if t != safety.ANY]
     if terms:
         curves, at_risk = safety.km_first_ae(comp, terms[0])

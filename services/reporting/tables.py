@@ -80,12 +80,18 @@ SAFETY_BY_CONSTRUCTION_NOTE = ("The twins' adverse-event probabilities are learn
                                "held-out patients.")
 
 # the Safety tab's and the report's captions of the risk differences and the time to a first AE
-SAFETY_RD_NOTE = ("Real source cohort - twin arm (paired within patient, plus the sampling error of the target-arm "
-                  "patients whose records the twins carry) is the risk difference of the source treatment against "
-                  "its synthetic control. Twin arm - real target arm is a check of the generator's bookkeeping, not "
-                  "evidence of agreement: the twins' AEs are that arm's own records, so it holds 0 by construction. "
-                  "Each interval is a separate 95 % interval, not adjusted for the many terms shown: among 15 terms "
-                  "without any true difference, one or more will often lie off 0 by chance.")
+def safety_rd_note(manifest: dict) -> str:
+    """The risk differences' caption for this run (`safety.twin_target_meaning` says what twin
+    arm - real target arm can show, given how the run's twins got their AEs)."""
+    from services.evaluation.safety import twin_target_meaning
+
+    return ("Real source cohort - twin arm (paired within patient, plus the sampling error of the target-arm "
+            "patients whose records the twins carry) is the risk difference of the source treatment against its "
+            f"synthetic control. Twin arm - real target arm: {twin_target_meaning(manifest)} Each interval is a "
+            "separate 95 % interval, not adjusted for the many terms shown: among 15 terms without any true "
+            "difference, one or more will often lie off 0 by chance.")
+
+
 SAFETY_KM_NOTE = ("Kaplan-Meier of the first onset, censored at each patient's end of follow-up; a twin's AEs are "
                   "its donor's, known only while the donor was followed, so a twin is censored at the earlier of its "
                   "own end and its donor's. Twins weigh 1/K so that numbers at risk are patients.")
