@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from services.cli.main import main as cli
 from services.evaluation.comparison import EVALUATION_VERSION, cached_run_evaluation
 from services.evaluation.precompute import precompute_for, start_precompute
-from services.evaluation.run_store import cached_in_run, data_digest, is_cached
+from services.evaluation.run_store import cached_in_run, data_digest
 from services.generation.run import write_run
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -33,7 +33,7 @@ def test_a_result_is_reused_only_under_its_own_key(tmp_path):
     key = {"knowledge_base": "abc", "run_id": "r1"}
     assert cached_in_run(tmp_path, "thing", key, compute) == {"value": 1}
     assert cached_in_run(tmp_path, "thing", key, compute) == {"value": 1}   # read back
-    assert is_cached(tmp_path, "thing", key) and len(calls) == 1
+    assert json.loads((tmp_path / "thing.json").read_text())["key"] == {**key, "data": ""} and len(calls) == 1
     assert cached_in_run(tmp_path, "thing", {**key, "run_id": "r2"}, compute) == {"value": 2}
     (tmp_path / "thing.json").write_text("{not json")                      # a damaged file
     assert cached_in_run(tmp_path, "thing", key, compute) == {"value": 3}
@@ -59,6 +59,12 @@ def test_a_result_is_not_reused_once_the_twin_files_change(pbc, pbc_twins, tmp_p
     frame.loc[post, "AVAL"] += 1.0                      # every twin's albumin 1 g/dL higher
     frame.to_csv(lab, index=False)
     assert alb_effect() == pytest.approx(before - 1.0, abs=1e-6)
+    # the digest covers what the results read (the datasets, manifest, trial.toml), not a user's file
+    digest = data_digest(run_dir)
+    (Path(run_dir) / "summary.csv").write_text("a,b\n1,2\n")
+    assert data_digest(run_dir) == digest
+    (Path(run_dir) / "trial.toml").write_text((Path(run_dir) / "trial.toml").read_text() + "\n# edited\n")
+    assert data_digest(run_dir) != digest
 
 
 def test_a_run_written_over_another_replaces_its_files_and_nothing_else(pbc_twins, tmp_path):

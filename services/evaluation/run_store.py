@@ -17,27 +17,36 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-DATA_SUFFIXES = (".csv", ".parquet")   # what `read_run` reads as the twins' datasets
-
 
 def data_digest(run_dir) -> str:
-    """SHA-256 of the run folder's data files (names and bytes, in name order); "" without a folder."""
+    """SHA-256 of what a run folder's results are computed from: the datasets `read_run` reads
+    (adsl, adtte, adae and the manifest's list, CSV or Parquet), the manifest and trial.toml;
+    "" without a folder. Files are hashed in chunks; a digest is reused while no file's inode,
+    size, mtime or ctime changed (a copy that keeps mtimes changes ctime)."""
     folder = Path(run_dir) if run_dir else None
-    if folder is None or not folder.is_dir():
+    if folder is None or not (folder / "manifest.json").is_file():
         return ""
-    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in DATA_SUFFIXES
-                   and not f.name.startswith("."))
-    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    try:
+        listed = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("datasets")
+    except ValueError:
+        listed = None
+    wanted = None if listed is None else {"adsl", "adtte", "adae"} | {str(n).lower() for n in listed}
+    files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and (
+        f.name in ("manifest.json", "trial.toml") or (f.suffix.lower() in (".csv", ".parquet") and (
+            wanted is None or f.name.split(".")[0].lower() in wanted))))
+    stamp = tuple((f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                  for f in files for st in [f.stat()])
     return _digest(str(folder), stamp)
 
 
 @lru_cache(maxsize=64)
 def _digest(folder: str, stamp: tuple) -> str:
-    """The digest of the files `stamp` names (name, mtime, size): read again only when one changes."""
+    """The digest of the files `stamp` names: read again only when one of them changes."""
     h = hashlib.sha256()
-    for name, _, _ in stamp:
+    for name, *_ in stamp:
         h.update(name.encode() + b"\0")
-        h.update((Path(folder) / name).read_bytes())
+        with open(Path(folder) / name, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
     return h.hexdigest()
 
 
@@ -66,14 +75,3 @@ def cached_in_run(run_dir, name: str, key: dict, compute: Callable[[], Any]) -> 
         except (OSError, TypeError, ValueError):
             pass                                   # not kept: computed, still correct
     return result
-
-
-def is_cached(run_dir, name: str, key: dict) -> bool:
-    """The run's folder holds `name` under `key`."""
-    path = Path(run_dir) / f"{name}.json" if run_dir else None
-    if path is None or not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("key") == {**key, "data": data_digest(run_dir)}
-    except (OSError, ValueError):
-        return False
