@@ -139,15 +139,18 @@ def km_distance_interval(twn: pd.DataFrame, clusters, tgt: pd.DataFrame, n_boot:
     curves: D_hat +- c, where c is the 95th percentile of the sup over the common follow-up of
     the curves' joint sampling deviation (S*_twins - S_twins) - (S*_real - S_real), bootstrapping
     source patients (with all their twins: a patient's twins are one patient) and real patients.
-    |D_hat - D| <= that sup, so the interval covers D when c bounds it (in simulation: 95-99 %
-    with and without censoring, where the uncensored Kolmogorov bound covered 63 % under heavy
-    censoring). The verdict "matches" read 0.05 as met where two samples of ~150 patients differ
-    by up to 0.15 by chance (an outside review)."""
+    |D_hat - D| <= that sup, so the interval covers D when c bounds it (in simulation 90-99.5 %
+    with and without censoring, the lowest under heavy censoring with one twin each, where the
+    uncensored Kolmogorov bound covered 63 %). The verdict "matches" read 0.05 as met where two
+    samples of ~150 patients differ by up to 0.15 by chance (an outside review)."""
     rng = np.random.default_rng(seed)
-    t_time, t_event = twn["AVAL"].to_numpy(float), twn["CNSR"].eq(0).to_numpy()
+    keep = twn["AVAL"].notna().to_numpy()
+    t_time, t_event = twn["AVAL"].to_numpy(float)[keep], twn["CNSR"].eq(0).to_numpy()[keep]
+    tgt = tgt[tgt["AVAL"].notna()]
     r_time, r_event = tgt["AVAL"].to_numpy(float), tgt["CNSR"].eq(0).to_numpy()
-    ids = np.asarray(clusters)
-    groups = [np.flatnonzero(ids == c) for c in dict.fromkeys(ids)]
+    codes, _ = pd.factorize(np.asarray(clusters)[keep])
+    order = np.argsort(codes, kind="stable")          # each source's twins, in one pass
+    groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(order) else []
     if len(groups) < 2 or len(r_time) < 2:
         return {}
     end = float(min(t_time.max(), r_time.max()))
