@@ -249,3 +249,20 @@ def test_more_neighbours_than_the_arm_has_is_said(tmp_path, capsys):
                            "--twins-per-patient", 1, "--neighbors", 100000, "--out", tmp_path / "o")
     assert code == 0
     assert "note: neighbours asked: 100000; the target arm has 28 patients" in err
+
+
+def test_a_broken_connection_that_is_not_stdout_is_an_error(monkeypatch, capsys):
+    # only stdout's reader leaving ends quietly; a model server's socket breaking is reported
+    import importlib
+
+    from services.cli import datasets
+
+    cli_main = importlib.import_module("services.cli.main")         # the module, not the function
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(datasets, "cmd_datasets", broken)
+    monkeypatch.setattr(cli_main, "_stdout_gone", lambda: False)
+    assert main(["datasets"]) == 1
+    assert capsys.readouterr().err.startswith("twinarm: error: connection broken")

@@ -50,8 +50,10 @@ def test_safety_card_reads_like_a_safety_listing(pilot, bt):
     # term while the verdict led with "no worse")
     body = bt.terms[bt.terms["PT"] != safety.ANY]
     assert f"Mean Brier skill {body['brier_skill'].mean():+.2f}" in verdict[-1]
-    assert ("worse than the arm's rate alone" in verdict[-1]) == (body["brier_skill"].mean() < 0)
+    worse, better = int((body["brier_skill_hi"] < 0).sum()), int((body["brier_skill_lo"] > 0).sum())
+    assert ("worse than the arm's rate alone" in verdict[-1]) == (worse > 0 and better == 0)
     assert f"skill below 0 for {int((body['brier_skill'] < 0).sum())} of {len(body)} terms" in verdict[-1]
+    assert f"wholly below 0 for {worse}, wholly above for {better}" in verdict[-1]
     # the pilot's cross-validated AE donor share is 0: the tie is said to hold by construction
     assert bt.summary["rate_by_construction"] and "by construction" in verdict[1]
 

@@ -38,6 +38,10 @@ def run(args) -> int:
     from services.evaluation.effects_table import generator_term_cell
     from services.generation.run import read_run
 
+    if args.refits is not None and not (args.refits == 0 or args.refits >= MIN_REFITS):   # before any loading
+        raise CliError(f"--refits must be 0 (the generator's uncertainty left out) or at least {MIN_REFITS}, got "
+                       f"{args.refits}: with fewer, the generator term's degrees of freedom fall near 1 and the "
+                       "intervals have no useful bounds")
     try:
         kb = resolve_trial(args.real)
     except TrialValidationError as exc:
@@ -57,10 +61,6 @@ def run(args) -> int:
             holdout = load_trial(args.holdout)
         except TrialValidationError as exc:
             raise CliError(f"--holdout {args.holdout}: {exc.messages[0]}") from None
-    if args.refits is not None and not (args.refits == 0 or args.refits >= MIN_REFITS):
-        raise CliError(f"--refits must be 0 (the generator's uncertainty left out) or at least {MIN_REFITS}, got "
-                       f"{args.refits}: with fewer, the generator term's degrees of freedom fall near 1 and the "
-                       "intervals have no useful bounds")
     try:
         if holdout is None:  # the run's own evaluation, kept in its folder (the app's too)
             result = dict(cached_run_evaluation(kb, run, args.twins, seed=args.seed))
@@ -210,15 +210,17 @@ def print_summary(r: dict, units: dict | None = None, endpoint: tuple | None = N
 def _print_safety(summary: dict | None, shown: int = 10) -> None:
     """Any AE and the most frequent terms: each group's incidence and the source - twins risk
     difference (the synthetic-control signal), with the screen's caveats."""
+    from services.evaluation.groups import SOURCE, TARGET, TWIN
+    from services.evaluation.safety import ANY
+
     if not summary:
         return
     print(f"safety (treatment-emergent AEs; unit: {summary['unit']}; {summary['multiplicity']}):")
     for row in summary["terms"][:shown + 1]:
-        pct = "; ".join(f"{g} {100 * row[f'{g}_pct']:.1f} %" for g in ("twin arm", "real target arm",
-                                                                        "real source cohort")
+        pct = "; ".join(f"{g} {100 * row[f'{g}_pct']:.1f} %" for g in (TWIN, TARGET, SOURCE)
                         if row.get(f"{g}_pct") is not None)
         rd = row.get("rd_source_twin")
         lo, hi = row.get("rd_source_twin_lo"), row.get("rd_source_twin_hi")
         diff = "" if rd is None else f"; source - twins {100 * rd:+.1f} pp" + (
             f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo is not None and hi is not None else " (no interval)")
-        print(f"  {row['PT'] if row['PT'] != 'ANY ADVERSE EVENT' else 'any adverse event'}: {pct}{diff}")
+        print(f"  {row['PT'] if row['PT'] != ANY else 'any adverse event'}: {pct}{diff}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 
 from services import __version__
@@ -52,8 +53,22 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     except KeyboardInterrupt:
         return fail("interrupted", 130)
-    except BrokenPipeError:
-        # the reader left (`twinarm inspect --json | head`): stop quietly, as Unix tools do, not
-        # with a traceback; stdout goes to devnull so the interpreter's final flush cannot fail again
+    except BrokenPipeError as exc:
+        # the reader of stdout left (`twinarm inspect --json | head`): stop quietly, as Unix tools
+        # do, not with a traceback; stdout goes to devnull so the final flush cannot fail again.
+        # A broken pipe elsewhere (a model server's socket) is an error to report.
+        if not _stdout_gone():
+            return fail(f"connection broken ({exc})")
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _stdout_gone() -> bool:
+    """stdout is a pipe whose reader has left (poll reports an error on it); True where that
+    cannot be told, as the quiet exit is then the usual case."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True

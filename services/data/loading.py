@@ -330,7 +330,7 @@ def _validate_bds(fname, frame, known, errors, warnings) -> pd.DataFrame | None:
             frame[col] = np.nan
     # a visit number is a label: pandas.read_sas gives the pilot's visit 0 as 5.4e-79 (IBM float
     # residue), which a CSV written from it keeps and which then was no visit 0 (an outside review)
-    frame["AVISITN"] = frame["AVISITN"].round(6)
+    frame["AVISITN"] = frame["AVISITN"].round(6) + 0.0                # + 0.0: no visit "-0"
     if "AVISIT" not in frame.columns:
         frame["AVISIT"] = frame["AVISITN"].map(lambda v: np.nan if pd.isna(v) else f"Visit {v:g}")
     if "ABLFL" not in frame.columns:

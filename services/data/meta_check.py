@@ -50,16 +50,15 @@ def meta_notes(doc: dict, subjects: pd.DataFrame, bds: dict[str, pd.DataFrame],
 
 def _endpoint_notes(ep: dict, bds: dict[str, pd.DataFrame], tte: pd.DataFrame | None) -> list[str]:
     notes = []
-    records = pd.concat([t[["PARAMCD", "AVISITN"]] for t in bds.values() if "AVISITN" in t], ignore_index=True) \
-        if any("AVISITN" in t for t in bds.values()) else pd.DataFrame(columns=["PARAMCD", "AVISITN"])
-    params = sorted({str(p) for t in bds.values() for p in t["PARAMCD"].dropna().unique()})
+    params = sorted({str(p) for t in bds.values() for p in t["PARAMCD"].dropna().unique()}) if ep else []
     paramcd = str(ep.get("paramcd", "") or "").upper()
     if paramcd and paramcd not in params:
         notes.append(f"trial.toml: [endpoint] paramcd '{ep['paramcd']}' is no parameter of the trial "
                      f"(parameters: {', '.join(params[:12])}{' ...' if len(params) > 12 else ''}); the default "
                      "endpoint is used")
     elif paramcd and ep.get("avisitn") is not None:
-        visits = pd.to_numeric(records.loc[records["PARAMCD"] == paramcd, "AVISITN"], errors="coerce").dropna()
+        visits = pd.concat([pd.to_numeric(t.loc[t["PARAMCD"] == paramcd, "AVISITN"], errors="coerce")
+                            for t in bds.values() if "AVISITN" in t], ignore_index=True).dropna()
         try:
             wanted = float(ep["avisitn"])
         except (TypeError, ValueError):

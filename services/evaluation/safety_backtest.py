@@ -164,6 +164,7 @@ def safety_backtest(trial: Trial, arm: str | None = None, folds: int = 2, twins_
         "mean_brier_skill": float(body["brier_skill"].mean()),
         "terms_auroc_above_half": int((body["auroc_lo"] > 0.5).sum()),
         "terms_brier_below_rate": int((body["brier_skill_hi"] < 0).sum()),
+        "terms_brier_above_rate": int((body["brier_skill_lo"] > 0).sum()),
         "terms_brier_negative": int((body["brier_skill"] < 0).sum()),
     }
     summary["mae_ok"] = bool(summary["mae_twins"] <= summary["mae_kb"])
@@ -229,10 +230,14 @@ def safety_verdict(result: SafetyBacktest) -> list[str]:
         lines.append("AUROC not available: too few held-out cases and non-cases within a fold.")
     skill = s.get("mean_brier_skill", float("nan"))
     if np.isfinite(skill):
-        worse = s.get("terms_brier_below_rate", 0)
+        worse, better = s.get("terms_brier_below_rate", 0), s.get("terms_brier_above_rate", 0)
+        # the words follow the intervals: a mean skill of -0.001 is no evidence either way
+        how = ("**worse than the arm's rate alone** for some terms" if worse and not better else
+               "better than the arm's rate for some terms" if better and not worse else
+               "better for some terms and worse for others" if better and worse else
+               "no better and no worse than the arm's rate, as far as these patients can tell")
         lines.append(f"Mean Brier skill {skill:+.2f} against the knowledge base's rate (0 = as good, above 0 = "
-                     "better): each patient's twins predict who has which adverse event "
-                     + ("**worse than the arm's rate alone**" if skill < 0 else "better than the arm's rate")
-                     + f" (skill below 0 for {s.get('terms_brier_negative', 0)} of {s['terms']} terms"
-                     + (f"; for {worse} the 95 % interval lies wholly below 0" if worse else "") + ").")
+                     f"better): each patient's twins predict who has which adverse event {how} (skill below 0 "
+                     f"for {s.get('terms_brier_negative', 0)} of {s['terms']} terms; the 95 % interval lies "
+                     f"wholly below 0 for {worse}, wholly above for {better}).")
     return lines
