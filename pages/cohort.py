@@ -114,17 +114,18 @@ st.dataframe(shown, hide_index=True, width="stretch", height=min(35 * (len(shown
                             "Statistic": st.column_config.TextColumn(width="medium")})
 st.caption("Continuous variables: mean (SD), median [Q1, Q3] and the number missing; categorical: "
            "n (%) of the subjects with a value. Columns are the arms in the cohort and all of them together.")
-if repeats:
+left_out = {col: cov for col, cov in repeats.items() if col not in variables}
+if left_out:
     st.caption("Not shown by default, as they repeat an ADSL variable (the same values to within 0.5 %): "
-               + "; ".join(f"{labels.get(col, col)} (= {labels.get(cov, cov)})" for col, cov in repeats.items())
+               + "; ".join(f"{labels.get(col, col)} (= {labels.get(cov, cov)})" for col, cov in left_out.items())
                + ". Add them under Variables.")
 
 tidy = table1_long(cohort.frame, by="ARM", variables=variables, kinds=kinds, groups=groups, smd=smd_pair)
 d1, d2, d3, d4 = st.columns(4)
 d1.download_button("Table 1 (tidy CSV)", tidy.to_csv(index=False).encode(), "table1_long.csv",
                    "text/csv", key="cohort_dl_tidy", help="One row per variable, level and arm, unrounded.")
-d2.download_button("Table 1 as shown (CSV)", table.to_csv(index=False).encode(), "table1.csv", "text/csv",
-                   key="cohort_dl_table")
+d2.download_button("Table 1 as shown (CSV)", shown.to_csv(index=False).encode(), "table1.csv", "text/csv",
+                   key="cohort_dl_table", help="The table above with its labels (the tidy CSV keeps variable codes).")
 d3.download_button("Cohort spec (JSON)", CohortSpec(arms=spec.arms, ranges=spec.ranges,
                                                     categories=spec.categories, expression=spec.expression,
                                                     name=name.strip()).to_json().encode(),

@@ -109,7 +109,8 @@ with tab_emb:
     else:
         with st.spinner(f"Computing the {method} embedding..."):
             points = ps.cached_embedding_points(comp, get_run_dir(), method=key)
-        st.plotly_chart(fig.embedding_scatter(points, f"{method} of real patients and twins"), width="stretch")
+        st.plotly_chart(fig.embedding_scatter(points, f"{method} of real patients and twins", comp.arm_groups()),
+                        width="stretch")
         st.caption("Each point is a patient vector (baseline and follow-up): twins (crosses) should mix with "
                    "the real target arm, not form an island of their own.")
 

@@ -285,10 +285,14 @@ def test_similarity_histograms_are_drawn_in_their_groups_colours(pbc, pbc_twins)
     from services.reporting.figures.compare import GROUP_COLOURS, similarity_histogram
 
     fig = similarity_histogram(similarity(compare(pbc, pbc_twins.as_trial(), pbc_twins.manifest)), "Cosine similarity")
-    colours = {t.name: t.marker.color for t in fig.data}
-    assert colours["within twins"] == GROUP_COLOURS["twin arm"]
-    assert colours["within real"] == GROUP_COLOURS["real target arm"]
-    assert colours["twin to own source"] == GROUP_COLOURS["real source cohort"]
+    colours = {t.name: t.line.color for t in fig.data}
+    assert colours["within the twin arm"] == GROUP_COLOURS["twin arm"]
+    assert colours["within the real target arm"] == GROUP_COLOURS["real target arm"]
+    assert colours["twin to its own source"] == GROUP_COLOURS["real source cohort"]
+    # outlines that integrate to 1 (densities on common bins), not filled bars that blend
+    for t in fig.data:
+        x, y = np.asarray(t.x), np.asarray(t.y)
+        assert np.sum(np.diff(x)[::2] * y[::2]) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_the_km_distance_interval_covers_a_known_distance():
@@ -311,3 +315,18 @@ def test_the_km_distance_interval_covers_a_known_distance():
         truth = np.abs(np.exp(-t[t <= end]) - np.exp(-1.3 * t[t <= end])).max()
         hits += r["ci_low"] <= truth <= r["ci_high"]
     assert hits / reps >= 0.85
+
+
+def test_the_embedding_draws_each_real_arm_in_its_groups_colour(pbc, pbc_twins):
+    # the fallback palette drew the real source cohort in the real target arm's green (a browser review)
+    from services.evaluation.comparison import compare
+    from services.reporting.figures.compare import GROUP_COLOURS, embedding_scatter
+
+    comp = compare(pbc, pbc_twins.as_trial(), pbc_twins.manifest)
+    assert comp.arm_groups() == {"D-penicillamine": "real source cohort", "Placebo": "real target arm"}
+    points = pd.DataFrame({"x": [0.0, 1, 2], "y": [0.0, 1, 2], "SOURCE": ["real", "real", "twin"],
+                           "ARM": ["Placebo", "D-penicillamine", "Placebo"], "USUBJID": ["a", "b", "c"]})
+    colours = {t.name: t.marker.color for t in embedding_scatter(points, "t", comp.arm_groups()).data}
+    assert colours == {"real: Placebo": GROUP_COLOURS["real target arm"],
+                       "real: D-penicillamine": GROUP_COLOURS["real source cohort"],
+                       "twin: Placebo": GROUP_COLOURS["twin arm"]}

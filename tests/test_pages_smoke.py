@@ -85,6 +85,9 @@ def test_pages_on_the_cdisc_pilot(pilot):
             chosen = next(m for m in at.multiselect if m.label == "Variables").value
             assert "HEIGHTBL" in chosen and "HEIGHT" not in chosen and "WEIGHT" not in chosen
             assert any("repeat an ADSL variable" in c.value and "weight" in c.value.lower() for c in at.caption), [c.value for c in at.caption]
+            # added back: shown, and no longer named as left out (a browser review)
+            next(m for m in at.multiselect if m.label == "Variables").set_value([*chosen, "HEIGHT", "WEIGHT"]).run()
+            assert not any("repeat an ADSL variable" in c.value for c in at.caption)
     assert {m.label: m.value for m in at.metric}["Subjects"] == "254"
 
 

@@ -420,3 +420,16 @@ def test_what_twins_minus_target_can_show_depends_on_how_the_twins_got_their_aes
     assert "holds 0 by construction" in safety.twin_target_meaning({"ae": {"pool": {"neighbour_share": 0.0}}})
     assert "25% of the twins" in safety.twin_target_meaning({"ae": {"pool": {"neighbour_share": 0.25}}})
     assert "the model's adverse events" in safety.twin_target_meaning({"ae": {"source": "model"}})
+
+
+def test_twins_minus_target_has_no_interval_when_it_is_zero_by_construction(pilot, placebo_twins):
+    # the pilot's AE donors come from the whole placebo arm: an interval of +-10 points treated the
+    # twins and the arm they copy as independent samples (a browser review)
+    comp = ev.compare(pilot, placebo_twins.as_trial(), placebo_twins.manifest)
+    assert safety.by_construction(comp.manifest)
+    inc = safety.incidence(comp, "PT")
+    assert inc["rd_twin_target_lo"].isna().all() and inc["rd_source_twin_lo"].notna().any()
+    table = safety.safety_table(comp)
+    assert table["RD twins - real target (95 % CI)"].iloc[0].endswith("(by construction)")
+    assert not safety.by_construction({"ae": {"source": "model"}})
+    assert not safety.by_construction({"ae": {"donors": {"t": "d"}, "pool": {"neighbour_share": 0.25}}})

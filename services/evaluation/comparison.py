@@ -76,6 +76,11 @@ class Comparison:
     def tte_parameters(self) -> list[str]:
         return [p for p in self.kb.tte_parameters if p in set(self.twins.tte_parameters)]
 
+    def arm_groups(self) -> dict[str, str]:
+        """A real arm's group on the charts: the target arm's, the sources' arms'."""
+        arms = self.kb.subjects.loc[self.kb.subjects["USUBJID"].isin(self.source_ids), "ARM"].unique()
+        return {str(a): SOURCE for a in arms} | {self.target_arm: TARGET}
+
     def source_arm(self) -> str:
         arms = self.kb.subjects.loc[self.kb.subjects["USUBJID"].isin(self.source_ids), "ARM"].unique()
         return ", ".join(map(str, arms))
@@ -356,6 +361,8 @@ def headline(result: dict) -> pd.DataFrame:
     rows = []
 
     def add(group, key, metric, value, good, bad, interval=None, detail=""):
+        if isinstance(value, float) and abs(value) < 1e-12:
+            value = 0.0                  # a difference of equal AUROCs printed as -1.11e-16 (a browser review)
         threshold = V.THRESHOLDS[key]
         verdict = V.FAMILY_VERDICTS[group](key, value, interval)
         meaning = {V.MET: good, V.NOT_MET: bad, V.NA: "not computed",

@@ -178,6 +178,7 @@ def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
     arm_ids = comp.kb.subjects.loc[comp.kb.subjects["ARM"] == comp.target_arm, "USUBJID"]
     arm_rates = indicators(comp.kb, level, arm_ids).mean() if len(arm_ids) else pd.Series(dtype=float)
     factor_all, factor_src = donor_factor(comp, list(probs.index)), donor_factor(comp, src_ids)
+    constructed = by_construction(comp.manifest)
     rows = []
     for term in terms:
         p = probs[term].to_numpy(float) if term in probs else np.zeros(len(probs))
@@ -195,6 +196,8 @@ def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
         if TARGET in real:
             y = real[TARGET][term].to_numpy(float) if term in real[TARGET] else np.zeros(len(real[TARGET]))
             row["rd_twin_target"], row["rd_twin_target_lo"], row["rd_twin_target_hi"] = risk_difference(p, y)
+            if constructed:               # no interval for a difference that is 0 by construction
+                row["rd_twin_target_lo"] = row["rd_twin_target_hi"] = float("nan")
         if SOURCE in real:
             y = real[SOURCE][term].to_numpy(float) if term in real[SOURCE] else np.zeros(len(src_ids))
             p_src = probs.loc[src_ids, term].to_numpy(float) if term in probs else np.zeros(len(src_ids))
@@ -207,6 +210,15 @@ def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
     out["_any"] = out["PT"].eq(ANY)
     out = out.sort_values(["_any", "_freq"], ascending=[False, False], kind="stable")
     return out.drop(columns=["_freq", "_any"]).reset_index(drop=True)
+
+
+def by_construction(manifest: dict) -> bool:
+    """The twins' AEs are records of donors drawn from the whole target arm (no personalised
+    share, not written by a model): twin arm - real target arm is then 0 up to the draw, and an
+    interval treating the two as independent samples (+-10 points on the pilot) means nothing."""
+    ae = manifest.get("ae") or {}
+    share = float((ae.get("pool") or {}).get("neighbour_share", 0.0) or 0.0)
+    return ae.get("source") != "model" and bool(ae.get("donors")) and share == 0.0
 
 
 def twin_target_meaning(manifest: dict) -> str:
@@ -259,6 +271,7 @@ def safety_table(comp: Comparison) -> pd.DataFrame:
     incidence over the groups); the twin arm's n is in patients (sum of probabilities)."""
     pt = incidence(comp, "PT")
     soc = incidence(comp, "SOC") if "AEBODSYS" in emergent(comp.kb).columns else None
+    constructed = by_construction(comp.manifest)
     groups = [g for g in (TWIN, TARGET, SOURCE) if f"{g}_N" in pt]
     heads = {g: f"{g} (N={int(pt[f'{g}_N'].iloc[0])})" for g in groups}
 
@@ -270,8 +283,9 @@ def safety_table(comp: Comparison) -> pd.DataFrame:
                           ("rd_twin_target", "RD twins - real target (95 % CI)")):
             if key in row:
                 rd, lo, hi = row[key], row[f"{key}_lo"], row[f"{key}_hi"]
+                why = "by construction" if key == "rd_twin_target" and constructed else "no CI: no patient varies"
                 out[head] = ("" if not np.isfinite(rd) else f"{100 * rd:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f})"
-                             if np.isfinite(lo) else f"{100 * rd:+.1f} (no CI: no patient varies)")
+                             if np.isfinite(lo) else f"{100 * rd:+.1f} ({why})")
         return out
 
     rows = [line("Any adverse event", pt.iloc[0])]

@@ -249,7 +249,7 @@ def build_report(kb: Trial, run, cohort_description: str = "", backtest=None, pr
     try:
         points = ps.cached_embedding_points(comp, run_dir, method=embedding_method, seed=seed)
         parts.append(fig(figs.embedding_scatter(points, f"{'t-SNE' if embedding_method == 'tsne' else 'UMAP'} of "
-                                                "patient vectors"),
+                                                "patient vectors", comp.arm_groups()),
                          "Twins (crosses) should mix with the real target arm rather than form an island."))
         parts.append(fig(figs.similarity_histogram(ps.similarity(comp, seed=seed), "Cosine similarity"),
                          "Real-to-twin similarities like those within real patients mean twins mirror the "

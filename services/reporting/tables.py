@@ -74,22 +74,22 @@ def code_labels(labels: dict[str, str]) -> dict[str, str]:
 IN_SAMPLE_PRIVACY_NOTE = ("The privacy figures here measure the twins against the real patients the generator learnt "
                           "from, where closeness is expected and a verdict of copies can be misleading; the hold-out "
                           "privacy audit (Validate) judges them against patients the generator never saw.")
-SAFETY_BY_CONSTRUCTION_NOTE = ("The twins' adverse-event probabilities are learnt from this real target arm itself "
-                               "(its rates, personalised by similar patients), so agreement with it is largely by "
-                               "construction, not evidence of skill: the safety backtest (Validate) scores them on "
-                               "held-out patients.")
+SAFETY_BY_CONSTRUCTION_NOTE = ("The twins' adverse events come from this real target arm itself (its patients' records, "
+                               "or, for an LLM run, what the model wrote after reading them), so agreement with it is "
+                               "largely by construction, not evidence of skill: the safety backtest (Validate) scores "
+                               "them on held-out patients.")
 
 # the Safety tab's and the report's captions of the risk differences and the time to a first AE
-def safety_rd_note(manifest: dict) -> str:
-    """The risk differences' caption for this run (`safety.twin_target_meaning` says what twin
-    arm - real target arm can show, given how the run's twins got their AEs)."""
+def safety_rd_note(manifest: dict, terms: int = 15) -> str:
+    """The risk differences' caption for this run and the `terms` shown (`safety.twin_target_meaning`
+    says what twin arm - real target arm can show, given how the run's twins got their AEs)."""
     from services.evaluation.safety import twin_target_meaning
 
     return ("Real source cohort - twin arm (paired within patient, plus the sampling error of the target-arm "
             "patients whose records the twins carry) is the risk difference of the source treatment against its "
             f"synthetic control. Twin arm - real target arm: {twin_target_meaning(manifest)} Each interval is a "
-            "separate 95 % interval, not adjusted for the many terms shown: among 15 terms without any true "
-            "difference, one or more will often lie off 0 by chance.")
+            f"separate 95 % interval, not adjusted for the many terms shown: among {terms} terms without any true "
+            f"difference, one or more lie off 0 by chance {1 - 0.95 ** terms:.0%} of the time (if independent).")
 
 
 SAFETY_KM_NOTE = ("Kaplan-Meier of the first onset, censored at each patient's end of follow-up; a twin's AEs are "

@@ -149,16 +149,19 @@ def kaplan_meier(curves: pd.DataFrame, at_risk: pd.DataFrame | None, title: str)
     return fig
 
 
-def embedding_scatter(points: pd.DataFrame, title: str) -> go.Figure:
-    """2-D embedding; `points` has x, y, SOURCE ("real"/"twin"), ARM, USUBJID."""
+def embedding_scatter(points: pd.DataFrame, title: str, arm_groups: dict[str, str] | None = None) -> go.Figure:
+    """2-D embedding; `points` has x, y, SOURCE ("real"/"twin"), ARM, USUBJID. `arm_groups`
+    (`Comparison.arm_groups`): a real arm's group, whose colour it takes as on every other
+    chart (the fallback palette drew the real source cohort in the real target arm's green)."""
     fig = go.Figure()
     symbols = {"real": "circle", "twin": "x"}
+    arm_groups = arm_groups or {}
     for i, ((source, arm), grp) in enumerate(points.groupby(["SOURCE", "ARM"], sort=False)):
         name = f"{source}: {arm}"
+        c = colour("twin arm") if source != "real" else colour(arm_groups.get(str(arm), ""), i)
         fig.add_trace(go.Scattergl(x=grp["x"], y=grp["y"], mode="markers", name=name, text=grp["USUBJID"],
                                    marker={"symbol": symbols.get(source, "circle"), "size": 6, "opacity": 0.7,
-                                               "color": _FALLBACK[i % len(_FALLBACK)] if source == "real"
-                                               else colour("twin arm")},
+                                           "color": c},
                                    hovertemplate="%{text}<extra>" + name + "</extra>"))
     fig = _layout(fig, title, "dimension 1", "dimension 2", height=480)
     fig.update_xaxes(showticklabels=False)
@@ -167,20 +170,31 @@ def embedding_scatter(points: pd.DataFrame, title: str) -> go.Figure:
 
 
 # each distribution in the colour of the group it describes, as on every other chart (the
-# fallback palette had drawn "within twins" in the real target arm's green)
+# fallback palette had drawn "within twins" in the real target arm's green), and named in full
 SIMILARITY_COLOURS = {"within real": GROUP_COLOURS["real target arm"], "within twins": GROUP_COLOURS["twin arm"],
                       "real to twin": "#666666", "twin to own source": GROUP_COLOURS["real source cohort"]}
+SIMILARITY_NAMES = {"within real": "within the real target arm", "within twins": "within the twin arm",
+                    "real to twin": "real target arm to twins", "twin to own source": "twin to its own source"}
 
 
 def similarity_histogram(distributions: dict[str, np.ndarray], title: str) -> go.Figure:
-    """Overlaid histograms of cosine similarities (probability density)."""
+    """Cosine similarities as density outlines on common bins: overlaid filled histograms had
+    blended into one brown mass (a browser review)."""
     fig = go.Figure()
+    finite = [np.asarray(v, float)[np.isfinite(v)] for v in distributions.values() if len(v)]
+    if not finite:
+        return _layout(fig, title, "cosine similarity", "density")
+    lo, hi = min(v.min() for v in finite), max(v.max() for v in finite)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-9, 61)
     for i, (name, values) in enumerate(distributions.items()):
-        if len(values):
-            fig.add_trace(go.Histogram(x=values, name=name, histnorm="probability density", opacity=0.55,
-                                       nbinsx=60, marker_color=SIMILARITY_COLOURS.get(
-                                           name, _FALLBACK[i % len(_FALLBACK)])))
-    fig.update_layout(barmode="overlay")
+        values = np.asarray(values, float)
+        values = values[np.isfinite(values)]
+        if not len(values):
+            continue
+        density, _ = np.histogram(values, bins=edges, density=True)
+        fig.add_trace(go.Scatter(x=np.repeat(edges, 2)[1:-1], y=np.repeat(density, 2), mode="lines",
+                                 name=SIMILARITY_NAMES.get(name, name), line={
+                                     "color": SIMILARITY_COLOURS.get(name, _FALLBACK[i % len(_FALLBACK)]), "width": 2}))
     return _layout(fig, title, "cosine similarity", "density")
 
 
