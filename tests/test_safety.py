@@ -433,3 +433,23 @@ def test_twins_minus_target_has_no_interval_when_it_is_zero_by_construction(pilo
     assert table["RD twins - real target (95 % CI)"].iloc[0].endswith("(by construction)")
     assert not safety.by_construction({"ae": {"source": "model"}})
     assert not safety.by_construction({"ae": {"donors": {"t": "d"}, "pool": {"neighbour_share": 0.25}}})
+
+
+def test_the_twins_ae_curve_band_carries_its_donors_sampling_error():
+    # twins copy real donors' times: clustered by source alone, the band was ~3 times too narrow
+    # (0.08 wide beside its donors' arm's 0.25, an outside review). Known truth: exp(-t)
+    from services.evaluation.metrics.survival import clustered_km
+
+    rng = np.random.default_rng(3)
+    hits = {False: 0, True: 0}
+    reps, n, k = 150, 60, 3
+    for _ in range(reps):
+        donor_times = rng.exponential(1.0, n)
+        donors = rng.permutation(np.repeat(np.arange(n), k))          # balanced, as the local generator's
+        t, e = donor_times[donors], np.ones(n * k, bool)
+        for two_way in (False, True):
+            band = clustered_km(t, e, np.full(n * k, 1 / k), np.repeat(np.arange(n), k),
+                                donors=donors if two_way else None)
+            row = band[band["time"] <= np.log(2)].iloc[-1]                # at the true median, S = 0.5
+            hits[two_way] += row["lo"] <= 0.5 <= row["hi"]
+    assert hits[True] / reps >= 0.9 and hits[False] / reps < 0.8, hits

@@ -336,5 +336,8 @@ def km_first_ae(comp: Comparison, term: str, level: str = "PT", n_risk_points: i
         d["w"] = twin_weights(trial.subjects, d["USUBJID"]) if g == TWIN else 1.0
         if g == TWIN:
             d["cluster"] = twin_sources(trial.subjects, d["USUBJID"])
+            # the donors whose AE histories the twins copy: their sampling error is in the band too
+            # (a twin without a recorded donor is its own)
+            d["donor"] = d["USUBJID"].astype(str).map(ae_donors(comp)).fillna(d["USUBJID"].astype(str))
         data[g] = d
     return km_steps(data, n_risk_points)

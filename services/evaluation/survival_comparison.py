@@ -37,8 +37,9 @@ def km_steps(data: dict[str, pd.DataFrame], n_risk_points: int = 6) -> tuple[pd.
     """Kaplan-Meier step data with 95 % bands per group (GROUP, time, survival, lo, hi) from
     frames of (time, event, w[, cluster]), and the weight at risk (patients; twins at 1/K) at a
     few times. A frame with clusters (a twin arm: its source patients) gets the cluster-robust
-    band of `metrics.survival.clustered_km`; the others lifelines' Greenwood band. The
-    generator's own uncertainty is not in the band."""
+    band of `metrics.survival.clustered_km` (two-way with a `donor` column: the real patients whose
+    records the twins copy); the others lifelines' Greenwood band. The generator's own
+    uncertainty is not in the band."""
     import warnings
 
     from lifelines import KaplanMeierFitter
@@ -49,7 +50,8 @@ def km_steps(data: dict[str, pd.DataFrame], n_risk_points: int = 6) -> tuple[pd.
     curves, risk = [], []
     for g, d in data.items():
         if "cluster" in d:
-            curves.append(M.clustered_km(d["time"], d["event"], d["w"], d["cluster"]).assign(GROUP=g))
+            donors = d.get("donor")
+            curves.append(M.clustered_km(d["time"], d["event"], d["w"], d["cluster"], donors=donors).assign(GROUP=g))
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -270,7 +270,7 @@ def cox_hazard_ratio(times, events, group) -> HazardRatio:
     )
 
 
-def clustered_km(time_, event, w, clusters, z: float = 1.959963984540054) -> pd.DataFrame:
+def clustered_km(time_, event, w, clusters, z: float = 1.959963984540054, donors=None) -> pd.DataFrame:
     """Weighted Kaplan-Meier curve (time, survival, lo, hi: 0 and each event time) whose 95 %
     band has a cluster-robust variance: sum over clusters of their summed influence,
     S(t)^2 sum_c (sum_{s <= t} (E_c(s) - W_c(s) dLambda(s)) / R(s))^2, with E_c and W_c the
@@ -278,29 +278,54 @@ def clustered_km(time_, event, w, clusters, z: float = 1.959963984540054) -> pd.
     log(-log) scale, as lifelines' default. For a twin arm (weights 1/K, clusters = source
     patients): K twins are neither K patients (Greenwood on N x K was ~sqrt(K) too narrow)
     nor one patient's copies (1/K weights with Greenwood, 1.35-1.9 x too wide in a review's
-    simulation)."""
+    simulation). `donors`: a second clustering (twins whose data copy the same real donor); the
+    variance is then two-way, sources + donors - each observation's own (Cameron, Gelbach &
+    Miller 2011), as the AE incidences' (`services.evaluation.safety.donor_factor`): the twins'
+    time to a first AE copies the donors' histories, whose sampling error the source clusters
+    alone left out (a twin band of width 0.08 beside its donors' arm's 0.25, an outside review)."""
     t, d = np.asarray(time_, float), np.asarray(event, float) > 0
     w = np.asarray(w, float)
     keep = np.isfinite(t) & np.isfinite(w)
     t, d, w = t[keep], d[keep], w[keep]
     clusters = np.asarray(clusters, dtype=object)[keep]
+    donors = None if donors is None else np.asarray(donors, dtype=object)[keep]
     times = np.unique(t[d])
     if not len(times):
         return pd.DataFrame({"time": [0.0], "survival": [1.0], "lo": [1.0], "hi": [1.0]})
-    ids, cl = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
     T = len(times)
     at = np.searchsorted(times, t, side="right") - 1            # last event time <= t_i
-    W = np.zeros((len(ids), T + 1))
-    np.add.at(W, (cl, at + 1), w)                                 # column 0: before the first event
-    W = np.cumsum(W[:, ::-1], axis=1)[:, ::-1][:, 1:]             # weight at risk (t_i >= s) per cluster
-    E = np.zeros((len(ids), T))
     ev = np.flatnonzero(d)
-    np.add.at(E, (cl[ev], np.searchsorted(times, t[ev])), w[ev])
-    R, D = W.sum(axis=0), E.sum(axis=0)
+    W_all = np.zeros(T + 1)
+    np.add.at(W_all, at + 1, w)
+    R = np.cumsum(W_all[::-1])[::-1][1:]                          # total weight at risk at each event time
+    D = np.zeros(T)
+    np.add.at(D, np.searchsorted(times, t[ev]), w[ev])
     dlam = D / R
     surv = np.cumprod(1.0 - dlam)
-    infl = np.cumsum((E - W * dlam) / R, axis=1)                  # (clusters, T)
-    var = surv ** 2 * np.sum(infl ** 2, axis=0)
+
+    is_event, event_at = d, np.searchsorted(times, t)
+
+    def spread(labels, block: int = 2000) -> np.ndarray:
+        """sum over the clusters `labels` of their squared summed influence, at each event time
+        (clusters taken `block` at a time: one per observation must not need n x T memory)."""
+        _, cl = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
+        out = np.zeros(T)
+        for start in range(0, cl.max() + 1, block):
+            rows = np.flatnonzero((cl >= start) & (cl < start + block))
+            c = cl[rows] - start
+            W = np.zeros((block, T + 1))
+            np.add.at(W, (c, at[rows] + 1), w[rows])                      # column 0: before the first event
+            W = np.cumsum(W[:, ::-1], axis=1)[:, ::-1][:, 1:]             # weight at risk (t_i >= s) per cluster
+            E = np.zeros((block, T))
+            hit = is_event[rows]
+            np.add.at(E, (c[hit], event_at[rows][hit]), w[rows][hit])
+            out += np.sum(np.cumsum((E - W * dlam) / R, axis=1) ** 2, axis=0)
+        return out
+
+    total = spread(clusters)
+    if donors is not None:
+        total = total + spread(donors) - spread(np.arange(len(t)))
+    var = surv ** 2 * np.maximum(total, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         se_ll = np.sqrt(var) / np.abs(surv * np.log(surv))
         lo = surv ** np.exp(z * se_ll)
