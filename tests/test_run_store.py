@@ -59,11 +59,13 @@ def test_a_result_is_not_reused_once_the_twin_files_change(pbc, pbc_twins, tmp_p
     frame.loc[post, "AVAL"] += 1.0                      # every twin's albumin 1 g/dL higher
     frame.to_csv(lab, index=False)
     assert alb_effect() == pytest.approx(before - 1.0, abs=1e-6)
-    # the digest covers what the results read (the datasets, manifest, trial.toml), not a user's file
+    # the digest covers what the results read (the datasets, the manifest), not a user's files
     digest = data_digest(run_dir)
     (Path(run_dir) / "summary.csv").write_text("a,b\n1,2\n")
+    (Path(run_dir) / "adsl.old.csv").write_text("a,b\n1,2\n")
     assert data_digest(run_dir) == digest
-    (Path(run_dir) / "trial.toml").write_text((Path(run_dir) / "trial.toml").read_text() + "\n# edited\n")
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    (Path(run_dir) / "manifest.json").write_text(json.dumps({**manifest, "notes": ["edited"]}))
     assert data_digest(run_dir) != digest
 
 
@@ -83,12 +85,24 @@ def test_a_run_written_over_another_replaces_its_files_and_nothing_else(pbc_twin
     assert folder.stat().st_mode & 0o777 == 0o777 & ~umask      # the umask's mode, not a temp folder's 0700
     # a write that fails part-way leaves no run to read (the old manifest goes first), never a
     # new run's data under the old run's manifest; the user's files stay
+    # a run that cannot be written leaves the old one whole (every byte is built first)
+    before = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
     broken = dataclasses.replace(pbc_twins, manifest={**pbc_twins.manifest, "bad": object()})
     with pytest.raises(TypeError):
-        write_run(broken, folder, fmt="csv")                 # fails at the manifest, after the data files
+        write_run(broken, folder, fmt="csv")
+    assert {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()} == before
+    assert read_run(folder).run_id == pbc_twins.run_id
+    # a folder left without its manifest (an interrupted write) is no run; the next write cleans
+    # both formats of its datasets, and only files named exactly <dataset>.<csv|parquet>
+    (folder / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         read_run(folder)
-    assert (folder / "notes.txt").read_text() == "mine" and not [f for f in folder.iterdir() if f.name.startswith(".")]
+    (folder / "adsl.old.csv").write_text("mine too")
+    write_run(pbc_twins, folder, fmt="csv")
+    names = {f.name for f in folder.iterdir()}
+    assert "adsl.parquet" not in names and {"adsl.csv", "adsl.old.csv", "notes.txt"} <= names
+    assert len(read_run(folder).adsl) == len(pbc_twins.adsl)
+    assert not [f for f in folder.iterdir() if f.name.startswith(".")]
 
 
 def test_background_evaluation_is_what_the_cli_and_the_page_show(pbc, pbc_twins, tmp_path,

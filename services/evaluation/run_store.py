@@ -17,23 +17,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from services.generation.run import run_data_files
+
 
 def data_digest(run_dir) -> str:
     """SHA-256 of what a run folder's results are computed from: the datasets `read_run` reads
-    (adsl, adtte, adae and the manifest's list, CSV or Parquet), the manifest and trial.toml;
-    "" without a folder. Files are hashed in chunks; a digest is reused while no file's inode,
-    size, mtime or ctime changed (a copy that keeps mtimes changes ctime)."""
+    (`run_data_files`) and the manifest; "" without a folder. Files are hashed in chunks; a
+    digest is reused while no file's inode, size, mtime or ctime changed (a copy that keeps
+    mtimes changes ctime)."""
     folder = Path(run_dir) if run_dir else None
     if folder is None or not (folder / "manifest.json").is_file():
         return ""
-    try:
-        listed = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("datasets")
-    except ValueError:
-        listed = None
-    wanted = None if listed is None else {"adsl", "adtte", "adae"} | {str(n).lower() for n in listed}
-    files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and (
-        f.name in ("manifest.json", "trial.toml") or (f.suffix.lower() in (".csv", ".parquet") and (
-            wanted is None or f.name.split(".")[0].lower() in wanted))))
+    files = sorted([*run_data_files(folder), folder / "manifest.json"])
     stamp = tuple((f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                   for f in files for st in [f.stat()])
     return _digest(str(folder), stamp)

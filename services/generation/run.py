@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,30 +152,33 @@ def write_run(run: TwinRun, out_dir: str | os.PathLike, fmt: str = "csv") -> Pat
     """Write the contract's folder: adsl, one file per BDS dataset, adtte, adae, trial.toml,
     manifest.json. Returns the folder.
 
-    Over a run folder already there, the old run's manifest goes first and the new one is written
+    Every byte is built before the folder is touched (a run that cannot be written leaves the old
+    one whole). Over a run folder, the old manifest then goes first and the new one is written
     last, so an interrupted write leaves a folder without a manifest, which nothing reads as a
     run (an outside review stopped `generate` and found a new run's data beside an old run's
     manifest); each file is written under a temporary name and renamed into place; the old run's
-    datasets that the new one does not write (its CSVs under a new Parquet run) are removed.
-    Nothing else in the folder is touched: a user's own files stay."""
+    datasets and any dataset of the new run's names in the other format (a CSV run over a
+    Parquet one) are removed. Only files named exactly `<dataset>.<csv|parquet>` are: a user's
+    own files stay."""
+    files = run.files(fmt) + [RawFile("manifest.json", (json.dumps(jsonable(run.manifest), indent=1,
+                                                                    ensure_ascii=False) + "\n").encode("utf-8"))]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    old = _old_datasets(out)
+    data = [Path(raw.name) for raw in files if raw.name.split(".")[-1] in FORMATS]
+    stale = {f.name for f in run_data_files(out)} | {f"{d.stem}.{other}" for d in data for other in FORMATS}
     (out / "manifest.json").unlink(missing_ok=True)
-    written = set()
-    for raw in run.files(fmt):
+    for raw in files[:-1]:
         _replace(out / raw.name, raw.data)
-        written.add(raw.name)
-    for stale in old - written:
-        (out / stale).unlink(missing_ok=True)
-    _replace(out / "manifest.json", (json.dumps(jsonable(run.manifest), indent=1, ensure_ascii=False)
-                                     + "\n").encode("utf-8"))
+    for name in stale - {raw.name for raw in files}:
+        if (out / name).is_file():
+            (out / name).unlink()
+    _replace(out / "manifest.json", files[-1].data)
     return out
 
 
 def _replace(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder (never half a file)."""
-    tmp = path.with_name(f".{path.name}.writing")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.writing")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -182,15 +186,22 @@ def _replace(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _old_datasets(folder: Path) -> set[str]:
-    """File names of the run already in `folder` (by its manifest): its datasets in every format."""
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
-    names = {"adsl", "adtte", "adae"} | {str(n).lower() for n in manifest.get("datasets") or []}
-    return {f.name for f in folder.iterdir() if f.is_file() and f.name.split(".")[0].lower() in names
-            and f.suffix.lower().lstrip(".") in FORMATS}
+def run_data_files(folder: Path, manifest: dict | None = None) -> list[Path]:
+    """The run's own data files in `folder`, by the manifest's dataset list (`manifest`, else
+    the folder's manifest.json): adsl, adtte, adae and each listed dataset, named exactly
+    `<name>.csv` or `<name>.parquet` (a user's adsl.old.csv was read as the twins' adsl). A
+    manifest without the list (written before it existed) takes every such data file."""
+    folder = Path(folder)
+    if manifest is None:
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+    listed = manifest.get("datasets")
+    wanted = None if listed is None else {"adsl", "adtte", "adae"} | {str(n).lower() for n in listed}
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
+                  and f.suffix.lower().lstrip(".") in FORMATS and "." not in f.stem
+                  and (wanted is None or f.stem.lower() in wanted))
 
 
 def read_run(path: str | os.PathLike) -> TwinRun:
@@ -205,14 +216,12 @@ def read_run(path: str | os.PathLike) -> TwinRun:
     # the run's own datasets only: a summary.csv a user kept beside them was read as a BDS
     # dataset and exported with the twins (an outside review); a manifest without the list
     # (written before it existed) reads every data file
-    listed = manifest.get("datasets")
-    wanted = None if listed is None else {"adsl", "adtte", "adae"} | {str(n).lower() for n in listed}
     tables: dict[str, pd.DataFrame] = {}
-    for file in sorted(folder.iterdir()):
-        ext = file.suffix.lower().lstrip(".")
-        stem = file.name.split(".")[0].lower()
-        if file.is_file() and ext in FORMATS and not file.name.startswith(".") and (wanted is None or stem in wanted):
-            tables[stem] = _read_table(file, ext)
+    for file in run_data_files(folder, manifest):
+        stem = file.stem.lower()
+        if stem in tables:
+            raise ValueError(f"{folder}: {stem} is there as CSV and as Parquet: keep the run's own format only")
+        tables[stem] = _read_table(file, file.suffix.lower().lstrip("."))
     if "adsl" not in tables:
         xpt = " (SAS transport files are an export for other tools: read the run folder `generate` wrote)" \
             if any(f.suffix.lower() == ".xpt" for f in folder.iterdir()) else ""
