@@ -39,7 +39,7 @@ def safety_tab(comp) -> None:
                "patient-level intervals for twins); the gap to the real source cohort is the safety profile "
                "of the source patients' own treatment. " + SAFETY_BY_CONSTRUCTION_NOTE)
     st.plotly_chart(fig.risk_difference_forest(pt, "Risk differences (95 % CI)", top), width="stretch")
-    st.caption(safety_rd_note(comp.manifest, top))
+    st.caption(safety_rd_note(comp, min(top, len(pt) - 1)))
     terms = [t for t in pt["PT"] if t != safety.ANY]
     term = kept_choice(st.selectbox, "Time to first", terms, key="cmp_ae_term")
     curves, at_risk = safety.km_first_ae(comp, term)

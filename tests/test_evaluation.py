@@ -289,6 +289,9 @@ def test_similarity_histograms_are_drawn_in_their_groups_colours(pbc, pbc_twins)
     assert colours["within the twin arm"] == GROUP_COLOURS["twin arm"]
     assert colours["within the real target arm"] == GROUP_COLOURS["real target arm"]
     assert colours["twin to its own source"] == GROUP_COLOURS["real source cohort"]
+    # a distribution with no finite value is left out, not a crash (a code review)
+    assert [t.name for t in similarity_histogram({"within real": np.array([np.nan]), "within twins": np.array([0.5, 0.7])},
+                                                 "t").data] == ["within the twin arm"]
     # outlines that integrate to 1 (densities on common bins), not filled bars that blend
     for t in fig.data:
         x, y = np.asarray(t.x), np.asarray(t.y)

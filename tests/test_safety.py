@@ -125,17 +125,23 @@ def test_time_to_first_ae_weighs_twins_one_over_k(toy):
 
 
 def test_the_knowledge_base_term_counts_the_donors_a_twin_arm_rests_on():
-    # every twin of a source carries the same donor: 3 donors of weight 1/3 each (sum W^2 = 1/3),
-    # less the twins' own part (1/6); a twin without a donor adds nothing to the first term
+    # every twin of a source carries the same donor: 3 donors of weight 1/3 each (sum W^2 = 1/3)
     donors = {f"{s}-T{k}": d for s, d in (("T1", "P1"), ("T2", "P2"), ("T3", "P3")) for k in (1, 2)}
     _, comp = _toy(donors=donors)
-    assert safety.donor_factor(comp, ["T1", "T2", "T3"]) == pytest.approx(1 / 3 - 1 / 6)
+    # each source's two twins share their donor: its cell (1/3)^2 is the patients' term's already
+    assert safety.donor_factor(comp, ["T1", "T2", "T3"]) == pytest.approx(0.0)
     h = safety.incidence(comp, "PT").set_index("PT").loc["HEADACHE"]
     d = np.zeros(3) - np.array([0.5, 1.0, 0.0])
-    assert h["rd_source_twin_hi"] == pytest.approx(d.mean() + Z * np.sqrt(d.var(ddof=1) / 3 + 0.25 / 6))
-    partial = {t: d for t, d in donors.items() if t != "T3-T2"}
-    _, comp = _toy(donors=partial)
-    assert safety.donor_factor(comp, ["T1", "T2", "T3"]) == pytest.approx(2 / 9 + 1 / 36 - 1 / 6)
+    assert h["rd_source_twin_hi"] == pytest.approx(d.mean() + Z * np.sqrt(d.var(ddof=1) / 3))
+    # twins of different sources sharing donors: T1's twins P1, P2; T2's P1, P3; T3's P2, P3
+    crossed = {"T1-T1": "P1", "T1-T2": "P2", "T2-T1": "P1", "T2-T2": "P3", "T3-T1": "P2", "T3-T2": "P3"}
+    _, comp = _toy(donors=crossed)
+    # W_j = 1/3 for P1, P2, P3 (sum 1/3); cells 6 x (1/6)^2 = 1/6
+    assert safety.donor_factor(comp, ["T1", "T2", "T3"]) == pytest.approx(1 / 3 - 1 / 6)
+    # a twin without a donor counts in neither term
+    _, comp = _toy(donors={t: d for t, d in crossed.items() if t != "T3-T2"})
+    assert safety.donor_factor(comp, ["T1", "T2", "T3"]) == pytest.approx((2 / 6) ** 2 + (2 / 6) ** 2 + (1 / 6) ** 2
+                                                                         - 5 / 36)
 
 
 def test_a_twin_is_followed_for_aes_no_longer_than_its_donor():
@@ -416,23 +422,31 @@ def test_cli_evaluate_reports_the_safety_comparison(pilot_dir, pilot, placebo_tw
     assert f"{first['PT']}: twin arm {100 * first['twin arm_pct']:.1f} %" in printed
 
 
-def test_what_twins_minus_target_can_show_depends_on_how_the_twins_got_their_aes():
-    assert "holds 0 by construction" in safety.twin_target_meaning({"ae": {"pool": {"neighbour_share": 0.0}}})
-    assert "25% of the twins" in safety.twin_target_meaning({"ae": {"pool": {"neighbour_share": 0.25}}})
-    assert "the model's adverse events" in safety.twin_target_meaning({"ae": {"source": "model"}})
+def test_what_twins_minus_target_can_show_depends_on_how_the_twins_got_their_aes(toy):
+    _, comp = toy
+
+    def meaning(ae):
+        return safety.twin_target_meaning(dataclasses.replace(comp, manifest={**comp.manifest, "ae": ae}))
+
+    donors = {"T1-T1": "P1"}
+    assert "holds 0 by construction" in meaning({"donors": donors, "pool": {"pool": "arm", "neighbour_share": 0.0}})
+    assert "25% of the twins" in meaning({"donors": donors, "pool": {"neighbour_share": 0.25}})
+    assert "the model's adverse events" in meaning({"source": "model"})
+    # a run that does not say where its donors came from took them from the neighbours
+    assert "100% of the twins" in meaning({"donors": donors})
 
 
 def test_twins_minus_target_has_no_interval_when_it_is_zero_by_construction(pilot, placebo_twins):
     # the pilot's AE donors come from the whole placebo arm: an interval of +-10 points treated the
     # twins and the arm they copy as independent samples (a browser review)
     comp = ev.compare(pilot, placebo_twins.as_trial(), placebo_twins.manifest)
-    assert safety.by_construction(comp.manifest)
+    assert safety.by_construction(comp)
     inc = safety.incidence(comp, "PT")
     assert inc["rd_twin_target_lo"].isna().all() and inc["rd_source_twin_lo"].notna().any()
     table = safety.safety_table(comp)
     assert table["RD twins - real target (95 % CI)"].iloc[0].endswith("(by construction)")
-    assert not safety.by_construction({"ae": {"source": "model"}})
-    assert not safety.by_construction({"ae": {"donors": {"t": "d"}, "pool": {"neighbour_share": 0.25}}})
+    for ae in ({"source": "model"}, {"donors": {"t": "d"}, "pool": {"neighbour_share": 0.25}}, {"donors": {"t": "d"}}):
+        assert not safety.by_construction(dataclasses.replace(comp, manifest={**comp.manifest, "ae": ae}))
 
 
 def test_the_twins_ae_curve_band_carries_its_donors_sampling_error():

@@ -138,29 +138,28 @@ def ae_donors(comp: Comparison) -> dict[str, str]:
 
 def donor_factor(comp: Comparison, src_ids) -> float:
     """The knowledge base's share of the twin arm's variance, per unit of a term's q (1 - q):
-    sum_j W_j^2 - sum_i 1 / (N^2 K_i). W_j is the share of the twin arm (a source's K_i twins
-    weighing one patient, N sources) whose AEs are donor j's: the donors' sampling error. The
-    second term is each twin's own, already in the patients' term var(p_i) / N (a two-way
-    cluster variance, sources and donors, less their intersection): without it the intervals
-    covered 98 % at K 1 (an outside review's simulation). A twin with no donor adds nothing to
-    the first term; a run that records no donors (an LLM writes its twins' AEs) takes W_j = 1 / M
-    over the target arm's M patients."""
+    sum_j W_j^2 - sum_ij W_ij^2. W_j is the share of the twin arm (a source's K_i twins weighing
+    one patient, N sources) whose AEs are donor j's: the donors' sampling error. W_ij is the share
+    of source i's twins that carry donor j's records: that cell is already in the patients' term
+    var(p_i) / N (a two-way cluster variance over sources and donors, less their intersection,
+    Cameron, Gelbach & Miller 2011); without it the intervals covered 98 % at K 1 (an outside
+    review's simulation). Twins without a donor count in neither term. A run that records no
+    donors (an LLM writes its twins' AEs) takes one donor per twin drawn from the target arm's M
+    patients: sum_j W_j^2 = 1 / M less each twin's own 1 / (N K_i)^2."""
     subj = comp.twins.subjects
     twins = subj[subj["SRCSUBJID"].astype(str).isin(set(map(str, src_ids)))]
     n = twins["SRCSUBJID"].nunique()
     if n == 0:
         return 0.0
-    k = twins.groupby("SRCSUBJID")["USUBJID"].size()
-    own = float((1.0 / k).sum()) / n**2
+    w = np.asarray(twin_weights(subj, twins["USUBJID"]), float) / n
     donors = ae_donors(comp)
-    if donors:
-        w = np.asarray(twin_weights(subj, twins["USUBJID"]), float) / n
-        donor_of = twins["USUBJID"].astype(str).map(donors)
-        shares = pd.Series(w[donor_of.notna().to_numpy()], index=donor_of.dropna().to_numpy()).groupby(level=0).sum()
-        spread = float((shares ** 2).sum())
-    else:
+    if not donors:
         m = int((comp.kb.subjects["ARM"] == comp.target_arm).sum())
-        spread = 1.0 / m if m else 0.0
+        return max(0.0, (1.0 / m if m else 0.0) - float((w ** 2).sum()))
+    cells = pd.DataFrame({"src": twins["SRCSUBJID"].astype(str).to_numpy(), "w": w,
+                          "donor": twins["USUBJID"].astype(str).map(donors).to_numpy()}).dropna(subset=["donor"])
+    spread = float((cells.groupby("donor")["w"].sum() ** 2).sum())
+    own = float((cells.groupby(["src", "donor"])["w"].sum() ** 2).sum())
     return max(0.0, spread - own)
 
 
@@ -178,7 +177,7 @@ def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
     arm_ids = comp.kb.subjects.loc[comp.kb.subjects["ARM"] == comp.target_arm, "USUBJID"]
     arm_rates = indicators(comp.kb, level, arm_ids).mean() if len(arm_ids) else pd.Series(dtype=float)
     factor_all, factor_src = donor_factor(comp, list(probs.index)), donor_factor(comp, src_ids)
-    constructed = by_construction(comp.manifest)
+    constructed = by_construction(comp)
     rows = []
     for term in terms:
         p = probs[term].to_numpy(float) if term in probs else np.zeros(len(probs))
@@ -212,21 +211,38 @@ def incidence(comp: Comparison, level: str = "PT") -> pd.DataFrame:
     return out.drop(columns=["_freq", "_any"]).reset_index(drop=True)
 
 
-def by_construction(manifest: dict) -> bool:
+def _neighbour_share(manifest: dict) -> float:
+    """The share of twins whose AE donor is personalised; 1 where the run does not say (runs
+    written before the donor pool was cross-validated took every donor from the neighbours)."""
+    pool = (manifest.get("ae") or {}).get("pool")
+    return 1.0 if not pool else float(pool.get("neighbour_share", 0.0 if pool.get("pool") == "arm" else 1.0))
+
+
+def by_construction(comp: Comparison) -> bool:
     """The twins' AEs are records of donors drawn from the whole target arm (no personalised
-    share, not written by a model): twin arm - real target arm is then 0 up to the draw, and an
-    interval treating the two as independent samples (+-10 points on the pilot) means nothing."""
-    ae = manifest.get("ae") or {}
-    share = float((ae.get("pool") or {}).get("neighbour_share", 0.0) or 0.0)
-    return ae.get("source") != "model" and bool(ae.get("donors")) and share == 0.0
+    share, not written by a model) and no source is of that arm: twin arm - real target arm is
+    then 0 up to the draw, and an interval treating the two as independent samples (+-10 points
+    on the pilot) means nothing. Sources of the target arm (twins of controls, a check of the
+    generator) give donors the real target group leaves out: then it is not (a code review)."""
+    ae = comp.manifest.get("ae") or {}
+    return (ae.get("source") != "model" and bool(ae.get("donors")) and _neighbour_share(comp.manifest) == 0.0
+            and not _sources_in_target_arm(comp))
 
 
-def twin_target_meaning(manifest: dict) -> str:
+def _sources_in_target_arm(comp: Comparison) -> bool:
+    subjects = comp.kb.subjects
+    return bool(subjects.loc[subjects["USUBJID"].isin(comp.source_ids), "ARM"].eq(comp.target_arm).any())
+
+
+def twin_target_meaning(comp: Comparison) -> str:
     """What twin arm - real target arm can show, given how the run's twins got their AEs (an
     outside review: "by construction" is false for an LLM's AEs and only partly true for donors
     chosen like each source)."""
-    ae = manifest.get("ae") or {}
-    share = float((ae.get("pool") or {}).get("neighbour_share", 0.0) or 0.0)
+    ae = comp.manifest.get("ae") or {}
+    share = _neighbour_share(comp.manifest)
+    if by_construction(comp):
+        return ("a check of the generator's bookkeeping, not evidence of agreement: the twins' AEs are that arm's "
+                "own records, drawn from the whole arm, so it holds 0 by construction.")
     if ae.get("source") == "model":
         return ("how far the model's adverse events are from that arm's; it saw its neighbours' histories, so "
                 "agreement is partly by construction.")
@@ -234,8 +250,10 @@ def twin_target_meaning(manifest: dict) -> str:
         return (f"{share:.0%} of the twins carry the records of that arm's patients most like their source, the "
                 "others of patients drawn from the whole arm, so the difference shows the sources' case mix, not "
                 "the generator's skill.")
-    return ("a check of the generator's bookkeeping, not evidence of agreement: the twins' AEs are that arm's "
-            "own records, drawn from the whole arm, so it holds 0 by construction.")
+    if _sources_in_target_arm(comp):
+        return ("the twins' AEs are records of the target arm's patients, the sources' own among them, which the "
+                "real target arm here leaves out: a difference from it is the draw, not the generator's skill.")
+    return "the twins' AEs come from that arm's patients' records, so agreement is largely by construction."
 
 
 def safety_summary(comp: Comparison, top: int = 15) -> dict:
@@ -248,7 +266,7 @@ def safety_summary(comp: Comparison, top: int = 15) -> dict:
             for r in pt.to_dict(orient="records")]
     return {"level": "PT", "unit": "patients (a source's K twins give one probability)", "terms": rows,
             "multiplicity": "separate 95 % intervals, not adjusted for the number of terms",
-            "twin_minus_target": twin_target_meaning(comp.manifest)}
+            "twin_minus_target": twin_target_meaning(comp)}
 
 
 def top_terms(trial: Trial, n: int = 10, arm: str | None = None) -> list[str]:
@@ -271,7 +289,7 @@ def safety_table(comp: Comparison) -> pd.DataFrame:
     incidence over the groups); the twin arm's n is in patients (sum of probabilities)."""
     pt = incidence(comp, "PT")
     soc = incidence(comp, "SOC") if "AEBODSYS" in emergent(comp.kb).columns else None
-    constructed = by_construction(comp.manifest)
+    constructed = by_construction(comp)
     groups = [g for g in (TWIN, TARGET, SOURCE) if f"{g}_N" in pt]
     heads = {g: f"{g} (N={int(pt[f'{g}_N'].iloc[0])})" for g in groups}
 

@@ -37,7 +37,7 @@ def safety_section(comp, fig) -> str:
                      "Twins should sit on the real target arm; the gap to the real source cohort is the safety "
                      "profile of the source patients' own treatment. " + SAFETY_BY_CONSTRUCTION_NOTE))
     parts.append(fig(figs.risk_difference_forest(pt, "Risk differences (95 % CI)"),
-                     safety_rd_note(comp.manifest)))
+                     safety_rd_note(comp, min(15, len(pt) - 1))))
     terms = [t for t in pt["PT"] if t != safety.ANY]
     if terms:
         curves, at_risk = safety.km_first_ae(comp, terms[0])

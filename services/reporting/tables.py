@@ -80,14 +80,14 @@ SAFETY_BY_CONSTRUCTION_NOTE = ("The twins' adverse events come from this real ta
                                "them on held-out patients.")
 
 # the Safety tab's and the report's captions of the risk differences and the time to a first AE
-def safety_rd_note(manifest: dict, terms: int = 15) -> str:
+def safety_rd_note(comp, terms: int = 15) -> str:
     """The risk differences' caption for this run and the `terms` shown (`safety.twin_target_meaning`
     says what twin arm - real target arm can show, given how the run's twins got their AEs)."""
     from services.evaluation.safety import twin_target_meaning
 
     return ("Real source cohort - twin arm (paired within patient, plus the sampling error of the target-arm "
             "patients whose records the twins carry) is the risk difference of the source treatment against its "
-            f"synthetic control. Twin arm - real target arm: {twin_target_meaning(manifest)} Each interval is a "
+            f"synthetic control. Twin arm - real target arm: {twin_target_meaning(comp)} Each interval is a "
             f"separate 95 % interval, not adjusted for the many terms shown: among {terms} terms without any true "
             f"difference, one or more lie off 0 by chance {1 - 0.95 ** terms:.0%} of the time (if independent).")
 

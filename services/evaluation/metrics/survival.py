@@ -279,7 +279,7 @@ def clustered_km(time_, event, w, clusters, z: float = 1.959963984540054, donors
     patients): K twins are neither K patients (Greenwood on N x K was ~sqrt(K) too narrow)
     nor one patient's copies (1/K weights with Greenwood, 1.35-1.9 x too wide in a review's
     simulation). `donors`: a second clustering (twins whose data copy the same real donor); the
-    variance is then two-way, sources + donors - each observation's own (Cameron, Gelbach &
+    variance is then two-way, sources + donors - their (source, donor) cells (Cameron, Gelbach &
     Miller 2011), as the AE incidences' (`services.evaluation.safety.donor_factor`): the twins'
     time to a first AE copies the donors' histories, whose sampling error the source clusters
     alone left out (a twin band of width 0.08 beside its donors' arm's 0.25, an outside review)."""
@@ -323,8 +323,9 @@ def clustered_km(time_, event, w, clusters, z: float = 1.959963984540054, donors
         return out
 
     total = spread(clusters)
-    if donors is not None:
-        total = total + spread(donors) - spread(np.arange(len(t)))
+    if donors is not None:         # less each (source, donor) cell, which both terms hold
+        cells = np.char.add(np.char.add(np.asarray(clusters).astype(str), "|"), np.asarray(donors).astype(str))
+        total = total + spread(donors) - spread(cells)
     var = surv ** 2 * np.maximum(total, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         se_ll = np.sqrt(var) / np.abs(surv * np.log(surv))

@@ -181,7 +181,8 @@ def similarity_histogram(distributions: dict[str, np.ndarray], title: str) -> go
     """Cosine similarities as density outlines on common bins: overlaid filled histograms had
     blended into one brown mass (a browser review)."""
     fig = go.Figure()
-    finite = [np.asarray(v, float)[np.isfinite(v)] for v in distributions.values() if len(v)]
+    finite = [x for x in (np.asarray(v, float)[np.isfinite(np.asarray(v, float))] for v in distributions.values())
+              if len(x)]
     if not finite:
         return _layout(fig, title, "cosine similarity", "density")
     lo, hi = min(v.min() for v in finite), max(v.max() for v in finite)
