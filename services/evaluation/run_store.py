@@ -64,6 +64,8 @@ def cached_in_run(run_dir, name: str, key: dict, compute: Callable[[], Any]) -> 
     result = compute()
     if path is not None:
         try:
+            if data_digest(run_dir) != key["data"]:
+                return result                      # the files changed meanwhile: not kept under either
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps({"key": key, "result": result}, indent=1), encoding="utf-8")
             tmp.replace(path)                      # a reader never sees half a file
