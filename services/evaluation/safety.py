@@ -10,16 +10,17 @@ real source cohort, with the **patient** as the unit of inference.
   95 % interval is p_bar +- 1.96 sqrt(var(p_i) / N + q (1 - q) F): the sampling of source
   patients and of the knowledge base's donors (F: `donor_factor`, below).
 - Risk differences (Wald, 95 %):
-  - twin arm - real target arm (fidelity; two groups of different patients):
-    SE^2 = var(p_i) / N + q (1 - q) / M;
+  - twin arm - real target arm (two groups of different patients):
+    SE^2 = var(p_i) / N + q (1 - q) / M; no interval where the twins' AEs are that arm's own
+    records drawn from the whole arm, as it is 0 by construction (`by_construction`);
   - real source cohort - twin arm (the safety signal of the source's own treatment against
     its synthetic control; paired within patient): d_i = y_i - p_i,
-    SE^2 = var(d_i) / N + q (1 - q) (sum_j W_j^2 - sum_i 1 / (N^2 K_i)). The second term is the
+    SE^2 = var(d_i) / N + q (1 - q) (sum_j W_j^2 - sum_ij W_ij^2). The second term is the
     knowledge base's: a twin's AEs are a real target-arm donor's records, so the twin arm's
     incidence is a weighted mean of those donors' 0/1 outcomes, sum_j W_j y_j (W_j: donor j's
     share of the twin arm), and carries their sampling error, q (1 - q) sum_j W_j^2 (q: the
-    target arm's incidence in the knowledge base), less each twin's own part, which var(d_i) / N
-    already holds (`donor_factor`). Without the term the interval covered 0 in 86 % of null
+    target arm's incidence in the knowledge base), less each (source, donor) cell's part, which
+    var(d_i) / N already holds (`donor_factor`). Without the term the interval covered 0 in 86 % of null
     trials at 95 % (an outside review's simulation on the CDISC pilot: 43 placebo patients
     twinned under placebo from the other 43).
 - Time to first AE of a term: Kaplan-Meier, onset day of the first record, censored at the
@@ -27,7 +28,8 @@ real source cohort, with the **patient** as the unit of inference.
   only while the donor was followed, so a twin is censored at the earlier of its own end and its
   donor's (a twin whose donor left at day 60 is not AE-free to day 183: the twins' pruritus
   reached 31 % at day 182 where its real arm's reached 40 %). Each twin weighs 1/K so that a
-  source counts as one patient, numbers at risk in patients.
+  source counts as one patient, numbers at risk in patients; the twins' band is clustered by
+  source and by donor, as the incidences' intervals are (`metrics.survival.clustered_km`).
 """
 
 from __future__ import annotations
