@@ -70,7 +70,6 @@ def run(args) -> int:
                                                               seed=args.seed))
         # each row says whether its interval carries the generator term, as Compare's table does
         effects["effects"] = [e | {"generator_term": generator_term_cell(e)} for e in effects.get("effects") or []]
-        result.pop("safety", None)
         if safety.has_safety(comp := compare(kb, twins, run.manifest)):   # AE incidence, as Compare's Safety tab
             result["safety"] = safety.safety_summary(comp)
     except ValueError as exc:

@@ -12,7 +12,6 @@ from services.data.trial import Trial
 FEW_LEVELS = 5          # numeric covariates with at most this many distinct values are categorical
 
 
-
 def baseline_column_names(trial: Trial) -> dict[str, str]:
     """PARAMCD -> its column in the cohort frame (PARAMCD, or PARAMCD_BL on a name clash)."""
     adsl = {c.upper() for c in trial.subjects.columns}

@@ -133,8 +133,6 @@ def _hr_against_twins(src: pd.DataFrame, twn: pd.DataFrame, twin_subjects: pd.Da
             "method": "Cox, twins weighted 1/K, clusters = patients (generator uncertainty not included)"}
 
 
-
-
 def km_distance_interval(twn: pd.DataFrame, clusters, tgt: pd.DataFrame, n_boot: int = 200,
                          seed: int = 0) -> dict:
     """95 % interval of the true sup distance D between the twins' and the real arm's survival

@@ -20,8 +20,6 @@ def utc_now() -> str:
     return datetime.now(tz=UTC).isoformat(timespec="seconds")
 
 
-
-
 def runs_root() -> Path:
     """Where the app saves generation runs: `$TWINARM_HOME/runs` (created on demand)."""
     return home_subdir("runs")
