@@ -42,6 +42,7 @@ from services.data.trial import Trial
 from services.evaluation.comparison import Comparison
 from services.evaluation.groups import GROUPS, SOURCE, TARGET, TWIN
 from services.evaluation.survival_comparison import km_steps, twin_sources, twin_weights
+from services.jsonable import jsonable
 
 Z95 = 1.959963984540054
 LEVELS = {"PT": "AEDECOD", "SOC": "AEBODSYS"}
@@ -263,9 +264,7 @@ def safety_summary(comp: Comparison, top: int = 15) -> dict:
     `top` most frequent terms, each group's n / N / proportion / 95 % interval and both risk
     differences with their intervals (proportions, not percentages), and the caveats the
     screen states beside them."""
-    pt = incidence(comp, "PT").head(top + 1)
-    rows = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
-            for r in pt.to_dict(orient="records")]
+    rows = jsonable(incidence(comp, "PT").head(top + 1).to_dict(orient="records"))
     return {"level": "PT", "unit": "patients (a source's K twins give one probability)", "terms": rows,
             "multiplicity": "separate 95 % intervals, not adjusted for the number of terms",
             "twin_minus_target": twin_target_meaning(comp)}
