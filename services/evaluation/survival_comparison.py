@@ -91,19 +91,20 @@ def survival_summary(comp, paramcd: str) -> dict:
             out[f"events_{name}"] = int(data["CNSR"].eq(0).sum())
             out[f"n_{name}"] = len(data)
     if twn is not None and len(twn):
-        # in patients, as every statistic beside it counts them (a twin weighs 1/K): "events 306/790"
-        # counted twins next to a log-rank of 61 events among 158 patients (an outside review)
-        w = twin_weights(comp.groups[TWIN].subjects, twn["USUBJID"])
-        out["events_twins_patients"] = float((np.asarray(w) * twn["CNSR"].eq(0).to_numpy()).sum())
-        out["n_twins_patients"] = float(np.asarray(w).sum())
+        # each twin weighs 1/K and belongs to its source patient (computed once for all below)
+        weights = np.asarray(twin_weights(comp.groups[TWIN].subjects, twn["USUBJID"]), float)
+        sources = twin_sources(comp.groups[TWIN].subjects, twn["USUBJID"])
+        # in patients, as every statistic beside it counts them: "events 306/790" counted twins
+        # next to a log-rank of 61 events among 158 patients (an outside review)
+        out["events_twins_patients"] = float((weights * twn["CNSR"].eq(0).to_numpy()).sum())
+        out["n_twins_patients"] = float(weights.sum())
     if len(twn) and len(tgt):
         out["logrank_twins_vs_real_target"] = M.logrank(
             twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"], tgt["CNSR"].eq(0),
-            weights_a=twin_weights(comp.groups[TWIN].subjects, twn["USUBJID"]),
-            clusters_a=twin_sources(comp.groups[TWIN].subjects, twn["USUBJID"])).as_dict()
-        out["km_distance_twins_vs_real_target"] = M.km_sup_distance(
-            twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"], tgt["CNSR"].eq(0)).as_dict() | km_distance_interval(
-            twn, twin_sources(comp.groups[TWIN].subjects, twn["USUBJID"]), tgt)
+            weights_a=weights, clusters_a=sources).as_dict()
+        distance = M.km_sup_distance(twn["AVAL"], twn["CNSR"].eq(0), tgt["AVAL"], tgt["CNSR"].eq(0))
+        out["km_distance_twins_vs_real_target"] = distance.as_dict() | km_distance_interval(
+            twn, sources, tgt, distance=distance)
     if src is not None and len(src) and len(twn) and "SRCSUBJID" in comp.groups[TWIN].subjects:
         out["hr_source_vs_twins"] = _hr_against_twins(src, twn, comp.groups[TWIN].subjects)
     if src is not None and len(src) and len(tgt):
@@ -134,7 +135,7 @@ def _hr_against_twins(src: pd.DataFrame, twn: pd.DataFrame, twin_subjects: pd.Da
 
 
 def km_distance_interval(twn: pd.DataFrame, clusters, tgt: pd.DataFrame, n_boot: int = 200,
-                         seed: int = 0) -> dict:
+                         seed: int = 0, distance=None) -> dict:
     """95 % interval of the true sup distance D between the twins' and the real arm's survival
     curves: D_hat +- c, where c is the 95th percentile of the sup over the common follow-up of
     the curves' joint sampling deviation (S*_twins - S_twins) - (S*_real - S_real), bootstrapping
@@ -142,7 +143,8 @@ def km_distance_interval(twn: pd.DataFrame, clusters, tgt: pd.DataFrame, n_boot:
     |D_hat - D| <= that sup, so the interval covers D when c bounds it (in simulation 90-99.5 %
     with and without censoring, the lowest under heavy censoring with one twin each, where the
     uncensored Kolmogorov bound covered 63 %). The verdict "matches" read 0.05 as met where two
-    samples of ~150 patients differ by up to 0.15 by chance (an outside review)."""
+    samples of ~150 patients differ by up to 0.15 by chance (an outside review). `distance`:
+    `metrics.km_sup_distance` of the same samples, whose grid and curves it reuses."""
     rng = np.random.default_rng(seed)
     keep = twn["AVAL"].notna().to_numpy()
     t_time, t_event = twn["AVAL"].to_numpy(float)[keep], twn["CNSR"].eq(0).to_numpy()[keep]
@@ -153,12 +155,9 @@ def km_distance_interval(twn: pd.DataFrame, clusters, tgt: pd.DataFrame, n_boot:
     groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(order) else []
     if len(groups) < 2 or len(r_time) < 2:
         return {}
-    end = float(min(t_time.max(), r_time.max()))
-    grid = np.union1d(np.union1d(t_time, r_time), [0.0])
-    grid = grid[grid <= end]
-    s_twin = km_at(km_curve(t_time, t_event), grid)
-    s_real = km_at(km_curve(r_time, r_event), grid)
-    d = float(np.abs(s_twin - s_real).max())
+    if distance is None:
+        distance = M.km_sup_distance(t_time, t_event, r_time, r_event)
+    grid, s_twin, s_real, d = distance.grid, distance.survival_a, distance.survival_b, distance.sup
     sups = np.empty(n_boot)
     for b in range(n_boot):
         rows = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
