@@ -294,16 +294,14 @@ def clustered_km(time_, event, w, clusters, z: float = 1.959963984540054, donors
         return pd.DataFrame({"time": [0.0], "survival": [1.0], "lo": [1.0], "hi": [1.0]})
     T = len(times)
     at = np.searchsorted(times, t, side="right") - 1            # last event time <= t_i
-    ev = np.flatnonzero(d)
+    event_at = np.searchsorted(times, t)                          # an event's own event time
     W_all = np.zeros(T + 1)
     np.add.at(W_all, at + 1, w)
     R = np.cumsum(W_all[::-1])[::-1][1:]                          # total weight at risk at each event time
     D = np.zeros(T)
-    np.add.at(D, np.searchsorted(times, t[ev]), w[ev])
+    np.add.at(D, event_at[d], w[d])
     dlam = D / R
     surv = np.cumprod(1.0 - dlam)
-
-    is_event, event_at = d, np.searchsorted(times, t)
 
     def spread(labels, block: int = 2000) -> np.ndarray:
         """sum over the clusters `labels` of their squared summed influence, at each event time
@@ -317,7 +315,7 @@ def clustered_km(time_, event, w, clusters, z: float = 1.959963984540054, donors
             np.add.at(W, (c, at[rows] + 1), w[rows])                      # column 0: before the first event
             W = np.cumsum(W[:, ::-1], axis=1)[:, ::-1][:, 1:]             # weight at risk (t_i >= s) per cluster
             E = np.zeros((block, T))
-            hit = is_event[rows]
+            hit = d[rows]
             np.add.at(E, (c[hit], event_at[rows][hit]), w[rows][hit])
             out += np.sum(np.cumsum((E - W * dlam) / R, axis=1) ** 2, axis=0)
         return out
